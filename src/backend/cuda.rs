@@ -1,0 +1,416 @@
+//! The CUDA backend: a handle on one device and one stream, the per-context module cache, and
+//! the launch helper that every op goes through.
+//!
+//! Kernels come from the fatbins that build.rs embedded (see [`kernels`](super::kernels)); they
+//! are loaded with the driver API, so a program needs only the NVIDIA driver at run time.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop, sys,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels;
+use crate::error::{CudaResultExt, Error, Result};
+
+/// What tilefuse knows about the device behind a [`Cuda`] handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CudaDeviceInfo {
+    /// The device ordinal.
+    pub ordinal: usize,
+    /// The device name, e.g. `"NVIDIA H100 80GB HBM3"`.
+    pub name: String,
+    /// Compute capability (major, minor), e.g. `(9, 0)`.
+    pub compute_capability: (u32, u32),
+    /// Number of streaming multiprocessors.
+    pub sm_count: u32,
+    /// L2 cache size in bytes.
+    pub l2_bytes: u64,
+    /// Shared memory a block may use after opting in, in bytes.
+    pub max_shared_per_block: u64,
+    /// Device memory in bytes.
+    pub total_memory: u64,
+    /// The driver's CUDA version as (major, minor), e.g. `(13, 0)`.
+    pub driver_cuda_version: (u32, u32),
+}
+
+impl fmt::Display for CudaDeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (major, minor) = self.compute_capability;
+        let (dmaj, dmin) = self.driver_cuda_version;
+        write!(
+            f,
+            "{} (device {}, sm_{major}{minor}, {} SMs, {} MiB L2, {} GiB, driver CUDA {dmaj}.{dmin})",
+            self.name,
+            self.ordinal,
+            self.sm_count,
+            self.l2_bytes >> 20,
+            self.total_memory >> 30,
+        )
+    }
+}
+
+/// A kernel of an embedded module: `module` is the `cuda/<module>.cu` stem, `name` the
+/// `extern "C"` symbol that Nsight shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Kernel {
+    pub module: &'static str,
+    pub name: &'static str,
+}
+
+/// A handle on one CUDA device and the stream that ops enqueue on.
+///
+/// Cloning is cheap and shares the loaded modules. Ops enqueue work on [`Cuda::stream`] and
+/// return without synchronising; read results back with the stream (cudarc's `clone_dtoh`),
+/// which waits for them.
+///
+/// ```no_run
+/// use tilefuse::backend::cuda::Cuda;
+///
+/// # fn main() -> tilefuse::Result<()> {
+/// let cuda = Cuda::new(0)?;
+/// println!("{}", cuda.info());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cuda {
+    device: Arc<DeviceState>,
+    stream: Arc<CudaStream>,
+}
+
+struct DeviceState {
+    ctx: Arc<CudaContext>,
+    info: CudaDeviceInfo,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<Kernel, CudaFunction>>,
+}
+
+impl fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cuda")
+            .field("device", &self.device.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cuda {
+    /// Opens device `ordinal` (its primary context) with a new stream of its own.
+    ///
+    /// Returns [`Error::CudaUnavailable`] when this build has no kernels, when no NVIDIA
+    /// driver can be loaded, or when there is no such device.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        ensure_available()?;
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::CudaUnavailable {
+                reason: format!("no CUDA device {ordinal}: the driver sees {count}"),
+            });
+        }
+        let ctx = guard_panics("opening the CUDA context", || CudaContext::new(ordinal))?
+            .during(|| format!("opening CUDA device {ordinal}"))?;
+        let stream = ctx.new_stream().during(|| "creating a stream".into())?;
+        Self::on_context(ctx, stream)
+    }
+
+    /// Uses a stream the caller already has (a framework's own), so ops run in order with the
+    /// caller's work and on the caller's buffers, with no copy.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        ensure_available()?;
+        Self::on_context(stream.context().clone(), stream)
+    }
+
+    /// The same device and loaded modules, enqueueing on another stream of the same context.
+    pub fn with_stream(&self, stream: Arc<CudaStream>) -> Result<Self> {
+        if stream.context().cu_ctx() != self.device.ctx.cu_ctx() {
+            return Err(Error::DeviceMismatch {
+                what: "stream",
+                expected: self.describe(),
+                got: format!("CUDA device {}", stream.context().ordinal()),
+            });
+        }
+        Ok(Cuda {
+            device: self.device.clone(),
+            stream,
+        })
+    }
+
+    fn on_context(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self> {
+        let info = device_info(&ctx)?;
+        Ok(Cuda {
+            device: Arc::new(DeviceState {
+                ctx,
+                info,
+                modules: Mutex::default(),
+                functions: Mutex::default(),
+            }),
+            stream,
+        })
+    }
+
+    /// The CUDA context (the device's primary context unless the stream came from another).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.device.ctx
+    }
+
+    /// The stream ops enqueue on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Name, compute capability, SM count, L2 size and other device facts.
+    pub fn info(&self) -> &CudaDeviceInfo {
+        &self.device.info
+    }
+
+    /// Blocks until everything enqueued on [`Cuda::stream`] has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().during(|| "synchronising the stream".into())
+    }
+
+    /// Loads (once per context) every embedded module, so the first op call does no loading.
+    pub fn preload(&self) -> Result<()> {
+        for module in kernels::modules() {
+            self.module(module.name)?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("CUDA device {} ({})", self.device.info.ordinal, self.device.info.name)
+    }
+
+    fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
+        let mut modules = self
+            .device
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(module) = modules.get(name) {
+            return Ok(module.clone());
+        }
+        let embedded = kernels::module(name).ok_or_else(|| Error::CudaUnavailable {
+            reason: format!("kernel module `{name}` is not in this build (no cuda/{name}.cu)"),
+        })?;
+        // The copy also gives the image the alignment cuModuleLoadData wants.
+        let image = Ptx::from_binary(embedded.image.to_vec());
+        let module = self
+            .device
+            .ctx
+            .load_module(image)
+            .during(|| format!("loading kernel module {name} ({})", embedded.targets))?;
+        modules.insert(name, module.clone());
+        Ok(module)
+    }
+
+    /// The loaded function for `kernel`, cached per context.
+    pub(crate) fn function(&self, kernel: Kernel) -> Result<CudaFunction> {
+        if let Some(f) = self.functions_lock().get(&kernel) {
+            return Ok(f.clone());
+        }
+        let function = self
+            .module(kernel.module)?
+            .load_function(kernel.name)
+            .during(|| format!("looking up kernel {}", kernel.name))?;
+        self.functions_lock().insert(kernel, function.clone());
+        Ok(function)
+    }
+
+    fn functions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kernel, CudaFunction>> {
+        self.device
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks that `buffer` lives in this handle's context.
+    pub(crate) fn check_device<T>(&self, what: &'static str, buffer: &impl DeviceSlice<T>) -> Result<()> {
+        let ctx = buffer.stream().context();
+        if ctx.cu_ctx() == self.device.ctx.cu_ctx() {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch {
+                what,
+                expected: self.describe(),
+                got: format!("CUDA device {}", ctx.ordinal()),
+            })
+        }
+    }
+
+    /// Collects device addresses for a kernel's parameter struct; see [`LaunchArgs`].
+    pub(crate) fn args(&self) -> LaunchArgs<'_> {
+        LaunchArgs {
+            stream: &self.stream,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Enqueues `kernel` on [`Cuda::stream`] with `params`, the kernel's one parameter struct,
+    /// passed by value.
+    ///
+    /// # Safety
+    ///
+    /// `params` must be the parameter struct that `kernel` declares in `cuda/abi.h`, and every
+    /// device address in it must come from `args` (so the memory stays alive and ordered
+    /// until the kernel has run) and cover every element the kernel reads or writes for the
+    /// sizes in `params` and `config`. Each op establishes this by validating shapes and
+    /// lengths before it builds `params`.
+    pub(crate) unsafe fn launch<P: DeviceRepr>(
+        &self,
+        kernel: Kernel,
+        config: LaunchConfig,
+        params: &P,
+        args: LaunchArgs<'_>,
+    ) -> Result<()> {
+        let function = self.function(kernel)?;
+        if config.shared_mem_bytes > 48 * 1024 {
+            function
+                .set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    config.shared_mem_bytes as i32,
+                )
+                .during(|| format!("raising the shared-memory limit of {}", kernel.name))?;
+        }
+        let mut builder = self.stream.launch_builder(&function);
+        builder.arg(params);
+        // SAFETY: this function's contract: `params` is the kernel's own parameter struct
+        // (generated from the same header the kernel is compiled with, passed by value as its
+        // only argument), and its addresses point to live, large enough memory of this context.
+        unsafe { builder.launch(config) }.during(|| format!("launching {}", kernel.name))?;
+        // Dropping the guards records the kernel's reads and writes on the buffers' events,
+        // so cudarc orders later frees and other streams after it.
+        drop(args);
+        Ok(())
+    }
+}
+
+/// The device addresses of one launch, with cudarc's guards that order the buffers' other
+/// uses (other streams, frees) after the kernel. Dropped by [`Cuda::launch`] after enqueueing.
+pub(crate) struct LaunchArgs<'a> {
+    stream: &'a CudaStream,
+    guards: Vec<SyncOnDrop<'a>>,
+}
+
+impl<'a> LaunchArgs<'a> {
+    /// The address of a buffer the kernel reads.
+    pub(crate) fn read<T>(&mut self, buffer: &'a impl DevicePtr<T>) -> u64 {
+        let (ptr, guard) = buffer.device_ptr(self.stream);
+        self.guards.push(guard);
+        ptr
+    }
+
+    /// The address of a buffer the kernel writes.
+    pub(crate) fn write<T>(&mut self, buffer: &'a mut impl DevicePtrMut<T>) -> u64 {
+        let (ptr, guard) = buffer.device_ptr_mut(self.stream);
+        self.guards.push(guard);
+        ptr
+    }
+}
+
+/// Fails early, with the reason, when this build has no kernels or the machine no driver.
+fn ensure_available() -> Result<()> {
+    if let Some(reason) = kernels::unavailable_reason() {
+        return Err(Error::CudaUnavailable {
+            reason: reason.to_string(),
+        });
+    }
+    if !driver_library_present() {
+        return Err(Error::CudaUnavailable {
+            reason: "no NVIDIA driver: libcuda could not be loaded".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the driver library can be loaded. cudarc panics when it cannot, so look first.
+fn driver_library_present() -> bool {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    let candidates = [
+        format!("{DLL_PREFIX}cuda{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}cuda{DLL_SUFFIX}.1"),
+        format!("{DLL_PREFIX}nvcuda{DLL_SUFFIX}"),
+    ];
+    candidates.iter().any(|name| {
+        // SAFETY: loading the driver library runs its initialisers, exactly as cudarc's own
+        // loading does a moment later; no symbol is called here and the handle is dropped.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
+}
+
+fn device_count() -> Result<usize> {
+    match guard_panics("counting CUDA devices", CudaContext::device_count)? {
+        Ok(n) if n > 0 => Ok(n as usize),
+        Ok(_) => Err(Error::CudaUnavailable {
+            reason: "the NVIDIA driver sees no CUDA device".into(),
+        }),
+        Err(e) => Err(Error::CudaUnavailable {
+            reason: format!("the NVIDIA driver could not be initialised: {e}"),
+        }),
+    }
+}
+
+/// Runs a cudarc call that may panic (a symbol missing from an old driver) and turns the
+/// panic into [`Error::CudaUnavailable`].
+fn guard_panics<T>(during: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Error::CudaUnavailable {
+            reason: format!("cudarc failed while {during}: {message}"),
+        }
+    })
+}
+
+fn device_info(ctx: &Arc<CudaContext>) -> Result<CudaDeviceInfo> {
+    use sys::CUdevice_attribute as A;
+    let attribute = |a: A| {
+        ctx.attribute(a)
+            .map(|v| v.max(0) as u64)
+            .during(|| format!("reading device attribute {a:?}"))
+    };
+    let (major, minor) = ctx
+        .compute_capability()
+        .during(|| "reading the compute capability".into())?;
+    let driver = driver_version()?;
+    Ok(CudaDeviceInfo {
+        ordinal: ctx.ordinal(),
+        name: ctx.name().during(|| "reading the device name".into())?,
+        compute_capability: (major as u32, minor as u32),
+        sm_count: attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+        l2_bytes: attribute(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
+        max_shared_per_block: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+        total_memory: ctx.total_mem().during(|| "reading the memory size".into())? as u64,
+        driver_cuda_version: (driver / 1000, (driver % 1000) / 10),
+    })
+}
+
+fn driver_version() -> Result<u32> {
+    let mut version: std::ffi::c_int = 0;
+    // SAFETY: cuDriverGetVersion writes one int through a valid pointer to a local; the
+    // driver is loaded and initialised (a context exists when this runs).
+    let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+    status
+        .result()
+        .during(|| "reading the driver version".into())?;
+    Ok(version.max(0) as u32)
+}
+
+/// Lets the parameter structs of `cuda/abi.h` be passed to kernels by value.
+macro_rules! kernel_params {
+    ($($params:ty),* $(,)?) => {$(
+        // SAFETY: bindgen generated the struct from cuda/abi.h as #[repr(C)] with only
+        // fixed-width integer fields and compile-time layout assertions, so its bytes are
+        // exactly the C struct the kernels declare as their parameter.
+        unsafe impl DeviceRepr for $params {}
+    )*};
+}
+
+kernel_params!(super::abi::TfSmokeMmaParams);

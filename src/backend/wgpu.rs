@@ -1,0 +1,606 @@
+//! The wgpu backend: a handle on one adapter's device and queue, the pipeline cache, typed
+//! storage buffers and staging readback.
+//!
+//! Every device call that can fail runs inside wgpu error scopes, so validation errors, out of
+//! memory and shader compile errors come back as [`Error::Wgpu`] instead of wgpu's default
+//! panic. Waits are bounded by [`WgpuOptions::timeout`], so nothing hangs.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// How to pick and drive the adapter. [`WgpuOptions::from_env`] reads the usual wgpu variables.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WgpuOptions {
+    /// Pick the first adapter whose name contains this (case-insensitive), like wgpu's
+    /// `WGPU_ADAPTER_NAME`; `None` takes the default high-performance adapter.
+    pub adapter_name: Option<String>,
+    /// Backends to consider (`WGPU_BACKEND`, e.g. `vulkan`); `None` means all that are built.
+    pub backends: Option<wgpu::Backends>,
+    /// The longest any wait for the device may take before it is reported as an error.
+    pub timeout: Duration,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            adapter_name: None,
+            backends: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl WgpuOptions {
+    /// Options from `WGPU_ADAPTER_NAME` and `WGPU_BACKEND`, with the default timeout.
+    pub fn from_env() -> Self {
+        WgpuOptions {
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|name| !name.is_empty()),
+            backends: wgpu::Backends::from_env(),
+            ..WgpuOptions::default()
+        }
+    }
+}
+
+/// Identifies a cached compute pipeline: shader, entry point and override constants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    entry: &'static str,
+    constants: Vec<(String, u64)>,
+}
+
+/// A WGSL shader compiled into the crate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shader {
+    /// The file name, e.g. `"smoke.wgsl"`; it labels the pipeline and error messages.
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// A handle on one wgpu device and queue, with the pipelines built on it.
+///
+/// Cloning is cheap and shares the device and the pipeline cache.
+///
+/// ```no_run
+/// use tilefuse::backend::wgpu::Wgpu;
+///
+/// # fn main() -> tilefuse::Result<()> {
+/// let gpu = Wgpu::new()?;
+/// let x = gpu.upload(&[1.0f32, 2.0, 3.0])?;
+/// assert_eq!(gpu.download(&x)?, vec![1.0, 2.0, 3.0]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Wgpu {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    adapter: wgpu::AdapterInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    timeout: Duration,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+impl fmt::Debug for Wgpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wgpu")
+            .field("adapter", &self.inner.adapter.name)
+            .field("backend", &self.inner.adapter.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Wgpu {
+    /// Opens the adapter chosen by `WGPU_ADAPTER_NAME` / `WGPU_BACKEND`, or the default one.
+    pub fn new() -> Result<Self> {
+        Self::with_options(WgpuOptions::from_env())
+    }
+
+    /// Opens an adapter as `options` say, with every limit the adapter offers, and
+    /// `SHADER_F16`, `SUBGROUP` and `TIMESTAMP_QUERY` where it has them.
+    pub fn with_options(options: WgpuOptions) -> Result<Self> {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if let Some(backends) = options.backends {
+            descriptor.backends = backends;
+        }
+        let instance = wgpu::Instance::new(descriptor);
+        let adapter = pollster::block_on(select_adapter(&instance, options.adapter_name.as_deref()))?;
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let request = wgpu::DeviceDescriptor {
+            label: Some("tilefuse"),
+            required_features: adapter.features() & wanted,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let info = adapter.get_info();
+        let (device, queue) = pollster::block_on(adapter.request_device(&request)).map_err(|e| {
+            Error::WgpuUnavailable {
+                reason: format!("adapter {} refused a device: {e}", info.name),
+            }
+        })?;
+        // wgpu's default handler panics; every call of ours runs in error scopes, so anything
+        // reaching this handler came from elsewhere and is only reported.
+        device.on_uncaptured_error(Arc::new(|error| {
+            eprintln!("tilefuse: uncaptured wgpu error: {error}");
+        }));
+        Ok(Self::assemble(info, device, queue, options.timeout))
+    }
+
+    /// Wraps a device and queue the caller already has (a framework's own), so buffers can be
+    /// shared with no copy. The caller keeps its uncaptured-error handler.
+    pub fn from_device(adapter: wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::assemble(adapter, device, queue, WgpuOptions::default().timeout)
+    }
+
+    fn assemble(adapter: wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue, timeout: Duration) -> Self {
+        Wgpu {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                adapter,
+                device,
+                queue,
+                timeout,
+                pipelines: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The adapter: name, backend, device type, driver.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.adapter
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Features granted to the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.device.features()
+    }
+
+    /// Limits granted to the device (all the adapter offers, unless from [`Wgpu::from_device`]).
+    pub fn limits(&self) -> wgpu::Limits {
+        self.inner.device.limits()
+    }
+
+    /// Whether shaders may use `f16` arithmetic (`SHADER_F16`).
+    pub fn has_shader_f16(&self) -> bool {
+        self.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Whether shaders may use subgroup operations (`SUBGROUP`).
+    pub fn has_subgroups(&self) -> bool {
+        self.features().contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// A one-line description: adapter, backend, device type, and the features that matter.
+    pub fn describe(&self) -> String {
+        let a = &self.inner.adapter;
+        let mut extras = Vec::new();
+        if self.has_shader_f16() {
+            extras.push("f16".to_string());
+        }
+        if self.has_subgroups() {
+            extras.push(format!("subgroups {}-{}", a.subgroup_min_size, a.subgroup_max_size));
+        }
+        format!("{} ({:?}, {:?}; {})", a.name, a.backend, a.device_type, extras.join(", "))
+    }
+
+    /// Copies `data` into a new storage buffer.
+    pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
+        let bytes = padded_bytes(bytemuck::cast_slice(data));
+        self.check_size("upload", bytes.len() as u64)?;
+        let buffer = self.scoped(
+            || format!("uploading {} bytes", bytes.len()),
+            || {
+                self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("tilefuse buffer"),
+                    contents: &bytes,
+                    usage: storage_usage(),
+                })
+            },
+        )?;
+        Ok(self.wrap(buffer, data.len()))
+    }
+
+    /// A new zero-filled storage buffer of `len` elements.
+    pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let size = padded_len(len.saturating_mul(size_of::<T>()));
+        self.check_size("allocation", size)?;
+        let buffer = self.scoped(
+            || format!("allocating {size} bytes"),
+            || {
+                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tilefuse buffer"),
+                    size,
+                    usage: storage_usage(),
+                    mapped_at_creation: false,
+                })
+            },
+        )?;
+        Ok(self.wrap(buffer, len))
+    }
+
+    /// Overwrites `buffer` with `data`, which must have the buffer's length.
+    pub fn write<T: Pod>(&self, buffer: &mut GpuBuffer<T>, data: &[T]) -> Result<()> {
+        self.check_buffer("buffer", buffer)?;
+        if data.len() != buffer.len {
+            return Err(Error::Length {
+                what: "data",
+                expected: buffer.len,
+                got: data.len(),
+            });
+        }
+        let bytes = padded_bytes(bytemuck::cast_slice(data));
+        self.scoped(
+            || format!("writing {} bytes", bytes.len()),
+            || self.inner.queue.write_buffer(&buffer.buffer, 0, &bytes),
+        )
+    }
+
+    /// Waits for the queue and copies `buffer` back to the host.
+    pub fn download<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
+        self.check_buffer("buffer", buffer)?;
+        let size = buffer.buffer.size();
+        let staging = self.scoped(
+            || format!("reading back {size} bytes"),
+            || {
+                let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tilefuse staging"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut encoder = self.encoder();
+                encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
+                self.inner.queue.submit([encoder.finish()]);
+                staging
+            },
+        )?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        self.wait("reading back a buffer")?;
+        let mapped = receiver
+            .recv_timeout(self.inner.timeout)
+            .map_err(|_| self.error("reading back a buffer", "the map callback never ran"))?;
+        mapped.map_err(|e| self.error("mapping the staging buffer", e))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| self.error("reading the staging buffer", e))?;
+        let used = buffer.len * size_of::<T>();
+        let data = bytemuck::pod_collect_to_vec(&view[..used]);
+        drop(view);
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Blocks until all submitted work has finished (bounded by the timeout).
+    pub fn synchronize(&self) -> Result<()> {
+        self.wait("waiting for the queue")
+    }
+
+    fn wait(&self, during: &str) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(self.inner.timeout),
+            })
+            .map(drop)
+            .map_err(|e| self.error(during, e))
+    }
+
+    fn wrap<T>(&self, buffer: wgpu::Buffer, len: usize) -> GpuBuffer<T> {
+        GpuBuffer {
+            buffer,
+            len,
+            owner: self.inner.id,
+            _element: PhantomData,
+        }
+    }
+
+    fn check_size(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let limit = self.inner.device.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::DeviceLimit {
+                what,
+                limit_name: "max_buffer_size",
+                needed: bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `buffer` was made by this handle.
+    pub(crate) fn check_buffer<T>(&self, what: &'static str, buffer: &GpuBuffer<T>) -> Result<()> {
+        if buffer.owner == self.inner.id {
+            return Ok(());
+        }
+        Err(Error::DeviceMismatch {
+            what,
+            expected: format!("wgpu device #{} ({})", self.inner.id, self.inner.adapter.name),
+            got: format!("wgpu device #{}", buffer.owner),
+        })
+    }
+
+    /// The compute pipeline for `entry` of `shader`, built once per device and cached.
+    pub(crate) fn pipeline(
+        &self,
+        shader: Shader,
+        entry: &'static str,
+        constants: &[(&str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            shader: shader.name,
+            entry,
+            constants: constants
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_bits()))
+                .collect(),
+        };
+        let mut cache = self.inner.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pipeline) = cache.get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = self.scoped(
+            || format!("building pipeline {}::{entry}", shader.name),
+            || {
+                let module = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader.source)),
+                });
+                self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(shader.name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                })
+            },
+        )?;
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Encodes and submits one dispatch. Binding 0 is a uniform buffer holding `params`
+    /// (omitted when `params` is empty); the storage buffers follow from binding 1 (or 0).
+    /// Returns without waiting for the GPU.
+    pub(crate) fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let binding_limit = u64::from(self.limits().max_storage_buffer_binding_size);
+        if let Some(buffer) = buffers.iter().find(|b| b.size() > binding_limit) {
+            return Err(Error::DeviceLimit {
+                what: "storage buffer",
+                limit_name: "max_storage_buffer_binding_size",
+                needed: buffer.size(),
+                limit: binding_limit,
+            });
+        }
+        let limit = self.limits().max_compute_workgroups_per_dimension;
+        if let Some(&needed) = workgroups.iter().find(|&&w| w > limit) {
+            return Err(Error::DeviceLimit {
+                what: "dispatch",
+                limit_name: "max_compute_workgroups_per_dimension",
+                needed: needed.into(),
+                limit: limit.into(),
+            });
+        }
+        self.scoped(
+            || format!("dispatching {workgroups:?} workgroups"),
+            || {
+                let uniform = (!params.is_empty()).then(|| {
+                    self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("tilefuse params"),
+                        contents: &padded_bytes(params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    })
+                });
+                let entries: Vec<wgpu::BindGroupEntry> = uniform
+                    .iter()
+                    .chain(buffers.iter().copied())
+                    .enumerate()
+                    .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                        binding: binding as u32,
+                        resource: buffer.as_entire_binding(),
+                    })
+                    .collect();
+                let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                });
+                let mut encoder = self.encoder();
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+                }
+                self.inner.queue.submit([encoder.finish()]);
+            },
+        )
+    }
+
+    /// Encodes `count` copies of `src` into `dst` in one submission and waits: the backend's
+    /// copy bandwidth, the baseline that memory-bound kernels are measured against.
+    pub fn copy_buffer<T: Pod>(&self, src: &GpuBuffer<T>, dst: &mut GpuBuffer<T>, count: usize) -> Result<()> {
+        self.check_buffer("src", src)?;
+        self.check_buffer("dst", dst)?;
+        if src.len != dst.len {
+            return Err(Error::Length {
+                what: "dst",
+                expected: src.len,
+                got: dst.len,
+            });
+        }
+        self.scoped(
+            || "copying a buffer".into(),
+            || {
+                let mut encoder = self.encoder();
+                for _ in 0..count {
+                    encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, src.buffer.size());
+                }
+                self.inner.queue.submit([encoder.finish()]);
+            },
+        )?;
+        self.synchronize()
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tilefuse") })
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and returns the
+    /// first error any of them caught.
+    fn scoped<T>(&self, during: impl FnOnce() -> String, f: impl FnOnce() -> T) -> Result<T> {
+        let device = &self.inner.device;
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(memory.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            Some(error) => Err(self.error(&during(), error)),
+            None => Ok(value),
+        }
+    }
+
+    fn error(&self, during: &str, message: impl fmt::Display) -> Error {
+        Error::Wgpu {
+            during: format!("{during} on {}", self.inner.adapter.name),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Chooses the adapter: by name when asked, else wgpu's default high-performance adapter.
+async fn select_adapter(instance: &wgpu::Instance, name: Option<&str>) -> Result<wgpu::Adapter> {
+    let Some(name) = name else {
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        };
+        return instance
+            .request_adapter(&options)
+            .await
+            .map_err(|e| Error::WgpuUnavailable {
+                reason: format!(
+                    "no adapter found ({e}); on a machine without a GPU install Mesa's lavapipe \
+                     (Debian: mesa-vulkan-drivers libvulkan1)"
+                ),
+            });
+    };
+    let wanted = name.to_lowercase();
+    let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    adapters
+        .into_iter()
+        .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+        .ok_or_else(|| Error::WgpuUnavailable {
+            reason: format!("no adapter named like {name:?}; found {names:?}"),
+        })
+}
+
+fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+/// Buffer sizes are multiples of 4 bytes and at least 4 (wgpu's copy alignment).
+fn padded_len(bytes: usize) -> u64 {
+    (bytes.max(1) as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+}
+
+fn padded_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let len = padded_len(bytes.len()) as usize;
+    if len == bytes.len() {
+        Cow::Borrowed(bytes)
+    } else {
+        let mut padded = bytes.to_vec();
+        padded.resize(len, 0);
+        Cow::Owned(padded)
+    }
+}
+
+/// A storage buffer of `len` elements of `T` on one [`Wgpu`] device.
+///
+/// The allocation is padded to a multiple of 4 bytes; the padding is zero. Half-precision
+/// buffers (`half::f16`, `half::bf16`) hold their bits, which shaders read as packed `u32`
+/// pairs, so they work on adapters without `SHADER_F16` too.
+pub struct GpuBuffer<T> {
+    buffer: wgpu::Buffer,
+    len: usize,
+    owner: u64,
+    _element: PhantomData<T>,
+}
+
+impl<T> GpuBuffer<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The underlying wgpu buffer (usage `STORAGE | COPY_SRC | COPY_DST`).
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl<T> fmt::Debug for GpuBuffer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuBuffer")
+            .field("element", &std::any::type_name::<T>())
+            .field("len", &self.len)
+            .field("device", &self.owner)
+            .finish()
+    }
+}

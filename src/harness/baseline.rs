@@ -1,0 +1,92 @@
+//! The `copy` entry: device-to-device copy, the bandwidth every memory-bound kernel is
+//! measured against (in the same run), and a round trip through device memory as the
+//! simplest plumbing check of each backend.
+
+use super::{Backend, Backends, BenchCase, BenchSettings, CheckCase, Comparison, OpEntry, Rng, Timing, Tolerance, compare};
+use crate::error::Result;
+
+/// The registry entry.
+pub(super) const ENTRY: OpEntry = OpEntry {
+    name: "copy",
+    about: "device-to-device copy: the bandwidth baseline of every memory-bound case",
+    kernel_modules: &[],
+    check_cases,
+    bench_cases,
+};
+
+/// Bytes copied by the benchmark: far above any L2.
+const BENCH_BYTES: usize = 256 << 20;
+
+fn check_cases() -> Vec<CheckCase> {
+    [1usize, 3, 1 << 20 | 1]
+        .into_iter()
+        .map(|len| {
+            CheckCase::new("copy", format!("{len} x f16"), move |backends, backend| {
+                round_trip(backends, backend, len, 0x5eed ^ len as u64)
+            })
+        })
+        .collect()
+}
+
+/// Uploads `len` random f16 values, copies them on the device, reads the copy back, and
+/// compares bit for bit (a zero tolerance).
+fn round_trip(backends: &Backends, backend: Backend, len: usize, seed: u64) -> Result<Option<Comparison>> {
+    let data = Rng::new(seed).fill(len, -4.0, 4.0, half::f16::from_f64);
+    let out: Vec<half::f16> = match backend {
+        Backend::Cpu => return Ok(None),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            use crate::error::CudaResultExt;
+            let stream = backends.cuda()?.stream();
+            let src = stream.clone_htod(&data).during(|| "uploading".into())?;
+            let mut dst = stream.alloc_zeros::<half::f16>(len).during(|| "allocating".into())?;
+            stream.memcpy_dtod(&src, &mut dst).during(|| "copying".into())?;
+            stream.clone_dtoh(&dst).during(|| "downloading".into())?
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            let gpu = backends.wgpu()?;
+            let src = gpu.upload(&data)?;
+            let mut dst = gpu.upload(&vec![half::f16::NAN; len])?;
+            gpu.copy_buffer(&src, &mut dst, 1)?;
+            gpu.download(&dst)?
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(other.not_compiled()),
+    };
+    let reference: Vec<f64> = data.iter().map(|&x| x.into()).collect();
+    let exact = Tolerance { rel_l2: 0.0, element: 0.0 };
+    Ok(Some(compare(&out, &reference, exact)))
+}
+
+fn bench_cases() -> Vec<BenchCase> {
+    let name = format!("{} MiB", BENCH_BYTES >> 20);
+    vec![BenchCase::new("copy", name, 2 * BENCH_BYTES as u64, 0, |backends, backend, settings| {
+        time_copy(backends, backend, settings)
+    })]
+}
+
+fn time_copy(backends: &Backends, backend: Backend, settings: &BenchSettings) -> Result<Option<Timing>> {
+    let words = BENCH_BYTES / 4;
+    match backend {
+        Backend::Cpu => Ok(None),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            use crate::error::CudaResultExt;
+            let cuda = backends.cuda()?;
+            let stream = cuda.stream();
+            let src = stream.alloc_zeros::<u32>(words).during(|| "allocating".into())?;
+            let mut dst = stream.alloc_zeros::<u32>(words).during(|| "allocating".into())?;
+            Timing::cuda(cuda, settings, || stream.memcpy_dtod(&src, &mut dst).during(|| "copying".into())).map(Some)
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            let gpu = backends.wgpu()?;
+            let src = gpu.zeros::<u32>(words)?;
+            let mut dst = gpu.zeros::<u32>(words)?;
+            Timing::host(settings, || gpu.copy_buffer(&src, &mut dst, 1)).map(Some)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(other.not_compiled()),
+    }
+}

@@ -1,0 +1,224 @@
+//! The correctness and benchmark harness behind `tilefuse check` and `tilefuse bench`, and
+//! behind the integration tests: every op registers its check cases (run on each backend
+//! against the f64 reference) and its benchmark cases in [`ops`].
+//!
+//! Registering a new op is one line in [`ops`] plus the op's `ENTRY`:
+//!
+//! ```ignore
+//! pub const ENTRY: OpEntry = OpEntry {
+//!     name: "spmm",
+//!     about: "sparse weight x dense activations (Flash-LLM)",
+//!     kernel_modules: &["spmm"],
+//!     check_cases,
+//!     bench_cases,
+//! };
+//! ```
+
+mod baseline;
+mod compare;
+mod rng;
+mod timing;
+
+use std::fmt;
+
+pub use compare::{AsF64, Comparison, Tolerance, compare};
+pub use rng::Rng;
+pub use timing::{BenchRecord, BenchSettings, Timing};
+
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::Cuda;
+#[cfg(feature = "wgpu")]
+use crate::backend::wgpu::Wgpu;
+use crate::error::{Error, Result};
+
+/// Every registered op, in the order `check` and `bench` run them.
+pub fn ops() -> &'static [OpEntry] {
+    &[baseline::ENTRY, crate::smoke::ENTRY]
+}
+
+/// Looks up a registered op by name.
+pub fn op(name: &str) -> Option<&'static OpEntry> {
+    ops().iter().find(|entry| entry.name == name)
+}
+
+/// One registered op: its name, its kernels, and its check and benchmark cases.
+#[derive(Debug, Clone, Copy)]
+pub struct OpEntry {
+    /// The name used on the command line, e.g. `"spmm"`.
+    pub name: &'static str,
+    /// One line for `tilefuse info`.
+    pub about: &'static str,
+    /// The `cuda/*.cu` modules the op launches.
+    pub kernel_modules: &'static [&'static str],
+    /// The cases `tilefuse check` runs.
+    pub check_cases: fn() -> Vec<CheckCase>,
+    /// The cases `tilefuse bench` runs.
+    pub bench_cases: fn() -> Vec<BenchCase>,
+}
+
+/// An implementation path: the CPU, CUDA or wgpu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Backend {
+    /// Host code (the reference itself, or an independent CPU algorithm).
+    Cpu,
+    /// The CUDA kernels.
+    Cuda,
+    /// The WGSL shaders through wgpu.
+    Wgpu,
+}
+
+impl Backend {
+    /// All backends, in table order.
+    pub const ALL: [Backend; 3] = [Backend::Cpu, Backend::Cuda, Backend::Wgpu];
+
+    /// The lower-case name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::Wgpu => "wgpu",
+        }
+    }
+
+    /// The error for a backend this build was compiled without.
+    pub fn not_compiled(self) -> Error {
+        let reason = format!("tilefuse was built without the `{}` feature", self.name());
+        match self {
+            Backend::Wgpu => Error::WgpuUnavailable { reason },
+            _ => Error::CudaUnavailable { reason },
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The backends found on this machine, opened once and shared by every case.
+pub struct Backends {
+    #[cfg(feature = "cuda")]
+    cuda: std::result::Result<Cuda, String>,
+    #[cfg(feature = "wgpu")]
+    wgpu: std::result::Result<Wgpu, String>,
+}
+
+impl Backends {
+    /// Opens CUDA device 0 and the default wgpu adapter, remembering why either failed.
+    pub fn detect() -> Self {
+        Backends {
+            #[cfg(feature = "cuda")]
+            cuda: Cuda::new(0).map_err(|e| e.to_string()),
+            #[cfg(feature = "wgpu")]
+            wgpu: Wgpu::new().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The CUDA handle, or why there is none.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(&self) -> Result<&Cuda> {
+        self.cuda.as_ref().map_err(|reason| Error::CudaUnavailable {
+            reason: unprefixed(reason, "CUDA backend unavailable: "),
+        })
+    }
+
+    /// The wgpu handle, or why there is none.
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu(&self) -> Result<&Wgpu> {
+        self.wgpu.as_ref().map_err(|reason| Error::WgpuUnavailable {
+            reason: unprefixed(reason, "wgpu backend unavailable: "),
+        })
+    }
+
+    /// A description of the backend's device, or why it cannot be used.
+    pub fn status(&self, backend: Backend) -> std::result::Result<String, String> {
+        match backend {
+            Backend::Cpu => Ok(format!("{} host threads", std::thread::available_parallelism().map_or(1, |n| n.get()))),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => self.cuda.as_ref().map(|c| c.info().to_string()).map_err(Clone::clone),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => self.wgpu.as_ref().map(Wgpu::describe).map_err(Clone::clone),
+            #[allow(unreachable_patterns)]
+            other => Err(other.not_compiled().to_string()),
+        }
+    }
+
+    /// Whether the backend can run here.
+    pub fn has(&self, backend: Backend) -> bool {
+        self.status(backend).is_ok()
+    }
+}
+
+fn unprefixed(reason: &str, prefix: &str) -> String {
+    reason.strip_prefix(prefix).unwrap_or(reason).to_string()
+}
+
+type CheckFn = dyn Fn(&Backends, Backend) -> Result<Option<Comparison>> + Send + Sync;
+type BenchFn = dyn Fn(&Backends, Backend, &BenchSettings) -> Result<Option<Timing>> + Send + Sync;
+
+/// One correctness case: runs the op on a backend and compares with the reference.
+pub struct CheckCase {
+    /// The op's name.
+    pub op: &'static str,
+    /// What the case covers, e.g. `"m=300 n=16 k=520"`.
+    pub name: String,
+    run: Box<CheckFn>,
+}
+
+impl CheckCase {
+    /// A case from a closure that returns `Ok(None)` for backends the op does not have.
+    pub fn new(
+        op: &'static str,
+        name: impl Into<String>,
+        run: impl Fn(&Backends, Backend) -> Result<Option<Comparison>> + Send + Sync + 'static,
+    ) -> Self {
+        CheckCase {
+            op,
+            name: name.into(),
+            run: Box::new(run),
+        }
+    }
+
+    /// Runs the case on `backend`.
+    pub fn run(&self, backends: &Backends, backend: Backend) -> Result<Option<Comparison>> {
+        (self.run)(backends, backend)
+    }
+}
+
+/// One benchmark case: a timed configuration and the work it does per run.
+pub struct BenchCase {
+    /// The op's name.
+    pub op: &'static str,
+    /// The case, e.g. `"m=8192 k=8192 n=16 s=80%"`; peers use the same string.
+    pub name: String,
+    /// Bytes moved per run (reads + writes of the ideal kernel), for GB/s.
+    pub bytes: u64,
+    /// Floating-point operations per run, for TFLOP/s.
+    pub flops: u64,
+    run: Box<BenchFn>,
+}
+
+impl BenchCase {
+    /// A case from a closure that returns `Ok(None)` for backends the op does not have.
+    pub fn new(
+        op: &'static str,
+        name: impl Into<String>,
+        bytes: u64,
+        flops: u64,
+        run: impl Fn(&Backends, Backend, &BenchSettings) -> Result<Option<Timing>> + Send + Sync + 'static,
+    ) -> Self {
+        BenchCase {
+            op,
+            name: name.into(),
+            bytes,
+            flops,
+            run: Box::new(run),
+        }
+    }
+
+    /// Times the case on `backend`.
+    pub fn run(&self, backends: &Backends, backend: Backend, settings: &BenchSettings) -> Result<Option<Timing>> {
+        (self.run)(backends, backend, settings)
+    }
+}

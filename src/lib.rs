@@ -1,0 +1,44 @@
+//! # tilefuse
+//!
+//! GPU kernels for sparse and state-space models, each with three implementations that
+//! compute the same function:
+//!
+//! | op | what |
+//! |---|---|
+//! | `spmm` | unstructured-sparse weight x dense activations (Flash-LLM's Load-as-Sparse, Compute-as-Dense) |
+//! | `attention` | block-sparse attention forward with FlexAttention-style block masks |
+//! | `scan` | parallel diagonal linear recurrence with hidden-state resets (S4/S5) |
+//!
+//! - **CUDA** ([`backend::cuda`], feature `cuda`): Tensor-Core kernels compiled by `build.rs`
+//!   with nvcc and embedded as fatbins; loaded through cudarc's driver API, so programs need
+//!   only the NVIDIA driver at run time. Ops take cudarc buffers and enqueue on a stream the
+//!   caller may supply ([`Cuda::from_stream`](backend::cuda::Cuda::from_stream)).
+//! - **WGSL** ([`backend::wgpu`], feature `wgpu`): the same functions on any Vulkan, Metal
+//!   or DX12 adapter, including Mesa's lavapipe on a CPU.
+//! - **CPU reference**: plain f64 loops, the executable specification every path is tested
+//!   against ([`harness`]).
+//!
+//! The ops arrive one by one; this release holds the frame they plug into and [`smoke`], the
+//! plumbing test that proves each backend end to end.
+//!
+//! ## Errors
+//!
+//! Every entry point validates shapes, lengths, devices and limits before launching, and
+//! returns an [`Error`] naming the argument, what was expected and what came. No input reachable
+//! from safe code panics, reads or writes out of bounds, or hangs.
+//!
+//! ## Feature flags
+//!
+//! - `cuda` (default): the CUDA backend (cudarc). Without nvcc at build time the crate still
+//!   builds; [`Cuda::new`](backend::cuda::Cuda::new) then says why it is unavailable.
+//! - `wgpu` (default): the WGSL backend (wgpu 30).
+//! - `cli` (default): the `tilefuse` command-line tool; libraries depending on tilefuse
+//!   usually turn it off.
+#![warn(missing_docs)]
+
+pub mod backend;
+mod error;
+pub mod harness;
+pub mod smoke;
+
+pub use error::{Error, Result};

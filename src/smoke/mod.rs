@@ -1,0 +1,70 @@
+//! The plumbing test: `c = a · bᵀ` with f16 operands and f32 results, on every backend.
+//!
+//! It is deliberately small: the CUDA kernel is one warp per 16x8 tile through `ldmatrix` and
+//! `mma.sync.m16n8k16`, the WGSL shader a 16x16 tiled matmul in workgroup memory. If a fatbin,
+//! the kernel ABI, a launch, a pipeline or a readback is wrong, this op shows it first.
+//!
+//! Layouts follow the rest of the crate (the nn.Linear convention of [`spmm`](crate)):
+//! `a [m, k]`, `b [n, k]` and `c [m, n]`, all row-major.
+//!
+//! ```
+//! use half::f16;
+//! use tilefuse::smoke::{MatmulShape, reference};
+//!
+//! let shape = MatmulShape::new(2, 1, 3)?;
+//! let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0].map(f16::from_f32);
+//! let b = [1.0, 0.0, -1.0].map(f16::from_f32);
+//! assert_eq!(reference(&a, &b, shape)?, vec![-2.0, -2.0]);
+//! # Ok::<(), tilefuse::Error>(())
+//! ```
+
+mod check;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+pub use check::{ENTRY, check};
+pub use reference::reference;
+
+use crate::error::{Error, Result};
+
+/// The sizes of `c [m, n] = a [m, k] · b [n, k]ᵀ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulShape {
+    /// Rows of `a` and `c`.
+    pub m: usize,
+    /// Rows of `b`, columns of `c`.
+    pub n: usize,
+    /// Columns of `a` and `b`.
+    pub k: usize,
+}
+
+impl MatmulShape {
+    /// A shape with every size at least 1 and every matrix under 2³¹ elements (the kernels
+    /// index with 32-bit integers and step k without overflow).
+    pub fn new(m: usize, n: usize, k: usize) -> Result<Self> {
+        for (what, size) in [("m", m), ("n", n), ("k", k)] {
+            if size == 0 {
+                return Err(Error::invalid(what, "a size of at least 1", size));
+            }
+        }
+        for (what, rows, cols) in [("a", m, k), ("b", n, k), ("c", m, n)] {
+            if rows.checked_mul(cols).is_none_or(|len| len > i32::MAX as usize) {
+                return Err(Error::invalid(what, "fewer than 2^31 elements", format!("[{rows}, {cols}]")));
+            }
+        }
+        Ok(MatmulShape { m, n, k })
+    }
+
+    /// Checks that the three buffers have the lengths this shape needs.
+    pub(crate) fn check_lengths(&self, a: usize, b: usize, c: usize) -> Result<()> {
+        for (what, expected, got) in [("a", self.m * self.k, a), ("b", self.n * self.k, b), ("c", self.m * self.n, c)] {
+            if expected != got {
+                return Err(Error::Length { what, expected, got });
+            }
+        }
+        Ok(())
+    }
+}

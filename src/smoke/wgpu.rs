@@ -1,0 +1,46 @@
+//! The smoke op through WGSL.
+
+use half::f16;
+
+use super::MatmulShape;
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::error::Result;
+
+const SHADER: Shader = Shader {
+    name: "smoke.wgsl",
+    source: include_str!("../../wgsl/smoke.wgsl"),
+};
+/// The shader's workgroup tile edge.
+const TILE: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    pad: u32,
+}
+
+/// Submits `c = a · bᵀ` (16x16 tiles in workgroup memory, f32 arithmetic).
+pub fn matmul(
+    gpu: &Wgpu,
+    a: &GpuBuffer<f16>,
+    b: &GpuBuffer<f16>,
+    c: &mut GpuBuffer<f32>,
+    shape: MatmulShape,
+) -> Result<()> {
+    shape.check_lengths(a.len(), b.len(), c.len())?;
+    gpu.check_buffer("a", a)?;
+    gpu.check_buffer("b", b)?;
+    gpu.check_buffer("c", c)?;
+    let pipeline = gpu.pipeline(SHADER, "matmul", &[])?;
+    let params = Params {
+        m: shape.m as u32,
+        n: shape.n as u32,
+        k: shape.k as u32,
+        pad: 0,
+    };
+    let groups = [shape.n.div_ceil(TILE), shape.m.div_ceil(TILE), 1].map(|g| g.min(u32::MAX as usize) as u32);
+    gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &[a.raw(), b.raw(), c.raw()], groups)
+}

@@ -1,0 +1,95 @@
+//! Shared by every integration test: one set of backends per test binary, skip-or-fail
+//! logic, and the macro that runs one test body on each backend.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+use tilefuse::harness::{Backend, Backends, Comparison, Rng};
+
+/// The backends of this test binary, opened once.
+pub fn backends() -> &'static Backends {
+    static BACKENDS: OnceLock<Backends> = OnceLock::new();
+    BACKENDS.get_or_init(Backends::detect)
+}
+
+/// The backends if `backend` can run here. Otherwise says why (once per binary) and returns
+/// `None`, or panics when the environment requires that backend:
+/// `TILEFUSE_REQUIRE_WGPU=1` (CI, with lavapipe) and `TILEFUSE_REQUIRE_CUDA_DEVICE=1`
+/// (the GPU bundle).
+pub fn available(backend: Backend) -> Option<&'static Backends> {
+    let backends = backends();
+    let status = backends.status(backend);
+    announce(backend, &status);
+    match status {
+        Ok(_) => Some(backends),
+        Err(why) if required(backend) => panic!("{backend} is required here but unavailable: {why}"),
+        Err(_) => None,
+    }
+}
+
+fn required(backend: Backend) -> bool {
+    let var = match backend {
+        Backend::Cpu => return true,
+        Backend::Cuda => "TILEFUSE_REQUIRE_CUDA_DEVICE",
+        Backend::Wgpu => "TILEFUSE_REQUIRE_WGPU",
+    };
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// One line per backend and test binary, written past the test harness's capture so that it
+/// shows in plain `cargo test` output.
+fn announce(backend: Backend, status: &Result<String, String>) {
+    static SEEN: Mutex<Vec<Backend>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&backend) {
+        return;
+    }
+    seen.push(backend);
+    let binary = std::env::args().next().unwrap_or_default();
+    let binary = binary.rsplit('/').next().unwrap_or_default().split('-').next().unwrap_or_default();
+    let line = match status {
+        Ok(device) => format!("[{binary}] {backend}: runs on {device}"),
+        Err(why) => format!("[{binary}] {backend}: SKIPPED: {why}"),
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A fresh seed (or `TILEFUSE_SEED`), to print with any failure.
+pub fn seed() -> u64 {
+    Rng::fresh_seed()
+}
+
+/// Asserts that a check ran and passed, naming the seed and case on failure.
+pub fn assert_passes(result: tilefuse::Result<Option<Comparison>>, case: &str, seed: u64) {
+    match result {
+        Ok(Some(c)) => assert!(c.passed(), "{case} (seed {seed}, TILEFUSE_SEED={seed} replays it): {c}"),
+        Ok(None) => panic!("{case}: this backend has no implementation"),
+        Err(e) => panic!("{case} (seed {seed}): {e}"),
+    }
+}
+
+/// `on_backends!([cuda, wgpu] => [test_a, test_b]);` makes `cuda::test_a`, `wgpu::test_a`, ...
+/// Each calls `test_a(&Backends, Backend)` when that backend can run (see [`available`]).
+#[macro_export]
+macro_rules! on_backends {
+    ([$($backend:ident),+] => $tests:tt) => {
+        $( $crate::on_backends!(@one $backend => $tests); )+
+    };
+    (@one $backend:ident => [$($test:ident),+ $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $test() {
+                    let backend = $crate::on_backends!(@variant $backend);
+                    if let Some(backends) = $crate::common::available(backend) {
+                        super::$test(backends, backend);
+                    }
+                }
+            )+
+        }
+    };
+    (@variant cpu) => { tilefuse::harness::Backend::Cpu };
+    (@variant cuda) => { tilefuse::harness::Backend::Cuda };
+    (@variant wgpu) => { tilefuse::harness::Backend::Wgpu };
+}

@@ -1,0 +1,57 @@
+// The plumbing test: c[m, n] = a[m, k] · b[n, k]ᵀ with 16x16 tiles staged in workgroup memory.
+// a and b hold f16 bits, two per u32 (read with unpack2x16float, so no SHADER_F16 is needed);
+// c is f32. One invocation per element of c; ragged edges read zeros.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<u32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+const TILE: u32 = 16u;
+
+var<workgroup> a_tile: array<array<f32, TILE>, TILE>;
+var<workgroup> b_tile: array<array<f32, TILE>, TILE>;
+
+fn load_a(i: u32) -> f32 {
+    return unpack2x16float(a[i >> 1u])[i & 1u];
+}
+
+fn load_b(i: u32) -> f32 {
+    return unpack2x16float(b[i >> 1u])[i & 1u];
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id) local: vec3<u32>) {
+    let row = group.y * TILE + local.y;      // of a and c
+    let col = group.x * TILE + local.x;      // of c
+    let b_row = group.x * TILE + local.y;    // row of b this invocation stages
+    var acc = 0.0;
+    for (var k0 = 0u; k0 < params.k; k0 += TILE) {
+        let kk = k0 + local.x;
+        var av = 0.0;
+        if (row < params.m && kk < params.k) {
+            av = load_a(row * params.k + kk);
+        }
+        var bv = 0.0;
+        if (b_row < params.n && kk < params.k) {
+            bv = load_b(b_row * params.k + kk);
+        }
+        a_tile[local.y][local.x] = av;
+        b_tile[local.y][local.x] = bv;
+        workgroupBarrier();
+        for (var i = 0u; i < TILE; i++) {
+            acc += a_tile[local.y][i] * b_tile[local.x][i];
+        }
+        workgroupBarrier();
+    }
+    if (row < params.m && col < params.n) {
+        c[row * params.n + col] = acc;
+    }
+}
