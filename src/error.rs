@@ -110,7 +110,11 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::InvalidArgument`].
-    pub(crate) fn invalid(what: &'static str, expected: impl fmt::Display, got: impl fmt::Display) -> Self {
+    pub(crate) fn invalid(
+        what: &'static str,
+        expected: impl fmt::Display,
+        got: impl fmt::Display,
+    ) -> Self {
         Error::InvalidArgument {
             what,
             expected: expected.to_string(),
@@ -120,7 +124,10 @@ impl Error {
 
     /// Whether this error says a backend is absent (rather than that a call was wrong).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::CudaUnavailable { .. } | Error::WgpuUnavailable { .. })
+        matches!(
+            self,
+            Error::CudaUnavailable { .. } | Error::WgpuUnavailable { .. }
+        )
     }
 }
 

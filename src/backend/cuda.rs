@@ -170,7 +170,9 @@ impl Cuda {
 
     /// Blocks until everything enqueued on [`Cuda::stream`] has finished.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().during(|| "synchronising the stream".into())
+        self.stream
+            .synchronize()
+            .during(|| "synchronising the stream".into())
     }
 
     /// Loads (once per context) every embedded module, so the first op call does no loading.
@@ -182,7 +184,10 @@ impl Cuda {
     }
 
     fn describe(&self) -> String {
-        format!("CUDA device {} ({})", self.device.info.ordinal, self.device.info.name)
+        format!(
+            "CUDA device {} ({})",
+            self.device.info.ordinal, self.device.info.name
+        )
     }
 
     fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
@@ -229,7 +234,11 @@ impl Cuda {
     }
 
     /// Checks that `buffer` lives in this handle's context.
-    pub(crate) fn check_device<T>(&self, what: &'static str, buffer: &impl DeviceSlice<T>) -> Result<()> {
+    pub(crate) fn check_device<T>(
+        &self,
+        what: &'static str,
+        buffer: &impl DeviceSlice<T>,
+    ) -> Result<()> {
         let ctx = buffer.stream().context();
         if ctx.cu_ctx() == self.device.ctx.cu_ctx() {
             Ok(())
@@ -387,7 +396,9 @@ fn device_info(ctx: &Arc<CudaContext>) -> Result<CudaDeviceInfo> {
         sm_count: attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
         l2_bytes: attribute(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
         max_shared_per_block: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
-        total_memory: ctx.total_mem().during(|| "reading the memory size".into())? as u64,
+        total_memory: ctx
+            .total_mem()
+            .during(|| "reading the memory size".into())? as u64,
         driver_cuda_version: (driver / 1000, (driver % 1000) / 10),
     })
 }

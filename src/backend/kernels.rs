@@ -70,9 +70,11 @@ impl KernelResources {
 }
 
 impl EmbeddedModule {
-    /// The per-kernel, per-architecture lines of the ptxas report.
+    /// The per-kernel, per-architecture lines of the ptxas report, sorted by kernel and arch.
     pub fn resources(&self) -> Vec<KernelResources> {
-        parse_ptxas_report(self.ptxas_report)
+        let mut entries = parse_ptxas_report(self.ptxas_report);
+        entries.sort_by(|a, b| (&a.kernel, &a.arch).cmp(&(&b.kernel, &b.arch)));
+        entries
     }
 }
 
@@ -115,7 +117,11 @@ fn entry_function(line: &str) -> Option<(String, String)> {
 fn number_before(line: &str, label: &str) -> u32 {
     line.split(',')
         .find(|part| part.contains(label))
-        .and_then(|part| part.split_whitespace().rev().nth(label.split_whitespace().count()))
+        .and_then(|part| {
+            part.split_whitespace()
+                .rev()
+                .nth(label.split_whitespace().count())
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
@@ -154,7 +160,11 @@ ptxas info    : Used 255 registers, used 1 barriers, 49152 bytes smem, 392 bytes
         let hot = &entries[1];
         assert_eq!((hot.arch.as_str(), hot.registers), ("sm_80", 255));
         assert_eq!(
-            (hot.stack_frame_bytes, hot.spill_store_bytes, hot.spill_load_bytes),
+            (
+                hot.stack_frame_bytes,
+                hot.spill_store_bytes,
+                hot.spill_load_bytes
+            ),
             (16, 8, 12)
         );
         assert_eq!(hot.shared_bytes, 49152);
@@ -164,7 +174,11 @@ ptxas info    : Used 255 registers, used 1 barriers, 49152 bytes smem, 392 bytes
     #[test]
     fn every_embedded_module_reports_its_kernels() {
         for module in modules() {
-            assert!(!module.image.is_empty(), "{} has an empty fatbin", module.name);
+            assert!(
+                !module.image.is_empty(),
+                "{} has an empty fatbin",
+                module.name
+            );
             assert!(
                 !module.resources().is_empty(),
                 "{}: no kernels in the ptxas report",

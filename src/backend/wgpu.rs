@@ -123,8 +123,10 @@ impl Wgpu {
             descriptor.backends = backends;
         }
         let instance = wgpu::Instance::new(descriptor);
-        let adapter = pollster::block_on(select_adapter(&instance, options.adapter_name.as_deref()))?;
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let adapter =
+            pollster::block_on(select_adapter(&instance, options.adapter_name.as_deref()))?;
+        let wanted =
+            wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let request = wgpu::DeviceDescriptor {
             label: Some("tilefuse"),
             required_features: adapter.features() & wanted,
@@ -132,11 +134,12 @@ impl Wgpu {
             ..Default::default()
         };
         let info = adapter.get_info();
-        let (device, queue) = pollster::block_on(adapter.request_device(&request)).map_err(|e| {
-            Error::WgpuUnavailable {
-                reason: format!("adapter {} refused a device: {e}", info.name),
-            }
-        })?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&request)).map_err(|e| {
+                Error::WgpuUnavailable {
+                    reason: format!("adapter {} refused a device: {e}", info.name),
+                }
+            })?;
         // wgpu's default handler panics; every call of ours runs in error scopes, so anything
         // reaching this handler came from elsewhere and is only reported.
         device.on_uncaptured_error(Arc::new(|error| {
@@ -147,11 +150,20 @@ impl Wgpu {
 
     /// Wraps a device and queue the caller already has (a framework's own), so buffers can be
     /// shared with no copy. The caller keeps its uncaptured-error handler.
-    pub fn from_device(adapter: wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+    pub fn from_device(
+        adapter: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Self {
         Self::assemble(adapter, device, queue, WgpuOptions::default().timeout)
     }
 
-    fn assemble(adapter: wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue, timeout: Duration) -> Self {
+    fn assemble(
+        adapter: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        timeout: Duration,
+    ) -> Self {
         Wgpu {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -207,9 +219,18 @@ impl Wgpu {
             extras.push("f16".to_string());
         }
         if self.has_subgroups() {
-            extras.push(format!("subgroups {}-{}", a.subgroup_min_size, a.subgroup_max_size));
+            extras.push(format!(
+                "subgroups {}-{}",
+                a.subgroup_min_size, a.subgroup_max_size
+            ));
         }
-        format!("{} ({:?}, {:?}; {})", a.name, a.backend, a.device_type, extras.join(", "))
+        format!(
+            "{} ({:?}, {:?}; {})",
+            a.name,
+            a.backend,
+            a.device_type,
+            extras.join(", ")
+        )
     }
 
     /// Copies `data` into a new storage buffer.
@@ -219,11 +240,13 @@ impl Wgpu {
         let buffer = self.scoped(
             || format!("uploading {} bytes", bytes.len()),
             || {
-                self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("tilefuse buffer"),
-                    contents: &bytes,
-                    usage: storage_usage(),
-                })
+                self.inner
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("tilefuse buffer"),
+                        contents: &bytes,
+                        usage: storage_usage(),
+                    })
             },
         )?;
         Ok(self.wrap(buffer, data.len()))
@@ -347,7 +370,10 @@ impl Wgpu {
         }
         Err(Error::DeviceMismatch {
             what,
-            expected: format!("wgpu device #{} ({})", self.inner.id, self.inner.adapter.name),
+            expected: format!(
+                "wgpu device #{} ({})",
+                self.inner.id, self.inner.adapter.name
+            ),
             got: format!("wgpu device #{}", buffer.owner),
         })
     }
@@ -367,28 +393,37 @@ impl Wgpu {
                 .map(|(name, value)| (name.to_string(), value.to_bits()))
                 .collect(),
         };
-        let mut cache = self.inner.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(pipeline) = cache.get(&key) {
             return Ok(pipeline.clone());
         }
         let pipeline = self.scoped(
             || format!("building pipeline {}::{entry}", shader.name),
             || {
-                let module = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader.name),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader.source)),
-                });
-                self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(shader.name),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
-                        ..Default::default()
-                    },
-                    cache: None,
-                })
+                let module = self
+                    .inner
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader.source)),
+                    });
+                self.inner
+                    .device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(shader.name),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants,
+                            ..Default::default()
+                        },
+                        cache: None,
+                    })
             },
         )?;
         cache.insert(key, pipeline.clone());
@@ -427,11 +462,13 @@ impl Wgpu {
             || format!("dispatching {workgroups:?} workgroups"),
             || {
                 let uniform = (!params.is_empty()).then(|| {
-                    self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("tilefuse params"),
-                        contents: &padded_bytes(params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    })
+                    self.inner
+                        .device
+                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some("tilefuse params"),
+                            contents: &padded_bytes(params),
+                            usage: wgpu::BufferUsages::UNIFORM,
+                        })
                 });
                 let entries: Vec<wgpu::BindGroupEntry> = uniform
                     .iter()
@@ -442,14 +479,18 @@ impl Wgpu {
                         resource: buffer.as_entire_binding(),
                     })
                     .collect();
-                let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                });
+                let bind_group = self
+                    .inner
+                    .device
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    });
                 let mut encoder = self.encoder();
                 {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                     pass.set_pipeline(pipeline);
                     pass.set_bind_group(0, &bind_group, &[]);
                     pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
@@ -461,7 +502,12 @@ impl Wgpu {
 
     /// Encodes `count` copies of `src` into `dst` in one submission and waits: the backend's
     /// copy bandwidth, the baseline that memory-bound kernels are measured against.
-    pub fn copy_buffer<T: Pod>(&self, src: &GpuBuffer<T>, dst: &mut GpuBuffer<T>, count: usize) -> Result<()> {
+    pub fn copy_buffer<T: Pod>(
+        &self,
+        src: &GpuBuffer<T>,
+        dst: &mut GpuBuffer<T>,
+        count: usize,
+    ) -> Result<()> {
         self.check_buffer("src", src)?;
         self.check_buffer("dst", dst)?;
         if src.len != dst.len {
@@ -476,7 +522,13 @@ impl Wgpu {
             || {
                 let mut encoder = self.encoder();
                 for _ in 0..count {
-                    encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, src.buffer.size());
+                    encoder.copy_buffer_to_buffer(
+                        &src.buffer,
+                        0,
+                        &dst.buffer,
+                        0,
+                        src.buffer.size(),
+                    );
                 }
                 self.inner.queue.submit([encoder.finish()]);
             },
@@ -487,7 +539,9 @@ impl Wgpu {
     fn encoder(&self) -> wgpu::CommandEncoder {
         self.inner
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tilefuse") })
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("tilefuse"),
+            })
     }
 
     /// Runs `f` inside validation, out-of-memory and internal error scopes and returns the

@@ -2,7 +2,10 @@
 //! measured against (in the same run), and a round trip through device memory as the
 //! simplest plumbing check of each backend.
 
-use super::{Backend, Backends, BenchCase, BenchSettings, CheckCase, Comparison, OpEntry, Rng, Timing, Tolerance, compare};
+use super::{
+    Backend, Backends, BenchCase, CheckCase, Clock, Comparison, OpEntry, Rng, Runner, Tolerance,
+    compare,
+};
 use crate::error::Result;
 
 /// The registry entry.
@@ -30,7 +33,12 @@ fn check_cases() -> Vec<CheckCase> {
 
 /// Uploads `len` random f16 values, copies them on the device, reads the copy back, and
 /// compares bit for bit (a zero tolerance).
-fn round_trip(backends: &Backends, backend: Backend, len: usize, seed: u64) -> Result<Option<Comparison>> {
+fn round_trip(
+    backends: &Backends,
+    backend: Backend,
+    len: usize,
+    seed: u64,
+) -> Result<Option<Comparison>> {
     let data = Rng::new(seed).fill(len, -4.0, 4.0, half::f16::from_f64);
     let out: Vec<half::f16> = match backend {
         Backend::Cpu => return Ok(None),
@@ -39,8 +47,12 @@ fn round_trip(backends: &Backends, backend: Backend, len: usize, seed: u64) -> R
             use crate::error::CudaResultExt;
             let stream = backends.cuda()?.stream();
             let src = stream.clone_htod(&data).during(|| "uploading".into())?;
-            let mut dst = stream.alloc_zeros::<half::f16>(len).during(|| "allocating".into())?;
-            stream.memcpy_dtod(&src, &mut dst).during(|| "copying".into())?;
+            let mut dst = stream
+                .alloc_zeros::<half::f16>(len)
+                .during(|| "allocating".into())?;
+            stream
+                .memcpy_dtod(&src, &mut dst)
+                .during(|| "copying".into())?;
             stream.clone_dtoh(&dst).during(|| "downloading".into())?
         }
         #[cfg(feature = "wgpu")]
@@ -55,18 +67,25 @@ fn round_trip(backends: &Backends, backend: Backend, len: usize, seed: u64) -> R
         other => return Err(other.not_compiled()),
     };
     let reference: Vec<f64> = data.iter().map(|&x| x.into()).collect();
-    let exact = Tolerance { rel_l2: 0.0, element: 0.0 };
+    let exact = Tolerance {
+        rel_l2: 0.0,
+        element: 0.0,
+    };
     Ok(Some(compare(&out, &reference, exact)))
 }
 
 fn bench_cases() -> Vec<BenchCase> {
     let name = format!("{} MiB", BENCH_BYTES >> 20);
-    vec![BenchCase::new("copy", name, 2 * BENCH_BYTES as u64, 0, |backends, backend, settings| {
-        time_copy(backends, backend, settings)
-    })]
+    vec![BenchCase::new(
+        "copy",
+        name,
+        2 * BENCH_BYTES as u64,
+        0,
+        prepare_copy,
+    )]
 }
 
-fn time_copy(backends: &Backends, backend: Backend, settings: &BenchSettings) -> Result<Option<Timing>> {
+fn prepare_copy(backends: &Backends, backend: Backend) -> Result<Option<Runner<'_>>> {
     let words = BENCH_BYTES / 4;
     match backend {
         Backend::Cpu => Ok(None),
@@ -75,16 +94,27 @@ fn time_copy(backends: &Backends, backend: Backend, settings: &BenchSettings) ->
             use crate::error::CudaResultExt;
             let cuda = backends.cuda()?;
             let stream = cuda.stream();
-            let src = stream.alloc_zeros::<u32>(words).during(|| "allocating".into())?;
-            let mut dst = stream.alloc_zeros::<u32>(words).during(|| "allocating".into())?;
-            Timing::cuda(cuda, settings, || stream.memcpy_dtod(&src, &mut dst).during(|| "copying".into())).map(Some)
+            let src = stream
+                .alloc_zeros::<u32>(words)
+                .during(|| "allocating".into())?;
+            let mut dst = stream
+                .alloc_zeros::<u32>(words)
+                .during(|| "allocating".into())?;
+            let copy = move || {
+                stream
+                    .memcpy_dtod(&src, &mut dst)
+                    .during(|| "copying".into())
+            };
+            Ok(Some(Runner::new(Clock::Cuda(cuda), copy)))
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let gpu = backends.wgpu()?;
             let src = gpu.zeros::<u32>(words)?;
             let mut dst = gpu.zeros::<u32>(words)?;
-            Timing::host(settings, || gpu.copy_buffer(&src, &mut dst, 1)).map(Some)
+            Ok(Some(Runner::new(Clock::Wgpu(gpu), move || {
+                gpu.copy_buffer(&src, &mut dst, 1)
+            })))
         }
         #[allow(unreachable_patterns)]
         other => Err(other.not_compiled()),

@@ -18,11 +18,20 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// f32 arithmetic on exactly representable inputs.
-    pub const F32: Tolerance = Tolerance { rel_l2: 1e-5, element: 1e-5 };
+    pub const F32: Tolerance = Tolerance {
+        rel_l2: 1e-5,
+        element: 1e-5,
+    };
     /// f16 operands or outputs.
-    pub const F16: Tolerance = Tolerance { rel_l2: 2e-3, element: 2e-3 };
+    pub const F16: Tolerance = Tolerance {
+        rel_l2: 2e-3,
+        element: 2e-3,
+    };
     /// bf16 operands or outputs.
-    pub const BF16: Tolerance = Tolerance { rel_l2: 1e-2, element: 1e-2 };
+    pub const BF16: Tolerance = Tolerance {
+        rel_l2: 1e-2,
+        element: 1e-2,
+    };
 }
 
 /// The outcome of [`compare`].
@@ -99,7 +108,11 @@ impl AsF64 for half::bf16 {
 pub fn compare<T: AsF64>(out: &[T], reference: &[f64], tolerance: Tolerance) -> Comparison {
     let finite_ref = reference.iter().filter(|r| r.is_finite());
     let (count, sum_sq) = finite_ref.fold((0usize, 0.0f64), |(n, s), r| (n + 1, s + r * r));
-    let rms = if count == 0 { 0.0 } else { (sum_sq / count as f64).sqrt() };
+    let rms = if count == 0 {
+        0.0
+    } else {
+        (sum_sq / count as f64).sqrt()
+    };
     let mut comparison = Comparison {
         len: reference.len(),
         rel_l2: 0.0,

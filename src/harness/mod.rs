@@ -23,7 +23,7 @@ use std::fmt;
 
 pub use compare::{AsF64, Comparison, Tolerance, compare};
 pub use rng::Rng;
-pub use timing::{BenchRecord, BenchSettings, Timing};
+pub use timing::{BenchRecord, BenchSettings, Clock, Runner, Timing};
 
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
@@ -109,9 +109,9 @@ impl Backends {
     pub fn detect() -> Self {
         Backends {
             #[cfg(feature = "cuda")]
-            cuda: Cuda::new(0).map_err(|e| e.to_string()),
+            cuda: Cuda::new(0).map_err(reason),
             #[cfg(feature = "wgpu")]
-            wgpu: Wgpu::new().map_err(|e| e.to_string()),
+            wgpu: Wgpu::new().map_err(reason),
         }
     }
 
@@ -119,7 +119,7 @@ impl Backends {
     #[cfg(feature = "cuda")]
     pub fn cuda(&self) -> Result<&Cuda> {
         self.cuda.as_ref().map_err(|reason| Error::CudaUnavailable {
-            reason: unprefixed(reason, "CUDA backend unavailable: "),
+            reason: reason.clone(),
         })
     }
 
@@ -127,20 +127,27 @@ impl Backends {
     #[cfg(feature = "wgpu")]
     pub fn wgpu(&self) -> Result<&Wgpu> {
         self.wgpu.as_ref().map_err(|reason| Error::WgpuUnavailable {
-            reason: unprefixed(reason, "wgpu backend unavailable: "),
+            reason: reason.clone(),
         })
     }
 
     /// A description of the backend's device, or why it cannot be used.
     pub fn status(&self, backend: Backend) -> std::result::Result<String, String> {
         match backend {
-            Backend::Cpu => Ok(format!("{} host threads", std::thread::available_parallelism().map_or(1, |n| n.get()))),
+            Backend::Cpu => Ok(format!(
+                "{} host threads",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            )),
             #[cfg(feature = "cuda")]
-            Backend::Cuda => self.cuda.as_ref().map(|c| c.info().to_string()).map_err(Clone::clone),
+            Backend::Cuda => self
+                .cuda
+                .as_ref()
+                .map(|c| c.info().to_string())
+                .map_err(Clone::clone),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => self.wgpu.as_ref().map(Wgpu::describe).map_err(Clone::clone),
             #[allow(unreachable_patterns)]
-            other => Err(other.not_compiled().to_string()),
+            other => Err(reason(other.not_compiled())),
         }
     }
 
@@ -150,12 +157,16 @@ impl Backends {
     }
 }
 
-fn unprefixed(reason: &str, prefix: &str) -> String {
-    reason.strip_prefix(prefix).unwrap_or(reason).to_string()
+/// Why a backend could not be opened, without the "backend unavailable" prefix.
+fn reason(error: Error) -> String {
+    match error {
+        Error::CudaUnavailable { reason } | Error::WgpuUnavailable { reason } => reason,
+        other => other.to_string(),
+    }
 }
 
 type CheckFn = dyn Fn(&Backends, Backend) -> Result<Option<Comparison>> + Send + Sync;
-type BenchFn = dyn Fn(&Backends, Backend, &BenchSettings) -> Result<Option<Timing>> + Send + Sync;
+type PrepareFn = dyn for<'a> Fn(&'a Backends, Backend) -> Result<Option<Runner<'a>>> + Send + Sync;
 
 /// One correctness case: runs the op on a backend and compares with the reference.
 pub struct CheckCase {
@@ -186,39 +197,69 @@ impl CheckCase {
     }
 }
 
-/// One benchmark case: a timed configuration and the work it does per run.
+/// One benchmark case: a configuration, the work it does per run, and how to prepare it.
 pub struct BenchCase {
     /// The op's name.
     pub op: &'static str,
     /// The case, e.g. `"m=8192 k=8192 n=16 s=80%"`; peers use the same string.
     pub name: String,
+    /// Whose code runs: `"tilefuse"`, or a baseline timed in the same run (e.g. `"cublas"`).
+    pub implementation: &'static str,
     /// Bytes moved per run (reads + writes of the ideal kernel), for GB/s.
     pub bytes: u64,
     /// Floating-point operations per run, for TFLOP/s.
     pub flops: u64,
-    run: Box<BenchFn>,
+    prepare: Box<PrepareFn>,
 }
 
 impl BenchCase {
-    /// A case from a closure that returns `Ok(None)` for backends the op does not have.
+    /// A tilefuse case. `prepare` puts the inputs on the backend and returns a [`Runner`]
+    /// doing one run per call, or `Ok(None)` for backends the op does not have.
     pub fn new(
         op: &'static str,
         name: impl Into<String>,
         bytes: u64,
         flops: u64,
-        run: impl Fn(&Backends, Backend, &BenchSettings) -> Result<Option<Timing>> + Send + Sync + 'static,
+        prepare: impl for<'a> Fn(&'a Backends, Backend) -> Result<Option<Runner<'a>>>
+        + Send
+        + Sync
+        + 'static,
     ) -> Self {
         BenchCase {
             op,
             name: name.into(),
+            implementation: "tilefuse",
             bytes,
             flops,
-            run: Box::new(run),
+            prepare: Box::new(prepare),
         }
     }
 
-    /// Times the case on `backend`.
-    pub fn run(&self, backends: &Backends, backend: Backend, settings: &BenchSettings) -> Result<Option<Timing>> {
-        (self.run)(backends, backend, settings)
+    /// The same case run by a baseline implementation instead of tilefuse.
+    pub fn by(mut self, implementation: &'static str) -> Self {
+        self.implementation = implementation;
+        self
+    }
+
+    /// Prepares the case on `backend`; `Ok(None)` when the op has no such path.
+    pub fn prepare<'a>(
+        &self,
+        backends: &'a Backends,
+        backend: Backend,
+    ) -> Result<Option<Runner<'a>>> {
+        (self.prepare)(backends, backend)
+    }
+
+    /// Prepares and times the case on `backend`.
+    pub fn run(
+        &self,
+        backends: &Backends,
+        backend: Backend,
+        settings: &BenchSettings,
+    ) -> Result<Option<Timing>> {
+        match self.prepare(backends, backend)? {
+            Some(mut runner) => runner.time(settings).map(Some),
+            None => Ok(None),
+        }
     }
 }

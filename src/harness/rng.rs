@@ -14,7 +14,10 @@ impl Rng {
     /// A fresh seed from the clock and the process, for tests that print it on failure.
     /// `TILEFUSE_SEED` overrides it, to replay a failure.
     pub fn fresh_seed() -> u64 {
-        if let Some(seed) = std::env::var("TILEFUSE_SEED").ok().and_then(|s| s.parse().ok()) {
+        if let Some(seed) = std::env::var("TILEFUSE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
             return seed;
         }
         use std::hash::{BuildHasher, RandomState};

@@ -42,9 +42,9 @@ impl BenchSettings {
     }
 
     /// Runs per sample, from how long one run took.
-    fn repeats(&self, one_run: Duration) -> usize {
+    fn repeats(&self, one_run: Duration) -> u64 {
         let one = one_run.as_secs_f64().max(1e-7);
-        ((self.min_sample.as_secs_f64() / one).ceil() as usize).clamp(1, 10_000)
+        ((self.min_sample.as_secs_f64() / one).ceil() as u64).clamp(1, 10_000)
     }
 }
 
@@ -69,72 +69,107 @@ impl Timing {
 
     /// The fastest per-run time in microseconds.
     pub fn min_us(&self) -> f64 {
-        self.samples_us.iter().copied().fold(f64::INFINITY, f64::min)
+        self.samples_us
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
     }
+}
 
-    /// Times `run` on the host by wall clock.
-    pub fn host(settings: &BenchSettings, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
-        Self::measure(settings, &mut run, || Ok(()))
-    }
-
-    /// Times `run`, which submits work to `gpu`, by wall clock around a wait for the queue.
-    #[cfg(feature = "wgpu")]
-    pub fn wgpu(gpu: &Wgpu, settings: &BenchSettings, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
-        Self::measure(settings, &mut run, || gpu.synchronize())
-    }
-
-    /// Times `run`, which enqueues work on `cuda`'s stream, with CUDA events.
+/// Where a run executes, which decides how it is timed.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock<'a> {
+    /// Host code: wall clock.
+    Host,
+    /// Work enqueued on the handle's stream: CUDA events.
     #[cfg(feature = "cuda")]
-    pub fn cuda(cuda: &Cuda, settings: &BenchSettings, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
-        use crate::error::CudaResultExt;
-        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+    Cuda(&'a Cuda),
+    /// Work submitted to the handle's queue: wall clock around a wait for the queue.
+    #[cfg(feature = "wgpu")]
+    Wgpu(&'a Wgpu),
+    #[doc(hidden)]
+    _Lifetime(std::marker::PhantomData<&'a ()>),
+}
 
-        for _ in 0..settings.warmup.max(1) {
-            run()?;
+/// A prepared benchmark: inputs are on the device, and each call of the closure does one run
+/// (enqueues it, without waiting).
+pub struct Runner<'a> {
+    clock: Clock<'a>,
+    run: Box<dyn FnMut() -> Result<()> + 'a>,
+}
+
+impl<'a> Runner<'a> {
+    /// A runner that does one run per call of `run`, timed by `clock`.
+    pub fn new(clock: Clock<'a>, run: impl FnMut() -> Result<()> + 'a) -> Self {
+        Runner {
+            clock,
+            run: Box::new(run),
         }
-        cuda.synchronize()?;
-        let stream = cuda.stream();
-        let event = || stream.record_event(Some(CU_EVENT_DEFAULT)).during(|| "recording an event".into());
-        let timed = |repeats: usize, run: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-            let start = event()?;
-            for _ in 0..repeats {
-                run()?;
-            }
-            let end = event()?;
-            end.synchronize().during(|| "waiting for an event".into())?;
-            let ms = start.elapsed_ms(&end).during(|| "reading an event timer".into())?;
-            Ok(f64::from(ms) * 1e3 / repeats as f64)
-        };
-        let repeats = settings.repeats(Duration::from_secs_f64(timed(1, &mut run)? * 1e-6));
-        let samples_us = (0..settings.samples.max(1))
-            .map(|_| timed(repeats, &mut run))
-            .collect::<Result<_>>()?;
-        Ok(Timing { samples_us })
     }
 
-    fn measure(
-        settings: &BenchSettings,
-        run: &mut dyn FnMut() -> Result<()>,
-        wait: impl Fn() -> Result<()>,
-    ) -> Result<Timing> {
+    /// Warms up, then takes `settings.samples` samples of enough runs each.
+    pub fn time(&mut self, settings: &BenchSettings) -> Result<Timing> {
         for _ in 0..settings.warmup {
-            run()?;
+            (self.run)()?;
         }
-        wait()?;
-        let mut timed = |repeats: usize| -> Result<f64> {
-            let start = Instant::now();
-            for _ in 0..repeats {
-                run()?;
-            }
-            wait()?;
-            Ok(start.elapsed().as_secs_f64() * 1e6 / repeats as f64)
-        };
-        let repeats = settings.repeats(Duration::from_secs_f64(timed(1)? * 1e-6));
+        self.wait()?;
+        let one = self.time_runs(1)?;
+        let repeats = settings.repeats(one);
         let samples_us = (0..settings.samples.max(1))
-            .map(|_| timed(repeats))
+            .map(|_| Ok(self.time_runs(repeats)?.as_secs_f64() * 1e6 / repeats as f64))
             .collect::<Result<_>>()?;
         Ok(Timing { samples_us })
     }
+
+    /// The time `runs` back-to-back runs take, from the first start to the last end (what
+    /// criterion's `iter_custom` wants).
+    pub fn time_runs(&mut self, runs: u64) -> Result<Duration> {
+        match self.clock {
+            #[cfg(feature = "cuda")]
+            Clock::Cuda(cuda) => time_on_stream(cuda, runs, &mut self.run),
+            _ => {
+                let start = Instant::now();
+                for _ in 0..runs {
+                    (self.run)()?;
+                }
+                self.wait()?;
+                Ok(start.elapsed())
+            }
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        match self.clock {
+            #[cfg(feature = "cuda")]
+            Clock::Cuda(cuda) => cuda.synchronize(),
+            #[cfg(feature = "wgpu")]
+            Clock::Wgpu(gpu) => gpu.synchronize(),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn time_on_stream(cuda: &Cuda, runs: u64, run: &mut dyn FnMut() -> Result<()>) -> Result<Duration> {
+    use crate::error::CudaResultExt;
+    use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+
+    let event = || {
+        cuda.stream()
+            .record_event(Some(CU_EVENT_DEFAULT))
+            .during(|| "recording a timing event".into())
+    };
+    let start = event()?;
+    for _ in 0..runs {
+        run()?;
+    }
+    let end = event()?;
+    end.synchronize()
+        .during(|| "waiting for a timing event".into())?;
+    let ms = start
+        .elapsed_ms(&end)
+        .during(|| "reading a timing event".into())?;
+    Ok(Duration::from_secs_f64(f64::from(ms) * 1e-3))
 }
 
 /// One line of `tilefuse bench --json` (and of the GPU bundle's peer script, same schema).
@@ -146,7 +181,7 @@ pub struct BenchRecord {
     pub case: String,
     /// The backend, e.g. `"cuda"`.
     pub backend: String,
-    /// Whose code ran: `"tilefuse"`, or a peer such as `"torch-cublas"`.
+    /// Whose code ran: `"tilefuse"`, or a baseline or peer such as `"cublas"`.
     pub implementation: String,
     /// The device or adapter name.
     pub device: String,
@@ -180,9 +215,13 @@ mod tests {
 
     #[test]
     fn median_of_odd_and_even_counts() {
-        let t = Timing { samples_us: vec![3.0, 1.0, 2.0] };
+        let t = Timing {
+            samples_us: vec![3.0, 1.0, 2.0],
+        };
         assert_eq!((t.median_us(), t.min_us()), (2.0, 1.0));
-        let t = Timing { samples_us: vec![4.0, 1.0, 2.0, 3.0] };
+        let t = Timing {
+            samples_us: vec![4.0, 1.0, 2.0, 3.0],
+        };
         assert_eq!(t.median_us(), 2.5);
     }
 
@@ -190,10 +229,11 @@ mod tests {
     fn host_timing_counts_every_run() {
         let mut runs = 0;
         let settings = BenchSettings::quick();
-        let timing = Timing::host(&settings, || {
+        let timing = Runner::new(Clock::Host, || {
             runs += 1;
             Ok(())
         })
+        .time(&settings)
         .unwrap();
         assert_eq!(timing.samples_us.len(), settings.samples);
         assert!(runs >= settings.warmup + 1 + settings.samples);

@@ -4,7 +4,10 @@ use half::f16;
 
 use super::{MatmulShape, reference};
 use crate::error::Result;
-use crate::harness::{Backend, Backends, BenchCase, BenchSettings, CheckCase, Comparison, OpEntry, Rng, Timing, Tolerance, compare};
+use crate::harness::{
+    Backend, Backends, BenchCase, CheckCase, Clock, Comparison, OpEntry, Rng, Runner, Tolerance,
+    compare,
+};
 
 /// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
@@ -16,22 +19,37 @@ pub const ENTRY: OpEntry = OpEntry {
 };
 
 /// Shapes `tilefuse check` runs: tiny, ragged in every dimension, and exact tiles.
-const CHECK_SHAPES: [(usize, usize, usize); 5] = [(1, 1, 1), (16, 8, 16), (17, 9, 33), (64, 48, 256), (300, 70, 520)];
+const CHECK_SHAPES: [(usize, usize, usize); 5] = [
+    (1, 1, 1),
+    (16, 8, 16),
+    (17, 9, 33),
+    (64, 48, 256),
+    (300, 70, 520),
+];
 
 fn check_cases() -> Vec<CheckCase> {
     CHECK_SHAPES
         .into_iter()
         .map(|(m, n, k)| {
-            CheckCase::new("smoke", format!("m={m} n={n} k={k}"), move |backends, backend| {
-                check(backends, backend, MatmulShape::new(m, n, k)?, 0x5eed)
-            })
+            CheckCase::new(
+                "smoke",
+                format!("m={m} n={n} k={k}"),
+                move |backends, backend| {
+                    check(backends, backend, MatmulShape::new(m, n, k)?, 0x5eed)
+                },
+            )
         })
         .collect()
 }
 
 /// Runs the op on `backend` with random inputs from `seed` (outputs poisoned with NaN first)
 /// and compares with the f64 reference. `Ok(None)`: the op has no CPU path of its own.
-pub fn check(backends: &Backends, backend: Backend, shape: MatmulShape, seed: u64) -> Result<Option<Comparison>> {
+pub fn check(
+    backends: &Backends,
+    backend: Backend,
+    shape: MatmulShape,
+    seed: u64,
+) -> Result<Option<Comparison>> {
     let mut rng = Rng::new(seed);
     let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
     let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
@@ -44,7 +62,10 @@ pub fn check(backends: &Backends, backend: Backend, shape: MatmulShape, seed: u6
             let cuda = backends.cuda()?;
             let stream = cuda.stream();
             let upload = || "uploading inputs".to_string();
-            let (a, b) = (stream.clone_htod(&a).during(upload)?, stream.clone_htod(&b).during(upload)?);
+            let (a, b) = (
+                stream.clone_htod(&a).during(upload)?,
+                stream.clone_htod(&b).during(upload)?,
+            );
             let mut c = stream.clone_htod(&poison).during(upload)?;
             super::cuda::matmul(cuda, &a, &b, &mut c, shape)?;
             stream.clone_dtoh(&c).during(|| "reading back c".into())?
@@ -60,19 +81,31 @@ pub fn check(backends: &Backends, backend: Backend, shape: MatmulShape, seed: u6
         #[allow(unreachable_patterns)]
         other => return Err(other.not_compiled()),
     };
-    Ok(Some(compare(&out, &reference(&a, &b, shape)?, Tolerance::F32)))
+    Ok(Some(compare(
+        &out,
+        &reference(&a, &b, shape)?,
+        Tolerance::F32,
+    )))
 }
 
 fn bench_cases() -> Vec<BenchCase> {
     let (m, n, k) = (1024, 1024, 1024);
     let bytes = (2 * (m * k + n * k) + 4 * m * n) as u64;
     let flops = (2 * m * n * k) as u64;
-    vec![BenchCase::new("smoke", format!("m={m} n={n} k={k}"), bytes, flops, move |backends, backend, settings| {
-        time(backends, backend, settings, MatmulShape::new(m, n, k)?)
-    })]
+    vec![BenchCase::new(
+        "smoke",
+        format!("m={m} n={n} k={k}"),
+        bytes,
+        flops,
+        move |backends, backend| prepare(backends, backend, MatmulShape::new(m, n, k)?),
+    )]
 }
 
-fn time(backends: &Backends, backend: Backend, settings: &BenchSettings, shape: MatmulShape) -> Result<Option<Timing>> {
+fn prepare(
+    backends: &Backends,
+    backend: Backend,
+    shape: MatmulShape,
+) -> Result<Option<Runner<'_>>> {
     let mut rng = Rng::new(1);
     let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
     let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
@@ -84,16 +117,23 @@ fn time(backends: &Backends, backend: Backend, settings: &BenchSettings, shape: 
             let cuda = backends.cuda()?;
             let stream = cuda.stream();
             let upload = || "uploading inputs".to_string();
-            let (a, b) = (stream.clone_htod(&a).during(upload)?, stream.clone_htod(&b).during(upload)?);
-            let mut c = stream.alloc_zeros::<f32>(shape.m * shape.n).during(upload)?;
-            Timing::cuda(cuda, settings, || super::cuda::matmul(cuda, &a, &b, &mut c, shape)).map(Some)
+            let (a, b) = (
+                stream.clone_htod(&a).during(upload)?,
+                stream.clone_htod(&b).during(upload)?,
+            );
+            let mut c = stream
+                .alloc_zeros::<f32>(shape.m * shape.n)
+                .during(upload)?;
+            let run = move || super::cuda::matmul(cuda, &a, &b, &mut c, shape);
+            Ok(Some(Runner::new(Clock::Cuda(cuda), run)))
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let gpu = backends.wgpu()?;
             let (a, b) = (gpu.upload(&a)?, gpu.upload(&b)?);
             let mut c = gpu.zeros::<f32>(shape.m * shape.n)?;
-            Timing::wgpu(gpu, settings, || super::wgpu::matmul(gpu, &a, &b, &mut c, shape)).map(Some)
+            let run = move || super::wgpu::matmul(gpu, &a, &b, &mut c, shape);
+            Ok(Some(Runner::new(Clock::Wgpu(gpu), run)))
         }
         #[allow(unreachable_patterns)]
         other => Err(other.not_compiled()),

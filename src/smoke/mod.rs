@@ -51,8 +51,15 @@ impl MatmulShape {
             }
         }
         for (what, rows, cols) in [("a", m, k), ("b", n, k), ("c", m, n)] {
-            if rows.checked_mul(cols).is_none_or(|len| len > i32::MAX as usize) {
-                return Err(Error::invalid(what, "fewer than 2^31 elements", format!("[{rows}, {cols}]")));
+            if rows
+                .checked_mul(cols)
+                .is_none_or(|len| len > i32::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    what,
+                    "fewer than 2^31 elements",
+                    format!("[{rows}, {cols}]"),
+                ));
             }
         }
         Ok(MatmulShape { m, n, k })
@@ -60,9 +67,17 @@ impl MatmulShape {
 
     /// Checks that the three buffers have the lengths this shape needs.
     pub(crate) fn check_lengths(&self, a: usize, b: usize, c: usize) -> Result<()> {
-        for (what, expected, got) in [("a", self.m * self.k, a), ("b", self.n * self.k, b), ("c", self.m * self.n, c)] {
+        for (what, expected, got) in [
+            ("a", self.m * self.k, a),
+            ("b", self.n * self.k, b),
+            ("c", self.m * self.n, c),
+        ] {
             if expected != got {
-                return Err(Error::Length { what, expected, got });
+                return Err(Error::Length {
+                    what,
+                    expected,
+                    got,
+                });
             }
         }
         Ok(())

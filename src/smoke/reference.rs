@@ -12,7 +12,11 @@ pub fn reference(a: &[f16], b: &[f16], shape: MatmulShape) -> Result<Vec<f64>> {
         let row = &a[i * k..(i + 1) * k];
         for j in 0..n {
             let col = &b[j * k..(j + 1) * k];
-            c[i * n + j] = row.iter().zip(col).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+            c[i * n + j] = row
+                .iter()
+                .zip(col)
+                .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                .sum();
         }
     }
     Ok(c)

@@ -41,6 +41,12 @@ pub fn matmul(
         k: shape.k as u32,
         pad: 0,
     };
-    let groups = [shape.n.div_ceil(TILE), shape.m.div_ceil(TILE), 1].map(|g| g.min(u32::MAX as usize) as u32);
-    gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &[a.raw(), b.raw(), c.raw()], groups)
+    let groups = [shape.n.div_ceil(TILE), shape.m.div_ceil(TILE), 1]
+        .map(|g| g.min(u32::MAX as usize) as u32);
+    gpu.dispatch(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[a.raw(), b.raw(), c.raw()],
+        groups,
+    )
 }

@@ -23,7 +23,9 @@ pub fn available(backend: Backend) -> Option<&'static Backends> {
     announce(backend, &status);
     match status {
         Ok(_) => Some(backends),
-        Err(why) if required(backend) => panic!("{backend} is required here but unavailable: {why}"),
+        Err(why) if required(backend) => {
+            panic!("{backend} is required here but unavailable: {why}")
+        }
         Err(_) => None,
     }
 }
@@ -47,7 +49,13 @@ fn announce(backend: Backend, status: &Result<String, String>) {
     }
     seen.push(backend);
     let binary = std::env::args().next().unwrap_or_default();
-    let binary = binary.rsplit('/').next().unwrap_or_default().split('-').next().unwrap_or_default();
+    let binary = binary
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split('-')
+        .next()
+        .unwrap_or_default();
     let line = match status {
         Ok(device) => format!("[{binary}] {backend}: runs on {device}"),
         Err(why) => format!("[{binary}] {backend}: SKIPPED: {why}"),
@@ -63,7 +71,10 @@ pub fn seed() -> u64 {
 /// Asserts that a check ran and passed, naming the seed and case on failure.
 pub fn assert_passes(result: tilefuse::Result<Option<Comparison>>, case: &str, seed: u64) {
     match result {
-        Ok(Some(c)) => assert!(c.passed(), "{case} (seed {seed}, TILEFUSE_SEED={seed} replays it): {c}"),
+        Ok(Some(c)) => assert!(
+            c.passed(),
+            "{case} (seed {seed}, TILEFUSE_SEED={seed} replays it): {c}"
+        ),
         Ok(None) => panic!("{case}: this backend has no implementation"),
         Err(e) => panic!("{case} (seed {seed}): {e}"),
     }
