@@ -52,10 +52,10 @@ fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let build = build_kernels(&manifest_dir.join("cuda"), &out_dir);
-    if let Build::Compiled { modules, .. } = &build {
-        if !modules.is_empty() {
-            println!("cargo::rustc-cfg=tilefuse_cuda_kernels");
-        }
+    if let Build::Compiled { modules, .. } = &build
+        && !modules.is_empty()
+    {
+        println!("cargo::rustc-cfg=tilefuse_cuda_kernels");
     }
     let generated = generated_module(&build);
     fs::write(out_dir.join("kernels.rs"), generated).expect("write kernels.rs to OUT_DIR");
@@ -151,7 +151,7 @@ fn no_nvcc(required: bool, why: &str) -> Build {
 /// `/bin/nvcc`, then `PATH`, then `/usr/local/cuda/bin/nvcc`. Err lists where it looked.
 fn find_nvcc() -> Result<PathBuf, String> {
     let exe = format!("nvcc{}", env::consts::EXE_SUFFIX);
-    if let Some(explicit) = env::var_os("NVCC") {
+    if let Some(explicit) = env::var_os("NVCC").filter(|v| !v.is_empty()) {
         let path = PathBuf::from(explicit);
         if !path.is_file() {
             panic!("NVCC is set to {}, which is not a file", path.display());
@@ -160,7 +160,7 @@ fn find_nvcc() -> Result<PathBuf, String> {
     }
     let mut candidates = Vec::new();
     for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
-        if let Some(home) = env::var_os(var) {
+        if let Some(home) = env::var_os(var).filter(|v| !v.is_empty()) {
             candidates.push(PathBuf::from(home).join("bin").join(&exe));
         }
     }

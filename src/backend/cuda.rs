@@ -1,7 +1,7 @@
 //! The CUDA backend: a handle on one device and one stream, the per-context module cache, and
 //! the launch helper that every op goes through.
 //!
-//! Kernels come from the fatbins that build.rs embedded (see [`kernels`](super::kernels)); they
+//! Kernels come from the fatbins that build.rs embedded (see [`super::kernels`]); they
 //! are loaded with the driver API, so a program needs only the NVIDIA driver at run time.
 
 use std::collections::HashMap;

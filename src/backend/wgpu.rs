@@ -440,7 +440,7 @@ impl Wgpu {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        let binding_limit = u64::from(self.limits().max_storage_buffer_binding_size);
+        let binding_limit = self.limits().max_storage_buffer_binding_size;
         if let Some(buffer) = buffers.iter().find(|b| b.size() > binding_limit) {
             return Err(Error::DeviceLimit {
                 what: "storage buffer",

@@ -3,8 +3,7 @@
 //! simplest plumbing check of each backend.
 
 use super::{
-    Backend, Backends, BenchCase, CheckCase, Clock, Comparison, OpEntry, Rng, Runner, Tolerance,
-    compare,
+    Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
 };
 use crate::error::Result;
 
@@ -31,8 +30,8 @@ fn check_cases() -> Vec<CheckCase> {
         .collect()
 }
 
-/// Uploads `len` random f16 values, copies them on the device, reads the copy back, and
-/// compares bit for bit (a zero tolerance).
+/// Uploads `len` random f16 values, copies them on the device into a NaN-poisoned buffer,
+/// reads the copy back, and compares bit for bit (a zero tolerance).
 fn round_trip(
     backends: &Backends,
     backend: Backend,
@@ -40,31 +39,8 @@ fn round_trip(
     seed: u64,
 ) -> Result<Option<Comparison>> {
     let data = Rng::new(seed).fill(len, -4.0, 4.0, half::f16::from_f64);
-    let out: Vec<half::f16> = match backend {
-        Backend::Cpu => return Ok(None),
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            use crate::error::CudaResultExt;
-            let stream = backends.cuda()?.stream();
-            let src = stream.clone_htod(&data).during(|| "uploading".into())?;
-            let mut dst = stream
-                .alloc_zeros::<half::f16>(len)
-                .during(|| "allocating".into())?;
-            stream
-                .memcpy_dtod(&src, &mut dst)
-                .during(|| "copying".into())?;
-            stream.clone_dtoh(&dst).during(|| "downloading".into())?
-        }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            let gpu = backends.wgpu()?;
-            let src = gpu.upload(&data)?;
-            let mut dst = gpu.upload(&vec![half::f16::NAN; len])?;
-            gpu.copy_buffer(&src, &mut dst, 1)?;
-            gpu.download(&dst)?
-        }
-        #[allow(unreachable_patterns)]
-        other => return Err(other.not_compiled()),
+    let Some(out) = copy_on(backends, backend, &data)? else {
+        return Ok(None);
     };
     let reference: Vec<f64> = data.iter().map(|&x| x.into()).collect();
     let exact = Tolerance {
@@ -72,6 +48,41 @@ fn round_trip(
         element: 0.0,
     };
     Ok(Some(compare(&out, &reference, exact)))
+}
+
+fn copy_on(
+    backends: &Backends,
+    backend: Backend,
+    data: &[half::f16],
+) -> Result<Option<Vec<half::f16>>> {
+    let poison = vec![half::f16::NAN; data.len()];
+    match backend {
+        Backend::Cpu => Ok(None),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            use crate::error::CudaResultExt;
+            let stream = backends.cuda()?.stream();
+            let src = stream.clone_htod(data).during(|| "uploading".into())?;
+            let mut dst = stream.clone_htod(&poison).during(|| "uploading".into())?;
+            stream
+                .memcpy_dtod(&src, &mut dst)
+                .during(|| "copying".into())?;
+            stream
+                .clone_dtoh(&dst)
+                .during(|| "downloading".into())
+                .map(Some)
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            let gpu = backends.wgpu()?;
+            let src = gpu.upload(data)?;
+            let mut dst = gpu.upload(&poison)?;
+            gpu.copy_buffer(&src, &mut dst, 1)?;
+            gpu.download(&dst).map(Some)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(other.not_compiled()),
+    }
 }
 
 fn bench_cases() -> Vec<BenchCase> {
@@ -105,14 +116,14 @@ fn prepare_copy(backends: &Backends, backend: Backend) -> Result<Option<Runner<'
                     .memcpy_dtod(&src, &mut dst)
                     .during(|| "copying".into())
             };
-            Ok(Some(Runner::new(Clock::Cuda(cuda), copy)))
+            Ok(Some(Runner::new(super::Clock::Cuda(cuda), copy)))
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let gpu = backends.wgpu()?;
             let src = gpu.zeros::<u32>(words)?;
             let mut dst = gpu.zeros::<u32>(words)?;
-            Ok(Some(Runner::new(Clock::Wgpu(gpu), move || {
+            Ok(Some(Runner::new(super::Clock::Wgpu(gpu), move || {
                 gpu.copy_buffer(&src, &mut dst, 1)
             })))
         }

@@ -145,10 +145,12 @@ pub fn compare<T: AsF64>(out: &[T], reference: &[f64], tolerance: Tolerance) -> 
             comparison.worst = Some((index, ratio));
         }
     }
-    comparison.rel_l2 = match (diff_sq, sum_sq) {
-        (d, _) if d == 0.0 => 0.0,
-        (_, s) if s == 0.0 => f64::INFINITY,
-        (d, s) => (d / s).sqrt(),
+    comparison.rel_l2 = if diff_sq == 0.0 {
+        0.0
+    } else if sum_sq == 0.0 {
+        f64::INFINITY
+    } else {
+        (diff_sq / sum_sq).sqrt()
     };
     comparison
 }

@@ -106,12 +106,19 @@ pub struct Backends {
 
 impl Backends {
     /// Opens CUDA device 0 and the default wgpu adapter, remembering why either failed.
+    /// `TILEFUSE_BACKENDS` (e.g. `cuda` or `cpu,wgpu`) leaves the others closed.
     pub fn detect() -> Self {
+        let enabled = |backend: Backend| match std::env::var("TILEFUSE_BACKENDS") {
+            Ok(list) if !list.split(',').any(|name| name.trim() == backend.name()) => {
+                Err(format!("not in TILEFUSE_BACKENDS={list}"))
+            }
+            _ => Ok(()),
+        };
         Backends {
             #[cfg(feature = "cuda")]
-            cuda: Cuda::new(0).map_err(reason),
+            cuda: enabled(Backend::Cuda).and_then(|()| Cuda::new(0).map_err(reason)),
             #[cfg(feature = "wgpu")]
-            wgpu: Wgpu::new().map_err(reason),
+            wgpu: enabled(Backend::Wgpu).and_then(|()| Wgpu::new().map_err(reason)),
         }
     }
 

@@ -5,8 +5,7 @@ use half::f16;
 use super::{MatmulShape, reference};
 use crate::error::Result;
 use crate::harness::{
-    Backend, Backends, BenchCase, CheckCase, Clock, Comparison, OpEntry, Rng, Runner, Tolerance,
-    compare,
+    Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
 };
 
 /// The registry entry.
@@ -50,12 +49,35 @@ pub fn check(
     shape: MatmulShape,
     seed: u64,
 ) -> Result<Option<Comparison>> {
+    let (a, b) = inputs(shape, seed);
+    let Some(out) = run_on(backends, backend, &a, &b, shape)? else {
+        return Ok(None);
+    };
+    Ok(Some(compare(
+        &out,
+        &reference(&a, &b, shape)?,
+        Tolerance::F32,
+    )))
+}
+
+fn inputs(shape: MatmulShape, seed: u64) -> (Vec<f16>, Vec<f16>) {
     let mut rng = Rng::new(seed);
     let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
     let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
+    (a, b)
+}
+
+/// `c` computed on `backend` into a NaN-poisoned buffer.
+fn run_on(
+    backends: &Backends,
+    backend: Backend,
+    a: &[f16],
+    b: &[f16],
+    shape: MatmulShape,
+) -> Result<Option<Vec<f32>>> {
     let poison = vec![f32::NAN; shape.m * shape.n];
-    let out = match backend {
-        Backend::Cpu => return Ok(None),
+    match backend {
+        Backend::Cpu => Ok(None),
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
             use crate::error::CudaResultExt;
@@ -63,29 +85,27 @@ pub fn check(
             let stream = cuda.stream();
             let upload = || "uploading inputs".to_string();
             let (a, b) = (
-                stream.clone_htod(&a).during(upload)?,
-                stream.clone_htod(&b).during(upload)?,
+                stream.clone_htod(a).during(upload)?,
+                stream.clone_htod(b).during(upload)?,
             );
             let mut c = stream.clone_htod(&poison).during(upload)?;
             super::cuda::matmul(cuda, &a, &b, &mut c, shape)?;
-            stream.clone_dtoh(&c).during(|| "reading back c".into())?
+            stream
+                .clone_dtoh(&c)
+                .during(|| "reading back c".into())
+                .map(Some)
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let gpu = backends.wgpu()?;
-            let (a, b) = (gpu.upload(&a)?, gpu.upload(&b)?);
+            let (a, b) = (gpu.upload(a)?, gpu.upload(b)?);
             let mut c = gpu.upload(&poison)?;
             super::wgpu::matmul(gpu, &a, &b, &mut c, shape)?;
-            gpu.download(&c)?
+            gpu.download(&c).map(Some)
         }
         #[allow(unreachable_patterns)]
-        other => return Err(other.not_compiled()),
-    };
-    Ok(Some(compare(
-        &out,
-        &reference(&a, &b, shape)?,
-        Tolerance::F32,
-    )))
+        other => Err(other.not_compiled()),
+    }
 }
 
 fn bench_cases() -> Vec<BenchCase> {
@@ -106,9 +126,7 @@ fn prepare(
     backend: Backend,
     shape: MatmulShape,
 ) -> Result<Option<Runner<'_>>> {
-    let mut rng = Rng::new(1);
-    let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
-    let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
+    let (a, b) = inputs(shape, 1);
     match backend {
         Backend::Cpu => Ok(None),
         #[cfg(feature = "cuda")]
@@ -125,7 +143,7 @@ fn prepare(
                 .alloc_zeros::<f32>(shape.m * shape.n)
                 .during(upload)?;
             let run = move || super::cuda::matmul(cuda, &a, &b, &mut c, shape);
-            Ok(Some(Runner::new(Clock::Cuda(cuda), run)))
+            Ok(Some(Runner::new(crate::harness::Clock::Cuda(cuda), run)))
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
@@ -133,7 +151,7 @@ fn prepare(
             let (a, b) = (gpu.upload(&a)?, gpu.upload(&b)?);
             let mut c = gpu.zeros::<f32>(shape.m * shape.n)?;
             let run = move || super::wgpu::matmul(gpu, &a, &b, &mut c, shape);
-            Ok(Some(Runner::new(Clock::Wgpu(gpu), run)))
+            Ok(Some(Runner::new(crate::harness::Clock::Wgpu(gpu), run)))
         }
         #[allow(unreachable_patterns)]
         other => Err(other.not_compiled()),

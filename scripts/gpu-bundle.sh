@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds what a GPU machine runs (x86-64 Linux with an NVIDIA driver, no Rust there) into
+# target/gpu-bundle/: every integration-test executable, every bench executable and the CLI,
+# stripped, with run.sh (from scripts/gpu-run.sh) and peers.py. Then, on the GPU machine:
+#   target/gpu-bundle/run.sh OUTPUT_DIR
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [[ -z "${NVCC:-}" && -x .cuda/nvidia/cu13/bin/nvcc ]]; then
+  export NVCC="$root/.cuda/nvidia/cu13/bin/nvcc"
+fi
+if [[ -z "${NVCC:-}" ]]; then
+  echo "no NVCC: run scripts/install-nvcc.sh first (or set NVCC)" >&2
+  exit 1
+fi
+# nvcc on PATH too: cudarc then takes its bindings from the same CUDA version (13.0) as the
+# kernels, which is what the GPU machines' driver runs.
+export PATH="$(dirname "$NVCC"):$PATH"
+export TILEFUSE_REQUIRE_CUDA=1
+
+bundle="$root/target/gpu-bundle"
+rm -rf "$bundle"
+mkdir -p "$bundle/tests" "$bundle/benches" "$bundle/bin"
+messages="$root/target/gpu-bundle-artifacts.json"
+cargo build --release --locked --tests --benches --bins --message-format=json-render-diagnostics >"$messages"
+
+# Each executable goes to tests/, benches/ or bin/ under its target name.
+python3 - "$messages" "$bundle" <<'PY'
+import json, shutil, sys
+messages, bundle = sys.argv[1], sys.argv[2]
+for line in open(messages):
+    msg = json.loads(line)
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+        continue
+    kinds, name, test = msg["target"]["kind"], msg["target"]["name"], msg["profile"]["test"]
+    if "bench" in kinds:
+        dest = f"benches/{name}"
+    elif "test" in kinds:
+        dest = f"tests/{name}"
+    elif test:  # unit tests of the library or the CLI
+        dest = f"tests/{name}-{kinds[0]}"
+    else:
+        dest = f"bin/{name}"
+    shutil.copy(msg["executable"], f"{bundle}/{dest}")
+PY
+strip --strip-all "$bundle"/tests/* "$bundle"/benches/* "$bundle"/bin/*
+cp scripts/gpu-run.sh "$bundle/run.sh"
+cp scripts/peers.py "$bundle/peers.py"
+chmod +x "$bundle/run.sh"
+
+size_mb=$(du -sm "$bundle" | cut -f1)
+echo "bundle: $bundle (${size_mb} MB)"
+ls -l "$bundle"/tests "$bundle"/benches "$bundle"/bin
+if ((size_mb > 60)); then
+  echo "the bundle is over 60 MB" >&2
+  exit 1
+fi

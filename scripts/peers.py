@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Times the peers of tilefuse's benchmark cases on this GPU, in the same run.
+
+Writes JSON in the schema of `tilefuse bench --json` ("tilefuse-bench/1"), so that
+`tilefuse summary bench.json peers.json` prints both side by side. Uses the PyTorch (and, for
+later ops, JAX) already installed on the GPU machine; runs as part of the GPU bundle's run.sh.
+
+Each op adds its peers as one function in PEERS; op and case strings must match the ones
+tilefuse's own cases use, so that the summary groups them together.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+
+SCHEMA = "tilefuse-bench/1"
+COPY_BYTES = 256 << 20  # tilefuse's copy case: "256 MiB"
+L2_DEFEAT_BYTES = 256 << 20  # rotate weight copies until they total this much
+GEMM_SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (36864, 9216)]
+GEMM_TOKENS = [8, 16, 32, 64]
+
+
+def time_cuda(torch, run, warmup=3, samples=11, min_sample_ms=2.0):
+    """Median and min per-run time in µs, by CUDA events around repeated runs."""
+    for _ in range(warmup):
+        run()
+    torch.cuda.synchronize()
+
+    def timed(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e3 / repeats
+
+    repeats = max(1, min(10_000, math.ceil(min_sample_ms * 1e3 / max(timed(1), 0.1))))
+    times = [timed(repeats) for _ in range(samples)]
+    return statistics.median(times), min(times), len(times)
+
+
+def record(op, case, implementation, device, timing, bytes_moved, flops):
+    median_us, min_us, samples = timing
+    return {
+        "op": op,
+        "case": case,
+        "backend": "cuda",
+        "implementation": implementation,
+        "device": device,
+        "median_us": median_us,
+        "min_us": min_us,
+        "samples": samples,
+        "bytes": bytes_moved,
+        "flops": flops,
+        "gbps": bytes_moved / median_us / 1e3,
+        "tflops": flops / median_us / 1e6,
+    }
+
+
+def peer_copy(torch, device):
+    """Device-to-device copy, the bandwidth baseline (tilefuse's op "copy")."""
+    src = torch.empty(COPY_BYTES // 4, dtype=torch.int32, device="cuda")
+    dst = torch.empty_like(src)
+    timing = time_cuda(torch, lambda: dst.copy_(src))
+    yield record("copy", f"{COPY_BYTES >> 20} MiB", "torch", device, timing, 2 * COPY_BYTES, 0)
+
+
+def peer_gemm(torch, device):
+    """Dense fp16 y = x · wᵀ through cuBLAS (the baseline spmm must beat), L2 defeated by
+    rotating copies of the weight."""
+    for m, k in GEMM_SHAPES:
+        weight_bytes = 2 * m * k
+        copies = max(1, math.ceil(L2_DEFEAT_BYTES / weight_bytes))
+        weights = [torch.randn(m, k, dtype=torch.float16, device="cuda") for _ in range(copies)]
+        for n in GEMM_TOKENS:
+            x = torch.randn(n, k, dtype=torch.float16, device="cuda")
+            y = torch.empty(n, m, dtype=torch.float16, device="cuda")
+            turn = [0]
+
+            def run():
+                w = weights[turn[0] % copies]
+                turn[0] += 1
+                torch.matmul(x, w.t(), out=y)
+
+            timing = time_cuda(torch, run)
+            moved = 2 * (m * k + n * k + n * m)
+            yield record("gemm-f16", f"m={m} k={k} n={n}", "torch-cublas", device, timing, moved, 2 * m * n * k)
+        del weights
+        torch.cuda.empty_cache()
+
+
+PEERS = [peer_copy, peer_gemm]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError as e:
+        sys.exit(f"peers.py needs PyTorch: {e}")
+    if not torch.cuda.is_available():
+        sys.exit("peers.py: PyTorch sees no CUDA device")
+    device = torch.cuda.get_device_name()
+    results = []
+    for peer in PEERS:
+        for r in peer(torch, device):
+            print(f"{r['op']:10} {r['case']:28} {r['implementation']:14} {r['median_us']:10.1f} us"
+                  f" {r['gbps']:8.1f} GB/s {r['tflops']:7.2f} TFLOP/s", flush=True)
+            results.append(r)
+    doc = {"schema": SCHEMA, "tool": f"peers.py (torch {torch.__version__})",
+           "devices": {"cuda": device}, "results": results}
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
