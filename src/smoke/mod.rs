@@ -17,6 +17,28 @@
 //! assert_eq!(reference(&a, &b, shape)?, vec![-2.0, -2.0]);
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
+//!
+//! On CUDA the op enqueues on the handle's stream and returns; reading `c` back waits for it:
+//!
+//! ```no_run
+//! # #[cfg(feature = "cuda")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tilefuse::backend::cuda::Cuda;
+//! use tilefuse::smoke::{self, MatmulShape};
+//!
+//! let cuda = Cuda::new(0)?;
+//! let stream = cuda.stream();
+//! let shape = MatmulShape::new(64, 16, 256)?;
+//! let a = stream.clone_htod(&vec![half::f16::ONE; 64 * 256])?;
+//! let b = stream.clone_htod(&vec![half::f16::ONE; 16 * 256])?;
+//! let mut c = stream.alloc_zeros::<f32>(64 * 16)?;
+//! smoke::cuda::matmul(&cuda, &a, &b, &mut c, shape)?; // enqueued, not waited for
+//! assert_eq!(stream.clone_dtoh(&c)?[0], 256.0);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "cuda"))]
+//! # fn main() {}
+//! ```
 
 mod check;
 #[cfg(feature = "cuda")]
