@@ -10,26 +10,30 @@ use tilefuse::smoke::{MatmulShape, check};
 on_backends!([cuda, wgpu] => [ragged_and_tiny_shapes, exact_tiles, rejects_wrong_lengths, every_registered_case_passes]);
 
 fn ragged_and_tiny_shapes(backends: &Backends, backend: Backend) {
-    for (m, n, k) in [
-        (1, 1, 1),
-        (1, 9, 17),
-        (15, 7, 15),
-        (17, 9, 33),
-        (33, 65, 100),
-        (300, 70, 520),
-    ] {
-        let seed = common::seed();
-        let shape = MatmulShape::new(m, n, k).unwrap();
-        common::assert_passes(
-            check(backends, backend, shape, seed),
-            &format!("{shape:?}"),
-            seed,
-        );
-    }
+    check_shapes(
+        backends,
+        backend,
+        &[
+            (1, 1, 1),
+            (1, 9, 17),
+            (15, 7, 15),
+            (17, 9, 33),
+            (33, 65, 100),
+            (300, 70, 520),
+        ],
+    );
 }
 
 fn exact_tiles(backends: &Backends, backend: Backend) {
-    for (m, n, k) in [(16, 8, 16), (64, 64, 64), (128, 256, 512)] {
+    check_shapes(
+        backends,
+        backend,
+        &[(16, 8, 16), (64, 64, 64), (128, 256, 512)],
+    );
+}
+
+fn check_shapes(backends: &Backends, backend: Backend, shapes: &[(usize, usize, usize)]) {
+    for &(m, n, k) in shapes {
         let seed = common::seed();
         let shape = MatmulShape::new(m, n, k).unwrap();
         common::assert_passes(

@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop, sys,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop, sys,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -65,7 +65,8 @@ pub(crate) struct Kernel {
 
 /// A handle on one CUDA device and the stream that ops enqueue on.
 ///
-/// Cloning is cheap and shares the loaded modules. Ops enqueue work on [`Cuda::stream`] and
+/// Kernel modules are loaded once per CUDA context and shared by every handle on that
+/// context, however it was made. Cloning is cheap. Ops enqueue work on [`Cuda::stream`] and
 /// return without synchronising; read results back with the stream (cudarc's `clone_dtoh`),
 /// which waits for them.
 ///
@@ -89,6 +90,27 @@ struct DeviceState {
     info: CudaDeviceInfo,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<Kernel, CudaFunction>>,
+}
+
+impl DeviceState {
+    /// The state of `ctx`, shared with every live handle on the same context.
+    fn for_context(ctx: Arc<CudaContext>) -> Result<Arc<DeviceState>> {
+        static STATES: Mutex<Vec<Weak<DeviceState>>> = Mutex::new(Vec::new());
+        let mut states = STATES.lock().unwrap_or_else(PoisonError::into_inner);
+        states.retain(|state| state.strong_count() > 0);
+        let mut existing = states.iter().filter_map(Weak::upgrade);
+        if let Some(state) = existing.find(|s| s.ctx.cu_ctx() == ctx.cu_ctx()) {
+            return Ok(state);
+        }
+        let state = Arc::new(DeviceState {
+            info: device_info(&ctx)?,
+            ctx,
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+        });
+        states.push(Arc::downgrade(&state));
+        Ok(state)
+    }
 }
 
 impl fmt::Debug for Cuda {
@@ -141,14 +163,8 @@ impl Cuda {
     }
 
     fn on_context(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self> {
-        let info = device_info(&ctx)?;
         Ok(Cuda {
-            device: Arc::new(DeviceState {
-                ctx,
-                info,
-                modules: Mutex::default(),
-                functions: Mutex::default(),
-            }),
+            device: DeviceState::for_context(ctx)?,
             stream,
         })
     }
@@ -166,6 +182,21 @@ impl Cuda {
     /// Name, compute capability, SM count, L2 size and other device facts.
     pub fn info(&self) -> &CudaDeviceInfo {
         &self.device.info
+    }
+
+    /// Copies `data` into a new device buffer (enqueued on [`Cuda::stream`]).
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(data)
+            .during(|| format!("uploading {} elements", data.len()))
+    }
+
+    /// Waits for the stream and copies `buffer` back to the host.
+    pub fn download<T: DeviceRepr>(&self, buffer: &impl DevicePtr<T>) -> Result<Vec<T>> {
+        self.check_device("buffer", buffer)?;
+        self.stream
+            .clone_dtoh(buffer)
+            .during(|| format!("downloading {} elements", buffer.len()))
     }
 
     /// Blocks until everything enqueued on [`Cuda::stream`] has finished.

@@ -604,9 +604,12 @@ fn storage_usage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
 }
 
-/// Buffer sizes are multiples of 4 bytes and at least 4 (wgpu's copy alignment).
+/// Buffer sizes are multiples of 4 bytes and at least 4 (wgpu's copy alignment); sizes
+/// too large to round saturate, and then fail the device's size limit.
 fn padded_len(bytes: usize) -> u64 {
-    (bytes.max(1) as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+    (bytes.max(1) as u64)
+        .checked_next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        .unwrap_or(u64::MAX)
 }
 
 fn padded_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
@@ -656,5 +659,79 @@ impl<T> fmt::Debug for GpuBuffer<T> {
             .field("len", &self.len)
             .field("device", &self.owner)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These need an adapter (lavapipe in CI): without one they pass empty, unless
+    /// `TILEFUSE_REQUIRE_WGPU=1` says an adapter must be there.
+    fn gpu() -> Option<Wgpu> {
+        match Wgpu::new() {
+            Ok(gpu) => Some(gpu),
+            Err(e) if std::env::var("TILEFUSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
+                panic!("{e}")
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_shader_that_does_not_compile_is_an_error() {
+        let Some(gpu) = gpu() else { return };
+        let bad = Shader {
+            name: "bad.wgsl",
+            source: "@compute @workgroup_size(1) fn main( {",
+        };
+        let error = gpu.pipeline(bad, "main", &[]).unwrap_err();
+        assert!(
+            matches!(&error, Error::Wgpu { during, .. } if during.contains("bad.wgsl")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn dispatches_beyond_the_limits_are_errors() {
+        let Some(gpu) = gpu() else { return };
+        let shader = Shader {
+            name: "fill.wgsl",
+            source: "@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+                     @compute @workgroup_size(1) fn fill(@builtin(global_invocation_id) id: vec3<u32>) {
+                         if (id.x < arrayLength(&out)) { out[id.x] = id.x + 1u; }
+                     }",
+        };
+        let pipeline = gpu.pipeline(shader, "fill", &[]).unwrap();
+        let out = gpu.zeros::<u32>(5).unwrap();
+        gpu.dispatch(&pipeline, &[], &[out.raw()], [5, 1, 1])
+            .unwrap();
+        assert_eq!(gpu.download(&out).unwrap(), vec![1, 2, 3, 4, 5]);
+        let too_many = gpu.limits().max_compute_workgroups_per_dimension + 1;
+        let error = gpu
+            .dispatch(&pipeline, &[], &[out.raw()], [too_many, 1, 1])
+            .unwrap_err();
+        assert!(matches!(error, Error::DeviceLimit { .. }), "{error}");
+    }
+
+    #[test]
+    fn the_pipeline_cache_builds_once() {
+        let Some(gpu) = gpu() else { return };
+        let shader = Shader {
+            name: "noop.wgsl",
+            source: "@compute @workgroup_size(1) fn noop() {}",
+        };
+        gpu.pipeline(shader, "noop", &[]).unwrap();
+        gpu.pipeline(shader, "noop", &[]).unwrap();
+        let cached = gpu.inner.pipelines.lock().unwrap();
+        assert_eq!(cached.keys().filter(|k| k.shader == "noop.wgsl").count(), 1);
+    }
+
+    #[test]
+    fn padding_never_overflows() {
+        assert_eq!(padded_len(0), 4);
+        assert_eq!(padded_len(5), 8);
+        assert_eq!(padded_len(usize::MAX), u64::MAX);
+        assert_eq!(padded_bytes(&[1, 2, 3]).as_ref(), &[1, 2, 3, 0]);
     }
 }

@@ -5,7 +5,8 @@ use half::f16;
 use super::{MatmulShape, reference};
 use crate::error::Result;
 use crate::harness::{
-    Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
+    Backend, Backends, BenchCase, CheckCase, Clock, Comparison, OpEntry, Rng, Runner, Tolerance,
+    compare,
 };
 
 /// The registry entry.
@@ -50,62 +51,17 @@ pub fn check(
     seed: u64,
 ) -> Result<Option<Comparison>> {
     let (a, b) = inputs(shape, seed);
-    let Some(out) = run_on(backends, backend, &a, &b, shape)? else {
+    let poison = vec![f32::NAN; shape.m * shape.n];
+    let Some(mut on_device) = OnDevice::new(backends, backend, &a, &b, &poison)? else {
         return Ok(None);
     };
+    on_device.run(shape)?;
+    let out = on_device.read_c()?;
     Ok(Some(compare(
         &out,
         &reference(&a, &b, shape)?,
         Tolerance::F32,
     )))
-}
-
-fn inputs(shape: MatmulShape, seed: u64) -> (Vec<f16>, Vec<f16>) {
-    let mut rng = Rng::new(seed);
-    let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
-    let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
-    (a, b)
-}
-
-/// `c` computed on `backend` into a NaN-poisoned buffer.
-fn run_on(
-    backends: &Backends,
-    backend: Backend,
-    a: &[f16],
-    b: &[f16],
-    shape: MatmulShape,
-) -> Result<Option<Vec<f32>>> {
-    let poison = vec![f32::NAN; shape.m * shape.n];
-    match backend {
-        Backend::Cpu => Ok(None),
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            use crate::error::CudaResultExt;
-            let cuda = backends.cuda()?;
-            let stream = cuda.stream();
-            let upload = || "uploading inputs".to_string();
-            let (a, b) = (
-                stream.clone_htod(a).during(upload)?,
-                stream.clone_htod(b).during(upload)?,
-            );
-            let mut c = stream.clone_htod(&poison).during(upload)?;
-            super::cuda::matmul(cuda, &a, &b, &mut c, shape)?;
-            stream
-                .clone_dtoh(&c)
-                .during(|| "reading back c".into())
-                .map(Some)
-        }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            let gpu = backends.wgpu()?;
-            let (a, b) = (gpu.upload(a)?, gpu.upload(b)?);
-            let mut c = gpu.upload(&poison)?;
-            super::wgpu::matmul(gpu, &a, &b, &mut c, shape)?;
-            gpu.download(&c).map(Some)
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(other.not_compiled()),
-    }
 }
 
 fn bench_cases() -> Vec<BenchCase> {
@@ -117,43 +73,101 @@ fn bench_cases() -> Vec<BenchCase> {
         format!("m={m} n={n} k={k}"),
         bytes,
         flops,
-        move |backends, backend| prepare(backends, backend, MatmulShape::new(m, n, k)?),
+        move |backends, backend| {
+            let shape = MatmulShape::new(m, n, k)?;
+            let (a, b) = inputs(shape, 1);
+            let Some(mut on_device) = OnDevice::new(backends, backend, &a, &b, &vec![0.0; m * n])?
+            else {
+                return Ok(None);
+            };
+            let clock = on_device.clock();
+            Ok(Some(Runner::new(clock, move || on_device.run(shape))))
+        },
     )]
 }
 
-fn prepare(
-    backends: &Backends,
-    backend: Backend,
-    shape: MatmulShape,
-) -> Result<Option<Runner<'_>>> {
-    let (a, b) = inputs(shape, 1);
-    match backend {
-        Backend::Cpu => Ok(None),
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            use crate::error::CudaResultExt;
-            let cuda = backends.cuda()?;
-            let stream = cuda.stream();
-            let upload = || "uploading inputs".to_string();
-            let (a, b) = (
-                stream.clone_htod(&a).during(upload)?,
-                stream.clone_htod(&b).during(upload)?,
-            );
-            let mut c = stream
-                .alloc_zeros::<f32>(shape.m * shape.n)
-                .during(upload)?;
-            let run = move || super::cuda::matmul(cuda, &a, &b, &mut c, shape);
-            Ok(Some(Runner::new(crate::harness::Clock::Cuda(cuda), run)))
+fn inputs(shape: MatmulShape, seed: u64) -> (Vec<f16>, Vec<f16>) {
+    let mut rng = Rng::new(seed);
+    let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
+    let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
+    (a, b)
+}
+
+/// The op's operands on one backend, ready to run.
+enum OnDevice<'a> {
+    #[cfg(feature = "cuda")]
+    Cuda {
+        cuda: &'a crate::backend::cuda::Cuda,
+        a: cudarc::driver::CudaSlice<f16>,
+        b: cudarc::driver::CudaSlice<f16>,
+        c: cudarc::driver::CudaSlice<f32>,
+    },
+    #[cfg(feature = "wgpu")]
+    Wgpu {
+        gpu: &'a crate::backend::wgpu::Wgpu,
+        a: crate::backend::wgpu::GpuBuffer<f16>,
+        b: crate::backend::wgpu::GpuBuffer<f16>,
+        c: crate::backend::wgpu::GpuBuffer<f32>,
+    },
+    #[doc(hidden)]
+    _Lifetime(std::marker::PhantomData<&'a ()>),
+}
+
+impl<'a> OnDevice<'a> {
+    /// Uploads the operands and `c`'s initial contents; `None` on the CPU.
+    fn new(
+        backends: &'a Backends,
+        backend: Backend,
+        a: &[f16],
+        b: &[f16],
+        c: &[f32],
+    ) -> Result<Option<Self>> {
+        match backend {
+            Backend::Cpu => Ok(None),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => {
+                let cuda = backends.cuda()?;
+                let (a, b, c) = (cuda.upload(a)?, cuda.upload(b)?, cuda.upload(c)?);
+                Ok(Some(OnDevice::Cuda { cuda, a, b, c }))
+            }
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => {
+                let gpu = backends.wgpu()?;
+                let (a, b, c) = (gpu.upload(a)?, gpu.upload(b)?, gpu.upload(c)?);
+                Ok(Some(OnDevice::Wgpu { gpu, a, b, c }))
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(other.not_compiled()),
         }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            let gpu = backends.wgpu()?;
-            let (a, b) = (gpu.upload(&a)?, gpu.upload(&b)?);
-            let mut c = gpu.zeros::<f32>(shape.m * shape.n)?;
-            let run = move || super::wgpu::matmul(gpu, &a, &b, &mut c, shape);
-            Ok(Some(Runner::new(crate::harness::Clock::Wgpu(gpu), run)))
+    }
+
+    fn run(&mut self, shape: MatmulShape) -> Result<()> {
+        match self {
+            #[cfg(feature = "cuda")]
+            OnDevice::Cuda { cuda, a, b, c } => super::cuda::matmul(cuda, a, b, c, shape),
+            #[cfg(feature = "wgpu")]
+            OnDevice::Wgpu { gpu, a, b, c } => super::wgpu::matmul(gpu, a, b, c, shape),
+            OnDevice::_Lifetime(_) => unreachable!("never constructed"),
         }
-        #[allow(unreachable_patterns)]
-        other => Err(other.not_compiled()),
+    }
+
+    fn read_c(&self) -> Result<Vec<f32>> {
+        match self {
+            #[cfg(feature = "cuda")]
+            OnDevice::Cuda { cuda, c, .. } => cuda.download(c),
+            #[cfg(feature = "wgpu")]
+            OnDevice::Wgpu { gpu, c, .. } => gpu.download(c),
+            OnDevice::_Lifetime(_) => unreachable!("never constructed"),
+        }
+    }
+
+    fn clock(&self) -> Clock<'a> {
+        match self {
+            #[cfg(feature = "cuda")]
+            OnDevice::Cuda { cuda, .. } => Clock::Cuda(cuda),
+            #[cfg(feature = "wgpu")]
+            OnDevice::Wgpu { gpu, .. } => Clock::Wgpu(gpu),
+            OnDevice::_Lifetime(_) => unreachable!("never constructed"),
+        }
     }
 }
