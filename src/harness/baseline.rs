@@ -61,16 +61,11 @@ fn copy_on(
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
             use crate::error::CudaResultExt;
-            let stream = backends.cuda()?.stream();
-            let src = stream.clone_htod(data).during(|| "uploading".into())?;
-            let mut dst = stream.clone_htod(&poison).during(|| "uploading".into())?;
-            stream
-                .memcpy_dtod(&src, &mut dst)
-                .during(|| "copying".into())?;
-            stream
-                .clone_dtoh(&dst)
-                .during(|| "downloading".into())
-                .map(Some)
+            let cuda = backends.cuda()?;
+            let (src, mut dst) = (cuda.upload(data)?, cuda.upload(&poison)?);
+            let copied = cuda.stream().memcpy_dtod(&src, &mut dst);
+            copied.during(|| "copying on the device".into())?;
+            cuda.download(&dst).map(Some)
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
