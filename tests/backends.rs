@@ -164,3 +164,36 @@ fn cuda_handles_share_one_context_and_accept_a_callers_stream() {
     tilefuse::smoke::cuda::matmul(&mine, &a, &b, &mut c, shape).unwrap();
     assert_eq!(stream.clone_dtoh(&c).unwrap(), vec![16.0; 128]);
 }
+
+#[test]
+fn wgpu_wraps_a_callers_buffer() {
+    let Some(backends) = common::available(Backend::Wgpu) else {
+        return;
+    };
+    use tilefuse::backend::wgpu::GpuBuffer;
+    let gpu = backends.wgpu().unwrap();
+    let raw = |size, usage| {
+        gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let all =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let mut wrapped = GpuBuffer::<f32>::from_raw(gpu, raw(16, all), 4).unwrap();
+    gpu.write(&mut wrapped, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(gpu.download(&wrapped).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+    let small = GpuBuffer::<f32>::from_raw(gpu, raw(12, all), 4).unwrap_err();
+    assert!(
+        matches!(small, Error::InvalidArgument { what: "buffer", .. }),
+        "{small}"
+    );
+    let uniform =
+        GpuBuffer::<f32>::from_raw(gpu, raw(16, wgpu::BufferUsages::UNIFORM), 4).unwrap_err();
+    assert!(
+        matches!(uniform, Error::InvalidArgument { what: "buffer", .. }),
+        "{uniform}"
+    );
+}

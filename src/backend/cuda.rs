@@ -15,7 +15,13 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
+
 use crate::error::{CudaResultExt, Error, Result};
+/// The cudarc this crate is built against, for callers who bring their own streams or buffers.
+pub use ::cudarc;
+
+/// The oldest architecture the kernels run on (`mma.sync.m16n8k16`, `cp.async`, `ldmatrix`).
+const MIN_COMPUTE_CAPABILITY: (u32, u32) = (8, 0);
 
 /// What tilefuse knows about the device behind a [`Cuda`] handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +131,7 @@ impl Cuda {
     /// Opens device `ordinal` (its primary context) with a new stream of its own.
     ///
     /// Returns [`Error::CudaUnavailable`] when this build has no kernels, when no NVIDIA
-    /// driver can be loaded, or when there is no such device.
+    /// driver can be loaded, when there is no such device, or when it is older than sm_80.
     pub fn new(ordinal: usize) -> Result<Self> {
         ensure_available()?;
         let count = device_count()?;
@@ -163,10 +169,17 @@ impl Cuda {
     }
 
     fn on_context(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self> {
-        Ok(Cuda {
-            device: DeviceState::for_context(ctx)?,
-            stream,
-        })
+        let device = DeviceState::for_context(ctx)?;
+        let (major, minor) = device.info.compute_capability;
+        if major < MIN_COMPUTE_CAPABILITY.0 {
+            return Err(Error::CudaUnavailable {
+                reason: format!(
+                    "{} is sm_{major}{minor}; the kernels need sm_{}{} or newer",
+                    device.info.name, MIN_COMPUTE_CAPABILITY.0, MIN_COMPUTE_CAPABILITY.1
+                ),
+            });
+        }
+        Ok(Cuda { device, stream })
     }
 
     /// The CUDA context (the device's primary context unless the stream came from another).

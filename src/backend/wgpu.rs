@@ -18,6 +18,9 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 
+/// The wgpu this crate is built against, for callers who bring their own device or buffers.
+pub use ::wgpu;
+
 /// How to pick and drive the adapter. [`WgpuOptions::from_env`] reads the usual wgpu variables.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -342,6 +345,7 @@ impl Wgpu {
     }
 
     fn wrap<T>(&self, buffer: wgpu::Buffer, len: usize) -> GpuBuffer<T> {
+        debug_assert!(buffer.size() >= (len * size_of::<T>()) as u64);
         GpuBuffer {
             buffer,
             len,
@@ -633,6 +637,30 @@ pub struct GpuBuffer<T> {
     len: usize,
     owner: u64,
     _element: PhantomData<T>,
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    /// Wraps a buffer of `gpu`'s device that the caller made (a framework's own tensor), so
+    /// ops read and write it in place. It needs `STORAGE`, `COPY_SRC` and `COPY_DST` usage
+    /// and room for `len` elements.
+    pub fn from_raw(gpu: &Wgpu, buffer: wgpu::Buffer, len: usize) -> Result<Self> {
+        let needed = len.saturating_mul(size_of::<T>()) as u64;
+        if buffer.size() < needed {
+            return Err(Error::invalid(
+                "buffer",
+                format!("at least {needed} bytes for {len} elements"),
+                format!("{} bytes", buffer.size()),
+            ));
+        }
+        if !buffer.usage().contains(storage_usage()) {
+            return Err(Error::invalid(
+                "buffer",
+                format!("usage {:?}", storage_usage()),
+                format!("{:?}", buffer.usage()),
+            ));
+        }
+        Ok(gpu.wrap(buffer, len))
+    }
 }
 
 impl<T> GpuBuffer<T> {
