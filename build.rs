@@ -36,6 +36,8 @@ const ENV_VARS: &[&str] = &[
     "CUDA_ROOT",
     "PATH",
     "TILEFUSE_CUDA_ARCHS",
+    "NVCC_PREPEND_FLAGS",
+    "NVCC_APPEND_FLAGS",
     "TILEFUSE_REQUIRE_CUDA",
     "DOCS_RS",
 ];
@@ -97,6 +99,7 @@ fn build_kernels(cuda_dir: &Path, out_dir: &Path) -> Build {
         Ok(version) => version,
         Err(why) => return no_nvcc(required, &why),
     };
+    let toolchain_hash = hash_toolchain(&nvcc, &nvcc_version);
     let archs = target_archs();
     let sources = kernel_sources(cuda_dir);
     let headers_hash = hash_headers(cuda_dir);
@@ -113,7 +116,8 @@ fn build_kernels(cuda_dir: &Path, out_dir: &Path) -> Build {
         let handles: Vec<_> = jobs
             .iter()
             .map(|job| {
-                scope.spawn(|| job.run(&nvcc, &nvcc_version, headers_hash, &cache_dir, &embed_dir))
+                scope
+                    .spawn(|| job.run(&nvcc, toolchain_hash ^ headers_hash, &cache_dir, &embed_dir))
             })
             .collect();
         handles
@@ -126,6 +130,26 @@ fn build_kernels(cuda_dir: &Path, out_dir: &Path) -> Build {
         targets: describe_archs(&archs),
         modules,
     }
+}
+
+/// What identifies the compiler beyond `nvcc --version`: its path, the size and time of the
+/// cicc it drives (a newer nvvm can come without a new nvcc), and nvcc's own flag variables.
+fn hash_toolchain(nvcc: &Path, version: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    version.hash(&mut hasher);
+    nvcc.hash(&mut hasher);
+    if let Some(root) = nvcc.parent().and_then(Path::parent) {
+        for cicc in ["nvvm/bin/cicc", "nvvm/bin/cicc.exe"] {
+            if let Ok(meta) = fs::metadata(root.join(cicc)) {
+                meta.len().hash(&mut hasher);
+                meta.modified().ok().hash(&mut hasher);
+            }
+        }
+    }
+    for var in ["NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"] {
+        env::var_os(var).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn cuda_required() -> bool {
@@ -152,11 +176,20 @@ fn no_nvcc(required: bool, why: &str) -> Build {
 fn find_nvcc() -> Result<PathBuf, String> {
     let exe = format!("nvcc{}", env::consts::EXE_SUFFIX);
     if let Some(explicit) = env::var_os("NVCC").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(explicit);
-        if !path.is_file() {
-            panic!("NVCC is set to {}, which is not a file", path.display());
-        }
-        return Ok(path);
+        let path = PathBuf::from(&explicit);
+        // A bare name (`NVCC=nvcc`) is looked up on PATH, like a shell would.
+        let found = if path.components().count() == 1 {
+            env::var_os("PATH").and_then(|p| {
+                env::split_paths(&p)
+                    .map(|d| d.join(&path))
+                    .find(|c| c.is_file())
+            })
+        } else {
+            Some(path).filter(|p| p.is_file())
+        };
+        return Ok(
+            found.unwrap_or_else(|| panic!("NVCC is set to {explicit:?}, which is not a file"))
+        );
     }
     let mut candidates = Vec::new();
     for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
@@ -320,26 +353,19 @@ impl Job {
         })
     }
 
-    fn cache_key(&self, nvcc_version: &str, headers_hash: u64) -> String {
+    /// `inputs_hash` covers the toolchain and the headers; the key adds flags and source.
+    fn cache_key(&self, inputs_hash: u64) -> String {
         let mut hasher = DefaultHasher::new();
-        nvcc_version.hash(&mut hasher);
+        inputs_hash.hash(&mut hasher);
         NVCC_FLAGS.hash(&mut hasher);
         self.gencodes.hash(&mut hasher);
-        headers_hash.hash(&mut hasher);
         read(&self.source).hash(&mut hasher);
         format!("{}-{:016x}", self.name, hasher.finish())
     }
 
     /// Compiles (or takes from the cache) and copies fatbin and ptxas report into OUT_DIR.
-    fn run(
-        &self,
-        nvcc: &Path,
-        nvcc_version: &str,
-        headers_hash: u64,
-        cache_dir: &Path,
-        embed_dir: &Path,
-    ) -> Module {
-        let key = self.cache_key(nvcc_version, headers_hash);
+    fn run(&self, nvcc: &Path, inputs_hash: u64, cache_dir: &Path, embed_dir: &Path) -> Module {
+        let key = self.cache_key(inputs_hash);
         let cached_fatbin = cache_dir.join(format!("{key}.fatbin"));
         let cached_report = cache_dir.join(format!("{key}.ptxas.txt"));
         if !(cached_fatbin.is_file() && cached_report.is_file()) {
@@ -347,6 +373,9 @@ impl Job {
         }
         let report_text = String::from_utf8_lossy(&read(&cached_report)).into_owned();
         warn_on_spills(&self.name, &report_text);
+        for warning in report_text.lines().filter(|l| l.contains("warning")) {
+            println!("cargo::warning=tilefuse: cuda/{}.cu: {warning}", self.name);
+        }
         let fatbin = embed_dir.join(format!("{}.fatbin", self.name));
         let report = embed_dir.join(format!("{}.ptxas.txt", self.name));
         fs::copy(&cached_fatbin, &fatbin).expect("copy fatbin into OUT_DIR");
@@ -360,8 +389,9 @@ impl Job {
     }
 
     fn compile(&self, nvcc: &Path, fatbin: &Path, report: &Path) {
-        // Write under a unique name and rename, so concurrent builds never see half a file.
+        // Write under unique names and rename, so concurrent builds never see half a file.
         let tmp = fatbin.with_extension(format!("tmp{}", std::process::id()));
+        let tmp_report = report.with_extension(format!("tmp{}", std::process::id()));
         let mut command = Command::new(nvcc);
         command
             .args(NVCC_FLAGS)
@@ -384,7 +414,8 @@ impl Job {
                 String::from_utf8_lossy(&output.stdout)
             );
         }
-        fs::write(report, stderr.as_bytes()).expect("write ptxas report");
+        fs::write(&tmp_report, stderr.as_bytes()).expect("write ptxas report");
+        fs::rename(&tmp_report, report).expect("move ptxas report into the cache");
         fs::rename(&tmp, fatbin).expect("move fatbin into the cache");
     }
 }

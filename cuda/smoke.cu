@@ -35,8 +35,8 @@ extern "C" __global__ void __launch_bounds__(TF_SMOKE_WARPS * 32)
     __shared__ WarpTiles tiles[TF_SMOKE_WARPS];
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    const uint32_t tiles_n = (p.n + kTileN - 1) / kTileN;
-    const uint32_t tiles_m = (p.m + kTileM - 1) / kTileM;
+    const uint32_t tiles_n = p.n / kTileN + (p.n % kTileN != 0);
+    const uint32_t tiles_m = p.m / kTileM + (p.m % kTileM != 0);
     const uint32_t tile = blockIdx.x * TF_SMOKE_WARPS + warp;
     if (tile >= tiles_m * tiles_n) return;  // whole warps exit together: no barrier below
     const uint32_t m0 = (tile / tiles_n) * kTileM;
@@ -46,7 +46,9 @@ extern "C" __global__ void __launch_bounds__(TF_SMOKE_WARPS * 32)
     WarpTiles &t = tiles[warp];
 
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (uint32_t k0 = 0; k0 < p.k; k0 += kTileK) {
+    const uint32_t tiles_k = p.k / kTileK + (p.k % kTileK != 0);  // no k0 + 16 that can wrap
+    for (uint32_t t_k = 0; t_k < tiles_k; ++t_k) {
+        const uint32_t k0 = t_k * kTileK;
         load_tile(t.a, a, m0, p.m, k0, p.k, lane);
         load_tile(t.b, b, n0, p.n, k0, p.k, lane);
         __syncwarp();

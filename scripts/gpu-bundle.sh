@@ -14,9 +14,10 @@ if [[ -z "${NVCC:-}" ]]; then
   echo "no NVCC: run scripts/install-nvcc.sh first (or set NVCC)" >&2
   exit 1
 fi
-# nvcc on PATH too: cudarc then takes its bindings from the same CUDA version (13.0) as the
-# kernels, which is what the GPU machines' driver runs.
+# cudarc's bindings for the CUDA version of the kernels (13.0, what the GPU machines' driver
+# runs). CUDARC_CUDA_VERSION also reruns cudarc's build script, which a PATH change does not.
 export PATH="$(dirname "$NVCC"):$PATH"
+export CUDARC_CUDA_VERSION=13000
 export TILEFUSE_REQUIRE_CUDA=1
 
 bundle="$root/target/gpu-bundle"

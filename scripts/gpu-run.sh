@@ -17,18 +17,26 @@ trap 'rm -f "$failures"' EXIT
 fail() { echo "$1" >>"$failures"; echo "FAILED: $1"; }
 section() { printf '\n== %s\n' "$*"; }
 
-# CUDA must run here; WGSL runs on the GPU through Vulkan when a loader is present.
+# Every executable gets a time limit, so a hang is a failure, not a stuck run.
+limit() { timeout -k 10 "$@"; }
+export PATH="$PATH:/sbin:/usr/sbin:/usr/local/cuda/bin"
+
+# CUDA must run here. WGSL runs on the GPU through Vulkan when a loader and NVIDIA's ICD are
+# present, and then must find the NVIDIA adapter (not a CPU fallback).
 export TILEFUSE_REQUIRE_CUDA_DEVICE=1
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if ldconfig -p | grep -q 'libvulkan\.so\.1'; then
-  export WGPU_BACKEND=vulkan TILEFUSE_REQUIRE_WGPU=1
-  if [[ -z "${VK_DRIVER_FILES:-}" && -f "$icd" ]]; then
-    export VK_DRIVER_FILES="$icd"
-  fi
-  vulkan="Vulkan loader found: WGSL runs on the GPU through Vulkan"
+libraries="$(ldconfig -p 2>/dev/null || true)"
+icd=""
+for candidate in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+  /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+  [[ -f "$candidate" ]] && { icd="$candidate"; break; }
+done
+if [[ "$libraries" == *libvulkan.so.1* && -n "$icd" ]]; then
+  export WGPU_BACKEND=vulkan WGPU_ADAPTER_NAME=nvidia TILEFUSE_REQUIRE_WGPU=1
+  export VK_DRIVER_FILES="${VK_DRIVER_FILES:-$icd}" VK_ICD_FILENAMES="${VK_ICD_FILENAMES:-$icd}"
+  vulkan="Vulkan loader and NVIDIA ICD ($icd) found: WGSL runs on the GPU"
 else
   export TILEFUSE_BACKENDS=cpu,cuda
-  vulkan="no Vulkan loader (libvulkan.so.1): WGSL runs skipped; see README, 'GPU bundle'"
+  vulkan="no Vulkan loader (libvulkan.so.1) or no NVIDIA ICD: WGSL runs skipped; see README, 'GPU bundle'"
 fi
 
 # --- the machine --------------------------------------------------------------------------
@@ -38,30 +46,34 @@ fi
     || echo "nvidia-smi failed"
   echo "$vulkan"
   section "tilefuse info"
-  "$cli" info --ptxas || fail "tilefuse info"
+  limit 60 "$cli" info --ptxas || fail "tilefuse info"
 } 2>&1 | tee "$out/info.txt"
 
 # --- tests --------------------------------------------------------------------------------
 {
   for test in "$here"/tests/*; do
     section "test $(basename "$test")"
-    "$test" || fail "test $(basename "$test")"
+    limit 300 "$test" || fail "test $(basename "$test")"
   done
 } 2>&1 | tee "$out/tests.log"
 
 # --- compute-sanitizer on the CUDA tests ----------------------------------------------------
 {
   if command -v compute-sanitizer >/dev/null; then
+    checked=0
     for tool in memcheck racecheck; do
       for test in "$here"/tests/*; do
         # CUDA tests have "cuda" in their names (cuda::<case> from on_backends!, cuda_*).
-        "$test" --list 2>/dev/null | grep -q 'cuda.*: test$' || continue
+        list="$("$test" --list 2>/dev/null || true)"
+        [[ "$list" == *cuda*": test"* ]] || continue
         section "compute-sanitizer --tool $tool $(basename "$test") (tests named *cuda*)"
-        TILEFUSE_BACKENDS=cpu,cuda compute-sanitizer --tool "$tool" --error-exitcode 3 \
+        checked=$((checked + 1))
+        TILEFUSE_BACKENDS=cpu,cuda limit 300 compute-sanitizer --tool "$tool" --error-exitcode 3 \
           "$test" cuda --test-threads=1 \
           || fail "compute-sanitizer $tool $(basename "$test")"
       done
     done
+    ((checked > 0)) || fail "compute-sanitizer found no CUDA tests to run"
   else
     fail "compute-sanitizer not found"
   fi
@@ -71,12 +83,12 @@ fi
 {
   section "criterion benches (each case run once, as a test)"
   for bench in "$here"/benches/*; do
-    "$bench" --bench --test || fail "bench $(basename "$bench")"
+    limit 300 "$bench" --bench --test || fail "bench $(basename "$bench")"
   done
   section "tilefuse bench"
-  "$cli" bench --json "$out/bench.json" || fail "tilefuse bench"
+  limit 300 "$cli" bench --json "$out/bench.json" || fail "tilefuse bench"
   section "peers (PyTorch, JAX)"
-  PYTHONUNBUFFERED=1 python3 "$here/peers.py" --out "$out/peers.json" || fail "peers.py"
+  PYTHONUNBUFFERED=1 limit 300 python3 "$here/peers.py" --out "$out/peers.json" || fail "peers.py"
 } 2>&1 | tee "$out/bench.log"
 
 # --- summary, last --------------------------------------------------------------------------

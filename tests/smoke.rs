@@ -1,4 +1,9 @@
 //! The plumbing test on every backend: c = a · bᵀ against the f64 reference.
+// Built without a GPU backend, the per-backend bodies have nothing to run.
+#![cfg_attr(
+    not(all(feature = "cuda", feature = "wgpu")),
+    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+)]
 
 mod common;
 
@@ -53,29 +58,33 @@ fn every_registered_case_passes(backends: &Backends, backend: Backend) {
 
 fn rejects_wrong_lengths(backends: &Backends, backend: Backend) {
     let shape = MatmulShape::new(4, 4, 4).unwrap();
-    let (a, b) = (vec![f16::ZERO; 15], vec![f16::ZERO; 16]);
-    let c = vec![0.0f32; 16];
+    let (a, b, c) = (
+        &[f16::ZERO; 15][..],
+        &[f16::ZERO; 16][..],
+        &[0.0f32; 16][..],
+    );
     let error = match backend {
+        #[cfg(feature = "cuda")]
         Backend::Cuda => {
             let cuda = backends.cuda().unwrap();
-            let s = cuda.stream();
             let (a, b, mut c) = (
-                s.clone_htod(&a).unwrap(),
-                s.clone_htod(&b).unwrap(),
-                s.clone_htod(&c).unwrap(),
+                cuda.upload(a).unwrap(),
+                cuda.upload(b).unwrap(),
+                cuda.upload(c).unwrap(),
             );
             tilefuse::smoke::cuda::matmul(cuda, &a, &b, &mut c, shape).unwrap_err()
         }
+        #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let gpu = backends.wgpu().unwrap();
             let (a, b, mut c) = (
-                gpu.upload(&a).unwrap(),
-                gpu.upload(&b).unwrap(),
-                gpu.upload(&c).unwrap(),
+                gpu.upload(a).unwrap(),
+                gpu.upload(b).unwrap(),
+                gpu.upload(c).unwrap(),
             );
             tilefuse::smoke::wgpu::matmul(gpu, &a, &b, &mut c, shape).unwrap_err()
         }
-        Backend::Cpu => unreachable!(),
+        _ => unreachable!("{backend} has no such test"),
     };
     assert!(
         matches!(
@@ -117,6 +126,7 @@ fn reference_is_a_dot_product() {
     );
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn buffers_from_another_wgpu_device_are_rejected() {
     let Some(backends) = common::available(Backend::Wgpu) else {
@@ -133,4 +143,53 @@ fn buffers_from_another_wgpu_device_are_rejected() {
         matches!(error, Error::DeviceMismatch { what: "a", .. }),
         "{error}"
     );
+}
+
+mod properties {
+    use proptest::prelude::*;
+    use tilefuse::smoke::MatmulShape;
+
+    fn size() -> impl Strategy<Value = usize> {
+        prop_oneof![0usize..4, 1usize..100_000, any::<usize>()]
+    }
+
+    proptest! {
+        #[test]
+        fn shape_validation_never_panics_and_bounds_what_it_accepts(m in size(), n in size(), k in size()) {
+            if let Ok(shape) = MatmulShape::new(m, n, k) {
+                for (rows, cols) in [(shape.m(), shape.k()), (shape.n(), shape.k()), (shape.m(), shape.n())] {
+                    prop_assert!(rows >= 1 && cols >= 1);
+                    prop_assert!(rows.checked_mul(cols).is_some_and(|len| len < 1 << 31));
+                }
+            } else {
+                prop_assert!(m == 0 || n == 0 || k == 0 || m.saturating_mul(k) >= 1 << 31
+                    || n.saturating_mul(k) >= 1 << 31 || m.saturating_mul(n) >= 1 << 31);
+            }
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Any buffer lengths: the op runs only when all three fit the shape, and otherwise
+        /// says which one is wrong.
+        #[test]
+        fn wgpu_wrong_lengths_are_errors(la in 1usize..40, lb in 1usize..40, lc in 1usize..40) {
+            use tilefuse::harness::Backend;
+            let Some(backends) = crate::common::available(Backend::Wgpu) else { return Ok(()) };
+            let gpu = backends.wgpu().unwrap();
+            let shape = MatmulShape::new(4, 3, 5).unwrap();
+            let a = gpu.upload(&vec![half::f16::ONE; la]).unwrap();
+            let b = gpu.upload(&vec![half::f16::ONE; lb]).unwrap();
+            let mut c = gpu.upload(&vec![f32::NAN; lc]).unwrap();
+            let result = tilefuse::smoke::wgpu::matmul(gpu, &a, &b, &mut c, shape);
+            if (la, lb, lc) == (20, 15, 12) {
+                prop_assert!(result.is_ok());
+                prop_assert_eq!(gpu.download(&c).unwrap(), vec![5.0; 12]);
+            } else {
+                let is_length_error = matches!(result, Err(tilefuse::Error::Length { .. }));
+                prop_assert!(is_length_error, "{:?}", result);
+            }
+        }
+    }
 }

@@ -33,8 +33,9 @@ fn matmul(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id)
     let col = group.x * TILE + local.x;      // of c
     let b_row = group.x * TILE + local.y;    // row of b this invocation stages
     var acc = 0.0;
-    for (var k0 = 0u; k0 < params.k; k0 += TILE) {
-        let kk = k0 + local.x;
+    let tiles_k = params.k / TILE + select(0u, 1u, params.k % TILE != 0u);  // no k0 + 16 that can wrap
+    for (var t = 0u; t < tiles_k; t++) {
+        let kk = t * TILE + local.x;
         var av = 0.0;
         if (row < params.m && kk < params.k) {
             av = load_a(row * params.k + kk);

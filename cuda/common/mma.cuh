@@ -15,14 +15,16 @@ __device__ __forceinline__ uint32_t smem_addr(const void *ptr) {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
+                 : "r"(addr)
+                 : "memory");
 }
 
 // Two 8x8 b16 matrices; lanes 0-15 give the row addresses.
 __device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                  : "=r"(r[0]), "=r"(r[1])
-                 : "r"(addr));
+                 : "r"(addr)
+                 : "memory");
 }
 
 // d = a (16x16, row) · b (16x8, col) + d, f16 operands, f32 accumulators.

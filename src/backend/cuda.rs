@@ -179,6 +179,18 @@ impl Cuda {
                 ),
             });
         }
+        if let Some((built, _)) = kernels::nvcc_release() {
+            let (driver, driver_minor) = device.info.driver_cuda_version;
+            if driver < built {
+                return Err(Error::CudaUnavailable {
+                    reason: format!(
+                        "the NVIDIA driver supports CUDA {driver}.{driver_minor}, but the kernels \
+                         were built with nvcc {built}.x and need a driver for CUDA {built}.0 or \
+                         newer; update the driver or build with an older nvcc"
+                    ),
+                });
+            }
+        }
         Ok(Cuda { device, stream })
     }
 
@@ -246,7 +258,8 @@ impl Cuda {
         let embedded = kernels::module(name).ok_or_else(|| Error::CudaUnavailable {
             reason: format!("kernel module `{name}` is not in this build (no cuda/{name}.cu)"),
         })?;
-        // The copy also gives the image the alignment cuModuleLoadData wants.
+        // include_bytes! data is 1-byte aligned; the copy lands in a heap block, which the
+        // system allocator aligns to 16 bytes, as cuModuleLoadData wants.
         let image = Ptx::from_binary(embedded.image.to_vec());
         let module = self
             .device
@@ -381,6 +394,8 @@ fn ensure_available() -> Result<()> {
 }
 
 /// Whether the driver library can be loaded. cudarc panics when it cannot, so look first.
+/// (cudarc's own `is_culib_present` exists only in its dynamic-loading mode, which candle's
+/// `dynamic-linking` switches off when both are in one build, so the names are listed here.)
 fn driver_library_present() -> bool {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     let candidates = [
@@ -408,7 +423,8 @@ fn device_count() -> Result<usize> {
 }
 
 /// Runs a cudarc call that may panic (a symbol missing from an old driver) and turns the
-/// panic into [`Error::CudaUnavailable`].
+/// panic into [`Error::CudaUnavailable`]. The panic hook still prints its message, and with
+/// `panic = "abort"` nothing can be caught.
 fn guard_panics<T>(during: &str, f: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
         let message = panic

@@ -33,6 +33,20 @@ pub fn nvcc_version() -> Option<&'static str> {
     NVCC_VERSION
 }
 
+/// nvcc's (major, minor) release, e.g. `(13, 0)`: the driver must support at least this
+/// CUDA major version to load the fatbins.
+pub fn nvcc_release() -> Option<(u32, u32)> {
+    parse_release(NVCC_VERSION?)
+}
+
+/// `"Cuda compilation tools, release 13.0, V13.0.88"` gives `(13, 0)`.
+fn parse_release(version: &str) -> Option<(u32, u32)> {
+    let release = version.split("release ").nth(1)?;
+    let (major, rest) = release.split_once('.')?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((major.trim().parse().ok()?, minor.parse().ok()?))
+}
+
 /// The architectures of the regular fatbins, e.g. `"sm_80 sm_86 sm_89 sm_90 SASS + compute_80 PTX"`.
 pub fn targets() -> &'static str {
     TARGETS
@@ -169,6 +183,16 @@ ptxas info    : Used 255 registers, used 1 barriers, 49152 bytes smem, 392 bytes
         );
         assert_eq!(hot.shared_bytes, 49152);
         assert!(hot.uses_local_memory());
+    }
+
+    #[test]
+    fn parses_the_nvcc_release() {
+        assert_eq!(
+            parse_release("Cuda compilation tools, release 13.0, V13.0.88"),
+            Some((13, 0))
+        );
+        assert_eq!(parse_release("release 12.4, V12.4.131"), Some((12, 4)));
+        assert_eq!(parse_release("nvcc"), None);
     }
 
     #[test]

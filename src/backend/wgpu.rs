@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 
@@ -238,39 +237,57 @@ impl Wgpu {
 
     /// Copies `data` into a new storage buffer.
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
-        let bytes = padded_bytes(bytemuck::cast_slice(data));
-        self.check_size("upload", bytes.len() as u64)?;
-        let buffer = self.scoped(
-            || format!("uploading {} bytes", bytes.len()),
-            || {
-                self.inner
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("tilefuse buffer"),
-                        contents: &bytes,
-                        usage: storage_usage(),
-                    })
-            },
-        )?;
+        let buffer = self.buffer_with(bytemuck::cast_slice(data), storage_usage(), 4)?;
         Ok(self.wrap(buffer, data.len()))
     }
 
     /// A new zero-filled storage buffer of `len` elements.
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
-        let size = padded_len(len.saturating_mul(size_of::<T>()));
-        self.check_size("allocation", size)?;
-        let buffer = self.scoped(
+        let size = padded_len(len.saturating_mul(size_of::<T>()), 4);
+        let buffer = self.create_buffer(size, storage_usage())?;
+        Ok(self.wrap(buffer, len))
+    }
+
+    /// A new buffer holding `bytes`, zero-padded to a multiple of `align` bytes.
+    fn buffer_with(
+        &self,
+        bytes: &[u8],
+        usage: wgpu::BufferUsages,
+        align: u64,
+    ) -> Result<wgpu::Buffer> {
+        let size = padded_len(bytes.len(), align);
+        let buffer = self.create_buffer(size, usage | wgpu::BufferUsages::COPY_DST)?;
+        let padded = padded_bytes(bytes, align);
+        self.scoped(
+            || format!("writing {size} bytes"),
+            || self.inner.queue.write_buffer(&buffer, 0, &padded),
+        )?;
+        Ok(buffer)
+    }
+
+    /// Creates a buffer; a size over the device limit or a failed allocation is an error.
+    /// (wgpu's `create_buffer_init` panics when the allocation fails, so it is not used.)
+    fn create_buffer(&self, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let limit = self.inner.device.limits().max_buffer_size;
+        if size > limit {
+            return Err(Error::DeviceLimit {
+                what: "buffer",
+                limit_name: "max_buffer_size",
+                needed: size,
+                limit,
+            });
+        }
+        self.scoped(
             || format!("allocating {size} bytes"),
             || {
                 self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("tilefuse buffer"),
                     size,
-                    usage: storage_usage(),
+                    usage,
                     mapped_at_creation: false,
                 })
             },
-        )?;
-        Ok(self.wrap(buffer, len))
+        )
     }
 
     /// Overwrites `buffer` with `data`, which must have the buffer's length.
@@ -283,7 +300,7 @@ impl Wgpu {
                 got: data.len(),
             });
         }
-        let bytes = padded_bytes(bytemuck::cast_slice(data));
+        let bytes = padded_bytes(bytemuck::cast_slice(data), 4);
         self.scoped(
             || format!("writing {} bytes", bytes.len()),
             || self.inner.queue.write_buffer(&buffer.buffer, 0, &bytes),
@@ -352,19 +369,6 @@ impl Wgpu {
             owner: self.inner.id,
             _element: PhantomData,
         }
-    }
-
-    fn check_size(&self, what: &'static str, bytes: u64) -> Result<()> {
-        let limit = self.inner.device.limits().max_buffer_size;
-        if bytes > limit {
-            return Err(Error::DeviceLimit {
-                what,
-                limit_name: "max_buffer_size",
-                needed: bytes,
-                limit,
-            });
-        }
-        Ok(())
     }
 
     /// Checks that `buffer` was made by this handle.
@@ -462,18 +466,14 @@ impl Wgpu {
                 limit: limit.into(),
             });
         }
+        // WGSL rounds uniform structs up to 16 bytes.
+        let uniform = match params {
+            [] => None,
+            bytes => Some(self.buffer_with(bytes, wgpu::BufferUsages::UNIFORM, 16)?),
+        };
         self.scoped(
             || format!("dispatching {workgroups:?} workgroups"),
             || {
-                let uniform = (!params.is_empty()).then(|| {
-                    self.inner
-                        .device
-                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some("tilefuse params"),
-                            contents: &padded_bytes(params),
-                            usage: wgpu::BufferUsages::UNIFORM,
-                        })
-                });
                 let entries: Vec<wgpu::BindGroupEntry> = uniform
                     .iter()
                     .chain(buffers.iter().copied())
@@ -608,16 +608,16 @@ fn storage_usage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
 }
 
-/// Buffer sizes are multiples of 4 bytes and at least 4 (wgpu's copy alignment); sizes
-/// too large to round saturate, and then fail the device's size limit.
-fn padded_len(bytes: usize) -> u64 {
+/// Buffer sizes are multiples of `align` (4, wgpu's copy alignment, or 16 for uniforms) and
+/// at least `align`; sizes too large to round saturate, and then fail the device's limit.
+fn padded_len(bytes: usize, align: u64) -> u64 {
     (bytes.max(1) as u64)
-        .checked_next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        .checked_next_multiple_of(align)
         .unwrap_or(u64::MAX)
 }
 
-fn padded_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
-    let len = padded_len(bytes.len()) as usize;
+fn padded_bytes(bytes: &[u8], align: u64) -> Cow<'_, [u8]> {
+    let len = padded_len(bytes.len(), align) as usize;
     if len == bytes.len() {
         Cow::Borrowed(bytes)
     } else {
@@ -757,9 +757,10 @@ mod tests {
 
     #[test]
     fn padding_never_overflows() {
-        assert_eq!(padded_len(0), 4);
-        assert_eq!(padded_len(5), 8);
-        assert_eq!(padded_len(usize::MAX), u64::MAX);
-        assert_eq!(padded_bytes(&[1, 2, 3]).as_ref(), &[1, 2, 3, 0]);
+        assert_eq!(padded_len(0, 4), 4);
+        assert_eq!(padded_len(5, 4), 8);
+        assert_eq!(padded_len(17, 16), 32);
+        assert_eq!(padded_len(usize::MAX, 4), u64::MAX);
+        assert_eq!(padded_bytes(&[1, 2, 3], 4).as_ref(), &[1, 2, 3, 0]);
     }
 }

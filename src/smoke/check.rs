@@ -51,7 +51,7 @@ pub fn check(
     seed: u64,
 ) -> Result<Option<Comparison>> {
     let (a, b) = inputs(shape, seed);
-    let poison = vec![f32::NAN; shape.m * shape.n];
+    let poison = vec![f32::NAN; shape.m() * shape.n()];
     let Some(mut on_device) = OnDevice::new(backends, backend, &a, &b, &poison)? else {
         return Ok(None);
     };
@@ -88,8 +88,8 @@ fn bench_cases() -> Vec<BenchCase> {
 
 fn inputs(shape: MatmulShape, seed: u64) -> (Vec<f16>, Vec<f16>) {
     let mut rng = Rng::new(seed);
-    let a = rng.fill(shape.m * shape.k, -1.0, 1.0, f16::from_f64);
-    let b = rng.fill(shape.n * shape.k, -1.0, 1.0, f16::from_f64);
+    let a = rng.fill(shape.m() * shape.k(), -1.0, 1.0, f16::from_f64);
+    let b = rng.fill(shape.n() * shape.k(), -1.0, 1.0, f16::from_f64);
     (a, b)
 }
 

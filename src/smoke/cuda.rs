@@ -25,7 +25,7 @@ pub fn matmul(
     cuda.check_device("a", a)?;
     cuda.check_device("b", b)?;
     cuda.check_device("c", c)?;
-    let tiles = shape.m.div_ceil(16) * shape.n.div_ceil(8);
+    let tiles = shape.m().div_ceil(16) * shape.n().div_ceil(8);
     let blocks = tiles.div_ceil(TF_SMOKE_WARPS as usize);
     if blocks > i32::MAX as usize {
         return Err(Error::DeviceLimit {
@@ -40,14 +40,15 @@ pub fn matmul(
         block_dim: (TF_SMOKE_WARPS * 32, 1, 1),
         shared_mem_bytes: 0,
     };
+    let (m, n, k) = shape.as_u32();
     let mut args = cuda.args();
     let params = TfSmokeMmaParams {
         a: args.read(a),
         b: args.read(b),
         c: args.write(c),
-        m: shape.m as u32,
-        n: shape.n as u32,
-        k: shape.k as u32,
+        m,
+        n,
+        k,
         reserved: 0,
     };
     // SAFETY: TfSmokeMmaParams is the kernel's parameter struct; the addresses come from

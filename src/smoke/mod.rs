@@ -52,15 +52,13 @@ pub use reference::reference;
 
 use crate::error::{Error, Result};
 
-/// The sizes of `c [m, n] = a [m, k] · b [n, k]ᵀ`.
+/// The sizes of `c [m, n] = a [m, k] · b [n, k]ᵀ`, validated by [`MatmulShape::new`] (the
+/// fields are private so that every shape a kernel sees has been checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatmulShape {
-    /// Rows of `a` and `c`.
-    pub m: usize,
-    /// Rows of `b`, columns of `c`.
-    pub n: usize,
-    /// Columns of `a` and `b`.
-    pub k: usize,
+    m: usize,
+    n: usize,
+    k: usize,
 }
 
 impl MatmulShape {
@@ -85,6 +83,26 @@ impl MatmulShape {
             }
         }
         Ok(MatmulShape { m, n, k })
+    }
+
+    /// Rows of `a` and `c`.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Rows of `b`, columns of `c`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Columns of `a` and `b`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `(m, n, k)` as the kernels take them; [`MatmulShape::new`] keeps each under 2³¹.
+    pub(crate) fn as_u32(&self) -> (u32, u32, u32) {
+        (self.m as u32, self.n as u32, self.k as u32)
     }
 
     /// Checks that the three buffers have the lengths this shape needs.

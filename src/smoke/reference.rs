@@ -5,7 +5,7 @@ use crate::error::Result;
 
 /// `c = a · bᵀ` in f64: the specification the kernels are tested against.
 pub fn reference(a: &[f16], b: &[f16], shape: MatmulShape) -> Result<Vec<f64>> {
-    let MatmulShape { m, n, k } = shape;
+    let (m, n, k) = (shape.m(), shape.n(), shape.k());
     shape.check_lengths(a.len(), b.len(), m * n)?;
     let mut c = vec![0.0; m * n];
     for i in 0..m {

@@ -11,7 +11,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../wgsl/smoke.wgsl"),
 };
 /// The shader's workgroup tile edge.
-const TILE: usize = 16;
+const TILE: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -35,14 +35,9 @@ pub fn matmul(
     gpu.check_buffer("b", b)?;
     gpu.check_buffer("c", c)?;
     let pipeline = gpu.pipeline(SHADER, "matmul", &[])?;
-    let params = Params {
-        m: shape.m as u32,
-        n: shape.n as u32,
-        k: shape.k as u32,
-        pad: 0,
-    };
-    let groups = [shape.n.div_ceil(TILE), shape.m.div_ceil(TILE), 1]
-        .map(|g| g.min(u32::MAX as usize) as u32);
+    let (m, n, k) = shape.as_u32();
+    let params = Params { m, n, k, pad: 0 };
+    let groups = [n.div_ceil(TILE), m.div_ceil(TILE), 1];
     gpu.dispatch(
         &pipeline,
         bytemuck::bytes_of(&params),

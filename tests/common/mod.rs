@@ -85,8 +85,12 @@ pub fn assert_passes(result: tilefuse::Result<Option<Comparison>>, case: &str, s
 #[macro_export]
 macro_rules! on_backends {
     ([$($backend:ident),+] => $tests:tt) => {
-        $( $crate::on_backends!(@one $backend => $tests); )+
+        $( $crate::on_backends!(@gate $backend => $tests); )+
     };
+    // A backend compiled out of this build gets no tests (its feature is off).
+    (@gate cpu => $tests:tt) => { $crate::on_backends!(@one cpu => $tests); };
+    (@gate cuda => $tests:tt) => { #[cfg(feature = "cuda")] $crate::on_backends!(@one cuda => $tests); };
+    (@gate wgpu => $tests:tt) => { #[cfg(feature = "wgpu")] $crate::on_backends!(@one wgpu => $tests); };
     (@one $backend:ident => [$($test:ident),+ $(,)?]) => {
         mod $backend {
             $(
