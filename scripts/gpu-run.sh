@@ -7,13 +7,23 @@
 # sanitizer run or benchmark failed.
 set -uo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bundle="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-./gpu-results}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
-cli="$here/bin/tilefuse"
 # Sections run in pipelines (subshells), so failures are collected in a file.
 failures="$(mktemp)"
-trap 'rm -f "$failures"' EXIT
+# The executables travel gzipped; unpack them into a scratch directory.
+here="$(mktemp -d)"
+trap 'rm -rf "$failures" "$here"' EXIT
+for kind in tests benches bin; do
+  mkdir -p "$here/$kind"
+  for packed in "$bundle/$kind"/*.gz; do
+    unpacked="$here/$kind/$(basename "$packed" .gz)"
+    gzip -dc "$packed" >"$unpacked" && chmod +x "$unpacked"
+  done
+done
+cp "$bundle/peers.py" "$here/"
+cli="$here/bin/tilefuse"
 fail() { echo "$1" >>"$failures"; echo "FAILED: $1"; }
 section() { printf '\n== %s\n' "$*"; }
 
