@@ -94,13 +94,13 @@ fn wgpu_copy_checks_lengths_and_devices() {
     let src = gpu.upload(&[1u32, 2, 3]).unwrap();
     let mut short = gpu.zeros::<u32>(2).unwrap();
     assert!(matches!(
-        gpu.copy_buffer(&src, &mut short, 1),
+        gpu.copy_buffer(&src, &mut short),
         Err(Error::Length { .. })
     ));
     let other = tilefuse::backend::wgpu::Wgpu::new().unwrap();
     let mut foreign = other.zeros::<u32>(3).unwrap();
     assert!(matches!(
-        gpu.copy_buffer(&src, &mut foreign, 1),
+        gpu.copy_buffer(&src, &mut foreign),
         Err(Error::DeviceMismatch { what: "dst", .. })
     ));
     assert!(matches!(

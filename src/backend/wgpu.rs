@@ -257,12 +257,17 @@ impl Wgpu {
     ) -> Result<wgpu::Buffer> {
         let size = padded_len(bytes.len(), align);
         let buffer = self.create_buffer(size, usage | wgpu::BufferUsages::COPY_DST)?;
+        self.write_bytes(&buffer, bytes, align)?;
+        Ok(buffer)
+    }
+
+    /// Queues a write of `bytes`, zero-padded to a multiple of `align`, at the buffer's start.
+    fn write_bytes(&self, buffer: &wgpu::Buffer, bytes: &[u8], align: u64) -> Result<()> {
         let padded = padded_bytes(bytes, align);
         self.scoped(
-            || format!("writing {size} bytes"),
-            || self.inner.queue.write_buffer(&buffer, 0, &padded),
-        )?;
-        Ok(buffer)
+            || format!("writing {} bytes", padded.len()),
+            || self.inner.queue.write_buffer(buffer, 0, &padded),
+        )
     }
 
     /// Creates a buffer; a size over the device limit or a failed allocation is an error.
@@ -300,11 +305,7 @@ impl Wgpu {
                 got: data.len(),
             });
         }
-        let bytes = padded_bytes(bytemuck::cast_slice(data), 4);
-        self.scoped(
-            || format!("writing {} bytes", bytes.len()),
-            || self.inner.queue.write_buffer(&buffer.buffer, 0, &bytes),
-        )
+        self.write_bytes(&buffer.buffer, bytemuck::cast_slice(data), 4)
     }
 
     /// Waits for the queue and copies `buffer` back to the host.
@@ -504,14 +505,9 @@ impl Wgpu {
         )
     }
 
-    /// Encodes `count` copies of `src` into `dst` in one submission and waits: the backend's
-    /// copy bandwidth, the baseline that memory-bound kernels are measured against.
-    pub fn copy_buffer<T: Pod>(
-        &self,
-        src: &GpuBuffer<T>,
-        dst: &mut GpuBuffer<T>,
-        count: usize,
-    ) -> Result<()> {
+    /// Submits a copy of `src` into `dst` and returns without waiting, like every op: the
+    /// backend's copy bandwidth is the baseline that memory-bound kernels are measured against.
+    pub fn copy_buffer<T: Pod>(&self, src: &GpuBuffer<T>, dst: &mut GpuBuffer<T>) -> Result<()> {
         self.check_buffer("src", src)?;
         self.check_buffer("dst", dst)?;
         if src.len != dst.len {
@@ -525,19 +521,11 @@ impl Wgpu {
             || "copying a buffer".into(),
             || {
                 let mut encoder = self.encoder();
-                for _ in 0..count {
-                    encoder.copy_buffer_to_buffer(
-                        &src.buffer,
-                        0,
-                        &dst.buffer,
-                        0,
-                        src.buffer.size(),
-                    );
-                }
+                let size = src.buffer.size();
+                encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, size);
                 self.inner.queue.submit([encoder.finish()]);
             },
-        )?;
-        self.synchronize()
+        )
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {

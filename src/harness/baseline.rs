@@ -72,7 +72,7 @@ fn copy_on(
             let gpu = backends.wgpu()?;
             let src = gpu.upload(data)?;
             let mut dst = gpu.upload(&poison)?;
-            gpu.copy_buffer(&src, &mut dst, 1)?;
+            gpu.copy_buffer(&src, &mut dst)?;
             gpu.download(&dst).map(Some)
         }
         #[allow(unreachable_patterns)]
@@ -119,7 +119,7 @@ fn prepare_copy(backends: &Backends, backend: Backend) -> Result<Option<Runner<'
             let src = gpu.zeros::<u32>(words)?;
             let mut dst = gpu.zeros::<u32>(words)?;
             Ok(Some(Runner::new(super::Clock::Wgpu(gpu), move || {
-                gpu.copy_buffer(&src, &mut dst, 1)
+                gpu.copy_buffer(&src, &mut dst)
             })))
         }
         #[allow(unreachable_patterns)]

@@ -51,7 +51,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct Selection {
     /// Only these ops (repeatable); `tilefuse info` lists them.
     #[arg(long = "op", value_name = "OP")]
@@ -75,13 +75,7 @@ fn main() -> ExitCode {
             let backends = Backends::detect();
             print!("{}", info(&backends, false));
             println!();
-            check(
-                &backends,
-                &Selection {
-                    ops: vec![],
-                    backends: vec![],
-                },
-            )
+            check(&backends, &Selection::default())
         }
         Some(Command::Info { ptxas }) => {
             print!("{}", info(&Backends::detect(), ptxas));
