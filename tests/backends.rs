@@ -10,15 +10,13 @@ mod common;
 use half::{bf16, f16};
 use num_complex::Complex32;
 use tilefuse::Error;
-use tilefuse::harness::Backend;
 
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_buffers_round_trip_every_element_type_and_odd_lengths() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    let gpu = backends.wgpu().unwrap();
     for len in [0usize, 1, 2, 3, 5, 1023] {
         let halves: Vec<f16> = (0..len).map(|i| f16::from_f32(i as f32 - 7.5)).collect();
         assert_eq!(gpu.download(&gpu.upload(&halves).unwrap()).unwrap(), halves);
@@ -39,10 +37,9 @@ fn wgpu_buffers_round_trip_every_element_type_and_odd_lengths() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_write_checks_length_and_overwrites() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    let gpu = backends.wgpu().unwrap();
     let mut buffer = gpu.zeros::<f32>(3).unwrap();
     assert_eq!(gpu.download(&buffer).unwrap(), vec![0.0; 3]);
     gpu.write(&mut buffer, &[1.0, 2.0, 3.0]).unwrap();
@@ -64,10 +61,9 @@ fn wgpu_write_checks_length_and_overwrites() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_allocations_beyond_the_device_limit_are_errors() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    let gpu = backends.wgpu().unwrap();
     let too_many = (gpu.limits().max_buffer_size / 4 + 1) as usize;
     let error = gpu.zeros::<f32>(too_many).unwrap_err();
     assert!(
@@ -87,10 +83,9 @@ fn wgpu_allocations_beyond_the_device_limit_are_errors() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_copy_checks_lengths_and_devices() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    let gpu = backends.wgpu().unwrap();
     let src = gpu.upload(&[1u32, 2, 3]).unwrap();
     let mut short = gpu.zeros::<u32>(2).unwrap();
     assert!(matches!(
@@ -112,11 +107,11 @@ fn wgpu_copy_checks_lengths_and_devices() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_adapter_selection_by_name() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    use tilefuse::backend::wgpu::{Wgpu, WgpuOptions};
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    use tilefuse::backend::wgpu::{Wgpu, WgpuOptions};
-    let name = backends.wgpu().unwrap().adapter_info().name.clone();
+    let name = gpu.adapter_info().name.clone();
     let mut options = WgpuOptions::from_env();
     options.adapter_name = Some(name.to_uppercase());
     assert_eq!(
@@ -138,11 +133,10 @@ fn wgpu_adapter_selection_by_name() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_device_facts_and_bad_ordinals() {
-    let Some(backends) = common::available(Backend::Cuda) else {
+    use tilefuse::backend::cuda::Cuda;
+    let Some(cuda) = common::cuda() else {
         return;
     };
-    use tilefuse::backend::cuda::Cuda;
-    let cuda = backends.cuda().unwrap();
     let info = cuda.info();
     assert!(
         info.sm_count > 0 && info.l2_bytes > 0 && info.total_memory > 0,
@@ -160,11 +154,10 @@ fn cuda_device_facts_and_bad_ordinals() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_handles_share_one_context_and_accept_a_callers_stream() {
-    let Some(backends) = common::available(Backend::Cuda) else {
+    use tilefuse::backend::cuda::Cuda;
+    let Some(cuda) = common::cuda() else {
         return;
     };
-    use tilefuse::backend::cuda::Cuda;
-    let cuda = backends.cuda().unwrap();
     let stream = cuda.context().new_stream().unwrap();
     let mine = Cuda::from_stream(stream.clone()).unwrap();
     assert!(std::sync::Arc::ptr_eq(mine.stream(), &stream));
@@ -180,11 +173,10 @@ fn cuda_handles_share_one_context_and_accept_a_callers_stream() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_wraps_a_callers_buffer() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    use tilefuse::backend::wgpu::GpuBuffer;
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    use tilefuse::backend::wgpu::GpuBuffer;
-    let gpu = backends.wgpu().unwrap();
     let raw = |size, usage| {
         gpu.device().create_buffer(&wgpu::BufferDescriptor {
             label: None,

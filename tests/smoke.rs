@@ -129,10 +129,9 @@ fn reference_is_a_dot_product() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn buffers_from_another_wgpu_device_are_rejected() {
-    let Some(backends) = common::available(Backend::Wgpu) else {
+    let Some(gpu) = common::wgpu() else {
         return;
     };
-    let gpu = backends.wgpu().unwrap();
     let other = tilefuse::backend::wgpu::Wgpu::new().unwrap();
     let shape = MatmulShape::new(1, 1, 1).unwrap();
     let a = other.upload(&[f16::ONE]).unwrap();
@@ -175,9 +174,7 @@ mod properties {
         /// says which one is wrong.
         #[test]
         fn wgpu_wrong_lengths_are_errors(la in 1usize..40, lb in 1usize..40, lc in 1usize..40) {
-            use tilefuse::harness::Backend;
-            let Some(backends) = crate::common::available(Backend::Wgpu) else { return Ok(()) };
-            let gpu = backends.wgpu().unwrap();
+            let Some(gpu) = crate::common::wgpu() else { return Ok(()) };
             let shape = MatmulShape::new(4, 3, 5).unwrap();
             let a = gpu.upload(&vec![half::f16::ONE; la]).unwrap();
             let b = gpu.upload(&vec![half::f16::ONE; lb]).unwrap();

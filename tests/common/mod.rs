@@ -30,6 +30,18 @@ pub fn available(backend: Backend) -> Option<&'static Backends> {
     }
 }
 
+/// The wgpu handle, when wgpu can run here (see [`available`]).
+#[cfg(feature = "wgpu")]
+pub fn wgpu() -> Option<&'static tilefuse::backend::wgpu::Wgpu> {
+    available(Backend::Wgpu).map(|b| b.wgpu().expect("available"))
+}
+
+/// The CUDA handle, when CUDA can run here (see [`available`]).
+#[cfg(feature = "cuda")]
+pub fn cuda() -> Option<&'static tilefuse::backend::cuda::Cuda> {
+    available(Backend::Cuda).map(|b| b.cuda().expect("available"))
+}
+
 fn required(backend: Backend) -> bool {
     let var = match backend {
         Backend::Cpu => return true,
