@@ -28,4 +28,40 @@ typedef struct TfSmokeMmaParams {
     uint32_t reserved;
 } TfSmokeMmaParams;
 
+/*
+ * tilefuse_scan_{f32,c64}_{const,varying}_{states,final}: the diagonal linear recurrence with
+ * resets, one pass, decoupled look-back across time chunks.
+ *   h[b,t,p] = u[b,t,p]                   if reset[b,t]
+ *   h[b,t,p] = a · h[b,t-1,p] + u[b,t,p]  otherwise, h[b,-1,p] = h0[b,p] (0 when h0 == 0)
+ * Elements are f32 or interleaved complex (re, im) f32 pairs. a is [p] ("const") or strided
+ * like u ("varying"); u and h are addressed b * stride_batch + t * stride_time + p (in
+ * elements), reset b * reset_stride_batch + t * reset_stride_time (bytes). h0 and h_last are
+ * [b, p]. "_final" kernels do not write h (h == 0).
+ * Grid: (chunks, ceil(p / TF_SCAN_LANES), b), TF_SCAN_WARPS * 32 threads; a chunk is
+ * TF_SCAN_WARPS * TF_SCAN_STEPS time steps. workspace, with n = batch * groups * chunks:
+ * round_up(n, 4) u32 chunk flags, zero at launch, then three arrays of n * TF_SCAN_LANES
+ * elements (chunk products, chunk offsets, chunk end states) for the look-back.
+ */
+#define TF_SCAN_LANES 32
+#define TF_SCAN_WARPS 8
+#define TF_SCAN_STEPS 16
+#define TF_SCAN_CHUNK (TF_SCAN_WARPS * TF_SCAN_STEPS)
+typedef struct TfScanParams {
+    tf_dptr a;
+    tf_dptr u;
+    tf_dptr reset;
+    tf_dptr h0;
+    tf_dptr h;
+    tf_dptr h_last;
+    tf_dptr workspace;
+    uint64_t stride_batch;
+    uint64_t stride_time;
+    uint64_t reset_stride_batch;
+    uint64_t reset_stride_time;
+    uint32_t batch;
+    uint32_t time;
+    uint32_t channels;
+    uint32_t chunks;
+} TfScanParams;
+
 #endif /* TILEFUSE_ABI_H */

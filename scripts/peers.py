@@ -93,7 +93,74 @@ def peer_gemm(torch, device):
         torch.cuda.empty_cache()
 
 
-PEERS = [peer_copy, peer_gemm]
+SCAN_SHAPES = [(16, 8192, 256), (64, 2048, 256), (4, 65536, 128)]  # tilefuse's scan cases
+
+
+def time_host(run, warmup=3, samples=11, min_sample_ms=2.0):
+    """Median and min per-run time in µs of a function that waits for its own result."""
+    import time
+
+    for _ in range(warmup):
+        run()
+
+    def timed(repeats):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return (time.perf_counter() - start) * 1e6 / repeats
+
+    repeats = max(1, min(10_000, math.ceil(min_sample_ms * 1e3 / max(timed(1), 1.0))))
+    times = [timed(repeats) for _ in range(samples)]
+    return statistics.median(times), min(times), len(times)
+
+
+def peer_scan(torch, device):
+    """JAX's lax.associative_scan with popjaxrl's reset operator and the carried state
+    prepended as (1, h0, 0), complex64, 1% resets (tilefuse's op "scan")."""
+    import os
+
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        print(f"peer_scan: JAX unavailable ({e}); skipped", flush=True)
+        return
+    torch.cuda.empty_cache()
+
+    def binary_operator_reset(q_i, q_j):
+        a_i, b_i, c_i = q_i
+        a_j, b_j, c_j = q_j
+        return (
+            (a_j * a_i) * (1 - c_j) + a_j * c_j,
+            (a_j * b_i + b_j) * (1 - c_j) + b_j * c_j,
+            c_i * (1 - c_j) + c_j,
+        )
+
+    def one_row(decay, u, reset, h0):
+        # popjaxrl materialises the decay per step and prepends the carried state.
+        steps = u.shape[0]
+        a = jnp.concatenate([jnp.ones((1,) + decay.shape, decay.dtype), jnp.broadcast_to(decay, (steps,) + decay.shape)])
+        b = jnp.concatenate([h0[None], u])
+        c = jnp.concatenate([jnp.zeros((1, 1), u.real.dtype), reset[:, None].astype(u.real.dtype)])
+        _, h, _ = jax.lax.associative_scan(binary_operator_reset, (a, b, c))
+        return h[1:]
+
+    scan = jax.jit(jax.vmap(one_row, in_axes=(None, 0, 0, 0)))
+    key = jax.random.PRNGKey(0)
+    for b, t, p in SCAN_SHAPES:
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        decay = (0.9 * jnp.exp(1j * jax.random.uniform(k1, (p,)))).astype(jnp.complex64)
+        u = (jax.random.normal(k2, (b, t, p)) + 1j * jax.random.normal(k3, (b, t, p))).astype(jnp.complex64)
+        reset = jax.random.uniform(k4, (b, t)) < 0.01
+        h0 = jnp.zeros((b, p), jnp.complex64)
+        timing = time_host(lambda: scan(decay, u, reset, h0).block_until_ready())
+        moved = 2 * b * t * p * 8 + b * t + b * p * 8
+        yield record("scan", f"c64 b={b} t={t} p={p} resets=1%", "jax-associative-scan", device, timing, moved, 0)
+        del u
+
+
+PEERS = [peer_copy, peer_gemm, peer_scan]
 
 
 def main():

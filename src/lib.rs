@@ -44,6 +44,7 @@
 pub mod backend;
 mod error;
 pub mod harness;
+pub mod scan;
 pub mod smoke;
 
 pub use error::{Error, Result};

@@ -484,4 +484,4 @@ macro_rules! kernel_params {
     )*};
 }
 
-kernel_params!(super::abi::TfSmokeMmaParams);
+kernel_params!(super::abi::TfSmokeMmaParams, super::abi::TfScanParams);

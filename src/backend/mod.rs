@@ -5,7 +5,6 @@
 //! [`wgpu::Wgpu`] handle, validate their arguments, and go through one launch (CUDA) or
 //! dispatch (wgpu) helper.
 
-#[cfg(feature = "cuda")]
 #[allow(missing_docs, non_camel_case_types, dead_code)]
 pub(crate) mod abi;
 #[cfg(feature = "cuda")]

@@ -449,8 +449,22 @@ impl Wgpu {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        let first = if params.is_empty() { 0 } else { 1 };
+        let bound: Vec<(u32, &wgpu::Buffer)> = (first..).zip(buffers.iter().copied()).collect();
+        self.dispatch_bound(pipeline, params, &bound, workgroups)
+    }
+
+    /// [`Wgpu::dispatch`] with explicit binding numbers for the storage buffers, for entry
+    /// points of one shader that use different subsets of its bindings.
+    pub(crate) fn dispatch_bound(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         let binding_limit = self.limits().max_storage_buffer_binding_size;
-        if let Some(buffer) = buffers.iter().find(|b| b.size() > binding_limit) {
+        if let Some((_, buffer)) = buffers.iter().find(|(_, b)| b.size() > binding_limit) {
             return Err(Error::DeviceLimit {
                 what: "storage buffer",
                 limit_name: "max_storage_buffer_binding_size",
@@ -477,10 +491,10 @@ impl Wgpu {
             || {
                 let entries: Vec<wgpu::BindGroupEntry> = uniform
                     .iter()
+                    .map(|buffer| (0, buffer))
                     .chain(buffers.iter().copied())
-                    .enumerate()
                     .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                        binding: binding as u32,
+                        binding,
                         resource: buffer.as_entire_binding(),
                     })
                     .collect();

@@ -87,12 +87,18 @@ fn bench_cases() -> Vec<BenchCase> {
         name,
         2 * BENCH_BYTES as u64,
         0,
-        prepare_copy,
+        |backends, backend| prepare_copy(backends, backend, BENCH_BYTES),
     )]
 }
 
-fn prepare_copy(backends: &Backends, backend: Backend) -> Result<Option<Runner<'_>>> {
-    let words = BENCH_BYTES / 4;
+/// A runner copying `bytes` (rounded up to 4) from one device buffer to another: the
+/// same-bytes baseline of a memory-bound case.
+pub(crate) fn prepare_copy(
+    backends: &Backends,
+    backend: Backend,
+    bytes: usize,
+) -> Result<Option<Runner<'_>>> {
+    let words = bytes.div_ceil(4);
     match backend {
         Backend::Cpu => Ok(None),
         #[cfg(feature = "cuda")]

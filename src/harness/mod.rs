@@ -21,6 +21,7 @@ mod timing;
 
 use std::fmt;
 
+pub(crate) use baseline::prepare_copy;
 pub use compare::{AsF64, Comparison, Tolerance, compare};
 pub use rng::Rng;
 pub use timing::{BenchRecord, BenchSettings, Clock, Runner, Timing};
@@ -33,7 +34,7 @@ use crate::error::{Error, Result};
 
 /// Every registered op, in the order `check` and `bench` run them.
 pub fn ops() -> &'static [OpEntry] {
-    &[baseline::ENTRY, crate::smoke::ENTRY]
+    &[baseline::ENTRY, crate::smoke::ENTRY, crate::scan::ENTRY]
 }
 
 /// Looks up a registered op by name.

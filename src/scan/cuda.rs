@@ -1,0 +1,215 @@
+//! The scan on CUDA: one pass, decoupled look-back across time chunks (`cuda/scan.cu`).
+//!
+//! Complex buffers are f32 buffers holding interleaved `(re, im)` pairs (the layout of
+//! [`Complex32`](num_complex::Complex32) and cuComplex); upload host data with
+//! `bytemuck::cast_slice`.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::{BufferLengths, Decay, Scan, ScanElement, elements_of};
+use crate::backend::abi::{TF_SCAN_CHUNK, TF_SCAN_LANES, TF_SCAN_WARPS, TfScanParams};
+use crate::backend::cuda::{Cuda, Kernel};
+use crate::error::{CudaResultExt, Error, Result};
+
+/// The inputs of one scan on the device; `F` is an f32 buffer type (`CudaSlice<f32>`,
+/// `CudaView<f32>`), `R` a u8 one.
+#[derive(Debug)]
+pub struct ScanInputs<'a, F, R> {
+    /// `a [p]` or, time-varying, laid out like `u`.
+    pub a: &'a F,
+    /// The inputs `u`.
+    pub u: &'a F,
+    /// The reset flags, u8, non-zero = reset.
+    pub reset: &'a R,
+    /// The state before the first step, `[b, p]`; `None` starts from zero.
+    pub h0: Option<&'a F>,
+}
+
+impl<F, R> Clone for ScanInputs<'_, F, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<F, R> Copy for ScanInputs<'_, F, R> {}
+
+/// Enqueues the scan on `cuda`'s stream, writing every state to `h` and the final state to
+/// `h_last`.
+///
+/// ```no_run
+/// # fn main() -> tilefuse::Result<()> {
+/// use num_complex::Complex32;
+/// use tilefuse::backend::cuda::Cuda;
+/// use tilefuse::scan::{Decay, Layout, Scan, ScanShape, cuda::{ScanInputs, scan}};
+///
+/// let cuda = Cuda::new(0)?;
+/// let problem = Scan::<Complex32>::new(ScanShape::new(16, 8192, 256)?, Layout::BatchMajor, Decay::TimeInvariant);
+/// let a = cuda.upload(&vec![0.9f32; 2 * 256])?;
+/// let u = cuda.upload(&vec![1.0f32; 2 * problem.states_len()])?;
+/// let reset = cuda.upload(&vec![0u8; problem.reset_len()])?;
+/// let mut h = cuda.upload(&vec![0.0f32; 2 * problem.states_len()])?;
+/// let mut h_last = cuda.upload(&vec![0.0f32; 2 * problem.final_len()])?;
+/// let inputs = ScanInputs { a: &a, u: &u, reset: &reset, h0: None };
+/// scan(&cuda, &problem, inputs, &mut h, &mut h_last)?; // enqueued, not waited for
+/// let carry = cuda.download(&h_last)?;                  // waits
+/// # Ok(())
+/// # }
+/// ```
+pub fn scan<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, F, R>,
+    h: &mut impl DevicePtrMut<f32>,
+    h_last: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    launch(cuda, scan, inputs, Some(h), h_last)
+}
+
+/// Enqueues the scan on `cuda`'s stream, writing only the final state `h_last` (for carrying
+/// a rollout's state into the next call without storing every step).
+pub fn scan_final<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, F, R>,
+    h_last: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    launch(cuda, scan, inputs, None::<&mut CudaSlice<f32>>, h_last)
+}
+
+fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, F, R>,
+    mut h: Option<&mut impl DevicePtrMut<f32>>,
+    h_last: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    scan.check_lengths(BufferLengths {
+        a: elements_of::<T>("a", inputs.a.len())?,
+        u: elements_of::<T>("u", inputs.u.len())?,
+        reset: inputs.reset.len(),
+        h0: inputs
+            .h0
+            .map(|h0| elements_of::<T>("h0", h0.len()))
+            .transpose()?,
+        h: h.as_ref()
+            .map(|h| elements_of::<T>("h", h.len()))
+            .transpose()?,
+        h_last: elements_of::<T>("h_last", h_last.len())?,
+    })?;
+    cuda.check_device("a", inputs.a)?;
+    cuda.check_device("u", inputs.u)?;
+    cuda.check_device("reset", inputs.reset)?;
+    if let Some(h0) = inputs.h0 {
+        cuda.check_device("h0", h0)?;
+    }
+    if let Some(h) = &h {
+        cuda.check_device("h", *h)?;
+    }
+    cuda.check_device("h_last", h_last)?;
+
+    let grid = Grid::new(scan)?;
+    let kernel = kernel::<T>(scan.decay, h.is_some());
+    let mut workspace = cuda
+        .stream()
+        .alloc_zeros::<u32>(grid.workspace_words::<T>())
+        .during(|| "allocating the scan's look-back workspace".into())?;
+    let (batch, time, channels) = (scan.shape.batch(), scan.shape.time(), scan.shape.channels());
+    let (stride_batch, stride_time) = scan.strides();
+    let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
+    let mut args = cuda.args();
+    let params = TfScanParams {
+        a: args.read(inputs.a),
+        u: args.read(inputs.u),
+        reset: args.read(inputs.reset),
+        h0: inputs.h0.map_or(0, |h0| args.read(h0)),
+        h: h.as_mut().map_or(0, |h| args.write(*h)),
+        h_last: args.write(h_last),
+        workspace: args.write(&mut workspace),
+        stride_batch: stride_batch as u64,
+        stride_time: stride_time as u64,
+        reset_stride_batch: reset_stride_batch as u64,
+        reset_stride_time: reset_stride_time as u64,
+        batch: batch as u32,
+        time: time as u32,
+        channels: channels as u32,
+        chunks: grid.chunks,
+    };
+    let config = LaunchConfig {
+        grid_dim: (grid.chunks, grid.groups, batch as u32),
+        block_dim: (TF_SCAN_WARPS * 32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: TfScanParams is the parameter struct of every scan kernel; its addresses come
+    // from `args`. Lengths were checked against the shape (a: p or b·t·p elements; u, h:
+    // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
+    // are the layout's own, so every index the kernel forms (b < batch, t < time, channel <
+    // channels, all guarded) is inside its buffer. The workspace has the size abi.h asks for
+    // the grid (Grid::workspace_words) and its flags are zero (alloc_zeros). Grid::new keeps
+    // grid dimensions and the record count inside their 32-bit limits. The kernel writes h
+    // only when h != 0, and h is absent exactly for the `_final` kernels.
+    unsafe { cuda.launch(kernel, config, &params, args) }
+}
+
+/// The launch grid: one block per (time chunk, group of 32 channels, batch row).
+struct Grid {
+    chunks: u32,
+    groups: u32,
+    records: usize,
+}
+
+impl Grid {
+    fn new<T: ScanElement>(scan: &Scan<T>) -> Result<Grid> {
+        let chunks = scan.shape.time().div_ceil(TF_SCAN_CHUNK as usize);
+        let groups = scan.shape.channels().div_ceil(TF_SCAN_LANES as usize);
+        let batch = scan.shape.batch();
+        for (what, needed, limit) in [
+            ("time chunks", chunks, i32::MAX as usize),
+            ("channel groups of 32", groups, u16::MAX as usize),
+            ("batch rows", batch, u16::MAX as usize),
+        ] {
+            if needed > limit {
+                return Err(Error::DeviceLimit {
+                    what: "scan grid",
+                    limit_name: what,
+                    needed: needed as u64,
+                    limit: limit as u64,
+                });
+            }
+        }
+        let records = chunks * groups * batch;
+        if records > u32::MAX as usize {
+            return Err(Error::DeviceLimit {
+                what: "scan look-back records",
+                limit_name: "chunks x groups x batch",
+                needed: records as u64,
+                limit: u32::MAX.into(),
+            });
+        }
+        Ok(Grid {
+            chunks: chunks as u32,
+            groups: groups as u32,
+            records,
+        })
+    }
+
+    /// u32 words of the look-back workspace (layout in abi.h).
+    fn workspace_words<T: ScanElement>(&self) -> usize {
+        self.records.next_multiple_of(4) + 3 * self.records * TF_SCAN_LANES as usize * T::LANES
+    }
+}
+
+fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {
+    let name = match (T::LANES, decay, states) {
+        (1, Decay::TimeInvariant, true) => "tilefuse_scan_f32_const_states",
+        (1, Decay::TimeInvariant, false) => "tilefuse_scan_f32_const_final",
+        (1, Decay::TimeVarying, true) => "tilefuse_scan_f32_varying_states",
+        (1, Decay::TimeVarying, false) => "tilefuse_scan_f32_varying_final",
+        (_, Decay::TimeInvariant, true) => "tilefuse_scan_c64_const_states",
+        (_, Decay::TimeInvariant, false) => "tilefuse_scan_c64_const_final",
+        (_, Decay::TimeVarying, true) => "tilefuse_scan_c64_varying_states",
+        (_, Decay::TimeVarying, false) => "tilefuse_scan_c64_varying_final",
+    };
+    Kernel {
+        module: "scan",
+        name,
+    }
+}

@@ -1,0 +1,308 @@
+//! The diagonal linear recurrence with hidden-state resets: the scan inside S4/S5 layers as
+//! used for in-context reinforcement learning (Lu et al. 2023; popjaxrl's
+//! `binary_operator_reset` with the carried state prepended).
+//!
+//! For each batch row b, time step t and channel p:
+//!
+//! ```text
+//! h[b,t,p] = u[b,t,p]                      if reset[b,t]
+//! h[b,t,p] = a · h[b,t−1,p] + u[b,t,p]     otherwise,      h[b,−1,p] = h0[b,p] (0 if none)
+//! ```
+//!
+//! A reset at t discards the state before t and keeps the input at t, so episodes of any
+//! length can be packed back to back in one rollout, and the final state `h_last [b, p]` is
+//! carried into the next call as `h0`.
+//!
+//! - `a` is time-invariant `[p]` (S5's Λ̄, never materialised per step) or time-varying
+//!   `[b, t, p]` (selective, Mamba-like), see [`Decay`].
+//! - Elements are `f32` or [`Complex32`] ([`ScanElement`]).
+//! - `u`, `h` and a time-varying `a` are `[b, t, p]` batch-major or `[t, b, p]` time-major
+//!   ([`Layout`]), p contiguous; `reset` is u8 `[b, t]` or `[t, b]` in the same order
+//!   (non-zero = reset); `h0` and `h_last` are `[b, p]`.
+//! - A final-state-only mode returns `h_last` without writing `h`.
+//!
+//! ```
+//! use tilefuse::scan::{Decay, Layout, Scan, ScanShape, reference};
+//!
+//! // One channel, four steps, a reset at t = 2.
+//! let scan = Scan::<f32>::new(ScanShape::new(1, 4, 1)?, Layout::BatchMajor, Decay::TimeInvariant);
+//! let states = reference(&scan, &[0.5], &[1.0, 1.0, 1.0, 1.0], &[0, 0, 1, 0], Some(&[2.0]))?;
+//! assert_eq!(states.h, vec![2.0, 2.0, 1.0, 1.5]);
+//! assert_eq!(states.h_last, vec![1.5]);
+//! # Ok::<(), tilefuse::Error>(())
+//! ```
+//!
+//! On CUDA ([`cuda::scan`]) the kernel reads `u` once and writes `h` once, with a decoupled
+//! look-back across time chunks, so a long rollout runs at memory speed; complex buffers are
+//! interleaved `(re, im)` f32 pairs, the layout of [`Complex32`]. Through WGSL
+//! ([`wgpu::scan`]) the same function runs on any adapter. Results are deterministic: the same
+//! inputs give the same bits run after run.
+
+mod check;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use std::marker::PhantomData;
+
+pub use check::{BENCH_SHAPES, Case, ENTRY, Inputs, Outputs, ResetPattern, check, run};
+use num_complex::{Complex32, Complex64};
+pub use reference::{States, associative_scan, reference};
+
+use crate::error::{Error, Result};
+
+/// An element type of the scan: `f32` or [`Complex32`].
+pub trait ScanElement:
+    sealed::Sealed + Copy + bytemuck::Pod + Send + Sync + std::fmt::Debug + 'static
+{
+    /// The name used in kernel names and case names: `"f32"` or `"c64"`.
+    const NAME: &'static str;
+    /// f32 values per element: 1 or 2 (`re, im`).
+    const LANES: usize;
+    /// The value as a complex f64 (imaginary part 0 for reals).
+    fn widen(self) -> Complex64;
+    /// The nearest element to `value` (the imaginary part is dropped for reals).
+    fn narrow(value: Complex64) -> Self;
+}
+
+impl ScanElement for f32 {
+    const NAME: &'static str = "f32";
+    const LANES: usize = 1;
+    fn widen(self) -> Complex64 {
+        Complex64::new(self.into(), 0.0)
+    }
+    fn narrow(value: Complex64) -> Self {
+        value.re as f32
+    }
+}
+
+impl ScanElement for Complex32 {
+    const NAME: &'static str = "c64";
+    const LANES: usize = 2;
+    fn widen(self) -> Complex64 {
+        Complex64::new(self.re.into(), self.im.into())
+    }
+    fn narrow(value: Complex64) -> Self {
+        Complex32::new(value.re as f32, value.im as f32)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for num_complex::Complex32 {}
+}
+
+/// How `u`, `h`, a time-varying `a` and `reset` are laid out in memory (p is contiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// `[b, t, p]` (and `reset [b, t]`): each batch row's rollout is contiguous.
+    #[default]
+    BatchMajor,
+    /// `[t, b, p]` (and `reset [t, b]`): each time step of all rows is contiguous, as rollout
+    /// buffers in RL usually are.
+    TimeMajor,
+}
+
+/// Whether `a` depends on time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Decay {
+    /// `a [p]`, the same at every step (S4/S5's discretised Λ̄).
+    #[default]
+    TimeInvariant,
+    /// `a` laid out like `u`, one value per (b, t, p) (selective scans).
+    TimeVarying,
+}
+
+/// The sizes of a scan, validated by [`ScanShape::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScanShape {
+    batch: usize,
+    time: usize,
+    channels: usize,
+}
+
+/// The longest sequence the kernels take (their time arithmetic is 32-bit).
+pub const MAX_TIME: usize = 1 << 30;
+
+impl ScanShape {
+    /// A shape with every size at least 1, `time ≤` [`MAX_TIME`], and `b·t·p` complex values
+    /// addressable in bytes.
+    pub fn new(batch: usize, time: usize, channels: usize) -> Result<Self> {
+        for (what, size) in [("batch", batch), ("time", time), ("channels", channels)] {
+            if size == 0 {
+                return Err(Error::invalid(what, "a size of at least 1", size));
+            }
+        }
+        if time > MAX_TIME {
+            return Err(Error::invalid(
+                "time",
+                format!("at most {MAX_TIME} steps"),
+                time,
+            ));
+        }
+        if batch
+            .checked_mul(time)
+            .and_then(|bt| bt.checked_mul(channels))
+            .and_then(|n| n.checked_mul(8))
+            .is_none_or(|bytes| bytes > isize::MAX as usize)
+        {
+            return Err(Error::invalid(
+                "shape",
+                "b·t·p complex values addressable in memory",
+                format!("[{batch}, {time}, {channels}]"),
+            ));
+        }
+        Ok(ScanShape {
+            batch,
+            time,
+            channels,
+        })
+    }
+
+    /// Batch rows (b).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Time steps (t).
+    pub fn time(&self) -> usize {
+        self.time
+    }
+
+    /// Channels (p).
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+}
+
+/// One scan problem: shape, layout, kind of `a`, and element type `T`. It says how long each
+/// buffer must be and where each element lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scan<T: ScanElement> {
+    /// The sizes.
+    pub shape: ScanShape,
+    /// The memory order of `u`, `h`, a time-varying `a` and `reset`.
+    pub layout: Layout,
+    /// Whether `a` depends on time.
+    pub decay: Decay,
+    element: PhantomData<fn() -> T>,
+}
+
+impl<T: ScanElement> Scan<T> {
+    /// A scan of `T` elements.
+    pub const fn new(shape: ScanShape, layout: Layout, decay: Decay) -> Self {
+        Scan {
+            shape,
+            layout,
+            decay,
+            element: PhantomData,
+        }
+    }
+
+    /// Elements of `u` and `h`: b·t·p.
+    pub fn states_len(&self) -> usize {
+        self.shape.batch * self.shape.time * self.shape.channels
+    }
+
+    /// Elements of `a`: p, or b·t·p when time-varying.
+    pub fn a_len(&self) -> usize {
+        match self.decay {
+            Decay::TimeInvariant => self.shape.channels,
+            Decay::TimeVarying => self.states_len(),
+        }
+    }
+
+    /// Bytes of `reset`: b·t.
+    pub fn reset_len(&self) -> usize {
+        self.shape.batch * self.shape.time
+    }
+
+    /// Elements of `h0` and `h_last`: b·p.
+    pub fn final_len(&self) -> usize {
+        self.shape.batch * self.shape.channels
+    }
+
+    /// Element strides `(batch, time)` of `u`, `h` and a time-varying `a`.
+    pub fn strides(&self) -> (usize, usize) {
+        let (b, t, p) = (self.shape.batch, self.shape.time, self.shape.channels);
+        match self.layout {
+            Layout::BatchMajor => (t * p, p),
+            Layout::TimeMajor => (p, b * p),
+        }
+    }
+
+    /// Byte strides `(batch, time)` of `reset`.
+    pub fn reset_strides(&self) -> (usize, usize) {
+        match self.layout {
+            Layout::BatchMajor => (self.shape.time, 1),
+            Layout::TimeMajor => (1, self.shape.batch),
+        }
+    }
+
+    /// The index of element (b, t, p) of `u` and `h`.
+    pub fn index(&self, b: usize, t: usize, p: usize) -> usize {
+        let (batch, time) = self.strides();
+        b * batch + t * time + p
+    }
+
+    /// The index of reset flag (b, t).
+    pub fn reset_index(&self, b: usize, t: usize) -> usize {
+        let (batch, time) = self.reset_strides();
+        b * batch + t * time
+    }
+
+    /// Checks buffer lengths, given in elements of `T` (`h0`/`h` absent: `None`).
+    pub(crate) fn check_lengths(&self, buffers: BufferLengths) -> Result<()> {
+        let expected = [
+            ("a", Some(self.a_len()), Some(buffers.a)),
+            ("u", Some(self.states_len()), Some(buffers.u)),
+            ("reset", Some(self.reset_len()), Some(buffers.reset)),
+            ("h0", buffers.h0.map(|_| self.final_len()), buffers.h0),
+            ("h", buffers.h.map(|_| self.states_len()), buffers.h),
+            ("h_last", Some(self.final_len()), Some(buffers.h_last)),
+        ];
+        for (what, expected, got) in expected {
+            if let (Some(expected), Some(got)) = (expected, got)
+                && expected != got
+            {
+                return Err(Error::Length {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Buffer lengths in elements, for [`Scan::check_lengths`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BufferLengths {
+    pub a: usize,
+    pub u: usize,
+    pub reset: usize,
+    pub h0: Option<usize>,
+    pub h: Option<usize>,
+    pub h_last: usize,
+}
+
+/// An f32 buffer length as a count of `T` elements, or the error naming `what`.
+pub(crate) fn elements_of<T: ScanElement>(what: &'static str, floats: usize) -> Result<usize> {
+    if floats.is_multiple_of(T::LANES) {
+        Ok(floats / T::LANES)
+    } else {
+        Err(Error::invalid(
+            what,
+            format!(
+                "a whole number of {} elements ({} f32 each)",
+                T::NAME,
+                T::LANES
+            ),
+            format!("{floats} f32 values"),
+        ))
+    }
+}

@@ -1,0 +1,451 @@
+//! The scan on every backend against the f64 reference (the CPU backend checks the
+//! associative scan with popjaxrl's operator).
+// Built without a GPU backend, the per-backend bodies have nothing to run.
+#![cfg_attr(
+    not(all(feature = "cuda", feature = "wgpu")),
+    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+)]
+
+mod common;
+
+use num_complex::Complex32;
+use tilefuse::Error;
+use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
+use tilefuse::scan::{
+    Case, Decay, Inputs, Layout, ResetPattern, Scan, ScanShape, associative_scan, check, reference,
+    run,
+};
+
+on_backends!([cpu, cuda, wgpu] => [
+    lengths_of_time,
+    reset_patterns,
+    decays_layouts_and_h0,
+    wide_and_ragged_channels,
+    long_memory_stays_within_its_bound,
+    final_only_mode,
+    every_registered_case_passes,
+]);
+/// Properties of the GPU kernels alone.
+mod gpu {
+    use super::*;
+    on_backends!([cuda, wgpu] => [
+        final_state_is_the_last_row_bit_for_bit,
+        runs_are_bitwise_deterministic,
+        rejects_wrong_lengths,
+    ]);
+}
+
+fn assert_case(backends: &Backends, backend: Backend, case: Case) {
+    let seed = common::seed();
+    common::assert_passes(
+        check(backends, backend, &case, seed),
+        &case.to_string(),
+        seed,
+    );
+}
+
+fn lengths_of_time(backends: &Backends, backend: Backend) {
+    for (i, (time, channels)) in [
+        (1, 33),
+        (2, 33),
+        (31, 40),
+        (1000, 33),
+        (4097, 33),
+        (65536, 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let complex = i % 2 == 1;
+        assert_case(
+            backends,
+            backend,
+            Case {
+                complex,
+                ..Case::new(2, time, channels)
+            },
+        );
+        assert_case(
+            backends,
+            backend,
+            Case {
+                complex: !complex,
+                ..Case::new(1, time, channels)
+            },
+        );
+    }
+}
+
+fn reset_patterns(backends: &Backends, backend: Backend) {
+    for resets in [
+        ResetPattern::Never,
+        ResetPattern::EveryStep,
+        ResetPattern::AtStart,
+        ResetPattern::ChunkBoundaries,
+        ResetPattern::Random(0.01),
+        ResetPattern::Random(0.2),
+    ] {
+        for complex in [false, true] {
+            let case = Case {
+                complex,
+                resets,
+                ..Case::new(3, 1031, 37)
+            };
+            assert_case(backends, backend, case);
+        }
+    }
+}
+
+fn decays_layouts_and_h0(backends: &Backends, backend: Backend) {
+    for decay in [Decay::TimeInvariant, Decay::TimeVarying] {
+        for layout in [Layout::BatchMajor, Layout::TimeMajor] {
+            for h0 in [false, true] {
+                for complex in [false, true] {
+                    let case = Case {
+                        complex,
+                        decay,
+                        layout,
+                        h0,
+                        ..Case::new(3, 517, 45)
+                    };
+                    assert_case(backends, backend, case);
+                }
+            }
+        }
+    }
+}
+
+fn wide_and_ragged_channels(backends: &Backends, backend: Backend) {
+    for (batch, channels) in [(1, 1), (5, 31), (2, 32), (2, 33), (1, 1000)] {
+        let case = Case {
+            complex: true,
+            decay: Decay::TimeVarying,
+            ..Case::new(batch, 300, channels)
+        };
+        assert_case(backends, backend, case);
+    }
+}
+
+/// With |a| near 1 and no resets, the error stays within [`Case::tolerance`], which depends
+/// on the memory 1 / (1 − |a|), not on t.
+fn long_memory_stays_within_its_bound(backends: &Backends, backend: Backend) {
+    for (time, magnitude) in [(65536, (0.999, 0.9999)), (20_000, (0.99999, 1.0))] {
+        for complex in [false, true] {
+            let case = Case {
+                complex,
+                resets: ResetPattern::Never,
+                a_magnitude: magnitude,
+                ..Case::new(1, time, 7)
+            };
+            assert_case(backends, backend, case);
+        }
+    }
+}
+
+fn final_only_mode(backends: &Backends, backend: Backend) {
+    for resets in [
+        ResetPattern::Never,
+        ResetPattern::Random(0.01),
+        ResetPattern::EveryStep,
+    ] {
+        for complex in [false, true] {
+            let case = Case {
+                complex,
+                resets,
+                final_only: true,
+                ..Case::new(3, 3000, 40)
+            };
+            assert_case(backends, backend, case);
+        }
+    }
+}
+
+fn final_state_is_the_last_row_bit_for_bit(backends: &Backends, backend: Backend) {
+    let seed = common::seed();
+    let case = Case {
+        complex: true,
+        layout: Layout::TimeMajor,
+        ..Case::new(3, 5000, 40)
+    };
+    let scan = case.scan::<Complex32>().unwrap();
+    let inputs = Inputs::random(&case, &scan, seed);
+    let full = run(backends, backend, &scan, &inputs, false)
+        .unwrap()
+        .unwrap();
+    let last = run(backends, backend, &scan, &inputs, true)
+        .unwrap()
+        .unwrap();
+    assert!(last.h.is_none());
+    assert_eq!(
+        bits(&full.h_last),
+        bits(&last.h_last),
+        "seed {seed}: final-only differs"
+    );
+    let h = full.h.unwrap();
+    let last_row: Vec<f32> = (0..case.batch)
+        .flat_map(|b| (0..case.channels).map(move |p| (b, p)))
+        .flat_map(|(b, p)| {
+            let i = scan.index(b, case.time - 1, p);
+            [h[2 * i], h[2 * i + 1]]
+        })
+        .collect();
+    assert_eq!(
+        bits(&last_row),
+        bits(&full.h_last),
+        "seed {seed}: h_last is not h[:, t-1]"
+    );
+}
+
+fn runs_are_bitwise_deterministic(backends: &Backends, backend: Backend) {
+    let seed = common::seed();
+    // Many chunks per row, so the look-back meets predecessors in different states.
+    let case = Case {
+        complex: true,
+        decay: Decay::TimeVarying,
+        ..Case::new(2, 65536, 64)
+    };
+    let scan = case.scan::<Complex32>().unwrap();
+    let inputs = Inputs::random(&case, &scan, seed);
+    let first = run(backends, backend, &scan, &inputs, false)
+        .unwrap()
+        .unwrap();
+    for _ in 0..3 {
+        let again = run(backends, backend, &scan, &inputs, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            bits(first.h.as_ref().unwrap()),
+            bits(again.h.as_ref().unwrap()),
+            "seed {seed}"
+        );
+        assert_eq!(bits(&first.h_last), bits(&again.h_last), "seed {seed}");
+    }
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+fn rejects_wrong_lengths(backends: &Backends, backend: Backend) {
+    let scan = Scan::<f32>::new(
+        ScanShape::new(2, 8, 3).unwrap(),
+        Layout::BatchMajor,
+        Decay::TimeInvariant,
+    );
+    let (a, u, reset, h_last) = (
+        vec![0.5f32; 3],
+        vec![0.0f32; 47],
+        vec![0u8; 16],
+        vec![0.0f32; 6],
+    );
+    let mut h = vec![0.0f32; 48];
+    let error = match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            use tilefuse::scan::cuda::{ScanInputs, scan as cuda_scan};
+            let cuda = backends.cuda().unwrap();
+            let (a, u, reset) = (
+                cuda.upload(&a).unwrap(),
+                cuda.upload(&u).unwrap(),
+                cuda.upload(&reset).unwrap(),
+            );
+            let (mut h, mut h_last) = (cuda.upload(&h).unwrap(), cuda.upload(&h_last).unwrap());
+            let inputs = ScanInputs {
+                a: &a,
+                u: &u,
+                reset: &reset,
+                h0: None,
+            };
+            // A complex scan over an odd number of f32s is no whole number of elements.
+            let complex = scan_as_complex(&scan);
+            let odd = tilefuse::scan::cuda::scan(cuda, &complex, inputs, &mut h, &mut h_last)
+                .unwrap_err();
+            assert!(
+                matches!(odd, Error::InvalidArgument { what: "a", .. }),
+                "{odd}"
+            );
+            cuda_scan(cuda, &scan, inputs, &mut h, &mut h_last).unwrap_err()
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            use tilefuse::scan::wgpu::{ScanInputs, scan as wgpu_scan};
+            let gpu = backends.wgpu().unwrap();
+            let (a, u, reset) = (
+                gpu.upload(&a).unwrap(),
+                gpu.upload(&u).unwrap(),
+                gpu.upload(&reset).unwrap(),
+            );
+            let (mut h, mut h_last) = (gpu.upload(&h).unwrap(), gpu.upload(&h_last).unwrap());
+            let inputs = ScanInputs {
+                a: &a,
+                u: &u,
+                reset: &reset,
+                h0: None,
+            };
+            wgpu_scan(gpu, &scan, inputs, &mut h, &mut h_last).unwrap_err()
+        }
+        _ => unreachable!("{backend} has no such test"),
+    };
+    h.clear();
+    assert!(
+        matches!(
+            error,
+            Error::Length {
+                what: "u",
+                expected: 48,
+                got: 47
+            }
+        ),
+        "unexpected error: {error}"
+    );
+}
+
+fn scan_as_complex(scan: &Scan<f32>) -> Scan<Complex32> {
+    Scan::new(scan.shape, scan.layout, scan.decay)
+}
+
+fn every_registered_case_passes(backends: &Backends, backend: Backend) {
+    let entry = tilefuse::harness::op("scan").expect("scan is registered");
+    for case in (entry.check_cases)() {
+        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
+    }
+}
+
+#[test]
+fn reference_follows_the_recurrence() {
+    let scan = Scan::<f32>::new(
+        ScanShape::new(1, 5, 1).unwrap(),
+        Layout::BatchMajor,
+        Decay::TimeVarying,
+    );
+    let a = [0.5, 2.0, 3.0, 0.5, 0.5];
+    let u = [1.0, 1.0, 4.0, 2.0, 1.0];
+    // A reset at t = 0 discards h0 and keeps u[0]; another at t = 2.
+    let reset = [1, 0, 1, 0, 0];
+    let states = reference(&scan, &a, &u, &reset, Some(&[100.0])).unwrap();
+    assert_eq!(states.h, vec![1.0, 3.0, 4.0, 4.0, 3.0]);
+    assert_eq!(states.h_last, vec![3.0]);
+    let no_reset = reference(&scan, &a, &u, &[0; 5], Some(&[2.0])).unwrap();
+    assert_eq!(no_reset.h, vec![2.0, 5.0, 19.0, 11.5, 6.75]);
+}
+
+#[test]
+fn associative_scan_agrees_with_the_reference() {
+    let mut rng = Rng::new(common::seed());
+    for trial in 0..40 {
+        let seed = rng.next_u64();
+        let resets = [
+            ResetPattern::AtStart,
+            ResetPattern::Random(0.3),
+            ResetPattern::Never,
+            ResetPattern::EveryStep,
+        ];
+        let case = Case {
+            complex: trial % 2 == 0,
+            h0: trial % 3 != 0,
+            decay: if trial % 5 < 2 {
+                Decay::TimeVarying
+            } else {
+                Decay::TimeInvariant
+            },
+            layout: if trial % 7 < 3 {
+                Layout::TimeMajor
+            } else {
+                Layout::BatchMajor
+            },
+            resets: resets[trial % 4],
+            ..Case::new(1 + trial % 3, 1 + (seed % 300) as usize, 1 + trial % 5)
+        };
+        let result = if case.complex {
+            agree::<Complex32>(&case, seed)
+        } else {
+            agree::<f32>(&case, seed)
+        };
+        assert!(result.passed(), "{case} (seed {seed}): {result}");
+    }
+}
+
+fn agree<T: tilefuse::scan::ScanElement>(case: &Case, seed: u64) -> tilefuse::harness::Comparison {
+    let scan = case.scan::<T>().unwrap();
+    let inputs = Inputs::random(case, &scan, seed);
+    let h0 = inputs.h0.as_deref();
+    let sequential = reference(&scan, &inputs.a, &inputs.u, &inputs.reset, h0).unwrap();
+    let parallel = associative_scan(&scan, &inputs.a, &inputs.u, &inputs.reset, h0).unwrap();
+    let tight = Tolerance {
+        rel_l2: 1e-12,
+        element: 1e-12,
+    };
+    compare(
+        &[parallel.h, parallel.h_last].concat(),
+        &[sequential.h, sequential.h_last].concat(),
+        tight,
+    )
+}
+
+#[test]
+fn shapes_are_validated() {
+    assert!(matches!(
+        ScanShape::new(0, 1, 1),
+        Err(Error::InvalidArgument { what: "batch", .. })
+    ));
+    assert!(matches!(
+        ScanShape::new(1, 0, 1),
+        Err(Error::InvalidArgument { what: "time", .. })
+    ));
+    assert!(matches!(
+        ScanShape::new(1, 1, 0),
+        Err(Error::InvalidArgument {
+            what: "channels",
+            ..
+        })
+    ));
+    assert!(matches!(
+        ScanShape::new(1, (1 << 30) + 1, 1),
+        Err(Error::InvalidArgument { what: "time", .. })
+    ));
+    assert!(matches!(
+        ScanShape::new(usize::MAX / 2, 2, 2),
+        Err(Error::InvalidArgument { what: "shape", .. })
+    ));
+    let scan = Scan::<f32>::new(
+        ScanShape::new(2, 3, 4).unwrap(),
+        Layout::TimeMajor,
+        Decay::TimeInvariant,
+    );
+    let error = reference(&scan, &[0.0; 4], &[0.0; 24], &[0; 6], Some(&[0.0; 7])).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Length {
+                what: "h0",
+                expected: 8,
+                got: 7
+            }
+        ),
+        "{error}"
+    );
+    let error = reference(&scan, &[0.0; 24], &[0.0; 24], &[0; 6], None).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Length {
+                what: "a",
+                expected: 4,
+                got: 24
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn layouts_place_elements() {
+    let shape = ScanShape::new(2, 3, 4).unwrap();
+    let batch_major = Scan::<f32>::new(shape, Layout::BatchMajor, Decay::TimeInvariant);
+    let time_major = Scan::<f32>::new(shape, Layout::TimeMajor, Decay::TimeInvariant);
+    assert_eq!(batch_major.index(1, 2, 3), 12 + 8 + 3);
+    assert_eq!(time_major.index(1, 2, 3), 4 + 16 + 3);
+    assert_eq!(batch_major.reset_index(1, 2), 5);
+    assert_eq!(time_major.reset_index(1, 2), 5);
+    assert_eq!(time_major.reset_index(0, 1), 2);
+}

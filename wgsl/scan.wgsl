@@ -1,0 +1,242 @@
+// The diagonal linear recurrence with resets, h[t] = reset[t] ? u[t] : a·h[t-1] + u[t], in
+// three passes over chunks of CHUNK time steps (WGSL has no forward-progress guarantee
+// between workgroups, so the CUDA kernel's look-back is replaced by a carry pass):
+//   chunk_maps   each chunk's steps composed into one affine map h -> r ? B : A·h + B
+//   chunk_ends   per (batch, channel), the maps applied in order: the state at each chunk's end
+//   states       each chunk re-run from its carry-in, every state written
+// Invocation (lane, warp) of a workgroup owns channel group·32 + lane and STEPS consecutive
+// steps. Values are vec2<f32> (re, im); real scans (COMPLEX = false) keep im = 0 and read
+// and write one f32 per element. reset holds u8 flags, four per u32.
+
+struct Params {
+    batch: u32,
+    time: u32,
+    channels: u32,
+    chunks: u32,
+    groups: u32,
+    stride_batch: u32,
+    stride_time: u32,
+    reset_stride_batch: u32,
+    reset_stride_time: u32,
+    has_h0: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+override COMPLEX: bool = false;
+override VARYING: bool = false;
+
+const LANES: u32 = 32u;
+const WARPS: u32 = 8u;
+const STEPS: u32 = 16u;
+const CHUNK: u32 = 128u;  // WARPS * STEPS
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> u: array<f32>;
+@group(0) @binding(3) var<storage, read> reset: array<u32>;
+@group(0) @binding(4) var<storage, read_write> map_a: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read_write> map_b: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> map_reset: array<u32>;
+@group(0) @binding(7) var<storage, read_write> ends: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read> h0: array<f32>;
+@group(0) @binding(9) var<storage, read_write> h_last: array<f32>;
+@group(0) @binding(10) var<storage, read_write> h: array<f32>;
+
+// The affine map h -> reset ? b : a·h + b.
+struct Map {
+    a: vec2<f32>,
+    b: vec2<f32>,
+    reset: bool,
+}
+
+var<workgroup> warp_maps: array<array<Map, LANES>, WARPS>;
+var<workgroup> chunk_in: array<vec2<f32>, LANES>;
+
+fn cmul(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(x.x * y.x - x.y * y.y, x.x * y.y + x.y * y.x);
+}
+
+fn identity() -> Map {
+    return Map(vec2<f32>(1.0, 0.0), vec2<f32>(0.0, 0.0), false);
+}
+
+// `first` followed by `next`.
+fn then(first: Map, next: Map) -> Map {
+    if (next.reset) {
+        return next;
+    }
+    return Map(cmul(next.a, first.a), cmul(next.a, first.b) + next.b, first.reset);
+}
+
+fn apply(m: Map, state: vec2<f32>) -> vec2<f32> {
+    if (m.reset) {
+        return m.b;
+    }
+    return cmul(m.a, state) + m.b;
+}
+
+fn load_a(i: u32) -> vec2<f32> {
+    if (COMPLEX) {
+        return vec2<f32>(a[2u * i], a[2u * i + 1u]);
+    }
+    return vec2<f32>(a[i], 0.0);
+}
+
+fn load_u(i: u32) -> vec2<f32> {
+    if (COMPLEX) {
+        return vec2<f32>(u[2u * i], u[2u * i + 1u]);
+    }
+    return vec2<f32>(u[i], 0.0);
+}
+
+fn load_h0(i: u32) -> vec2<f32> {
+    if (COMPLEX) {
+        return vec2<f32>(h0[2u * i], h0[2u * i + 1u]);
+    }
+    return vec2<f32>(h0[i], 0.0);
+}
+
+fn reset_at(b: u32, t: u32) -> bool {
+    let i = b * params.reset_stride_batch + t * params.reset_stride_time;
+    return ((reset[i >> 2u] >> (8u * (i & 3u))) & 0xffu) != 0u;
+}
+
+// One invocation's place: its channel, its first step and how many of its steps exist.
+struct Place {
+    channel: u32,
+    live: bool,
+    t0: u32,
+    steps: u32,
+    row: u32,      // element index of (batch, t = 0, channel)
+    record: u32,   // (batch, group, chunk)
+}
+
+fn place(lane: u32, warp: u32, chunk: u32, group: u32, batch: u32) -> Place {
+    let channel = group * LANES + lane;
+    let t0 = chunk * CHUNK + warp * STEPS;
+    var steps = 0u;
+    if (t0 < params.time) {
+        steps = min(STEPS, params.time - t0);
+    }
+    return Place(channel, channel < params.channels, t0, steps,
+                 batch * params.stride_batch + channel,
+                 (batch * params.groups + group) * params.chunks + chunk);
+}
+
+// The step at offset i of this invocation: its a, u and reset.
+fn step_map(p: Place, batch: u32, i: u32) -> Map {
+    let t = p.t0 + i;
+    let at = p.row + t * params.stride_time;
+    var decay = vec2<f32>(0.0, 0.0);
+    var input = vec2<f32>(0.0, 0.0);
+    if (p.live) {
+        input = load_u(at);
+        if (VARYING) {
+            decay = load_a(at);
+        } else {
+            decay = load_a(p.channel);
+        }
+    }
+    return Map(decay, input, reset_at(batch, t));
+}
+
+fn own_map(p: Place, batch: u32) -> Map {
+    var m = identity();
+    for (var i = 0u; i < p.steps; i++) {
+        m = then(m, step_map(p, batch, i));
+    }
+    return m;
+}
+
+@compute @workgroup_size(32, 8)
+fn chunk_maps(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
+    let p = place(local.x, local.y, group.x, group.y, group.z);
+    warp_maps[local.y][local.x] = own_map(p, group.z);
+    workgroupBarrier();
+    if (local.y == 0u) {
+        var m = identity();
+        for (var w = 0u; w < WARPS; w++) {
+            m = then(m, warp_maps[w][local.x]);
+        }
+        let slot = p.record * LANES + local.x;
+        map_a[slot] = m.a;
+        map_b[slot] = m.b;
+        if (local.x == 0u) {
+            map_reset[p.record] = select(0u, 1u, m.reset);
+        }
+    }
+}
+
+@compute @workgroup_size(32)
+fn chunk_ends(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
+    let batch = group.y;
+    let channel = group.x * LANES + local.x;
+    let live = channel < params.channels;
+    var state = vec2<f32>(0.0, 0.0);
+    if (params.has_h0 != 0u && live) {
+        state = load_h0(batch * params.channels + channel);
+    }
+    let first = (batch * params.groups + group.x) * params.chunks;
+    for (var c = 0u; c < params.chunks; c++) {
+        let slot = (first + c) * LANES + local.x;
+        state = apply(Map(map_a[slot], map_b[slot], map_reset[first + c] != 0u), state);
+        ends[slot] = state;
+    }
+    if (live) {
+        let at = batch * params.channels + channel;
+        if (COMPLEX) {
+            h_last[2u * at] = state.x;
+            h_last[2u * at + 1u] = state.y;
+        } else {
+            h_last[at] = state.x;
+        }
+    }
+}
+
+@compute @workgroup_size(32, 8)
+fn states(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
+    let batch = group.z;
+    let chunk = group.x;
+    let p = place(local.x, local.y, chunk, group.y, batch);
+    var steps: array<Map, STEPS>;
+    var mine = identity();
+    for (var i = 0u; i < p.steps; i++) {
+        steps[i] = step_map(p, batch, i);
+        mine = then(mine, steps[i]);
+    }
+    warp_maps[local.y][local.x] = mine;
+    if (local.y == 0u) {
+        var carry = vec2<f32>(0.0, 0.0);
+        if (chunk > 0u) {
+            carry = ends[(p.record - 1u) * LANES + local.x];
+        } else if (params.has_h0 != 0u && p.live) {
+            carry = load_h0(batch * params.channels + p.channel);
+        }
+        chunk_in[local.x] = carry;
+    }
+    workgroupBarrier();
+    var state = chunk_in[local.x];
+    for (var w = 0u; w < local.y; w++) {
+        state = apply(warp_maps[w][local.x], state);
+    }
+    if (!p.live) {
+        return;
+    }
+    // The chunk's last state is the one chunk_ends computed, so h and h_last agree exactly.
+    let chunk_last = min(params.time - chunk * CHUNK, CHUNK) - 1u;
+    for (var i = 0u; i < p.steps; i++) {
+        state = apply(steps[i], state);
+        var out = state;
+        if (local.y * STEPS + i == chunk_last) {
+            out = ends[p.record * LANES + local.x];
+        }
+        let at = p.row + (p.t0 + i) * params.stride_time;
+        if (COMPLEX) {
+            h[2u * at] = out.x;
+            h[2u * at + 1u] = out.y;
+        } else {
+            h[at] = out.x;
+        }
+    }
+}
