@@ -2,6 +2,8 @@
 # Runs the GPU bundle built by scripts/gpu-bundle.sh on an x86-64 Linux machine with an
 # NVIDIA GPU and driver (no Rust needed):
 #   run.sh [OUTPUT_DIR]      (default ./gpu-results)
+#   TILEFUSE_OPS=copy,scan run.sh ...   benchmarks (criterion, tilefuse bench, peers) of
+#                                        these ops only; every test still runs
 # Writes info.txt, tests.log, sanitizer.log, bench.log, bench.json, peers.json and
 # summary.txt to OUTPUT_DIR, prints the summary table last, and exits non-zero if any test,
 # sanitizer run or benchmark failed.
@@ -90,15 +92,28 @@ fi
 } 2>&1 | tee "$out/sanitizer.log"
 
 # --- benchmarks ---------------------------------------------------------------------------
+ops="${TILEFUSE_OPS:-}"
+op_args=()
+peer_ops=()
+for op in ${ops//,/ }; do
+  op_args+=(--op "$op")
+  [[ "$op" == copy || "$op" == spmm || "$op" == scan ]] && peer_ops+=("$op")
+done
+selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
+peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
 {
   section "criterion benches (each case run once, as a test)"
   for bench in "$here"/benches/*; do
+    selected "$(basename "$bench")" || continue
     limit 300 "$bench" --bench --test || fail "bench $(basename "$bench")"
   done
-  section "tilefuse bench"
-  limit 300 "$cli" bench --json "$out/bench.json" || fail "tilefuse bench"
+  section "tilefuse bench ${ops:+(ops: $ops)}"
+  limit 300 "$cli" bench "${op_args[@]}" --json "$out/bench.json" || fail "tilefuse bench"
   section "peers (PyTorch, JAX)"
-  PYTHONUNBUFFERED=1 limit 300 python3 "$here/peers.py" --out "$out/peers.json" || fail "peers.py"
+  if [[ -z "$ops" || -n "$peers_list" ]]; then
+    PYTHONUNBUFFERED=1 limit 300 python3 "$here/peers.py" --out "$out/peers.json" \
+      ${peers_list:+--ops "$peers_list"} || fail "peers.py"
+  fi
 } 2>&1 | tee "$out/bench.log"
 
 # --- summary, last --------------------------------------------------------------------------

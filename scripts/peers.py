@@ -5,7 +5,7 @@ Writes JSON in the schema of `tilefuse bench --json` ("tilefuse-bench/1"), so th
 `tilefuse summary bench.json peers.json` prints both side by side. Uses the PyTorch (and, for
 later ops, JAX) already installed on the GPU machine; runs as part of the GPU bundle's run.sh.
 
-Each op adds its peers as one function in PEERS; op and case strings must match the ones
+Each op adds its peers as one function in PEERS (`--ops` picks some); op and case strings must match the ones
 tilefuse's own cases use, so that the summary groups them together.
 """
 
@@ -160,13 +160,19 @@ def peer_scan(torch, device):
         del u
 
 
-PEERS = [peer_copy, peer_gemm, peer_scan]
+# tilefuse op -> its peers
+PEERS = {"copy": peer_copy, "spmm": peer_gemm, "scan": peer_scan}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--ops", default=",".join(PEERS), help="comma-separated tilefuse ops whose peers run")
     args = parser.parse_args()
+    ops = [op for op in args.ops.split(",") if op]
+    unknown = [op for op in ops if op not in PEERS]
+    if unknown:
+        sys.exit(f"peers.py: no peers for {unknown}; known: {list(PEERS)}")
     try:
         import torch
     except ImportError as e:
@@ -175,8 +181,8 @@ def main():
         sys.exit("peers.py: PyTorch sees no CUDA device")
     device = torch.cuda.get_device_name()
     results = []
-    for peer in PEERS:
-        for r in peer(torch, device):
+    for op in ops:
+        for r in PEERS[op](torch, device):
             print(f"{r['op']:10} {r['case']:28} {r['implementation']:14} {r['median_us']:10.1f} us"
                   f" {r['gbps']:8.1f} GB/s {r['tflops']:7.2f} TFLOP/s", flush=True)
             results.append(r)
