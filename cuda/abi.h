@@ -37,7 +37,8 @@ typedef struct TfSmokeMmaParams {
  * like u ("varying"); u and h are addressed b * stride_batch + t * stride_time + p (in
  * elements), reset b * reset_stride_batch + t * reset_stride_time (bytes). h0 and h_last are
  * [b, p]. "_final" kernels do not write h (h == 0).
- * Grid: (chunks, ceil(p / TF_SCAN_LANES), b), TF_SCAN_WARPS * 32 threads; a chunk is
+ * Grid: chunks * groups * b blocks in x, chunk-major (block = (chunk * b + batch) * groups +
+ * group), with groups = ceil(p / TF_SCAN_LANES); TF_SCAN_WARPS * 32 threads; a chunk is
  * TF_SCAN_WARPS * TF_SCAN_STEPS time steps. workspace, with n = batch * groups * chunks:
  * round_up(n, 4) u32 chunk flags, zero at launch, then three arrays of n * TF_SCAN_LANES
  * elements (chunk products, chunk offsets, chunk end states) for the look-back.
@@ -62,6 +63,8 @@ typedef struct TfScanParams {
     uint32_t time;
     uint32_t channels;
     uint32_t chunks;
+    uint32_t groups;
+    uint32_t reserved;
 } TfScanParams;
 
 #endif /* TILEFUSE_ABI_H */

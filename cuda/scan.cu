@@ -96,6 +96,25 @@ __device__ __forceinline__ void store(float *base, size_t element, typename F::T
     reinterpret_cast<typename F::T *>(base)[element] = value;
 }
 
+// The latest chunk before `chunk` whose end state is published, waiting until every chunk in
+// between has published at least its map. Lane i polls chunk (top - 1 - i), so one round trip
+// covers 32 predecessors. Chunk 0 always publishes its state, so this ends.
+__device__ __forceinline__ uint32_t nearest_known_chunk(const uint32_t *flags, uint32_t chunk,
+                                                        uint32_t lane) {
+    for (uint32_t top = chunk;; top -= 32) {
+        const bool exists = top > lane;
+        uint32_t flag = 0;
+        if (exists) {
+            while ((flag = load_acquire(&flags[top - 1 - lane])) == 0) {
+            }
+        }
+        const uint32_t known = __ballot_sync(0xffffffffu, exists && (flag & kFlagState));
+        // Orders the lanes' acquires before every lane's reads of the published records.
+        __syncwarp();
+        if (known != 0) return top - uint32_t(__ffs(known));
+    }
+}
+
 template <class F, bool VaryingA, bool WriteStates>
 __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     using T = typename F::T;
@@ -105,9 +124,14 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
 
     const uint32_t lane = threadIdx.x % 32;
     const uint32_t warp = threadIdx.x / 32;
-    const uint32_t chunk = blockIdx.x;
-    const uint32_t group = blockIdx.y;
-    const uint32_t batch = blockIdx.z;
+    // Block order is chunk-major, so the blocks resident together work on many rows and
+    // a chunk's predecessor in its row usually finished long ago; look-back waits only on
+    // lower block indices, which the hardware starts first.
+    const uint32_t rows = p.batch * p.groups;
+    const uint32_t chunk = blockIdx.x / rows;
+    const uint32_t row_index = blockIdx.x % rows;
+    const uint32_t group = row_index % p.groups;
+    const uint32_t batch = row_index / p.groups;
     const uint32_t channel = group * TF_SCAN_LANES + lane;
     const bool active = channel < p.channels;
     const uint32_t t0 = chunk * TF_SCAN_CHUNK + warp * TF_SCAN_STEPS;
@@ -147,9 +171,8 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     warp_maps[warp][lane] = mine;
     __syncthreads();
 
-    const uint32_t records = p.batch * gridDim.y * p.chunks;
-    Workspace<F> ws(p, records);
-    const uint32_t first_record = (batch * gridDim.y + group) * p.chunks;
+    Workspace<F> ws(p, rows * p.chunks);
+    const uint32_t first_record = row_index * p.chunks;
 
     if (warp == 0) {
         Map<F> chunk_map = Map<F>::identity();
@@ -178,18 +201,9 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
                 carry = load<F>(reinterpret_cast<const float *>(p.h0),
                                 size_t(batch) * p.channels + channel);
         } else if (WriteStates || !chunk_map.reset) {
-            uint32_t known = chunk - 1;
-            for (;; --known) {
-                uint32_t state = 0;
-                if (lane == 0) {
-                    while ((state = load_acquire(&ws.flags[first_record + known])) == 0) {
-                    }
-                }
-                state = __shfl_sync(0xffffffffu, state, 0);
-                __syncwarp();
-                if (state & kFlagState) break;  // chunk 0 always gets there
-            }
+            const uint32_t known = nearest_known_chunk(ws.flags + first_record, chunk, lane);
             carry = ws.state[size_t(first_record + known) * TF_SCAN_LANES + lane];
+#pragma unroll 8
             for (uint32_t c = known + 1; c < chunk; ++c) {
                 const size_t record = size_t(first_record + c) * TF_SCAN_LANES + lane;
                 carry = F::mul_add(ws.map_a[record], carry, ws.map_b[record]);

@@ -55,10 +55,12 @@ pub struct TfScanParams {
     pub time: u32,
     pub channels: u32,
     pub chunks: u32,
+    pub groups: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of TfScanParams"][::core::mem::size_of::<TfScanParams>() - 104usize];
+    ["Size of TfScanParams"][::core::mem::size_of::<TfScanParams>() - 112usize];
     ["Alignment of TfScanParams"][::core::mem::align_of::<TfScanParams>() - 8usize];
     ["Offset of field: TfScanParams::a"][::core::mem::offset_of!(TfScanParams, a) - 0usize];
     ["Offset of field: TfScanParams::u"][::core::mem::offset_of!(TfScanParams, u) - 8usize];
@@ -85,4 +87,8 @@ const _: () = {
         [::core::mem::offset_of!(TfScanParams, channels) - 96usize];
     ["Offset of field: TfScanParams::chunks"]
         [::core::mem::offset_of!(TfScanParams, chunks) - 100usize];
+    ["Offset of field: TfScanParams::groups"]
+        [::core::mem::offset_of!(TfScanParams, groups) - 104usize];
+    ["Offset of field: TfScanParams::reserved"]
+        [::core::mem::offset_of!(TfScanParams, reserved) - 108usize];
 };

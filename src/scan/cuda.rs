@@ -108,10 +108,7 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
 
     let grid = Grid::new(scan)?;
     let kernel = kernel::<T>(scan.decay, h.is_some());
-    let mut workspace = cuda
-        .stream()
-        .alloc_zeros::<u32>(grid.workspace_words::<T>())
-        .during(|| "allocating the scan's look-back workspace".into())?;
+    let mut workspace = look_back_workspace::<T>(cuda, &grid)?;
     let (batch, time, channels) = (scan.shape.batch(), scan.shape.time(), scan.shape.channels());
     let (stride_batch, stride_time) = scan.strides();
     let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
@@ -132,9 +129,11 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
         time: time as u32,
         channels: channels as u32,
         chunks: grid.chunks,
+        groups: grid.groups,
+        reserved: 0,
     };
     let config = LaunchConfig {
-        grid_dim: (grid.chunks, grid.groups, batch as u32),
+        grid_dim: (grid.records as u32, 1, 1),
         block_dim: (TF_SCAN_WARPS * 32, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -143,13 +142,13 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
     // are the layout's own, so every index the kernel forms (b < batch, t < time, channel <
     // channels, all guarded) is inside its buffer. The workspace has the size abi.h asks for
-    // the grid (Grid::workspace_words) and its flags are zero (alloc_zeros). Grid::new keeps
-    // grid dimensions and the record count inside their 32-bit limits. The kernel writes h
+    // the grid (Grid::workspace_words) and its flags are zero (look_back_workspace). Grid::new keeps
+    // the block count (= record count) under 2^31. The kernel writes h
     // only when h != 0, and h is absent exactly for the `_final` kernels.
     unsafe { cuda.launch(kernel, config, &params, args) }
 }
 
-/// The launch grid: one block per (time chunk, group of 32 channels, batch row).
+/// The launch grid: one block per (time chunk, batch row, group of 32 channels), chunk-major.
 struct Grid {
     chunks: u32,
     groups: u32,
@@ -161,27 +160,16 @@ impl Grid {
         let chunks = scan.shape.time().div_ceil(TF_SCAN_CHUNK as usize);
         let groups = scan.shape.channels().div_ceil(TF_SCAN_LANES as usize);
         let batch = scan.shape.batch();
-        for (what, needed, limit) in [
-            ("time chunks", chunks, i32::MAX as usize),
-            ("channel groups of 32", groups, u16::MAX as usize),
-            ("batch rows", batch, u16::MAX as usize),
-        ] {
-            if needed > limit {
-                return Err(Error::DeviceLimit {
-                    what: "scan grid",
-                    limit_name: what,
-                    needed: needed as u64,
-                    limit: limit as u64,
-                });
-            }
-        }
-        let records = chunks * groups * batch;
-        if records > u32::MAX as usize {
+        let records = chunks
+            .checked_mul(groups)
+            .and_then(|n| n.checked_mul(batch))
+            .unwrap_or(usize::MAX);
+        if records > i32::MAX as usize {
             return Err(Error::DeviceLimit {
-                what: "scan look-back records",
-                limit_name: "chunks x groups x batch",
+                what: "scan grid",
+                limit_name: "max grid x (time chunks x channel groups x batch rows)",
                 needed: records as u64,
-                limit: u32::MAX.into(),
+                limit: i32::MAX as u64,
             });
         }
         Ok(Grid {
@@ -195,6 +183,20 @@ impl Grid {
     fn workspace_words<T: ScanElement>(&self) -> usize {
         self.records.next_multiple_of(4) + 3 * self.records * TF_SCAN_LANES as usize * T::LANES
     }
+}
+
+/// The look-back records of one launch, with their flags zeroed (layout in abi.h).
+fn look_back_workspace<T: ScanElement>(cuda: &Cuda, grid: &Grid) -> Result<CudaSlice<u32>> {
+    let stream = cuda.stream();
+    let during = || "allocating the scan's look-back workspace".to_string();
+    // SAFETY: u32 is valid for any bits, and only the kernel touches this memory: it reads a
+    // record's maps and state only after an acquire load sees the flag that the record's
+    // writer stored (with release) after writing them, and every flag is zeroed below.
+    let mut workspace =
+        unsafe { stream.alloc::<u32>(grid.workspace_words::<T>()) }.during(during)?;
+    let mut flags = workspace.slice_mut(..grid.records.next_multiple_of(4));
+    stream.memset_zeros(&mut flags).during(during)?;
+    Ok(workspace)
 }
 
 fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {
