@@ -18,8 +18,8 @@
 //! - **CPU reference**: plain f64 loops, the executable specification every path is tested
 //!   against ([`harness`]).
 //!
-//! The ops arrive one by one; this release holds the frame they plug into and [`smoke`], the
-//! plumbing test that proves each backend end to end.
+//! The ops arrive one by one: [`scan`] is here; [`smoke`] is the plumbing test that proves
+//! each backend end to end.
 //!
 //! ## Errors
 //!
