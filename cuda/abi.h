@@ -67,4 +67,35 @@ typedef struct TfScanParams {
     uint32_t reserved;
 } TfScanParams;
 
+/*
+ * tilefuse_spmm_tiledcsl_{f16,bf16}_n{8,16,32,64}_{same,f32}: y = x · wᵀ with
+ *   w [m, k] in TiledCsl (tiles of TF_SPMM_TILE_M x TF_SPMM_TILE_K, row-major over tiles;
+ *     entries u32 = value bits | location << 16, location = row * 64 + swizzled column;
+ *     tile_offsets [tiles + 1] in 16-byte vectors of 4 entries),
+ *   x [n, k] row-major, y [n, m] row-major ("same": the input type, "f32": f32).
+ * Grid: (ceil(m / TILE_M), ceil(n / N), splits); TF_SPMM_WARPS * 32 threads. Block z sums the
+ * k tiles [z * tiles_per_split, ...). With splits > 1, each block writes f32 partials to
+ * workspace [splits][ceil(n / N) * N][m], and the last block of each (m tile, n block), found
+ * through a u32 counter after the partials (zero at launch; the kernel leaves it zero), adds
+ * them in split order and writes y. Dynamic shared memory: see tf_spmm_shared_bytes in
+ * src/spmm/cuda.rs; stage_vectors is the largest tile's vector count.
+ */
+#define TF_SPMM_TILE_M 128
+#define TF_SPMM_TILE_K 64
+#define TF_SPMM_WARPS 4
+#define TF_SPMM_STAGES 3
+typedef struct TfSpmmParams {
+    tf_dptr entries;
+    tf_dptr tile_offsets;
+    tf_dptr x;
+    tf_dptr y;
+    tf_dptr workspace;
+    uint32_t m;
+    uint32_t n;
+    uint32_t k;
+    uint32_t splits;
+    uint32_t tiles_per_split;
+    uint32_t stage_vectors;
+} TfSpmmParams;
+
 #endif /* TILEFUSE_ABI_H */

@@ -20,6 +20,7 @@ COPY_BYTES = 256 << 20  # tilefuse's copy case: "256 MiB"
 L2_DEFEAT_BYTES = 256 << 20  # rotate weight copies until they total this much
 GEMM_SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (36864, 9216)]
 GEMM_TOKENS = [8, 16, 32, 64]
+SPARSITIES = [0.5, 0.7, 0.8, 0.9]  # tilefuse's spmm cases
 
 
 def time_cuda(torch, run, warmup=3, samples=11, min_sample_ms=2.0):
@@ -69,9 +70,26 @@ def peer_copy(torch, device):
     yield record("copy", f"{COPY_BYTES >> 20} MiB", "torch", device, timing, 2 * COPY_BYTES, 0)
 
 
+def spmm_case(m, k, n, sparsity):
+    return f"m={m} k={k} n={n} s={round(sparsity * 100)}%"
+
+
+def rotating(weights, apply):
+    """A run function that uses the next weight copy on each call (L2 defeated)."""
+    turn = [0]
+
+    def run():
+        w = weights[turn[0] % len(weights)]
+        turn[0] += 1
+        apply(w)
+
+    return run
+
+
 def peer_gemm(torch, device):
-    """Dense fp16 y = x · wᵀ through cuBLAS (the baseline spmm must beat), L2 defeated by
-    rotating copies of the weight."""
+    """tilefuse's op "spmm": dense fp16 y = x · wᵀ through cuBLAS (torch.matmul; one timing,
+    reported under every sparsity's case name) and cuSPARSE CSR (torch.sparse.mm on the
+    pruned weight), L2 defeated by rotating copies of the weight."""
     for m, k in GEMM_SHAPES:
         weight_bytes = 2 * m * k
         copies = max(1, math.ceil(L2_DEFEAT_BYTES / weight_bytes))
@@ -79,18 +97,30 @@ def peer_gemm(torch, device):
         for n in GEMM_TOKENS:
             x = torch.randn(n, k, dtype=torch.float16, device="cuda")
             y = torch.empty(n, m, dtype=torch.float16, device="cuda")
-            turn = [0]
-
-            def run():
-                w = weights[turn[0] % copies]
-                turn[0] += 1
-                torch.matmul(x, w.t(), out=y)
-
-            timing = time_cuda(torch, run)
+            timing = time_cuda(torch, rotating(weights, lambda w: torch.matmul(x, w.t(), out=y)))
             moved = 2 * (m * k + n * k + n * m)
-            yield record("gemm-f16", f"m={m} k={k} n={n}", "torch-cublas", device, timing, moved, 2 * m * n * k)
+            for sparsity in SPARSITIES:
+                yield record("spmm", spmm_case(m, k, n, sparsity), "torch-cublas", device, timing, moved, 2 * m * n * k)
         del weights
         torch.cuda.empty_cache()
+        for sparsity in SPARSITIES:
+            try:
+                csr = []
+                for _ in range(max(1, math.ceil(L2_DEFEAT_BYTES / (6 * (1 - sparsity) * m * k)))):
+                    w = torch.randn(m, k, dtype=torch.float16, device="cuda")
+                    w = w * (torch.rand(m, k, device="cuda") >= sparsity)
+                    csr.append(w.to_sparse_csr())
+                    del w
+                nnz = csr[0].values().numel()
+                for n in GEMM_TOKENS:
+                    xt = torch.randn(k, n, dtype=torch.float16, device="cuda")
+                    timing = time_cuda(torch, rotating(csr, lambda w: torch.sparse.mm(w, xt)))
+                    moved = 6 * nnz + 4 * (m + 1) + 2 * (n * k + n * m)
+                    yield record("spmm", spmm_case(m, k, n, sparsity), "torch-cusparse-csr", device, timing, moved, 2 * m * n * k)
+            except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+                print(f"peer_gemm: cuSPARSE CSR m={m} k={k} s={sparsity}: {e}", flush=True)
+            csr = None
+            torch.cuda.empty_cache()
 
 
 SCAN_SHAPES = [(16, 8192, 256), (64, 2048, 256), (4, 65536, 128)]  # tilefuse's scan cases

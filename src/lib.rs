@@ -18,7 +18,7 @@
 //! - **CPU reference**: plain f64 loops, the executable specification every path is tested
 //!   against ([`harness`]).
 //!
-//! The ops arrive one by one: [`scan`] is here; [`smoke`] is the plumbing test that proves
+//! The ops arrive one by one: [`spmm`] and [`scan`] are here; [`smoke`] is the plumbing test that proves
 //! each backend end to end.
 //!
 //! ## Errors
@@ -46,5 +46,6 @@ mod error;
 pub mod harness;
 pub mod scan;
 pub mod smoke;
+pub mod spmm;
 
 pub use error::{Error, Result};

@@ -8,6 +8,10 @@ pub const TF_SCAN_LANES: u32 = 32;
 pub const TF_SCAN_WARPS: u32 = 8;
 pub const TF_SCAN_STEPS: u32 = 16;
 pub const TF_SCAN_CHUNK: u32 = 128;
+pub const TF_SPMM_TILE_M: u32 = 128;
+pub const TF_SPMM_TILE_K: u32 = 64;
+pub const TF_SPMM_WARPS: u32 = 4;
+pub const TF_SPMM_STAGES: u32 = 3;
 pub type tf_dptr = u64;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -91,4 +95,41 @@ const _: () = {
         [::core::mem::offset_of!(TfScanParams, groups) - 104usize];
     ["Offset of field: TfScanParams::reserved"]
         [::core::mem::offset_of!(TfScanParams, reserved) - 108usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct TfSpmmParams {
+    pub entries: tf_dptr,
+    pub tile_offsets: tf_dptr,
+    pub x: tf_dptr,
+    pub y: tf_dptr,
+    pub workspace: tf_dptr,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub splits: u32,
+    pub tiles_per_split: u32,
+    pub stage_vectors: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TfSpmmParams"][::core::mem::size_of::<TfSpmmParams>() - 64usize];
+    ["Alignment of TfSpmmParams"][::core::mem::align_of::<TfSpmmParams>() - 8usize];
+    ["Offset of field: TfSpmmParams::entries"]
+        [::core::mem::offset_of!(TfSpmmParams, entries) - 0usize];
+    ["Offset of field: TfSpmmParams::tile_offsets"]
+        [::core::mem::offset_of!(TfSpmmParams, tile_offsets) - 8usize];
+    ["Offset of field: TfSpmmParams::x"][::core::mem::offset_of!(TfSpmmParams, x) - 16usize];
+    ["Offset of field: TfSpmmParams::y"][::core::mem::offset_of!(TfSpmmParams, y) - 24usize];
+    ["Offset of field: TfSpmmParams::workspace"]
+        [::core::mem::offset_of!(TfSpmmParams, workspace) - 32usize];
+    ["Offset of field: TfSpmmParams::m"][::core::mem::offset_of!(TfSpmmParams, m) - 40usize];
+    ["Offset of field: TfSpmmParams::n"][::core::mem::offset_of!(TfSpmmParams, n) - 44usize];
+    ["Offset of field: TfSpmmParams::k"][::core::mem::offset_of!(TfSpmmParams, k) - 48usize];
+    ["Offset of field: TfSpmmParams::splits"]
+        [::core::mem::offset_of!(TfSpmmParams, splits) - 52usize];
+    ["Offset of field: TfSpmmParams::tiles_per_split"]
+        [::core::mem::offset_of!(TfSpmmParams, tiles_per_split) - 56usize];
+    ["Offset of field: TfSpmmParams::stage_vectors"]
+        [::core::mem::offset_of!(TfSpmmParams, stage_vectors) - 60usize];
 };

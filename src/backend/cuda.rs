@@ -308,6 +308,27 @@ impl Cuda {
         }
     }
 
+    /// A kernel's scratch memory of `len` u32 words, enqueued on this stream, with the words
+    /// in `zeroed` set to zero and the rest left as they come. Only for memory that the
+    /// kernel writes before it reads (look-back records, split-K partials) beside counters
+    /// or flags it needs zero.
+    pub(crate) fn scratch(
+        &self,
+        len: usize,
+        zeroed: std::ops::Range<usize>,
+    ) -> Result<CudaSlice<u32>> {
+        let during = || format!("allocating {len} words of kernel scratch memory");
+        // SAFETY: u32 is valid for any bits, and only kernels see this memory; this
+        // function's contract (callers pass the ranges their kernel reads before writing as
+        // `zeroed`) keeps them from reading what was never written.
+        let mut scratch = unsafe { self.stream.alloc::<u32>(len.max(1)) }.during(during)?;
+        if !zeroed.is_empty() {
+            let mut zeros = scratch.slice_mut(zeroed);
+            self.stream.memset_zeros(&mut zeros).during(during)?;
+        }
+        Ok(scratch)
+    }
+
     /// Collects device addresses for a kernel's parameter struct; see [`LaunchArgs`].
     pub(crate) fn args(&self) -> LaunchArgs<'_> {
         LaunchArgs {
@@ -484,4 +505,8 @@ macro_rules! kernel_params {
     )*};
 }
 
-kernel_params!(super::abi::TfSmokeMmaParams, super::abi::TfScanParams);
+kernel_params!(
+    super::abi::TfSmokeMmaParams,
+    super::abi::TfScanParams,
+    super::abi::TfSpmmParams,
+);

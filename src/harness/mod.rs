@@ -34,7 +34,12 @@ use crate::error::{Error, Result};
 
 /// Every registered op, in the order `check` and `bench` run them.
 pub fn ops() -> &'static [OpEntry] {
-    &[baseline::ENTRY, crate::smoke::ENTRY, crate::scan::ENTRY]
+    &[
+        baseline::ENTRY,
+        crate::smoke::ENTRY,
+        crate::spmm::ENTRY,
+        crate::scan::ENTRY,
+    ]
 }
 
 /// Looks up a registered op by name.

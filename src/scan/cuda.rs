@@ -9,7 +9,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use super::{BufferLengths, Decay, Scan, ScanElement, elements_of};
 use crate::backend::abi::{TF_SCAN_CHUNK, TF_SCAN_LANES, TF_SCAN_WARPS, TfScanParams};
 use crate::backend::cuda::{Cuda, Kernel};
-use crate::error::{CudaResultExt, Error, Result};
+use crate::error::{Error, Result};
 
 /// The inputs of one scan on the device; `F` is an f32 buffer type (`CudaSlice<f32>`,
 /// `CudaView<f32>`), `R` a u8 one.
@@ -108,7 +108,9 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
 
     let grid = Grid::new(scan)?;
     let kernel = kernel::<T>(scan.decay, h.is_some());
-    let mut workspace = look_back_workspace::<T>(cuda, &grid)?;
+    // The kernel reads a record only after seeing the flag its writer set afterwards.
+    let flags = grid.records.next_multiple_of(4);
+    let mut workspace = cuda.scratch(grid.workspace_words::<T>(), 0..flags)?;
     let (batch, time, channels) = (scan.shape.batch(), scan.shape.time(), scan.shape.channels());
     let (stride_batch, stride_time) = scan.strides();
     let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
@@ -142,7 +144,7 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
     // are the layout's own, so every index the kernel forms (b < batch, t < time, channel <
     // channels, all guarded) is inside its buffer. The workspace has the size abi.h asks for
-    // the grid (Grid::workspace_words) and its flags are zero (look_back_workspace). Grid::new keeps
+    // the grid (Grid::workspace_words) and its flags are zero (scratch). Grid::new keeps
     // the block count (= record count) under 2^31. The kernel writes h
     // only when h != 0, and h is absent exactly for the `_final` kernels.
     unsafe { cuda.launch(kernel, config, &params, args) }
@@ -183,20 +185,6 @@ impl Grid {
     fn workspace_words<T: ScanElement>(&self) -> usize {
         self.records.next_multiple_of(4) + 3 * self.records * TF_SCAN_LANES as usize * T::LANES
     }
-}
-
-/// The look-back records of one launch, with their flags zeroed (layout in abi.h).
-fn look_back_workspace<T: ScanElement>(cuda: &Cuda, grid: &Grid) -> Result<CudaSlice<u32>> {
-    let stream = cuda.stream();
-    let during = || "allocating the scan's look-back workspace".to_string();
-    // SAFETY: u32 is valid for any bits, and only the kernel touches this memory: it reads a
-    // record's maps and state only after an acquire load sees the flag that the record's
-    // writer stored (with release) after writing them, and every flag is zeroed below.
-    let mut workspace =
-        unsafe { stream.alloc::<u32>(grid.workspace_words::<T>()) }.during(during)?;
-    let mut flags = workspace.slice_mut(..grid.records.next_multiple_of(4));
-    stream.memset_zeros(&mut flags).during(during)?;
-    Ok(workspace)
 }
 
 fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {

@@ -37,7 +37,7 @@ pub fn reference<T: ScanElement>(
 
 /// The same function as a parallel-prefix computation on the CPU: Hillis–Steele over the
 /// triples `(A, b, c)` with popjaxrl's `binary_operator_reset`, the carried state prepended as
-/// `(1, h0, 0)`. Agrees with [`reference`] up to f64 rounding.
+/// `(1, h0, 0)`. Agrees with [`reference()`] up to f64 rounding.
 pub fn associative_scan<T: ScanElement>(
     scan: &Scan<T>,
     a: &[T],

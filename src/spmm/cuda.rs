@@ -1,0 +1,242 @@
+//! SpMM on CUDA: Flash-LLM's Load-as-Sparse, Compute-as-Dense kernel (`cuda/spmm.cu`).
+
+use std::marker::PhantomData;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+
+use super::SpmmOutput;
+use super::format::{SpmmElement, TILE_K, TILE_M, TiledCsl};
+use super::reference::tokens;
+use crate::backend::abi::{TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
+use crate::backend::cuda::{Cuda, Kernel};
+use crate::error::{Error, Result};
+
+/// A [`TiledCsl`] weight in device memory, uploaded once and used by every [`spmm`].
+#[derive(Debug)]
+pub struct DeviceTiledCsl<T: SpmmElement> {
+    m: usize,
+    k: usize,
+    stage_vectors: usize,
+    entries: CudaSlice<u32>,
+    tile_offsets: CudaSlice<u32>,
+    element: PhantomData<T>,
+}
+
+impl<T: SpmmElement> DeviceTiledCsl<T> {
+    /// Copies `w` to `cuda`'s device (enqueued on its stream).
+    pub fn upload(cuda: &Cuda, w: &TiledCsl<T>) -> Result<Self> {
+        // An all-zero weight has no entries; the kernel reads none, but the buffer must exist.
+        let entries = if w.entries().is_empty() {
+            &[0u32; 4][..]
+        } else {
+            w.entries()
+        };
+        Ok(DeviceTiledCsl {
+            m: w.m(),
+            k: w.k(),
+            stage_vectors: w.max_tile_vectors().max(1),
+            entries: cuda.upload(entries)?,
+            tile_offsets: cuda.upload(w.tile_offsets())?,
+            element: PhantomData,
+        })
+    }
+
+    /// Rows (outputs).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Columns (inputs).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// Enqueues `y [n, m] = x [n, k] · wᵀ` on `cuda`'s stream, with `n = x.len() / k`; `O` is
+/// the weight's own type or f32.
+///
+/// ```no_run
+/// # fn main() -> tilefuse::Result<()> {
+/// use half::f16;
+/// use tilefuse::backend::cuda::Cuda;
+/// use tilefuse::spmm::{TiledCsl, Pruning, prune, cuda::{DeviceTiledCsl, spmm}};
+///
+/// let cuda = Cuda::new(0)?;
+/// let (m, k, n) = (4096, 4096, 16);
+/// let dense: Vec<f16> = (0..m * k).map(|i| f16::from_f32(((i % 7) as f32 - 3.0) / 8.0)).collect();
+/// let w = TiledCsl::encode(&prune(&dense, m, k, 0.8, Pruning::PerRow)?, m, k)?;
+/// let w = DeviceTiledCsl::upload(&cuda, &w)?;
+/// let x = cuda.upload(&vec![f16::ONE; n * k])?;
+/// let mut y = cuda.upload(&vec![0.0f32; n * m])?;
+/// spmm(&cuda, &w, &x, &mut y)?; // enqueued, not waited for
+/// # Ok(())
+/// # }
+/// ```
+pub fn spmm<T, O>(
+    cuda: &Cuda,
+    w: &DeviceTiledCsl<T>,
+    x: &impl DevicePtr<T>,
+    y: &mut impl DevicePtrMut<O>,
+) -> Result<()>
+where
+    T: SpmmElement + DeviceRepr,
+    O: SpmmOutput<T> + DeviceRepr,
+{
+    let n = tokens(x.len(), w.k)?;
+    if y.len() != n * w.m {
+        return Err(Error::Length {
+            what: "y",
+            expected: n * w.m,
+            got: y.len(),
+        });
+    }
+    cuda.check_device("w", &w.entries)?;
+    cuda.check_device("x", x)?;
+    cuda.check_device("y", y)?;
+    let plan = Plan::new(cuda, w, n)?;
+    let mut workspace = cuda.scratch(plan.workspace_words(w.m), plan.counters(w.m))?;
+    let mut args = cuda.args();
+    let params = TfSpmmParams {
+        entries: args.read(&w.entries),
+        tile_offsets: args.read(&w.tile_offsets),
+        x: args.read(x),
+        y: args.write(y),
+        workspace: args.write(&mut workspace),
+        m: w.m as u32,
+        n: n as u32,
+        k: w.k as u32,
+        splits: plan.splits,
+        tiles_per_split: plan.tiles_per_split,
+        stage_vectors: w.stage_vectors as u32,
+    };
+    let config = LaunchConfig {
+        grid_dim: (plan.tiles_m, plan.n_blocks, plan.splits),
+        block_dim: (TF_SPMM_WARPS * 32, 1, 1),
+        shared_mem_bytes: plan.shared_bytes,
+    };
+    // SAFETY: TfSpmmParams is the kernel's parameter struct; addresses come from `args`. The
+    // weight passed TiledCsl's validation (offsets monotone and ending at the entry count,
+    // every place inside its tile and the matrix) before upload, so every entry the kernel
+    // reads and every shared-memory place it scatters to is in bounds; the stage size is the
+    // largest tile's vector count. x holds n·k values and y n·m (checked above), and the
+    // kernel guards token < n, row < m, column < k. The workspace has the split-K layout of
+    // abi.h for this grid (Plan::workspace_words), with its counters zeroed. Plan checked
+    // the grid and shared memory against the device's limits.
+    unsafe { cuda.launch(plan.kernel::<T, O>(), config, &params, args) }
+}
+
+/// Tokens per block, split-K and memory of one launch.
+struct Plan {
+    tokens_per_block: u32,
+    tiles_m: u32,
+    n_blocks: u32,
+    splits: u32,
+    tiles_per_split: u32,
+    shared_bytes: u32,
+}
+
+impl Plan {
+    fn new<T: SpmmElement>(cuda: &Cuda, w: &DeviceTiledCsl<T>, n: usize) -> Result<Plan> {
+        let tokens_per_block = [8, 16, 32, 64].into_iter().find(|&t| n <= t).unwrap_or(64);
+        let n_blocks = n.div_ceil(tokens_per_block);
+        if n_blocks > u16::MAX as usize {
+            return Err(Error::DeviceLimit {
+                what: "spmm grid",
+                limit_name: "max grid y (blocks of 64 tokens)",
+                needed: n_blocks as u64,
+                limit: u16::MAX.into(),
+            });
+        }
+        let tiles_m = w.m.div_ceil(TILE_M);
+        let tiles_k = w.k.div_ceil(TILE_K);
+        // Enough blocks for about four per SM, each with at least four k tiles.
+        let blocks = tiles_m * n_blocks;
+        let wanted = (4 * cuda.info().sm_count as usize).div_ceil(blocks);
+        let splits = wanted.clamp(1, tiles_k.div_ceil(4).max(1));
+        let tiles_per_split = tiles_k.div_ceil(splits);
+        let splits = tiles_k.div_ceil(tiles_per_split);
+        let shared_bytes = TILE_M * TILE_K * 2
+            + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + w.stage_vectors * 16);
+        let limit = cuda.info().max_shared_per_block as usize;
+        if shared_bytes > limit {
+            return Err(Error::DeviceLimit {
+                what: "spmm shared memory (densest tile)",
+                limit_name: "max shared memory per block",
+                needed: shared_bytes as u64,
+                limit: limit as u64,
+            });
+        }
+        Ok(Plan {
+            tokens_per_block: tokens_per_block as u32,
+            tiles_m: tiles_m as u32,
+            n_blocks: n_blocks as u32,
+            splits: splits as u32,
+            tiles_per_split: tiles_per_split as u32,
+            shared_bytes: shared_bytes as u32,
+        })
+    }
+
+    fn partials(&self, m: usize) -> usize {
+        if self.splits == 1 {
+            return 0;
+        }
+        self.splits as usize * (self.n_blocks * self.tokens_per_block) as usize * m
+    }
+
+    /// The split-K counters, zero at launch (the kernel leaves them zero).
+    fn counters(&self, m: usize) -> std::ops::Range<usize> {
+        let start = self.partials(m);
+        start..start + (self.tiles_m * self.n_blocks) as usize
+    }
+
+    fn workspace_words(&self, m: usize) -> usize {
+        self.counters(m).end
+    }
+
+    fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self) -> Kernel {
+        const NAMES: [[[&str; 2]; 4]; 2] = [
+            [
+                [
+                    "tilefuse_spmm_tiledcsl_f16_n8_same",
+                    "tilefuse_spmm_tiledcsl_f16_n8_f32",
+                ],
+                [
+                    "tilefuse_spmm_tiledcsl_f16_n16_same",
+                    "tilefuse_spmm_tiledcsl_f16_n16_f32",
+                ],
+                [
+                    "tilefuse_spmm_tiledcsl_f16_n32_same",
+                    "tilefuse_spmm_tiledcsl_f16_n32_f32",
+                ],
+                [
+                    "tilefuse_spmm_tiledcsl_f16_n64_same",
+                    "tilefuse_spmm_tiledcsl_f16_n64_f32",
+                ],
+            ],
+            [
+                [
+                    "tilefuse_spmm_tiledcsl_bf16_n8_same",
+                    "tilefuse_spmm_tiledcsl_bf16_n8_f32",
+                ],
+                [
+                    "tilefuse_spmm_tiledcsl_bf16_n16_same",
+                    "tilefuse_spmm_tiledcsl_bf16_n16_f32",
+                ],
+                [
+                    "tilefuse_spmm_tiledcsl_bf16_n32_same",
+                    "tilefuse_spmm_tiledcsl_bf16_n32_f32",
+                ],
+                [
+                    "tilefuse_spmm_tiledcsl_bf16_n64_same",
+                    "tilefuse_spmm_tiledcsl_bf16_n64_f32",
+                ],
+            ],
+        ];
+        let element = usize::from(T::NAME == "bf16");
+        let tokens = self.tokens_per_block.trailing_zeros() as usize - 3;
+        Kernel {
+            module: "spmm",
+            name: NAMES[element][tokens][usize::from(O::F32)],
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Flash-LLM's Tiled-CSL format: the sparse weight as 128 x 64 tiles of (value, location)
+//! pairs, ready for a scatter into a shared-memory tile that `ldmatrix` reads directly.
+//!
+//! - Tiles are [`TILE_M`] rows (of m) by [`TILE_K`] columns (of k), stored row-major over the
+//!   tile grid; edge tiles cover the ragged rest of the matrix.
+//! - Each nonzero is one `u32`: the value's 16 bits (f16 or bf16) in the low half, its place
+//!   in the tile in the high half: `row * 64 + swizzled column`, where the column's 16-byte
+//!   chunk (8 values) is XORed with `row % 8`, the layout that keeps `ldmatrix` free of
+//!   shared-memory bank conflicts.
+//! - A tile's entries are in row-major order of their places and padded to a multiple of 4
+//!   (one 16-byte vector) by repeating the tile's last entry, a harmless second write of the
+//!   same value; `tile_offsets` (one per tile, plus the end) count vectors.
+//!
+//! It takes 4 bytes per nonzero, so it saves bytes over dense f16 above 50% sparsity; tiles
+//! of every density, from empty to fully dense, are valid.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::path::Path;
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+
+/// Rows of m per tile.
+pub const TILE_M: usize = 128;
+/// Columns of k per tile.
+pub const TILE_K: usize = 64;
+/// Entries per 16-byte vector.
+const VECTOR: usize = 4;
+/// The version written into saved files' metadata.
+const FORMAT_VERSION: &str = "1";
+
+/// A 16-bit weight type: [`f16`] or [`bf16`].
+pub trait SpmmElement:
+    sealed::Sealed
+    + Copy
+    + Default
+    + PartialEq
+    + bytemuck::Pod
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+{
+    /// `"f16"` or `"bf16"`.
+    const NAME: &'static str;
+    /// The value's bits.
+    fn bits(self) -> u16;
+    /// The value with these bits.
+    fn from_bits(bits: u16) -> Self;
+    /// As f64.
+    fn to_f64(self) -> f64;
+    /// The nearest value to `value`.
+    fn from_f64(value: f64) -> Self;
+}
+
+impl SpmmElement for f16 {
+    const NAME: &'static str = "f16";
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+    fn from_bits(bits: u16) -> Self {
+        f16::from_bits(bits)
+    }
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
+    fn from_f64(value: f64) -> Self {
+        f16::from_f64(value)
+    }
+}
+
+impl SpmmElement for bf16 {
+    const NAME: &'static str = "bf16";
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+    fn from_bits(bits: u16) -> Self {
+        bf16::from_bits(bits)
+    }
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
+    fn from_f64(value: f64) -> Self {
+        bf16::from_f64(value)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// Which weights magnitude pruning compares against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pruning {
+    /// The smallest magnitudes of the whole matrix: rows end up with different densities.
+    Global,
+    /// The smallest magnitudes of each output row: every row keeps the same count.
+    PerRow,
+}
+
+/// Zeroes the smallest-magnitude weights of `dense [m, k]` until `sparsity` (0 to 1) of them
+/// are zero (ties broken by position, so the result is reproducible).
+pub fn prune<T: SpmmElement>(
+    dense: &[T],
+    m: usize,
+    k: usize,
+    sparsity: f64,
+    scope: Pruning,
+) -> Result<Vec<T>> {
+    check_dims(m, k)?;
+    check_len("dense", m * k, dense.len())?;
+    if !(0.0..=1.0).contains(&sparsity) {
+        return Err(Error::invalid("sparsity", "a fraction in [0, 1]", sparsity));
+    }
+    let mut pruned = dense.to_vec();
+    let mut zero_smallest = |range: std::ops::Range<usize>| {
+        let count = (sparsity * range.len() as f64).round() as usize;
+        let mut order: Vec<usize> = range.collect();
+        order.sort_by(|&i, &j| dense[i].to_f64().abs().total_cmp(&dense[j].to_f64().abs()));
+        for &i in &order[..count] {
+            pruned[i] = T::default();
+        }
+    };
+    match scope {
+        Pruning::Global => zero_smallest(0..m * k),
+        Pruning::PerRow => (0..m).for_each(|row| zero_smallest(row * k..(row + 1) * k)),
+    }
+    Ok(pruned)
+}
+
+/// A sparse `[m, k]` weight in Flash-LLM's Tiled-CSL format. Every instance is valid: built
+/// by [`TiledCsl::encode`], or checked by [`TiledCsl::from_parts`] and [`TiledCsl::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiledCsl<T: SpmmElement> {
+    m: usize,
+    k: usize,
+    tile_offsets: Vec<u32>,
+    entries: Vec<u32>,
+    nnz: usize,
+    densest: (usize, usize),
+    element: PhantomData<T>,
+}
+
+/// Sizes and densities of a [`TiledCsl`], for choosing formats and reading benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TiledCslStats {
+    /// Stored nonzeros (padding excluded).
+    pub nnz: usize,
+    /// Fraction of zeros: `1 − nnz / (m·k)`.
+    pub sparsity: f64,
+    /// Bytes of entries and tile offsets (what a kernel reads).
+    pub bytes: usize,
+    /// `bytes / (m·k)`: 2 for dense f16; Tiled-CSL is smaller only above 50% sparsity.
+    pub bytes_per_dense_element: f64,
+    /// The tile with the most nonzeros: `(tile index, nonzeros)`.
+    pub densest_tile: (usize, usize),
+}
+
+impl<T: SpmmElement> TiledCsl<T> {
+    /// Encodes a dense row-major `[m, k]` weight, dropping exact zeros.
+    pub fn encode(dense: &[T], m: usize, k: usize) -> Result<Self> {
+        check_dims(m, k)?;
+        check_len("dense", m * k, dense.len())?;
+        let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
+        let mut tile_offsets = Vec::with_capacity(tiles_m * tiles_k + 1);
+        tile_offsets.push(0u32);
+        let mut entries = Vec::new();
+        for tile_m in 0..tiles_m {
+            for tile_k in 0..tiles_k {
+                let start = entries.len();
+                // Row-major over places = row-major over (row, swizzled column).
+                for row in 0..TILE_M.min(m - tile_m * TILE_M) {
+                    let mut in_row: Vec<(u16, u32)> = (0..TILE_K.min(k - tile_k * TILE_K))
+                        .filter_map(|col| {
+                            let value = dense[(tile_m * TILE_M + row) * k + tile_k * TILE_K + col];
+                            (value.to_f64() != 0.0).then(|| {
+                                let place = place_of(row, col);
+                                (place, u32::from(value.bits()) | u32::from(place) << 16)
+                            })
+                        })
+                        .collect();
+                    in_row.sort_by_key(|&(place, _)| place);
+                    entries.extend(in_row.into_iter().map(|(_, entry)| entry));
+                }
+                while (entries.len() - start) % VECTOR != 0 {
+                    entries.push(*entries.last().expect("a tile with entries"));
+                }
+                tile_offsets.push((entries.len() / VECTOR) as u32);
+            }
+        }
+        Self::from_parts(m, k, tile_offsets, entries)
+    }
+
+    /// Builds a weight from its parts, checking every invariant and naming the first
+    /// violation: `tile_offsets` (one per tile plus the end, in 4-entry vectors, starting at
+    /// 0, non-decreasing, ending at `entries.len() / 4`), and per tile at most 128·64 entries
+    /// whose places are in the tile and in the matrix, strictly increasing, then at most
+    /// three repeats of the last entry as padding.
+    pub fn from_parts(
+        m: usize,
+        k: usize,
+        tile_offsets: Vec<u32>,
+        entries: Vec<u32>,
+    ) -> Result<Self> {
+        check_dims(m, k)?;
+        let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
+        let tiles = tiles_m * tiles_k;
+        check_len("tile_offsets", tiles + 1, tile_offsets.len())?;
+        if tile_offsets[0] != 0 {
+            return Err(Error::invalid(
+                "tile_offsets",
+                "0 at tile 0",
+                tile_offsets[0],
+            ));
+        }
+        if !entries.len().is_multiple_of(VECTOR) {
+            return Err(Error::invalid(
+                "entries",
+                "a whole number of 4-entry vectors",
+                format!("{} entries", entries.len()),
+            ));
+        }
+        let end = tile_offsets[tiles] as usize;
+        if end * VECTOR != entries.len() {
+            return Err(Error::invalid(
+                "tile_offsets",
+                format!(
+                    "an end of {} vectors (the entries given)",
+                    entries.len() / VECTOR
+                ),
+                end,
+            ));
+        }
+        let mut nnz = 0;
+        let mut densest = (0, 0);
+        for tile in 0..tiles {
+            let (start, stop) = (tile_offsets[tile] as usize, tile_offsets[tile + 1] as usize);
+            if stop < start || stop > end || stop - start > TILE_M * TILE_K / VECTOR {
+                return Err(Error::invalid(
+                    "tile_offsets",
+                    format!(
+                        "non-decreasing offsets up to {end}, at most {} vectors per tile",
+                        TILE_M * TILE_K / VECTOR
+                    ),
+                    format!("{start} then {stop} at tile {tile}"),
+                ));
+            }
+            let rows = TILE_M.min(m - (tile / tiles_k) * TILE_M);
+            let cols = TILE_K.min(k - (tile % tiles_k) * TILE_K);
+            let count = check_tile(tile, &entries[start * VECTOR..stop * VECTOR], rows, cols)?;
+            nnz += count;
+            if count > densest.1 {
+                densest = (tile, count);
+            }
+        }
+        Ok(TiledCsl {
+            m,
+            k,
+            tile_offsets,
+            entries,
+            nnz,
+            densest,
+            element: PhantomData,
+        })
+    }
+
+    /// Rows (outputs).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Columns (inputs).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The packed entries (value bits | place << 16), tile after tile.
+    pub fn entries(&self) -> &[u32] {
+        &self.entries
+    }
+
+    /// Where each tile's entries start, in 4-entry vectors, and the end.
+    pub fn tile_offsets(&self) -> &[u32] {
+        &self.tile_offsets
+    }
+
+    /// The most 4-entry vectors any tile has.
+    pub fn max_tile_vectors(&self) -> usize {
+        self.tile_offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Sizes and densities.
+    pub fn stats(&self) -> TiledCslStats {
+        let bytes = 4 * (self.entries.len() + self.tile_offsets.len());
+        let elements = (self.m * self.k) as f64;
+        TiledCslStats {
+            nnz: self.nnz,
+            sparsity: 1.0 - self.nnz as f64 / elements,
+            bytes,
+            bytes_per_dense_element: bytes as f64 / elements,
+            densest_tile: self.densest,
+        }
+    }
+
+    /// The dense row-major `[m, k]` weight (exactly the one encoded).
+    pub fn decode(&self) -> Vec<T> {
+        let tiles_k = self.k.div_ceil(TILE_K);
+        let mut dense = vec![T::default(); self.m * self.k];
+        for (tile, bounds) in self.tile_offsets.windows(2).enumerate() {
+            let (row0, col0) = ((tile / tiles_k) * TILE_M, (tile % tiles_k) * TILE_K);
+            for &entry in &self.entries[bounds[0] as usize * VECTOR..bounds[1] as usize * VECTOR] {
+                let (row, col) = row_col_of((entry >> 16) as u16);
+                dense[(row0 + row) * self.k + col0 + col] = T::from_bits(entry as u16);
+            }
+        }
+        dense
+    }
+
+    /// The weight as safetensors bytes: tensors `tile_offsets` and `entries` (U32), metadata
+    /// `format = "tiledcsl"`, `version`, `dtype`, `m`, `k`.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        fn view(data: &[u32]) -> Result<safetensors::tensor::TensorView<'_>> {
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::U32,
+                vec![data.len()],
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| Error::invalid("safetensors", "a writable tensor", e))
+        }
+        let tensors = [
+            ("entries", view(&self.entries)?),
+            ("tile_offsets", view(&self.tile_offsets)?),
+        ];
+        let metadata = HashMap::from([
+            ("format".to_string(), "tiledcsl".to_string()),
+            ("version".to_string(), FORMAT_VERSION.to_string()),
+            ("dtype".to_string(), T::NAME.to_string()),
+            ("m".to_string(), self.m.to_string()),
+            ("k".to_string(), self.k.to_string()),
+        ]);
+        safetensors::serialize(tensors, Some(metadata))
+            .map_err(|e| Error::invalid("safetensors", "a serialisable weight", e))
+    }
+
+    /// Reads [`TiledCsl::to_safetensors`] bytes back, checking the metadata (format, version,
+    /// dtype) and every invariant of [`TiledCsl::from_parts`].
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::invalid("safetensors", "a safetensors file", e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::invalid("safetensors", "a safetensors header", e))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let field = |name: &'static str| {
+            metadata.get(name).cloned().ok_or_else(|| {
+                Error::invalid("safetensors metadata", format!("a `{name}` entry"), "none")
+            })
+        };
+        for (name, expected) in [
+            ("format", "tiledcsl"),
+            ("version", FORMAT_VERSION),
+            ("dtype", T::NAME),
+        ] {
+            let got = field(name)?;
+            if got != expected {
+                return Err(Error::invalid(
+                    "safetensors metadata",
+                    format!("{name} = {expected}"),
+                    got,
+                ));
+            }
+        }
+        let size = |name: &'static str| {
+            let text = field(name)?;
+            text.parse::<usize>().map_err(|_| {
+                Error::invalid(
+                    "safetensors metadata",
+                    format!("{name} as an integer"),
+                    text,
+                )
+            })
+        };
+        let words = |name: &'static str| -> Result<Vec<u32>> {
+            let tensor = file
+                .tensor(name)
+                .map_err(|e| Error::invalid("safetensors", format!("a tensor `{name}`"), e))?;
+            if tensor.dtype() != safetensors::Dtype::U32 || tensor.shape().len() != 1 {
+                return Err(Error::invalid(
+                    "safetensors",
+                    format!("`{name}` as a 1-d U32 tensor"),
+                    format!("{:?} {:?}", tensor.dtype(), tensor.shape()),
+                ));
+            }
+            Ok(tensor
+                .data()
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        Self::from_parts(
+            size("m")?,
+            size("k")?,
+            words("tile_offsets")?,
+            words("entries")?,
+        )
+    }
+
+    /// Writes [`TiledCsl::to_safetensors`] to a file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_safetensors()?).map_err(|e| {
+            Error::invalid(
+                "path",
+                "a writable file",
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Reads a file written by [`TiledCsl::save`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::invalid(
+                "path",
+                "a readable file",
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Self::from_safetensors(&bytes)
+    }
+}
+
+/// The place of (row, col) in a tile: the column's 8-value chunk XOR row % 8.
+fn place_of(row: usize, col: usize) -> u16 {
+    (row * TILE_K + (((col / 8) ^ (row % 8)) * 8) + col % 8) as u16
+}
+
+/// The (row, col) of a place, the inverse of [`place_of`].
+fn row_col_of(place: u16) -> (usize, usize) {
+    let (row, swizzled) = (place as usize / TILE_K, place as usize % TILE_K);
+    (row, ((swizzled / 8) ^ (row % 8)) * 8 + swizzled % 8)
+}
+
+/// Checks one tile's entries and returns its nonzero count (padding excluded).
+fn check_tile(tile: usize, entries: &[u32], rows: usize, cols: usize) -> Result<usize> {
+    let bad = |index: usize, expected: &str, got: String| {
+        Err(Error::invalid(
+            "entries",
+            expected.to_string(),
+            format!("{got} at entry {index} of tile {tile}"),
+        ))
+    };
+    let mut previous: Option<u32> = None;
+    let mut padding = 0;
+    for (index, &entry) in entries.iter().enumerate() {
+        let place = (entry >> 16) as usize;
+        if place >= TILE_M * TILE_K {
+            return bad(index, "a place below 128 * 64", format!("place {place}"));
+        }
+        let (row, col) = row_col_of(place as u16);
+        if row >= rows || col >= cols {
+            return bad(
+                index,
+                &format!("a place inside this {rows} x {cols} tile"),
+                format!("row {row}, column {col}"),
+            );
+        }
+        match previous {
+            Some(last) if entry == last && padding < VECTOR - 1 => padding += 1,
+            Some(last) if padding > 0 || (entry >> 16) <= (last >> 16) => {
+                return bad(
+                    index,
+                    "places strictly increasing, then at most 3 repeats of the last entry",
+                    format!("place {place} after place {}", last >> 16),
+                );
+            }
+            _ => {}
+        }
+        previous = Some(entry);
+    }
+    Ok(entries.len() - padding)
+}
+
+fn check_dims(m: usize, k: usize) -> Result<()> {
+    for (what, size) in [("m", m), ("k", k)] {
+        if size == 0 {
+            return Err(Error::invalid(what, "a size of at least 1", size));
+        }
+    }
+    if m.checked_mul(k).is_none_or(|n| n > i32::MAX as usize) {
+        return Err(Error::invalid(
+            "w",
+            "fewer than 2^31 elements",
+            format!("[{m}, {k}]"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_round_trip_and_swizzle_chunks() {
+        for row in 0..TILE_M {
+            for col in 0..TILE_K {
+                assert_eq!(row_col_of(place_of(row, col)), (row, col));
+            }
+        }
+        assert_eq!(place_of(1, 0), 64 + 8);
+        assert_eq!(place_of(9, 3), 9 * 64 + 8 + 3);
+    }
+
+    #[test]
+    fn padding_repeats_the_last_entry() {
+        let dense: Vec<f16> = (0..3).map(|i| f16::from_f32(i as f32 + 1.0)).collect();
+        let w = TiledCsl::encode(&dense, 1, 3).unwrap();
+        assert_eq!(w.entries().len(), 4);
+        assert_eq!(w.entries()[3], w.entries()[2]);
+        assert_eq!(w.stats().nnz, 3);
+        assert_eq!(w.decode(), dense);
+    }
+}

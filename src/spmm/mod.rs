@@ -1,0 +1,70 @@
+//! Unstructured-sparse weight x dense activations, Load-as-Sparse / Compute-as-Dense
+//! (Flash-LLM, VLDB 2024): `y [n, m] = x [n, k] · wᵀ` with a sparse weight `w [m, k]` (the
+//! nn.Linear layout) and skinny activations `x` (n tokens of a decode batch).
+//!
+//! The weight is encoded once into [`TiledCsl`] (from dense, after [`prune`] if wanted),
+//! uploaded once ([`cuda::DeviceTiledCsl`], [`wgpu::GpuTiledCsl`]), and multiplied by new
+//! activations at every step. f16 or bf16 operands, f32 accumulation, output in the weight's
+//! type or f32 ([`SpmmOutput`]).
+//!
+//! ```
+//! use half::f16;
+//! use tilefuse::spmm::{TiledCsl, reference};
+//!
+//! // w = [[1, 0, 2], [0, 0, 3]], x = [[1, 1, 1]]: y = [[3, 3]].
+//! let w = [1.0, 0.0, 2.0, 0.0, 0.0, 3.0].map(f16::from_f32);
+//! let w = TiledCsl::encode(&w, 2, 3)?;
+//! assert_eq!(w.stats().nnz, 3);
+//! assert_eq!(reference(&w, &[f16::ONE; 3])?, vec![3.0, 3.0]);
+//! # Ok::<(), tilefuse::Error>(())
+//! ```
+
+mod check;
+#[cfg(feature = "cuda")]
+mod cublas;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod format;
+mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+pub use check::{Case, ENTRY, Pattern, check};
+pub use format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
+pub use reference::reference;
+
+/// An output type of a [`TiledCsl`] product over `T`: `T` itself or `f32`.
+pub trait SpmmOutput<T>: sealed::Sealed<T> + Copy + bytemuck::Pod + Send + Sync + 'static {
+    /// Whether the output is f32.
+    const F32: bool;
+    /// As f64, for comparisons.
+    fn to_f64(self) -> f64;
+}
+
+impl SpmmOutput<half::f16> for half::f16 {
+    const F32: bool = false;
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
+}
+
+impl SpmmOutput<half::bf16> for half::bf16 {
+    const F32: bool = false;
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
+}
+
+impl<T: SpmmElement> SpmmOutput<T> for f32 {
+    const F32: bool = true;
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
+}
+
+mod sealed {
+    pub trait Sealed<T> {}
+    impl Sealed<half::f16> for half::f16 {}
+    impl Sealed<half::bf16> for half::bf16 {}
+    impl<T> Sealed<T> for f32 {}
+}

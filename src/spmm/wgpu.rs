@@ -1,0 +1,114 @@
+//! SpMM through WGSL (`wgsl/spmm.wgsl`): the same Tiled-CSL buffers, scattered into
+//! workgroup memory, f32 arithmetic.
+
+use std::marker::PhantomData;
+
+use super::SpmmOutput;
+use super::format::{SpmmElement, TILE_K, TiledCsl};
+use super::reference::tokens;
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::error::{Error, Result};
+
+const SHADER: Shader = Shader {
+    name: "spmm.wgsl",
+    source: include_str!("../../wgsl/spmm.wgsl"),
+};
+/// Rows and tokens per workgroup.
+const ROWS: usize = 64;
+const TOKENS: usize = 16;
+
+/// A [`TiledCsl`] weight in a wgpu device's memory.
+#[derive(Debug)]
+pub struct GpuTiledCsl<T: SpmmElement> {
+    m: usize,
+    k: usize,
+    entries: GpuBuffer<u32>,
+    tile_offsets: GpuBuffer<u32>,
+    element: PhantomData<T>,
+}
+
+impl<T: SpmmElement> GpuTiledCsl<T> {
+    /// Copies `w` to `gpu`'s device.
+    pub fn upload(gpu: &Wgpu, w: &TiledCsl<T>) -> Result<Self> {
+        let entries = if w.entries().is_empty() {
+            &[0u32; 4][..]
+        } else {
+            w.entries()
+        };
+        Ok(GpuTiledCsl {
+            m: w.m(),
+            k: w.k(),
+            entries: gpu.upload(entries)?,
+            tile_offsets: gpu.upload(w.tile_offsets())?,
+            element: PhantomData,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    tiles_k: u32,
+}
+
+/// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`.
+pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
+    gpu: &Wgpu,
+    w: &GpuTiledCsl<T>,
+    x: &GpuBuffer<T>,
+    y: &mut GpuBuffer<O>,
+) -> Result<()> {
+    let n = tokens(x.len(), w.k)?;
+    if y.len() != n * w.m {
+        return Err(Error::Length {
+            what: "y",
+            expected: n * w.m,
+            got: y.len(),
+        });
+    }
+    gpu.check_buffer("w", &w.entries)?;
+    gpu.check_buffer("x", x)?;
+    gpu.check_buffer("y", y)?;
+    let params = Params {
+        m: w.m as u32,
+        n: n as u32,
+        k: w.k as u32,
+        tiles_k: w.k.div_ceil(TILE_K) as u32,
+    };
+    let bytes = bytemuck::bytes_of(&params);
+    let constants = [("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 })];
+    let groups = [w.m.div_ceil(ROWS) as u32, n.div_ceil(TOKENS) as u32, 1];
+    let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
+    let inputs = [
+        (1, w.entries.raw()),
+        (2, w.tile_offsets.raw()),
+        (3, x.raw()),
+    ];
+    if O::F32 {
+        return gpu.dispatch_bound(
+            &pipeline,
+            bytes,
+            &[&inputs[..], &[(4, y.raw())]].concat(),
+            groups,
+        );
+    }
+    let product = gpu.zeros::<f32>(n * w.m)?;
+    gpu.dispatch_bound(
+        &pipeline,
+        bytes,
+        &[&inputs[..], &[(4, product.raw())]].concat(),
+        groups,
+    )?;
+    let pack = gpu.pipeline(SHADER, "pack_output", &constants)?;
+    let words = (n * w.m).div_ceil(2);
+    let pack_groups = words.div_ceil(256).min(u16::MAX as usize) as u32;
+    gpu.dispatch_bound(
+        &pack,
+        bytes,
+        &[(4, product.raw()), (5, y.raw())],
+        [pack_groups, 1, 1],
+    )
+}

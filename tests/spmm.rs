@@ -1,0 +1,366 @@
+//! SpMM on every backend against the f64 reference, and the Tiled-CSL format's invariants.
+// Built without a GPU backend, the per-backend bodies have nothing to run.
+#![cfg_attr(
+    not(all(feature = "cuda", feature = "wgpu")),
+    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+)]
+
+mod common;
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+use tilefuse::Error;
+use tilefuse::harness::{Backend, Backends, Rng};
+use tilefuse::spmm::{Case, Pattern, Pruning, TILE_K, TILE_M, TiledCsl, check, prune, reference};
+
+on_backends!([cuda, wgpu] => [
+    ragged_shape_every_token_count,
+    every_sparsity,
+    dense_and_empty_tiles,
+    patterns_types_and_outputs,
+    tiny_and_unaligned_shapes,
+    rejects_wrong_lengths,
+    every_registered_case_passes,
+]);
+
+fn assert_case(backends: &Backends, backend: Backend, case: Case) {
+    let seed = common::seed();
+    common::assert_passes(
+        check(backends, backend, &case, seed),
+        &case.to_string(),
+        seed,
+    );
+}
+
+fn ragged_shape_every_token_count(backends: &Backends, backend: Backend) {
+    for n in [1, 7, 8, 16, 31, 32, 64, 65, 128] {
+        assert_case(backends, backend, Case::new(300, 520, n, 0.8));
+    }
+}
+
+fn every_sparsity(backends: &Backends, backend: Backend) {
+    for sparsity in [0.0, 0.5, 0.7, 0.8, 0.9, 0.99, 1.0] {
+        assert_case(
+            backends,
+            backend,
+            Case {
+                pattern: Pattern::Uniform,
+                ..Case::new(300, 520, 16, sparsity)
+            },
+        );
+        assert_case(backends, backend, Case::new(256, 192, 8, sparsity));
+    }
+}
+
+fn dense_and_empty_tiles(backends: &Backends, backend: Backend) {
+    for bf16 in [false, true] {
+        for sparsity in [0.5, 0.9] {
+            let case = Case {
+                bf16,
+                pattern: Pattern::DenseAndEmptyTiles,
+                ..Case::new(300, 520, 16, sparsity)
+            };
+            assert_case(backends, backend, case);
+        }
+    }
+}
+
+fn patterns_types_and_outputs(backends: &Backends, backend: Backend) {
+    for pattern in [
+        Pattern::Uniform,
+        Pattern::MagnitudeGlobal,
+        Pattern::MagnitudePerRow,
+    ] {
+        for bf16 in [false, true] {
+            for out_f32 in [false, true] {
+                let case = Case {
+                    pattern,
+                    bf16,
+                    out_f32,
+                    ..Case::new(384, 256, 32, 0.7)
+                };
+                assert_case(backends, backend, case);
+            }
+        }
+    }
+}
+
+fn tiny_and_unaligned_shapes(backends: &Backends, backend: Backend) {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 7, 3),
+        (129, 65, 9),
+        (130, 130, 17),
+        (5, 1000, 2),
+        (1000, 5, 40),
+    ] {
+        assert_case(backends, backend, Case::new(m, k, n, 0.5));
+        assert_case(
+            backends,
+            backend,
+            Case {
+                bf16: true,
+                out_f32: true,
+                ..Case::new(m, k, n, 0.3)
+            },
+        );
+    }
+}
+
+fn every_registered_case_passes(backends: &Backends, backend: Backend) {
+    let entry = tilefuse::harness::op("spmm").expect("spmm is registered");
+    for case in (entry.check_cases)() {
+        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
+    }
+}
+
+fn rejects_wrong_lengths(backends: &Backends, backend: Backend) {
+    let w = TiledCsl::encode(&[f16::ONE; 6], 2, 3).unwrap();
+    let (x_bad, x_good, y_bad) = (vec![f16::ONE; 7], vec![f16::ONE; 6], vec![f16::ZERO; 3]);
+    let (first, second) = match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            use tilefuse::spmm::cuda::{DeviceTiledCsl, spmm};
+            let cuda = backends.cuda().unwrap();
+            let w = DeviceTiledCsl::upload(cuda, &w).unwrap();
+            let (x_bad, x_good) = (cuda.upload(&x_bad).unwrap(), cuda.upload(&x_good).unwrap());
+            let mut y = cuda.upload(&y_bad).unwrap();
+            (
+                spmm(cuda, &w, &x_bad, &mut y).unwrap_err(),
+                spmm(cuda, &w, &x_good, &mut y).unwrap_err(),
+            )
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            use tilefuse::spmm::wgpu::{GpuTiledCsl, spmm};
+            let gpu = backends.wgpu().unwrap();
+            let w = GpuTiledCsl::upload(gpu, &w).unwrap();
+            let (x_bad, x_good) = (gpu.upload(&x_bad).unwrap(), gpu.upload(&x_good).unwrap());
+            let mut y = gpu.upload(&y_bad).unwrap();
+            (
+                spmm(gpu, &w, &x_bad, &mut y).unwrap_err(),
+                spmm(gpu, &w, &x_good, &mut y).unwrap_err(),
+            )
+        }
+        _ => unreachable!("{backend} has no such test"),
+    };
+    assert!(
+        matches!(first, Error::InvalidArgument { what: "x", .. }),
+        "{first}"
+    );
+    assert!(
+        matches!(
+            second,
+            Error::Length {
+                what: "y",
+                expected: 4,
+                got: 3
+            }
+        ),
+        "{second}"
+    );
+}
+
+fn random_dense(m: usize, k: usize, sparsity: f64, seed: u64) -> Vec<f16> {
+    let mut rng = Rng::new(seed);
+    (0..m * k)
+        .map(|_| {
+            if rng.unit() < sparsity {
+                f16::ZERO
+            } else {
+                f16::from_f64(rng.uniform(-2.0, 2.0))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn encode_decode_round_trip_is_exact() {
+    let seed = common::seed();
+    for (m, k, sparsity) in [(300, 520, 0.8), (128, 64, 0.0), (1, 1, 1.0), (257, 65, 0.5)] {
+        let dense = random_dense(m, k, sparsity, seed);
+        let w = TiledCsl::encode(&dense, m, k).unwrap();
+        assert_eq!(w.decode(), dense, "seed {seed}, m={m} k={k}");
+        let nonzeros = dense.iter().filter(|v| v.to_f32() != 0.0).count();
+        assert_eq!(w.stats().nnz, nonzeros);
+        let back =
+            TiledCsl::<f16>::from_parts(m, k, w.tile_offsets().to_vec(), w.entries().to_vec())
+                .unwrap();
+        assert_eq!(back, w);
+    }
+    let bf = [1.5, 0.0, -2.0, 3.0].map(bf16::from_f32);
+    assert_eq!(TiledCsl::encode(&bf, 2, 2).unwrap().decode(), bf);
+}
+
+#[test]
+fn stats_count_bytes_and_the_densest_tile() {
+    let (m, k) = (256, 128);
+    let mut dense = vec![f16::ZERO; m * k];
+    for row in 0..TILE_M {
+        for col in TILE_K..2 * TILE_K {
+            dense[(TILE_M + row) * k + col] = f16::ONE; // tile (1, 1) fully dense
+        }
+    }
+    dense[0] = f16::ONE;
+    let stats = TiledCsl::encode(&dense, m, k).unwrap().stats();
+    assert_eq!(stats.nnz, TILE_M * TILE_K + 1);
+    assert_eq!(stats.densest_tile, (3, TILE_M * TILE_K));
+    assert_eq!(stats.bytes, 4 * (TILE_M * TILE_K + 4) + 4 * 5);
+    assert!((stats.sparsity - (1.0 - (TILE_M * TILE_K + 1) as f64 / (m * k) as f64)).abs() < 1e-12);
+}
+
+#[test]
+fn safetensors_round_trip_and_checks_metadata() {
+    let dense = random_dense(200, 300, 0.7, common::seed());
+    let w = TiledCsl::encode(&dense, 200, 300).unwrap();
+    let path =
+        std::env::temp_dir().join(format!("tilefuse-spmm-{}.safetensors", std::process::id()));
+    w.save(&path).unwrap();
+    assert_eq!(TiledCsl::<f16>::load(&path).unwrap(), w);
+    let wrong_type = TiledCsl::<bf16>::load(&path).unwrap_err();
+    assert!(
+        wrong_type.to_string().contains("dtype = bf16"),
+        "{wrong_type}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert!(TiledCsl::<f16>::from_safetensors(b"not a file").is_err());
+}
+
+#[test]
+fn pruning_hits_the_target_exactly() {
+    let dense = random_dense(64, 100, 0.0, common::seed());
+    let per_row = prune(&dense, 64, 100, 0.8, Pruning::PerRow).unwrap();
+    for row in per_row.chunks(100) {
+        assert_eq!(row.iter().filter(|v| v.to_f32() == 0.0).count(), 80);
+    }
+    let global = prune(&dense, 64, 100, 0.75, Pruning::Global).unwrap();
+    assert_eq!(global.iter().filter(|v| v.to_f32() == 0.0).count(), 4800);
+    // What survives is never smaller than what was pruned.
+    let kept = global
+        .iter()
+        .filter(|v| v.to_f32() != 0.0)
+        .map(|v| v.to_f32().abs())
+        .fold(f32::MAX, f32::min);
+    let pruned = dense
+        .iter()
+        .zip(&global)
+        .filter(|(_, g)| g.to_f32() == 0.0)
+        .map(|(d, _)| d.to_f32().abs());
+    assert!(pruned.fold(0.0, f32::max) <= kept);
+    assert!(matches!(
+        prune(&dense, 64, 100, 1.5, Pruning::Global),
+        Err(Error::InvalidArgument {
+            what: "sparsity",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn reference_matches_a_dense_product() {
+    let w = TiledCsl::encode(&[1.0, 0.0, 2.0, 0.0, -1.0, 0.5].map(f16::from_f32), 2, 3).unwrap();
+    let x = [1.0, 2.0, 3.0, -1.0, 0.0, 2.0].map(f16::from_f32);
+    assert_eq!(reference(&w, &x).unwrap(), vec![7.0, -0.5, 3.0, 1.0]);
+}
+
+/// One corruption of valid parts that must be rejected.
+#[derive(Debug, Clone)]
+enum Corruption {
+    FirstOffset(u32),
+    EndOffset,
+    DropEntry,
+    SwapEntries(usize),
+    PlaceOutsideTile(usize),
+    RowOutsideMatrix(usize),
+    DecreasingOffsets,
+    TooManyRepeats,
+}
+
+fn corrupt(corruption: &Corruption, m: usize, offsets: &mut [u32], entries: &mut Vec<u32>) -> bool {
+    let distinct = |i: usize, e: &[u32]| i + 1 < e.len() && e[i] >> 16 != e[i + 1] >> 16;
+    match *corruption {
+        Corruption::FirstOffset(v) => offsets[0] = v.max(1),
+        Corruption::EndOffset => *offsets.last_mut().unwrap() += 1,
+        Corruption::DropEntry if !entries.is_empty() => {
+            entries.pop();
+        }
+        Corruption::SwapEntries(i) if !entries.is_empty() => {
+            let i = i % entries.len();
+            // Swap within one tile: find two neighbours with distinct places in one tile.
+            let tile_end = |i: usize| {
+                offsets
+                    .iter()
+                    .map(|&o| 4 * o as usize)
+                    .find(|&o| o > i)
+                    .unwrap_or(entries.len())
+            };
+            if !distinct(i, entries) || i + 1 >= tile_end(i) {
+                return false;
+            }
+            entries.swap(i, i + 1);
+        }
+        Corruption::PlaceOutsideTile(i) if !entries.is_empty() => {
+            let i = i % entries.len();
+            entries[i] |= 0xffff << 16;
+        }
+        Corruption::RowOutsideMatrix(i) if !entries.is_empty() && !m.is_multiple_of(TILE_M) => {
+            // Only entries of the last tile row can point past m.
+            let tiles_in_last_row =
+                offsets.len() - 1 - (m / TILE_M) * ((offsets.len() - 1) / m.div_ceil(TILE_M));
+            let first = 4 * offsets[offsets.len() - 1 - tiles_in_last_row] as usize;
+            if first >= entries.len() {
+                return false;
+            }
+            let i = first + i % (entries.len() - first);
+            let row = (m % TILE_M) as u32; // the first row past the matrix
+            entries[i] = (entries[i] & 0xffff) | (row * TILE_K as u32) << 16;
+        }
+        Corruption::DecreasingOffsets if offsets.len() > 2 && offsets[1] > 0 => {
+            offsets[1] = offsets[2] + 1;
+        }
+        Corruption::TooManyRepeats if entries.len() >= 4 => {
+            let last = *entries.last().unwrap();
+            entries.extend([last; 4]);
+            *offsets.last_mut().unwrap() += 1;
+        }
+        _ => return false,
+    }
+    true
+}
+
+fn corruption() -> impl Strategy<Value = Corruption> {
+    prop_oneof![
+        (1u32..100).prop_map(Corruption::FirstOffset),
+        Just(Corruption::EndOffset),
+        Just(Corruption::DropEntry),
+        any::<usize>().prop_map(Corruption::SwapEntries),
+        any::<usize>().prop_map(Corruption::PlaceOutsideTile),
+        any::<usize>().prop_map(Corruption::RowOutsideMatrix),
+        Just(Corruption::DecreasingOffsets),
+        Just(Corruption::TooManyRepeats),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn corrupted_parts_are_errors(
+        m in 1usize..300, k in 1usize..200, sparsity in 0.0f64..1.0, seed in any::<u64>(),
+        corruption in corruption(),
+    ) {
+        let w = TiledCsl::encode(&random_dense(m, k, sparsity, seed), m, k).unwrap();
+        let (mut offsets, mut entries) = (w.tile_offsets().to_vec(), w.entries().to_vec());
+        prop_assume!(corrupt(&corruption, m, &mut offsets, &mut entries));
+        prop_assert!(TiledCsl::<f16>::from_parts(m, k, offsets, entries).is_err());
+    }
+
+    #[test]
+    fn arbitrary_parts_never_panic(
+        m in 0usize..300, k in 0usize..300,
+        offsets in proptest::collection::vec(any::<u32>(), 0..12),
+        entries in proptest::collection::vec(any::<u32>(), 0..64),
+    ) {
+        let _ = TiledCsl::<bf16>::from_parts(m, k, offsets, entries);
+    }
+}
