@@ -32,6 +32,8 @@ section() { printf '\n== %s\n' "$*"; }
 # Every executable gets a time limit, so a hang is a failure, not a stuck run.
 limit() { timeout -k 10 "$@"; }
 export PATH="$PATH:/sbin:/usr/sbin:/usr/local/cuda/bin"
+# cuBLAS, the dense baseline of the spmm benchmarks, is loaded at run time by cudarc.
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64"
 
 # CUDA must run here. WGSL runs on the GPU through Vulkan when a loader and NVIDIA's ICD are
 # present, and then must find the NVIDIA adapter (not a CPU fallback).
