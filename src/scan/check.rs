@@ -396,6 +396,8 @@ fn prepare<'a>(
 }
 
 /// One problem's buffers on a backend, ready to run. On CUDA every buffer holds f32s.
+// Built once per case; the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum OnDevice<'a, T: ScanElement> {
     #[cfg(feature = "cuda")]
     Cuda {
@@ -430,13 +432,12 @@ impl<'a, T: ScanElement> OnDevice<'a, T> {
         inputs: &Inputs<T>,
     ) -> Result<Option<Self>> {
         let poison = |len: usize| vec![f32::NAN; len * T::LANES];
-        let floats = |values: &[T]| bytemuck::cast_slice::<T, f32>(values).to_vec();
         match backend {
             Backend::Cpu => Ok(None),
             #[cfg(feature = "cuda")]
             Backend::Cuda => {
                 let cuda = backends.cuda()?;
-                let upload = |values: &[T]| cuda.upload(&floats(values));
+                let upload = |values: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(values));
                 Ok(Some(OnDevice::Cuda {
                     cuda,
                     a: upload(&inputs.a)?,
@@ -520,23 +521,27 @@ impl<'a, T: ScanElement> OnDevice<'a, T> {
     }
 
     fn read(&self, final_only: bool) -> Result<Outputs> {
-        let (h, h_last) = match self {
+        match self {
             #[cfg(feature = "cuda")]
             OnDevice::Cuda {
                 cuda, h, h_last, ..
-            } => {
-                let h = (!final_only).then(|| cuda.download(h)).transpose()?;
-                (h, cuda.download(h_last)?)
-            }
+            } => Ok(Outputs {
+                h: (!final_only).then(|| cuda.download(h)).transpose()?,
+                h_last: cuda.download(h_last)?,
+            }),
             #[cfg(feature = "wgpu")]
             OnDevice::Wgpu { gpu, h, h_last, .. } => {
                 let floats = |v: Vec<T>| bytemuck::cast_slice::<T, f32>(&v).to_vec();
-                let h = (!final_only).then(|| gpu.download(h)).transpose()?;
-                (h.map(floats), floats(gpu.download(h_last)?))
+                Ok(Outputs {
+                    h: (!final_only)
+                        .then(|| gpu.download(h))
+                        .transpose()?
+                        .map(floats),
+                    h_last: floats(gpu.download(h_last)?),
+                })
             }
             OnDevice::_Lifetime(_) => unreachable!("never constructed"),
-        };
-        Ok(Outputs { h, h_last })
+        }
     }
 
     fn clock(&self) -> Clock<'a> {

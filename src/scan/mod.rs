@@ -291,6 +291,7 @@ pub(crate) struct BufferLengths {
 }
 
 /// An f32 buffer length as a count of `T` elements, or the error naming `what`.
+#[cfg(feature = "cuda")]
 pub(crate) fn elements_of<T: ScanElement>(what: &'static str, floats: usize) -> Result<usize> {
     if floats.is_multiple_of(T::LANES) {
         Ok(floats / T::LANES)

@@ -294,7 +294,7 @@ fn bench_cases() -> Vec<BenchCase> {
                     },
                 ));
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(all(feature = "cuda", feature = "cli"))]
             for sparsity in BENCH_SPARSITIES {
                 // The same dense product through cuBLAS, under every sparsity's name, so
                 // that the summary compares each sparse case with it.

@@ -31,7 +31,7 @@ const VECTOR: usize = 4;
 /// The version written into saved files' metadata.
 const FORMAT_VERSION: &str = "1";
 
-/// A 16-bit weight type: [`f16`] or [`bf16`].
+/// A 16-bit weight type: [`struct@f16`] or [`bf16`].
 pub trait SpmmElement:
     sealed::Sealed
     + Copy

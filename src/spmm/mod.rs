@@ -20,7 +20,7 @@
 //! ```
 
 mod check;
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", feature = "cli"))]
 mod cublas;
 #[cfg(feature = "cuda")]
 pub mod cuda;
