@@ -174,6 +174,7 @@ where
 pub trait DeviceElement: SpmmElement + cudarc::driver::DeviceRepr {}
 #[cfg(feature = "cuda")]
 impl<T: SpmmElement + cudarc::driver::DeviceRepr> DeviceElement for T {}
+/// Element types the GPU paths take.
 #[cfg(not(feature = "cuda"))]
 pub trait DeviceElement: SpmmElement {}
 #[cfg(not(feature = "cuda"))]
@@ -184,6 +185,7 @@ impl<T: SpmmElement> DeviceElement for T {}
 pub trait DeviceOutput<T>: SpmmOutput<T> + cudarc::driver::DeviceRepr {}
 #[cfg(feature = "cuda")]
 impl<T, O: SpmmOutput<T> + cudarc::driver::DeviceRepr> DeviceOutput<T> for O {}
+/// Output types the GPU paths write.
 #[cfg(not(feature = "cuda"))]
 pub trait DeviceOutput<T>: SpmmOutput<T> {}
 #[cfg(not(feature = "cuda"))]

@@ -1,6 +1,12 @@
 //! `tilefuse`: check every op on every backend against the f64 reference, benchmark them, and
 //! say what this build and machine have.
 
+mod input;
+mod npz;
+mod plot;
+#[cfg(feature = "cuda")]
+mod profile;
+mod progress;
 mod report;
 mod table;
 
@@ -30,8 +36,33 @@ enum Command {
         #[arg(long)]
         ptxas: bool,
     },
-    /// Run every registered op on every available backend against the CPU reference.
-    Check(Selection),
+    /// Run every registered op on every available backend against the CPU reference, or
+    /// (with --input) the case in a NumPy .npz file.
+    Check {
+        #[command(flatten)]
+        selection: Selection,
+        #[command(flatten)]
+        file: CheckFile,
+    },
+    /// Run one op on the arrays of a NumPy .npz file and write its outputs as .npz.
+    Run {
+        /// The op (spmm, scan, attention).
+        #[arg(value_enum)]
+        op: input::Op,
+        /// The input arrays (np.savez); other arrays in it are ignored.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Where the outputs go (float32, complex64 for complex scans).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// The backend (default: the best available: cuda, then wgpu, then cpu = the
+        /// reference).
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<Backend>,
+        /// The element type of the computation (spmm: f16 or bf16; scan: f32).
+        #[arg(long, value_enum)]
+        dtype: Option<input::Dtype>,
+    },
     /// Time every registered op on every available backend.
     Bench {
         #[command(flatten)]
@@ -42,13 +73,35 @@ enum Command {
         /// Few, short samples: checks that the benchmarks run, not how fast.
         #[arg(long)]
         quick: bool,
+        /// Also draw the roofline picture (SVG) and write the table beside it as Markdown
+        /// (FILE with the extension .md).
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
     },
+    /// Run one configuration N times on CUDA, each launch in an NVTX range, for Nsight:
+    /// `nsys profile tilefuse profile spmm`, `ncu --set full tilefuse profile spmm --iters 3`.
+    #[cfg(feature = "cuda")]
+    Profile(profile::ProfileArgs),
     /// Print benchmark JSON files (tilefuse's and peers') side by side, with ratios.
     Summary {
         /// Files written by `tilefuse bench --json` or `scripts/peers.py`.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also draw the roofline picture of all of them (SVG), with the Markdown table
+        /// beside it (FILE with the extension .md).
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Default)]
+struct CheckFile {
+    /// A case file (.npz): run it on every available backend against the reference.
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// With --input: also compare with the file's `expect_<output>` arrays.
+    #[arg(long, requires = "input")]
+    expect: bool,
 }
 
 #[derive(clap::Args, Default)]
@@ -81,13 +134,39 @@ fn main() -> ExitCode {
             print!("{}", info(&Backends::detect(), ptxas));
             Ok(true)
         }
-        Some(Command::Check(selection)) => check(&Backends::detect(), &selection),
+        Some(Command::Check {
+            selection,
+            file:
+                CheckFile {
+                    input: Some(input),
+                    expect,
+                },
+        }) => check_input(&Backends::detect(), &selection, &input, expect),
+        Some(Command::Check { selection, .. }) => check(&Backends::detect(), &selection),
+        Some(Command::Run {
+            op,
+            input,
+            output,
+            backend,
+            dtype,
+        }) => input::run_file(&Backends::detect(), op, &input, &output, backend, dtype).map(
+            |backend| {
+                println!("{op:?} on {backend}: wrote {}", output.display());
+                true
+            },
+        ),
         Some(Command::Bench {
             selection,
             json,
             quick,
-        }) => bench(&Backends::detect(), &selection, json, quick),
-        Some(Command::Summary { files }) => summary(&files),
+            plot,
+        }) => bench(&Backends::detect(), &selection, json, quick, plot),
+        Some(Command::Summary { files, plot }) => summary(&files, plot),
+        #[cfg(feature = "cuda")]
+        Some(Command::Profile(args)) => profile::profile(&args).map(|line| {
+            println!("{line}");
+            true
+        }),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -229,49 +308,109 @@ fn check(backends: &Backends, selection: &Selection) -> Result<bool, String> {
         "op", "backend", "case", "rel_l2", "max_abs", "bound", "result",
     ]);
     let (mut passed, mut failed) = (0, 0);
-    for op in ops {
-        for case in (op.check_cases)() {
-            for &backend in &runnable {
-                let (errors, result) = match case.run(backends, backend) {
-                    Ok(None) => continue,
-                    Ok(Some(c)) if c.passed() => {
-                        passed += 1;
-                        (Some(c), "pass".to_string())
-                    }
-                    Ok(Some(c)) => {
-                        failed += 1;
-                        let why = if c.non_finite > 0 {
-                            format!(" ({} non-finite)", c.non_finite)
-                        } else {
-                            String::new()
-                        };
-                        (Some(c), format!("FAIL{why}"))
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        (None, format!("ERROR: {e}"))
-                    }
-                };
-                table.row([
-                    case.op.into(),
-                    backend.to_string(),
-                    case.name.clone(),
-                    errors
-                        .as_ref()
-                        .map_or("-".into(), |c| format!("{:.2e}", c.rel_l2)),
-                    errors
-                        .as_ref()
-                        .map_or("-".into(), |c| format!("{:.2e}", c.max_abs)),
-                    errors
-                        .as_ref()
-                        .map_or("-".into(), |c| format!("{:.0e}", c.tolerance.rel_l2)),
-                    result,
-                ]);
-            }
+    let cases: Vec<_> = ops.iter().flat_map(|op| (op.check_cases)()).collect();
+    let mut progress = progress::Progress::new("checking", cases.len() * runnable.len());
+    for case in &cases {
+        for &backend in &runnable {
+            progress.start(&format!("{} {} on {backend}", case.op, case.name));
+            let outcome = case.run(backends, backend);
+            progress.finish_step();
+            let (errors, result) = match outcome {
+                Ok(None) => continue,
+                Ok(Some(c)) if c.passed() => {
+                    passed += 1;
+                    (Some(c), "pass".to_string())
+                }
+                Ok(Some(c)) => {
+                    failed += 1;
+                    let why = if c.non_finite > 0 {
+                        format!(" ({} non-finite)", c.non_finite)
+                    } else {
+                        String::new()
+                    };
+                    (Some(c), format!("FAIL{why}"))
+                }
+                Err(e) => {
+                    failed += 1;
+                    (None, format!("ERROR: {e}"))
+                }
+            };
+            table.row([
+                case.op.into(),
+                backend.to_string(),
+                case.name.clone(),
+                errors
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.2e}", c.rel_l2)),
+                errors
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.2e}", c.max_abs)),
+                errors
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.0e}", c.tolerance.rel_l2)),
+                result,
+            ]);
         }
     }
     print!("{}", table.render());
     println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn check_input(
+    backends: &Backends,
+    selection: &Selection,
+    path: &std::path::Path,
+    expect: bool,
+) -> Result<bool, String> {
+    let op = match selection.ops.as_slice() {
+        [] => input::Op::infer(&npz::read(path)?)?,
+        [name] => <input::Op as clap::ValueEnum>::from_str(name, true)
+            .map_err(|_| format!("--op {name}: expected spmm, scan or attention"))?,
+        _ => return Err("--input takes at most one --op".into()),
+    };
+    let runnable = runnable_backends(backends, selection);
+    let rows = input::check_file(backends, op, path, &runnable, expect)?;
+    let mut table = Table::new([
+        "backend", "output", "against", "rel_l2", "max_abs", "bound", "result",
+    ]);
+    let mut failed = 0;
+    for row in &rows {
+        let (rel, abs, bound, result) = match &row.result {
+            Ok(c) => {
+                failed += usize::from(!c.passed());
+                (
+                    format!("{:.2e}", c.rel_l2),
+                    format!("{:.2e}", c.max_abs),
+                    format!("{:.0e}", c.tolerance.rel_l2),
+                    if c.passed() {
+                        "pass".to_string()
+                    } else {
+                        "FAIL".to_string()
+                    },
+                )
+            }
+            Err(e) => {
+                failed += 1;
+                ("-".into(), "-".into(), "-".into(), format!("ERROR: {e}"))
+            }
+        };
+        table.row([
+            row.backend.to_string(),
+            row.output.clone(),
+            row.against.clone(),
+            rel,
+            abs,
+            bound,
+            result,
+        ]);
+    }
+    print!("{}", table.render());
+    println!(
+        "{op:?} from {}: {} passed, {failed} failed",
+        path.display(),
+        rows.len() - failed
+    );
     Ok(failed == 0)
 }
 
@@ -280,6 +419,7 @@ fn bench(
     selection: &Selection,
     json: Option<PathBuf>,
     quick: bool,
+    plot: Option<PathBuf>,
 ) -> Result<bool, String> {
     let ops = selected_ops(selection)?;
     let runnable = runnable_backends(backends, selection);
@@ -290,27 +430,36 @@ fn bench(
     };
     let mut records = Vec::new();
     let mut all_ran = true;
-    for op in ops {
-        for case in (op.bench_cases)() {
-            for &backend in &runnable {
-                match case.run(backends, backend, &settings) {
-                    Ok(None) => {}
-                    Ok(Some(timing)) => records.push(BenchRecord {
-                        op: case.op.into(),
-                        case: case.name.clone(),
-                        backend: backend.to_string(),
-                        implementation: case.implementation.into(),
-                        device: backends.status(backend).unwrap_or_default(),
-                        median_us: timing.median_us(),
-                        min_us: timing.min_us(),
-                        samples: timing.samples_us.len(),
-                        bytes: case.bytes,
-                        flops: case.flops,
-                    }),
-                    Err(e) => {
-                        all_ran = false;
-                        println!("{} {} on {backend}: ERROR: {e}", case.op, case.name);
-                    }
+    let cases: Vec<_> = ops.iter().flat_map(|op| (op.bench_cases)()).collect();
+    let mut progress = progress::Progress::new("timing", cases.len() * runnable.len());
+    for case in &cases {
+        for &backend in &runnable {
+            progress.start(&format!(
+                "{} {} ({}) on {backend}",
+                case.op, case.name, case.implementation
+            ));
+            let outcome = case.run(backends, backend, &settings);
+            progress.finish_step();
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(timing)) => records.push(BenchRecord {
+                    op: case.op.into(),
+                    case: case.name.clone(),
+                    backend: backend.to_string(),
+                    implementation: case.implementation.into(),
+                    device: backends.status(backend).unwrap_or_default(),
+                    median_us: timing.median_us(),
+                    min_us: timing.min_us(),
+                    samples: timing.samples_us.len(),
+                    bytes: case.bytes,
+                    flops: case.flops,
+                }),
+                Err(e) => {
+                    all_ran = false;
+                    println!(
+                        "{} {} ({}) on {backend}: ERROR: {e}",
+                        case.op, case.name, case.implementation
+                    );
                 }
             }
         }
@@ -326,14 +475,30 @@ fn bench(
         std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    if let Some(path) = plot {
+        draw(&records, &path)?;
+    }
     Ok(all_ran)
 }
 
-fn summary(files: &[PathBuf]) -> Result<bool, String> {
+/// The roofline SVG at `path` and the summary table as Markdown beside it.
+fn draw(records: &[BenchRecord], path: &std::path::Path) -> Result<(), String> {
+    plot::roofline(records, path)?;
+    let table = path.with_extension("md");
+    std::fs::write(&table, report::summary_table(records).markdown())
+        .map_err(|e| format!("{}: {e}", table.display()))?;
+    println!("wrote {} and {}", path.display(), table.display());
+    Ok(())
+}
+
+fn summary(files: &[PathBuf], plot: Option<PathBuf>) -> Result<bool, String> {
     let mut records = Vec::new();
     for file in files {
         records.extend(report::read(file)?);
     }
     print!("{}", report::summary(&records));
+    if let Some(path) = plot {
+        draw(&records, &path)?;
+    }
     Ok(true)
 }

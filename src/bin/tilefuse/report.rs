@@ -78,6 +78,11 @@ fn record(r: &Value) -> Option<BenchRecord> {
 /// case: above 1 means slower than tilefuse. `% copy` is the row's bandwidth over the copy
 /// bandwidth measured on the same backend (by the same implementation where it has one).
 pub fn summary(records: &[BenchRecord]) -> String {
+    summary_table(records).render()
+}
+
+/// The table of [`summary`].
+pub fn summary_table(records: &[BenchRecord]) -> Table {
     let mut groups: BTreeMap<(&str, &str), Vec<&BenchRecord>> = BTreeMap::new();
     for r in records {
         groups.entry((&r.op, &r.case)).or_default().push(r);
@@ -130,7 +135,7 @@ pub fn summary(records: &[BenchRecord]) -> String {
             ]);
         }
     }
-    table.render()
+    table
 }
 
 fn number(present: bool, value: f64, decimals: usize) -> String {

@@ -42,4 +42,15 @@ impl Table {
         }
         out
     }
+
+    /// The table in Markdown, for BENCH.md.
+    pub fn markdown(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let rule: Vec<String> = self.header.iter().map(|_| "---".to_string()).collect();
+        let mut out = line(&self.header) + &line(&rule);
+        for row in &self.rows {
+            out += &line(row);
+        }
+        out
+    }
 }

@@ -1,0 +1,458 @@
+//! Case files: an op's inputs from a NumPy `.npz`, validated array by array, run on a backend
+//! or on the reference, and its outputs as arrays.
+
+use std::collections::BTreeMap;
+
+use half::{bf16, f16};
+use num_complex::Complex32;
+use tilefuse::harness::{Backend, Backends, Tolerance};
+use tilefuse::scan::{self, Decay, Layout, Scan, ScanElement, ScanShape};
+use tilefuse::spmm::{self, SpmmElement, TiledCsl};
+
+use crate::npz::{Array, Data};
+
+/// The ops a case file can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    Spmm,
+    Scan,
+    Attention,
+}
+
+impl Op {
+    /// The op whose input arrays the file holds.
+    pub fn infer(arrays: &BTreeMap<String, Array>) -> Result<Op, String> {
+        let has = |name: &str| arrays.contains_key(name);
+        if has("w") && has("x") {
+            Ok(Op::Spmm)
+        } else if has("u") && has("reset") {
+            Ok(Op::Scan)
+        } else if has("q") && has("k") && has("v") {
+            Ok(Op::Attention)
+        } else {
+            let names: Vec<&str> = arrays.keys().map(String::as_str).collect();
+            Err(format!(
+                "cannot tell the op from the arrays [{}]: spmm needs w and x, scan u and reset, attention q, k and v (or pass --op)",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// The element type a run computes in (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    F16,
+    Bf16,
+    F32,
+}
+
+/// A loaded case: it runs on any backend and knows its reference and bound.
+pub trait CaseFile {
+    /// Runs on `backend`; the CPU runs the f64 reference. Output arrays by name.
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String>;
+    /// The f64 reference of each output, by name.
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String>;
+    /// The error bound against the reference.
+    fn tolerance(&self) -> Tolerance;
+}
+
+/// Validates the arrays of `op` and builds its case.
+pub fn load(
+    op: Op,
+    arrays: &BTreeMap<String, Array>,
+    dtype: Option<Dtype>,
+) -> Result<Box<dyn CaseFile>, String> {
+    match op {
+        Op::Spmm => match dtype.unwrap_or(Dtype::F16) {
+            Dtype::F16 => Ok(Box::new(SpmmFile::<f16>::load(arrays)?)),
+            Dtype::Bf16 => Ok(Box::new(SpmmFile::<bf16>::load(arrays)?)),
+            Dtype::F32 => {
+                Err("--dtype f32: spmm computes in f16 or bf16 (f32 accumulation)".into())
+            }
+        },
+        Op::Scan => {
+            if dtype.is_some_and(|d| d != Dtype::F32) {
+                return Err("--dtype: scan computes in f32 (float32 or complex64 arrays)".into());
+            }
+            match &required(arrays, "u", SCAN_NEEDS)?.data {
+                Data::C64(_) => Ok(Box::new(ScanFile::<Complex32>::load(arrays)?)),
+                _ => Ok(Box::new(ScanFile::<f32>::load(arrays)?)),
+            }
+        }
+        Op::Attention => Err("attention: not in tilefuse yet (issue 5); spmm and scan are".into()),
+    }
+}
+
+const SPMM_NEEDS: &str = "spmm needs w [m, k] and x [n, k], float16";
+const SCAN_NEEDS: &str = "scan needs a [p] or [b, t, p], u [b, t, p] (float32 or complex64), reset [b, t] uint8, optional h0 [b, p]";
+
+fn required<'a>(
+    arrays: &'a BTreeMap<String, Array>,
+    name: &str,
+    needs: &str,
+) -> Result<&'a Array, String> {
+    arrays
+        .get(name)
+        .ok_or_else(|| format!("`{name}`: missing ({needs})"))
+}
+
+fn rank(array: &Array, name: &str, dims: &[&str]) -> Result<(), String> {
+    if array.shape.len() == dims.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "`{name}`: expected {} dimensions [{}], got shape {}",
+        dims.len(),
+        dims.join(", "),
+        array.shape_text()
+    ))
+}
+
+fn wrong_dtype(name: &str, expected: &str, array: &Array) -> String {
+    format!("`{name}`: expected {expected}, got {}", array.data.dtype())
+}
+
+fn mismatch(name: &str, expected: String, array: &Array) -> String {
+    format!(
+        "`{name}`: expected shape {expected}, got {}",
+        array.shape_text()
+    )
+}
+
+struct SpmmFile<T: SpmmElement> {
+    w: TiledCsl<T>,
+    x: Vec<T>,
+    n: usize,
+}
+
+impl<T: SpmmElement> SpmmFile<T> {
+    fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
+        let half = |name: &str| -> Result<(&Array, Vec<T>), String> {
+            let array = required(arrays, name, SPMM_NEEDS)?;
+            rank(
+                array,
+                name,
+                if name == "w" {
+                    &["m", "k"]
+                } else {
+                    &["n", "k"]
+                },
+            )?;
+            match &array.data {
+                Data::F16(values) => Ok((
+                    array,
+                    values.iter().map(|v| T::from_f64(v.to_f64())).collect(),
+                )),
+                _ => Err(wrong_dtype(name, "float16", array)),
+            }
+        };
+        let (w_array, w) = half("w")?;
+        let (x_array, x) = half("x")?;
+        let (m, k) = (w_array.shape[0], w_array.shape[1]);
+        if x_array.shape[1] != k {
+            return Err(mismatch("x", format!("(n, {k}) (k from w)"), x_array));
+        }
+        let n = x_array.shape[0];
+        if m == 0 || k == 0 || n == 0 {
+            return Err(format!(
+                "`w`, `x`: every size must be at least 1, got w {} and x {}",
+                w_array.shape_text(),
+                x_array.shape_text()
+            ));
+        }
+        let w = TiledCsl::encode(&w, m, k).map_err(|e| format!("`w`: {e}"))?;
+        Ok(SpmmFile { w, x, n })
+    }
+
+    fn y(&self, values: Vec<f32>) -> Vec<(String, Array)> {
+        vec![(
+            "y".into(),
+            Array {
+                shape: vec![self.n, self.w.m()],
+                data: Data::F32(values),
+            },
+        )]
+    }
+}
+
+impl<T: spmm::DeviceElement> CaseFile for SpmmFile<T>
+where
+    f32: spmm::DeviceOutput<T>,
+{
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        if backend == Backend::Cpu {
+            let y = spmm::reference(&self.w, &self.x).map_err(|e| e.to_string())?;
+            return Ok(self.y(y.into_iter().map(|v| v as f32).collect()));
+        }
+        match spmm::run::<T, f32>(backends, backend, &self.w, &self.x).map_err(|e| e.to_string())? {
+            Some(y) => Ok(self.y(y)),
+            None => Err(format!("spmm has no {backend} path")),
+        }
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        Ok(vec![(
+            "y".into(),
+            spmm::reference(&self.w, &self.x).map_err(|e| e.to_string())?,
+        )])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        if T::NAME == "bf16" {
+            Tolerance::BF16
+        } else {
+            Tolerance::F16
+        }
+    }
+}
+
+struct ScanFile<T: ScanElement> {
+    scan: Scan<T>,
+    inputs: scan::Inputs<T>,
+}
+
+/// Elements of `array` if it holds `T`s (float32 for f32, complex64 for Complex32).
+fn elements<T: ScanElement>(name: &str, array: &Array) -> Result<Vec<T>, String> {
+    match (&array.data, T::LANES) {
+        (Data::F32(values), 1) => Ok(bytemuck::cast_slice(values).to_vec()),
+        (Data::C64(values), 2) => Ok(bytemuck::cast_slice(values).to_vec()),
+        _ => Err(wrong_dtype(
+            name,
+            if T::LANES == 1 {
+                "float32 (as u)"
+            } else {
+                "complex64 (as u)"
+            },
+            array,
+        )),
+    }
+}
+
+impl<T: ScanElement> ScanFile<T> {
+    fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
+        let u_array = required(arrays, "u", SCAN_NEEDS)?;
+        rank(u_array, "u", &["b", "t", "p"])?;
+        if !matches!(u_array.data, Data::F32(_) | Data::C64(_)) {
+            return Err(wrong_dtype("u", "float32 or complex64", u_array));
+        }
+        let (b, t, p) = (u_array.shape[0], u_array.shape[1], u_array.shape[2]);
+        let shape = ScanShape::new(b, t, p).map_err(|e| format!("`u`: {e}"))?;
+        let a_array = required(arrays, "a", SCAN_NEEDS)?;
+        let decay = match a_array.shape.as_slice() {
+            [q] if *q == p => Decay::TimeInvariant,
+            dims if dims == u_array.shape.as_slice() => Decay::TimeVarying,
+            _ => {
+                return Err(mismatch(
+                    "a",
+                    format!("({p},) or {} (as u)", u_array.shape_text()),
+                    a_array,
+                ));
+            }
+        };
+        let reset_array = required(arrays, "reset", SCAN_NEEDS)?;
+        if reset_array.shape != [b, t] {
+            return Err(mismatch(
+                "reset",
+                format!("({b}, {t}) ([b, t] of u)"),
+                reset_array,
+            ));
+        }
+        let Data::U8(reset) = &reset_array.data else {
+            return Err(wrong_dtype("reset", "uint8 (or bool)", reset_array));
+        };
+        let h0 = match arrays.get("h0") {
+            None => None,
+            Some(array) if array.shape == [b, p] => Some(elements::<T>("h0", array)?),
+            Some(array) => return Err(mismatch("h0", format!("({b}, {p}) ([b, p] of u)"), array)),
+        };
+        let inputs = scan::Inputs {
+            a: elements::<T>("a", a_array)?,
+            u: elements::<T>("u", u_array)?,
+            reset: reset.clone(),
+            h0,
+        };
+        Ok(ScanFile {
+            scan: Scan::new(shape, Layout::BatchMajor, decay),
+            inputs,
+        })
+    }
+
+    fn arrays(&self, h: Option<Vec<f32>>, h_last: Vec<f32>) -> Vec<(String, Array)> {
+        let shape = self.scan.shape;
+        let data = |v: Vec<f32>| match T::LANES {
+            1 => Data::F32(v),
+            _ => Data::C64(bytemuck::cast_slice(&v).to_vec()),
+        };
+        let mut out = Vec::new();
+        if let Some(h) = h {
+            out.push((
+                "h".into(),
+                Array {
+                    shape: vec![shape.batch(), shape.time(), shape.channels()],
+                    data: data(h),
+                },
+            ));
+        }
+        out.push((
+            "h_last".into(),
+            Array {
+                shape: vec![shape.batch(), shape.channels()],
+                data: data(h_last),
+            },
+        ));
+        out
+    }
+}
+
+impl<T: ScanElement> CaseFile for ScanFile<T> {
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        if backend == Backend::Cpu {
+            let [(_, h), (_, h_last)] = <[_; 2]>::try_from(self.reference()?).expect("two outputs");
+            let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+            return Ok(self.arrays(Some(narrow(h)), narrow(h_last)));
+        }
+        match scan::run(backends, backend, &self.scan, &self.inputs, false)
+            .map_err(|e| e.to_string())?
+        {
+            Some(out) => Ok(self.arrays(out.h, out.h_last)),
+            None => Err(format!("scan has no {backend} path")),
+        }
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        let i = &self.inputs;
+        let states = scan::reference(&self.scan, &i.a, &i.u, &i.reset, i.h0.as_deref())
+            .map_err(|e| e.to_string())?;
+        Ok(vec![
+            ("h".into(), states.h),
+            ("h_last".into(), states.h_last),
+        ])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        // The bound of a scan whose |a| may reach its largest value in the file.
+        let max_a = self
+            .inputs
+            .a
+            .iter()
+            .map(|a| a.widen().norm())
+            .fold(0.0, f64::max);
+        let shape = self.scan.shape;
+        scan::Case {
+            a_magnitude: (0.0, max_a),
+            ..scan::Case::new(shape.batch(), shape.time(), shape.channels())
+        }
+        .tolerance()
+    }
+}
+
+/// An array's values as f64 (complex as interleaved pairs), for comparisons.
+pub fn as_f64(array: &Array) -> Option<Vec<f64>> {
+    match &array.data {
+        Data::F16(v) => Some(v.iter().map(|x| x.to_f64()).collect()),
+        Data::F32(v) => Some(v.iter().map(|&x| x.into()).collect()),
+        Data::C64(v) => Some(v.iter().flat_map(|c| [c.re.into(), c.im.into()]).collect()),
+        _ => None,
+    }
+}
+
+/// `tilefuse run`: the op on one backend, outputs written to `output` (nothing on failure).
+pub fn run_file(
+    backends: &Backends,
+    op: Op,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    backend: Option<Backend>,
+    dtype: Option<Dtype>,
+) -> Result<Backend, String> {
+    let arrays = crate::npz::read(input)?;
+    let case = load(op, &arrays, dtype)?;
+    let backend = match backend {
+        Some(backend) => {
+            backends
+                .status(backend)
+                .map_err(|why| format!("--backend {backend}: {why}"))?;
+            backend
+        }
+        None => [Backend::Cuda, Backend::Wgpu, Backend::Cpu]
+            .into_iter()
+            .find(|&b| backends.has(b))
+            .unwrap_or(Backend::Cpu),
+    };
+    let outputs = case.run(backends, backend)?;
+    crate::npz::write(output, &outputs)?;
+    Ok(backend)
+}
+
+/// One row of `tilefuse check --input`: a backend's output against the reference or against
+/// an `expect_` array of the file.
+pub struct FileCheck {
+    pub backend: Backend,
+    pub output: String,
+    pub against: String,
+    pub result: Result<tilefuse::harness::Comparison, String>,
+}
+
+/// `tilefuse check --input`: the op on every runnable backend against the reference and,
+/// with `expect`, against the file's `expect_<output>` arrays.
+pub fn check_file(
+    backends: &Backends,
+    op: Op,
+    input: &std::path::Path,
+    runnable: &[Backend],
+    expect: bool,
+) -> Result<Vec<FileCheck>, String> {
+    let arrays = crate::npz::read(input)?;
+    let case = load(op, &arrays, None)?;
+    let reference = case.reference()?;
+    let tolerance = case.tolerance();
+    let mut rows = Vec::new();
+    for &backend in runnable {
+        let outputs = case.run(backends, backend);
+        for (name, want) in &reference {
+            let got = match &outputs {
+                Ok(outputs) => outputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, a)| as_f64(a)),
+                Err(e) => {
+                    rows.push(FileCheck {
+                        backend,
+                        output: name.clone(),
+                        against: "reference".into(),
+                        result: Err(e.clone()),
+                    });
+                    continue;
+                }
+            };
+            let Some(got) = got else { continue };
+            let compare = |want: &[f64]| tilefuse::harness::compare(&got, want, tolerance);
+            rows.push(FileCheck {
+                backend,
+                output: name.clone(),
+                against: "reference".into(),
+                result: Ok(compare(want)),
+            });
+            let expected_name = format!("expect_{name}");
+            if let (true, Some(expected)) = (expect, arrays.get(&expected_name)) {
+                let result = match as_f64(expected) {
+                    Some(values) if values.len() == want.len() => Ok(compare(&values)),
+                    _ => Err(format!(
+                        "`{expected_name}`: expected {} values of the output's type, got {} {}",
+                        want.len(),
+                        expected.data.dtype(),
+                        expected.shape_text()
+                    )),
+                };
+                rows.push(FileCheck {
+                    backend,
+                    output: name.clone(),
+                    against: expected_name,
+                    result,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
