@@ -4,7 +4,8 @@
 #   run.sh [OUTPUT_DIR]      (default ./gpu-results)
 #   TILEFUSE_OPS=copy,scan run.sh ...   benchmarks (criterion, tilefuse bench, peers) of
 #                                        these ops only; every test still runs
-# Writes info.txt, tests.log, sanitizer.log, bench.log, bench.json, peers.json and
+# Writes info.txt, tests.log (tests, the CLI on NumPy case files, tilefuse profile under
+# ncu and nsys), sanitizer.log, bench.log, bench.json, peers.json and
 # summary.txt to OUTPUT_DIR, prints the summary table last, and exits non-zero if any test,
 # sanitizer run or benchmark failed.
 set -uo pipefail
@@ -70,6 +71,48 @@ fi
     limit 300 "$test" || fail "test $(basename "$test")"
   done
 } 2>&1 | tee "$out/tests.log"
+
+# --- the CLI on NumPy files and under Nsight (into tests.log) --------------------------------
+{
+  section "tilefuse check --input on NumPy case files (numpy from the machine's Python)"
+  cases="$here/cases"
+  mkdir -p "$cases"
+  if python3 - "$cases" <<'PY'
+import sys
+import numpy as np
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+w = rng.standard_normal((1000, 777)).astype(np.float16)
+w[np.abs(w) < 1.3] = 0
+x = rng.standard_normal((13, 777)).astype(np.float16)
+np.savez(f"{out}/spmm.npz", w=w, x=x, expect_y=x.astype(np.float32) @ w.astype(np.float32).T)
+a = (0.95 * np.exp(1j * rng.uniform(0, 6, 64))).astype(np.complex64)
+u = (rng.standard_normal((3, 5000, 64)) + 1j * rng.standard_normal((3, 5000, 64))).astype(np.complex64)
+np.savez(f"{out}/scan.npz", a=a, u=u, reset=(rng.uniform(size=(3, 5000)) < 0.01).astype(np.uint8))
+PY
+  then
+    limit 120 "$cli" check --input "$cases/spmm.npz" --expect || fail "check --input spmm.npz"
+    limit 120 "$cli" check --input "$cases/scan.npz" || fail "check --input scan.npz"
+    limit 120 "$cli" run scan --input "$cases/scan.npz" --output "$cases/out.npz" --backend cuda \
+      || fail "run scan --backend cuda"
+  else
+    echo "no numpy here: NumPy case files skipped"
+  fi
+  section "tilefuse profile under Nsight"
+  if command -v ncu >/dev/null; then
+    limit 180 ncu --nvtx -k regex:tilefuse_scan -c 2 "$cli" profile scan --time 2048 --iters 2 \
+      || fail "ncu tilefuse profile scan"
+  else
+    echo "no ncu here"
+  fi
+  if command -v nsys >/dev/null; then
+    (cd "$here" && limit 180 nsys profile --trace=cuda,nvtx -o "$here/profile" --force-overwrite true \
+      "$cli" profile spmm --iters 5 && limit 120 nsys stats --report nvtx_sum "$here/profile.nsys-rep") \
+      || fail "nsys tilefuse profile spmm"
+  else
+    echo "no nsys here"
+  fi
+} 2>&1 | tee -a "$out/tests.log"
 
 # --- compute-sanitizer on the CUDA tests ----------------------------------------------------
 {

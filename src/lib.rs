@@ -18,8 +18,9 @@
 //! - **CPU reference**: plain f64 loops, the executable specification every path is tested
 //!   against ([`harness`]).
 //!
-//! The ops arrive one by one: [`spmm`] and [`scan`] are here; [`smoke`] is the plumbing test that proves
-//! each backend end to end.
+//! The ops arrive one by one: [`spmm`] and [`scan`] are here, [`attention`] has its masks and
+//! reference (kernels next); [`smoke`] is the plumbing test that proves each backend end to
+//! end.
 //!
 //! ## Errors
 //!
@@ -41,6 +42,7 @@
     allow(unused_variables, dead_code)
 )]
 
+pub mod attention;
 pub mod backend;
 mod error;
 pub mod harness;

@@ -22,6 +22,7 @@ enum Values {
     F32(Vec<f32>),
     C64(Vec<Complex32>),
     U8(Vec<u8>),
+    I32(Vec<i32>),
 }
 
 struct Npz(Vec<(&'static str, Vec<u64>, Values)>);
@@ -62,6 +63,7 @@ impl Npz {
                 Values::F32(v) => emit!(v),
                 Values::C64(v) => emit!(v),
                 Values::U8(v) => emit!(v),
+                Values::I32(v) => emit!(v),
             }
             zip.write_all(&bytes).unwrap();
         }
@@ -126,6 +128,23 @@ fn tilefuse(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `tilefuse run OP --input .. --output .. --backend ..`, which must succeed.
+fn run_ok(op: &str, input: &Path, output: &Path, backend: &str) {
+    let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());
+    let out = tilefuse(&[
+        "run",
+        op,
+        "--input",
+        input,
+        "--output",
+        output,
+        "--backend",
+        backend,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{op} on {backend}: {stderr}");
+}
+
 /// The backends a round trip runs on: the CPU always, WGSL where an adapter is (or must be).
 fn backends() -> Vec<&'static str> {
     let mut list = vec!["cpu"];
@@ -166,21 +185,7 @@ fn spmm_round_trips_through_run() {
     npz.save(&input);
     let reference = tilefuse::spmm::reference(&w, &x).unwrap();
     for backend in backends() {
-        let out = tilefuse(&[
-            "run",
-            "spmm",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--backend",
-            backend,
-        ]);
-        assert!(
-            out.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok("spmm", &input, &output, backend);
         let (shape, y) = load(&output, "y");
         assert_eq!(shape, [9, 150]);
         let c = compare(&y, &reference, Tolerance::F16);
@@ -252,21 +257,7 @@ fn scan_round_trips_through_run() {
         let (input, output) = (dir.join("scan.npz"), dir.join("scan-out.npz"));
         npz.save(&input);
         for backend in backends() {
-            let out = tilefuse(&[
-                "run",
-                "scan",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                output.to_str().unwrap(),
-                "--backend",
-                backend,
-            ]);
-            assert!(
-                out.status.success(),
-                "{backend}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_ok("scan", &input, &output, backend);
             let (shape, got_h) = load(&output, "h");
             assert_eq!(shape, [2, 300, 5]);
             let (shape, got_last) = load(&output, "h_last");
@@ -447,7 +438,145 @@ fn clone(values: &Values) -> Values {
         Values::F32(v) => Values::F32(v.clone()),
         Values::C64(v) => Values::C64(v.clone()),
         Values::U8(v) => Values::U8(v.clone()),
+        Values::I32(v) => Values::I32(v.clone()),
     }
+}
+
+/// An attention case: b=1, lq=150, lk=200, hq=4, hkv=2, d=16, a per-head layout of 64-blocks
+/// with causal + window 90 in partial blocks; head 3's first query block sees nothing.
+fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
+    use tilefuse::attention::{AttentionShape, BlockMask, ElementMask, MaskShape};
+    let mut rng = Rng::new(seed);
+    let mut random = |len: usize| -> Vec<f16> {
+        (0..len)
+            .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+            .collect()
+    };
+    let (q, k, v) = (
+        random(150 * 4 * 16),
+        random(200 * 2 * 16),
+        random(200 * 2 * 16),
+    );
+    // Index (head * 3 + q_block) * 4 + kv_block; head 3's first query block skips all.
+    let layout: Vec<u8> = (0..4 * 3 * 4)
+        .map(|i| {
+            if (36..40).contains(&i) {
+                0
+            } else {
+                (i % 3) as u8
+            }
+        })
+        .collect();
+    let shape = AttentionShape::new(1, 150, 200, 4, 2, 16).unwrap();
+    let mask_shape = MaskShape {
+        heads: 4,
+        block_m: 64,
+        block_n: 64,
+        ..MaskShape::new(150, 200)
+    };
+    let mask = BlockMask::from_layout(mask_shape, ElementMask::CausalWindow(90), &layout).unwrap();
+    let out = tilefuse::attention::reference(&shape, &q, &k, &v, &mask, 0.3f32 as f64).unwrap();
+    let npz = Npz(vec![])
+        .with("q", &[1, 150, 4, 16], Values::F16(q))
+        .with("k", &[1, 200, 2, 16], Values::F16(k))
+        .with("v", &[1, 200, 2, 16], Values::F16(v))
+        .with("block_m", &[], Values::I32(vec![64]))
+        .with("block_n", &[], Values::I32(vec![64]))
+        .with("layout", &[4, 3, 4], Values::U8(layout))
+        .with("mask_mod", &[], Values::I32(vec![3]))
+        .with("window", &[], Values::I32(vec![90]))
+        .with("scale", &[], Values::F32(vec![0.3]));
+    (npz, out.o, out.lse)
+}
+
+#[test]
+fn attention_runs_on_the_reference_and_checks_its_files() {
+    let seed = common::seed();
+    let (npz, o, lse) = attention_case(seed);
+    let dir = Scratch::new("attention");
+    let (input, output) = (dir.join("attention.npz"), dir.join("attention-out.npz"));
+    npz.save(&input);
+    run_ok("attention", &input, &output, "cpu");
+    let (shape, got_o) = load(&output, "o");
+    assert_eq!(shape, [1, 150, 4, 16]);
+    let (shape, got_lse) = load(&output, "lse");
+    assert_eq!(shape, [1, 4, 150]);
+    for (got, want) in [(got_o, &o), (got_lse, &lse)] {
+        let c = compare(&got, want, Tolerance::F32);
+        assert!(c.passed(), "seed {seed}: {c}");
+    }
+    assert!(
+        lse[3 * 150] == f64::NEG_INFINITY,
+        "head 3 sees nothing from its first block"
+    );
+    let out = tilefuse(&["check", "--input", input.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn bad_attention_files_get_one_line_and_exit_code_2() {
+    let (base, _, _) = attention_case(1);
+    let case = || {
+        Npz(base
+            .0
+            .iter()
+            .map(|(n, s, v)| (*n, s.clone(), clone(v)))
+            .collect())
+    };
+    assert_rejected("attention", &case().without("v"), "v");
+    // 3 key heads do not divide 4 query heads.
+    let three_heads = || Values::F16(vec![f16::ZERO; 9600]);
+    let three = case().with("k", &[1, 200, 3, 16], three_heads()).with(
+        "v",
+        &[1, 200, 3, 16],
+        three_heads(),
+    );
+    assert_rejected("attention", &three, "k");
+    assert_rejected(
+        "attention",
+        &case().with("v", &[1, 199, 2, 16], Values::F16(vec![f16::ZERO; 6368])),
+        "v",
+    );
+    assert_rejected(
+        "attention",
+        &case().with("block_m", &[], Values::I32(vec![32])),
+        "block_m",
+    );
+    assert_rejected(
+        "attention",
+        &case().with("mask_mod", &[], Values::I32(vec![7])),
+        "mask_mod",
+    );
+    assert_rejected(
+        "attention",
+        &case().with("window", &[], Values::I32(vec![0])),
+        "window",
+    );
+    assert_rejected(
+        "attention",
+        &case().with("layout", &[4, 3, 3], Values::U8(vec![1; 36])),
+        "layout",
+    );
+    assert_rejected(
+        "attention",
+        &case().with("layout", &[4, 3, 4], Values::U8(vec![5; 48])),
+        "layout",
+    );
+    let nan_layout = Values::F32(vec![f32::NAN; 48]);
+    assert_rejected(
+        "attention",
+        &case().with("layout", &[4, 3, 4], nan_layout),
+        "layout",
+    );
+    assert_rejected(
+        "attention",
+        &case().with("scale", &[], Values::F32(vec![f32::NAN])),
+        "scale",
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use half::{bf16, f16};
 use num_complex::Complex32;
+use tilefuse::attention::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use tilefuse::harness::{Backend, Backends, Tolerance};
 use tilefuse::scan::{self, Decay, Layout, Scan, ScanElement, ScanShape};
 use tilefuse::spmm::{self, SpmmElement, TiledCsl};
@@ -49,6 +50,10 @@ pub enum Dtype {
 
 /// A loaded case: it runs on any backend and knows its reference and bound.
 pub trait CaseFile {
+    /// The backends the op has a path on (the CPU runs the reference).
+    fn backends(&self) -> &'static [Backend] {
+        &[Backend::Cpu, Backend::Cuda, Backend::Wgpu]
+    }
     /// Runs on `backend`; the CPU runs the f64 reference. Output arrays by name.
     fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String>;
     /// The f64 reference of each output, by name.
@@ -80,10 +85,17 @@ pub fn load(
                 _ => Ok(Box::new(ScanFile::<f32>::load(arrays)?)),
             }
         }
-        Op::Attention => Err("attention: not in tilefuse yet (issue 5); spmm and scan are".into()),
+        Op::Attention => {
+            if dtype.is_some_and(|d| d != Dtype::F16) {
+                return Err("--dtype: attention reads float16 arrays (--dtype f16)".into());
+            }
+            Ok(Box::new(AttentionFile::load(arrays)?))
+        }
     }
 }
 
+const ATTENTION_NEEDS: &str = "attention needs q [b, lq, hq, d], k and v [b, lk, hkv, d] float16, \
+block_m, block_n, mask_mod, window (int32 scalars), layout [hq or 1, q_blocks, kv_blocks] uint8, scale (float32 scalar)";
 const SPMM_NEEDS: &str = "spmm needs w [m, k] and x [n, k], float16";
 const SCAN_NEEDS: &str = "scan needs a [p] or [b, t, p], u [b, t, p] (float32 or complex64), reset [b, t] uint8, optional h0 [b, p]";
 
@@ -357,6 +369,182 @@ pub fn as_f64(array: &Array) -> Option<Vec<f64>> {
     }
 }
 
+struct AttentionFile {
+    shape: AttentionShape,
+    q: Vec<f16>,
+    k: Vec<f16>,
+    v: Vec<f16>,
+    mask: BlockMask,
+    scale: f64,
+}
+
+/// A 0-d (or one-element) int32 array, as np.int32(5) saves it.
+fn scalar_i32(arrays: &BTreeMap<String, Array>, name: &str) -> Result<i64, String> {
+    let array = required(arrays, name, ATTENTION_NEEDS)?;
+    match &array.data {
+        Data::I32(v) if v.len() == 1 => Ok(v[0].into()),
+        Data::I32(_) => Err(mismatch(name, "() (a scalar)".into(), array)),
+        _ => Err(wrong_dtype(name, "int32", array)),
+    }
+}
+
+impl AttentionFile {
+    fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
+        let half = |name: &str| -> Result<(&Array, Vec<f16>), String> {
+            let array = required(arrays, name, ATTENTION_NEEDS)?;
+            rank(
+                array,
+                name,
+                if name == "q" {
+                    &["b", "lq", "hq", "d"]
+                } else {
+                    &["b", "lk", "hkv", "d"]
+                },
+            )?;
+            match &array.data {
+                Data::F16(values) => Ok((array, values.clone())),
+                _ => Err(wrong_dtype(name, "float16", array)),
+            }
+        };
+        let ((q_array, q), (k_array, k), (v_array, v)) = (half("q")?, half("k")?, half("v")?);
+        let [b, lq, hq, d] =
+            <[usize; 4]>::try_from(q_array.shape.as_slice()).expect("rank checked");
+        let [kb, lk, hkv, kd] =
+            <[usize; 4]>::try_from(k_array.shape.as_slice()).expect("rank checked");
+        if kb != b || kd != d {
+            return Err(mismatch(
+                "k",
+                format!("({b}, lk, hkv, {d}) (b and d of q)"),
+                k_array,
+            ));
+        }
+        if v_array.shape != k_array.shape {
+            return Err(mismatch("v", k_array.shape_text() + " (as k)", v_array));
+        }
+        let shape =
+            AttentionShape::new(b, lq, lk, hq, hkv, d).map_err(|e| format!("`q`, `k`: {e}"))?;
+        let block = |name: &str| -> Result<usize, String> {
+            match scalar_i32(arrays, name)? {
+                size @ (64 | 128) => Ok(size as usize),
+                other => Err(format!("`{name}`: expected 64 or 128, got {other}")),
+            }
+        };
+        let (block_m, block_n) = (block("block_m")?, block("block_n")?);
+        let mask_mod = scalar_i32(arrays, "mask_mod")?;
+        let window = || -> Result<usize, String> {
+            let window = scalar_i32(arrays, "window")?;
+            usize::try_from(window)
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| {
+                    format!("`window`: expected a window of at least 1 key, got {window}")
+                })
+        };
+        let element = match mask_mod {
+            0 => ElementMask::None,
+            1 => ElementMask::Causal,
+            2 => ElementMask::SlidingWindow(window()?),
+            3 => ElementMask::CausalWindow(window()?),
+            other => {
+                return Err(format!(
+                    "`mask_mod`: expected 0 (none), 1 (causal), 2 (sliding window) or 3 (causal + window), got {other}"
+                ));
+            }
+        };
+        let layout_array = required(arrays, "layout", ATTENTION_NEEDS)?;
+        let Data::U8(layout) = &layout_array.data else {
+            return Err(wrong_dtype(
+                "layout",
+                "uint8 (0 skip, 1 partial, 2 full)",
+                layout_array,
+            ));
+        };
+        let mask_heads = layout_array.shape.first().copied().unwrap_or(0);
+        let mask_shape = MaskShape {
+            batch: 1,
+            heads: mask_heads,
+            lq,
+            lk,
+            block_m,
+            block_n,
+        };
+        let expected = [mask_heads, lq.div_ceil(block_m), lk.div_ceil(block_n)];
+        if layout_array.shape != expected || (mask_heads != 1 && mask_heads != hq) {
+            let want = format!("({} or 1, {}, {})", hq, expected[1], expected[2]);
+            return Err(mismatch("layout", want, layout_array));
+        }
+        let mask = BlockMask::from_layout(mask_shape, element, layout)
+            .map_err(|e| format!("`layout`: {e}"))?;
+        let scale_array = required(arrays, "scale", ATTENTION_NEEDS)?;
+        let scale = match &scale_array.data {
+            Data::F32(v) if v.len() == 1 && v[0].is_finite() => f64::from(v[0]),
+            Data::F32(v) if v.len() == 1 => {
+                return Err(format!("`scale`: expected a finite number, got {}", v[0]));
+            }
+            Data::F32(_) => return Err(mismatch("scale", "() (a scalar)".into(), scale_array)),
+            _ => return Err(wrong_dtype("scale", "float32", scale_array)),
+        };
+        Ok(AttentionFile {
+            shape,
+            q,
+            k,
+            v,
+            mask,
+            scale,
+        })
+    }
+}
+
+impl CaseFile for AttentionFile {
+    fn backends(&self) -> &'static [Backend] {
+        &[Backend::Cpu] // the CUDA and WGSL kernels are issue 5's next step
+    }
+
+    fn run(&self, _: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        if backend != Backend::Cpu {
+            return Err(format!(
+                "attention has no {backend} kernel yet (issue 5); --backend cpu runs the reference"
+            ));
+        }
+        let [(_, o), (_, lse)] = <[_; 2]>::try_from(self.reference()?).expect("two outputs");
+        let s = self.shape;
+        let narrow = |v: Vec<f64>| Data::F32(v.into_iter().map(|x| x as f32).collect());
+        Ok(vec![
+            (
+                "o".into(),
+                Array {
+                    shape: vec![s.batch, s.lq, s.heads_q, s.d],
+                    data: narrow(o),
+                },
+            ),
+            (
+                "lse".into(),
+                Array {
+                    shape: vec![s.batch, s.heads_q, s.lq],
+                    data: narrow(lse),
+                },
+            ),
+        ])
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        let out = tilefuse::attention::reference(
+            &self.shape,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.mask,
+            self.scale,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(vec![("o".into(), out.o), ("lse".into(), out.lse)])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        Tolerance::F16
+    }
+}
+
 /// `tilefuse run`: the op on one backend, outputs written to `output` (nothing on failure).
 pub fn run_file(
     backends: &Backends,
@@ -377,7 +565,7 @@ pub fn run_file(
         }
         None => [Backend::Cuda, Backend::Wgpu, Backend::Cpu]
             .into_iter()
-            .find(|&b| backends.has(b))
+            .find(|&b| case.backends().contains(&b) && backends.has(b))
             .unwrap_or(Backend::Cpu),
     };
     let outputs = case.run(backends, backend)?;
@@ -408,7 +596,7 @@ pub fn check_file(
     let reference = case.reference()?;
     let tolerance = case.tolerance();
     let mut rows = Vec::new();
-    for &backend in runnable {
+    for &backend in runnable.iter().filter(|b| case.backends().contains(b)) {
         let outputs = case.run(backends, backend);
         for (name, want) in &reference {
             let got = match &outputs {

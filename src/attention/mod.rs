@@ -1,0 +1,142 @@
+//! Block-sparse attention forward with FlexAttention-style block masks:
+//! `o = softmax(q·kᵀ·scale + mask)·v` per batch and query head, with `lse` for merging.
+//!
+//! This release has the host side: [`BlockMask`] with its builders and validation, and the
+//! f64 [`reference()`] every kernel will be tested against (the CLI's `run` and
+//! `check --input` use it on the CPU). The CUDA (FlashAttention-2 design) and WGSL kernels
+//! are the next step.
+//!
+//! ```
+//! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference};
+//!
+//! // Two queries and two keys, causal: the first query sees key 0, the second both.
+//! let shape = AttentionShape::new(1, 2, 2, 1, 1, 1)?;
+//! let mask = BlockMask::causal(MaskShape { block_m: 64, block_n: 64, ..MaskShape::new(2, 2) })?;
+//! let out = reference(&shape, &[1.0f32, 1.0], &[0.0, 0.0], &[1.0, 3.0], &mask, 1.0)?;
+//! assert_eq!(out.o, vec![1.0, 2.0]);
+//! assert!((out.lse[1] - 2f64.ln()).abs() < 1e-12);
+//! # Ok::<(), tilefuse::Error>(())
+//! ```
+
+mod mask;
+mod reference;
+
+pub use mask::{BlockKind, BlockMask, ElementMask, MaskShape, MaskStats};
+pub use reference::{Outputs, reference};
+
+use crate::error::{Error, Result};
+
+/// The sizes of one attention call, validated by [`AttentionShape::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionShape {
+    /// Batch.
+    pub batch: usize,
+    /// Query length.
+    pub lq: usize,
+    /// Key length.
+    pub lk: usize,
+    /// Query heads.
+    pub heads_q: usize,
+    /// Key/value heads (GQA/MQA when fewer than the query heads).
+    pub heads_kv: usize,
+    /// Head dimension.
+    pub d: usize,
+}
+
+impl AttentionShape {
+    /// Sizes of at least 1 with `heads_q` a multiple of `heads_kv`.
+    pub fn new(
+        batch: usize,
+        lq: usize,
+        lk: usize,
+        heads_q: usize,
+        heads_kv: usize,
+        d: usize,
+    ) -> Result<Self> {
+        for (what, size) in [
+            ("batch", batch),
+            ("lq", lq),
+            ("lk", lk),
+            ("heads_q", heads_q),
+            ("heads_kv", heads_kv),
+            ("d", d),
+        ] {
+            if size == 0 {
+                return Err(Error::invalid(what, "a size of at least 1", size));
+            }
+        }
+        if !heads_q.is_multiple_of(heads_kv) {
+            return Err(Error::invalid(
+                "heads_kv",
+                format!("a divisor of heads_q = {heads_q}"),
+                heads_kv,
+            ));
+        }
+        for (what, len) in [
+            ("q", lq.checked_mul(heads_q)),
+            ("k", lk.checked_mul(heads_kv)),
+        ] {
+            if len
+                .and_then(|n| n.checked_mul(d))
+                .and_then(|n| n.checked_mul(batch))
+                .is_none_or(|n| n > i32::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    what,
+                    "fewer than 2^31 elements",
+                    format!("{batch} x {lq}/{lk} x heads x {d}"),
+                ));
+            }
+        }
+        Ok(AttentionShape {
+            batch,
+            lq,
+            lk,
+            heads_q,
+            heads_kv,
+            d,
+        })
+    }
+
+    pub(crate) fn check_lengths(&self, q: usize, k: usize, v: usize) -> Result<()> {
+        let q_len = self.batch * self.lq * self.heads_q * self.d;
+        let kv_len = self.batch * self.lk * self.heads_kv * self.d;
+        for (what, expected, got) in [("q", q_len, q), ("k", kv_len, k), ("v", kv_len, v)] {
+            if expected != got {
+                return Err(Error::Length {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `mask` was built for these lengths, batch and heads (or broadcasts them).
+    pub fn check_mask(&self, mask: &BlockMask) -> Result<()> {
+        let m = mask.shape();
+        if m.lq != self.lq || m.lk != self.lk {
+            return Err(Error::invalid(
+                "mask",
+                format!("lq = {}, lk = {}", self.lq, self.lk),
+                format!("lq = {}, lk = {}", m.lq, m.lk),
+            ));
+        }
+        if m.batch != 1 && m.batch != self.batch {
+            return Err(Error::invalid(
+                "mask",
+                format!("batch 1 or {}", self.batch),
+                m.batch,
+            ));
+        }
+        if m.heads != 1 && m.heads != self.heads_q {
+            return Err(Error::invalid(
+                "mask",
+                format!("heads 1 or {}", self.heads_q),
+                m.heads,
+            ));
+        }
+        Ok(())
+    }
+}

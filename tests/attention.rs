@@ -1,0 +1,379 @@
+//! The attention host side: BlockMask builders and validation, and the f64 reference.
+
+mod common;
+
+use half::f16;
+use proptest::prelude::*;
+use tilefuse::Error;
+use tilefuse::attention::{
+    AttentionShape, BlockKind, BlockMask, ElementMask, MaskShape, reference,
+};
+use tilefuse::harness::Rng;
+
+fn shape(lq: usize, lk: usize, block: usize) -> MaskShape {
+    MaskShape {
+        block_m: block,
+        block_n: block,
+        ..MaskShape::new(lq, lk)
+    }
+}
+
+/// Every (i, j) the mask allows, checked against a predicate over positions.
+fn assert_allows(mask: &BlockMask, expected: impl Fn(usize, usize) -> bool, what: &str) {
+    let s = mask.shape();
+    for i in 0..s.lq {
+        for j in 0..s.lk {
+            assert_eq!(
+                mask.allows(0, 0, i, j),
+                expected(i, j),
+                "{what}: query {i}, key {j}"
+            );
+        }
+    }
+}
+
+#[test]
+fn element_masks_follow_bottom_right_alignment() {
+    for (lq, lk) in [(300, 300), (200, 513), (513, 200), (1, 777)] {
+        let aligned = |i: usize| i as i64 + lk as i64 - lq as i64;
+        let causal = BlockMask::causal(shape(lq, lk, 64)).unwrap();
+        assert_allows(&causal, |i, j| j as i64 <= aligned(i), "causal");
+        let window = BlockMask::sliding_window(shape(lq, lk, 128), 100, false).unwrap();
+        assert_allows(
+            &window,
+            |i, j| (aligned(i) - j as i64).abs() < 100,
+            "window",
+        );
+        let causal_window = BlockMask::sliding_window(shape(lq, lk, 64), 70, true).unwrap();
+        assert_allows(
+            &causal_window,
+            |i, j| (0..70).contains(&(aligned(i) - j as i64)),
+            "causal window",
+        );
+        let dense = BlockMask::dense(shape(lq, lk, 128)).unwrap();
+        assert_allows(&dense, |_, _| true, "dense");
+    }
+}
+
+#[test]
+fn classified_blocks_are_full_only_where_every_pair_is_allowed() {
+    let mask = BlockMask::sliding_window(shape(1000, 777, 64), 150, true).unwrap();
+    let s = mask.shape();
+    for q in 0..s.q_blocks() {
+        for kv in 0..s.kv_blocks() {
+            let pairs: Vec<bool> = (q * 64..((q + 1) * 64).min(s.lq))
+                .flat_map(|i| (kv * 64..((kv + 1) * 64).min(s.lk)).map(move |j| (i, j)))
+                .map(|(i, j)| ElementMask::CausalWindow(150).allows(i, j, s.lq, s.lk))
+                .collect();
+            let expected = match (pairs.iter().any(|&p| p), pairs.iter().all(|&p| p)) {
+                (false, _) => BlockKind::Skip,
+                (true, true) => BlockKind::Full,
+                (true, false) => BlockKind::Partial,
+            };
+            assert_eq!(mask.kind(0, 0, q, kv), expected, "block ({q}, {kv})");
+        }
+    }
+}
+
+#[test]
+fn streaming_keeps_sinks_and_the_local_band() {
+    let mask = BlockMask::streaming(shape(1024, 1024, 128), 128, 256).unwrap();
+    for q in 0..8 {
+        let (partial, full) = mask.blocks(0, 0, q);
+        let mut visited: Vec<u32> = partial.iter().chain(full).copied().collect();
+        visited.sort();
+        let mut expected: Vec<u32> = [0, q.saturating_sub(1) as u32, q as u32].into();
+        expected.dedup();
+        assert_eq!(visited, expected, "query block {q}");
+        assert_eq!(partial, &[q as u32], "the diagonal block is the causal one");
+    }
+}
+
+#[test]
+fn bigbird_has_band_globals_and_seeded_random_blocks() {
+    let s = MaskShape {
+        heads: 2,
+        ..shape(2048, 2048, 64)
+    };
+    let mask = BlockMask::bigbird(s, 1, 1, 2, 7).unwrap();
+    assert_eq!(
+        mask,
+        BlockMask::bigbird(s, 1, 1, 2, 7).unwrap(),
+        "same seed, same mask"
+    );
+    assert_ne!(mask, BlockMask::bigbird(s, 1, 1, 2, 8).unwrap());
+    for h in 0..2 {
+        for q in 0..32 {
+            for kv in 0..32 {
+                let kind = mask.kind(0, h, q, kv);
+                if q.abs_diff(kv) <= 1 || q == 0 || kv == 0 {
+                    assert_eq!(kind, BlockKind::Full, "band or global ({h}, {q}, {kv})");
+                }
+                assert_ne!(kind, BlockKind::Partial, "BigBird has no element mask");
+            }
+            let (_, full) = mask.blocks(0, h, q);
+            assert!(full.len() <= 3 + 1 + 2 || q == 0, "row {q}: {full:?}");
+        }
+    }
+}
+
+#[test]
+fn vertical_slash_picks_columns_and_diagonals_causally() {
+    let mask = BlockMask::vertical_slash(shape(1024, 1024, 128), &[0, 3], &[0, 2]).unwrap();
+    for q in 0..8usize {
+        for kv in 0..8usize {
+            let expected = kv <= q && (kv == 0 || kv == 3 || kv == q || kv + 2 == q);
+            assert_eq!(
+                mask.kind(0, 0, q, kv) != BlockKind::Skip,
+                expected,
+                "({q}, {kv})"
+            );
+        }
+    }
+}
+
+#[test]
+fn closures_and_layouts_build_the_same_mask() {
+    let s = MaskShape {
+        heads: 3,
+        ..shape(300, 200, 64)
+    };
+    let kind = |_: usize, h: usize, q: usize, kv: usize| match (h + q + kv) % 3 {
+        0 => BlockKind::Skip,
+        1 => BlockKind::Partial,
+        _ => BlockKind::Full,
+    };
+    let from_fn = BlockMask::from_fn(s, ElementMask::Causal, kind).unwrap();
+    let layout: Vec<u8> = (0..3)
+        .flat_map(|h| (0..5).flat_map(move |q| (0..4).map(move |kv| ((h + q + kv) % 3) as u8)))
+        .collect();
+    assert_eq!(
+        BlockMask::from_layout(s, ElementMask::Causal, &layout).unwrap(),
+        from_fn
+    );
+    let stats = from_fn.stats();
+    assert!((stats.density - 40.0 / 60.0).abs() < 1e-12, "{stats:?}");
+    assert!(matches!(
+        BlockMask::from_layout(s, ElementMask::None, &layout[1..]),
+        Err(Error::Length { .. })
+    ));
+    let mut bad = layout.clone();
+    bad[5] = 3;
+    assert!(matches!(
+        BlockMask::from_layout(s, ElementMask::None, &bad),
+        Err(Error::InvalidArgument { what: "layout", .. })
+    ));
+}
+
+#[test]
+fn shapes_are_validated() {
+    assert!(
+        BlockMask::dense(MaskShape {
+            block_m: 32,
+            ..MaskShape::new(10, 10)
+        })
+        .is_err()
+    );
+    assert!(BlockMask::dense(MaskShape::new(0, 10)).is_err());
+    assert!(BlockMask::sliding_window(MaskShape::new(10, 10), 0, true).is_err());
+    assert!(matches!(
+        AttentionShape::new(1, 8, 8, 6, 4, 64),
+        Err(Error::InvalidArgument {
+            what: "heads_kv",
+            ..
+        })
+    ));
+    let attention = AttentionShape::new(2, 100, 100, 4, 2, 64).unwrap();
+    let wrong_heads = BlockMask::dense(MaskShape {
+        heads: 2,
+        ..MaskShape::new(100, 100)
+    })
+    .unwrap();
+    assert!(attention.check_mask(&wrong_heads).is_err());
+    let wrong_length = BlockMask::dense(MaskShape::new(100, 99)).unwrap();
+    assert!(attention.check_mask(&wrong_length).is_err());
+}
+
+fn random(len: usize, rng: &mut Rng) -> Vec<f16> {
+    (0..len)
+        .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+        .collect()
+}
+
+/// Plain softmax attention of one (batch, head, query) row over the keys `allowed`.
+fn naive_row(
+    q: &[f64],
+    keys: &[Vec<f64>],
+    values: &[Vec<f64>],
+    allowed: &[bool],
+    scale: f64,
+) -> (Vec<f64>, f64) {
+    let scores: Vec<f64> = keys
+        .iter()
+        .map(|k| scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>())
+        .collect();
+    let weights: Vec<f64> = scores
+        .iter()
+        .zip(allowed)
+        .map(|(s, &a)| if a { s.exp() } else { 0.0 })
+        .collect();
+    let sum: f64 = weights.iter().sum();
+    if sum == 0.0 {
+        return (vec![0.0; q.len()], f64::NEG_INFINITY);
+    }
+    let out = (0..q.len())
+        .map(|c| {
+            weights
+                .iter()
+                .zip(values)
+                .map(|(w, v)| w * v[c])
+                .sum::<f64>()
+                / sum
+        })
+        .collect();
+    (out, sum.ln())
+}
+
+#[test]
+fn reference_is_masked_softmax_with_gqa_and_empty_rows() {
+    let seed = common::seed();
+    let mut rng = Rng::new(seed);
+    let s = AttentionShape::new(2, 70, 90, 4, 2, 8).unwrap();
+    let (q, k, v) = (
+        random(2 * 70 * 4 * 8, &mut rng),
+        random(2 * 90 * 2 * 8, &mut rng),
+        random(2 * 90 * 2 * 8, &mut rng),
+    );
+    // Query block 0 of head 1 sees nothing; the rest is causal.
+    let mask = BlockMask::from_fn(
+        MaskShape {
+            heads: 4,
+            ..shape(70, 90, 64)
+        },
+        ElementMask::Causal,
+        |_, h, q, kv| {
+            if h == 1 && q == 0 {
+                BlockKind::Skip
+            } else if kv == 0 {
+                BlockKind::Full
+            } else {
+                BlockKind::Partial
+            }
+        },
+    )
+    .unwrap();
+    let out = reference(&s, &q, &k, &v, &mask, 0.35).unwrap();
+    // Row `l` of (batch b, head h) in a [b, len, heads, 8] tensor.
+    let row = |x: &[f16], b: usize, l: usize, len: usize, heads: usize, h: usize| -> Vec<f64> {
+        x[((b * len + l) * heads + h) * 8..][..8]
+            .iter()
+            .map(|&v| v.into())
+            .collect()
+    };
+    for b in 0..2 {
+        for h in 0..4 {
+            let kv_head = h / 2;
+            let keys: Vec<Vec<f64>> = (0..90).map(|j| row(&k, b, j, 90, 2, kv_head)).collect();
+            let values: Vec<Vec<f64>> = (0..90).map(|j| row(&v, b, j, 90, 2, kv_head)).collect();
+            for i in 0..70 {
+                let allowed: Vec<bool> = (0..90).map(|j| mask.allows(b, h, i, j)).collect();
+                let (o, lse) = naive_row(&row(&q, b, i, 70, 4, h), &keys, &values, &allowed, 0.35);
+                let got = &out.o[((b * 70 + i) * 4 + h) * 8..][..8];
+                for (g, w) in got.iter().zip(&o) {
+                    assert!((g - w).abs() < 1e-12, "seed {seed}: ({b}, {h}, {i})");
+                }
+                let got_lse = out.lse[(b * 4 + h) * 70 + i];
+                assert!(
+                    got_lse == lse || (got_lse - lse).abs() < 1e-12,
+                    "seed {seed}: lse ({b}, {h}, {i})"
+                );
+                if h == 1 && i < 64 {
+                    assert_eq!(got_lse, f64::NEG_INFINITY);
+                    assert!(got.iter().all(|&x| x == 0.0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn full_blocks_equal_partial_blocks_without_an_element_mask() {
+    let mut rng = Rng::new(common::seed());
+    let s = AttentionShape::new(1, 200, 130, 2, 1, 16).unwrap();
+    let (q, k, v) = (
+        random(200 * 2 * 16, &mut rng),
+        random(130 * 16, &mut rng),
+        random(130 * 16, &mut rng),
+    );
+    let full = BlockMask::dense(shape(200, 130, 64)).unwrap();
+    let partial = BlockMask::from_fn(shape(200, 130, 64), ElementMask::None, |_, _, _, _| {
+        BlockKind::Partial
+    })
+    .unwrap();
+    let (a, b) = (
+        reference(&s, &q, &k, &v, &full, 0.25).unwrap(),
+        reference(&s, &q, &k, &v, &partial, 0.25).unwrap(),
+    );
+    assert_eq!(a, b);
+}
+
+/// A mask's shape and CSR parts: partial offsets, partial blocks, full offsets, full blocks.
+type Parts = (MaskShape, Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>);
+
+/// Valid parts of a random mask, and one corruption that must be rejected.
+fn corrupted(seed: u64, kind: u8) -> Option<Parts> {
+    let s = MaskShape {
+        heads: 2,
+        ..shape(500, 400, 128)
+    };
+    let mut rng = Rng::new(seed);
+    let layout: Vec<u8> = (0..2 * 4 * 4).map(|_| rng.below(3) as u8).collect();
+    let mask = BlockMask::from_layout(s, ElementMask::Causal, &layout).ok()?;
+    let (po, p, fo, f) = mask.parts();
+    let (mut po, mut p, mut fo, mut f) = (po.to_vec(), p.to_vec(), fo.to_vec(), f.to_vec());
+    match kind % 6 {
+        0 if !p.is_empty() => {
+            let at = rng.below(p.len() as u64) as usize;
+            p[at] = 4; // out of range
+        }
+        1 if po.len() > 2 => po[0] = 1,
+        2 => *fo.last_mut()? += 1,
+        3 if p.len() >= 2 && po[1] >= 2 => p.swap(0, 1), // not increasing in row 0
+        4 if !p.is_empty() && po[1] >= 1 => {
+            // block 0 of row 0 both partial and full
+            let block = p[0];
+            if !f[..fo[1] as usize].contains(&block) {
+                f.insert(0, block);
+                f[..fo[1] as usize + 1].sort();
+                fo.iter_mut().skip(1).for_each(|o| *o += 1);
+            } else {
+                return None;
+            }
+        }
+        5 => {
+            po.pop();
+        }
+        _ => return None,
+    }
+    Some((s, po, p, fo, f))
+}
+
+proptest! {
+    #[test]
+    fn corrupted_masks_are_errors(seed in any::<u64>(), kind in 0u8..6) {
+        let parts = corrupted(seed, kind);
+        prop_assume!(parts.is_some());
+        let (s, po, p, fo, f) = parts.unwrap();
+        prop_assert!(BlockMask::from_parts(s, ElementMask::Causal, po, p, fo, f).is_err());
+    }
+
+    #[test]
+    fn arbitrary_parts_never_panic(
+        po in proptest::collection::vec(any::<u32>(), 0..10),
+        p in proptest::collection::vec(0u32..8, 0..20),
+        fo in proptest::collection::vec(any::<u32>(), 0..10),
+        f in proptest::collection::vec(0u32..8, 0..20),
+    ) {
+        let _ = BlockMask::from_parts(shape(500, 400, 128), ElementMask::None, po, p, fo, f);
+    }
+}
