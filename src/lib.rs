@@ -18,8 +18,8 @@
 //! - **CPU reference**: plain f64 loops, the executable specification every path is tested
 //!   against ([`harness`]).
 //!
-//! The ops arrive one by one: [`spmm`] and [`scan`] are here, [`attention`] has its masks and
-//! reference (kernels next); [`smoke`] is the plumbing test that proves each backend end to
+//! The ops arrive one by one: [`spmm`] and [`scan`] are here, [`attention`] has its masks,
+//! reference and WGSL kernel (CUDA next); [`smoke`] is the plumbing test that proves each backend end to
 //! end.
 //!
 //! ## Errors

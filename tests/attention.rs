@@ -1,4 +1,7 @@
-//! The attention host side: BlockMask builders and validation, and the f64 reference.
+//! Attention: BlockMask builders and validation, the f64 reference, and the kernels against it.
+
+// Built without wgpu, the per-backend bodies have nothing to run.
+#![cfg_attr(not(feature = "wgpu"), allow(dead_code, unused_imports))]
 
 mod common;
 
@@ -6,9 +9,155 @@ use half::f16;
 use proptest::prelude::*;
 use tilefuse::Error;
 use tilefuse::attention::{
-    AttentionShape, BlockKind, BlockMask, ElementMask, MaskShape, reference,
+    AttentionShape, BlockKind, BlockMask, Case, ElementMask, MaskKind, MaskShape, check, reference,
 };
-use tilefuse::harness::Rng;
+use tilefuse::harness::{Backend, Backends, Rng};
+
+on_backends!([wgpu] => [
+    every_builder_and_both_types,
+    lengths_equal_unequal_and_ragged,
+    gqa_ratios_and_head_dims,
+    rows_without_keys_give_zero_and_minus_infinity,
+    full_blocks_equal_partial_blocks_on_the_device,
+    every_registered_case_passes,
+]);
+
+fn assert_case(backends: &Backends, backend: Backend, case: Case) {
+    let seed = common::seed();
+    common::assert_passes(
+        check(backends, backend, &case, seed),
+        &case.to_string(),
+        seed,
+    );
+}
+
+fn every_builder_and_both_types(backends: &Backends, backend: Backend) {
+    let masks = [
+        MaskKind::Dense,
+        MaskKind::Causal,
+        MaskKind::Window(90, false),
+        MaskKind::Window(90, true),
+        MaskKind::Streaming(64, 128),
+        MaskKind::BigBird(1, 1, 1),
+        MaskKind::VerticalSlash,
+    ];
+    for mask in masks {
+        for bf16 in [false, true] {
+            assert_case(
+                backends,
+                backend,
+                Case {
+                    mask,
+                    bf16,
+                    ..Case::new(320, 320)
+                },
+            );
+        }
+    }
+}
+
+fn lengths_equal_unequal_and_ragged(backends: &Backends, backend: Backend) {
+    // Long rows: every key of 1100, d = 128 (an invocation of the WGSL kernel loops over them).
+    assert_case(
+        backends,
+        backend,
+        Case {
+            mask: MaskKind::Dense,
+            d: 128,
+            ..Case::new(130, 1100)
+        },
+    );
+    assert_case(
+        backends,
+        backend,
+        Case {
+            mask: MaskKind::Window(128, true),
+            ..Case::new(1000, 777)
+        },
+    );
+    assert_case(
+        backends,
+        backend,
+        Case {
+            block: 128,
+            ..Case::new(513, 513)
+        },
+    );
+    assert_case(backends, backend, Case::new(100, 777));
+    assert_case(
+        backends,
+        backend,
+        Case {
+            mask: MaskKind::Window(50, false),
+            ..Case::new(777, 100)
+        },
+    );
+    assert_case(
+        backends,
+        backend,
+        Case {
+            batch: 2,
+            ..Case::new(1, 1)
+        },
+    );
+}
+
+fn gqa_ratios_and_head_dims(backends: &Backends, backend: Backend) {
+    for heads_kv in [8, 2, 1] {
+        for d in [64, 128] {
+            assert_case(
+                backends,
+                backend,
+                Case {
+                    heads_q: 8,
+                    heads_kv,
+                    d,
+                    ..Case::new(130, 200)
+                },
+            );
+        }
+    }
+}
+
+fn rows_without_keys_give_zero_and_minus_infinity(backends: &Backends, backend: Backend) {
+    // Causal with lq > lk: the first lq − lk queries see no key, beside whole empty blocks.
+    assert_case(
+        backends,
+        backend,
+        Case {
+            mask: MaskKind::EmptyRows,
+            heads_q: 4,
+            ..Case::new(300, 200)
+        },
+    );
+}
+
+fn full_blocks_equal_partial_blocks_on_the_device(backends: &Backends, backend: Backend) {
+    let mut rng = Rng::new(common::seed());
+    let attention = AttentionShape::new(1, 200, 130, 2, 1, 64).unwrap();
+    let mut random = |len: usize| -> Vec<f16> {
+        (0..len)
+            .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+            .collect()
+    };
+    let (q, k, v) = (random(200 * 2 * 64), random(130 * 64), random(130 * 64));
+    let full = BlockMask::dense(shape(200, 130, 64)).unwrap();
+    let all_partial = |_, _, _, _| BlockKind::Partial;
+    let partial = BlockMask::from_fn(shape(200, 130, 64), ElementMask::None, all_partial).unwrap();
+    let run = |mask| {
+        let out =
+            tilefuse::attention::run(backends, backend, &attention, [&q, &k, &v], mask, 0.125);
+        out.unwrap().expect("a device path")
+    };
+    assert_eq!(run(&full), run(&partial));
+}
+
+fn every_registered_case_passes(backends: &Backends, backend: Backend) {
+    let entry = tilefuse::harness::op("attention").expect("attention is registered");
+    for case in (entry.check_cases)() {
+        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
+    }
+}
 
 fn shape(lq: usize, lk: usize, block: usize) -> MaskShape {
     MaskShape {

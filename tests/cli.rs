@@ -442,7 +442,7 @@ fn clone(values: &Values) -> Values {
     }
 }
 
-/// An attention case: b=1, lq=150, lk=200, hq=4, hkv=2, d=16, a per-head layout of 64-blocks
+/// An attention case: b=1, lq=150, lk=200, hq=4, hkv=2, d=64, a per-head layout of 64-blocks
 /// with causal + window 90 in partial blocks; head 3's first query block sees nothing.
 fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
     use tilefuse::attention::{AttentionShape, BlockMask, ElementMask, MaskShape};
@@ -453,9 +453,9 @@ fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
             .collect()
     };
     let (q, k, v) = (
-        random(150 * 4 * 16),
-        random(200 * 2 * 16),
-        random(200 * 2 * 16),
+        random(150 * 4 * 64),
+        random(200 * 2 * 64),
+        random(200 * 2 * 64),
     );
     // Index (head * 3 + q_block) * 4 + kv_block; head 3's first query block skips all.
     let layout: Vec<u8> = (0..4 * 3 * 4)
@@ -467,7 +467,7 @@ fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
             }
         })
         .collect();
-    let shape = AttentionShape::new(1, 150, 200, 4, 2, 16).unwrap();
+    let shape = AttentionShape::new(1, 150, 200, 4, 2, 64).unwrap();
     let mask_shape = MaskShape {
         heads: 4,
         block_m: 64,
@@ -477,9 +477,9 @@ fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
     let mask = BlockMask::from_layout(mask_shape, ElementMask::CausalWindow(90), &layout).unwrap();
     let out = tilefuse::attention::reference(&shape, &q, &k, &v, &mask, 0.3f32 as f64).unwrap();
     let npz = Npz(vec![])
-        .with("q", &[1, 150, 4, 16], Values::F16(q))
-        .with("k", &[1, 200, 2, 16], Values::F16(k))
-        .with("v", &[1, 200, 2, 16], Values::F16(v))
+        .with("q", &[1, 150, 4, 64], Values::F16(q))
+        .with("k", &[1, 200, 2, 64], Values::F16(k))
+        .with("v", &[1, 200, 2, 64], Values::F16(v))
         .with("block_m", &[], Values::I32(vec![64]))
         .with("block_n", &[], Values::I32(vec![64]))
         .with("layout", &[4, 3, 4], Values::U8(layout))
@@ -490,20 +490,23 @@ fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
 }
 
 #[test]
-fn attention_runs_on_the_reference_and_checks_its_files() {
+fn attention_round_trips_through_run_and_checks_its_files() {
     let seed = common::seed();
     let (npz, o, lse) = attention_case(seed);
     let dir = Scratch::new("attention");
     let (input, output) = (dir.join("attention.npz"), dir.join("attention-out.npz"));
     npz.save(&input);
-    run_ok("attention", &input, &output, "cpu");
-    let (shape, got_o) = load(&output, "o");
-    assert_eq!(shape, [1, 150, 4, 16]);
-    let (shape, got_lse) = load(&output, "lse");
-    assert_eq!(shape, [1, 4, 150]);
-    for (got, want) in [(got_o, &o), (got_lse, &lse)] {
-        let c = compare(&got, want, Tolerance::F32);
-        assert!(c.passed(), "seed {seed}: {c}");
+    for backend in backends() {
+        run_ok("attention", &input, &output, backend);
+        let (shape, got_o) = load(&output, "o");
+        assert_eq!(shape, [1, 150, 4, 64]);
+        let (shape, got_lse) = load(&output, "lse");
+        assert_eq!(shape, [1, 4, 150]);
+        for (got, want) in [(got_o, &o), (got_lse, &lse)] {
+            let c = compare(&got, want, Tolerance::F32);
+            assert!(c.passed(), "{backend} (seed {seed}): {c}");
+        }
+        std::fs::remove_file(&output).unwrap();
     }
     assert!(
         lse[3 * 150] == f64::NEG_INFINITY,
@@ -529,16 +532,20 @@ fn bad_attention_files_get_one_line_and_exit_code_2() {
     };
     assert_rejected("attention", &case().without("v"), "v");
     // 3 key heads do not divide 4 query heads.
-    let three_heads = || Values::F16(vec![f16::ZERO; 9600]);
-    let three = case().with("k", &[1, 200, 3, 16], three_heads()).with(
+    let three_heads = || Values::F16(vec![f16::ZERO; 200 * 3 * 64]);
+    let three = case().with("k", &[1, 200, 3, 64], three_heads()).with(
         "v",
-        &[1, 200, 3, 16],
+        &[1, 200, 3, 64],
         three_heads(),
     );
     assert_rejected("attention", &three, "k");
     assert_rejected(
         "attention",
-        &case().with("v", &[1, 199, 2, 16], Values::F16(vec![f16::ZERO; 6368])),
+        &case().with(
+            "v",
+            &[1, 199, 2, 64],
+            Values::F16(vec![f16::ZERO; 199 * 2 * 64]),
+        ),
         "v",
     );
     assert_rejected(

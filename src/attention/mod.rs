@@ -1,10 +1,10 @@
 //! Block-sparse attention forward with FlexAttention-style block masks:
 //! `o = softmax(q·kᵀ·scale + mask)·v` per batch and query head, with `lse` for merging.
 //!
-//! This release has the host side: [`BlockMask`] with its builders and validation, and the
-//! f64 [`reference()`] every kernel will be tested against (the CLI's `run` and
-//! `check --input` use it on the CPU). The CUDA (FlashAttention-2 design) and WGSL kernels
-//! are the next step.
+//! This release has [`BlockMask`] with its builders and validation, the f64 [`reference()`]
+//! every kernel is tested against, and the WGSL kernel ([`wgpu::attention`], f32 output);
+//! the CLI's `run` and `check --input` use both. The CUDA kernel (FlashAttention-2 design)
+//! is the next step.
 //!
 //! ```
 //! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference};
@@ -18,9 +18,13 @@
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
 
+mod check;
 mod mask;
 mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
+pub use check::{Case, ENTRY, MaskKind, check, run};
 pub use mask::{BlockKind, BlockMask, ElementMask, MaskShape, MaskStats};
 pub use reference::{Outputs, reference};
 
@@ -115,7 +119,10 @@ impl AttentionShape {
 
     /// Checks that `mask` was built for these lengths, batch and heads (or broadcasts them).
     pub fn check_mask(&self, mask: &BlockMask) -> Result<()> {
-        let m = mask.shape();
+        self.check_mask_shape(mask.shape())
+    }
+
+    pub(crate) fn check_mask_shape(&self, m: MaskShape) -> Result<()> {
         if m.lq != self.lq || m.lk != self.lk {
             return Err(Error::invalid(
                 "mask",

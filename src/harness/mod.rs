@@ -39,6 +39,7 @@ pub fn ops() -> &'static [OpEntry] {
         crate::smoke::ENTRY,
         crate::spmm::ENTRY,
         crate::scan::ENTRY,
+        crate::attention::ENTRY,
     ]
 }
 

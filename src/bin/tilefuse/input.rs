@@ -497,34 +497,41 @@ impl AttentionFile {
 
 impl CaseFile for AttentionFile {
     fn backends(&self) -> &'static [Backend] {
-        &[Backend::Cpu] // the CUDA and WGSL kernels are issue 5's next step
+        &[Backend::Cpu, Backend::Wgpu] // the CUDA kernel is issue 5's next step
     }
 
-    fn run(&self, _: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
-        if backend != Backend::Cpu {
-            return Err(format!(
-                "attention has no {backend} kernel yet (issue 5); --backend cpu runs the reference"
-            ));
-        }
-        let [(_, o), (_, lse)] = <[_; 2]>::try_from(self.reference()?).expect("two outputs");
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         let s = self.shape;
-        let narrow = |v: Vec<f64>| Data::F32(v.into_iter().map(|x| x as f32).collect());
-        Ok(vec![
-            (
-                "o".into(),
-                Array {
-                    shape: vec![s.batch, s.lq, s.heads_q, s.d],
-                    data: narrow(o),
-                },
-            ),
-            (
-                "lse".into(),
-                Array {
-                    shape: vec![s.batch, s.heads_q, s.lq],
-                    data: narrow(lse),
-                },
-            ),
-        ])
+        let arrays = |o: Data, lse: Data| {
+            vec![
+                (
+                    "o".to_string(),
+                    Array {
+                        shape: vec![s.batch, s.lq, s.heads_q, s.d],
+                        data: o,
+                    },
+                ),
+                (
+                    "lse".to_string(),
+                    Array {
+                        shape: vec![s.batch, s.heads_q, s.lq],
+                        data: lse,
+                    },
+                ),
+            ]
+        };
+        if backend == Backend::Cpu {
+            let [(_, o), (_, lse)] = <[_; 2]>::try_from(self.reference()?).expect("two outputs");
+            let narrow = |v: Vec<f64>| Data::F32(v.into_iter().map(|x| x as f32).collect());
+            return Ok(arrays(narrow(o), narrow(lse)));
+        }
+        let inputs = [self.q.as_slice(), &self.k, &self.v];
+        let ran =
+            tilefuse::attention::run(backends, backend, &s, inputs, &self.mask, self.scale as f32);
+        match ran.map_err(|e| e.to_string())? {
+            Some((o, lse)) => Ok(arrays(Data::F32(o), Data::F32(lse))),
+            None => Err(format!("attention has no {backend} kernel yet (issue 5)")),
+        }
     }
 
     fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {

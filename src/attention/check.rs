@@ -1,0 +1,259 @@
+//! Attention cases for `tilefuse check` and the integration tests.
+
+use std::fmt;
+
+use half::{bf16, f16};
+
+use super::{AttentionShape, BlockMask, MaskShape, reference};
+use crate::error::Result;
+use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
+use crate::spmm::SpmmElement;
+
+/// The registry entry (no benchmark cases until the CUDA kernel lands).
+pub const ENTRY: OpEntry = OpEntry {
+    name: "attention",
+    about: "block-sparse attention forward, FlexAttention-style masks (WGSL; CUDA next)",
+    kernel_modules: &[],
+    check_cases,
+    bench_cases: Vec::new,
+};
+
+/// Which builder makes a case's mask.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaskKind {
+    /// [`BlockMask::dense`].
+    Dense,
+    /// [`BlockMask::causal`].
+    Causal,
+    /// [`BlockMask::sliding_window`] with this window, causal or not.
+    Window(usize, bool),
+    /// [`BlockMask::streaming`] with sink and local keys.
+    Streaming(usize, usize),
+    /// [`BlockMask::bigbird`]: window, global and random blocks (seed 7).
+    BigBird(usize, usize, usize),
+    /// [`BlockMask::vertical_slash`] with key blocks 0 and 2 and diagonals 0 and 1.
+    VerticalSlash,
+    /// Causal, except that the first query block of every odd head sees nothing.
+    EmptyRows,
+}
+
+/// One check configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Case {
+    /// Batch.
+    pub batch: usize,
+    /// Query length.
+    pub lq: usize,
+    /// Key length.
+    pub lk: usize,
+    /// Query heads.
+    pub heads_q: usize,
+    /// Key/value heads.
+    pub heads_kv: usize,
+    /// Head dimension.
+    pub d: usize,
+    /// Queries and keys per block (64 or 128).
+    pub block: usize,
+    /// The mask.
+    pub mask: MaskKind,
+    /// bf16 inputs (else f16).
+    pub bf16: bool,
+}
+
+impl Case {
+    /// f16, d = 64, 64-blocks, 2 query heads on 1 key/value head, causal.
+    pub fn new(lq: usize, lk: usize) -> Case {
+        Case {
+            batch: 1,
+            lq,
+            lk,
+            heads_q: 2,
+            heads_kv: 1,
+            d: 64,
+            block: 64,
+            mask: MaskKind::Causal,
+            bf16: false,
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> Result<AttentionShape> {
+        AttentionShape::new(
+            self.batch,
+            self.lq,
+            self.lk,
+            self.heads_q,
+            self.heads_kv,
+            self.d,
+        )
+    }
+
+    /// The mask.
+    pub fn block_mask(&self) -> Result<BlockMask> {
+        let shape = MaskShape {
+            block_m: self.block,
+            block_n: self.block,
+            ..MaskShape::new(self.lq, self.lk)
+        };
+        match self.mask {
+            MaskKind::Dense => BlockMask::dense(shape),
+            MaskKind::Causal => BlockMask::causal(shape),
+            MaskKind::Window(w, causal) => BlockMask::sliding_window(shape, w, causal),
+            MaskKind::Streaming(sink, local) => BlockMask::streaming(shape, sink, local),
+            MaskKind::BigBird(w, g, r) => BlockMask::bigbird(
+                MaskShape {
+                    heads: self.heads_q,
+                    ..shape
+                },
+                w,
+                g,
+                r,
+                7,
+            ),
+            MaskKind::VerticalSlash => BlockMask::vertical_slash(shape, &[0, 2], &[0, 1]),
+            MaskKind::EmptyRows => {
+                let causal = BlockMask::causal(shape)?;
+                let shape = MaskShape {
+                    heads: self.heads_q,
+                    ..shape
+                };
+                BlockMask::from_fn(shape, causal.element(), |b, h, q, kv| {
+                    if h % 2 == 1 && q == 0 {
+                        super::BlockKind::Skip
+                    } else {
+                        causal.kind(b, 0, q, kv)
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} b={} lq={} lk={} hq={} hkv={} d={} block={} {:?}",
+            if self.bf16 { "bf16" } else { "f16" },
+            self.batch,
+            self.lq,
+            self.lk,
+            self.heads_q,
+            self.heads_kv,
+            self.d,
+            self.block,
+            self.mask
+        )
+    }
+}
+
+/// Runs `case` on `backend` with inputs from `seed` (outputs poisoned with NaN) and compares
+/// `o` and `lse` with the f64 reference. `Ok(None)` where the op has no path (the CPU, CUDA).
+pub fn check(
+    backends: &Backends,
+    backend: Backend,
+    case: &Case,
+    seed: u64,
+) -> Result<Option<Comparison>> {
+    if case.bf16 {
+        check_typed::<bf16>(backends, backend, case, seed)
+    } else {
+        check_typed::<f16>(backends, backend, case, seed)
+    }
+}
+
+fn check_typed<T: SpmmElement>(
+    backends: &Backends,
+    backend: Backend,
+    case: &Case,
+    seed: u64,
+) -> Result<Option<Comparison>> {
+    let shape = case.shape()?;
+    let mask = case.block_mask()?;
+    let mut rng = Rng::new(seed);
+    let mut random = |len: usize| -> Vec<T> {
+        (0..len)
+            .map(|_| T::from_f64(rng.uniform(-2.0, 2.0)))
+            .collect()
+    };
+    let q = random(shape.batch * shape.lq * shape.heads_q * shape.d);
+    let k = random(shape.batch * shape.lk * shape.heads_kv * shape.d);
+    let v = random(shape.batch * shape.lk * shape.heads_kv * shape.d);
+    let scale = 1.0 / (shape.d as f32).sqrt();
+    let Some((o, lse)) = run(backends, backend, &shape, [&q, &k, &v], &mask, scale)? else {
+        return Ok(None);
+    };
+    let wide = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    let (qw, kw, vw) = (wide(&q), wide(&k), wide(&v));
+    let want = reference(&shape, &qw, &kw, &vw, &mask, scale.into())?;
+    let got: Vec<f64> = o.iter().chain(&lse).map(|&x| x.into()).collect();
+    Ok(Some(compare(
+        &got,
+        &[want.o, want.lse].concat(),
+        Tolerance::F32,
+    )))
+}
+
+/// Runs attention once on a GPU backend with `o` and `lse` poisoned; `Ok(None)` where the op
+/// has no path.
+#[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+pub fn run<T: SpmmElement>(
+    backends: &Backends,
+    backend: Backend,
+    shape: &AttentionShape,
+    [q, k, v]: [&[T]; 3],
+    mask: &BlockMask,
+    scale: f32,
+) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    let outputs = shape.batch * shape.lq * shape.heads_q;
+    match backend {
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            let gpu = backends.wgpu()?;
+            let inputs = (gpu.upload(q)?, gpu.upload(k)?, gpu.upload(v)?);
+            let mask = super::wgpu::GpuBlockMask::upload(gpu, mask)?;
+            let mut o = gpu.upload(&vec![f32::NAN; outputs * shape.d])?;
+            let mut lse = gpu.upload(&vec![f32::NAN; outputs])?;
+            let inputs = super::wgpu::Inputs {
+                q: &inputs.0,
+                k: &inputs.1,
+                v: &inputs.2,
+            };
+            super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
+            Ok(Some((gpu.download(&o)?, gpu.download(&lse)?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn check_cases() -> Vec<CheckCase> {
+    let cases = [
+        Case::new(300, 300),
+        Case {
+            mask: MaskKind::Window(100, true),
+            heads_q: 4,
+            ..Case::new(200, 333)
+        },
+        Case {
+            mask: MaskKind::EmptyRows,
+            bf16: true,
+            d: 128,
+            block: 128,
+            ..Case::new(257, 130)
+        },
+        Case {
+            mask: MaskKind::Dense,
+            heads_q: 8,
+            heads_kv: 8,
+            ..Case::new(65, 1)
+        },
+    ];
+    cases
+        .into_iter()
+        .map(|case| {
+            CheckCase::new("attention", case.to_string(), move |backends, backend| {
+                check(backends, backend, &case, 0x5eed)
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,171 @@
+//! Attention through WGSL (`wgsl/attention.wgsl`): one workgroup per (query block, head,
+//! batch), visiting only the mask's listed key blocks, online softmax in f32.
+
+use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::error::{Error, Result};
+use crate::spmm::SpmmElement;
+
+const SHADER: Shader = Shader {
+    name: "attention.wgsl",
+    source: include_str!("../../wgsl/attention.wgsl"),
+};
+
+/// A [`BlockMask`] in a wgpu device's memory.
+#[derive(Debug)]
+pub struct GpuBlockMask {
+    shape: MaskShape,
+    element: ElementMask,
+    partial_offsets: GpuBuffer<u32>,
+    partial: GpuBuffer<u32>,
+    full_offsets: GpuBuffer<u32>,
+    full: GpuBuffer<u32>,
+}
+
+impl GpuBlockMask {
+    /// Copies `mask` to `gpu`'s device.
+    pub fn upload(gpu: &Wgpu, mask: &BlockMask) -> Result<Self> {
+        let (partial_offsets, partial, full_offsets, full) = mask.parts();
+        Ok(GpuBlockMask {
+            shape: mask.shape(),
+            element: mask.element(),
+            partial_offsets: gpu.upload(partial_offsets)?,
+            partial: gpu.upload(partial)?,
+            full_offsets: gpu.upload(full_offsets)?,
+            full: gpu.upload(full)?,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    lq: u32,
+    lk: u32,
+    heads_q: u32,
+    heads_kv: u32,
+    d: u32,
+    block_m: u32,
+    block_n: u32,
+    q_blocks: u32,
+    mask_batch: u32,
+    mask_heads: u32,
+    element: u32,
+    window: u32,
+    scale: f32,
+    pad: [u32; 2],
+}
+
+/// The input tensors of one call, contiguous: q `[b, lq, hq, d]`, k and v `[b, lk, hkv, d]`.
+#[derive(Debug)]
+pub struct Inputs<'a, T> {
+    /// Queries.
+    pub q: &'a GpuBuffer<T>,
+    /// Keys.
+    pub k: &'a GpuBuffer<T>,
+    /// Values.
+    pub v: &'a GpuBuffer<T>,
+}
+
+/// Submits `o = softmax(q·kᵀ·scale + mask)·v` (f16 or bf16 inputs), writing
+/// `o [b, lq, hq, d]` (f32) and, when given, `lse [b, hq, lq]` (natural log; −inf for a
+/// query that sees no key, whose `o` row is 0). `d` is 64 or 128.
+pub fn attention<T: SpmmElement>(
+    gpu: &Wgpu,
+    shape: &AttentionShape,
+    inputs: Inputs<'_, T>,
+    mask: &GpuBlockMask,
+    o: &mut GpuBuffer<f32>,
+    lse: Option<&mut GpuBuffer<f32>>,
+    scale: f32,
+) -> Result<()> {
+    let Inputs { q, k, v } = inputs;
+    shape.check_lengths(q.len(), k.len(), v.len())?;
+    shape.check_mask_shape(mask.shape)?;
+    if shape.d != 64 && shape.d != 128 {
+        return Err(Error::invalid("d", "64 or 128", shape.d));
+    }
+    if !scale.is_finite() {
+        return Err(Error::invalid("scale", "a finite number", scale));
+    }
+    let outputs = shape.batch * shape.lq * shape.heads_q;
+    if o.len() != outputs * shape.d {
+        return Err(Error::Length {
+            what: "o",
+            expected: outputs * shape.d,
+            got: o.len(),
+        });
+    }
+    if let Some(lse) = &lse
+        && lse.len() != outputs
+    {
+        return Err(Error::Length {
+            what: "lse",
+            expected: outputs,
+            got: lse.len(),
+        });
+    }
+    gpu.check_buffer("q", q)?;
+    gpu.check_buffer("k", k)?;
+    gpu.check_buffer("v", v)?;
+    gpu.check_buffer("mask", &mask.full)?;
+    gpu.check_buffer("o", o)?;
+    let scratch;
+    let lse = match lse {
+        Some(lse) => {
+            gpu.check_buffer("lse", lse)?;
+            lse.raw()
+        }
+        None => {
+            scratch = gpu.zeros::<f32>(outputs)?;
+            scratch.raw()
+        }
+    };
+    let (element, window) = match mask.element {
+        ElementMask::None => (0, 0),
+        ElementMask::Causal => (1, 0),
+        ElementMask::SlidingWindow(w) => (2, w),
+        ElementMask::CausalWindow(w) => (3, w),
+    };
+    let m = mask.shape;
+    let params = Params {
+        batch: shape.batch as u32,
+        lq: shape.lq as u32,
+        lk: shape.lk as u32,
+        heads_q: shape.heads_q as u32,
+        heads_kv: shape.heads_kv as u32,
+        d: shape.d as u32,
+        block_m: m.block_m as u32,
+        block_n: m.block_n as u32,
+        q_blocks: m.q_blocks() as u32,
+        mask_batch: m.batch as u32,
+        mask_heads: m.heads as u32,
+        element,
+        window: window.min(u32::MAX as usize) as u32,
+        scale,
+        pad: [0; 2],
+    };
+    let constants = [
+        ("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 }),
+        ("D", shape.d as f64),
+    ];
+    let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
+    let buffers = [
+        q.raw(),
+        k.raw(),
+        v.raw(),
+        mask.partial_offsets.raw(),
+        mask.partial.raw(),
+        mask.full_offsets.raw(),
+        mask.full.raw(),
+        o.raw(),
+        lse,
+    ];
+    let groups = [
+        m.q_blocks() as u32,
+        shape.heads_q as u32,
+        shape.batch as u32,
+    ];
+    gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)
+}

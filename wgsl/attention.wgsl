@@ -1,0 +1,166 @@
+// Block-sparse attention forward, o = softmax(q·kᵀ·scale + mask)·v, from a BlockMask's CSR
+// lists: a workgroup owns one query block (BLOCK_M rows, one per invocation) of one head and
+// batch, visits the listed key blocks only (partial ones with the element mask, then full
+// ones), and keeps an online softmax (running max, sum, f32 output row) per query. Keys and
+// values are staged CHUNK at a time in workgroup memory. q, k, v hold 16-bit values (f16, or
+// bf16 when BF16), two per u32; o and lse are f32. Every loop over d or over a chunk has a
+// trip count fixed at pipeline creation (D, CHUNK), so drivers unroll it; llvmpipe (lavapipe)
+// otherwise stops an invocation after about 65535 loop iterations in all.
+
+struct Params {
+    batch: u32,
+    lq: u32,
+    lk: u32,
+    heads_q: u32,
+    heads_kv: u32,
+    d: u32,
+    block_m: u32,
+    block_n: u32,
+    q_blocks: u32,
+    mask_batch: u32,
+    mask_heads: u32,
+    element: u32,      // 0 none, 1 causal, 2 sliding window, 3 causal + window
+    window: u32,
+    scale: f32,
+    pad0: u32,
+    pad1: u32,
+}
+
+override BF16: bool = false;
+// The head dimension (64 or 128), fixed per pipeline.
+override D: u32 = 64u;
+
+const MAX_D4: u32 = 32u;   // vec4s of the largest head dimension
+const CHUNK: u32 = 16u;
+const THREADS: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<u32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
+@group(0) @binding(4) var<storage, read> partial_offsets: array<u32>;
+@group(0) @binding(5) var<storage, read> partial: array<u32>;
+@group(0) @binding(6) var<storage, read> full_offsets: array<u32>;
+@group(0) @binding(7) var<storage, read> full: array<u32>;
+@group(0) @binding(8) var<storage, read_write> o: array<f32>;
+@group(0) @binding(9) var<storage, read_write> lse: array<f32>;
+
+var<workgroup> k_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
+var<workgroup> v_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
+
+fn to_f32(h: u32) -> f32 {
+    if (BF16) {
+        return bitcast<f32>(h << 16u);
+    }
+    return unpack2x16float(h).x;
+}
+
+// Values 4c .. 4c+3 of a row starting at element `base` (a multiple of 4: d is).
+fn load4(buffer_word0: u32, buffer_word1: u32) -> vec4<f32> {
+    return vec4<f32>(to_f32(buffer_word0 & 0xffffu), to_f32(buffer_word0 >> 16u),
+                     to_f32(buffer_word1 & 0xffffu), to_f32(buffer_word1 >> 16u));
+}
+
+fn q4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(q[w], q[w + 1u]); }
+fn k4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(k[w], k[w + 1u]); }
+fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(v[w], v[w + 1u]); }
+
+// Whether the element mask lets query i see key j (bottom-right aligned).
+fn element_allows(i: u32, j: u32) -> bool {
+    let distance = i32(i) + i32(params.lk) - i32(params.lq) - i32(j);  // i' - j
+    switch params.element {
+        case 1u: { return distance >= 0; }
+        case 2u: { return u32(abs(distance)) < params.window; }
+        case 3u: { return distance >= 0 && u32(distance) < params.window; }
+        default: { return true; }
+    }
+}
+
+@compute @workgroup_size(128)
+fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
+    let q_block = group.x;
+    let head = group.y;
+    let batch = group.z;
+    let i = q_block * params.block_m + local.x;      // this invocation's query
+    let live = local.x < params.block_m && i < params.lq;
+    let kv_head = head / (params.heads_q / params.heads_kv);
+    let d4 = D / 4u;
+
+    var q_row: array<vec4<f32>, MAX_D4>;
+    var out: array<vec4<f32>, MAX_D4>;
+    let q_base = ((batch * params.lq + min(i, params.lq - 1u)) * params.heads_q + head) * D;
+    for (var c = 0u; c < d4; c++) {
+        q_row[c] = q4(q_base, c) * params.scale;
+        out[c] = vec4<f32>(0.0);
+    }
+    var running_max = -3.4e38;
+    var sum = 0.0;
+
+    let mask_b = select(batch, 0u, params.mask_batch == 1u);
+    let mask_h = select(head, 0u, params.mask_heads == 1u);
+    let row = (mask_b * params.mask_heads + mask_h) * params.q_blocks + q_block;
+    let partial_count = partial_offsets[row + 1u] - partial_offsets[row];
+    let full_count = full_offsets[row + 1u] - full_offsets[row];
+    for (var n = 0u; n < partial_count + full_count; n++) {
+        let is_partial = n < partial_count;
+        var kv_block = 0u;
+        if (is_partial) {
+            kv_block = partial[partial_offsets[row] + n];
+        } else {
+            kv_block = full[full_offsets[row] + n - partial_count];
+        }
+        let block_end = min((kv_block + 1u) * params.block_n, params.lk);
+        for (var j0 = kv_block * params.block_n; j0 < block_end; j0 += CHUNK) {
+            workgroupBarrier();  // the previous chunk's reads are done
+            // CHUNK keys x d4 vec4s, THREADS at a time.
+            for (var r = 0u; r < CHUNK * MAX_D4 / THREADS; r++) {
+                let e = r * THREADS + local.x;
+                let jj = e / MAX_D4;
+                let c = e % MAX_D4;
+                let j = j0 + jj;
+                var kv = vec4<f32>(0.0);
+                var vv = vec4<f32>(0.0);
+                if (j < params.lk && c < d4) {
+                    let at = ((batch * params.lk + j) * params.heads_kv + kv_head) * D;
+                    kv = k4(at, c);
+                    vv = v4(at, c);
+                }
+                k_tile[jj][c] = kv;
+                v_tile[jj][c] = vv;
+            }
+            workgroupBarrier();
+            for (var jj = 0u; jj < CHUNK; jj++) {
+                let j = j0 + jj;
+                if (live && j < block_end && (!is_partial || element_allows(i, j))) {
+                    var dot = vec4<f32>(0.0);
+                    for (var c = 0u; c < d4; c++) {
+                        dot += q_row[c] * k_tile[jj][c];
+                    }
+                    let score = dot.x + dot.y + dot.z + dot.w;
+                    let new_max = max(running_max, score);
+                    let correction = exp(running_max - new_max);
+                    let p = exp(score - new_max);
+                    sum = sum * correction + p;
+                    for (var c = 0u; c < d4; c++) {
+                        out[c] = out[c] * correction + p * v_tile[jj][c];
+                    }
+                    running_max = new_max;
+                }
+            }
+        }
+    }
+    if (!live) {
+        return;
+    }
+    let base = ((batch * params.lq + i) * params.heads_q + head) * D;
+    let seen = sum > 0.0;
+    for (var c = 0u; c < d4; c++) {
+        let value = select(vec4<f32>(0.0), out[c] / sum, seen);
+        o[base + 4u * c] = value.x;
+        o[base + 4u * c + 1u] = value.y;
+        o[base + 4u * c + 2u] = value.z;
+        o[base + 4u * c + 3u] = value.w;
+    }
+    let neg_inf = bitcast<f32>(0xff800000u);
+    lse[(batch * params.heads_q + head) * params.lq + i] = select(neg_inf, running_max + log(sum), seen);
+}
