@@ -142,7 +142,7 @@ op_args=()
 peer_ops=()
 for op in ${ops//,/ }; do
   op_args+=(--op "$op")
-  [[ "$op" == copy || "$op" == spmm || "$op" == scan ]] && peer_ops+=("$op")
+  [[ "$op" == copy || "$op" == spmm || "$op" == scan || "$op" == attention ]] && peer_ops+=("$op")
 done
 selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
 peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"

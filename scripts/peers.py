@@ -190,8 +190,56 @@ def peer_scan(torch, device):
         del u
 
 
+ATTENTION_LENGTHS = [8192, 32768]
+ATTENTION_MASKS = ["causal", "causal window 4096", "streaming 128+4096", "random 10%"]
+
+
+def peer_attention(torch, device):
+    """tilefuse's op "attention" (b=1, hq=32, d=128, f16): PyTorch SDPA with the flash
+    backend on dense causal attention, and FlexAttention (torch.compile'd, create_block_mask
+    with 128-blocks) on each mask. FLOPs count the computed blocks, 4·d per (query, key)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError as e:
+        print(f"peer_attention: {e}; skipped", flush=True)
+        return
+    heads, d = 32, 128
+    flex = torch.compile(flex_attention)
+    for l in ATTENTION_LENGTHS:
+        q, k, v = (torch.randn(1, heads, l, d, dtype=torch.float16, device="cuda") for _ in range(3))
+        moved = 2 * 4 * l * heads * d
+        name = lambda mask: f"b=1 hq={heads} d={d} l={l} {mask}"  # noqa: E731
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                timing = time_cuda(torch, lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+            yield record("attention", name("causal"), "torch-sdpa-flash", device, timing, moved, 4 * d * heads * l * (l + 1) // 2)
+        except Exception as e:  # noqa: BLE001
+            print(f"peer_attention: SDPA flash l={l}: {e}", flush=True)
+        blocks = l // 128
+        picks = torch.rand(blocks, blocks, generator=torch.Generator().manual_seed(10)) < 0.1
+        picks = picks.to("cuda")
+        mask_mods = {
+            "causal": lambda b, h, qi, ki: qi >= ki,
+            "causal window 4096": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < 4096),
+            "streaming 128+4096": lambda b, h, qi, ki: (ki < 128) | ((qi >= ki) & (qi - ki < 4096)),
+            "random 10%": lambda b, h, qi, ki: picks[qi // 128, ki // 128],
+        }
+        for mask in ATTENTION_MASKS:
+            try:
+                block_mask = create_block_mask(mask_mods[mask], None, None, l, l, device="cuda", BLOCK_SIZE=128)
+                density = 1.0 - float(block_mask.sparsity()) / 100.0
+                timing = time_cuda(torch, lambda: flex(q, k, v, block_mask=block_mask))
+                flops = int(4 * d * heads * l * l * density)
+                yield record("attention", name(mask), "flexattention", device, timing, moved, flops)
+            except Exception as e:  # noqa: BLE001
+                print(f"peer_attention: FlexAttention {mask} l={l}: {e}", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+
+
 # tilefuse op -> its peers
-PEERS = {"copy": peer_copy, "spmm": peer_gemm, "scan": peer_scan}
+PEERS = {"copy": peer_copy, "spmm": peer_gemm, "scan": peer_scan, "attention": peer_attention}
 
 
 def main():

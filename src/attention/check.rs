@@ -6,16 +6,18 @@ use half::{bf16, f16};
 
 use super::{AttentionShape, BlockMask, MaskShape, reference};
 use crate::error::Result;
-use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
+use crate::harness::{
+    Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
+};
 use crate::spmm::SpmmElement;
 
-/// The registry entry (no benchmark cases until the CUDA kernel lands).
+/// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
     name: "attention",
     about: "block-sparse attention forward, FlexAttention-style masks (WGSL; CUDA next)",
     kernel_modules: &[],
     check_cases,
-    bench_cases: Vec::new,
+    bench_cases,
 };
 
 /// Which builder makes a case's mask.
@@ -256,4 +258,109 @@ fn check_cases() -> Vec<CheckCase> {
             })
         })
         .collect()
+}
+
+/// The benchmark masks (issue 5), at b = 1, hq = 32, d = 128, 128 x 128 blocks.
+const BENCH_MASKS: [&str; 4] = [
+    "causal",
+    "causal window 4096",
+    "streaming 128+4096",
+    "random 10%",
+];
+
+fn bench_mask(name: &str, l: usize) -> Result<BlockMask> {
+    let shape = MaskShape::new(l, l);
+    match name {
+        "causal" => BlockMask::causal(shape),
+        "causal window 4096" => BlockMask::sliding_window(shape, 4096, true),
+        "streaming 128+4096" => BlockMask::streaming(shape, 128, 4096),
+        _ => {
+            let mut rng = Rng::new(10);
+            let picks: Vec<bool> = (0..shape.q_blocks() * shape.kv_blocks())
+                .map(|_| rng.unit() < 0.1)
+                .collect();
+            BlockMask::from_fn(shape, super::ElementMask::None, |_, _, q, kv| {
+                if picks[q * shape.kv_blocks() + kv] {
+                    super::BlockKind::Full
+                } else {
+                    super::BlockKind::Skip
+                }
+            })
+        }
+    }
+}
+
+/// b = 1, hq = 32, d = 128 at l = 8192 for every mask (the WGSL kernel's lengths; the CUDA
+/// kernel adds l = 32768). FLOPs count the visited blocks: 4·d per (query, key) pair.
+fn bench_cases() -> Vec<BenchCase> {
+    let (heads, d, l) = (32, 128, 8192);
+    BENCH_MASKS
+        .iter()
+        .map(|&name| {
+            let blocks = bench_mask(name, l)
+                .map(|m| m.stats().mean_blocks_per_row)
+                .unwrap_or(0.0);
+            let pairs = blocks * (l / 128) as f64 * 128.0 * 128.0;
+            let flops = (4.0 * d as f64 * pairs * heads as f64) as u64;
+            let bytes = (2 * 4 * l * heads * d) as u64; // q, k, v in, o out
+            BenchCase::new(
+                "attention",
+                format!("b=1 hq={heads} d={d} l={l} {name}"),
+                bytes,
+                flops,
+                move |backends, backend| prepare(backends, backend, name, l, heads, d),
+            )
+        })
+        .collect()
+}
+
+fn prepare<'a>(
+    backends: &'a Backends,
+    backend: Backend,
+    mask: &str,
+    l: usize,
+    heads: usize,
+    d: usize,
+) -> Result<Option<Runner<'a>>> {
+    let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
+    let mask = bench_mask(mask, l)?;
+    match backend {
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            let gpu = backends.wgpu()?;
+            let values = vec![f16::from_f32(0.01); l * heads * d];
+            let (q, k, v) = (
+                gpu.upload(&values)?,
+                gpu.upload(&values)?,
+                gpu.upload(&values)?,
+            );
+            let mask = super::wgpu::GpuBlockMask::upload(gpu, &mask)?;
+            let mut o = gpu.zeros::<f32>(l * heads * d)?;
+            let mut lse = gpu.zeros::<f32>(l * heads)?;
+            let scale = 1.0 / (d as f32).sqrt();
+            Ok(Some(Runner::new(
+                crate::harness::Clock::Wgpu(gpu),
+                move || {
+                    let inputs = super::wgpu::Inputs {
+                        q: &q,
+                        k: &k,
+                        v: &v,
+                    };
+                    super::wgpu::attention(
+                        gpu,
+                        &shape,
+                        inputs,
+                        &mask,
+                        &mut o,
+                        Some(&mut lse),
+                        scale,
+                    )
+                },
+            )))
+        }
+        _ => {
+            let _ = (backends, mask, shape);
+            Ok(None)
+        }
+    }
 }
