@@ -98,4 +98,53 @@ typedef struct TfSpmmParams {
     uint32_t stage_vectors;
 } TfSpmmParams;
 
+/*
+ * tilefuse_attention_{f16,bf16}_d{64,128}_bm{64,128}: block-sparse attention forward,
+ * FlashAttention-2 style. o = softmax(q·kᵀ·scale + mask)·v, lse = log-sum-exp (natural log).
+ *   q [b, lq, hq, d], k, v [b, lk, hkv, d], o like q: element (b, l, h, c) at
+ *   b * stride_b + l * stride_l + h * stride_h + c (strides in elements, per tensor);
+ *   lse [b, hq, lq] f32 (0: not written).
+ * The mask (BlockMask's CSR lists, mask_batch / mask_heads 1 = broadcast) names the key blocks
+ * of block_n keys each query block of BM rows visits: partial ones (element mask `element`:
+ * 0 none, 1 causal, 2 sliding window, 3 causal + window, with `window`) first, then full.
+ * Grid: (ceil(lq / BM), hq, b); BM / 16 warps (one per 16 query rows).
+ * scale_log2 = scale * log2(e). Dynamic shared memory: (BM + 4 * 64) * d * 2 bytes.
+ */
+#define TF_ATTENTION_KV_TILE 64
+typedef struct TfAttentionParams {
+    tf_dptr q;
+    tf_dptr k;
+    tf_dptr v;
+    tf_dptr o;
+    tf_dptr lse;
+    tf_dptr partial_offsets;
+    tf_dptr partial;
+    tf_dptr full_offsets;
+    tf_dptr full;
+    uint64_t q_stride_b;
+    uint64_t q_stride_l;
+    uint64_t q_stride_h;
+    uint64_t k_stride_b;
+    uint64_t k_stride_l;
+    uint64_t k_stride_h;
+    uint64_t v_stride_b;
+    uint64_t v_stride_l;
+    uint64_t v_stride_h;
+    uint64_t o_stride_b;
+    uint64_t o_stride_l;
+    uint64_t o_stride_h;
+    uint32_t batch;
+    uint32_t lq;
+    uint32_t lk;
+    uint32_t heads_q;
+    uint32_t heads_kv;
+    uint32_t block_n;
+    uint32_t q_blocks;
+    uint32_t mask_batch;
+    uint32_t mask_heads;
+    uint32_t element;
+    uint32_t window;
+    float scale_log2;
+} TfAttentionParams;
+
 #endif /* TILEFUSE_ABI_H */

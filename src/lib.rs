@@ -19,7 +19,7 @@
 //!   against ([`harness`]).
 //!
 //! The ops arrive one by one: [`spmm`] and [`scan`] are here, [`attention`] has its masks,
-//! reference and WGSL kernel (CUDA next); [`smoke`] is the plumbing test that proves each backend end to
+//! reference and WGSL kernel (its CUDA kernel awaits a GPU run); [`smoke`] is the plumbing test that proves each backend end to
 //! end.
 //!
 //! ## Errors

@@ -1,7 +1,10 @@
 //! Attention: BlockMask builders and validation, the f64 reference, and the kernels against it.
 
 // Built without wgpu, the per-backend bodies have nothing to run.
-#![cfg_attr(not(feature = "wgpu"), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    not(all(feature = "cuda", feature = "wgpu")),
+    allow(dead_code, unused_imports)
+)]
 
 mod common;
 
@@ -13,7 +16,7 @@ use tilefuse::attention::{
 };
 use tilefuse::harness::{Backend, Backends, Rng};
 
-on_backends!([wgpu] => [
+on_backends!([cuda, wgpu] => [
     every_builder_and_both_types,
     lengths_equal_unequal_and_ragged,
     gqa_ratios_and_head_dims,

@@ -9,13 +9,12 @@ use crate::error::Result;
 use crate::harness::{
     Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
 };
-use crate::spmm::SpmmElement;
 
 /// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
     name: "attention",
-    about: "block-sparse attention forward, FlexAttention-style masks (WGSL; CUDA next)",
-    kernel_modules: &[],
+    about: "block-sparse attention forward, FlexAttention-style masks (CUDA: FlashAttention-2 on mma.sync)",
+    kernel_modules: &["attention"],
     check_cases,
     bench_cases,
 };
@@ -164,7 +163,7 @@ pub fn check(
     }
 }
 
-fn check_typed<T: SpmmElement>(
+fn check_typed<T: crate::spmm::DeviceElement>(
     backends: &Backends,
     backend: Backend,
     case: &Case,
@@ -197,9 +196,9 @@ fn check_typed<T: SpmmElement>(
 }
 
 /// Runs attention once on a GPU backend with `o` and `lse` poisoned; `Ok(None)` where the op
-/// has no path.
+/// has no path. CUDA writes `o` in the inputs' type (returned widened); WGSL writes f32.
 #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
-pub fn run<T: SpmmElement>(
+pub fn run<T: crate::spmm::DeviceElement>(
     backends: &Backends,
     backend: Backend,
     shape: &AttentionShape,
@@ -209,6 +208,26 @@ pub fn run<T: SpmmElement>(
 ) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
     let outputs = shape.batch * shape.lq * shape.heads_q;
     match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let cuda = backends.cuda()?;
+            let (q, k, v) = (cuda.upload(q)?, cuda.upload(k)?, cuda.upload(v)?);
+            let mask = super::cuda::DeviceBlockMask::upload(cuda, mask)?;
+            let mut o = cuda.upload(&vec![T::from_f64(f64::NAN); outputs * shape.d])?;
+            let mut lse = cuda.upload(&vec![f32::NAN; outputs])?;
+            let inputs = super::cuda::Inputs {
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            super::cuda::attention(cuda, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
+            let o: Vec<f32> = cuda
+                .download(&o)?
+                .into_iter()
+                .map(|x| x.to_f64() as f32)
+                .collect();
+            Ok(Some((o, cuda.download(&lse)?)))
+        }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let gpu = backends.wgpu()?;
@@ -290,28 +309,30 @@ fn bench_mask(name: &str, l: usize) -> Result<BlockMask> {
     }
 }
 
-/// b = 1, hq = 32, d = 128 at l = 8192 for every mask (the WGSL kernel's lengths; the CUDA
-/// kernel adds l = 32768). FLOPs count the visited blocks: 4·d per (query, key) pair.
+/// b = 1, hq = 32, d = 128 at l = 8192 and 32768 for every mask (WGSL at 8192 only). FLOPs
+/// count the visited blocks: 4·d per (query, key) pair.
 fn bench_cases() -> Vec<BenchCase> {
-    let (heads, d, l) = (32, 128, 8192);
-    BENCH_MASKS
-        .iter()
-        .map(|&name| {
+    let (heads, d) = (32, 128);
+    let mut cases = Vec::new();
+    for l in [8192, 32768] {
+        for &name in &BENCH_MASKS {
             let blocks = bench_mask(name, l)
                 .map(|m| m.stats().mean_blocks_per_row)
                 .unwrap_or(0.0);
             let pairs = blocks * (l / 128) as f64 * 128.0 * 128.0;
             let flops = (4.0 * d as f64 * pairs * heads as f64) as u64;
             let bytes = (2 * 4 * l * heads * d) as u64; // q, k, v in, o out
-            BenchCase::new(
+            let case = format!("b=1 hq={heads} d={d} l={l} {name}");
+            cases.push(BenchCase::new(
                 "attention",
-                format!("b=1 hq={heads} d={d} l={l} {name}"),
+                case,
                 bytes,
                 flops,
                 move |backends, backend| prepare(backends, backend, name, l, heads, d),
-            )
-        })
-        .collect()
+            ));
+        }
+    }
+    cases
 }
 
 fn prepare<'a>(
@@ -324,11 +345,43 @@ fn prepare<'a>(
 ) -> Result<Option<Runner<'a>>> {
     let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
     let mask = bench_mask(mask, l)?;
+    let values = vec![f16::from_f32(0.01); l * heads * d];
+    let scale = 1.0 / (d as f32).sqrt();
     match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let cuda = backends.cuda()?;
+            let (q, k, v) = (
+                cuda.upload(&values)?,
+                cuda.upload(&values)?,
+                cuda.upload(&values)?,
+            );
+            let mask = super::cuda::DeviceBlockMask::upload(cuda, &mask)?;
+            let mut o = cuda.upload(&values)?;
+            let mut lse = cuda.upload(&vec![0.0f32; l * heads])?;
+            Ok(Some(Runner::new(
+                crate::harness::Clock::Cuda(cuda),
+                move || {
+                    let inputs = super::cuda::Inputs {
+                        q: &q,
+                        k: &k,
+                        v: &v,
+                    };
+                    super::cuda::attention(
+                        cuda,
+                        &shape,
+                        inputs,
+                        &mask,
+                        &mut o,
+                        Some(&mut lse),
+                        scale,
+                    )
+                },
+            )))
+        }
         #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
+        Backend::Wgpu if l <= 8192 => {
             let gpu = backends.wgpu()?;
-            let values = vec![f16::from_f32(0.01); l * heads * d];
             let (q, k, v) = (
                 gpu.upload(&values)?,
                 gpu.upload(&values)?,
@@ -337,7 +390,6 @@ fn prepare<'a>(
             let mask = super::wgpu::GpuBlockMask::upload(gpu, &mask)?;
             let mut o = gpu.zeros::<f32>(l * heads * d)?;
             let mut lse = gpu.zeros::<f32>(l * heads)?;
-            let scale = 1.0 / (d as f32).sqrt();
             Ok(Some(Runner::new(
                 crate::harness::Clock::Wgpu(gpu),
                 move || {
@@ -359,7 +411,7 @@ fn prepare<'a>(
             )))
         }
         _ => {
-            let _ = (backends, mask, shape);
+            let _ = (backends, mask, shape, values, scale);
             Ok(None)
         }
     }

@@ -1,10 +1,9 @@
 //! Block-sparse attention forward with FlexAttention-style block masks:
 //! `o = softmax(q·kᵀ·scale + mask)·v` per batch and query head, with `lse` for merging.
 //!
-//! This release has [`BlockMask`] with its builders and validation, the f64 [`reference()`]
-//! every kernel is tested against, and the WGSL kernel ([`wgpu::attention`], f32 output);
-//! the CLI's `run` and `check --input` use both. The CUDA kernel (FlashAttention-2 design)
-//! is the next step.
+//! [`BlockMask`] with its builders and validation, the f64 [`reference()`] every kernel is
+//! tested against, the CUDA kernel (`cuda::attention`, FlashAttention-2's design on
+//! `mma.sync`; not yet run on a GPU) and the WGSL kernel (`wgpu::attention`, f32 output).
 //!
 //! ```
 //! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference};
@@ -19,6 +18,8 @@
 //! ```
 
 mod check;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod mask;
 mod reference;
 #[cfg(feature = "wgpu")]

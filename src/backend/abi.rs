@@ -12,6 +12,7 @@ pub const TF_SPMM_TILE_M: u32 = 128;
 pub const TF_SPMM_TILE_K: u32 = 64;
 pub const TF_SPMM_WARPS: u32 = 4;
 pub const TF_SPMM_STAGES: u32 = 3;
+pub const TF_ATTENTION_KV_TILE: u32 = 64;
 pub type tf_dptr = u64;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -132,4 +133,112 @@ const _: () = {
         [::core::mem::offset_of!(TfSpmmParams, tiles_per_split) - 56usize];
     ["Offset of field: TfSpmmParams::stage_vectors"]
         [::core::mem::offset_of!(TfSpmmParams, stage_vectors) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct TfAttentionParams {
+    pub q: tf_dptr,
+    pub k: tf_dptr,
+    pub v: tf_dptr,
+    pub o: tf_dptr,
+    pub lse: tf_dptr,
+    pub partial_offsets: tf_dptr,
+    pub partial: tf_dptr,
+    pub full_offsets: tf_dptr,
+    pub full: tf_dptr,
+    pub q_stride_b: u64,
+    pub q_stride_l: u64,
+    pub q_stride_h: u64,
+    pub k_stride_b: u64,
+    pub k_stride_l: u64,
+    pub k_stride_h: u64,
+    pub v_stride_b: u64,
+    pub v_stride_l: u64,
+    pub v_stride_h: u64,
+    pub o_stride_b: u64,
+    pub o_stride_l: u64,
+    pub o_stride_h: u64,
+    pub batch: u32,
+    pub lq: u32,
+    pub lk: u32,
+    pub heads_q: u32,
+    pub heads_kv: u32,
+    pub block_n: u32,
+    pub q_blocks: u32,
+    pub mask_batch: u32,
+    pub mask_heads: u32,
+    pub element: u32,
+    pub window: u32,
+    pub scale_log2: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TfAttentionParams"][::core::mem::size_of::<TfAttentionParams>() - 216usize];
+    ["Alignment of TfAttentionParams"][::core::mem::align_of::<TfAttentionParams>() - 8usize];
+    ["Offset of field: TfAttentionParams::q"]
+        [::core::mem::offset_of!(TfAttentionParams, q) - 0usize];
+    ["Offset of field: TfAttentionParams::k"]
+        [::core::mem::offset_of!(TfAttentionParams, k) - 8usize];
+    ["Offset of field: TfAttentionParams::v"]
+        [::core::mem::offset_of!(TfAttentionParams, v) - 16usize];
+    ["Offset of field: TfAttentionParams::o"]
+        [::core::mem::offset_of!(TfAttentionParams, o) - 24usize];
+    ["Offset of field: TfAttentionParams::lse"]
+        [::core::mem::offset_of!(TfAttentionParams, lse) - 32usize];
+    ["Offset of field: TfAttentionParams::partial_offsets"]
+        [::core::mem::offset_of!(TfAttentionParams, partial_offsets) - 40usize];
+    ["Offset of field: TfAttentionParams::partial"]
+        [::core::mem::offset_of!(TfAttentionParams, partial) - 48usize];
+    ["Offset of field: TfAttentionParams::full_offsets"]
+        [::core::mem::offset_of!(TfAttentionParams, full_offsets) - 56usize];
+    ["Offset of field: TfAttentionParams::full"]
+        [::core::mem::offset_of!(TfAttentionParams, full) - 64usize];
+    ["Offset of field: TfAttentionParams::q_stride_b"]
+        [::core::mem::offset_of!(TfAttentionParams, q_stride_b) - 72usize];
+    ["Offset of field: TfAttentionParams::q_stride_l"]
+        [::core::mem::offset_of!(TfAttentionParams, q_stride_l) - 80usize];
+    ["Offset of field: TfAttentionParams::q_stride_h"]
+        [::core::mem::offset_of!(TfAttentionParams, q_stride_h) - 88usize];
+    ["Offset of field: TfAttentionParams::k_stride_b"]
+        [::core::mem::offset_of!(TfAttentionParams, k_stride_b) - 96usize];
+    ["Offset of field: TfAttentionParams::k_stride_l"]
+        [::core::mem::offset_of!(TfAttentionParams, k_stride_l) - 104usize];
+    ["Offset of field: TfAttentionParams::k_stride_h"]
+        [::core::mem::offset_of!(TfAttentionParams, k_stride_h) - 112usize];
+    ["Offset of field: TfAttentionParams::v_stride_b"]
+        [::core::mem::offset_of!(TfAttentionParams, v_stride_b) - 120usize];
+    ["Offset of field: TfAttentionParams::v_stride_l"]
+        [::core::mem::offset_of!(TfAttentionParams, v_stride_l) - 128usize];
+    ["Offset of field: TfAttentionParams::v_stride_h"]
+        [::core::mem::offset_of!(TfAttentionParams, v_stride_h) - 136usize];
+    ["Offset of field: TfAttentionParams::o_stride_b"]
+        [::core::mem::offset_of!(TfAttentionParams, o_stride_b) - 144usize];
+    ["Offset of field: TfAttentionParams::o_stride_l"]
+        [::core::mem::offset_of!(TfAttentionParams, o_stride_l) - 152usize];
+    ["Offset of field: TfAttentionParams::o_stride_h"]
+        [::core::mem::offset_of!(TfAttentionParams, o_stride_h) - 160usize];
+    ["Offset of field: TfAttentionParams::batch"]
+        [::core::mem::offset_of!(TfAttentionParams, batch) - 168usize];
+    ["Offset of field: TfAttentionParams::lq"]
+        [::core::mem::offset_of!(TfAttentionParams, lq) - 172usize];
+    ["Offset of field: TfAttentionParams::lk"]
+        [::core::mem::offset_of!(TfAttentionParams, lk) - 176usize];
+    ["Offset of field: TfAttentionParams::heads_q"]
+        [::core::mem::offset_of!(TfAttentionParams, heads_q) - 180usize];
+    ["Offset of field: TfAttentionParams::heads_kv"]
+        [::core::mem::offset_of!(TfAttentionParams, heads_kv) - 184usize];
+    ["Offset of field: TfAttentionParams::block_n"]
+        [::core::mem::offset_of!(TfAttentionParams, block_n) - 188usize];
+    ["Offset of field: TfAttentionParams::q_blocks"]
+        [::core::mem::offset_of!(TfAttentionParams, q_blocks) - 192usize];
+    ["Offset of field: TfAttentionParams::mask_batch"]
+        [::core::mem::offset_of!(TfAttentionParams, mask_batch) - 196usize];
+    ["Offset of field: TfAttentionParams::mask_heads"]
+        [::core::mem::offset_of!(TfAttentionParams, mask_heads) - 200usize];
+    ["Offset of field: TfAttentionParams::element"]
+        [::core::mem::offset_of!(TfAttentionParams, element) - 204usize];
+    ["Offset of field: TfAttentionParams::window"]
+        [::core::mem::offset_of!(TfAttentionParams, window) - 208usize];
+    ["Offset of field: TfAttentionParams::scale_log2"]
+        [::core::mem::offset_of!(TfAttentionParams, scale_log2) - 212usize];
 };

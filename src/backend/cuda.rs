@@ -509,4 +509,5 @@ kernel_params!(
     super::abi::TfSmokeMmaParams,
     super::abi::TfScanParams,
     super::abi::TfSpmmParams,
+    super::abi::TfAttentionParams,
 );

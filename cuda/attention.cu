@@ -1,0 +1,237 @@
+// Block-sparse attention forward in the FlashAttention-2 design. A block owns BM query rows
+// (one mask query block) of one head and batch row; each warp owns 16 rows. The block walks
+// the mask's listed key blocks (partial first, then full) in tiles of 64 keys: K and V tiles
+// arrive by cp.async, double-buffered; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16 with
+// f32 accumulators (P is reused from S's registers); the softmax is online, in base 2, with
+// a running max and sum per row. Element masks are applied in partial blocks only; keys past
+// lk are always masked.
+#include "abi.h"
+#include "common/mma.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kKv = TF_ATTENTION_KV_TILE;  // keys per tile
+
+struct F16 {
+    static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4],
+                                               const uint32_t (&b)[2]) {
+        tf::mma_m16n8k16_f16_f32(d, a, b);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+};
+
+struct BF16 {
+    static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4],
+                                               const uint32_t (&b)[2]) {
+        tf::mma_m16n8k16_bf16_f32(d, a, b);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+};
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] 16-bit tile.
+template <int D>
+__device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
+    return row * (D * 2) + ((chunk ^ (row % 8)) * 16);
+}
+
+// Starts copying rows [first, first + Rows) of one (batch, head) slice into a swizzled tile;
+// rows at or past `limit` are zero-filled.
+template <int D, int Rows, int Threads>
+__device__ __forceinline__ void load_rows(uint32_t tile, const uint16_t *slice, uint64_t stride_l,
+                                          uint32_t first, uint32_t limit) {
+    for (uint32_t c = threadIdx.x; c < Rows * (D / 8); c += Threads) {
+        const uint32_t row = c / (D / 8), chunk = c % (D / 8);
+        const bool valid = first + row < limit;
+        const uint16_t *src = valid ? slice + (first + row) * stride_l + chunk * 8 : slice;
+        tf::cp_async_16(tile + swizzled<D>(row, chunk), src, valid);
+    }
+}
+
+__device__ __forceinline__ bool element_allows(const TfAttentionParams &p, uint32_t i, uint32_t j) {
+    const int64_t distance = int64_t(i) + p.lk - p.lq - j;  // i' - j
+    switch (p.element) {
+        case 1: return distance >= 0;
+        case 2: return (distance < 0 ? -distance : distance) < int64_t(p.window);
+        case 3: return distance >= 0 && distance < int64_t(p.window);
+        default: return true;
+    }
+}
+
+template <class In, int D, int BM>
+__device__ __forceinline__ void attention(const TfAttentionParams &p) {
+    constexpr int kThreads = BM / 16 * 32;
+    extern __shared__ __align__(16) uint8_t shared[];
+    const uint32_t q_tile = tf::smem_addr(shared);
+    const uint32_t kv_tiles = q_tile + BM * D * 2;  // stage s: K at + s * 2 tiles, V after K
+    const auto k_tile = [&](int s) { return kv_tiles + s * 2 * kKv * D * 2; };
+    const auto v_tile = [&](int s) { return k_tile(s) + kKv * D * 2; };
+
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const uint32_t q_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+    const uint32_t kv_head = head / (p.heads_q / p.heads_kv);
+    const uint16_t *q = reinterpret_cast<const uint16_t *>(p.q) + batch * p.q_stride_b + head * p.q_stride_h;
+    const uint16_t *k = reinterpret_cast<const uint16_t *>(p.k) + batch * p.k_stride_b + kv_head * p.k_stride_h;
+    const uint16_t *v = reinterpret_cast<const uint16_t *>(p.v) + batch * p.v_stride_b + kv_head * p.v_stride_h;
+
+    const uint32_t *partial_offsets = reinterpret_cast<const uint32_t *>(p.partial_offsets);
+    const uint32_t *full_offsets = reinterpret_cast<const uint32_t *>(p.full_offsets);
+    const uint32_t *partial = reinterpret_cast<const uint32_t *>(p.partial);
+    const uint32_t *full = reinterpret_cast<const uint32_t *>(p.full);
+    const uint32_t mask_row = ((p.mask_batch == 1 ? 0 : batch) * p.mask_heads +
+                               (p.mask_heads == 1 ? 0 : head)) * p.q_blocks + q_block;
+    const uint32_t n_partial = partial_offsets[mask_row + 1] - partial_offsets[mask_row];
+    const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
+    const uint32_t tiles_per_block = p.block_n / kKv;
+    const uint32_t tiles = (n_partial + n_full) * tiles_per_block;
+    // The first key of tile t, and whether its block is partial.
+    const auto tile_key = [&](uint32_t t, bool &is_partial) {
+        const uint32_t n = t / tiles_per_block;
+        is_partial = n < n_partial;
+        const uint32_t block = is_partial ? partial[partial_offsets[mask_row] + n]
+                                          : full[full_offsets[mask_row] + n - n_partial];
+        return block * p.block_n + (t % tiles_per_block) * kKv;
+    };
+    const auto load_kv = [&](uint32_t t, int stage) {
+        bool is_partial;
+        const uint32_t key0 = tile_key(t, is_partial);
+        load_rows<D, kKv, kThreads>(k_tile(stage), k, p.k_stride_l, key0, p.lk);
+        load_rows<D, kKv, kThreads>(v_tile(stage), v, p.v_stride_l, key0, p.lk);
+    };
+
+    load_rows<D, BM, kThreads>(q_tile, q, p.q_stride_l, q_block * BM, p.lq);
+    if (tiles > 0) load_kv(0, 0);
+    tf::cp_async_commit();
+
+    float out[D / 8][4] = {};
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
+    const uint32_t row0 = q_block * BM + warp * 16 + lane / 4;  // rows row0 and row0 + 8
+
+    for (uint32_t t = 0; t < tiles; ++t) {
+        const int stage = t % 2;
+        if (t + 1 < tiles) {
+            load_kv(t + 1, stage ^ 1);
+            tf::cp_async_commit();
+            tf::cp_async_wait<1>();
+        } else {
+            tf::cp_async_wait<0>();
+        }
+        __syncthreads();
+
+        // S = Q · Kᵀ for this warp's 16 rows and the tile's 64 keys.
+        float s[kKv / 8][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t a[4];
+            tf::ldmatrix_x4(a, q_tile + swizzled<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+#pragma unroll
+            for (int j = 0; j < kKv / 8; ++j) {
+                uint32_t b[2];
+                tf::ldmatrix_x2(b, k_tile(stage) + swizzled<D>(j * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
+                In::mma(s[j], a, b);
+            }
+        }
+
+        // Mask, scale to base 2, and the online softmax of each of the thread's two rows.
+        bool is_partial;
+        const uint32_t key0 = tile_key(t, is_partial);
+#pragma unroll
+        for (int j = 0; j < kKv / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const uint32_t key = key0 + j * 8 + (lane % 4) * 2 + e % 2;
+                const uint32_t row = row0 + (e / 2) * 8;
+                const bool ok = key < p.lk && (!is_partial || element_allows(p, row, key));
+                s[j][e] = ok ? s[j][e] * p.scale_log2 : -INFINITY;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float tile_max = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < kKv / 8; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            const float new_max = fmaxf(row_max[r], tile_max);
+            const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
+            const float correction = exp2f(row_max[r] - base);
+            row_max[r] = new_max;
+            row_sum[r] *= correction;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                out[n][2 * r] *= correction;
+                out[n][2 * r + 1] *= correction;
+            }
+#pragma unroll
+            for (int j = 0; j < kKv / 8; ++j) {
+                s[j][2 * r] = exp2f(s[j][2 * r] - base);
+                s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - base);
+                row_sum[r] += s[j][2 * r] + s[j][2 * r + 1];
+            }
+        }
+
+        // O += P · V, with P taken from S's registers as A fragments.
+#pragma unroll
+        for (int kk = 0; kk < kKv / 16; ++kk) {
+            const uint32_t a[4] = {
+                In::pack(s[2 * kk][0], s[2 * kk][1]), In::pack(s[2 * kk][2], s[2 * kk][3]),
+                In::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), In::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                uint32_t b[2];
+                tf::ldmatrix_x2_trans(b, v_tile(stage) + swizzled<D>(kk * 16 + lane % 16, n));
+                In::mma(out[n], a, b);
+            }
+        }
+        __syncthreads();  // this stage is read; the next iteration's copy may overwrite it
+    }
+    tf::cp_async_wait<0>();
+
+    uint16_t *o = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b + head * p.o_stride_h;
+    float *lse = reinterpret_cast<float *>(p.lse);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = row_sum[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const uint32_t row = row0 + r * 8;
+        if (row >= p.lq) continue;
+        const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const uint32_t col = n * 8 + (lane % 4) * 2;
+            *reinterpret_cast<uint32_t *>(o + row * p.o_stride_l + col) =
+                In::pack(out[n][2 * r] * inverse, out[n][2 * r + 1] * inverse);
+        }
+        if (lse != nullptr && lane % 4 == 0)
+            lse[(size_t(batch) * p.heads_q + head) * p.lq + row] =
+                sum > 0.0f ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+    }
+}
+
+}  // namespace
+
+#define TF_ATTENTION_KERNEL(in, In, d, bm)                                                          \
+    extern "C" __global__ void __launch_bounds__(bm / 16 * 32)                                      \
+        tilefuse_attention_##in##_d##d##_bm##bm(const __grid_constant__ TfAttentionParams p) {     \
+        attention<In, d, bm>(p);                                                                   \
+    }
+
+TF_ATTENTION_KERNEL(f16, F16, 64, 64)
+TF_ATTENTION_KERNEL(f16, F16, 64, 128)
+TF_ATTENTION_KERNEL(f16, F16, 128, 64)
+TF_ATTENTION_KERNEL(f16, F16, 128, 128)
+TF_ATTENTION_KERNEL(bf16, BF16, 64, 64)
+TF_ATTENTION_KERNEL(bf16, BF16, 64, 128)
+TF_ATTENTION_KERNEL(bf16, BF16, 128, 64)
+TF_ATTENTION_KERNEL(bf16, BF16, 128, 128)

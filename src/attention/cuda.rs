@@ -1,0 +1,226 @@
+//! Attention on CUDA (`cuda/attention.cu`): FlashAttention-2's design over the mask's block
+//! lists, mma.sync on f16 / bf16 with f32 softmax. GPU verification pending (see BENCH.md).
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+
+use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
+use crate::backend::abi::{TF_ATTENTION_KV_TILE, TfAttentionParams};
+use crate::backend::cuda::{Cuda, Kernel};
+use crate::error::{Error, Result};
+use crate::spmm::SpmmElement;
+
+/// A [`BlockMask`] in device memory.
+#[derive(Debug)]
+pub struct DeviceBlockMask {
+    shape: MaskShape,
+    element: ElementMask,
+    partial_offsets: CudaSlice<u32>,
+    partial: CudaSlice<u32>,
+    full_offsets: CudaSlice<u32>,
+    full: CudaSlice<u32>,
+}
+
+impl DeviceBlockMask {
+    /// Copies `mask` to `cuda`'s device (enqueued on its stream).
+    pub fn upload(cuda: &Cuda, mask: &BlockMask) -> Result<Self> {
+        let (partial_offsets, partial, full_offsets, full) = mask.parts();
+        // Empty lists are never read, but their buffers must exist.
+        let list = |values: &[u32]| cuda.upload(if values.is_empty() { &[0] } else { values });
+        Ok(DeviceBlockMask {
+            shape: mask.shape(),
+            element: mask.element(),
+            partial_offsets: cuda.upload(partial_offsets)?,
+            partial: list(partial)?,
+            full_offsets: cuda.upload(full_offsets)?,
+            full: list(full)?,
+        })
+    }
+}
+
+/// The tensors of one call, contiguous in the FlashAttention layout: q `[b, lq, hq, d]`,
+/// k and v `[b, lk, hkv, d]`.
+#[derive(Debug)]
+pub struct Inputs<'a, Q, K, V> {
+    /// Queries.
+    pub q: &'a Q,
+    /// Keys.
+    pub k: &'a K,
+    /// Values.
+    pub v: &'a V,
+}
+
+/// Enqueues `o = softmax(q·kᵀ·scale + mask)·v` on `cuda`'s stream: `o [b, lq, hq, d]` in the
+/// inputs' type and, when given, `lse [b, hq, lq]` (natural log, −inf for a query that sees
+/// no key, whose `o` row is 0). `d` is 64 or 128.
+pub fn attention<T, Q, K, V>(
+    cuda: &Cuda,
+    shape: &AttentionShape,
+    inputs: Inputs<'_, Q, K, V>,
+    mask: &DeviceBlockMask,
+    o: &mut impl DevicePtrMut<T>,
+    lse: Option<&mut CudaSlice<f32>>,
+    scale: f32,
+) -> Result<()>
+where
+    T: SpmmElement + DeviceRepr,
+    Q: DevicePtr<T>,
+    K: DevicePtr<T>,
+    V: DevicePtr<T>,
+{
+    let Inputs { q, k, v } = inputs;
+    shape.check_lengths(q.len(), k.len(), v.len())?;
+    shape.check_mask_shape(mask.shape)?;
+    if shape.d != 64 && shape.d != 128 {
+        return Err(Error::invalid("d", "64 or 128", shape.d));
+    }
+    if !scale.is_finite() {
+        return Err(Error::invalid("scale", "a finite number", scale));
+    }
+    let rows = shape.batch * shape.lq * shape.heads_q;
+    if o.len() != rows * shape.d {
+        return Err(Error::Length {
+            what: "o",
+            expected: rows * shape.d,
+            got: o.len(),
+        });
+    }
+    if let Some(lse) = &lse
+        && lse.len() != rows
+    {
+        return Err(Error::Length {
+            what: "lse",
+            expected: rows,
+            got: lse.len(),
+        });
+    }
+    cuda.check_device("q", q)?;
+    cuda.check_device("k", k)?;
+    cuda.check_device("v", v)?;
+    cuda.check_device("mask", &mask.full)?;
+    cuda.check_device("o", o)?;
+    let m = mask.shape;
+    let shared = (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2;
+    let limit = cuda.info().max_shared_per_block as usize;
+    if shared > limit {
+        return Err(Error::DeviceLimit {
+            what: "attention shared memory",
+            limit_name: "max shared memory per block",
+            needed: shared as u64,
+            limit: limit as u64,
+        });
+    }
+    let grid_ok = shape.heads_q <= u16::MAX as usize && shape.batch <= u16::MAX as usize;
+    if !grid_ok {
+        return Err(Error::DeviceLimit {
+            what: "attention grid",
+            limit_name: "max grid y and z (heads, batch)",
+            needed: shape.heads_q.max(shape.batch) as u64,
+            limit: u16::MAX.into(),
+        });
+    }
+    let (element, window) = match mask.element {
+        ElementMask::None => (0, 0),
+        ElementMask::Causal => (1, 0),
+        ElementMask::SlidingWindow(w) => (2, w),
+        ElementMask::CausalWindow(w) => (3, w),
+    };
+    // Contiguous [b, l, h, d] strides, in elements.
+    let strides = |l: usize, h: usize| {
+        (
+            (l * h * shape.d) as u64,
+            (h * shape.d) as u64,
+            shape.d as u64,
+        )
+    };
+    let (q_b, q_l, q_h) = strides(shape.lq, shape.heads_q);
+    let (k_b, k_l, k_h) = strides(shape.lk, shape.heads_kv);
+    let mut args = cuda.args();
+    let params = TfAttentionParams {
+        q: args.read(q),
+        k: args.read(k),
+        v: args.read(v),
+        o: args.write(o),
+        lse: lse.map_or(0, |lse| args.write(lse)),
+        partial_offsets: args.read(&mask.partial_offsets),
+        partial: args.read(&mask.partial),
+        full_offsets: args.read(&mask.full_offsets),
+        full: args.read(&mask.full),
+        q_stride_b: q_b,
+        q_stride_l: q_l,
+        q_stride_h: q_h,
+        k_stride_b: k_b,
+        k_stride_l: k_l,
+        k_stride_h: k_h,
+        v_stride_b: k_b,
+        v_stride_l: k_l,
+        v_stride_h: k_h,
+        o_stride_b: q_b,
+        o_stride_l: q_l,
+        o_stride_h: q_h,
+        batch: shape.batch as u32,
+        lq: shape.lq as u32,
+        lk: shape.lk as u32,
+        heads_q: shape.heads_q as u32,
+        heads_kv: shape.heads_kv as u32,
+        block_n: m.block_n as u32,
+        q_blocks: m.q_blocks() as u32,
+        mask_batch: m.batch as u32,
+        mask_heads: m.heads as u32,
+        element,
+        window: window.min(u32::MAX as usize) as u32,
+        scale_log2: scale * std::f32::consts::LOG2_E,
+    };
+    for (what, address) in [
+        ("q", params.q),
+        ("k", params.k),
+        ("v", params.v),
+        ("o", params.o),
+    ] {
+        if address % 16 != 0 {
+            return Err(Error::invalid(
+                what,
+                "a 16-byte aligned buffer",
+                format!("address {address:#x}"),
+            ));
+        }
+    }
+    let config = LaunchConfig {
+        grid_dim: (
+            m.q_blocks() as u32,
+            shape.heads_q as u32,
+            shape.batch as u32,
+        ),
+        block_dim: ((m.block_m / 16 * 32) as u32, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    let name = match (T::NAME, shape.d, m.block_m) {
+        ("f16", 64, 64) => "tilefuse_attention_f16_d64_bm64",
+        ("f16", 64, _) => "tilefuse_attention_f16_d64_bm128",
+        ("f16", _, 64) => "tilefuse_attention_f16_d128_bm64",
+        ("f16", _, _) => "tilefuse_attention_f16_d128_bm128",
+        (_, 64, 64) => "tilefuse_attention_bf16_d64_bm64",
+        (_, 64, _) => "tilefuse_attention_bf16_d64_bm128",
+        (_, _, 64) => "tilefuse_attention_bf16_d128_bm64",
+        (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
+    };
+    // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`.
+    // q, k, v and o hold exactly the contiguous [b, l, h, d] tensors the strides describe
+    // (lengths checked), 16-byte aligned (checked) with d a multiple of 8, as cp.async and
+    // the 4-byte output stores need. The mask passed BlockMask's validation (offsets from 0
+    // to the list lengths, key blocks below ceil(lk / block_n), one row per (batch, head,
+    // query block) of its own broadcast shape) and matches this shape (check_mask_shape),
+    // so every list read and every key the kernel forms is in range; keys at or past lk and
+    // queries at or past lq are masked or skipped in the kernel. lse, when present, holds
+    // b·hq·lq values. Shared memory was checked against the device's limit.
+    unsafe {
+        cuda.launch(
+            Kernel {
+                module: "attention",
+                name,
+            },
+            config,
+            &params,
+            args,
+        )
+    }
+}
