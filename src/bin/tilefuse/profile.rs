@@ -11,7 +11,7 @@ use tilefuse::spmm::{self, Pattern, cuda::DeviceTiledCsl};
 /// The configuration to profile.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProfileArgs {
-    /// The op (spmm or scan).
+    /// The op.
     #[arg(value_enum)]
     pub op: crate::input::Op,
     /// Timed launches, each in its own NVTX range.
@@ -44,6 +44,15 @@ pub struct ProfileArgs {
     /// scan: f32 instead of complex64.
     #[arg(long)]
     pub real: bool,
+    /// attention: query and key length (causal mask, 128-blocks, b = 1).
+    #[arg(long, default_value_t = 8192)]
+    pub len: usize,
+    /// attention: query heads (as many key/value heads).
+    #[arg(long, default_value_t = 32)]
+    pub heads: usize,
+    /// attention: head dimension (64 or 128).
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: usize,
 }
 
 /// Runs the configuration; returns a line describing what ran.
@@ -79,9 +88,7 @@ pub fn profile(args: &ProfileArgs) -> Result<String, String> {
         }
         crate::input::Op::Scan if args.real => profile_scan::<f32>(&cuda, &ranges, args)?,
         crate::input::Op::Scan => profile_scan::<Complex32>(&cuda, &ranges, args)?,
-        crate::input::Op::Attention => {
-            return Err("attention: not in tilefuse yet (issue 5)".into());
-        }
+        crate::input::Op::Attention => profile_attention(&cuda, &ranges, args)?,
     };
     Ok(format!(
         "{name}: {} launches on {} ({})",
@@ -129,6 +136,33 @@ fn profile_scan<T: ScanElement>(
             h0: None,
         };
         scan::cuda::scan(cuda, &problem, inputs, &mut h, &mut h_last)
+    })?;
+    Ok(label)
+}
+
+fn profile_attention(cuda: &Cuda, ranges: &Ranges, args: &ProfileArgs) -> Result<String, String> {
+    use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, cuda as attention};
+    let err = |e: tilefuse::Error| e.to_string();
+    let (l, heads, d) = (args.len, args.heads, args.head_dim);
+    let shape = AttentionShape::new(1, l, l, heads, heads, d).map_err(err)?;
+    let mask = BlockMask::causal(MaskShape::new(l, l)).map_err(err)?;
+    let mask = attention::DeviceBlockMask::upload(cuda, &mask).map_err(err)?;
+    let values = vec![f16::from_f32(0.01); l * heads * d];
+    let (q, k, v) = (
+        cuda.upload(&values).map_err(err)?,
+        cuda.upload(&values).map_err(err)?,
+        cuda.upload(&values).map_err(err)?,
+    );
+    let mut o = cuda.upload(&values).map_err(err)?;
+    let label = format!("attention causal b=1 l={l} hq={heads} d={d}");
+    let scale = 1.0 / (d as f32).sqrt();
+    launches(cuda, ranges, &label, args.iters, || {
+        let inputs = attention::Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        attention::attention(cuda, &shape, inputs, &mask, &mut o, None, scale)
     })?;
     Ok(label)
 }
