@@ -73,8 +73,13 @@ where
     if shape.d != 64 && shape.d != 128 {
         return Err(Error::invalid("d", "64 or 128", shape.d));
     }
-    if !scale.is_finite() {
-        return Err(Error::invalid("scale", "a finite number", scale));
+    let scale_log2 = scale * std::f32::consts::LOG2_E;
+    if !scale_log2.is_finite() {
+        return Err(Error::invalid(
+            "scale",
+            "a finite number below 2.3e38",
+            scale,
+        ));
     }
     let rows = shape.batch * shape.lq * shape.heads_q;
     if o.len() != rows * shape.d {
@@ -98,6 +103,9 @@ where
     cuda.check_device("v", v)?;
     cuda.check_device("mask", &mask.full)?;
     cuda.check_device("o", o)?;
+    if let Some(lse) = &lse {
+        cuda.check_device("lse", *lse)?;
+    }
     let m = mask.shape;
     let shared = (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2;
     let limit = cuda.info().max_shared_per_block as usize;
@@ -168,7 +176,7 @@ where
         mask_heads: m.heads as u32,
         element,
         window: window.min(u32::MAX as usize) as u32,
-        scale_log2: scale * std::f32::consts::LOG2_E,
+        scale_log2,
     };
     for (what, address) in [
         ("q", params.q),
@@ -203,9 +211,10 @@ where
         (_, _, 64) => "tilefuse_attention_bf16_d128_bm64",
         (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
     };
-    // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`.
-    // q, k, v and o hold exactly the contiguous [b, l, h, d] tensors the strides describe
-    // (lengths checked), 16-byte aligned (checked) with d a multiple of 8, as cp.async and
+    // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`,
+    // all on this context (checked). q, k, v and o hold exactly the contiguous [b, l, h, d]
+    // tensors the strides describe (lengths checked, and heads_kv divides heads_q, so the
+    // kernel's key/value head stays below heads_kv), 16-byte aligned (checked) with d a multiple of 8, as cp.async and
     // the 4-byte output stores need. The mask passed BlockMask's validation (offsets from 0
     // to the list lengths, key blocks below ceil(lk / block_n), one row per (batch, head,
     // query block) of its own broadcast shape) and matches this shape (check_mask_shape),

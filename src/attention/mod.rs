@@ -31,8 +31,10 @@ pub use reference::{Outputs, reference};
 
 use crate::error::{Error, Result};
 
-/// The sizes of one attention call, validated by [`AttentionShape::new`].
+/// The sizes of one attention call, validated by [`AttentionShape::new`] (the only way to
+/// make one outside this crate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct AttentionShape {
     /// Batch.
     pub batch: usize,
@@ -103,7 +105,16 @@ impl AttentionShape {
         })
     }
 
+    /// Checks the buffer lengths, and again the head grouping that the kernels index by
+    /// (`kv_head = head / (heads_q / heads_kv)` must stay below `heads_kv`).
     pub(crate) fn check_lengths(&self, q: usize, k: usize, v: usize) -> Result<()> {
+        if self.heads_kv == 0 || !self.heads_q.is_multiple_of(self.heads_kv) {
+            return Err(Error::invalid(
+                "heads_kv",
+                format!("a divisor of heads_q = {}", self.heads_q),
+                self.heads_kv,
+            ));
+        }
         let q_len = self.batch * self.lq * self.heads_q * self.d;
         let kv_len = self.batch * self.lk * self.heads_kv * self.d;
         for (what, expected, got) in [("q", q_len, q), ("k", kv_len, k), ("v", kv_len, v)] {
