@@ -68,11 +68,8 @@ where
     V: DevicePtr<T>,
 {
     let Inputs { q, k, v } = inputs;
-    shape.check_lengths(q.len(), k.len(), v.len())?;
-    shape.check_mask_shape(mask.shape)?;
-    if shape.d != 64 && shape.d != 128 {
-        return Err(Error::invalid("d", "64 or 128", shape.d));
-    }
+    let lse_len = lse.as_ref().map(|lse| lse.len());
+    shape.check_call([q.len(), k.len(), v.len()], mask.shape, o.len(), lse_len)?;
     let scale_log2 = scale * std::f32::consts::LOG2_E;
     if !scale_log2.is_finite() {
         return Err(Error::invalid(
@@ -80,23 +77,6 @@ where
             "a finite number below 2.3e38",
             scale,
         ));
-    }
-    let rows = shape.batch * shape.lq * shape.heads_q;
-    if o.len() != rows * shape.d {
-        return Err(Error::Length {
-            what: "o",
-            expected: rows * shape.d,
-            got: o.len(),
-        });
-    }
-    if let Some(lse) = &lse
-        && lse.len() != rows
-    {
-        return Err(Error::Length {
-            what: "lse",
-            expected: rows,
-            got: lse.len(),
-        });
     }
     cuda.check_device("q", q)?;
     cuda.check_device("k", k)?;

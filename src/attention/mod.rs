@@ -129,6 +129,35 @@ impl AttentionShape {
         Ok(())
     }
 
+    /// Everything a kernel launch needs checked: input lengths, head grouping, the mask's
+    /// shape, d ∈ {64, 128}, and the lengths of `o` and of `lse` when given.
+    pub(crate) fn check_call(
+        &self,
+        [q, k, v]: [usize; 3],
+        mask: MaskShape,
+        o: usize,
+        lse: Option<usize>,
+    ) -> Result<()> {
+        self.check_lengths(q, k, v)?;
+        self.check_mask_shape(mask)?;
+        if self.d != 64 && self.d != 128 {
+            return Err(Error::invalid("d", "64 or 128", self.d));
+        }
+        let rows = self.batch * self.lq * self.heads_q;
+        for (what, expected, got) in [("o", rows * self.d, Some(o)), ("lse", rows, lse)] {
+            if let Some(got) = got
+                && got != expected
+            {
+                return Err(Error::Length {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that `mask` was built for these lengths, batch and heads (or broadcasts them).
     pub fn check_mask(&self, mask: &BlockMask) -> Result<()> {
         self.check_mask_shape(mask.shape())

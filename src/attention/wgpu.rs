@@ -81,30 +81,10 @@ pub fn attention<T: SpmmElement>(
     scale: f32,
 ) -> Result<()> {
     let Inputs { q, k, v } = inputs;
-    shape.check_lengths(q.len(), k.len(), v.len())?;
-    shape.check_mask_shape(mask.shape)?;
-    if shape.d != 64 && shape.d != 128 {
-        return Err(Error::invalid("d", "64 or 128", shape.d));
-    }
+    let lse_len = lse.as_ref().map(|lse| lse.len());
+    shape.check_call([q.len(), k.len(), v.len()], mask.shape, o.len(), lse_len)?;
     if !scale.is_finite() {
         return Err(Error::invalid("scale", "a finite number", scale));
-    }
-    let outputs = shape.batch * shape.lq * shape.heads_q;
-    if o.len() != outputs * shape.d {
-        return Err(Error::Length {
-            what: "o",
-            expected: outputs * shape.d,
-            got: o.len(),
-        });
-    }
-    if let Some(lse) = &lse
-        && lse.len() != outputs
-    {
-        return Err(Error::Length {
-            what: "lse",
-            expected: outputs,
-            got: lse.len(),
-        });
     }
     gpu.check_buffer("q", q)?;
     gpu.check_buffer("k", k)?;
@@ -118,7 +98,7 @@ pub fn attention<T: SpmmElement>(
             lse.raw()
         }
         None => {
-            scratch = gpu.zeros::<f32>(outputs)?;
+            scratch = gpu.zeros::<f32>(shape.batch * shape.lq * shape.heads_q)?;
             scratch.raw()
         }
     };
