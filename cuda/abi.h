@@ -77,8 +77,9 @@ typedef struct TfScanParams {
  * k tiles [z * tiles_per_split, ...). With splits > 1, each block writes f32 partials to
  * workspace [splits][ceil(n / N) * N][m], and the last block of each (m tile, n block), found
  * through a u32 counter after the partials (zero at launch; the kernel leaves it zero), adds
- * them in split order and writes y. Dynamic shared memory: see tf_spmm_shared_bytes in
- * src/spmm/cuda.rs; stage_vectors is the largest tile's vector count.
+ * them in split order and writes y; with one split, workspace is unused (0). Dynamic shared
+ * memory: 128 * 64 * 2 + TF_SPMM_STAGES * (N * 64 * 2 + stage_vectors * 16) bytes, where
+ * stage_vectors is the largest tile's vector count.
  */
 #define TF_SPMM_TILE_M 128
 #define TF_SPMM_TILE_K 64

@@ -149,7 +149,7 @@ impl fmt::Display for Case {
 }
 
 /// Runs `case` on `backend` with inputs from `seed` (outputs poisoned with NaN) and compares
-/// `o` and `lse` with the f64 reference. `Ok(None)` where the op has no path (the CPU, CUDA).
+/// `o` and `lse` with the f64 reference. `Ok(None)` on the CPU (the reference is the CPU path).
 pub fn check(
     backends: &Backends,
     backend: Backend,

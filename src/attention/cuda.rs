@@ -106,12 +106,7 @@ where
             limit: u16::MAX.into(),
         });
     }
-    let (element, window) = match mask.element {
-        ElementMask::None => (0, 0),
-        ElementMask::Causal => (1, 0),
-        ElementMask::SlidingWindow(w) => (2, w),
-        ElementMask::CausalWindow(w) => (3, w),
-    };
+    let (element, window) = mask.element.kernel_code();
     // Contiguous [b, l, h, d] strides, in elements.
     let strides = |l: usize, h: usize| {
         (
@@ -155,7 +150,7 @@ where
         mask_batch: m.batch as u32,
         mask_heads: m.heads as u32,
         element,
-        window: window.min(u32::MAX as usize) as u32,
+        window,
         scale_log2,
     };
     for (what, address) in [

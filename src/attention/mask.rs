@@ -38,6 +38,18 @@ impl ElementMask {
         }
     }
 
+    /// The kernels' encoding: `(kind, window)` with kind 0 none, 1 causal, 2 sliding window,
+    /// 3 causal + window (see `cuda/abi.h`).
+    pub(crate) fn kernel_code(self) -> (u32, u32) {
+        let window = |w: usize| w.min(u32::MAX as usize) as u32;
+        match self {
+            ElementMask::None => (0, 0),
+            ElementMask::Causal => (1, 0),
+            ElementMask::SlidingWindow(w) => (2, window(w)),
+            ElementMask::CausalWindow(w) => (3, window(w)),
+        }
+    }
+
     /// Whether query `i` may see key `j`, for `lq` queries and `lk` keys.
     pub fn allows(self, i: usize, j: usize, lq: usize, lk: usize) -> bool {
         let (lo, hi) = self.interval(i, lq, lk);

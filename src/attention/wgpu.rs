@@ -102,12 +102,7 @@ pub fn attention<T: SpmmElement>(
             scratch.raw()
         }
     };
-    let (element, window) = match mask.element {
-        ElementMask::None => (0, 0),
-        ElementMask::Causal => (1, 0),
-        ElementMask::SlidingWindow(w) => (2, w),
-        ElementMask::CausalWindow(w) => (3, w),
-    };
+    let (element, window) = mask.element.kernel_code();
     let m = mask.shape;
     let params = Params {
         batch: shape.batch as u32,
@@ -122,7 +117,7 @@ pub fn attention<T: SpmmElement>(
         mask_batch: m.batch as u32,
         mask_heads: m.heads as u32,
         element,
-        window: window.min(u32::MAX as usize) as u32,
+        window,
         scale,
         pad: [0; 2],
     };

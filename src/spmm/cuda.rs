@@ -25,17 +25,11 @@ pub struct DeviceTiledCsl<T: SpmmElement> {
 impl<T: SpmmElement> DeviceTiledCsl<T> {
     /// Copies `w` to `cuda`'s device (enqueued on its stream).
     pub fn upload(cuda: &Cuda, w: &TiledCsl<T>) -> Result<Self> {
-        // An all-zero weight has no entries; the kernel reads none, but the buffer must exist.
-        let entries = if w.entries().is_empty() {
-            &[0u32; 4][..]
-        } else {
-            w.entries()
-        };
         Ok(DeviceTiledCsl {
             m: w.m(),
             k: w.k(),
             stage_vectors: w.max_tile_vectors().max(1),
-            entries: cuda.upload(entries)?,
+            entries: cuda.upload(w.device_entries())?,
             tile_offsets: cuda.upload(w.tile_offsets())?,
             element: PhantomData,
         })
@@ -94,14 +88,19 @@ where
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
     let plan = Plan::new(cuda, w, n)?;
-    let mut workspace = cuda.scratch(plan.workspace_words(w.m), plan.counters(w.m))?;
+    // Without split-K the kernel never touches a workspace: none is allocated.
+    let mut workspace = (plan.splits > 1)
+        .then(|| cuda.scratch(plan.workspace_words(w.m), plan.counters(w.m)))
+        .transpose()?;
     let mut args = cuda.args();
     let params = TfSpmmParams {
         entries: args.read(&w.entries),
         tile_offsets: args.read(&w.tile_offsets),
         x: args.read(x),
         y: args.write(y),
-        workspace: args.write(&mut workspace),
+        workspace: workspace
+            .as_mut()
+            .map_or(0, |workspace| args.write(workspace)),
         m: w.m as u32,
         n: n as u32,
         k: w.k as u32,
@@ -119,8 +118,9 @@ where
     // every place inside its tile and the matrix) before upload, so every entry the kernel
     // reads and every shared-memory place it scatters to is in bounds; the stage size is the
     // largest tile's vector count. x holds n·k values and y n·m (checked above), and the
-    // kernel guards token < n, row < m, column < k. The workspace has the split-K layout of
-    // abi.h for this grid (Plan::workspace_words), with its counters zeroed. Plan checked
+    // kernel guards token < n, row < m, column < k. With splits > 1 the workspace has the
+    // split-K layout of abi.h for this grid (Plan::workspace_words), with its counters zeroed;
+    // with one split the kernel returns before any workspace access. Plan checked
     // the grid and shared memory against the device's limits.
     unsafe { cuda.launch(plan.kernel::<T, O>(), config, &params, args) }
 }
@@ -176,10 +176,8 @@ impl Plan {
         })
     }
 
+    /// f32 partial results of every split (split-K only).
     fn partials(&self, m: usize) -> usize {
-        if self.splits == 1 {
-            return 0;
-        }
         self.splits as usize * (self.n_blocks * self.tokens_per_block) as usize * m
     }
 

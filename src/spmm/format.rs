@@ -288,6 +288,16 @@ impl<T: SpmmElement> TiledCsl<T> {
         &self.tile_offsets
     }
 
+    /// The entries as a device buffer holds them: an all-zero weight has none, and a kernel
+    /// reads none, but a buffer needs at least one vector.
+    pub(crate) fn device_entries(&self) -> &[u32] {
+        if self.entries.is_empty() {
+            &[0; VECTOR]
+        } else {
+            &self.entries
+        }
+    }
+
     /// The most 4-entry vectors any tile has.
     pub fn max_tile_vectors(&self) -> usize {
         self.tile_offsets

@@ -30,15 +30,10 @@ pub struct GpuTiledCsl<T: SpmmElement> {
 impl<T: SpmmElement> GpuTiledCsl<T> {
     /// Copies `w` to `gpu`'s device.
     pub fn upload(gpu: &Wgpu, w: &TiledCsl<T>) -> Result<Self> {
-        let entries = if w.entries().is_empty() {
-            &[0u32; 4][..]
-        } else {
-            w.entries()
-        };
         Ok(GpuTiledCsl {
             m: w.m(),
             k: w.k(),
-            entries: gpu.upload(entries)?,
+            entries: gpu.upload(w.device_entries())?,
             tile_offsets: gpu.upload(w.tile_offsets())?,
             element: PhantomData,
         })
