@@ -12,7 +12,8 @@ use half::f16;
 use proptest::prelude::*;
 use tilefuse::Error;
 use tilefuse::attention::{
-    AttentionShape, BlockKind, BlockMask, Case, ElementMask, MaskKind, MaskShape, check, reference,
+    AttentionShape, BlockKind, BlockMask, Case, ElementMask, Layout, MaskKind, MaskShape, Output,
+    Strides, check, reference,
 };
 use tilefuse::harness::{Backend, Backends, Rng};
 
@@ -22,6 +23,7 @@ on_backends!([cuda, wgpu] => [
     gqa_ratios_and_head_dims,
     rows_without_keys_give_zero_and_minus_infinity,
     full_blocks_equal_partial_blocks_on_the_device,
+    strided_tensors_in_both_orders,
     every_registered_case_passes,
 ]);
 
@@ -148,11 +150,81 @@ fn full_blocks_equal_partial_blocks_on_the_device(backends: &Backends, backend: 
     let all_partial = |_, _, _, _| BlockKind::Partial;
     let partial = BlockMask::from_fn(shape(200, 130, 64), ElementMask::None, all_partial).unwrap();
     let run = |mask| {
-        let out =
-            tilefuse::attention::run(backends, backend, &attention, [&q, &k, &v], mask, 0.125);
+        let inputs = [&q[..], &k, &v];
+        let out = tilefuse::attention::run(
+            backends,
+            backend,
+            &attention,
+            inputs,
+            mask,
+            0.125,
+            Output::Input,
+        );
         out.unwrap().expect("a device path")
     };
     assert_eq!(run(&full), run(&partial));
+}
+
+fn strided_tensors_in_both_orders(backends: &Backends, backend: Backend) {
+    // q, k as [b, l, h, d] and v, o as [b, h, l, d], with gaps (NaN in the inputs, poison in
+    // o) between rows, heads and batches: the gaps must be neither read nor written.
+    let cases = [
+        Case {
+            batch: 2,
+            heads_q: 4,
+            ..Case::new(130, 200)
+        },
+        Case {
+            mask: MaskKind::Window(100, true),
+            heads_q: 8,
+            heads_kv: 2,
+            d: 128,
+            bf16: true,
+            ..Case::new(257, 129)
+        },
+        Case {
+            mask: MaskKind::EmptyRows,
+            block: 128,
+            heads_q: 4,
+            ..Case::new(300, 200)
+        },
+    ];
+    for case in cases {
+        assert_case(
+            backends,
+            backend,
+            Case {
+                strided: true,
+                ..case
+            },
+        );
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgsl_writes_f32_outputs_within_the_f32_bound() {
+    if common::available(Backend::Wgpu).is_none() {
+        return;
+    }
+    let backends = common::backends();
+    for mask in [
+        MaskKind::Causal,
+        MaskKind::Window(90, false),
+        MaskKind::EmptyRows,
+    ] {
+        for (bf16, strided) in [(false, false), (true, true)] {
+            let case = Case {
+                mask,
+                bf16,
+                strided,
+                heads_q: 4,
+                output: Output::F32,
+                ..Case::new(300, 250)
+            };
+            assert_case(backends, Backend::Wgpu, case);
+        }
+    }
 }
 
 fn every_registered_case_passes(backends: &Backends, backend: Backend) {
@@ -344,6 +416,111 @@ fn shapes_are_validated() {
     assert!(attention.check_mask(&wrong_heads).is_err());
     let wrong_length = BlockMask::dense(MaskShape::new(100, 99)).unwrap();
     assert!(attention.check_mask(&wrong_length).is_err());
+}
+
+#[test]
+fn layouts_are_validated() {
+    let shape = AttentionShape::new(2, 100, 60, 4, 2, 64).unwrap();
+    let packed = shape.layout();
+    assert_eq!(packed.q, Strides::packed(100, 4, 64));
+    assert_eq!(
+        shape.min_lens(),
+        [
+            2 * 100 * 4 * 64,
+            2 * 60 * 2 * 64,
+            2 * 60 * 2 * 64,
+            2 * 100 * 4 * 64
+        ]
+    );
+    let with = |layout: Layout| shape.with_layout(layout);
+    let invalid = |result: Result<AttentionShape, Error>, name: &str| match result {
+        Err(Error::InvalidArgument { what, .. }) => assert_eq!(what, name),
+        other => panic!("{name}: expected InvalidArgument, got {other:?}"),
+    };
+    // Not a multiple of 8 elements.
+    let q = Strides {
+        seq: 4 * 64 + 4,
+        ..packed.q
+    };
+    invalid(with(Layout { q, ..packed }), "q");
+    // Rows of o overlapping (head stride below d), or two positions on one row.
+    let o = Strides {
+        head: 32,
+        ..packed.o
+    };
+    invalid(with(Layout { o, ..packed }), "o");
+    let o = Strides { seq: 0, ..packed.o };
+    invalid(with(Layout { o, ..packed }), "o");
+    // The same strides on an input are fine (reads may overlap: a broadcast key).
+    let k = Strides { seq: 0, ..packed.k };
+    assert!(with(Layout { k, ..packed }).is_ok());
+    // Past 2^31 elements.
+    let v = Strides {
+        batch: 1 << 31,
+        ..packed.v
+    };
+    invalid(with(Layout { v, ..packed }), "v");
+    let v = Strides {
+        batch: usize::MAX / 2,
+        ..packed.v
+    };
+    invalid(with(Layout { v, ..packed }), "v");
+    // A dimension of one element may have any stride.
+    let one = AttentionShape::new(1, 1, 60, 1, 1, 64).unwrap();
+    let q = Strides {
+        batch: 3,
+        seq: 5,
+        head: usize::MAX,
+    };
+    let one = one.with_layout(Layout { q, ..one.layout() }).unwrap();
+    assert_eq!(one.min_lens()[0], 64);
+}
+
+#[test]
+fn the_reference_reads_strided_inputs() {
+    let seed = common::seed();
+    let mut rng = Rng::new(seed);
+    let case = Case {
+        batch: 2,
+        heads_q: 4,
+        strided: true,
+        ..Case::new(70, 90)
+    };
+    let strided = case.shape().unwrap();
+    let packed = Case {
+        strided: false,
+        ..case
+    }
+    .shape()
+    .unwrap();
+    let mask = case.block_mask().unwrap();
+    // Packed inputs, then the same rows placed at the strided offsets.
+    let tensors = [
+        (strided.layout().q, packed.layout().q, [2, 70, 4], 0),
+        (strided.layout().k, packed.layout().k, [2, 90, 1], 1),
+        (strided.layout().v, packed.layout().v, [2, 90, 1], 2),
+    ];
+    let mut inputs: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    for (to, from, [b, l, h], i) in tensors {
+        let values: Vec<f64> = (0..b * l * h * 64)
+            .map(|_| rng.uniform(-1.0, 1.0))
+            .collect();
+        let mut spread = vec![f64::NAN; strided.min_lens()[i]];
+        for (bb, ll, hh) in
+            (0..b).flat_map(|bb| (0..l).flat_map(move |ll| (0..h).map(move |hh| (bb, ll, hh))))
+        {
+            spread[to.offset(bb, ll, hh)..][..64]
+                .copy_from_slice(&values[from.offset(bb, ll, hh)..][..64]);
+        }
+        inputs[i] = (values, spread);
+    }
+    let [(q, qs), (k, ks), (v, vs)] = inputs;
+    let want = reference(&packed, &q, &k, &v, &mask, 0.125).unwrap();
+    let got = reference(&strided, &qs, &ks, &vs, &mask, 0.125).unwrap();
+    assert_eq!(got, want, "seed {seed}");
+    // A buffer that stops short of the last row is refused.
+    let short = &qs[..qs.len() - 1];
+    assert!(reference(&strided, short, &ks, &vs, &mask, 0.125).is_err());
 }
 
 fn random(len: usize, rng: &mut Rng) -> Vec<f16> {

@@ -518,6 +518,36 @@ fn attention_round_trips_through_run_and_checks_its_files() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // --dtype bf16 converts the inputs: WGSL (f32 out) matches the reference on the same
+    // bf16 values within the f32 bound.
+    if backends().contains(&"wgpu") {
+        let [cpu, wgpu] = ["cpu", "wgpu"].map(|backend| {
+            let path = dir.join(format!("bf16-{backend}.npz"));
+            let out = tilefuse(&[
+                "run",
+                "attention",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                path.to_str().unwrap(),
+                "--backend",
+                backend,
+                "--dtype",
+                "bf16",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            load(&path, "o").1
+        });
+        assert!(compare(&wgpu, &cpu, Tolerance::F32).passed());
+        assert!(
+            !compare(&cpu, &o, Tolerance::F32).passed(),
+            "bf16 differs from f16"
+        );
+    }
 }
 
 #[test]

@@ -3,7 +3,9 @@
 // batch, visits the listed key blocks only (partial ones with the element mask, then full
 // ones), and keeps an online softmax (running max, sum, f32 output row) per query. Keys and
 // values are staged CHUNK at a time in workgroup memory. q, k, v hold 16-bit values (f16, or
-// bf16 when BF16), two per u32; o and lse are f32. Every loop over d or over a chunk has a
+// bf16 when BF16), two per u32, at the strides in params (multiples of 8 elements); o is f32
+// when O_F32, else 16-bit like the inputs (an invocation owns its row, so it stores whole
+// u32 words); lse is f32. Every loop over d or over a chunk has a
 // trip count fixed at pipeline creation (D, CHUNK), so drivers unroll it; llvmpipe (lavapipe)
 // otherwise stops an invocation after about 65535 loop iterations in all.
 
@@ -24,9 +26,13 @@ struct Params {
     scale: f32,
     pad0: u32,
     pad1: u32,
+    // Element strides (batch, position, head, unused) of q, k, v and o.
+    strides: array<vec4<u32>, 4>,
 }
 
 override BF16: bool = false;
+// o is f32 (else the inputs' 16-bit type).
+override O_F32: bool = true;
 // The head dimension (64 or 128), fixed per pipeline.
 override D: u32 = 64u;
 
@@ -42,7 +48,7 @@ const THREADS: u32 = 128u;
 @group(0) @binding(5) var<storage, read> partial: array<u32>;
 @group(0) @binding(6) var<storage, read> full_offsets: array<u32>;
 @group(0) @binding(7) var<storage, read> full: array<u32>;
-@group(0) @binding(8) var<storage, read_write> o: array<f32>;
+@group(0) @binding(8) var<storage, read_write> o: array<u32>;
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;
 
 var<workgroup> k_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
@@ -55,7 +61,7 @@ fn to_f32(h: u32) -> f32 {
     return unpack2x16float(h).x;
 }
 
-// Values 4c .. 4c+3 of a row starting at element `base` (a multiple of 4: d is).
+// Values 4c .. 4c+3 of a row starting at element `base` (even: strides are multiples of 8).
 fn load4(buffer_word0: u32, buffer_word1: u32) -> vec4<f32> {
     return vec4<f32>(to_f32(buffer_word0 & 0xffffu), to_f32(buffer_word0 >> 16u),
                      to_f32(buffer_word1 & 0xffffu), to_f32(buffer_word1 >> 16u));
@@ -64,6 +70,36 @@ fn load4(buffer_word0: u32, buffer_word1: u32) -> vec4<f32> {
 fn q4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(q[w], q[w + 1u]); }
 fn k4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(k[w], k[w + 1u]); }
 fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(v[w], v[w + 1u]); }
+
+// Element (batch, position, head, 0) of tensor `t` (0 q, 1 k, 2 v, 3 o).
+fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
+    let s = params.strides[t];
+    return batch * s.x + position * s.y + head * s.z;
+}
+
+fn to_bits(value: f32) -> u32 {
+    if (BF16) {
+        let bits = bitcast<u32>(value);
+        if (value != value) {
+            return (bits >> 16u) | 0x40u;  // a quiet NaN stays NaN
+        }
+        return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;  // round to nearest even
+    }
+    return pack2x16float(vec2<f32>(value, 0.0)) & 0xffffu;
+}
+
+// Stores values at..at+3 of o (at a multiple of 4).
+fn store4(at: u32, value: vec4<f32>) {
+    if (O_F32) {
+        o[at] = bitcast<u32>(value.x);
+        o[at + 1u] = bitcast<u32>(value.y);
+        o[at + 2u] = bitcast<u32>(value.z);
+        o[at + 3u] = bitcast<u32>(value.w);
+    } else {
+        o[at / 2u] = to_bits(value.x) | (to_bits(value.y) << 16u);
+        o[at / 2u + 1u] = to_bits(value.z) | (to_bits(value.w) << 16u);
+    }
+}
 
 // Whether the element mask lets query i see key j (bottom-right aligned).
 fn element_allows(i: u32, j: u32) -> bool {
@@ -88,7 +124,7 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
 
     var q_row: array<vec4<f32>, MAX_D4>;
     var out: array<vec4<f32>, MAX_D4>;
-    let q_base = ((batch * params.lq + min(i, params.lq - 1u)) * params.heads_q + head) * D;
+    let q_base = row_start(0u, batch, min(i, params.lq - 1u), head);
     for (var c = 0u; c < d4; c++) {
         q_row[c] = q4(q_base, c) * params.scale;
         out[c] = vec4<f32>(0.0);
@@ -121,9 +157,8 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
                 var kv = vec4<f32>(0.0);
                 var vv = vec4<f32>(0.0);
                 if (j < params.lk && c < d4) {
-                    let at = ((batch * params.lk + j) * params.heads_kv + kv_head) * D;
-                    kv = k4(at, c);
-                    vv = v4(at, c);
+                    kv = k4(row_start(1u, batch, j, kv_head), c);
+                    vv = v4(row_start(2u, batch, j, kv_head), c);
                 }
                 k_tile[jj][c] = kv;
                 v_tile[jj][c] = vv;
@@ -152,14 +187,10 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
     if (!live) {
         return;
     }
-    let base = ((batch * params.lq + i) * params.heads_q + head) * D;
+    let base = row_start(3u, batch, i, head);
     let seen = sum > 0.0;
     for (var c = 0u; c < d4; c++) {
-        let value = select(vec4<f32>(0.0), out[c] / sum, seen);
-        o[base + 4u * c] = value.x;
-        o[base + 4u * c + 1u] = value.y;
-        o[base + 4u * c + 2u] = value.z;
-        o[base + 4u * c + 3u] = value.w;
+        store4(base + 4u * c, select(vec4<f32>(0.0), out[c] / sum, seen));
     }
     let neg_inf = bitcast<f32>(0xff800000u);
     lse[(batch * params.heads_q + head) * params.lq + i] = select(neg_inf, running_max + log(sum), seen);

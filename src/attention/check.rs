@@ -4,11 +4,12 @@ use std::fmt;
 
 use half::{bf16, f16};
 
-use super::{AttentionShape, BlockMask, MaskShape, reference};
+use super::{AttentionShape, BlockMask, Layout, MaskShape, Strides, reference};
 use crate::error::Result;
 use crate::harness::{
     Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
 };
+use crate::spmm::{DeviceElement, SpmmElement, SpmmOutput};
 
 /// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
@@ -59,6 +60,19 @@ pub struct Case {
     pub mask: MaskKind,
     /// bf16 inputs (else f16).
     pub bf16: bool,
+    /// Strided tensors ([`Case::padded_layout`]) instead of packed ones.
+    pub strided: bool,
+    /// The output type of the device run.
+    pub output: Output,
+}
+
+/// The type a device run writes `o` in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The inputs' type (f16 or bf16), on every backend.
+    Input,
+    /// f32 (WGSL only).
+    F32,
 }
 
 impl Case {
@@ -74,19 +88,54 @@ impl Case {
             block: 64,
             mask: MaskKind::Causal,
             bf16: false,
+            strided: false,
+            output: Output::Input,
         }
     }
 
-    /// The shape.
+    /// The shape, with [`Case::padded_layout`] when the case is strided.
     pub fn shape(&self) -> Result<AttentionShape> {
-        AttentionShape::new(
+        let shape = AttentionShape::new(
             self.batch,
             self.lq,
             self.lk,
             self.heads_q,
             self.heads_kv,
             self.d,
-        )
+        )?;
+        if self.strided {
+            shape.with_layout(self.padded_layout())
+        } else {
+            Ok(shape)
+        }
+    }
+
+    /// Strides with gaps between rows, heads and batches, in two orders: q and k as
+    /// `[b, l, h, d]`, v and o as `[b, h, l, d]` (PyTorch's SDPA layout).
+    pub fn padded_layout(&self) -> Layout {
+        let d = self.d;
+        let sequence_major = |len: usize, heads: usize, gap: usize| {
+            let seq = heads * (d + gap) + 8;
+            Strides {
+                batch: len * seq + 16,
+                seq,
+                head: d + gap,
+            }
+        };
+        let head_major = |len: usize, heads: usize| {
+            let head = len * (d + 8) + 8;
+            Strides {
+                batch: heads * head + 24,
+                seq: d + 8,
+                head,
+            }
+        };
+        Layout {
+            q: sequence_major(self.lq, self.heads_q, 8),
+            k: sequence_major(self.lk, self.heads_kv, 16),
+            v: head_major(self.lk, self.heads_kv),
+            o: head_major(self.lq, self.heads_q),
+        }
     }
 
     /// The mask.
@@ -134,8 +183,14 @@ impl fmt::Display for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} b={} lq={} lk={} hq={} hkv={} d={} block={} {:?}",
+            "{}{}{} b={} lq={} lk={} hq={} hkv={} d={} block={} {:?}",
             if self.bf16 { "bf16" } else { "f16" },
+            if self.output == Output::F32 {
+                "->f32"
+            } else {
+                ""
+            },
+            if self.strided { " strided" } else { "" },
             self.batch,
             self.lq,
             self.lk,
@@ -163,7 +218,7 @@ pub fn check(
     }
 }
 
-fn check_typed<T: crate::spmm::DeviceElement>(
+fn check_typed<T: DeviceElement + SpmmOutput<T>>(
     backends: &Backends,
     backend: Backend,
     case: &Case,
@@ -171,50 +226,104 @@ fn check_typed<T: crate::spmm::DeviceElement>(
 ) -> Result<Option<Comparison>> {
     let shape = case.shape()?;
     let mask = case.block_mask()?;
+    let [q_len, k_len, v_len, _] = shape.min_lens();
     let mut rng = Rng::new(seed);
-    let mut random = |len: usize| -> Vec<T> {
-        (0..len)
-            .map(|_| T::from_f64(rng.uniform(-2.0, 2.0)))
-            .collect()
+    // Rows random in [-2, 2); the gaps between them NaN, so that reading one shows.
+    let mut random = |len: usize, strides: Strides, sizes: [usize; 3]| -> Vec<T> {
+        let mut values = vec![T::from_f64(f64::NAN); len];
+        for at in row_starts(strides, sizes) {
+            for value in &mut values[at..at + shape.d] {
+                *value = T::from_f64(rng.uniform(-2.0, 2.0));
+            }
+        }
+        values
     };
-    let q = random(shape.batch * shape.lq * shape.heads_q * shape.d);
-    let k = random(shape.batch * shape.lk * shape.heads_kv * shape.d);
-    let v = random(shape.batch * shape.lk * shape.heads_kv * shape.d);
+    let (l, (b, lq, lk)) = (shape.layout(), (shape.batch, shape.lq, shape.lk));
+    let q = random(q_len, l.q, [b, lq, shape.heads_q]);
+    let k = random(k_len, l.k, [b, lk, shape.heads_kv]);
+    let v = random(v_len, l.v, [b, lk, shape.heads_kv]);
     let scale = 1.0 / (shape.d as f32).sqrt();
-    let Some((o, lse)) = run(backends, backend, &shape, [&q, &k, &v], &mask, scale)? else {
+    let run = run(
+        backends,
+        backend,
+        &shape,
+        [&q, &k, &v],
+        &mask,
+        scale,
+        case.output,
+    )?;
+    let Some((o, lse)) = run else {
         return Ok(None);
     };
-    let wide = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    let wide = |x: &[T]| {
+        x.iter()
+            .map(|&v| SpmmElement::to_f64(v))
+            .collect::<Vec<f64>>()
+    };
     let (qw, kw, vw) = (wide(&q), wide(&k), wide(&v));
     let want = reference(&shape, &qw, &kw, &vw, &mask, scale.into())?;
-    let got: Vec<f64> = o.iter().chain(&lse).map(|&x| x.into()).collect();
+    // o's rows in packed order, lse, then one 0 per element of o's buffer outside its rows
+    // (1 where the kernel wrote there: the comparison fails on it).
+    let mut written_outside = vec![true; o.len()];
+    let mut got = Vec::with_capacity(o.len() + lse.len());
+    for at in row_starts(l.o, [b, lq, shape.heads_q]) {
+        got.extend(o[at..at + shape.d].iter().map(|&x| f64::from(x)));
+        written_outside[at..at + shape.d].fill(false);
+    }
+    got.extend(lse.iter().map(|&x| f64::from(x)));
+    let outside = o
+        .iter()
+        .zip(&written_outside)
+        .filter(|&(_, &outside)| outside);
+    let outside_flags: Vec<f64> = outside
+        .map(|(x, _)| f64::from(u8::from(!x.is_nan())))
+        .collect();
+    let zeros = vec![0.0; outside_flags.len()];
+    got.extend(outside_flags);
+    let tolerance = match (case.output, case.bf16) {
+        (Output::F32, _) => Tolerance::F32,
+        (Output::Input, false) => Tolerance::F16,
+        (Output::Input, true) => Tolerance::BF16,
+    };
     Ok(Some(compare(
         &got,
-        &[want.o, want.lse].concat(),
-        Tolerance::F32,
+        &[want.o, want.lse, zeros].concat(),
+        tolerance,
     )))
 }
 
-/// Runs attention once on a GPU backend with `o` and `lse` poisoned; `Ok(None)` where the op
-/// has no path. CUDA writes `o` in the inputs' type (returned widened); WGSL writes f32.
+/// The first element of each `d`-row of a tensor of (batch, length, heads) `sizes`, in
+/// packed order.
+fn row_starts(strides: Strides, [batch, len, heads]: [usize; 3]) -> impl Iterator<Item = usize> {
+    (0..batch).flat_map(move |b| {
+        (0..len).flat_map(move |l| (0..heads).map(move |h| strides.offset(b, l, h)))
+    })
+}
+
+/// Runs attention once on a GPU backend: q, k, v laid out as `shape.layout()` says, `o`'s
+/// buffer (`shape.min_lens()[3]` elements) and `lse` poisoned with NaN. Returns the whole
+/// buffer of `o`, widened to f32 (NaN where nothing was written), and `lse`; `Ok(None)` where
+/// the backend has no path (the CPU; CUDA with [`Output::F32`]).
 #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
-pub fn run<T: crate::spmm::DeviceElement>(
+pub fn run<T: DeviceElement + SpmmOutput<T>>(
     backends: &Backends,
     backend: Backend,
     shape: &AttentionShape,
     [q, k, v]: [&[T]; 3],
     mask: &BlockMask,
     scale: f32,
+    output: Output,
 ) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    let outputs = shape.batch * shape.lq * shape.heads_q;
+    let o_len = shape.min_lens()[3];
+    let lse_len = shape.batch * shape.lq * shape.heads_q;
     match backend {
         #[cfg(feature = "cuda")]
-        Backend::Cuda => {
+        Backend::Cuda if output == Output::Input => {
             let cuda = backends.cuda()?;
             let (q, k, v) = (cuda.upload(q)?, cuda.upload(k)?, cuda.upload(v)?);
             let mask = super::cuda::DeviceBlockMask::upload(cuda, mask)?;
-            let mut o = cuda.upload(&vec![T::from_f64(f64::NAN); outputs * shape.d])?;
-            let mut lse = cuda.upload(&vec![f32::NAN; outputs])?;
+            let mut o = cuda.upload(&vec![T::from_f64(f64::NAN); o_len])?;
+            let mut lse = cuda.upload(&vec![f32::NAN; lse_len])?;
             let inputs = super::cuda::Inputs {
                 q: &q,
                 k: &k,
@@ -224,7 +333,7 @@ pub fn run<T: crate::spmm::DeviceElement>(
             let o: Vec<f32> = cuda
                 .download(&o)?
                 .into_iter()
-                .map(|x| x.to_f64() as f32)
+                .map(|x| SpmmElement::to_f64(x) as f32)
                 .collect();
             Ok(Some((o, cuda.download(&lse)?)))
         }
@@ -232,16 +341,26 @@ pub fn run<T: crate::spmm::DeviceElement>(
         Backend::Wgpu => {
             let gpu = backends.wgpu()?;
             let inputs = (gpu.upload(q)?, gpu.upload(k)?, gpu.upload(v)?);
-            let mask = super::wgpu::GpuBlockMask::upload(gpu, mask)?;
-            let mut o = gpu.upload(&vec![f32::NAN; outputs * shape.d])?;
-            let mut lse = gpu.upload(&vec![f32::NAN; outputs])?;
             let inputs = super::wgpu::Inputs {
                 q: &inputs.0,
                 k: &inputs.1,
                 v: &inputs.2,
             };
-            super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
-            Ok(Some((gpu.download(&o)?, gpu.download(&lse)?)))
+            let mask = super::wgpu::GpuBlockMask::upload(gpu, mask)?;
+            let mut lse = gpu.upload(&vec![f32::NAN; lse_len])?;
+            let o = if output == Output::F32 {
+                let mut o = gpu.upload(&vec![f32::NAN; o_len])?;
+                super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
+                gpu.download(&o)?
+            } else {
+                let mut o = gpu.upload(&vec![T::from_f64(f64::NAN); o_len])?;
+                super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
+                let o = gpu.download(&o)?;
+                o.into_iter()
+                    .map(|x| SpmmElement::to_f64(x) as f32)
+                    .collect()
+            };
+            Ok(Some((o, gpu.download(&lse)?)))
         }
         _ => Ok(None),
     }
@@ -388,7 +507,7 @@ fn prepare<'a>(
                 gpu.upload(&values)?,
             );
             let mask = super::wgpu::GpuBlockMask::upload(gpu, &mask)?;
-            let mut o = gpu.zeros::<f32>(l * heads * d)?;
+            let mut o = gpu.upload(&values)?; // f16, as CUDA writes
             let mut lse = gpu.zeros::<f32>(l * heads)?;
             Ok(Some(Runner::new(
                 crate::harness::Clock::Wgpu(gpu),

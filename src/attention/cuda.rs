@@ -37,8 +37,8 @@ impl DeviceBlockMask {
     }
 }
 
-/// The tensors of one call, contiguous in the FlashAttention layout: q `[b, lq, hq, d]`,
-/// k and v `[b, lk, hkv, d]`.
+/// The input tensors of one call in the FlashAttention layout, q `[b, lq, hq, d]` and k, v
+/// `[b, lk, hkv, d]`, with the strides of the shape's [`Layout`](super::Layout).
 #[derive(Debug)]
 pub struct Inputs<'a, Q, K, V> {
     /// Queries.
@@ -50,8 +50,11 @@ pub struct Inputs<'a, Q, K, V> {
 }
 
 /// Enqueues `o = softmax(q·kᵀ·scale + mask)·v` on `cuda`'s stream: `o [b, lq, hq, d]` in the
-/// inputs' type and, when given, `lse [b, hq, lq]` (natural log, −inf for a query that sees
-/// no key, whose `o` row is 0). `d` is 64 or 128.
+/// inputs' type and, when given, `lse [b, hq, lq]` (packed; natural log, −inf for a query
+/// that sees no key, whose `o` row is 0). `d` is 64 or 128. q, k, v and o are read and
+/// written with the strides of `shape.layout()`; elements of `o`'s buffer outside its rows
+/// are left as they were. Buffers start 16-byte aligned (a `CudaView` at an offset that is a
+/// multiple of 8 elements is).
 pub fn attention<T, Q, K, V>(
     cuda: &Cuda,
     shape: &AttentionShape,
@@ -107,16 +110,7 @@ where
         });
     }
     let (element, window) = mask.element.kernel_code();
-    // Contiguous [b, l, h, d] strides, in elements.
-    let strides = |l: usize, h: usize| {
-        (
-            (l * h * shape.d) as u64,
-            (h * shape.d) as u64,
-            shape.d as u64,
-        )
-    };
-    let (q_b, q_l, q_h) = strides(shape.lq, shape.heads_q);
-    let (k_b, k_l, k_h) = strides(shape.lk, shape.heads_kv);
+    let layout = shape.layout();
     let mut args = cuda.args();
     let params = TfAttentionParams {
         q: args.read(q),
@@ -128,18 +122,18 @@ where
         partial: args.read(&mask.partial),
         full_offsets: args.read(&mask.full_offsets),
         full: args.read(&mask.full),
-        q_stride_b: q_b,
-        q_stride_l: q_l,
-        q_stride_h: q_h,
-        k_stride_b: k_b,
-        k_stride_l: k_l,
-        k_stride_h: k_h,
-        v_stride_b: k_b,
-        v_stride_l: k_l,
-        v_stride_h: k_h,
-        o_stride_b: q_b,
-        o_stride_l: q_l,
-        o_stride_h: q_h,
+        q_stride_b: layout.q.batch as u64,
+        q_stride_l: layout.q.seq as u64,
+        q_stride_h: layout.q.head as u64,
+        k_stride_b: layout.k.batch as u64,
+        k_stride_l: layout.k.seq as u64,
+        k_stride_h: layout.k.head as u64,
+        v_stride_b: layout.v.batch as u64,
+        v_stride_l: layout.v.seq as u64,
+        v_stride_h: layout.v.head as u64,
+        o_stride_b: layout.o.batch as u64,
+        o_stride_l: layout.o.seq as u64,
+        o_stride_h: layout.o.head as u64,
         batch: shape.batch as u32,
         lq: shape.lq as u32,
         lk: shape.lk as u32,
@@ -187,10 +181,11 @@ where
         (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
     };
     // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`,
-    // all on this context (checked). q, k, v and o hold exactly the contiguous [b, l, h, d]
-    // tensors the strides describe (lengths checked, and heads_kv divides heads_q, so the
-    // kernel's key/value head stays below heads_kv), 16-byte aligned (checked) with d a multiple of 8, as cp.async and
-    // the 4-byte output stores need. The mask passed BlockMask's validation (offsets from 0
+    // all on this context (checked). The buffers of q, k, v and o reach at least one past the
+    // last element their strides address (check_call), and heads_kv divides heads_q, so the
+    // kernel's key/value head stays below heads_kv. Buffers are 16-byte aligned (checked) and
+    // strides are multiples of 8 elements with d a multiple of 8, as cp.async and the 4-byte
+    // output stores need; o's rows do not overlap, so no two threads store to one element. The mask passed BlockMask's validation (offsets from 0
     // to the list lengths, key blocks below ceil(lk / block_n), one row per (batch, head,
     // query block) of its own broadcast shape) and matches this shape (check_mask_shape),
     // so every list read and every key the kernel forms is in range; keys at or past lk and

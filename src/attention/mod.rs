@@ -3,7 +3,9 @@
 //!
 //! [`BlockMask`] with its builders and validation, the f64 [`reference()`] every kernel is
 //! tested against, the CUDA kernel (`cuda::attention`, FlashAttention-2's design on
-//! `mma.sync`; not yet run on a GPU) and the WGSL kernel (`wgpu::attention`, f32 output).
+//! `mma.sync`; not yet run on a GPU) and the WGSL kernel (`wgpu::attention`, f32 arithmetic,
+//! output in the inputs' type or f32). q, k, v and o may be strided views
+//! ([`AttentionShape::with_layout`]).
 //!
 //! ```
 //! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference};
@@ -25,14 +27,97 @@ mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-pub use check::{Case, ENTRY, MaskKind, check, run};
+pub use check::{Case, ENTRY, MaskKind, Output, check, run};
 pub use mask::{BlockKind, BlockMask, ElementMask, MaskShape, MaskStats};
 pub use reference::{Outputs, reference};
 
 use crate::error::{Error, Result};
 
-/// The sizes of one attention call, validated by [`AttentionShape::new`] (the only way to
-/// make one outside this crate).
+/// Where the rows of a `[b, l, h, d]` tensor live: element `(b, l, h, c)` is at
+/// `b·batch + l·seq + h·head + c` (in elements; `d` is contiguous, as in FlashAttention).
+///
+/// ```
+/// use tilefuse::attention::Strides;
+///
+/// // q taken from a packed qkv tensor [b, l, 3, h, d] (h = 8, d = 64): q's rows skip k and v.
+/// let qkv = Strides { batch: 100 * 3 * 8 * 64, seq: 3 * 8 * 64, head: 64 };
+/// assert_eq!(qkv.offset(1, 2, 3), 153_600 + 2 * 1536 + 3 * 64);
+/// assert_eq!(Strides::packed(100, 8, 64), Strides { batch: 51_200, seq: 512, head: 64 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Strides {
+    /// Elements from one batch to the next.
+    pub batch: usize,
+    /// Elements from one position (query or key) to the next.
+    pub seq: usize,
+    /// Elements from one head to the next.
+    pub head: usize,
+}
+
+impl Strides {
+    /// The strides of a contiguous `[b, len, heads, d]` tensor.
+    pub const fn packed(len: usize, heads: usize, d: usize) -> Strides {
+        Strides {
+            batch: len.saturating_mul(heads).saturating_mul(d),
+            seq: heads.saturating_mul(d),
+            head: d,
+        }
+    }
+
+    /// The index of element `(b, l, h, 0)`.
+    pub const fn offset(&self, b: usize, l: usize, h: usize) -> usize {
+        b.saturating_mul(self.batch)
+            .saturating_add(l.saturating_mul(self.seq))
+            .saturating_add(h.saturating_mul(self.head))
+    }
+
+    /// (size, stride) of the batch, position and head dimensions.
+    fn dims(&self, [batch, len, heads]: [usize; 3]) -> [(usize, usize); 3] {
+        [(batch, self.batch), (len, self.seq), (heads, self.head)]
+    }
+
+    /// One past the last element of a tensor of these sizes, or `None` past `usize`.
+    fn end(&self, sizes: [usize; 3], d: usize) -> Option<usize> {
+        self.dims(sizes)
+            .into_iter()
+            .try_fold(d, |end, (size, stride)| {
+                end.checked_add(size.saturating_sub(1).checked_mul(stride)?)
+            })
+    }
+
+    /// Whether no two rows of `d` elements share an element: sorted by stride, each
+    /// dimension's stride is at least the span of the dimensions below it. (Sufficient, and
+    /// what every non-overlapping layout in practice satisfies.) Needs [`Self::end`] finite.
+    fn rows_disjoint(&self, sizes: [usize; 3], d: usize) -> bool {
+        let mut dims = self.dims(sizes);
+        dims.sort_by_key(|&(_, stride)| stride);
+        let mut span = d;
+        for (size, stride) in dims.into_iter().filter(|&(size, _)| size > 1) {
+            if stride < span {
+                return false;
+            }
+            span += (size - 1) * stride;
+        }
+        true
+    }
+}
+
+/// The strides of the four tensors of a call (see [`AttentionShape::with_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// Queries `[b, lq, hq, d]`.
+    pub q: Strides,
+    /// Keys `[b, lk, hkv, d]`.
+    pub k: Strides,
+    /// Values `[b, lk, hkv, d]`.
+    pub v: Strides,
+    /// Outputs `[b, lq, hq, d]`.
+    pub o: Strides,
+}
+
+/// The sizes of one attention call and the strides of its tensors, validated by
+/// [`AttentionShape::new`] (the only way to make one outside this crate) and
+/// [`AttentionShape::with_layout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct AttentionShape {
@@ -48,10 +133,12 @@ pub struct AttentionShape {
     pub heads_kv: usize,
     /// Head dimension.
     pub d: usize,
+    layout: Layout,
 }
 
 impl AttentionShape {
-    /// Sizes of at least 1 with `heads_q` a multiple of `heads_kv`.
+    /// Sizes of at least 1 with `heads_q` a multiple of `heads_kv`, every tensor packed
+    /// ([`Strides::packed`]).
     pub fn new(
         batch: usize,
         lq: usize,
@@ -102,12 +189,105 @@ impl AttentionShape {
             heads_q,
             heads_kv,
             d,
+            layout: Layout {
+                q: Strides::packed(lq, heads_q, d),
+                k: Strides::packed(lk, heads_kv, d),
+                v: Strides::packed(lk, heads_kv, d),
+                o: Strides::packed(lq, heads_q, d),
+            },
         })
     }
 
-    /// Checks the buffer lengths, and again the head grouping that the kernels index by
-    /// (`kv_head = head / (heads_q / heads_kv)` must stay below `heads_kv`).
-    pub(crate) fn check_lengths(&self, q: usize, k: usize, v: usize) -> Result<()> {
+    /// The same sizes with strided tensors, for views into larger buffers (a packed qkv
+    /// projection, a padded cache, heads or batches taken apart). Strides are in elements and
+    /// multiples of 8 (16 bytes, as the kernels' vector loads need) wherever the dimension has
+    /// more than one element; each tensor stays under 2^31 elements; the rows of `o` must not
+    /// overlap. A tensor given non-packed strides may sit in a larger buffer (its length is
+    /// at least one past the last element); a packed one must fill its buffer exactly.
+    ///
+    /// ```
+    /// use tilefuse::attention::{AttentionShape, Layout, Strides};
+    ///
+    /// // q, k, v from one [b, l, 3, h, d] projection; o packed.
+    /// let shape = AttentionShape::new(2, 100, 100, 8, 8, 64)?;
+    /// let qkv = Strides { batch: 100 * 3 * 512, seq: 3 * 512, head: 64 };
+    /// let shape = shape.with_layout(Layout { q: qkv, k: qkv, v: qkv, o: shape.layout().o })?;
+    /// assert_eq!(shape.min_lens()[0], 99 * 1536 + 7 * 64 + 64 + 1536 * 100);
+    ///
+    /// // Rows of o that overlap are refused.
+    /// let o = Strides { head: 32, ..Strides::packed(100, 8, 64) };
+    /// assert!(shape.with_layout(Layout { o, ..shape.layout() }).is_err());
+    /// # Ok::<(), tilefuse::Error>(())
+    /// ```
+    pub fn with_layout(self, layout: Layout) -> Result<Self> {
+        let shape = AttentionShape { layout, ..self };
+        shape.check_layout()?;
+        Ok(shape)
+    }
+
+    /// The strides of q, k, v and o.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The fewest elements the buffers of q, k, v and o may hold: one past each tensor's last
+    /// element (0 for a layout [`Self::with_layout`] would refuse).
+    pub fn min_lens(&self) -> [usize; 4] {
+        self.tensors()
+            .map(|(_, strides, sizes)| strides.end(sizes, self.d).unwrap_or(0))
+    }
+
+    /// Name, strides and (batch, length, heads) of q, k, v and o.
+    fn tensors(&self) -> [(&'static str, Strides, [usize; 3]); 4] {
+        let (b, l) = (self.batch, &self.layout);
+        [
+            ("q", l.q, [b, self.lq, self.heads_q]),
+            ("k", l.k, [b, self.lk, self.heads_kv]),
+            ("v", l.v, [b, self.lk, self.heads_kv]),
+            ("o", l.o, [b, self.lq, self.heads_q]),
+        ]
+    }
+
+    /// Strides aligned to 8 elements, tensors under 2^31 elements, rows of `o` disjoint.
+    fn check_layout(&self) -> Result<()> {
+        for (what, strides, sizes) in self.tensors() {
+            let dims = strides.dims(sizes);
+            if let Some((_, stride)) = dims
+                .iter()
+                .find(|&&(size, stride)| size > 1 && stride % 8 != 0)
+            {
+                return Err(Error::invalid(
+                    what,
+                    "strides that are multiples of 8 elements (16 bytes)",
+                    format!("{strides:?} (stride {stride})"),
+                ));
+            }
+            if strides
+                .end(sizes, self.d)
+                .is_none_or(|end| end > i32::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    what,
+                    "strides that keep the tensor under 2^31 elements",
+                    format!("{strides:?}"),
+                ));
+            }
+        }
+        let o_sizes = [self.batch, self.lq, self.heads_q];
+        if !self.layout.o.rows_disjoint(o_sizes, self.d) {
+            return Err(Error::invalid(
+                "o",
+                format!("strides whose rows of d = {} do not overlap", self.d),
+                format!("{:?}", self.layout.o),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the layout and the buffer lengths of q, k, v (and o when given), and again the
+    /// head grouping that the kernels index by (`kv_head = head / (heads_q / heads_kv)` must
+    /// stay below `heads_kv`).
+    pub(crate) fn check_lengths(&self, [q, k, v]: [usize; 3], o: Option<usize>) -> Result<()> {
         if self.heads_kv == 0 || !self.heads_q.is_multiple_of(self.heads_kv) {
             return Err(Error::invalid(
                 "heads_kv",
@@ -115,45 +295,53 @@ impl AttentionShape {
                 self.heads_kv,
             ));
         }
-        let q_len = self.batch * self.lq * self.heads_q * self.d;
-        let kv_len = self.batch * self.lk * self.heads_kv * self.d;
-        for (what, expected, got) in [("q", q_len, q), ("k", kv_len, k), ("v", kv_len, v)] {
-            if expected != got {
+        self.check_layout()?;
+        let lens = [Some(q), Some(k), Some(v), o];
+        for ((what, strides, sizes), len) in self.tensors().into_iter().zip(lens) {
+            let (Some(len), Some(end)) = (len, strides.end(sizes, self.d)) else {
+                continue;
+            };
+            if strides == Strides::packed(sizes[1], sizes[2], self.d) && len != end {
                 return Err(Error::Length {
                     what,
-                    expected,
-                    got,
+                    expected: end,
+                    got: len,
                 });
+            }
+            if len < end {
+                return Err(Error::invalid(
+                    what,
+                    format!("a buffer of at least {end} elements (its strides reach that far)"),
+                    format!("{len} elements"),
+                ));
             }
         }
         Ok(())
     }
 
-    /// Everything a kernel launch needs checked: input lengths, head grouping, the mask's
-    /// shape, d ∈ {64, 128}, and the lengths of `o` and of `lse` when given.
+    /// Everything a kernel launch needs checked: the layout, buffer lengths, head grouping,
+    /// the mask's shape, d ∈ {64, 128}, and the length of `lse` (`[b, hq, lq]`) when given.
     pub(crate) fn check_call(
         &self,
-        [q, k, v]: [usize; 3],
+        inputs: [usize; 3],
         mask: MaskShape,
         o: usize,
         lse: Option<usize>,
     ) -> Result<()> {
-        self.check_lengths(q, k, v)?;
+        self.check_lengths(inputs, Some(o))?;
         self.check_mask_shape(mask)?;
         if self.d != 64 && self.d != 128 {
             return Err(Error::invalid("d", "64 or 128", self.d));
         }
         let rows = self.batch * self.lq * self.heads_q;
-        for (what, expected, got) in [("o", rows * self.d, Some(o)), ("lse", rows, lse)] {
-            if let Some(got) = got
-                && got != expected
-            {
-                return Err(Error::Length {
-                    what,
-                    expected,
-                    got,
-                });
-            }
+        if let Some(got) = lse
+            && got != rows
+        {
+            return Err(Error::Length {
+                what: "lse",
+                expected: rows,
+                got,
+            });
         }
         Ok(())
     }

@@ -14,7 +14,8 @@ pub struct Outputs {
 }
 
 /// `o = softmax(q·kᵀ·scale + mask)·v` in f64, with q `[b, lq, hq, d]` and k, v
-/// `[b, lk, hkv, d]` contiguous; query head h reads key/value head `h / (hq / hkv)`.
+/// `[b, lk, hkv, d]` laid out as `shape.layout()` says; query head h reads key/value head
+/// `h / (hq / hkv)`. The outputs are packed whatever the layout of `o`.
 pub fn reference<T: Copy>(
     shape: &AttentionShape,
     q: &[T],
@@ -26,7 +27,7 @@ pub fn reference<T: Copy>(
 where
     f64: From<T>,
 {
-    shape.check_lengths(q.len(), k.len(), v.len())?;
+    shape.check_lengths([q.len(), k.len(), v.len()], None)?;
     shape.check_mask(mask)?;
     if !scale.is_finite() {
         return Err(Error::invalid("scale", "a finite number", scale));
@@ -35,6 +36,7 @@ where
     let wide = |x: &[T]| x.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
     let (q, k, v) = (wide(q), wide(k), wide(v));
     let group = s.heads_q / s.heads_kv;
+    let layout = s.layout();
     let mut o = vec![0.0; s.batch * s.lq * s.heads_q * s.d];
     let mut lse = vec![f64::NEG_INFINITY; s.batch * s.heads_q * s.lq];
     let mut scores = vec![0.0; s.lk];
@@ -42,11 +44,11 @@ where
         for h in 0..s.heads_q {
             let kv_head = h / group;
             for i in 0..s.lq {
-                let q_row = &q[((b * s.lq + i) * s.heads_q + h) * s.d..][..s.d];
+                let q_row = &q[layout.q.offset(b, i, h)..][..s.d];
                 let mut max = f64::NEG_INFINITY;
                 for (j, score) in scores.iter_mut().enumerate() {
                     *score = if mask.allows(b, h, i, j) {
-                        let k_row = &k[((b * s.lk + j) * s.heads_kv + kv_head) * s.d..][..s.d];
+                        let k_row = &k[layout.k.offset(b, j, kv_head)..][..s.d];
                         scale * q_row.iter().zip(k_row).map(|(a, b)| a * b).sum::<f64>()
                     } else {
                         f64::NEG_INFINITY
@@ -64,7 +66,7 @@ where
                     }
                     let p = (score - max).exp();
                     sum += p;
-                    let v_row = &v[((b * s.lk + j) * s.heads_kv + kv_head) * s.d..][..s.d];
+                    let v_row = &v[layout.v.offset(b, j, kv_head)..][..s.d];
                     out.iter_mut().zip(v_row).for_each(|(o, v)| *o += p * v);
                 }
                 out.iter_mut().for_each(|o| *o /= sum);

@@ -4,7 +4,7 @@
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
 use crate::error::{Error, Result};
-use crate::spmm::SpmmElement;
+use crate::spmm::{SpmmElement, SpmmOutput};
 
 const SHADER: Shader = Shader {
     name: "attention.wgsl",
@@ -55,9 +55,12 @@ struct Params {
     window: u32,
     scale: f32,
     pad: [u32; 2],
+    /// (batch, position, head, unused) element strides of q, k, v and o.
+    strides: [[u32; 4]; 4],
 }
 
-/// The input tensors of one call, contiguous: q `[b, lq, hq, d]`, k and v `[b, lk, hkv, d]`.
+/// The input tensors of one call, q `[b, lq, hq, d]` and k, v `[b, lk, hkv, d]`, with the
+/// strides of the shape's [`Layout`](super::Layout).
 #[derive(Debug)]
 pub struct Inputs<'a, T> {
     /// Queries.
@@ -68,15 +71,17 @@ pub struct Inputs<'a, T> {
     pub v: &'a GpuBuffer<T>,
 }
 
-/// Submits `o = softmax(q·kᵀ·scale + mask)·v` (f16 or bf16 inputs), writing
-/// `o [b, lq, hq, d]` (f32) and, when given, `lse [b, hq, lq]` (natural log; −inf for a
-/// query that sees no key, whose `o` row is 0). `d` is 64 or 128.
-pub fn attention<T: SpmmElement>(
+/// Submits `o = softmax(q·kᵀ·scale + mask)·v` (f16 or bf16 inputs, f32 arithmetic), writing
+/// `o [b, lq, hq, d]` in the inputs' type or f32 and, when given, `lse [b, hq, lq]` (packed;
+/// natural log; −inf for a query that sees no key, whose `o` row is 0). `d` is 64 or 128.
+/// q, k, v and o are read and written with the strides of `shape.layout()`; elements of
+/// `o`'s buffer outside its rows are left as they were.
+pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     gpu: &Wgpu,
     shape: &AttentionShape,
     inputs: Inputs<'_, T>,
     mask: &GpuBlockMask,
-    o: &mut GpuBuffer<f32>,
+    o: &mut GpuBuffer<O>,
     lse: Option<&mut GpuBuffer<f32>>,
     scale: f32,
 ) -> Result<()> {
@@ -104,6 +109,9 @@ pub fn attention<T: SpmmElement>(
     };
     let (element, window) = mask.element.kernel_code();
     let m = mask.shape;
+    // check_call kept every tensor under 2^31 elements, so the strides of dimensions of more
+    // than one element fit u32 (the others only ever multiply index 0).
+    let layout = shape.layout();
     let params = Params {
         batch: shape.batch as u32,
         lq: shape.lq as u32,
@@ -120,10 +128,13 @@ pub fn attention<T: SpmmElement>(
         window,
         scale,
         pad: [0; 2],
+        strides: [layout.q, layout.k, layout.v, layout.o]
+            .map(|s| [s.batch as u32, s.seq as u32, s.head as u32, 0]),
     };
     let constants = [
         ("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 }),
         ("D", shape.d as f64),
+        ("O_F32", if O::F32 { 1.0 } else { 0.0 }),
     ];
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
     let buffers = [

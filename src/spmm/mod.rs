@@ -33,7 +33,8 @@ pub use check::{Case, DeviceElement, DeviceOutput, ENTRY, Pattern, check, run, w
 pub use format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
 pub use reference::reference;
 
-/// An output type of a [`TiledCsl`] product over `T`: `T` itself or `f32`.
+/// An output type of a [`TiledCsl`] product (or of WGSL attention) over `T`: `T` itself or
+/// `f32`.
 pub trait SpmmOutput<T>: sealed::Sealed<T> + Copy + bytemuck::Pod + Send + Sync + 'static {
     /// Whether the output is f32.
     const F32: bool;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use half::{bf16, f16};
 use num_complex::Complex32;
-use tilefuse::attention::{AttentionShape, BlockMask, ElementMask, MaskShape};
+use tilefuse::attention::{self, AttentionShape, BlockMask, ElementMask, MaskShape};
 use tilefuse::harness::{Backend, Backends, Tolerance};
 use tilefuse::scan::{self, Decay, Layout, Scan, ScanElement, ScanShape};
 use tilefuse::spmm::{self, SpmmElement, TiledCsl};
@@ -85,12 +85,11 @@ pub fn load(
                 _ => Ok(Box::new(ScanFile::<f32>::load(arrays)?)),
             }
         }
-        Op::Attention => {
-            if dtype.is_some_and(|d| d != Dtype::F16) {
-                return Err("--dtype: attention reads float16 arrays (--dtype f16)".into());
-            }
-            Ok(Box::new(AttentionFile::load(arrays)?))
-        }
+        Op::Attention => match dtype.unwrap_or(Dtype::F16) {
+            Dtype::F16 => Ok(Box::new(AttentionFile::<f16>::load(arrays)?)),
+            Dtype::Bf16 => Ok(Box::new(AttentionFile::<bf16>::load(arrays)?)),
+            Dtype::F32 => Err("--dtype f32: attention computes on f16 or bf16 inputs".into()),
+        },
     }
 }
 
@@ -369,11 +368,11 @@ pub fn as_f64(array: &Array) -> Option<Vec<f64>> {
     }
 }
 
-struct AttentionFile {
+struct AttentionFile<T> {
     shape: AttentionShape,
-    q: Vec<f16>,
-    k: Vec<f16>,
-    v: Vec<f16>,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
     mask: BlockMask,
     scale: f64,
 }
@@ -388,9 +387,9 @@ fn scalar_i32(arrays: &BTreeMap<String, Array>, name: &str) -> Result<i64, Strin
     }
 }
 
-impl AttentionFile {
+impl<T: SpmmElement> AttentionFile<T> {
     fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
-        let half = |name: &str| -> Result<(&Array, Vec<f16>), String> {
+        let half = |name: &str| -> Result<(&Array, Vec<T>), String> {
             let array = required(arrays, name, ATTENTION_NEEDS)?;
             rank(
                 array,
@@ -402,7 +401,10 @@ impl AttentionFile {
                 },
             )?;
             match &array.data {
-                Data::F16(values) => Ok((array, values.clone())),
+                Data::F16(values) => Ok((
+                    array,
+                    values.iter().map(|v| T::from_f64(v.to_f64())).collect(),
+                )),
                 _ => Err(wrong_dtype(name, "float16", array)),
             }
         };
@@ -495,7 +497,10 @@ impl AttentionFile {
     }
 }
 
-impl CaseFile for AttentionFile {
+impl<T: spmm::DeviceElement + spmm::SpmmOutput<T>> CaseFile for AttentionFile<T>
+where
+    f64: From<T>,
+{
     fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         let s = self.shape;
         let arrays = |o: Data, lse: Data| {
@@ -522,8 +527,13 @@ impl CaseFile for AttentionFile {
             return Ok(arrays(narrow(o), narrow(lse)));
         }
         let inputs = [self.q.as_slice(), &self.k, &self.v];
-        let ran =
-            tilefuse::attention::run(backends, backend, &s, inputs, &self.mask, self.scale as f32);
+        // CUDA writes o in the inputs' type; WGSL can write f32, the better to compare with.
+        let output = match backend {
+            Backend::Wgpu => attention::Output::F32,
+            _ => attention::Output::Input,
+        };
+        let scale = self.scale as f32;
+        let ran = attention::run(backends, backend, &s, inputs, &self.mask, scale, output);
         match ran.map_err(|e| e.to_string())? {
             Some((o, lse)) => Ok(arrays(Data::F32(o), Data::F32(lse))),
             None => Err(format!("attention has no {backend} path in this build")),
@@ -531,7 +541,7 @@ impl CaseFile for AttentionFile {
     }
 
     fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
-        let out = tilefuse::attention::reference(
+        let out = attention::reference(
             &self.shape,
             &self.q,
             &self.k,
@@ -544,7 +554,11 @@ impl CaseFile for AttentionFile {
     }
 
     fn tolerance(&self) -> Tolerance {
-        Tolerance::F16
+        if T::NAME == "bf16" {
+            Tolerance::BF16
+        } else {
+            Tolerance::F16
+        }
     }
 }
 
