@@ -29,6 +29,24 @@ typedef struct TfSmokeMmaParams {
 } TfSmokeMmaParams;
 
 /*
+ * tilefuse_peak_mma_f16: the Tensor-Core roof that mma.sync kernels (attention) are drawn
+ * against. Each warp runs TF_PEAK_CHAINS independent chains of `iterations`
+ * mma.sync.m16n8k16 (f16 in, f32 accumulate) on register operands whose every element is
+ * a_value (A) and b_value (B) (f16 bits), then each thread stores the sum of its
+ * TF_PEAK_CHAINS * 4 accumulators to out[global thread index]: exactly
+ * TF_PEAK_CHAINS * 4 * iterations * 16 * a * b while that is an integer below 2^24.
+ * Any grid; TF_PEAK_THREADS threads per block.
+ */
+#define TF_PEAK_CHAINS 8
+#define TF_PEAK_THREADS 256
+typedef struct TfPeakMmaParams {
+    tf_dptr out;
+    uint32_t iterations;
+    uint16_t a_value;
+    uint16_t b_value;
+} TfPeakMmaParams;
+
+/*
  * tilefuse_scan_{f32,c64}_{const,varying}_{states,final}: the diagonal linear recurrence with
  * resets, one pass, decoupled look-back across time chunks.
  *   h[b,t,p] = u[b,t,p]                   if reset[b,t]

@@ -5,8 +5,8 @@
 #   TILEFUSE_OPS=copy,scan run.sh ...   benchmarks (criterion, tilefuse bench, peers) of
 #                                        these ops only; every test still runs
 # Writes info.txt, tests.log (tests, the CLI on NumPy case files, tilefuse profile under
-# ncu and nsys), sanitizer.log, bench.log, bench.json, peers.json and
-# summary.txt to OUTPUT_DIR, prints the summary table last, and exits non-zero if any test,
+# ncu and nsys), sanitizer.log, bench.log, bench.json, peers.json, summary.txt and
+# roofline.svg to OUTPUT_DIR, prints the summary table last, and exits non-zero if any test,
 # sanitizer run or benchmark failed.
 set -uo pipefail
 
@@ -89,10 +89,17 @@ np.savez(f"{out}/spmm.npz", w=w, x=x, expect_y=x.astype(np.float32) @ w.astype(n
 a = (0.95 * np.exp(1j * rng.uniform(0, 6, 64))).astype(np.complex64)
 u = (rng.standard_normal((3, 5000, 64)) + 1j * rng.standard_normal((3, 5000, 64))).astype(np.complex64)
 np.savez(f"{out}/scan.npz", a=a, u=u, reset=(rng.uniform(size=(3, 5000)) < 0.01).astype(np.uint8))
+q = rng.standard_normal((2, 300, 8, 128)).astype(np.float16)
+k = rng.standard_normal((2, 777, 2, 128)).astype(np.float16)
+v = rng.standard_normal((2, 777, 2, 128)).astype(np.float16)
+layout = np.full((1, 3, 7), 1, dtype=np.uint8)  # every block partial: causal + window 200
+np.savez(f"{out}/attention.npz", q=q, k=k, v=v, block_m=np.int32(128), block_n=np.int32(128),
+         layout=layout, mask_mod=np.int32(3), window=np.int32(200), scale=np.float32(0.088))
 PY
   then
     limit 120 "$cli" check --input "$cases/spmm.npz" --expect || fail "check --input spmm.npz"
     limit 120 "$cli" check --input "$cases/scan.npz" || fail "check --input scan.npz"
+    limit 120 "$cli" check --input "$cases/attention.npz" || fail "check --input attention.npz"
     limit 120 "$cli" run scan --input "$cases/scan.npz" --output "$cases/out.npz" --backend cuda \
       || fail "run scan --backend cuda"
   else
@@ -102,6 +109,8 @@ PY
   if command -v ncu >/dev/null; then
     limit 180 ncu --nvtx -k regex:tilefuse_scan -c 2 "$cli" profile scan --time 2048 --iters 2 \
       || fail "ncu tilefuse profile scan"
+    limit 180 ncu --nvtx -k regex:tilefuse_attention -c 1 "$cli" profile attention --len 2048 --iters 1 \
+      || fail "ncu tilefuse profile attention"
   else
     echo "no ncu here"
   fi
@@ -142,6 +151,8 @@ op_args=()
 peer_ops=()
 for op in ${ops//,/ }; do
   op_args+=(--op "$op")
+  # attention's TFLOP/s are drawn against the measured mma.sync rate
+  [[ "$op" == attention && ",$ops," != *",peak,"* ]] && op_args+=(--op peak)
   [[ "$op" == copy || "$op" == spmm || "$op" == scan || "$op" == attention ]] && peer_ops+=("$op")
 done
 selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
@@ -166,7 +177,12 @@ peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
   section "summary: tilefuse and peers, same run"
   inputs=()
   for f in "$out/bench.json" "$out/peers.json"; do [[ -f "$f" ]] && inputs+=("$f"); done
-  ((${#inputs[@]})) && "$cli" summary "${inputs[@]}"
+  if ((${#inputs[@]})); then
+    "$cli" summary "${inputs[@]}"
+    # The roofline picture comes back; its Markdown table (the one above) stays behind.
+    "$cli" summary "${inputs[@]}" --plot "$here/roofline.svg" >/dev/null \
+      && cp "$here/roofline.svg" "$out/"
+  fi
   if [[ -s "$failures" ]]; then
     sed 's/^/FAILED: /' "$failures"
   else

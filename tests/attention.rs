@@ -24,6 +24,7 @@ on_backends!([cuda, wgpu] => [
     rows_without_keys_give_zero_and_minus_infinity,
     full_blocks_equal_partial_blocks_on_the_device,
     strided_tensors_in_both_orders,
+    misaligned_strides_are_refused_at_launch,
     every_registered_case_passes,
 ]);
 
@@ -198,6 +199,44 @@ fn strided_tensors_in_both_orders(backends: &Backends, backend: Backend) {
                 ..case
             },
         );
+    }
+}
+
+fn misaligned_strides_are_refused_at_launch(backends: &Backends, backend: Backend) {
+    let shape = AttentionShape::new(1, 4, 4, 2, 2, 64).unwrap();
+    let packed = shape.layout();
+    let mask = BlockMask::dense(MaskShape::new(4, 4)).unwrap();
+    for (k, v) in [(4, 0), (0, 4)] {
+        let layout = Layout {
+            k: Strides {
+                seq: 2 * 64 + k,
+                ..packed.k
+            },
+            v: Strides {
+                head: 64 + v,
+                ..packed.v
+            },
+            ..packed
+        };
+        let shape = shape.with_layout(layout).unwrap();
+        let [q_len, k_len, v_len, _] = shape.min_lens();
+        let q = vec![f16::ONE; q_len];
+        let (k, v) = (vec![f16::ONE; k_len], vec![f16::ONE; v_len]);
+        let out = tilefuse::attention::run(
+            backends,
+            backend,
+            &shape,
+            [&q, &k, &v],
+            &mask,
+            1.0,
+            Output::Input,
+        );
+        match out {
+            Err(Error::InvalidArgument { what, .. }) => {
+                assert_eq!(what, if k_len > v_len { "k" } else { "v" })
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
     }
 }
 
@@ -437,12 +476,13 @@ fn layouts_are_validated() {
         Err(Error::InvalidArgument { what, .. }) => assert_eq!(what, name),
         other => panic!("{name}: expected InvalidArgument, got {other:?}"),
     };
-    // Not a multiple of 8 elements.
+    // Not a multiple of 8 elements: a valid layout (the reference takes it); kernels refuse
+    // it at launch (misaligned_strides_are_refused_at_launch).
     let q = Strides {
         seq: 4 * 64 + 4,
         ..packed.q
     };
-    invalid(with(Layout { q, ..packed }), "q");
+    assert!(with(Layout { q, ..packed }).is_ok());
     // Rows of o overlapping (head stride below d), or two positions on one row.
     let o = Strides {
         head: 32,

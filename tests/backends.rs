@@ -202,3 +202,16 @@ fn wgpu_wraps_a_callers_buffer() {
         "{uniform}"
     );
 }
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_peak_kernel_sums_its_products_exactly() {
+    let Some(backends) = common::available(tilefuse::harness::Backend::Cuda) else {
+        return;
+    };
+    let entry = tilefuse::harness::op("peak").expect("peak is registered");
+    for case in (entry.check_cases)() {
+        let result = case.run(backends, tilefuse::harness::Backend::Cuda);
+        common::assert_passes(result, &case.name, 0);
+    }
+}

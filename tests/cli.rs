@@ -619,10 +619,18 @@ fn bad_attention_files_get_one_line_and_exit_code_2() {
 #[test]
 fn summary_draws_the_roofline_and_writes_the_markdown_table() {
     let dir = Scratch::new("plot");
-    let record = |op: &str, case: &str, implementation: &str, us: f64, bytes: u64| {
+    let with_flops = |op: &str,
+                      case: &str,
+                      implementation: &str,
+                      us: f64,
+                      bytes: u64,
+                      flops: u64| {
         format!(
-            r#"{{"op": "{op}", "case": "{case}", "backend": "cuda", "implementation": "{implementation}", "median_us": {us}, "bytes": {bytes}, "flops": 0}}"#
+            r#"{{"op": "{op}", "case": "{case}", "backend": "cuda", "implementation": "{implementation}", "median_us": {us}, "bytes": {bytes}, "flops": {flops}}}"#
         )
+    };
+    let record = |op: &str, case: &str, implementation: &str, us: f64, bytes: u64| {
+        with_flops(op, case, implementation, us, bytes, 0)
     };
     let results = [
         record("copy", "256 MiB", "tilefuse", 180.0, 536_870_912),
@@ -633,6 +641,15 @@ fn summary_draws_the_roofline_and_writes_the_markdown_table() {
             "jax-associative-scan",
             1100.0,
             536_870_912,
+        ),
+        with_flops("peak", "mma", "tilefuse", 1000.0, 0, 600_000_000_000),
+        with_flops(
+            "attention",
+            "causal",
+            "tilefuse",
+            1000.0,
+            1,
+            350_000_000_000,
         ),
     ];
     let json = dir.join("bench.json");
@@ -661,10 +678,11 @@ fn summary_draws_the_roofline_and_writes_the_markdown_table() {
         picture.starts_with("<svg") && picture.contains("device copy (cuda)"),
         "{picture:.300}"
     );
+    assert!(picture.contains("mma.sync f16 peak (cuda): 600.0"));
     assert_eq!(
         picture.matches("<circle").count(),
-        2 + 2,
-        "two cases and two legend marks"
+        2 + 2 + 1 + 1,
+        "two memory-bound cases, an attention case, and their legend marks"
     );
     let table = std::fs::read_to_string(dir.join("bench.md")).unwrap();
     assert!(

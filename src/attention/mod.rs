@@ -199,10 +199,10 @@ impl AttentionShape {
     }
 
     /// The same sizes with strided tensors, for views into larger buffers (a packed qkv
-    /// projection, a padded cache, heads or batches taken apart). Strides are in elements and
-    /// multiples of 8 (16 bytes, as the kernels' vector loads need) wherever the dimension has
-    /// more than one element; each tensor stays under 2^31 elements; the rows of `o` must not
-    /// overlap. A tensor given non-packed strides may sit in a larger buffer (its length is
+    /// projection, a padded cache, heads or batches taken apart). Strides are in elements;
+    /// each tensor stays under 2^31 elements; the rows of `o` must not overlap. The kernels
+    /// also need every stride of a dimension of more than one element to be a multiple of 8
+    /// (16 bytes, for their vector loads), checked at launch. A tensor given non-packed strides may sit in a larger buffer (its length is
     /// at least one past the last element); a packed one must fill its buffer exactly.
     ///
     /// ```
@@ -248,20 +248,9 @@ impl AttentionShape {
         ]
     }
 
-    /// Strides aligned to 8 elements, tensors under 2^31 elements, rows of `o` disjoint.
+    /// Tensors under 2^31 elements, rows of `o` disjoint.
     fn check_layout(&self) -> Result<()> {
         for (what, strides, sizes) in self.tensors() {
-            let dims = strides.dims(sizes);
-            if let Some((_, stride)) = dims
-                .iter()
-                .find(|&&(size, stride)| size > 1 && stride % 8 != 0)
-            {
-                return Err(Error::invalid(
-                    what,
-                    "strides that are multiples of 8 elements (16 bytes)",
-                    format!("{strides:?} (stride {stride})"),
-                ));
-            }
             if strides
                 .end(sizes, self.d)
                 .is_none_or(|end| end > i32::MAX as usize)
@@ -320,7 +309,8 @@ impl AttentionShape {
     }
 
     /// Everything a kernel launch needs checked: the layout, buffer lengths, head grouping,
-    /// the mask's shape, d ∈ {64, 128}, and the length of `lse` (`[b, hq, lq]`) when given.
+    /// the mask's shape, d ∈ {64, 128}, strides that are multiples of 8 elements (the
+    /// kernels' 16-byte vector loads), and the length of `lse` (`[b, hq, lq]`) when given.
     pub(crate) fn check_call(
         &self,
         inputs: [usize; 3],
@@ -332,6 +322,16 @@ impl AttentionShape {
         self.check_mask_shape(mask)?;
         if self.d != 64 && self.d != 128 {
             return Err(Error::invalid("d", "64 or 128", self.d));
+        }
+        for (what, strides, sizes) in self.tensors() {
+            let mut dims = strides.dims(sizes).into_iter();
+            if let Some((_, stride)) = dims.find(|&(size, stride)| size > 1 && stride % 8 != 0) {
+                return Err(Error::invalid(
+                    what,
+                    "strides that are multiples of 8 elements (16 bytes)",
+                    format!("{strides:?} (stride {stride})"),
+                ));
+            }
         }
         let rows = self.batch * self.lq * self.heads_q;
         if let Some(got) = lse

@@ -510,4 +510,5 @@ kernel_params!(
     super::abi::TfScanParams,
     super::abi::TfSpmmParams,
     super::abi::TfAttentionParams,
+    super::abi::TfPeakMmaParams,
 );

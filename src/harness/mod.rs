@@ -16,6 +16,7 @@
 
 mod baseline;
 mod compare;
+mod peak;
 mod rng;
 mod timing;
 
@@ -36,6 +37,7 @@ use crate::error::{Error, Result};
 pub fn ops() -> &'static [OpEntry] {
     &[
         baseline::ENTRY,
+        peak::ENTRY,
         crate::smoke::ENTRY,
         crate::spmm::ENTRY,
         crate::scan::ENTRY,

@@ -1,6 +1,7 @@
 //! The roofline picture of a benchmark run: every case as a point of achieved bandwidth
 //! (memory-bound ops) under the device's measured copy bandwidth, and, for attention, of
-//! TFLOP/s under the best rate measured in the same run; peers from the same run beside.
+//! TFLOP/s under the measured Tensor-Core rate (the `peak` entry; the best rate in the run
+//! when it was not measured); peers from the same run beside.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -23,7 +24,7 @@ const COLORS: [RGBColor; 8] = [
 pub fn roofline(records: &[BenchRecord], path: &Path) -> Result<(), String> {
     let memory: Vec<&BenchRecord> = records
         .iter()
-        .filter(|r| r.op != "copy" && r.op != "attention" && r.bytes > 0)
+        .filter(|r| r.op != "copy" && r.op != "peak" && r.op != "attention" && r.bytes > 0)
         .collect();
     let compute: Vec<&BenchRecord> = records
         .iter()
@@ -59,9 +60,18 @@ pub fn roofline(records: &[BenchRecord], path: &Path) -> Result<(), String> {
         )?;
     }
     if !compute.is_empty() {
-        let best = compute.iter().map(|r| r.tflops()).fold(0.0, f64::max);
+        let peak = records
+            .iter()
+            .filter(|r| r.op == "peak" && r.backend == "cuda")
+            .map(BenchRecord::tflops)
+            .fold(f64::NAN, f64::max);
+        let roofs = if peak.is_finite() {
+            [("mma.sync f16 peak (cuda)".to_string(), peak)]
+        } else {
+            let best = compute.iter().map(|r| r.tflops()).fold(0.0, f64::max);
+            [("best measured in this run".to_string(), best)]
+        };
         let area = areas.next().expect("one area per panel");
-        let roofs = [("best measured in this run".to_string(), best)];
         panel(
             area,
             "TFLOP/s on computed blocks (attention)",

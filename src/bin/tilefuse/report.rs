@@ -76,7 +76,8 @@ fn record(r: &Value) -> Option<BenchRecord> {
 /// One table over all records, grouped by op and case. `vs tilefuse` is the time of the row
 /// over the time of tilefuse on CUDA (or, without it, on the row's own backend) for the same
 /// case: above 1 means slower than tilefuse. `% copy` is the row's bandwidth over the copy
-/// bandwidth measured on the same backend (by the same implementation where it has one).
+/// bandwidth measured on the same backend (by the same implementation where it has one);
+/// `% mma peak` its TFLOP/s over the `peak` entry's mma.sync rate on CUDA.
 pub fn summary(records: &[BenchRecord]) -> String {
     summary_table(records).render()
 }
@@ -97,6 +98,11 @@ pub fn summary_table(records: &[BenchRecord]) -> Table {
         let mut ours = copies().filter(|c| c.implementation == "tilefuse");
         same.next().or_else(|| ours.next()).map(BenchRecord::gbps)
     };
+    let mma_peak = records
+        .iter()
+        .filter(|r| r.op == "peak" && r.backend == "cuda" && r.flops > 0)
+        .map(BenchRecord::tflops)
+        .reduce(f64::max);
     let mut table = Table::new([
         "op",
         "case",
@@ -106,6 +112,7 @@ pub fn summary_table(records: &[BenchRecord]) -> Table {
         "GB/s",
         "TFLOP/s",
         "% copy",
+        "% mma peak",
         "vs tilefuse",
     ]);
     for ((op, case), mut rows) in groups {
@@ -128,6 +135,12 @@ pub fn summary_table(records: &[BenchRecord]) -> Table {
                 match copy_gbps(r) {
                     Some(copy) if r.bytes > 0 && op != "copy" => {
                         format!("{:.0}%", 100.0 * r.gbps() / copy)
+                    }
+                    _ => "-".into(),
+                },
+                match mma_peak {
+                    Some(peak) if r.flops > 0 && op != "peak" => {
+                        format!("{:.0}%", 100.0 * r.tflops() / peak)
                     }
                     _ => "-".into(),
                 },
@@ -195,5 +208,28 @@ mod tests {
             .find(|l| l.starts_with("scan") && l.contains("tilefuse"))
             .unwrap();
         assert!(ours.contains("50%") && ours.contains("1.00x"), "{text}");
+    }
+
+    #[test]
+    fn attention_rows_show_their_share_of_the_measured_mma_peak() {
+        let with_flops = |op: &str, implementation: &str, us: f64, flops: u64| BenchRecord {
+            flops,
+            ..record(op, implementation, us, 0)
+        };
+        let records = vec![
+            with_flops("peak", "tilefuse", 1.0, 400_000_000),
+            with_flops("attention", "tilefuse", 1.0, 100_000_000),
+            with_flops("attention", "flex_attention", 0.5, 100_000_000),
+        ];
+        let text = summary(&records);
+        let row = |op: &str, implementation: &str| {
+            let mut rows = text.lines().filter(|l| l.starts_with(op));
+            rows.find(|l| l.contains(implementation))
+                .unwrap()
+                .to_string()
+        };
+        assert!(row("attention", "tilefuse").contains("25%"), "{text}");
+        assert!(row("attention", "flex_attention").contains("50%"), "{text}");
+        assert!(!row("peak", "tilefuse").contains('%'), "{text}");
     }
 }
