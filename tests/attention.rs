@@ -316,6 +316,14 @@ fn element_masks_follow_bottom_right_alignment() {
         let dense = BlockMask::dense(shape(lq, lk, 128)).unwrap();
         assert_allows(&dense, |_, _| true, "dense");
     }
+    // Windows past any length reach every key (causal: every earlier key), without overflow.
+    for w in [1 << 40, i64::MAX as usize, usize::MAX] {
+        for (i, j) in [(0, 0), (0, 776), (99, 0), (99, 776)] {
+            assert!(ElementMask::SlidingWindow(w).allows(i, j, 100, 777));
+            let earlier = j <= i + 677;
+            assert_eq!(ElementMask::CausalWindow(w).allows(i, j, 100, 777), earlier);
+        }
+    }
 }
 
 #[test]

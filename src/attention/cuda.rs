@@ -55,6 +55,11 @@ pub struct Inputs<'a, Q, K, V> {
 /// written with the strides of `shape.layout()`; elements of `o`'s buffer outside its rows
 /// are left as they were. Buffers start 16-byte aligned (a `CudaView` at an offset that is a
 /// multiple of 8 elements is).
+///
+/// Numerics: scores `scale·q·k` must be finite in f32 (an overflowing score gives NaN rows).
+/// As in FlashAttention, a key that the element mask removes inside a visited block still
+/// enters the P·V product with weight 0, so a NaN or infinity in such a row of `v` reaches
+/// `o`; keys at or past `lk` and keys of skipped blocks are never read.
 pub fn attention<T, Q, K, V>(
     cuda: &Cuda,
     shape: &AttentionShape,

@@ -30,11 +30,16 @@ impl ElementMask {
     /// `i64::MIN` / `i64::MAX`); every element mask allows an interval.
     pub fn interval(self, i: usize, lq: usize, lk: usize) -> (i64, i64) {
         let aligned = i as i64 + lk as i64 - lq as i64; // i'
+        // Saturating, so that any window (up to usize::MAX) reaches every key, as in the kernels.
+        let back = |w: usize| aligned.saturating_sub(i64::try_from(w).unwrap_or(i64::MAX)) + 1;
         match self {
             ElementMask::None => (i64::MIN, i64::MAX),
             ElementMask::Causal => (i64::MIN, aligned),
-            ElementMask::SlidingWindow(w) => (aligned - w as i64 + 1, aligned + w as i64 - 1),
-            ElementMask::CausalWindow(w) => (aligned - w as i64 + 1, aligned),
+            ElementMask::SlidingWindow(w) => (
+                back(w),
+                aligned.saturating_add(i64::try_from(w).unwrap_or(i64::MAX)) - 1,
+            ),
+            ElementMask::CausalWindow(w) => (back(w), aligned),
         }
     }
 

@@ -75,7 +75,8 @@ pub struct Inputs<'a, T> {
 /// `o [b, lq, hq, d]` in the inputs' type or f32 and, when given, `lse [b, hq, lq]` (packed;
 /// natural log; −inf for a query that sees no key, whose `o` row is 0). `d` is 64 or 128.
 /// q, k, v and o are read and written with the strides of `shape.layout()`; elements of
-/// `o`'s buffer outside its rows are left as they were.
+/// `o`'s buffer outside its rows are left as they were. Scores `scale·q·k` must be finite in
+/// f32 (an overflowing score gives NaN rows).
 pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     gpu: &Wgpu,
     shape: &AttentionShape,
