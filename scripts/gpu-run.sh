@@ -170,6 +170,25 @@ peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
     PYTHONUNBUFFERED=1 limit 300 python3 "$here/peers.py" --out "$out/peers.json" \
       ${peers_list:+--ops "$peers_list"} || fail "peers.py"
   fi
+  # Diagnostics, not pass/fail: what limits the main cases (BENCH.md's open questions).
+  section "where the time goes: ncu on the main cases"
+  if command -v ncu >/dev/null; then
+    sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
+      --section WarpStateStats --section MemoryWorkloadAnalysis)
+    if selected spmm; then
+      for config in "--n 16 --sparsity 0.8" "--n 8 --sparsity 0.9" "--n 64 --sparsity 0.8"; do
+        # shellcheck disable=SC2086 # config is a list of options
+        limit 180 ncu "${sections[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm $config \
+          --iters 1 || echo "ncu on spmm $config failed"
+      done
+    fi
+    if selected attention; then
+      limit 180 ncu "${sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \
+        --len 8192 --iters 1 || echo "ncu on attention failed"
+    fi
+  else
+    echo "no ncu here"
+  fi
 } 2>&1 | tee "$out/bench.log"
 
 # --- summary, last --------------------------------------------------------------------------
