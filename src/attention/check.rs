@@ -243,7 +243,7 @@ fn check_typed<T: DeviceElement + SpmmOutput<T>>(
     let k = random(k_len, l.k, [b, lk, shape.heads_kv]);
     let v = random(v_len, l.v, [b, lk, shape.heads_kv]);
     let scale = 1.0 / (shape.d as f32).sqrt();
-    let run = run(
+    let ran = run(
         backends,
         backend,
         &shape,
@@ -252,7 +252,7 @@ fn check_typed<T: DeviceElement + SpmmOutput<T>>(
         scale,
         case.output,
     )?;
-    let Some((o, lse)) = run else {
+    let Some((o, lse)) = ran else {
         return Ok(None);
     };
     let wide = |x: &[T]| {

@@ -202,8 +202,9 @@ impl AttentionShape {
     /// projection, a padded cache, heads or batches taken apart). Strides are in elements;
     /// each tensor stays under 2^31 elements; the rows of `o` must not overlap. The kernels
     /// also need every stride of a dimension of more than one element to be a multiple of 8
-    /// (16 bytes, for their vector loads), checked at launch. A tensor given non-packed strides may sit in a larger buffer (its length is
-    /// at least one past the last element); a packed one must fill its buffer exactly.
+    /// (16 bytes, for their vector loads), checked at launch. A tensor given non-packed
+    /// strides may sit in a larger buffer (its length is at least one past the last
+    /// element); a packed one must fill its buffer exactly.
     ///
     /// ```
     /// use tilefuse::attention::{AttentionShape, Layout, Strides};
