@@ -192,6 +192,25 @@ fn spmm_round_trips_through_run() {
         assert!(c.passed(), "{backend} (seed {seed}): {c}");
         std::fs::remove_file(&output).unwrap();
     }
+    // --format tiledcsl is the default, said explicitly; other ops have no sparse weight.
+    let paths = [input.to_str().unwrap(), output.to_str().unwrap()];
+    let with_format = |op: &str| {
+        let args = ["run", op, "--input", paths[0], "--output", paths[1]];
+        tilefuse(&[&args[..], &["--backend", "cpu", "--format", "tiledcsl"]].concat())
+    };
+    let out = with_format("spmm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(load(&output, "y").0, [9, 150]);
+    std::fs::remove_file(&output).unwrap();
+    let out = with_format("scan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--format"), "{stderr}");
+    assert!(!output.exists());
 }
 
 fn scan_case(seed: u64, complex: bool, varying: bool) -> (Npz, Vec<f64>, Vec<f64>) {

@@ -48,6 +48,13 @@ pub enum Dtype {
     F32,
 }
 
+/// How `tilefuse run spmm` encodes the dense weight of the file (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SparseFormat {
+    /// Flash-LLM's Tiled-CSL ([`TiledCsl`]).
+    Tiledcsl,
+}
+
 /// A loaded case: it runs on any backend and knows its reference and bound.
 pub trait CaseFile {
     /// The backends the op has a path on (the CPU runs the reference).
@@ -67,7 +74,12 @@ pub fn load(
     op: Op,
     arrays: &BTreeMap<String, Array>,
     dtype: Option<Dtype>,
+    format: Option<SparseFormat>,
 ) -> Result<Box<dyn CaseFile>, String> {
+    if format.is_some() && op != Op::Spmm {
+        let op = format!("{op:?}").to_lowercase();
+        return Err(format!("--format: only spmm has a sparse weight, not {op}"));
+    }
     match op {
         Op::Spmm => match dtype.unwrap_or(Dtype::F16) {
             Dtype::F16 => Ok(Box::new(SpmmFile::<f16>::load(arrays)?)),
@@ -570,9 +582,10 @@ pub fn run_file(
     output: &std::path::Path,
     backend: Option<Backend>,
     dtype: Option<Dtype>,
+    format: Option<SparseFormat>,
 ) -> Result<Backend, String> {
     let arrays = crate::npz::read(input)?;
-    let case = load(op, &arrays, dtype)?;
+    let case = load(op, &arrays, dtype, format)?;
     let backend = match backend {
         Some(backend) => {
             backends
@@ -609,7 +622,7 @@ pub fn check_file(
     expect: bool,
 ) -> Result<Vec<FileCheck>, String> {
     let arrays = crate::npz::read(input)?;
-    let case = load(op, &arrays, None)?;
+    let case = load(op, &arrays, None, None)?;
     let reference = case.reference()?;
     let tolerance = case.tolerance();
     let mut rows = Vec::new();

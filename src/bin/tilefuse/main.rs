@@ -64,6 +64,9 @@ enum Command {
         /// WGSL.
         #[arg(long, value_enum)]
         dtype: Option<input::Dtype>,
+        /// spmm: the sparse format the dense `w` is encoded to (default: tiledcsl).
+        #[arg(long, value_enum)]
+        format: Option<input::SparseFormat>,
     },
     /// Time every registered op on every available backend.
     Bench {
@@ -151,12 +154,15 @@ fn main() -> ExitCode {
             output,
             backend,
             dtype,
-        }) => input::run_file(&Backends::detect(), op, &input, &output, backend, dtype).map(
-            |backend| {
+            format,
+        }) => {
+            let backends = Backends::detect();
+            let ran = input::run_file(&backends, op, &input, &output, backend, dtype, format);
+            ran.map(|backend| {
                 println!("{op:?} on {backend}: wrote {}", output.display());
                 true
-            },
-        ),
+            })
+        }
         Some(Command::Bench {
             selection,
             json,
