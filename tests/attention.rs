@@ -25,6 +25,7 @@ on_backends!([cuda, wgpu] => [
     full_blocks_equal_partial_blocks_on_the_device,
     strided_tensors_in_both_orders,
     misaligned_strides_are_refused_at_launch,
+    long_rows,
     every_registered_case_passes,
 ]);
 
@@ -199,6 +200,34 @@ fn strided_tensors_in_both_orders(backends: &Backends, backend: Backend) {
                 ..case
             },
         );
+    }
+}
+
+fn long_rows(backends: &Backends, backend: Backend) {
+    // Thousands of keys per query: on lavapipe, whose loops stop after 65535 iterations per
+    // invocation, the WGSL kernel splits such rows over passes (with rows that list fewer
+    // blocks than a pass skips, and rows that list none).
+    let cases = [
+        Case {
+            mask: MaskKind::Dense,
+            d: 128,
+            ..Case::new(70, 5000)
+        },
+        Case {
+            bf16: true,
+            ..Case::new(3000, 3000)
+        },
+        Case {
+            mask: MaskKind::EmptyRows,
+            d: 128,
+            block: 128,
+            heads_q: 4,
+            strided: true,
+            ..Case::new(300, 4000)
+        },
+    ];
+    for case in cases {
+        assert_case(backends, backend, case);
     }
 }
 

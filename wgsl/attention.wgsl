@@ -24,8 +24,15 @@ struct Params {
     element: u32,      // 0 none, 1 causal, 2 sliding window, 3 causal + window
     window: u32,
     scale: f32,
+    // This dispatch visits entries [pass_first, pass_first + pass_count) of each row's list
+    // (partial then full); bit 0 of pass_flags: the first pass (start afresh, else resume
+    // from state), bit 1: the last (write o and lse, else save state).
+    pass_first: u32,
+    pass_count: u32,
+    pass_flags: u32,
     pad0: u32,
     pad1: u32,
+    pad2: u32,
     // Element strides (batch, position, head, unused) of q, k, v and o.
     strides: array<vec4<u32>, 4>,
 }
@@ -50,6 +57,8 @@ const THREADS: u32 = 128u;
 @group(0) @binding(7) var<storage, read> full: array<u32>;
 @group(0) @binding(8) var<storage, read_write> o: array<u32>;
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;
+// Between passes: running max, sum and output row (D values) of each query row.
+@group(0) @binding(10) var<storage, read_write> state: array<f32>;
 
 var<workgroup> k_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
 var<workgroup> v_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
@@ -131,13 +140,24 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
     }
     var running_max = -3.4e38;
     var sum = 0.0;
+    let state_base = (((batch * params.heads_q + head) * params.lq) + min(i, params.lq - 1u)) * (D + 2u);
+    if ((params.pass_flags & 1u) == 0u && live) {
+        running_max = state[state_base];
+        sum = state[state_base + 1u];
+        for (var c = 0u; c < d4; c++) {
+            let at = state_base + 2u + 4u * c;
+            out[c] = vec4<f32>(state[at], state[at + 1u], state[at + 2u], state[at + 3u]);
+        }
+    }
 
     let mask_b = select(batch, 0u, params.mask_batch == 1u);
     let mask_h = select(head, 0u, params.mask_heads == 1u);
     let row = (mask_b * params.mask_heads + mask_h) * params.q_blocks + q_block;
     let partial_count = partial_offsets[row + 1u] - partial_offsets[row];
     let full_count = full_offsets[row + 1u] - full_offsets[row];
-    for (var n = 0u; n < partial_count + full_count; n++) {
+    let listed = partial_count + full_count;
+    let pass_end = min(listed, params.pass_first + min(params.pass_count, listed));
+    for (var n = params.pass_first; n < pass_end; n++) {
         let is_partial = n < partial_count;
         var kv_block = 0u;
         if (is_partial) {
@@ -185,6 +205,18 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
         }
     }
     if (!live) {
+        return;
+    }
+    if ((params.pass_flags & 2u) == 0u) {
+        state[state_base] = running_max;
+        state[state_base + 1u] = sum;
+        for (var c = 0u; c < d4; c++) {
+            let at = state_base + 2u + 4u * c;
+            state[at] = out[c].x;
+            state[at + 1u] = out[c].y;
+            state[at + 2u] = out[c].z;
+            state[at + 3u] = out[c].w;
+        }
         return;
     }
     let base = row_start(3u, batch, i, head);

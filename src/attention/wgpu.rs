@@ -20,6 +20,8 @@ pub struct GpuBlockMask {
     partial: GpuBuffer<u32>,
     full_offsets: GpuBuffer<u32>,
     full: GpuBuffer<u32>,
+    /// The most blocks (partial and full) any row lists.
+    max_row_blocks: usize,
 }
 
 impl GpuBlockMask {
@@ -33,6 +35,7 @@ impl GpuBlockMask {
             partial: gpu.upload(partial)?,
             full_offsets: gpu.upload(full_offsets)?,
             full: gpu.upload(full)?,
+            max_row_blocks: mask.stats().max_blocks_per_row,
         })
     }
 }
@@ -54,7 +57,10 @@ struct Params {
     element: u32,
     window: u32,
     scale: f32,
-    pad: [u32; 2],
+    pass_first: u32,
+    pass_count: u32,
+    pass_flags: u32,
+    pad: [u32; 3],
     /// (batch, position, head, unused) element strides of q, k, v and o.
     strides: [[u32; 4]; 4],
 }
@@ -113,7 +119,7 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     // check_call kept every tensor under 2^31 elements, so the strides of dimensions of more
     // than one element fit u32 (the others only ever multiply index 0).
     let layout = shape.layout();
-    let params = Params {
+    let mut params = Params {
         batch: shape.batch as u32,
         lq: shape.lq as u32,
         lk: shape.lk as u32,
@@ -128,7 +134,10 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         element,
         window,
         scale,
-        pad: [0; 2],
+        pass_first: 0,
+        pass_count: u32::MAX,
+        pass_flags: FIRST_PASS | LAST_PASS,
+        pad: [0; 3],
         strides: [layout.q, layout.k, layout.v, layout.o]
             .map(|s| [s.batch as u32, s.seq as u32, s.head as u32, 0]),
     };
@@ -138,6 +147,18 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         ("O_F32", if O::F32 { 1.0 } else { 0.0 }),
     ];
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
+    // Where the driver cuts long loops short, each row's list is split over passes that
+    // carry the online softmax's state (running max, sum, output row) in a scratch buffer.
+    let per_pass = blocks_per_pass(gpu, shape.d, m.block_n);
+    let passes = mask.max_row_blocks.div_ceil(per_pass).max(1);
+    let rows = shape.batch * shape.heads_q * shape.lq;
+    let state = (passes > 1)
+        .then(|| gpu.zeros::<f32>(rows * (shape.d + 2)))
+        .transpose()?;
+    let state = match &state {
+        Some(state) => state.raw(),
+        None => gpu.placeholder()?,
+    };
     let buffers = [
         q.raw(),
         k.raw(),
@@ -148,11 +169,41 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         mask.full.raw(),
         o.raw(),
         lse,
+        state,
     ];
     let groups = [
         m.q_blocks() as u32,
         shape.heads_q as u32,
         shape.batch as u32,
     ];
-    gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)
+    for pass in 0..passes {
+        params.pass_first = (pass * per_pass) as u32;
+        params.pass_count = per_pass.min(u32::MAX as usize) as u32;
+        params.pass_flags =
+            u32::from(pass == 0) * FIRST_PASS + u32::from(pass + 1 == passes) * LAST_PASS;
+        gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)?;
+    }
+    Ok(())
+}
+
+/// `pass_flags` bits (see `wgsl/attention.wgsl`).
+const FIRST_PASS: u32 = 1;
+const LAST_PASS: u32 = 2;
+
+/// How many listed key blocks one dispatch may visit within the device's loop budget (all of
+/// them where there is none). Counted as if no loop were unrolled: per chunk of 16 keys the
+/// chunk loop, the 4-step staging loop and, for each key, its two loops over d/4; per block
+/// the block loop; beside them the loops over the row of q, o and the state.
+fn blocks_per_pass(gpu: &Wgpu, d: usize, block_n: usize) -> usize {
+    const CHUNK: usize = 16; // the shader's CHUNK
+    const STAGING: usize = 4; // CHUNK * MAX_D4 / THREADS
+    let Some(budget) = gpu.loop_budget() else {
+        return usize::MAX;
+    };
+    let d4 = d / 4;
+    let per_block = block_n.div_ceil(CHUNK) * (1 + STAGING + CHUNK * (1 + 2 * d4)) + 1;
+    (budget as usize)
+        .saturating_sub(4 * d4 + 64)
+        .div_euclid(per_block)
+        .max(1)
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytemuck::Pod;
@@ -98,6 +98,7 @@ struct Inner {
     queue: wgpu::Queue,
     timeout: Duration,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    placeholder: OnceLock<wgpu::Buffer>,
 }
 
 impl fmt::Debug for Wgpu {
@@ -174,6 +175,7 @@ impl Wgpu {
                 queue,
                 timeout,
                 pipelines: Mutex::default(),
+                placeholder: OnceLock::new(),
             }),
         }
     }
@@ -211,6 +213,25 @@ impl Wgpu {
     /// Whether shaders may use subgroup operations (`SUBGROUP`).
     pub fn has_subgroups(&self) -> bool {
         self.features().contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// How many loop iterations one invocation may run in all before the driver cuts every
+    /// loop of it short, where the driver has such a limit: llvmpipe (Mesa's lavapipe) shares
+    /// one counter of 65535 iterations between all loops of an invocation, so kernels split
+    /// long loops over several dispatches there. `None` elsewhere.
+    pub fn loop_budget(&self) -> Option<u32> {
+        let a = &self.inner.adapter;
+        (a.name.contains("llvmpipe") || a.driver.contains("llvmpipe")).then_some(65_535)
+    }
+
+    /// A small storage buffer for a binding that a pipeline declares but the dispatch leaves
+    /// unused (no shader touches it then), made once per device.
+    pub(crate) fn placeholder(&self) -> Result<&wgpu::Buffer> {
+        if let Some(buffer) = self.inner.placeholder.get() {
+            return Ok(buffer);
+        }
+        let buffer = self.create_buffer(16, storage_usage())?;
+        Ok(self.inner.placeholder.get_or_init(|| buffer))
     }
 
     /// A one-line description: adapter, backend, device type, and the features that matter.
