@@ -19,6 +19,7 @@ on_backends!([cuda, wgpu] => [
     dense_and_empty_tiles,
     patterns_types_and_outputs,
     tiny_and_unaligned_shapes,
+    long_k,
     rejects_wrong_lengths,
     every_registered_case_passes,
 ]);
@@ -49,6 +50,18 @@ fn every_sparsity(backends: &Backends, backend: Backend) {
             },
         );
         assert_case(backends, backend, Case::new(256, 192, 8, sparsity));
+    }
+}
+
+fn long_k(backends: &Backends, backend: Backend) {
+    // k = 70001: over a thousand k tiles per output row, which lavapipe's WGSL (its loops stop
+    // after 65535 iterations per invocation) takes in several dispatches that add up.
+    for out_f32 in [false, true] {
+        let case = Case {
+            out_f32,
+            ..Case::new(130, 70_001, 9, 0.8)
+        };
+        assert_case(backends, backend, case);
     }
 }
 

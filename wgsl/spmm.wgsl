@@ -3,13 +3,21 @@
 // scatters the entries of its half into a zeroed f32 tile in workgroup memory, stages the x
 // tile beside it, and each invocation accumulates one row for four tokens. f32 arithmetic.
 // Weights and x hold 16-bit values (f16, or bf16 when BF16), two per u32; the product is f32,
-// packed into 16-bit outputs by pack_output when the caller wants them.
+// packed into 16-bit outputs by pack_output when the caller wants them. Where the driver cuts
+// long loops short (llvmpipe: 65535 iterations per invocation in all), the host splits k
+// over several dispatches that add into the f32 product.
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     tiles_k: u32,
+    // This dispatch takes k tiles [tile_first, tile_first + tile_count) and adds its sums to
+    // y when accumulate is 1 (else it stores them).
+    tile_first: u32,
+    tile_count: u32,
+    accumulate: u32,
+    pad: u32,
 }
 
 override BF16: bool = false;
@@ -60,7 +68,8 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let token0 = group.y * TOKENS;
     let row = tile_m * 128u + row0 + local.x;
     var acc = array<f32, PER_INVOCATION>(0.0, 0.0, 0.0, 0.0);
-    for (var tile_k = 0u; tile_k < params.tiles_k; tile_k++) {
+    let tile_end = min(params.tiles_k, params.tile_first + min(params.tile_count, params.tiles_k));
+    for (var tile_k = params.tile_first; tile_k < tile_end; tile_k++) {
         for (var i = index; i < ROWS * TILE_K; i += 256u) {
             dense[i / TILE_K][i % TILE_K] = 0.0;
         }
@@ -95,7 +104,12 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     for (var t = 0u; t < PER_INVOCATION; t++) {
         let token = token0 + local.y * PER_INVOCATION + t;
         if (token < params.n && row < params.m) {
-            y[token * params.m + row] = acc[t];
+            let at = token * params.m + row;
+            if (params.accumulate != 0u) {
+                y[at] += acc[t];
+            } else {
+                y[at] = acc[t];
+            }
         }
     }
 }

@@ -47,6 +47,10 @@ struct Params {
     n: u32,
     k: u32,
     tiles_k: u32,
+    tile_first: u32,
+    tile_count: u32,
+    accumulate: u32,
+    pad: u32,
 }
 
 /// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`.
@@ -67,36 +71,44 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
     gpu.check_buffer("w", &w.entries)?;
     gpu.check_buffer("x", x)?;
     gpu.check_buffer("y", y)?;
-    let params = Params {
+    let tiles_k = w.k.div_ceil(TILE_K);
+    let mut params = Params {
         m: w.m as u32,
         n: n as u32,
         k: w.k as u32,
-        tiles_k: w.k.div_ceil(TILE_K) as u32,
+        tiles_k: tiles_k as u32,
+        tile_first: 0,
+        tile_count: u32::MAX,
+        accumulate: 0,
+        pad: 0,
     };
-    let bytes = bytemuck::bytes_of(&params);
     let constants = [("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 })];
     let groups = [w.m.div_ceil(ROWS) as u32, n.div_ceil(TOKENS) as u32, 1];
     let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
-    let inputs = [
+    let product = if O::F32 {
+        None
+    } else {
+        Some(gpu.zeros::<f32>(n * w.m)?)
+    };
+    let sums = product.as_ref().map_or(y.raw(), |p| p.raw());
+    let bound = [
         (1, w.entries.raw()),
         (2, w.tile_offsets.raw()),
         (3, x.raw()),
+        (4, sums),
     ];
-    if O::F32 {
-        return gpu.dispatch_bound(
-            &pipeline,
-            bytes,
-            &[&inputs[..], &[(4, y.raw())]].concat(),
-            groups,
-        );
+    // Where the driver cuts long loops short, k is split over dispatches that add up.
+    let per_pass = tiles_per_pass(gpu);
+    for first in (0..tiles_k).step_by(per_pass) {
+        params.tile_first = first as u32;
+        params.tile_count = per_pass.min(u32::MAX as usize) as u32;
+        params.accumulate = u32::from(first > 0);
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &bound, groups)?;
     }
-    let product = gpu.zeros::<f32>(n * w.m)?;
-    gpu.dispatch_bound(
-        &pipeline,
-        bytes,
-        &[&inputs[..], &[(4, product.raw())]].concat(),
-        groups,
-    )?;
+    let Some(product) = product else {
+        return Ok(());
+    };
+    let bytes = bytemuck::bytes_of(&params);
     let pack = gpu.pipeline(SHADER, "pack_output", &constants)?;
     let words = (n * w.m).div_ceil(2);
     let pack_groups = words.div_ceil(256).min(u16::MAX as usize) as u32;
@@ -106,4 +118,16 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
         &[(4, product.raw()), (5, y.raw())],
         [pack_groups, 1, 1],
     )
+}
+
+/// How many k tiles one dispatch may take within the device's loop budget (all of them where
+/// there is none). Counted as if no loop were unrolled: per tile the tile loop, zeroing (16
+/// steps), scattering (at most 8), staging x (4) and 64 columns of 4 tokens; beside them the
+/// final stores.
+fn tiles_per_pass(gpu: &Wgpu) -> usize {
+    let Some(budget) = gpu.loop_budget() else {
+        return usize::MAX;
+    };
+    let per_tile = 1 + 16 + 8 + 4 + TILE_K * (1 + 4);
+    (budget as usize - 32) / per_tile
 }
