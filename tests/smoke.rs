@@ -12,7 +12,7 @@ use tilefuse::Error;
 use tilefuse::harness::{Backend, Backends};
 use tilefuse::smoke::{MatmulShape, check};
 
-on_backends!([cuda, wgpu] => [ragged_and_tiny_shapes, exact_tiles, rejects_wrong_lengths, every_registered_case_passes]);
+on_backends!([cuda, wgpu] => [ragged_and_tiny_shapes, exact_tiles, long_k, rejects_wrong_lengths, every_registered_case_passes]);
 
 fn ragged_and_tiny_shapes(backends: &Backends, backend: Backend) {
     check_shapes(
@@ -35,6 +35,11 @@ fn exact_tiles(backends: &Backends, backend: Backend) {
         backend,
         &[(16, 8, 16), (64, 64, 64), (128, 256, 512)],
     );
+}
+
+fn long_k(backends: &Backends, backend: Backend) {
+    // Over 4000 k tiles per invocation: lavapipe's WGSL takes them in several dispatches.
+    check_shapes(backends, backend, &[(3, 5, 70_001), (17, 9, 100_000)]);
 }
 
 fn check_shapes(backends: &Backends, backend: Backend, shapes: &[(usize, usize, usize)]) {

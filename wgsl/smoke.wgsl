@@ -1,12 +1,18 @@
 // The plumbing test: c[m, n] = a[m, k] · b[n, k]ᵀ with 16x16 tiles staged in workgroup memory.
 // a and b hold f16 bits, two per u32 (read with unpack2x16float, so no SHADER_F16 is needed);
-// c is f32. One invocation per element of c; ragged edges read zeros.
+// c is f32. One invocation per element of c; ragged edges read zeros. A dispatch takes k
+// tiles [tile_first, tile_first + tile_count) and adds into c when accumulate is 1 (the host
+// splits k where the driver cuts long loops short: llvmpipe).
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    pad: u32,
+    tile_first: u32,
+    tile_count: u32,
+    accumulate: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -34,7 +40,8 @@ fn matmul(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id)
     let b_row = group.x * TILE + local.y;    // row of b this invocation stages
     var acc = 0.0;
     let tiles_k = params.k / TILE + select(0u, 1u, params.k % TILE != 0u);  // no k0 + 16 that can wrap
-    for (var t = 0u; t < tiles_k; t++) {
+    let tile_end = min(tiles_k, params.tile_first + min(params.tile_count, tiles_k));
+    for (var t = params.tile_first; t < tile_end; t++) {
         let kk = t * TILE + local.x;
         var av = 0.0;
         if (row < params.m && kk < params.k) {
@@ -53,6 +60,7 @@ fn matmul(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id)
         workgroupBarrier();
     }
     if (row < params.m && col < params.n) {
-        c[row * params.n + col] = acc;
+        let at = row * params.n + col;
+        c[at] = select(acc, c[at] + acc, params.accumulate != 0u);
     }
 }

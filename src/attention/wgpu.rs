@@ -149,10 +149,13 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
     // Where the driver cuts long loops short, each row's list is split over passes that
     // carry the online softmax's state (running max, sum, output row) in a scratch buffer.
-    let per_pass = blocks_per_pass(gpu, shape.d, m.block_n);
-    let passes = mask.max_row_blocks.div_ceil(per_pass).max(1);
+    let passes = gpu.loop_passes(
+        mask.max_row_blocks,
+        iterations_per_block(shape.d, m.block_n),
+        shape.d + 64,
+    );
     let rows = shape.batch * shape.heads_q * shape.lq;
-    let state = (passes > 1)
+    let state = (passes.len() > 1)
         .then(|| gpu.zeros::<f32>(rows * (shape.d + 2)))
         .transpose()?;
     let state = match &state {
@@ -176,11 +179,11 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         shape.heads_q as u32,
         shape.batch as u32,
     ];
-    for pass in 0..passes {
-        params.pass_first = (pass * per_pass) as u32;
-        params.pass_count = per_pass.min(u32::MAX as usize) as u32;
-        params.pass_flags =
-            u32::from(pass == 0) * FIRST_PASS + u32::from(pass + 1 == passes) * LAST_PASS;
+    let last = passes.len() - 1;
+    for (pass, blocks) in passes.into_iter().enumerate() {
+        params.pass_first = blocks.start as u32;
+        params.pass_count = blocks.len().min(u32::MAX as usize) as u32;
+        params.pass_flags = u32::from(pass == 0) * FIRST_PASS + u32::from(pass == last) * LAST_PASS;
         gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)?;
     }
     Ok(())
@@ -190,20 +193,11 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
 const FIRST_PASS: u32 = 1;
 const LAST_PASS: u32 = 2;
 
-/// How many listed key blocks one dispatch may visit within the device's loop budget (all of
-/// them where there is none). Counted as if no loop were unrolled: per chunk of 16 keys the
-/// chunk loop, the 4-step staging loop and, for each key, its two loops over d/4; per block
-/// the block loop; beside them the loops over the row of q, o and the state.
-fn blocks_per_pass(gpu: &Wgpu, d: usize, block_n: usize) -> usize {
+/// Loop iterations of one listed key block, as if no loop were unrolled: per chunk of 16 keys
+/// the chunk loop, the 4-step staging loop and, for each key, its two loops over d/4; the
+/// block loop. (The loops over the rows of q, o and the state add about d more per pass.)
+fn iterations_per_block(d: usize, block_n: usize) -> usize {
     const CHUNK: usize = 16; // the shader's CHUNK
     const STAGING: usize = 4; // CHUNK * MAX_D4 / THREADS
-    let Some(budget) = gpu.loop_budget() else {
-        return usize::MAX;
-    };
-    let d4 = d / 4;
-    let per_block = block_n.div_ceil(CHUNK) * (1 + STAGING + CHUNK * (1 + 2 * d4)) + 1;
-    (budget as usize)
-        .saturating_sub(4 * d4 + 64)
-        .div_euclid(per_block)
-        .max(1)
+    block_n.div_ceil(CHUNK) * (1 + STAGING + CHUNK * (1 + 2 * (d / 4))) + 1
 }

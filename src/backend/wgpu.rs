@@ -224,6 +224,25 @@ impl Wgpu {
         (a.name.contains("llvmpipe") || a.driver.contains("llvmpipe")).then_some(65_535)
     }
 
+    /// Splits `0..items` (loop steps of one invocation, each costing up to `per_item` loop
+    /// iterations, beside `fixed` more) into ranges that fit [`Wgpu::loop_budget`], one range
+    /// per dispatch; one range for all where there is no budget. Never empty.
+    pub(crate) fn loop_passes(
+        &self,
+        items: usize,
+        per_item: usize,
+        fixed: usize,
+    ) -> Vec<std::ops::Range<usize>> {
+        let per_pass = self.loop_budget().map_or(usize::MAX, |budget| {
+            let room = (budget as usize).saturating_sub(fixed);
+            (room / per_item.max(1)).max(1)
+        });
+        let passes = items.div_ceil(per_pass).max(1);
+        (0..passes)
+            .map(|pass| pass * per_pass..((pass + 1).saturating_mul(per_pass)).min(items))
+            .collect()
+    }
+
     /// A small storage buffer for a binding that a pipeline declares but the dispatch leaves
     /// unused (no shader touches it then), made once per device.
     pub(crate) fn placeholder(&self) -> Result<&wgpu::Buffer> {

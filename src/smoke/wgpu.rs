@@ -19,7 +19,10 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    pad: u32,
+    tile_first: u32,
+    tile_count: u32,
+    accumulate: u32,
+    pad: [u32; 2],
 }
 
 /// Submits `c = a · bᵀ` (16x16 tiles in workgroup memory, f32 arithmetic).
@@ -36,12 +39,25 @@ pub fn matmul(
     gpu.check_buffer("c", c)?;
     let pipeline = gpu.pipeline(SHADER, "matmul", &[])?;
     let (m, n, k) = shape.as_u32();
-    let params = Params { m, n, k, pad: 0 };
     let groups = [n.div_ceil(TILE), m.div_ceil(TILE), 1];
-    gpu.dispatch(
-        &pipeline,
-        bytemuck::bytes_of(&params),
-        &[a.raw(), b.raw(), c.raw()],
-        groups,
-    )
+    // Loop iterations per k tile, as if none were unrolled: the tile loop and 16 products.
+    let tiles_k = shape.k().div_ceil(TILE as usize);
+    for tiles in gpu.loop_passes(tiles_k, 1 + TILE as usize, 16) {
+        let params = Params {
+            m,
+            n,
+            k,
+            tile_first: tiles.start as u32,
+            tile_count: tiles.len() as u32,
+            accumulate: u32::from(tiles.start > 0),
+            pad: [0; 2],
+        };
+        gpu.dispatch(
+            &pipeline,
+            bytemuck::bytes_of(&params),
+            &[a.raw(), b.raw(), c.raw()],
+            groups,
+        )?;
+    }
+    Ok(())
 }

@@ -97,12 +97,14 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
         (3, x.raw()),
         (4, sums),
     ];
-    // Where the driver cuts long loops short, k is split over dispatches that add up.
-    let per_pass = tiles_per_pass(gpu);
-    for first in (0..tiles_k).step_by(per_pass) {
-        params.tile_first = first as u32;
-        params.tile_count = per_pass.min(u32::MAX as usize) as u32;
-        params.accumulate = u32::from(first > 0);
+    // Where the driver cuts long loops short, k is split over dispatches that add up. Loop
+    // iterations per k tile, as if none were unrolled: the tile loop, zeroing (16 steps),
+    // scattering (at most 8), staging x (4) and 64 columns of 4 tokens.
+    let per_tile = 1 + 16 + 8 + 4 + TILE_K * (1 + 4);
+    for tiles in gpu.loop_passes(tiles_k, per_tile, 32) {
+        params.tile_first = tiles.start as u32;
+        params.tile_count = tiles.len() as u32;
+        params.accumulate = u32::from(tiles.start > 0);
         gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &bound, groups)?;
     }
     let Some(product) = product else {
@@ -118,16 +120,4 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
         &[(4, product.raw()), (5, y.raw())],
         [pack_groups, 1, 1],
     )
-}
-
-/// How many k tiles one dispatch may take within the device's loop budget (all of them where
-/// there is none). Counted as if no loop were unrolled: per tile the tile loop, zeroing (16
-/// steps), scattering (at most 8), staging x (4) and 64 columns of 4 tokens; beside them the
-/// final stores.
-fn tiles_per_pass(gpu: &Wgpu) -> usize {
-    let Some(budget) = gpu.loop_budget() else {
-        return usize::MAX;
-    };
-    let per_tile = 1 + 16 + 8 + 4 + TILE_K * (1 + 4);
-    (budget as usize - 32) / per_tile
 }
