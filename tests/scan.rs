@@ -32,7 +32,14 @@ mod gpu {
         final_state_is_the_last_row_bit_for_bit,
         runs_are_bitwise_deterministic,
         rejects_wrong_lengths,
+        millions_of_steps,
     ]);
+}
+
+fn millions_of_steps(backends: &Backends, backend: Backend) {
+    // More chunks than one dispatch may hold (65535 · 128 steps), and than lavapipe's loop
+    // budget lets one invocation carry across.
+    assert_case(backends, backend, Case::new(1, 9_000_000, 1));
 }
 
 fn assert_case(backends: &Backends, backend: Backend, case: Case) {

@@ -19,8 +19,12 @@ struct Params {
     reset_stride_batch: u32,
     reset_stride_time: u32,
     has_h0: u32,
-    pad0: u32,
-    pad1: u32,
+    // chunk_maps, states: this dispatch's workgroup x is chunk chunk_first + x (grids hold at
+    // most 65535 chunks). chunk_ends: this dispatch carries chunks [chunk_first,
+    // chunk_first + chunk_count) on from the end of chunk chunk_first - 1 (the host splits
+    // long rows where the driver cuts long loops short).
+    chunk_first: u32,
+    chunk_count: u32,
 }
 
 override COMPLEX: bool = false;
@@ -151,7 +155,7 @@ fn own_map(p: Place, batch: u32) -> Map {
 
 @compute @workgroup_size(32, 8)
 fn chunk_maps(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
-    let p = place(local.x, local.y, group.x, group.y, group.z);
+    let p = place(local.x, local.y, params.chunk_first + group.x, group.y, group.z);
     warp_maps[local.y][local.x] = own_map(p, group.z);
     workgroupBarrier();
     if (local.y == 0u) {
@@ -174,16 +178,19 @@ fn chunk_ends(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup
     let channel = group.x * LANES + local.x;
     let live = channel < params.channels;
     var state = vec2<f32>(0.0, 0.0);
-    if (params.has_h0 != 0u && live) {
+    let first = (batch * params.groups + group.x) * params.chunks;
+    if (params.chunk_first > 0u) {
+        state = ends[(first + params.chunk_first - 1u) * LANES + local.x];
+    } else if (params.has_h0 != 0u && live) {
         state = load_h0(batch * params.channels + channel);
     }
-    let first = (batch * params.groups + group.x) * params.chunks;
-    for (var c = 0u; c < params.chunks; c++) {
+    let end = min(params.chunks, params.chunk_first + min(params.chunk_count, params.chunks));
+    for (var c = params.chunk_first; c < end; c++) {
         let slot = (first + c) * LANES + local.x;
         state = apply(Map(map_a[slot], map_b[slot], map_reset[first + c] != 0u), state);
         ends[slot] = state;
     }
-    if (live) {
+    if (live && end == params.chunks) {
         let at = batch * params.channels + channel;
         if (COMPLEX) {
             h_last[2u * at] = state.x;
@@ -197,7 +204,7 @@ fn chunk_ends(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup
 @compute @workgroup_size(32, 8)
 fn states(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
     let batch = group.z;
-    let chunk = group.x;
+    let chunk = params.chunk_first + group.x;
     let p = place(local.x, local.y, chunk, group.y, batch);
     var steps: array<Map, STEPS>;
     var mine = identity();

@@ -44,7 +44,8 @@ struct Params {
     reset_stride_batch: u32,
     reset_stride_time: u32,
     has_h0: u32,
-    pad: [u32; 2],
+    chunk_first: u32,
+    chunk_count: u32,
 }
 
 /// Submits the scan, writing every state to `h` and the final state to `h_last`.
@@ -115,38 +116,49 @@ fn run<T: ScanElement>(
             },
         ),
     ];
-    let bytes = bytemuck::bytes_of(&params);
-    let chunk_grid = [params.chunks, params.groups, params.batch];
-    let pipeline = gpu.pipeline(SHADER, "chunk_maps", &constants)?;
     let (a, u, reset) = (inputs.a.raw(), inputs.u.raw(), inputs.reset.raw());
     let maps = [(4, map_a.raw()), (5, map_b.raw()), (6, map_reset.raw())];
     let read = [(1, a), (2, u), (3, reset)];
-    gpu.dispatch_bound(
-        &pipeline,
-        bytes,
-        &[&read[..], &maps[..]].concat(),
-        chunk_grid,
-    )?;
+    // One workgroup per chunk, at most the grid's limit of chunks per dispatch.
+    let chunks = params.chunks as usize;
+    let grid_limit = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let per_chunk_dispatches =
+        |entry: &'static str, buffers: &[(u32, &wgpu::Buffer)]| -> Result<()> {
+            let pipeline = gpu.pipeline(SHADER, entry, &constants)?;
+            for first in (0..chunks).step_by(grid_limit.max(1)) {
+                let params = Params {
+                    chunk_first: first as u32,
+                    ..params
+                };
+                let grid = [
+                    (chunks - first).min(grid_limit) as u32,
+                    params.groups,
+                    params.batch,
+                ];
+                gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), buffers, grid)?;
+            }
+            Ok(())
+        };
+    per_chunk_dispatches("chunk_maps", &[&read[..], &maps[..]].concat())?;
 
+    // The carry runs along each row's chunks, split where the driver cuts long loops short
+    // (one loop iteration per chunk).
     let pipeline = gpu.pipeline(SHADER, "chunk_ends", &constants)?;
     let carry = [(7, ends.raw()), (8, h0), (9, h_last.raw())];
-    let carry_grid = [params.groups, params.batch, 1];
-    gpu.dispatch_bound(
-        &pipeline,
-        bytes,
-        &[&maps[..], &carry[..]].concat(),
-        carry_grid,
-    )?;
+    for range in gpu.loop_passes(chunks, 1, 16) {
+        let params = Params {
+            chunk_first: range.start as u32,
+            chunk_count: range.len() as u32,
+            ..params
+        };
+        let grid = [params.groups, params.batch, 1];
+        let buffers = [&maps[..], &carry[..]].concat();
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &buffers, grid)?;
+    }
 
     if let Some(h) = h {
-        let pipeline = gpu.pipeline(SHADER, "states", &constants)?;
         let write = [(7, ends.raw()), (8, h0), (10, h.raw())];
-        gpu.dispatch_bound(
-            &pipeline,
-            bytes,
-            &[&read[..], &write[..]].concat(),
-            chunk_grid,
-        )?;
+        per_chunk_dispatches("states", &[&read[..], &write[..]].concat())?;
     }
     Ok(())
 }
@@ -179,6 +191,7 @@ fn params<T: ScanElement>(scan: &Scan<T>, has_h0: bool) -> Result<Params> {
         reset_stride_batch: reset_stride_batch as u32,
         reset_stride_time: reset_stride_time as u32,
         has_h0: has_h0.into(),
-        pad: [0; 2],
+        chunk_first: 0,
+        chunk_count: chunks as u32,
     })
 }
