@@ -15,7 +15,7 @@ use tilefuse::attention::{
     AttentionShape, BlockKind, BlockMask, Case, ElementMask, Layout, MaskKind, MaskShape, Output,
     Strides, check, reference,
 };
-use tilefuse::harness::{Backend, Backends, Rng};
+use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
 
 on_backends!([cuda, wgpu] => [
     every_builder_and_both_types,
@@ -26,6 +26,7 @@ on_backends!([cuda, wgpu] => [
     strided_tensors_in_both_orders,
     misaligned_strides_are_refused_at_launch,
     long_rows,
+    dense_mask_is_plain_attention,
     every_registered_case_passes,
 ]);
 
@@ -229,6 +230,48 @@ fn long_rows(backends: &Backends, backend: Backend) {
     for case in cases {
         assert_case(backends, backend, case);
     }
+}
+
+fn dense_mask_is_plain_attention(backends: &Backends, backend: Backend) {
+    // softmax(q·kᵀ·scale)·v computed here from its definition, against the device with the
+    // dense mask (ragged lengths: the last key block is part padding).
+    let seed = common::seed();
+    let mut rng = Rng::new(seed);
+    let (lq, lk, d) = (100, 150, 64);
+    let attention = AttentionShape::new(1, lq, lk, 1, 1, d).unwrap();
+    let (q, k, v) = (
+        random(lq * d, &mut rng),
+        random(lk * d, &mut rng),
+        random(lk * d, &mut rng),
+    );
+    let rows = |x: &[f16], n: usize| -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|r| x[r * d..][..d].iter().map(|&v| v.into()).collect())
+            .collect()
+    };
+    let (queries, keys, values) = (rows(&q, lq), rows(&k, lk), rows(&v, lk));
+    let mut want = (Vec::new(), Vec::new());
+    for query in &queries {
+        let (o, lse) = naive_row(query, &keys, &values, &vec![true; lk], 0.125);
+        want.0.extend(o);
+        want.1.push(lse);
+    }
+    let mask = BlockMask::dense(shape(lq, lk, 64)).unwrap();
+    let inputs = [&q[..], &k, &v];
+    let out = tilefuse::attention::run(
+        backends,
+        backend,
+        &attention,
+        inputs,
+        &mask,
+        0.125,
+        Output::Input,
+    );
+    let (o, lse) = out.unwrap().expect("a device path");
+    let c = compare(&o, &want.0, Tolerance::F16);
+    assert!(c.passed(), "o (seed {seed}): {c}");
+    let c = compare(&lse, &want.1, Tolerance::F16);
+    assert!(c.passed(), "lse (seed {seed}): {c}");
 }
 
 fn misaligned_strides_are_refused_at_launch(backends: &Backends, backend: Backend) {
