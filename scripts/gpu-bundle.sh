@@ -20,6 +20,9 @@ fi
 export PATH="$(dirname "$NVCC"):$PATH"
 export CUDARC_CUDA_VERSION=13000
 export TILEFUSE_REQUIRE_CUDA=1
+# The lent machines are H100 / H200: sm_90 SASS (and its PTX) alone keeps every executable's
+# embedded kernels, and so the bundle, under the 64 MiB a device run may carry.
+export TILEFUSE_CUDA_ARCHS="${TILEFUSE_CUDA_ARCHS:-90}"
 
 bundle="$root/target/gpu-bundle"
 rm -rf "$bundle"
