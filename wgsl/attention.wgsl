@@ -5,9 +5,10 @@
 // values are staged CHUNK at a time in workgroup memory. q, k, v hold 16-bit values (f16, or
 // bf16 when BF16), two per u32, at the strides in params (multiples of 8 elements); o is f32
 // when O_F32, else 16-bit like the inputs (an invocation owns its row, so it stores whole
-// u32 words); lse is f32. Every loop over d or over a chunk has a
-// trip count fixed at pipeline creation (D, CHUNK), so drivers unroll it; llvmpipe (lavapipe)
-// otherwise stops an invocation after about 65535 loop iterations in all.
+// u32 words); lse is f32. Every loop over d or over a chunk has a trip count fixed at
+// pipeline creation (D, CHUNK), so drivers may unroll it. llvmpipe (lavapipe) cuts every loop
+// of an invocation short after 65535 iterations in all, so there the host splits each row's
+// list over several passes that carry the softmax state.
 
 struct Params {
     batch: u32,
