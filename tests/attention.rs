@@ -535,6 +535,14 @@ fn shapes_are_validated() {
     assert!(attention.check_mask(&wrong_heads).is_err());
     let wrong_length = BlockMask::dense(MaskShape::new(100, 99)).unwrap();
     assert!(attention.check_mask(&wrong_length).is_err());
+    // The fields are public: sizes changed after `new` are checked again before any use.
+    let mut grown = AttentionShape::new(1, 1, 1, 1, 1, 8).unwrap();
+    grown.lk = 1 << 31;
+    let (one, tiny) = ([f16::ONE; 8], BlockMask::dense(MaskShape::new(1, 1)).unwrap());
+    assert!(matches!(
+        reference(&grown, &one, &one, &one, &tiny, 1.0),
+        Err(Error::InvalidArgument { what: "k", .. })
+    ));
 }
 
 #[test]

@@ -147,42 +147,7 @@ impl AttentionShape {
         heads_kv: usize,
         d: usize,
     ) -> Result<Self> {
-        for (what, size) in [
-            ("batch", batch),
-            ("lq", lq),
-            ("lk", lk),
-            ("heads_q", heads_q),
-            ("heads_kv", heads_kv),
-            ("d", d),
-        ] {
-            if size == 0 {
-                return Err(Error::invalid(what, "a size of at least 1", size));
-            }
-        }
-        if !heads_q.is_multiple_of(heads_kv) {
-            return Err(Error::invalid(
-                "heads_kv",
-                format!("a divisor of heads_q = {heads_q}"),
-                heads_kv,
-            ));
-        }
-        for (what, len) in [
-            ("q", lq.checked_mul(heads_q)),
-            ("k", lk.checked_mul(heads_kv)),
-        ] {
-            if len
-                .and_then(|n| n.checked_mul(d))
-                .and_then(|n| n.checked_mul(batch))
-                .is_none_or(|n| n > i32::MAX as usize)
-            {
-                return Err(Error::invalid(
-                    what,
-                    "fewer than 2^31 elements",
-                    format!("{batch} x {lq}/{lk} x heads x {d}"),
-                ));
-            }
-        }
-        Ok(AttentionShape {
+        let shape = AttentionShape {
             batch,
             lq,
             lk,
@@ -195,7 +160,51 @@ impl AttentionShape {
                 v: Strides::packed(lk, heads_kv, d),
                 o: Strides::packed(lq, heads_q, d),
             },
-        })
+        };
+        shape.check_sizes()?;
+        Ok(shape)
+    }
+
+    /// Sizes of at least 1, `heads_q` a multiple of `heads_kv`, every tensor under 2^31
+    /// elements. Checked again before every launch: the fields are public.
+    fn check_sizes(&self) -> Result<()> {
+        let s = self;
+        for (what, size) in [
+            ("batch", s.batch),
+            ("lq", s.lq),
+            ("lk", s.lk),
+            ("heads_q", s.heads_q),
+            ("heads_kv", s.heads_kv),
+            ("d", s.d),
+        ] {
+            if size == 0 {
+                return Err(Error::invalid(what, "a size of at least 1", size));
+            }
+        }
+        if !s.heads_q.is_multiple_of(s.heads_kv) {
+            return Err(Error::invalid(
+                "heads_kv",
+                format!("a divisor of heads_q = {}", s.heads_q),
+                s.heads_kv,
+            ));
+        }
+        for (what, len) in [
+            ("q", s.lq.checked_mul(s.heads_q)),
+            ("k", s.lk.checked_mul(s.heads_kv)),
+        ] {
+            if len
+                .and_then(|n| n.checked_mul(s.d))
+                .and_then(|n| n.checked_mul(s.batch))
+                .is_none_or(|n| n > i32::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    what,
+                    "fewer than 2^31 elements",
+                    format!("{} x {}/{} x heads x {}", s.batch, s.lq, s.lk, s.d),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The same sizes with strided tensors, for views into larger buffers (a packed qkv
@@ -274,17 +283,11 @@ impl AttentionShape {
         Ok(())
     }
 
-    /// Checks the layout and the buffer lengths of q, k, v (and o when given), and again the
-    /// head grouping that the kernels index by (`kv_head = head / (heads_q / heads_kv)` must
-    /// stay below `heads_kv`).
+    /// Checks the sizes again (the head grouping the kernels index by, `kv_head = head /
+    /// (heads_q / heads_kv)`, must stay below `heads_kv`; lengths must fit 32-bit kernel
+    /// arithmetic), the layout, and the buffer lengths of q, k, v (and o when given).
     pub(crate) fn check_lengths(&self, [q, k, v]: [usize; 3], o: Option<usize>) -> Result<()> {
-        if self.heads_kv == 0 || !self.heads_q.is_multiple_of(self.heads_kv) {
-            return Err(Error::invalid(
-                "heads_kv",
-                format!("a divisor of heads_q = {}", self.heads_q),
-                self.heads_kv,
-            ));
-        }
+        self.check_sizes()?;
         self.check_layout()?;
         let lens = [Some(q), Some(k), Some(v), o];
         for ((what, strides, sizes), len) in self.tensors().into_iter().zip(lens) {
