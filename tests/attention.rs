@@ -25,6 +25,7 @@ on_backends!([cuda, wgpu] => [
     full_blocks_equal_partial_blocks_on_the_device,
     strided_tensors_in_both_orders,
     misaligned_strides_are_refused_at_launch,
+    one_qkv_buffer,
     long_rows,
     dense_mask_is_plain_attention,
     every_registered_case_passes,
@@ -278,18 +279,36 @@ fn misaligned_strides_are_refused_at_launch(backends: &Backends, backend: Backen
     let shape = AttentionShape::new(1, 4, 4, 2, 2, 64).unwrap();
     let packed = shape.layout();
     let mask = BlockMask::dense(MaskShape::new(4, 4)).unwrap();
-    for (k, v) in [(4, 0), (0, 4)] {
-        let layout = Layout {
-            k: Strides {
-                seq: 2 * 64 + k,
-                ..packed.k
+    let k_seq = Strides {
+        seq: 2 * 64 + 4,
+        ..packed.k
+    };
+    let v_head = Strides {
+        head: 64 + 4,
+        ..packed.v
+    };
+    let o_start = Strides {
+        start: 4,
+        ..packed.o
+    };
+    let layouts = [
+        ("k", Layout { k: k_seq, ..packed }),
+        (
+            "v",
+            Layout {
+                v: v_head,
+                ..packed
             },
-            v: Strides {
-                head: 64 + v,
-                ..packed.v
+        ),
+        (
+            "o",
+            Layout {
+                o: o_start,
+                ..packed
             },
-            ..packed
-        };
+        ),
+    ];
+    for (name, layout) in layouts {
         let shape = shape.with_layout(layout).unwrap();
         let [q_len, k_len, v_len, _] = shape.min_lens();
         let q = vec![f16::ONE; q_len];
@@ -304,12 +323,55 @@ fn misaligned_strides_are_refused_at_launch(backends: &Backends, backend: Backen
             Output::Input,
         );
         match out {
-            Err(Error::InvalidArgument { what, .. }) => {
-                assert_eq!(what, if k_len > v_len { "k" } else { "v" })
-            }
-            other => panic!("expected InvalidArgument, got {other:?}"),
+            Err(Error::InvalidArgument { what, .. }) => assert_eq!(what, name),
+            other => panic!("{name}: expected InvalidArgument, got {other:?}"),
         }
     }
+}
+
+fn one_qkv_buffer(backends: &Backends, backend: Backend) {
+    // q, k and v rows interleaved in one [b, l, 3, h, d] projection, told apart by their
+    // starts; the same data serves as all three inputs.
+    let seed = common::seed();
+    let mut rng = Rng::new(seed);
+    let (b, l, h, d) = (2, 150, 4, 64);
+    let qkv = Strides {
+        start: 0,
+        batch: l * 3 * h * d,
+        seq: 3 * h * d,
+        head: d,
+    };
+    let layout = Layout {
+        q: qkv,
+        k: Strides {
+            start: h * d,
+            ..qkv
+        },
+        v: Strides {
+            start: 2 * h * d,
+            ..qkv
+        },
+        o: Strides::packed(l, h, d),
+    };
+    let shape = AttentionShape::new(b, l, l, h, h, d).unwrap();
+    let shape = shape.with_layout(layout).unwrap();
+    let buffer = random(b * l * 3 * h * d, &mut rng);
+    let mask = BlockMask::causal(self::shape(l, l, 64)).unwrap();
+    let run = tilefuse::attention::run(
+        backends,
+        backend,
+        &shape,
+        [&buffer, &buffer, &buffer],
+        &mask,
+        0.125,
+        Output::Input,
+    );
+    let (o, lse) = run.unwrap().expect("a device path");
+    let want = reference(&shape, &buffer, &buffer, &buffer, &mask, 0.125).unwrap();
+    let c = compare(&o, &want.o, Tolerance::F16);
+    assert!(c.passed(), "o (seed {seed}): {c}");
+    let c = compare(&lse, &want.lse, Tolerance::F16);
+    assert!(c.passed(), "lse (seed {seed}): {c}");
 }
 
 #[cfg(feature = "wgpu")]
@@ -538,7 +600,10 @@ fn shapes_are_validated() {
     // The fields are public: sizes changed after `new` are checked again before any use.
     let mut grown = AttentionShape::new(1, 1, 1, 1, 1, 8).unwrap();
     grown.lk = 1 << 31;
-    let (one, tiny) = ([f16::ONE; 8], BlockMask::dense(MaskShape::new(1, 1)).unwrap());
+    let (one, tiny) = (
+        [f16::ONE; 8],
+        BlockMask::dense(MaskShape::new(1, 1)).unwrap(),
+    );
     assert!(matches!(
         reference(&grown, &one, &one, &one, &tiny, 1.0),
         Err(Error::InvalidArgument { what: "k", .. })
@@ -596,6 +661,7 @@ fn layouts_are_validated() {
     // A dimension of one element may have any stride.
     let one = AttentionShape::new(1, 1, 60, 1, 1, 64).unwrap();
     let q = Strides {
+        start: 0,
         batch: 3,
         seq: 5,
         head: usize::MAX,

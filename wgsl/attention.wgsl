@@ -34,7 +34,7 @@ struct Params {
     pad0: u32,
     pad1: u32,
     pad2: u32,
-    // Element strides (batch, position, head, unused) of q, k, v and o.
+    // Element strides (batch, position, head) and start of q, k, v and o.
     strides: array<vec4<u32>, 4>,
 }
 
@@ -84,7 +84,7 @@ fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return lo
 // Element (batch, position, head, 0) of tensor `t` (0 q, 1 k, 2 v, 3 o).
 fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
     let s = params.strides[t];
-    return batch * s.x + position * s.y + head * s.z;
+    return s.w + batch * s.x + position * s.y + head * s.z;
 }
 
 fn to_bits(value: f32) -> u32 {

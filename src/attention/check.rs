@@ -110,13 +110,14 @@ impl Case {
         }
     }
 
-    /// Strides with gaps between rows, heads and batches, in two orders: q and k as
-    /// `[b, l, h, d]`, v and o as `[b, h, l, d]` (PyTorch's SDPA layout).
+    /// Strides with gaps before the first row and between rows, heads and batches, in two
+    /// orders: q and k as `[b, l, h, d]`, v and o as `[b, h, l, d]` (PyTorch's SDPA layout).
     pub fn padded_layout(&self) -> Layout {
         let d = self.d;
         let sequence_major = |len: usize, heads: usize, gap: usize| {
             let seq = heads * (d + gap) + 8;
             Strides {
+                start: gap,
                 batch: len * seq + 16,
                 seq,
                 head: d + gap,
@@ -125,6 +126,7 @@ impl Case {
         let head_major = |len: usize, heads: usize| {
             let head = len * (d + 8) + 8;
             Strides {
+                start: 24,
                 batch: heads * head + 24,
                 seq: d + 8,
                 head,

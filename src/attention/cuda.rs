@@ -52,9 +52,9 @@ pub struct Inputs<'a, Q, K, V> {
 /// Enqueues `o = softmax(q·kᵀ·scale + mask)·v` on `cuda`'s stream: `o [b, lq, hq, d]` in the
 /// inputs' type and, when given, `lse [b, hq, lq]` (packed; natural log, −inf for a query
 /// that sees no key, whose `o` row is 0). `d` is 64 or 128. q, k, v and o are read and
-/// written with the strides of `shape.layout()`; elements of `o`'s buffer outside its rows
-/// are left as they were. Buffers start 16-byte aligned (a `CudaView` at an offset that is a
-/// multiple of 8 elements is).
+/// written with the starts and strides of `shape.layout()`; elements of `o`'s buffer outside
+/// its rows are left as they were. Buffers start 16-byte aligned (a `CudaView` at an offset
+/// that is a multiple of 8 elements is); one buffer may serve as q, k and v.
 ///
 /// Numerics: scores `scale·q·k` must be finite in f32 (an overflowing score gives NaN rows).
 /// As in FlashAttention, a key that the element mask removes inside a visited block still
@@ -117,11 +117,29 @@ where
     let (element, window) = mask.element.kernel_code();
     let layout = shape.layout();
     let mut args = cuda.args();
+    let buffers = [
+        ("q", args.read(q)),
+        ("k", args.read(k)),
+        ("v", args.read(v)),
+        ("o", args.write(o)),
+    ];
+    for (what, address) in buffers {
+        if address % 16 != 0 {
+            return Err(Error::invalid(
+                what,
+                "a 16-byte aligned buffer",
+                format!("address {address:#x}"),
+            ));
+        }
+    }
+    // The kernel takes each tensor's element (0, 0, 0, 0); check_call kept starts below 2^31.
+    let starts = [layout.q, layout.k, layout.v, layout.o].map(|s| s.start * size_of::<T>());
+    let [q, k, v, o] = [0, 1, 2, 3].map(|i| buffers[i].1 + starts[i] as u64);
     let params = TfAttentionParams {
-        q: args.read(q),
-        k: args.read(k),
-        v: args.read(v),
-        o: args.write(o),
+        q,
+        k,
+        v,
+        o,
         lse: lse.map_or(0, |lse| args.write(lse)),
         partial_offsets: args.read(&mask.partial_offsets),
         partial: args.read(&mask.partial),
@@ -152,20 +170,6 @@ where
         window,
         scale_log2,
     };
-    for (what, address) in [
-        ("q", params.q),
-        ("k", params.k),
-        ("v", params.v),
-        ("o", params.o),
-    ] {
-        if address % 16 != 0 {
-            return Err(Error::invalid(
-                what,
-                "a 16-byte aligned buffer",
-                format!("address {address:#x}"),
-            ));
-        }
-    }
     let config = LaunchConfig {
         grid_dim: (
             m.q_blocks() as u32,
@@ -185,17 +189,19 @@ where
         (_, _, 64) => "tilefuse_attention_bf16_d128_bm64",
         (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
     };
-    // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`,
-    // all on this context (checked). The buffers of q, k, v and o reach at least one past the
-    // last element their strides address (check_call), and heads_kv divides heads_q, so the
-    // kernel's key/value head stays below heads_kv. Buffers are 16-byte aligned (checked) and
-    // strides are multiples of 8 elements with d a multiple of 8, as cp.async and the 4-byte
-    // output stores need; o's rows do not overlap, so no two threads store to one element. The mask passed BlockMask's validation (offsets from 0
-    // to the list lengths, key blocks below ceil(lk / block_n), one row per (batch, head,
-    // query block) of its own broadcast shape) and matches this shape (check_mask_shape),
-    // so every list read and every key the kernel forms is in range; keys at or past lk and
-    // queries at or past lq are masked or skipped in the kernel. lse, when present, holds
-    // b·hq·lq values. Shared memory was checked against the device's limit.
+    // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`
+    // (plus each tensor's start), all on this context (checked). The buffers of q, k, v and o
+    // reach at least one past the last element their start and strides address (check_call),
+    // and heads_kv divides heads_q, so the kernel's key/value head stays below heads_kv.
+    // Buffers are 16-byte aligned (checked); starts and strides are multiples of 8 elements
+    // and d a multiple of 8, as cp.async and the 4-byte output stores need; o's rows do not
+    // overlap, so no two threads store to one element. The mask passed BlockMask's
+    // validation (offsets from 0 to the list lengths, key blocks below ceil(lk / block_n),
+    // one row per (batch, head, query block) of its own broadcast shape) and matches this
+    // shape (check_mask_shape), so every list read and every key the kernel forms is in
+    // range; keys at or past lk and queries at or past lq are masked or skipped in the
+    // kernel. lse, when present, holds b·hq·lq values. Shared memory was checked against the
+    // device's limit.
     unsafe {
         cuda.launch(
             Kernel {

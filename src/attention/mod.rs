@@ -33,19 +33,24 @@ pub use reference::{Outputs, reference};
 
 use crate::error::{Error, Result};
 
-/// Where the rows of a `[b, l, h, d]` tensor live: element `(b, l, h, c)` is at
-/// `b·batch + l·seq + h·head + c` (in elements; `d` is contiguous, as in FlashAttention).
+/// Where the rows of a `[b, l, h, d]` tensor live in its buffer: element `(b, l, h, c)` is at
+/// `start + b·batch + l·seq + h·head + c` (in elements; `d` is contiguous, as in
+/// FlashAttention; `start` is PyTorch's storage offset).
 ///
 /// ```
 /// use tilefuse::attention::Strides;
 ///
-/// // q taken from a packed qkv tensor [b, l, 3, h, d] (h = 8, d = 64): q's rows skip k and v.
-/// let qkv = Strides { batch: 100 * 3 * 8 * 64, seq: 3 * 8 * 64, head: 64 };
-/// assert_eq!(qkv.offset(1, 2, 3), 153_600 + 2 * 1536 + 3 * 64);
-/// assert_eq!(Strides::packed(100, 8, 64), Strides { batch: 51_200, seq: 512, head: 64 });
+/// // q, k and v in one packed qkv buffer [b, l, 3, h, d] (h = 8, d = 64): each one's rows
+/// // skip the other two; k starts one head block in, v two.
+/// let q = Strides { start: 0, batch: 100 * 3 * 8 * 64, seq: 3 * 8 * 64, head: 64 };
+/// let v = Strides { start: 2 * 8 * 64, ..q };
+/// assert_eq!(v.offset(1, 2, 3), 1024 + 153_600 + 2 * 1536 + 3 * 64);
+/// assert_eq!(Strides::packed(100, 8, 64), Strides { start: 0, batch: 51_200, seq: 512, head: 64 });
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Strides {
+    /// The element where `(0, 0, 0, 0)` is.
+    pub start: usize,
     /// Elements from one batch to the next.
     pub batch: usize,
     /// Elements from one position (query or key) to the next.
@@ -55,9 +60,10 @@ pub struct Strides {
 }
 
 impl Strides {
-    /// The strides of a contiguous `[b, len, heads, d]` tensor.
+    /// The strides of a contiguous `[b, len, heads, d]` tensor at the buffer's start.
     pub const fn packed(len: usize, heads: usize, d: usize) -> Strides {
         Strides {
+            start: 0,
             batch: len.saturating_mul(heads).saturating_mul(d),
             seq: heads.saturating_mul(d),
             head: d,
@@ -66,7 +72,8 @@ impl Strides {
 
     /// The index of element `(b, l, h, 0)`.
     pub const fn offset(&self, b: usize, l: usize, h: usize) -> usize {
-        b.saturating_mul(self.batch)
+        self.start
+            .saturating_add(b.saturating_mul(self.batch))
             .saturating_add(l.saturating_mul(self.seq))
             .saturating_add(h.saturating_mul(self.head))
     }
@@ -80,7 +87,7 @@ impl Strides {
     fn end(&self, sizes: [usize; 3], d: usize) -> Option<usize> {
         self.dims(sizes)
             .into_iter()
-            .try_fold(d, |end, (size, stride)| {
+            .try_fold(self.start.checked_add(d)?, |end, (size, stride)| {
                 end.checked_add(size.saturating_sub(1).checked_mul(stride)?)
             })
     }
@@ -208,21 +215,23 @@ impl AttentionShape {
     }
 
     /// The same sizes with strided tensors, for views into larger buffers (a packed qkv
-    /// projection, a padded cache, heads or batches taken apart). Strides are in elements;
-    /// each tensor stays under 2^31 elements; the rows of `o` must not overlap. The kernels
-    /// also need every stride of a dimension of more than one element to be a multiple of 8
-    /// (16 bytes, for their vector loads), checked at launch. A tensor given non-packed
-    /// strides may sit in a larger buffer (its length is at least one past the last
-    /// element); a packed one must fill its buffer exactly.
+    /// projection passed as q, k and v alike, a padded cache, heads or batches taken apart).
+    /// Starts and strides are in elements; each tensor ends below element 2^31 of its buffer;
+    /// the rows of `o` must not overlap. The kernels also need the start and every stride of
+    /// a dimension of more than one element to be multiples of 8 (16 bytes, for their vector
+    /// loads), checked at launch. A tensor given non-packed strides may sit in a larger buffer
+    /// (its length is at least one past the last element); a packed one must fill its buffer
+    /// exactly.
     ///
     /// ```
     /// use tilefuse::attention::{AttentionShape, Layout, Strides};
     ///
-    /// // q, k, v from one [b, l, 3, h, d] projection; o packed.
+    /// // q, k, v from one [b, l, 3, h, d] projection buffer; o packed.
     /// let shape = AttentionShape::new(2, 100, 100, 8, 8, 64)?;
-    /// let qkv = Strides { batch: 100 * 3 * 512, seq: 3 * 512, head: 64 };
-    /// let shape = shape.with_layout(Layout { q: qkv, k: qkv, v: qkv, o: shape.layout().o })?;
-    /// assert_eq!(shape.min_lens()[0], 99 * 1536 + 7 * 64 + 64 + 1536 * 100);
+    /// let q = Strides { start: 0, batch: 100 * 3 * 512, seq: 3 * 512, head: 64 };
+    /// let (k, v) = (Strides { start: 512, ..q }, Strides { start: 1024, ..q });
+    /// let shape = shape.with_layout(Layout { q, k, v, o: shape.layout().o })?;
+    /// assert_eq!(shape.min_lens()[2], 2 * 100 * 1536); // v ends the buffer
     ///
     /// // Rows of o that overlap are refused.
     /// let o = Strides { head: 32, ..Strides::packed(100, 8, 64) };
@@ -267,7 +276,7 @@ impl AttentionShape {
             {
                 return Err(Error::invalid(
                     what,
-                    "strides that keep the tensor under 2^31 elements",
+                    "a start and strides that keep the tensor below element 2^31",
                     format!("{strides:?}"),
                 ));
             }
@@ -329,11 +338,12 @@ impl AttentionShape {
         }
         for (what, strides, sizes) in self.tensors() {
             let mut dims = strides.dims(sizes).into_iter();
-            if let Some((_, stride)) = dims.find(|&(size, stride)| size > 1 && stride % 8 != 0) {
+            let misaligned = dims.find(|&(size, stride)| size > 1 && stride % 8 != 0);
+            if strides.start % 8 != 0 || misaligned.is_some() {
                 return Err(Error::invalid(
                     what,
-                    "strides that are multiples of 8 elements (16 bytes)",
-                    format!("{strides:?} (stride {stride})"),
+                    "a start and strides that are multiples of 8 elements (16 bytes)",
+                    format!("{strides:?}"),
                 ));
             }
         }

@@ -61,7 +61,7 @@ struct Params {
     pass_count: u32,
     pass_flags: u32,
     pad: [u32; 3],
-    /// (batch, position, head, unused) element strides of q, k, v and o.
+    /// (batch, position, head, start) element strides of q, k, v and o.
     strides: [[u32; 4]; 4],
 }
 
@@ -116,8 +116,8 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     };
     let (element, window) = mask.element.kernel_code();
     let m = mask.shape;
-    // check_call kept every tensor under 2^31 elements, so the strides of dimensions of more
-    // than one element fit u32 (the others only ever multiply index 0).
+    // check_call kept every tensor below element 2^31, so its start and the strides of
+    // dimensions of more than one element fit u32 (the others only ever multiply index 0).
     let layout = shape.layout();
     let mut params = Params {
         batch: shape.batch as u32,
@@ -139,7 +139,7 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         pass_flags: FIRST_PASS | LAST_PASS,
         pad: [0; 3],
         strides: [layout.q, layout.k, layout.v, layout.o]
-            .map(|s| [s.batch as u32, s.seq as u32, s.head as u32, 0]),
+            .map(|s| [s.batch as u32, s.seq as u32, s.head as u32, s.start as u32]),
     };
     let constants = [
         ("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 }),
