@@ -31,9 +31,11 @@ struct Params {
     pass_first: u32,
     pass_count: u32,
     pass_flags: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    // This dispatch's workgroup (x, y, z) is query block x of head head_first + y of batch
+    // batch_first + z; the state holds slice_heads heads per batch of the slice.
+    batch_first: u32,
+    head_first: u32,
+    slice_heads: u32,
     // Element strides (batch, position, head) and start of q, k, v and o.
     strides: array<vec4<u32>, 4>,
 }
@@ -125,8 +127,8 @@ fn element_allows(i: u32, j: u32) -> bool {
 @compute @workgroup_size(128)
 fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
     let q_block = group.x;
-    let head = group.y;
-    let batch = group.z;
+    let head = params.head_first + group.y;
+    let batch = params.batch_first + group.z;
     let i = q_block * params.block_m + local.x;      // this invocation's query
     let live = local.x < params.block_m && i < params.lq;
     let kv_head = head / (params.heads_q / params.heads_kv);
@@ -141,7 +143,8 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
     }
     var running_max = -3.4e38;
     var sum = 0.0;
-    let state_base = (((batch * params.heads_q + head) * params.lq) + min(i, params.lq - 1u)) * (D + 2u);
+    let state_row = (group.z * params.slice_heads + group.y) * params.lq + min(i, params.lq - 1u);
+    let state_base = state_row * (D + 2u);
     if ((params.pass_flags & 1u) == 0u && live) {
         running_max = state[state_base];
         sum = state[state_base + 1u];

@@ -60,7 +60,9 @@ struct Params {
     pass_first: u32,
     pass_count: u32,
     pass_flags: u32,
-    pad: [u32; 3],
+    batch_first: u32,
+    head_first: u32,
+    slice_heads: u32,
     /// (batch, position, head, start) element strides of q, k, v and o.
     strides: [[u32; 4]; 4],
 }
@@ -119,7 +121,7 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     // check_call kept every tensor below element 2^31, so its start and the strides of
     // dimensions of more than one element fit u32 (the others only ever multiply index 0).
     let layout = shape.layout();
-    let mut params = Params {
+    let params = Params {
         batch: shape.batch as u32,
         lq: shape.lq as u32,
         lk: shape.lk as u32,
@@ -137,7 +139,9 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         pass_first: 0,
         pass_count: u32::MAX,
         pass_flags: FIRST_PASS | LAST_PASS,
-        pad: [0; 3],
+        batch_first: 0,
+        head_first: 0,
+        slice_heads: shape.heads_q as u32,
         strides: [layout.q, layout.k, layout.v, layout.o]
             .map(|s| [s.batch as u32, s.seq as u32, s.head as u32, s.start as u32]),
     };
@@ -147,21 +151,6 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         ("O_F32", if O::F32 { 1.0 } else { 0.0 }),
     ];
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
-    // Where the driver cuts long loops short, each row's list is split over passes that
-    // carry the online softmax's state (running max, sum, output row) in a scratch buffer.
-    let passes = gpu.loop_passes(
-        mask.max_row_blocks,
-        iterations_per_block(shape.d, m.block_n),
-        shape.d + 64,
-    );
-    let rows = shape.batch * shape.heads_q * shape.lq;
-    let state = (passes.len() > 1)
-        .then(|| gpu.zeros::<f32>(rows * (shape.d + 2)))
-        .transpose()?;
-    let state = match &state {
-        Some(state) => state.raw(),
-        None => gpu.placeholder()?,
-    };
     let buffers = [
         q.raw(),
         k.raw(),
@@ -172,21 +161,83 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         mask.full.raw(),
         o.raw(),
         lse,
-        state,
     ];
-    let groups = [
-        m.q_blocks() as u32,
-        shape.heads_q as u32,
-        shape.batch as u32,
-    ];
-    let last = passes.len() - 1;
-    for (pass, blocks) in passes.into_iter().enumerate() {
-        params.pass_first = blocks.start as u32;
-        params.pass_count = blocks.len().min(u32::MAX as usize) as u32;
-        params.pass_flags = u32::from(pass == 0) * FIRST_PASS + u32::from(pass == last) * LAST_PASS;
-        gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)?;
+    let passes = gpu.loop_passes(
+        mask.max_row_blocks,
+        iterations_per_block(shape.d, m.block_n),
+        shape.d + 64,
+    );
+    if passes.len() > 1 {
+        return run_in_passes(gpu, &pipeline, params, buffers, shape, &passes);
+    }
+    let buffers: Vec<_> = buffers.into_iter().chain([gpu.placeholder()?]).collect();
+    let groups = [params.q_blocks, params.heads_q, params.batch];
+    gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)
+}
+
+/// Where the driver cuts long loops short: each row's list over `passes`, the online
+/// softmax's state (running max, sum, output row) carried between them in a scratch buffer,
+/// (batch, head) slice by slice so that the state fits one binding.
+fn run_in_passes(
+    gpu: &Wgpu,
+    pipeline: &wgpu::ComputePipeline,
+    mut params: Params,
+    buffers: [&wgpu::Buffer; 9],
+    shape: &AttentionShape,
+    passes: &[std::ops::Range<usize>],
+) -> Result<()> {
+    let limit = state_limit(gpu);
+    let per_head = (shape.lq * (shape.d + 2) * size_of::<f32>()) as u64;
+    if per_head > limit {
+        return Err(Error::DeviceLimit {
+            what: "attention pass state of one head",
+            limit_name: "max_storage_buffer_binding_size",
+            needed: per_head,
+            limit,
+        });
+    }
+    let fit = (limit / per_head) as usize;
+    let heads = shape.heads_q.min(fit);
+    let batches = if heads == shape.heads_q {
+        (fit / heads).min(shape.batch)
+    } else {
+        1
+    };
+    let state = gpu.zeros::<f32>(batches * heads * shape.lq * (shape.d + 2))?;
+    let buffers: Vec<_> = buffers.into_iter().chain([state.raw()]).collect();
+    params.slice_heads = heads as u32;
+    for batch_first in (0..shape.batch).step_by(batches) {
+        for head_first in (0..shape.heads_q).step_by(heads) {
+            params.batch_first = batch_first as u32;
+            params.head_first = head_first as u32;
+            let grid = [
+                params.q_blocks,
+                heads.min(shape.heads_q - head_first) as u32,
+                batches.min(shape.batch - batch_first) as u32,
+            ];
+            for (pass, blocks) in passes.iter().enumerate() {
+                params.pass_first = blocks.start as u32;
+                params.pass_count = blocks.len() as u32;
+                params.pass_flags = u32::from(pass == 0) * FIRST_PASS
+                    + u32::from(pass + 1 == passes.len()) * LAST_PASS;
+                gpu.dispatch(pipeline, bytemuck::bytes_of(&params), &buffers, grid)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// The most bytes of pass state one dispatch binds: the device's binding limit (or a smaller
+/// one a unit test sets, to take several slices).
+fn state_limit(gpu: &Wgpu) -> u64 {
+    #[cfg(test)]
+    if let Some(limit) = tests::STATE_LIMIT.get() {
+        return limit;
+    }
+    let limits = gpu.limits();
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
 }
 
 /// `pass_flags` bits (see `wgsl/attention.wgsl`).
@@ -200,4 +251,68 @@ fn iterations_per_block(d: usize, block_n: usize) -> usize {
     const CHUNK: usize = 16; // the shader's CHUNK
     const STAGING: usize = 4; // CHUNK * MAX_D4 / THREADS
     block_n.div_ceil(CHUNK) * (1 + STAGING + CHUNK * (1 + 2 * (d / 4))) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use half::f16;
+
+    use super::*;
+    use crate::attention::{MaskShape, reference};
+    use crate::harness::{Rng, Tolerance, compare};
+
+    thread_local! {
+        pub(super) static STATE_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// Rows long enough for several passes where the device has a loop budget (lavapipe),
+    /// with the pass state limited to 3 (batch, head) pairs: slices of 3 heads and of 1.
+    #[test]
+    fn pass_state_in_slices_of_batches_and_heads() {
+        let Some(gpu) = crate::backend::wgpu::tests::gpu() else {
+            return;
+        };
+        let (b, lq, lk, hq, hkv, d) = (2, 130, 2500, 4, 2, 128);
+        let shape = AttentionShape::new(b, lq, lk, hq, hkv, d).unwrap();
+        let mut rng = Rng::new(Rng::fresh_seed());
+        let mut random = |n: usize| rng.fill(n, -1.0, 1.0, f16::from_f64);
+        let (q, k, v) = (
+            random(b * lq * hq * d),
+            random(b * lk * hkv * d),
+            random(b * lk * hkv * d),
+        );
+        let mask = BlockMask::causal(MaskShape::new(lq, lk)).unwrap();
+        let inputs = (
+            gpu.upload(&q).unwrap(),
+            gpu.upload(&k).unwrap(),
+            gpu.upload(&v).unwrap(),
+        );
+        let inputs = Inputs {
+            q: &inputs.0,
+            k: &inputs.1,
+            v: &inputs.2,
+        };
+        let device_mask = GpuBlockMask::upload(&gpu, &mask).unwrap();
+        let mut o = gpu.upload(&vec![f32::NAN; q.len()]).unwrap();
+        let mut lse = gpu.upload(&vec![f32::NAN; b * hq * lq]).unwrap();
+        let per_head = (lq * (d + 2) * 4) as u64;
+        STATE_LIMIT.set(Some(3 * per_head));
+        let ran = attention(
+            &gpu,
+            &shape,
+            inputs,
+            &device_mask,
+            &mut o,
+            Some(&mut lse),
+            0.1,
+        );
+        STATE_LIMIT.set(None);
+        ran.unwrap();
+        let want = reference(&shape, &q, &k, &v, &mask, 0.1).unwrap();
+        let got = [gpu.download(&o).unwrap(), gpu.download(&lse).unwrap()].concat();
+        let c = compare(&got, &[want.o, want.lse].concat(), Tolerance::F32);
+        assert!(c.passed(), "{c}");
+    }
 }

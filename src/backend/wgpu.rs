@@ -733,14 +733,14 @@ impl<T> fmt::Debug for GpuBuffer<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// These need an adapter (lavapipe in CI): without one they pass empty, unless
     /// `TILEFUSE_REQUIRE_WGPU=1` says an adapter must be there.
     /// One device for all of them, as every integration test binary does: on the H100 the
     /// test process once died while three tests created devices at the same time.
-    fn gpu() -> Option<Wgpu> {
+    pub(crate) fn gpu() -> Option<Wgpu> {
         static GPU: std::sync::OnceLock<std::result::Result<Wgpu, String>> =
             std::sync::OnceLock::new();
         match GPU.get_or_init(|| Wgpu::new().map_err(|e| e.to_string())) {
