@@ -77,7 +77,7 @@ fn record(r: &Value) -> Option<BenchRecord> {
 /// over the time of tilefuse on CUDA (or, without it, on the row's own backend) for the same
 /// case: above 1 means slower than tilefuse. `% copy` is the row's bandwidth over the copy
 /// bandwidth measured on the same backend (by the same implementation where it has one);
-/// `% mma peak` its TFLOP/s over the `peak` entry's mma.sync rate on CUDA.
+/// `% mma peak` the TFLOP/s of a CUDA attention row over the `peak` entry's mma.sync rate.
 pub fn summary(records: &[BenchRecord]) -> String {
     summary_table(records).render()
 }
@@ -139,7 +139,7 @@ pub fn summary_table(records: &[BenchRecord]) -> Table {
                     _ => "-".into(),
                 },
                 match mma_peak {
-                    Some(peak) if r.flops > 0 && op != "peak" => {
+                    Some(peak) if r.flops > 0 && op == "attention" && r.backend == "cuda" => {
                         format!("{:.0}%", 100.0 * r.tflops() / peak)
                     }
                     _ => "-".into(),
@@ -220,6 +220,7 @@ mod tests {
             with_flops("peak", "tilefuse", 1.0, 400_000_000),
             with_flops("attention", "tilefuse", 1.0, 100_000_000),
             with_flops("attention", "flex_attention", 0.5, 100_000_000),
+            with_flops("smoke", "tilefuse", 1.0, 100_000_000),
         ];
         let text = summary(&records);
         let row = |op: &str, implementation: &str| {
@@ -231,5 +232,6 @@ mod tests {
         assert!(row("attention", "tilefuse").contains("25%"), "{text}");
         assert!(row("attention", "flex_attention").contains("50%"), "{text}");
         assert!(!row("peak", "tilefuse").contains('%'), "{text}");
+        assert!(!row("smoke", "tilefuse").contains('%'), "{text}");
     }
 }
