@@ -20,6 +20,7 @@ on_backends!([cuda, wgpu] => [
     patterns_types_and_outputs,
     tiny_and_unaligned_shapes,
     long_k,
+    sixteen_bit_outputs_overflow_to_infinity,
     rejects_wrong_lengths,
     every_registered_case_passes,
 ]);
@@ -63,6 +64,33 @@ fn long_k(backends: &Backends, backend: Backend) {
         };
         assert_case(backends, backend, case);
     }
+}
+
+fn sixteen_bit_outputs_overflow_to_infinity(backends: &Backends, backend: Backend) {
+    // Rows summing to ±120 000 and ±65 512 (past f16's 65 504 and its rounding midpoint 65 520
+    // or not), 60 000, and NaN: f16 output rounds like IEEE (±inf, 65 504, NaN stays NaN).
+    let big = f16::from_f32(60_000.0);
+    let w = [
+        [big, big],
+        [-big, -big],
+        [f16::from_f32(65_504.0), f16::from_f32(8.0)],
+        [big, f16::ZERO],
+        [f16::NAN, f16::ONE],
+    ];
+    let w = TiledCsl::encode(&w.concat(), 5, 2).unwrap();
+    let y = tilefuse::spmm::run::<f16, f16>(backends, backend, &w, &[f16::ONE; 2]);
+    let y: Vec<f32> = y
+        .unwrap()
+        .expect("a device path")
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_eq!(
+        y[..4],
+        [f32::INFINITY, f32::NEG_INFINITY, 65_504.0, 60_000.0],
+        "{y:?}"
+    );
+    assert!(y[4].is_nan(), "{y:?}");
 }
 
 fn dense_and_empty_tiles(backends: &Backends, backend: Backend) {

@@ -89,17 +89,6 @@ fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
     return s.w + batch * s.x + position * s.y + head * s.z;
 }
 
-fn to_bits(value: f32) -> u32 {
-    if (BF16) {
-        let bits = bitcast<u32>(value);
-        if (value != value) {
-            return (bits >> 16u) | 0x40u;  // a quiet NaN stays NaN
-        }
-        return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;  // round to nearest even
-    }
-    return pack2x16float(vec2<f32>(value, 0.0)) & 0xffffu;
-}
-
 // Stores values at..at+3 of o (at a multiple of 4).
 fn store4(at: u32, value: vec4<f32>) {
     if (O_F32) {

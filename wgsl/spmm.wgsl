@@ -114,17 +114,6 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     }
 }
 
-fn to_bits(value: f32) -> u32 {
-    if (BF16) {
-        let bits = bitcast<u32>(value);
-        if (value != value) {
-            return (bits >> 16u) | 0x40u;  // a quiet NaN stays NaN
-        }
-        return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;  // round to nearest even
-    }
-    return pack2x16float(vec2<f32>(value, 0.0)) & 0xffffu;
-}
-
 // packed[j] = the 16-bit forms of y[2j] and y[2j + 1] (0 past the end), grid-stride.
 @compute @workgroup_size(256)
 fn pack_output(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

@@ -8,7 +8,10 @@ use crate::spmm::{SpmmElement, SpmmOutput};
 
 const SHADER: Shader = Shader {
     name: "attention.wgsl",
-    source: include_str!("../../wgsl/attention.wgsl"),
+    source: concat!(
+        include_str!("../../wgsl/common/to_bits.wgsl"),
+        include_str!("../../wgsl/attention.wgsl")
+    ),
 };
 
 /// A [`BlockMask`] in a wgpu device's memory.

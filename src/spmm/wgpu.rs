@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 
 const SHADER: Shader = Shader {
     name: "spmm.wgsl",
-    source: include_str!("../../wgsl/spmm.wgsl"),
+    source: concat!(
+        include_str!("../../wgsl/common/to_bits.wgsl"),
+        include_str!("../../wgsl/spmm.wgsl")
+    ),
 };
 /// Rows and tokens per workgroup.
 const ROWS: usize = 64;
