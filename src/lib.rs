@@ -18,9 +18,8 @@
 //! - **CPU reference**: plain f64 loops, the executable specification every path is tested
 //!   against ([`harness`]).
 //!
-//! The ops arrive one by one: [`spmm`] and [`scan`] are here, [`attention`] has its masks,
-//! reference and WGSL kernel (its CUDA kernel awaits a GPU run); [`smoke`] is the plumbing test that proves each backend end to
-//! end.
+//! The ops: [`spmm`], [`scan`] and [`attention`] (its CUDA kernel awaits its first GPU run);
+//! [`smoke`] is the plumbing test that proves each backend end to end.
 //!
 //! ## Errors
 //!
