@@ -389,6 +389,12 @@ fn check_cases() -> Vec<CheckCase> {
             heads_kv: 8,
             ..Case::new(65, 1)
         },
+        Case {
+            strided: true,
+            batch: 2,
+            heads_q: 4,
+            ..Case::new(150, 260)
+        },
     ];
     cases
         .into_iter()
