@@ -27,7 +27,8 @@ struct Params {
     scale: f32,
     // This dispatch visits entries [pass_first, pass_first + pass_count) of each row's list
     // (partial then full); bit 0 of pass_flags: the first pass (start afresh, else resume
-    // from state), bit 1: the last (write o and lse, else save state).
+    // from state), bit 1: the last (write o, else save state), bit 2: lse is wanted (written
+    // in the last pass).
     pass_first: u32,
     pass_count: u32,
     pass_flags: u32,
@@ -218,5 +219,7 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
         store4(base + 4u * c, select(vec4<f32>(0.0), out[c] / sum, seen));
     }
     let neg_inf = bitcast<f32>(0xff800000u);
-    lse[(batch * params.heads_q + head) * params.lq + i] = select(neg_inf, running_max + log(sum), seen);
+    if ((params.pass_flags & 4u) != 0u) {
+        lse[(batch * params.heads_q + head) * params.lq + i] = select(neg_inf, running_max + log(sum), seen);
+    }
 }

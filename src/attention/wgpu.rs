@@ -108,17 +108,12 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     gpu.check_buffer("v", v)?;
     gpu.check_buffer("mask", &mask.full)?;
     gpu.check_buffer("o", o)?;
-    let scratch;
-    let lse = match lse {
-        Some(lse) => {
-            gpu.check_buffer("lse", lse)?;
-            lse.raw()
-        }
-        None => {
-            scratch = gpu.zeros::<f32>(shape.batch * shape.lq * shape.heads_q)?;
-            scratch.raw()
-        }
-    };
+    if let Some(lse) = &lse {
+        gpu.check_buffer("lse", lse)?;
+    }
+    let [no_lse, no_state] = gpu.placeholders()?;
+    let want_lse = if lse.is_some() { WANT_LSE } else { 0 };
+    let lse = lse.map_or(no_lse, |lse| lse.raw());
     let (element, window) = mask.element.kernel_code();
     let m = mask.shape;
     // check_call kept every tensor below element 2^31, so its start and the strides of
@@ -141,7 +136,7 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
         scale,
         pass_first: 0,
         pass_count: u32::MAX,
-        pass_flags: FIRST_PASS | LAST_PASS,
+        pass_flags: FIRST_PASS | LAST_PASS | want_lse,
         batch_first: 0,
         head_first: 0,
         slice_heads: shape.heads_q as u32,
@@ -173,7 +168,7 @@ pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
     if passes.len() > 1 {
         return run_in_passes(gpu, &pipeline, params, buffers, shape, &passes);
     }
-    let buffers: Vec<_> = buffers.into_iter().chain([gpu.placeholder()?]).collect();
+    let buffers: Vec<_> = buffers.into_iter().chain([no_state]).collect();
     let groups = [params.q_blocks, params.heads_q, params.batch];
     gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)
 }
@@ -209,6 +204,7 @@ fn run_in_passes(
     let state = gpu.zeros::<f32>(batches * heads * shape.lq * (shape.d + 2))?;
     let buffers: Vec<_> = buffers.into_iter().chain([state.raw()]).collect();
     params.slice_heads = heads as u32;
+    let want_lse = params.pass_flags & WANT_LSE;
     for batch_first in (0..shape.batch).step_by(batches) {
         for head_first in (0..shape.heads_q).step_by(heads) {
             params.batch_first = batch_first as u32;
@@ -222,7 +218,8 @@ fn run_in_passes(
                 params.pass_first = blocks.start as u32;
                 params.pass_count = blocks.len() as u32;
                 params.pass_flags = u32::from(pass == 0) * FIRST_PASS
-                    + u32::from(pass + 1 == passes.len()) * LAST_PASS;
+                    + u32::from(pass + 1 == passes.len()) * LAST_PASS
+                    + want_lse;
                 gpu.dispatch(pipeline, bytemuck::bytes_of(&params), &buffers, grid)?;
             }
         }
@@ -246,6 +243,7 @@ fn state_limit(gpu: &Wgpu) -> u64 {
 /// `pass_flags` bits (see `wgsl/attention.wgsl`).
 const FIRST_PASS: u32 = 1;
 const LAST_PASS: u32 = 2;
+const WANT_LSE: u32 = 4;
 
 /// Loop iterations of one listed key block, as if no loop were unrolled: per chunk of 16 keys
 /// the chunk loop, the 4-step staging loop and, for each key, its two loops over d/4; the
@@ -268,6 +266,39 @@ mod tests {
 
     thread_local! {
         pub(super) static STATE_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// Without `lse` (nothing bound but the placeholders) `o` is what it is with it.
+    #[test]
+    fn lse_is_optional() {
+        let Some(gpu) = crate::backend::wgpu::tests::gpu() else {
+            return;
+        };
+        let shape = AttentionShape::new(1, 100, 70, 2, 1, 64).unwrap();
+        let mut rng = Rng::new(Rng::fresh_seed());
+        let mut random = |n: usize| rng.fill(n, -1.0, 1.0, f16::from_f64);
+        let (q, k, v) = (random(100 * 2 * 64), random(70 * 64), random(70 * 64));
+        let mask = BlockMask::causal(MaskShape::new(100, 70)).unwrap();
+        let device_mask = GpuBlockMask::upload(&gpu, &mask).unwrap();
+        let inputs = (
+            gpu.upload(&q).unwrap(),
+            gpu.upload(&k).unwrap(),
+            gpu.upload(&v).unwrap(),
+        );
+        let run = |lse: Option<&mut GpuBuffer<f32>>| {
+            let inputs = Inputs {
+                q: &inputs.0,
+                k: &inputs.1,
+                v: &inputs.2,
+            };
+            let mut o = gpu.upload(&vec![f32::NAN; q.len()]).unwrap();
+            attention(&gpu, &shape, inputs, &device_mask, &mut o, lse, 0.1).unwrap();
+            gpu.download(&o).unwrap()
+        };
+        let mut lse = gpu.upload(&vec![f32::NAN; 200]).unwrap();
+        let with = run(Some(&mut lse));
+        assert!(gpu.download(&lse).unwrap().iter().all(|x| !x.is_nan()));
+        assert_eq!(run(None), with);
     }
 
     /// Rows long enough for several passes where the device has a loop budget (lavapipe),

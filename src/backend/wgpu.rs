@@ -98,7 +98,7 @@ struct Inner {
     queue: wgpu::Queue,
     timeout: Duration,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    placeholder: OnceLock<wgpu::Buffer>,
+    placeholders: OnceLock<[wgpu::Buffer; 2]>,
 }
 
 impl fmt::Debug for Wgpu {
@@ -175,7 +175,7 @@ impl Wgpu {
                 queue,
                 timeout,
                 pipelines: Mutex::default(),
-                placeholder: OnceLock::new(),
+                placeholders: OnceLock::new(),
             }),
         }
     }
@@ -243,14 +243,17 @@ impl Wgpu {
             .collect()
     }
 
-    /// A small storage buffer for a binding that a pipeline declares but the dispatch leaves
-    /// unused (no shader touches it then), made once per device.
-    pub(crate) fn placeholder(&self) -> Result<&wgpu::Buffer> {
-        if let Some(buffer) = self.inner.placeholder.get() {
-            return Ok(buffer);
+    /// Two distinct small storage buffers for bindings that a pipeline declares but a
+    /// dispatch leaves unused (no shader touches them then), made once per device.
+    pub(crate) fn placeholders(&self) -> Result<&[wgpu::Buffer; 2]> {
+        if let Some(buffers) = self.inner.placeholders.get() {
+            return Ok(buffers);
         }
-        let buffer = self.create_buffer(16, storage_usage())?;
-        Ok(self.inner.placeholder.get_or_init(|| buffer))
+        let buffers = [
+            self.create_buffer(16, storage_usage())?,
+            self.create_buffer(16, storage_usage())?,
+        ];
+        Ok(self.inner.placeholders.get_or_init(|| buffers))
     }
 
     /// A one-line description: adapter, backend, device type, and the features that matter.
