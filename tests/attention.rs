@@ -32,12 +32,9 @@ on_backends!([cuda, wgpu] => [
 ]);
 
 fn assert_case(backends: &Backends, backend: Backend, case: Case) {
-    let seed = common::seed();
-    common::assert_passes(
-        check(backends, backend, &case, seed),
-        &case.to_string(),
-        seed,
-    );
+    common::assert_seeded(&case.to_string(), |seed| {
+        check(backends, backend, &case, seed)
+    });
 }
 
 fn every_builder_and_both_types(backends: &Backends, backend: Backend) {
@@ -401,10 +398,7 @@ fn wgsl_writes_f32_outputs_within_the_f32_bound() {
 }
 
 fn every_registered_case_passes(backends: &Backends, backend: Backend) {
-    let entry = tilefuse::harness::op("attention").expect("attention is registered");
-    for case in (entry.check_cases)() {
-        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
-    }
+    common::assert_registered_cases("attention", backends, backend);
 }
 
 fn shape(lq: usize, lk: usize, block: usize) -> MaskShape {

@@ -209,9 +209,5 @@ fn cuda_peak_kernel_sums_its_products_exactly() {
     let Some(backends) = common::available(tilefuse::harness::Backend::Cuda) else {
         return;
     };
-    let entry = tilefuse::harness::op("peak").expect("peak is registered");
-    for case in (entry.check_cases)() {
-        let result = case.run(backends, tilefuse::harness::Backend::Cuda);
-        common::assert_passes(result, &case.name, 0);
-    }
+    common::assert_registered_cases("peak", backends, tilefuse::harness::Backend::Cuda);
 }

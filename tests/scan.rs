@@ -43,12 +43,9 @@ fn millions_of_steps(backends: &Backends, backend: Backend) {
 }
 
 fn assert_case(backends: &Backends, backend: Backend, case: Case) {
-    let seed = common::seed();
-    common::assert_passes(
-        check(backends, backend, &case, seed),
-        &case.to_string(),
-        seed,
-    );
+    common::assert_seeded(&case.to_string(), |seed| {
+        check(backends, backend, &case, seed)
+    });
 }
 
 fn lengths_of_time(backends: &Backends, backend: Backend) {
@@ -311,10 +308,7 @@ fn scan_as_complex(scan: &Scan<f32>) -> Scan<Complex32> {
 }
 
 fn every_registered_case_passes(backends: &Backends, backend: Backend) {
-    let entry = tilefuse::harness::op("scan").expect("scan is registered");
-    for case in (entry.check_cases)() {
-        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
-    }
+    common::assert_registered_cases("scan", backends, backend);
 }
 
 #[test]

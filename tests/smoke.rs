@@ -45,21 +45,15 @@ fn long_k(backends: &Backends, backend: Backend) {
 
 fn check_shapes(backends: &Backends, backend: Backend, shapes: &[(usize, usize, usize)]) {
     for &(m, n, k) in shapes {
-        let seed = common::seed();
         let shape = MatmulShape::new(m, n, k).unwrap();
-        common::assert_passes(
-            check(backends, backend, shape, seed),
-            &format!("{shape:?}"),
-            seed,
-        );
+        common::assert_seeded(&format!("{shape:?}"), |seed| {
+            check(backends, backend, shape, seed)
+        });
     }
 }
 
 fn every_registered_case_passes(backends: &Backends, backend: Backend) {
-    let entry = tilefuse::harness::op("smoke").expect("smoke is registered");
-    for case in (entry.check_cases)() {
-        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
-    }
+    common::assert_registered_cases("smoke", backends, backend);
 }
 
 fn rejects_wrong_lengths(backends: &Backends, backend: Backend) {

@@ -26,12 +26,9 @@ on_backends!([cuda, wgpu] => [
 ]);
 
 fn assert_case(backends: &Backends, backend: Backend, case: Case) {
-    let seed = common::seed();
-    common::assert_passes(
-        check(backends, backend, &case, seed),
-        &case.to_string(),
-        seed,
-    );
+    common::assert_seeded(&case.to_string(), |seed| {
+        check(backends, backend, &case, seed)
+    });
 }
 
 fn ragged_shape_every_token_count(backends: &Backends, backend: Backend) {
@@ -149,10 +146,7 @@ fn tiny_and_unaligned_shapes(backends: &Backends, backend: Backend) {
 }
 
 fn every_registered_case_passes(backends: &Backends, backend: Backend) {
-    let entry = tilefuse::harness::op("spmm").expect("spmm is registered");
-    for case in (entry.check_cases)() {
-        common::assert_passes(case.run(backends, backend), &case.name, 0x5eed);
-    }
+    common::assert_registered_cases("spmm", backends, backend);
 }
 
 fn rejects_wrong_lengths(backends: &Backends, backend: Backend) {

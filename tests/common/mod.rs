@@ -92,6 +92,20 @@ pub fn assert_passes(result: tilefuse::Result<Option<Comparison>>, case: &str, s
     }
 }
 
+/// Runs `check` with a fresh seed and asserts that it ran and passed.
+pub fn assert_seeded(case: &str, check: impl FnOnce(u64) -> tilefuse::Result<Option<Comparison>>) {
+    let seed = seed();
+    assert_passes(check(seed), case, seed);
+}
+
+/// Every check case `op` registers (what `tilefuse check` runs) passes on `backend`.
+pub fn assert_registered_cases(op: &str, backends: &Backends, backend: Backend) {
+    let entry = tilefuse::harness::op(op).unwrap_or_else(|| panic!("{op} is not registered"));
+    for case in (entry.check_cases)() {
+        assert_passes(case.run(backends, backend), &case.name, 0x5eed);
+    }
+}
+
 /// `on_backends!([cuda, wgpu] => [test_a, test_b]);` makes `cuda::test_a`, `wgpu::test_a`, ...
 /// Each calls `test_a(&Backends, Backend)` when that backend can run (see [`available`]).
 #[macro_export]
