@@ -143,6 +143,24 @@ fn mismatch(name: &str, expected: String, array: &Array) -> String {
     )
 }
 
+/// The float16 array `name` of rank `dims.len()`, converted to `T`.
+fn float16<'a, T: SpmmElement>(
+    arrays: &'a BTreeMap<String, Array>,
+    name: &str,
+    dims: &[&str],
+    needs: &str,
+) -> Result<(&'a Array, Vec<T>), String> {
+    let array = required(arrays, name, needs)?;
+    rank(array, name, dims)?;
+    match &array.data {
+        Data::F16(values) => Ok((
+            array,
+            values.iter().map(|v| T::from_f64(v.to_f64())).collect(),
+        )),
+        _ => Err(wrong_dtype(name, "float16", array)),
+    }
+}
+
 struct SpmmFile<T: SpmmElement> {
     w: TiledCsl<T>,
     x: Vec<T>,
@@ -151,27 +169,8 @@ struct SpmmFile<T: SpmmElement> {
 
 impl<T: SpmmElement> SpmmFile<T> {
     fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
-        let half = |name: &str| -> Result<(&Array, Vec<T>), String> {
-            let array = required(arrays, name, SPMM_NEEDS)?;
-            rank(
-                array,
-                name,
-                if name == "w" {
-                    &["m", "k"]
-                } else {
-                    &["n", "k"]
-                },
-            )?;
-            match &array.data {
-                Data::F16(values) => Ok((
-                    array,
-                    values.iter().map(|v| T::from_f64(v.to_f64())).collect(),
-                )),
-                _ => Err(wrong_dtype(name, "float16", array)),
-            }
-        };
-        let (w_array, w) = half("w")?;
-        let (x_array, x) = half("x")?;
+        let (w_array, w) = float16(arrays, "w", &["m", "k"], SPMM_NEEDS)?;
+        let (x_array, x) = float16(arrays, "x", &["n", "k"], SPMM_NEEDS)?;
         let (m, k) = (w_array.shape[0], w_array.shape[1]);
         if x_array.shape[1] != k {
             return Err(mismatch("x", format!("(n, {k}) (k from w)"), x_array));
@@ -401,24 +400,13 @@ fn scalar_i32(arrays: &BTreeMap<String, Array>, name: &str) -> Result<i64, Strin
 
 impl<T: SpmmElement> AttentionFile<T> {
     fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
-        let half = |name: &str| -> Result<(&Array, Vec<T>), String> {
-            let array = required(arrays, name, ATTENTION_NEEDS)?;
-            rank(
-                array,
-                name,
-                if name == "q" {
-                    &["b", "lq", "hq", "d"]
-                } else {
-                    &["b", "lk", "hkv", "d"]
-                },
-            )?;
-            match &array.data {
-                Data::F16(values) => Ok((
-                    array,
-                    values.iter().map(|v| T::from_f64(v.to_f64())).collect(),
-                )),
-                _ => Err(wrong_dtype(name, "float16", array)),
-            }
+        let half = |name: &str| {
+            let dims: &[&str] = if name == "q" {
+                &["b", "lq", "hq", "d"]
+            } else {
+                &["b", "lk", "hkv", "d"]
+            };
+            float16(arrays, name, dims, ATTENTION_NEEDS)
         };
         let ((q_array, q), (k_array, k), (v_array, v)) = (half("q")?, half("k")?, half("v")?);
         let [b, lq, hq, d] =
