@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfi
 
 use super::SpmmOutput;
 use super::format::{SpmmElement, TILE_K, TILE_M, TiledCsl};
-use super::reference::tokens;
+use super::reference::output_tokens;
 use crate::backend::abi::{TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::{Cuda, Kernel};
 use crate::error::{Error, Result};
@@ -76,14 +76,7 @@ where
     T: SpmmElement + DeviceRepr,
     O: SpmmOutput<T> + DeviceRepr,
 {
-    let n = tokens(x.len(), w.k)?;
-    if y.len() != n * w.m {
-        return Err(Error::Length {
-            what: "y",
-            expected: n * w.m,
-            got: y.len(),
-        });
-    }
+    let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;

@@ -34,3 +34,16 @@ pub(crate) fn tokens(len: usize, k: usize) -> Result<usize> {
     }
     Ok(len / k)
 }
+
+/// The tokens of a launch, with `y` checked to hold `[n, m]`.
+pub(crate) fn output_tokens(x_len: usize, y_len: usize, m: usize, k: usize) -> Result<usize> {
+    let n = tokens(x_len, k)?;
+    if y_len != n * m {
+        return Err(Error::Length {
+            what: "y",
+            expected: n * m,
+            got: y_len,
+        });
+    }
+    Ok(n)
+}

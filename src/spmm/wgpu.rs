@@ -5,9 +5,9 @@ use std::marker::PhantomData;
 
 use super::SpmmOutput;
 use super::format::{SpmmElement, TILE_K, TiledCsl};
-use super::reference::tokens;
+use super::reference::output_tokens;
 use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const SHADER: Shader = Shader {
     name: "spmm.wgsl",
@@ -63,14 +63,7 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
     x: &GpuBuffer<T>,
     y: &mut GpuBuffer<O>,
 ) -> Result<()> {
-    let n = tokens(x.len(), w.k)?;
-    if y.len() != n * w.m {
-        return Err(Error::Length {
-            what: "y",
-            expected: n * w.m,
-            got: y.len(),
-        });
-    }
+    let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
     gpu.check_buffer("w", &w.entries)?;
     gpu.check_buffer("x", x)?;
     gpu.check_buffer("y", y)?;
