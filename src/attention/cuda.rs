@@ -96,15 +96,7 @@ where
     }
     let m = mask.shape;
     let shared = (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2;
-    let limit = cuda.info().max_shared_per_block as usize;
-    if shared > limit {
-        return Err(Error::DeviceLimit {
-            what: "attention shared memory",
-            limit_name: "max shared memory per block",
-            needed: shared as u64,
-            limit: limit as u64,
-        });
-    }
+    let shared = cuda.shared_memory("attention shared memory", shared)?;
     let grid_ok = shape.heads_q <= u16::MAX as usize && shape.batch <= u16::MAX as usize;
     if !grid_ok {
         return Err(Error::DeviceLimit {
@@ -177,7 +169,7 @@ where
             shape.batch as u32,
         ),
         block_dim: ((m.block_m / 16 * 32) as u32, 1, 1),
-        shared_mem_bytes: shared as u32,
+        shared_mem_bytes: shared,
     };
     let name = match (T::NAME, shape.d, m.block_m) {
         ("f16", 64, 64) => "tilefuse_attention_f16_d64_bm64",

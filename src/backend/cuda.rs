@@ -329,6 +329,21 @@ impl Cuda {
         Ok(scratch)
     }
 
+    /// `bytes` of dynamic shared memory for one block, as a launch takes it, or a
+    /// `DeviceLimit` error naming `what` when the device's opt-in limit is lower.
+    pub(crate) fn shared_memory(&self, what: &'static str, bytes: usize) -> Result<u32> {
+        let limit = self.info().max_shared_per_block;
+        if bytes as u64 > limit {
+            return Err(Error::DeviceLimit {
+                what,
+                limit_name: "max shared memory per block",
+                needed: bytes as u64,
+                limit,
+            });
+        }
+        Ok(bytes as u32)
+    }
+
     /// Collects device addresses for a kernel's parameter struct; see [`LaunchArgs`].
     pub(crate) fn args(&self) -> LaunchArgs<'_> {
         LaunchArgs {

@@ -150,22 +150,14 @@ impl Plan {
         let splits = tiles_k.div_ceil(tiles_per_split);
         let shared_bytes = TILE_M * TILE_K * 2
             + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + w.stage_vectors * 16);
-        let limit = cuda.info().max_shared_per_block as usize;
-        if shared_bytes > limit {
-            return Err(Error::DeviceLimit {
-                what: "spmm shared memory (densest tile)",
-                limit_name: "max shared memory per block",
-                needed: shared_bytes as u64,
-                limit: limit as u64,
-            });
-        }
+        let shared_bytes = cuda.shared_memory("spmm shared memory (densest tile)", shared_bytes)?;
         Ok(Plan {
             tokens_per_block: tokens_per_block as u32,
             tiles_m: tiles_m as u32,
             n_blocks: n_blocks as u32,
             splits: splits as u32,
             tiles_per_split: tiles_per_split as u32,
-            shared_bytes: shared_bytes as u32,
+            shared_bytes,
         })
     }
 
