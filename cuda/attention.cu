@@ -7,9 +7,7 @@
 // lk are always masked.
 #include "abi.h"
 #include "common/mma.cuh"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "common/types.cuh"
 
 #include <cstdint>
 
@@ -17,33 +15,10 @@ namespace {
 
 constexpr int kKv = TF_ATTENTION_KV_TILE;  // keys per tile
 
-struct F16 {
-    static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4],
-                                               const uint32_t (&b)[2]) {
-        tf::mma_m16n8k16_f16_f32(d, a, b);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-};
+using tf::BF16;
+using tf::F16;
 
-struct BF16 {
-    static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4],
-                                               const uint32_t (&b)[2]) {
-        tf::mma_m16n8k16_bf16_f32(d, a, b);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-};
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] 16-bit tile.
-template <int D>
-__device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
-    return row * (D * 2) + ((chunk ^ (row % 8)) * 16);
-}
+using tf::swizzled;
 
 // Starts copying rows [first, first + Rows) of one (batch, head) slice into a swizzled tile;
 // rows at or past `limit` are zero-filled.

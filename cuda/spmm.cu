@@ -9,9 +9,7 @@
 // adds the f32 partials of all splits in split order, so results are deterministic.
 #include "abi.h"
 #include "common/mma.cuh"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "common/types.cuh"
 
 #include <cstdint>
 
@@ -23,27 +21,12 @@ constexpr int kThreads = TF_SPMM_WARPS * 32;
 constexpr int kStages = TF_SPMM_STAGES;
 constexpr int kRowBytes = kTileK * 2;  // one 64-value row of a tile, 8 chunks of 16 bytes
 
-struct F16 {
-    using T = __half;
-    static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4],
-                                               const uint32_t (&b)[2]) {
-        tf::mma_m16n8k16_f16_f32(d, a, b);
-    }
-    static __device__ __forceinline__ T from_float(float v) { return __float2half_rn(v); }
-};
+using tf::BF16;
+using tf::F16;
 
-struct BF16 {
-    using T = __nv_bfloat16;
-    static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4],
-                                               const uint32_t (&b)[2]) {
-        tf::mma_m16n8k16_bf16_f32(d, a, b);
-    }
-    static __device__ __forceinline__ T from_float(float v) { return __float2bfloat16_rn(v); }
-};
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] 16-bit tile.
+// Byte offset of chunk `chunk` of row `row` in a swizzled [rows][kTileK] tile.
 __device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
-    return row * kRowBytes + ((chunk ^ (row % 8)) * 16);
+    return tf::swizzled<kTileK>(row, chunk);
 }
 
 template <int N>

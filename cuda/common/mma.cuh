@@ -11,6 +11,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void *ptr) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
+// Byte offset of 16-byte chunk `chunk` of row `row` in a [rows][Values] 16-bit shared-memory
+// tile whose chunks are XOR-swizzled by row % 8, so that ldmatrix reads of 8 rows hit 8
+// different bank groups.
+template <int Values>
+__device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
+    return row * (Values * 2) + ((chunk ^ (row % 8)) * 16);
+}
+
 // Four 8x8 b16 matrices; lane l gives the row address of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
