@@ -82,8 +82,7 @@ __device__ __forceinline__ void load_stage(const TfSpmmParams &p, const Shared<N
 
 template <class In, int N, bool OutF32>
 __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
-    extern __shared__ __align__(16) uint8_t shared[];
-    const Shared<N> sm(shared, p.stage_vectors);
+    const Shared<N> sm(tf::dynamic_shared(), p.stage_vectors);
     const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const uint32_t tile_m = blockIdx.x, n0 = blockIdx.y * N, split = blockIdx.z;
     const uint32_t tiles_k = (p.k + kTileK - 1) / kTileK;

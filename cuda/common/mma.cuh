@@ -19,6 +19,14 @@ __device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
     return row * (Values * 2) + ((chunk ^ (row % 8)) * 16);
 }
 
+#ifndef TF_EMULATE  // the CPU emulator (emulator/cuda.h) defines what follows for tests
+
+// The block's dynamic shared memory (the launch's shared_mem_bytes).
+__device__ __forceinline__ uint8_t *dynamic_shared() {
+    extern __shared__ __align__(16) uint8_t tf_dynamic_shared[];
+    return tf_dynamic_shared;
+}
+
 // Four 8x8 b16 matrices; lane l gives the row address of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -81,5 +89,7 @@ template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
 }
+
+#endif  // TF_EMULATE
 
 }  // namespace tf

@@ -45,6 +45,23 @@ pub struct CudaDeviceInfo {
     pub driver_cuda_version: (u32, u32),
 }
 
+impl CudaDeviceInfo {
+    /// `bytes` of dynamic shared memory for one block, as a launch takes it, or a
+    /// `DeviceLimit` error naming `what` when the device's opt-in limit is lower.
+    pub(crate) fn shared_memory(&self, what: &'static str, bytes: usize) -> Result<u32> {
+        let limit = self.max_shared_per_block;
+        if bytes as u64 > limit {
+            return Err(Error::DeviceLimit {
+                what,
+                limit_name: "max shared memory per block",
+                needed: bytes as u64,
+                limit,
+            });
+        }
+        Ok(bytes as u32)
+    }
+}
+
 impl fmt::Display for CudaDeviceInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (major, minor) = self.compute_capability;
@@ -332,16 +349,7 @@ impl Cuda {
     /// `bytes` of dynamic shared memory for one block, as a launch takes it, or a
     /// `DeviceLimit` error naming `what` when the device's opt-in limit is lower.
     pub(crate) fn shared_memory(&self, what: &'static str, bytes: usize) -> Result<u32> {
-        let limit = self.info().max_shared_per_block;
-        if bytes as u64 > limit {
-            return Err(Error::DeviceLimit {
-                what,
-                limit_name: "max shared memory per block",
-                needed: bytes as u64,
-                limit,
-            });
-        }
-        Ok(bytes as u32)
+        self.info().shared_memory(what, bytes)
     }
 
     /// Collects device addresses for a kernel's parameter struct; see [`LaunchArgs`].

@@ -9,6 +9,8 @@
 pub(crate) mod abi;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) mod emulator;
 pub mod kernels;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

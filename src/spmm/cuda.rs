@@ -8,7 +8,7 @@ use super::SpmmOutput;
 use super::format::{SpmmElement, TILE_K, TILE_M, TiledCsl};
 use super::reference::output_tokens;
 use crate::backend::abi::{TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
-use crate::backend::cuda::{Cuda, Kernel};
+use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel};
 use crate::error::{Error, Result};
 
 /// A [`TiledCsl`] weight in device memory, uploaded once and used by every [`spmm`].
@@ -80,7 +80,7 @@ where
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
-    let plan = Plan::new(cuda, w, n)?;
+    let plan = Plan::new(cuda.info(), w.m, w.k, w.stage_vectors, n)?;
     // Without split-K the kernel never touches a workspace: none is allocated.
     let mut workspace = (plan.splits > 1)
         .then(|| cuda.scratch(plan.workspace_words(w.m), plan.counters(w.m)))
@@ -129,7 +129,14 @@ struct Plan {
 }
 
 impl Plan {
-    fn new<T: SpmmElement>(cuda: &Cuda, w: &DeviceTiledCsl<T>, n: usize) -> Result<Plan> {
+    /// For `y [n, m] = x [n, k] · wᵀ` where `w`'s largest tile has `stage_vectors` vectors.
+    fn new(
+        device: &CudaDeviceInfo,
+        m: usize,
+        k: usize,
+        stage_vectors: usize,
+        n: usize,
+    ) -> Result<Plan> {
         let tokens_per_block = [8, 16, 32, 64].into_iter().find(|&t| n <= t).unwrap_or(64);
         let n_blocks = n.div_ceil(tokens_per_block);
         if n_blocks > u16::MAX as usize {
@@ -140,17 +147,18 @@ impl Plan {
                 limit: u16::MAX.into(),
             });
         }
-        let tiles_m = w.m.div_ceil(TILE_M);
-        let tiles_k = w.k.div_ceil(TILE_K);
+        let tiles_m = m.div_ceil(TILE_M);
+        let tiles_k = k.div_ceil(TILE_K);
         // Enough blocks for about four per SM, each with at least four k tiles.
         let blocks = tiles_m * n_blocks;
-        let wanted = (4 * cuda.info().sm_count as usize).div_ceil(blocks);
+        let wanted = (4 * device.sm_count as usize).div_ceil(blocks);
         let splits = wanted.clamp(1, tiles_k.div_ceil(4).max(1));
         let tiles_per_split = tiles_k.div_ceil(splits);
         let splits = tiles_k.div_ceil(tiles_per_split);
         let shared_bytes = TILE_M * TILE_K * 2
-            + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + w.stage_vectors * 16);
-        let shared_bytes = cuda.shared_memory("spmm shared memory (densest tile)", shared_bytes)?;
+            + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + stage_vectors * 16);
+        let shared_bytes =
+            device.shared_memory("spmm shared memory (densest tile)", shared_bytes)?;
         Ok(Plan {
             tokens_per_block: tokens_per_block as u32,
             tiles_m: tiles_m as u32,
@@ -223,3 +231,6 @@ impl Plan {
         }
     }
 }
+
+#[cfg(test)]
+mod emulated;

@@ -1,0 +1,284 @@
+// The CUDA built-ins and PTX wrappers the kernels use, for compiling a kernel source
+// (cuda/*.cu) unchanged as C++ and running it on the CPU: each CUDA thread is a fiber, a block's
+// fibers run between synchronisation points in an order the test chooses, shared memory is one
+// buffer per block, and cp.async copies land at the latest moment the program allows, with the
+// destination poisoned until then. Force-included (g++ -include) ahead of the kernel source;
+// runtime.cpp holds the scheduler. This is for tests of the kernels' logic (indexing, fragment
+// maps, pipeline waits, barriers, split-K); it says nothing about speed.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+#define TF_EMULATE 1
+
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __grid_constant__
+#define __align__(n) alignas(n)
+// Function-scope __shared__ variables are one per block: a launch runs its blocks one at a
+// time, on the calling thread.
+#define __shared__ static thread_local
+
+namespace tf_emu {
+
+struct Dim3 {
+    uint32_t x, y, z;
+};
+
+const Dim3 &thread_idx();
+const Dim3 &block_idx();
+const Dim3 &block_dim();
+const Dim3 &grid_dim();
+
+// The current block's dynamic shared memory, and its size in bytes.
+uint8_t *shared_base();
+uint32_t shared_size();
+
+// Stops the launch with `message` (the fiber never resumes).
+[[noreturn]] void fail(const char *message);
+
+void sync_threads();
+// Every lane of the calling warp that has not exited exchanges `bytes` at `mine`; afterwards
+// `lane(l)` is lane l's contribution (all 32 lanes must take part for the collective ops).
+struct WarpExchange {
+    const void *slots[32];
+    uint32_t active;  // bit mask of the lanes that took part
+};
+WarpExchange warp_exchange(const void *mine, const char *op);
+void warp_done(const char *op);  // every lane has read what it needs from the exchange
+uint32_t lane_id();
+
+// cp.async: a 16-byte copy of the calling thread, landing when a wait covers its group.
+void async_copy(uint32_t shared_offset, const void *src, bool valid);
+void async_commit();
+void async_wait(int pending);
+
+}  // namespace tf_emu
+
+#define threadIdx (::tf_emu::thread_idx())
+#define blockIdx (::tf_emu::block_idx())
+#define blockDim (::tf_emu::block_dim())
+#define gridDim (::tf_emu::grid_dim())
+
+inline void __syncthreads() { tf_emu::sync_threads(); }
+inline void __syncwarp(uint32_t = 0xffffffffu) {
+    int none = 0;
+    tf_emu::warp_exchange(&none, "__syncwarp");
+    tf_emu::warp_done("__syncwarp");
+}
+inline void __threadfence() {}
+
+// Fibers run one at a time, so plain read-modify-writes are atomic.
+template <class T>
+inline T atomicAdd(T *address, T value) {
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+template <class T>
+inline T __ldcg(const T *address) {
+    return *address;
+}
+template <class T>
+inline T min(T a, T b) {
+    return std::min(a, b);
+}
+template <class T>
+inline T max(T a, T b) {
+    return std::max(a, b);
+}
+
+template <class T>
+inline T __shfl_xor_sync(uint32_t, T value, int lane_mask) {
+    const auto ex = tf_emu::warp_exchange(&value, "__shfl_xor_sync");
+    const uint32_t src = (tf_emu::lane_id() ^ uint32_t(lane_mask)) % 32;
+    T result = value;
+    if (ex.active >> src & 1) std::memcpy(&result, ex.slots[src], sizeof(T));
+    tf_emu::warp_done("__shfl_xor_sync");
+    return result;
+}
+
+inline uint32_t __cvta_generic_to_shared(const void *ptr) {
+    const auto *p = static_cast<const uint8_t *>(ptr);
+    const uint8_t *base = tf_emu::shared_base();
+    if (p < base || p > base + tf_emu::shared_size()) tf_emu::fail("shared address of a pointer outside shared memory");
+    return uint32_t(p - base);
+}
+
+struct alignas(16) uint4 {
+    uint32_t x, y, z, w;
+};
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+
+// 16-bit floats as their bits; conversions round to nearest even, as the __*_rn intrinsics.
+struct __half {
+    uint16_t bits;
+};
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+struct __half2 {
+    __half lo, hi;
+};
+struct __nv_bfloat162 {
+    __nv_bfloat16 lo, hi;
+};
+
+inline __half __float2half_rn(float v) {
+    const _Float16 h = static_cast<_Float16>(v);
+    __half r;
+    std::memcpy(&r.bits, &h, 2);
+    return r;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    if (std::isnan(v)) return {uint16_t((bits >> 16) | 0x40)};
+    bits += 0x7fff + ((bits >> 16) & 1);
+    return {uint16_t(bits >> 16)};
+}
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+    return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
+
+namespace tf_emu {
+
+inline float f16_bits_to_float(uint16_t bits) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return float(h);
+}
+inline float bf16_bits_to_float(uint16_t bits) {
+    const uint32_t wide = uint32_t(bits) << 16;
+    float v;
+    std::memcpy(&v, &wide, 4);
+    return v;
+}
+
+// The 16-bit value `index` (0 = low half) of register `reg`.
+inline uint16_t half_of(uint32_t reg, int index) { return uint16_t(reg >> (16 * index)); }
+
+// ldmatrix .x{Count}[.trans]: lane l gives the row address of matrix l / 8 (lanes below
+// 8 * Count); each lane receives, per matrix, the two values of row l / 4 at columns
+// 2 (l % 4) and 2 (l % 4) + 1 (transposed: column l / 4 at rows 2 (l % 4) and 2 (l % 4) + 1).
+template <int Count, bool Trans>
+inline void ldmatrix(uint32_t *r, uint32_t addr, const char *op) {
+    const auto ex = warp_exchange(&addr, op);
+    if (ex.active != 0xffffffffu) fail("ldmatrix with inactive lanes");
+    const uint32_t lane = lane_id();
+    for (int i = 0; i < Count; ++i) {
+        uint16_t v[2];
+        for (int j = 0; j < 2; ++j) {
+            const uint32_t row = Trans ? (lane % 4) * 2 + j : lane / 4;
+            const uint32_t col = Trans ? lane / 4 : (lane % 4) * 2 + j;
+            uint32_t row_addr;
+            std::memcpy(&row_addr, ex.slots[i * 8 + row], 4);
+            if (row_addr % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
+            if (row_addr + 16 > shared_size()) fail("ldmatrix reads past the end of shared memory");
+            std::memcpy(&v[j], shared_base() + row_addr + 2 * col, 2);
+        }
+        r[i] = uint32_t(v[0]) | uint32_t(v[1]) << 16;
+    }
+    warp_done(op);
+}
+
+// mma.m16n8k16.row.col with f32 accumulation; `to_float` decodes a 16-bit operand. Products
+// are summed in f64 and rounded once (the hardware's order and rounding differ within the
+// bounds of the tests).
+template <class ToFloat>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], ToFloat to_float) {
+    struct Operands {
+        uint32_t a[4], b[2];
+    } mine;
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    const auto ex = warp_exchange(&mine, "mma.sync");
+    if (ex.active != 0xffffffffu) fail("mma.sync with inactive lanes");
+    auto lane_ops = [&](uint32_t l) { return static_cast<const Operands *>(ex.slots[l]); };
+    // A (16 x 16): lane l holds rows l/4 and l/4 + 8, columns 2(l%4) + {0,1} and + 8.
+    auto a_at = [&](uint32_t row, uint32_t col) {
+        const uint32_t lane = (row % 8) * 4 + (col % 8) / 2;
+        const uint32_t reg = (row / 8) + 2 * (col / 8);
+        return to_float(half_of(lane_ops(lane)->a[reg], col % 2));
+    };
+    // B (16 x 8, column-major): lane l holds column l/4, rows 2(l%4) + {0,1} and + 8.
+    auto b_at = [&](uint32_t row, uint32_t col) {
+        const uint32_t lane = col * 4 + (row % 8) / 2;
+        return to_float(half_of(lane_ops(lane)->b[row / 8], row % 2));
+    };
+    const uint32_t lane = lane_id();
+    for (int e = 0; e < 4; ++e) {
+        const uint32_t row = lane / 4 + 8 * (e / 2), col = (lane % 4) * 2 + e % 2;
+        double sum = d[e];
+        for (uint32_t kk = 0; kk < 16; ++kk) sum += double(a_at(row, kk)) * double(b_at(kk, col));
+        d[e] = float(sum);
+    }
+    warp_done("mma.sync");
+}
+
+}  // namespace tf_emu
+
+namespace tf {
+
+inline uint8_t *dynamic_shared() { return tf_emu::shared_base(); }
+inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { tf_emu::ldmatrix<4, false>(r, addr, "ldmatrix.x4"); }
+inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { tf_emu::ldmatrix<2, false>(r, addr, "ldmatrix.x2"); }
+inline void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) {
+    tf_emu::ldmatrix<2, true>(r, addr, "ldmatrix.x2.trans");
+}
+inline void mma_m16n8k16_f16_f32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    tf_emu::mma_m16n8k16(d, a, b, tf_emu::f16_bits_to_float);
+}
+inline void mma_m16n8k16_bf16_f32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    tf_emu::mma_m16n8k16(d, a, b, tf_emu::bf16_bits_to_float);
+}
+inline void cp_async_16(uint32_t dst, const void *src, bool valid) { tf_emu::async_copy(dst, src, valid); }
+inline void cp_async_commit() { tf_emu::async_commit(); }
+template <int Pending>
+inline void cp_async_wait() {
+    tf_emu::async_wait(Pending);
+}
+
+}  // namespace tf
+
+namespace tf_emu {
+
+// One launch: grid and block shape, dynamic shared memory, and the order in which a block's
+// fibers run between synchronisation points (0: thread order, 1: reverse, 2: shuffled by seed).
+struct Launch {
+    uint32_t grid[3];
+    uint32_t block[3];
+    uint32_t shared_bytes;
+    uint32_t order;
+    uint64_t seed;
+};
+
+// Runs `thread` once per thread of the grid; returns an empty string or what went wrong.
+const char *run(const Launch &launch, const std::function<void()> &thread);
+
+}  // namespace tf_emu
+
+// The C entry point of one kernel-parameter type, for the test harness: launches `kernel`
+// (looked up by its extern "C" name) with `*params`. Returns null or an error message that
+// stays valid until the next launch.
+#define TF_EMULATOR_ENTRY(name, Params)                                                         \
+    extern "C" const char *tf_emulate_##name(void (*kernel)(Params), const Params *params,      \
+                                             const tf_emu::Launch *launch) {                   \
+        const Params copy = *params;                                                            \
+        const char *error = tf_emu::run(*launch, [&] { kernel(copy); });                        \
+        return *error ? error : nullptr;                                                        \
+    }

@@ -1,0 +1,287 @@
+// The emulator's scheduler (see cuda.h): blocks run one after another; the threads of a block
+// are fibers (ucontext) that run until they reach a synchronisation point (__syncthreads, a
+// warp-collective operation) or exit, in the order the launch asks for.
+#include <ucontext.h>
+
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda.h"
+
+namespace tf_emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kSharedGuard = 256 * 1024;  // checked after each block: writes past the end
+constexpr uint8_t kGuardByte = 0xA5;
+constexpr uint8_t kPoisonByte = 0xFF;  // an f16/bf16 NaN, an f32 NaN
+
+struct Copy {
+    uint32_t dst;
+    const void *src;
+    bool valid;
+};
+
+enum class State { Ready, AtBarrier, AtWarp, Done };
+
+struct Fiber {
+    ucontext_t context;
+    std::unique_ptr<char[]> stack;
+    Dim3 index;
+    uint32_t linear;
+    State state = State::Ready;
+    const char *warp_op = nullptr;
+    const void *warp_slot = nullptr;
+    std::vector<Copy> open_group;
+    std::vector<std::vector<Copy>> groups;
+};
+
+struct Block {
+    Dim3 index;
+    std::vector<Fiber> fibers;
+    std::vector<uint8_t> shared;  // dynamic shared memory + guard
+    uint32_t shared_bytes = 0;
+};
+
+struct Emulator {
+    Dim3 grid, block_dim;
+    Block *block = nullptr;
+    Fiber *current = nullptr;
+    ucontext_t scheduler;
+    const std::function<void()> *thread = nullptr;
+    std::string error;
+    bool failed = false;
+};
+
+thread_local Emulator *emu = nullptr;  // the launch running on this thread
+
+Fiber &me() { return *emu->current; }
+
+void yield_to_scheduler() { swapcontext(&me().context, &emu->scheduler); }
+
+void land(const Copy &c) {
+    uint8_t *dst = emu->block->shared.data() + c.dst;
+    if (c.valid) {
+        std::memcpy(dst, c.src, 16);
+    } else {
+        std::memset(dst, 0, 16);
+    }
+}
+
+void fiber_main() {
+    (*emu->thread)();
+    Fiber &f = me();
+    for (auto &group : f.groups)
+        for (const Copy &c : group) land(c);
+    for (const Copy &c : f.open_group) land(c);
+    f.state = State::Done;
+    yield_to_scheduler();
+}
+
+uint32_t warp_of(const Fiber &f) { return f.linear / 32; }
+
+// Releases warp `w` if its live lanes all wait at the same collective.
+bool release_warp(Block &b, size_t w) {
+    const size_t end = std::min(b.fibers.size(), (w + 1) * 32);
+    const char *op = nullptr;
+    for (size_t i = w * 32; i < end; ++i) {
+        const Fiber &f = b.fibers[i];
+        if (f.state == State::Done) continue;
+        if (f.state != State::AtWarp) return false;
+        if (op && std::strcmp(op, f.warp_op) != 0) {
+            emu->error = std::string("lanes of one warp at different collectives: ") + op + " and " + f.warp_op;
+            emu->failed = true;
+            return false;
+        }
+        op = f.warp_op;
+    }
+    if (!op) return false;
+    for (size_t i = w * 32; i < end; ++i)
+        if (b.fibers[i].state == State::AtWarp) b.fibers[i].state = State::Ready;
+    return true;
+}
+
+// Releases the block barrier if every live thread waits there.
+bool release_block(Block &b) {
+    bool any = false;
+    for (const Fiber &f : b.fibers) {
+        if (f.state == State::Done) continue;
+        if (f.state != State::AtBarrier) return false;
+        any = true;
+    }
+    if (!any) return false;
+    for (Fiber &f : b.fibers)
+        if (f.state == State::AtBarrier) f.state = State::Ready;
+    return true;
+}
+
+std::vector<uint32_t> order_of(size_t count, const Launch &launch, std::mt19937_64 &rng) {
+    std::vector<uint32_t> order(count);
+    for (size_t i = 0; i < count; ++i) order[i] = uint32_t(i);
+    if (launch.order == 1) std::reverse(order.begin(), order.end());
+    if (launch.order == 2) std::shuffle(order.begin(), order.end(), rng);
+    return order;
+}
+
+// Runs warp `w` as far as it goes: its lanes up to their next synchronisation point, its
+// collectives as soon as every lane reaches them, until it waits at the block barrier or ends.
+// A warp runs ahead of the others, so a missing barrier between warps changes the result.
+void run_warp(Block &b, size_t w, const Launch &launch, std::mt19937_64 &rng) {
+    const size_t lanes = std::min<size_t>(32, b.fibers.size() - w * 32);
+    for (;;) {
+        bool ran = false;
+        for (uint32_t lane : order_of(lanes, launch, rng)) {
+            Fiber &f = b.fibers[w * 32 + lane];
+            if (f.state != State::Ready) continue;
+            emu->current = &f;
+            swapcontext(&emu->scheduler, &f.context);
+            emu->current = nullptr;
+            if (emu->failed) return;
+            ran = true;
+        }
+        if (!ran && !release_warp(b, w)) return;
+    }
+}
+
+void run_block(const Launch &launch, std::mt19937_64 &rng) {
+    Block &b = *emu->block;
+    for (Fiber &f : b.fibers) {
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = f.stack.get();
+        f.context.uc_stack.ss_size = kStackBytes;
+        f.context.uc_link = nullptr;
+        makecontext(&f.context, fiber_main, 0);
+    }
+    const size_t warps = (b.fibers.size() + 31) / 32;
+    do {
+        for (uint32_t w : order_of(warps, launch, rng)) {
+            run_warp(b, w, launch, rng);
+            if (emu->failed) return;
+        }
+    } while (release_block(b));
+    for (const Fiber &f : b.fibers)
+        if (f.state != State::Done) {
+            emu->error = "deadlock: threads wait at a barrier or collective that others never reach";
+            emu->failed = true;
+            return;
+        }
+}
+
+}  // namespace
+
+const Dim3 &thread_idx() { return me().index; }
+const Dim3 &block_idx() { return emu->block->index; }
+const Dim3 &block_dim() { return emu->block_dim; }
+const Dim3 &grid_dim() { return emu->grid; }
+uint8_t *shared_base() { return emu->block->shared.data(); }
+uint32_t shared_size() { return emu->block->shared_bytes; }
+uint32_t lane_id() { return me().linear % 32; }
+
+void fail(const char *message) {
+    char where[96];
+    std::snprintf(where, sizeof where, " (block %u,%u,%u thread %u)", emu->block->index.x, emu->block->index.y,
+                  emu->block->index.z, me().linear);
+    emu->error = std::string(message) + where;
+    emu->failed = true;
+    me().state = State::Done;
+    yield_to_scheduler();
+    std::abort();  // never resumed
+}
+
+void sync_threads() {
+    me().state = State::AtBarrier;
+    yield_to_scheduler();
+}
+
+WarpExchange warp_exchange(const void *mine, const char *op) {
+    me().warp_slot = mine;
+    me().warp_op = op;
+    me().state = State::AtWarp;
+    yield_to_scheduler();
+    WarpExchange ex{};
+    const uint32_t warp = warp_of(me());
+    for (uint32_t l = 0; l < 32; ++l) {
+        const size_t i = warp * 32 + l;
+        if (i >= emu->block->fibers.size()) break;
+        const Fiber &f = emu->block->fibers[i];
+        if (f.state == State::Done && f.warp_slot == nullptr) continue;
+        ex.slots[l] = f.warp_slot;
+        ex.active |= 1u << l;
+    }
+    return ex;
+}
+
+void warp_done(const char *op) {
+    // A second rendezvous: no lane may overwrite its slot before every lane has read it.
+    me().warp_op = op;
+    me().state = State::AtWarp;
+    yield_to_scheduler();
+    me().warp_slot = nullptr;
+}
+
+void async_copy(uint32_t dst, const void *src, bool valid) {
+    if (dst % 16 != 0) fail("cp.async destination not 16-byte aligned");
+    if (dst + 16 > shared_size()) fail("cp.async writes past the end of shared memory");
+    if (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source not 16-byte aligned");
+    std::memset(shared_base() + dst, kPoisonByte, 16);  // until it lands
+    me().open_group.push_back({dst, src, valid});
+}
+
+void async_commit() {
+    me().groups.push_back(std::move(me().open_group));
+    me().open_group.clear();
+}
+
+void async_wait(int pending) {
+    auto &groups = me().groups;
+    while (groups.size() > size_t(pending)) {
+        for (const Copy &c : groups.front()) land(c);
+        groups.erase(groups.begin());
+    }
+}
+
+const char *run(const Launch &launch, const std::function<void()> &thread) {
+    static thread_local std::string error;
+    Emulator state;
+    state.grid = {launch.grid[0], launch.grid[1], launch.grid[2]};
+    state.block_dim = {launch.block[0], launch.block[1], launch.block[2]};
+    state.thread = &thread;
+    emu = &state;
+    std::mt19937_64 rng(launch.seed);
+    const uint32_t threads = launch.block[0] * launch.block[1] * launch.block[2];
+    for (uint32_t z = 0; z < launch.grid[2] && !state.failed; ++z)
+        for (uint32_t y = 0; y < launch.grid[1] && !state.failed; ++y)
+            for (uint32_t x = 0; x < launch.grid[0] && !state.failed; ++x) {
+                Block b;
+                b.index = {x, y, z};
+                b.shared_bytes = launch.shared_bytes;
+                b.shared.assign(launch.shared_bytes + kSharedGuard, kPoisonByte);
+                std::fill(b.shared.begin() + launch.shared_bytes, b.shared.end(), kGuardByte);
+                b.fibers.resize(threads);
+                for (uint32_t t = 0; t < threads; ++t) {
+                    Fiber &f = b.fibers[t];
+                    f.stack.reset(new char[kStackBytes]);
+                    f.linear = t;
+                    f.index = {t % launch.block[0], t / launch.block[0] % launch.block[1],
+                               t / (launch.block[0] * launch.block[1])};
+                }
+                state.block = &b;
+                run_block(launch, rng);
+                if (!state.failed &&
+                    std::any_of(b.shared.begin() + launch.shared_bytes, b.shared.end(),
+                                [](uint8_t v) { return v != kGuardByte; })) {
+                    char where[64];
+                    std::snprintf(where, sizeof where, " (block %u,%u,%u)", x, y, z);
+                    state.error = std::string("shared memory written past its end") + where;
+                    state.failed = true;
+                }
+            }
+    emu = nullptr;
+    error = state.error;
+    return error.c_str();
+}
+
+}  // namespace tf_emu

@@ -1,0 +1,245 @@
+//! Tests of the CUDA kernels' logic without a GPU: the kernel sources (`cuda/*.cu`), unchanged,
+//! compiled as C++ against `emulator/cuda.h` and run by the fiber scheduler of
+//! `emulator/runtime.cpp`, on host memory. Test-only.
+//!
+//! What it checks: indexing, ldmatrix / mma.sync fragment maps (from the PTX ISA), cp.async
+//! waits (a copy lands only when a wait covers it; until then its destination holds NaN),
+//! barriers (threads run between synchronisation points in thread order, reversed or
+//! shuffled, so a missing barrier shows as a wrong result), shared memory out of bounds, and
+//! split-K. What it cannot: speed, the hardware's rounding order, and global-memory accesses
+//! outside the guarded buffers of [`Guarded`].
+
+use std::ffi::{CStr, c_char, c_void};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The kernels' C++ build for the emulator, loaded.
+pub(crate) struct Emulator {
+    library: libloading::Library,
+}
+
+/// The order in which a block's threads run between synchronisation points.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Order {
+    Threads,
+    Reverse,
+    Shuffled(u64),
+}
+
+/// One launch's shape (`tf_emu::Launch` in emulator/cuda.h).
+#[repr(C)]
+pub(crate) struct Launch {
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    order: u32,
+    seed: u64,
+}
+
+impl Launch {
+    /// `grid` blocks of `block` threads with `shared_bytes` of dynamic shared memory, whose
+    /// threads run in `order`.
+    pub(crate) fn new(grid: [u32; 3], block: [u32; 3], shared_bytes: u32, order: Order) -> Self {
+        let (order, seed) = match order {
+            Order::Threads => (0, 0),
+            Order::Reverse => (1, 0),
+            Order::Shuffled(seed) => (2, seed),
+        };
+        Launch {
+            grid,
+            block,
+            shared_bytes,
+            order,
+            seed,
+        }
+    }
+}
+
+type Entry<P> = unsafe extern "C" fn(
+    kernel: *const c_void,
+    params: *const P,
+    launch: *const Launch,
+) -> *const c_char;
+
+impl Emulator {
+    /// The emulator, compiled once per process; `None` (after a SKIPPED line) where there is
+    /// no C++ compiler, unless `TILEFUSE_REQUIRE_EMULATOR=1`.
+    pub(crate) fn get() -> Option<&'static Emulator> {
+        static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
+        EMULATOR
+            .get_or_init(|| match build() {
+                Ok(path) => {
+                    // SAFETY: the library is ours, built just now from emulator/ and cuda/; its
+                    // initialisers are the C++ runtime's.
+                    let library = unsafe { libloading::Library::new(&path) }
+                        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+                    Some(Emulator { library })
+                }
+                Err(why) if std::env::var("TILEFUSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1") => {
+                    panic!("TILEFUSE_REQUIRE_EMULATOR=1 but {why}")
+                }
+                Err(why) => {
+                    eprintln!("cuda emulator: SKIPPED: {why}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Runs kernel `kernel` of `cuda/{module}.cu` with `params`.
+    ///
+    /// # Safety
+    ///
+    /// `P` is the kernel's parameter struct (`TfSpmmParams` for spmm, ...), and every address
+    /// in `params` points to host memory that holds what the kernel's contract in `abi.h`
+    /// asks for, alive until this returns.
+    pub(crate) unsafe fn launch<P>(
+        &self,
+        module: &str,
+        kernel: &str,
+        params: &P,
+        launch: &Launch,
+    ) -> Result<(), String> {
+        // SAFETY: both symbols come from emulator/{module}.cpp: the entry is
+        // TF_EMULATOR_ENTRY(module, P), so it takes a P, and the kernel is an extern "C"
+        // function of that module taking a P by value (the caller names a kernel of `module`).
+        unsafe {
+            let entry = self
+                .library
+                .get::<Entry<P>>(format!("tf_emulate_{module}\0").as_bytes())
+                .map_err(|e| e.to_string())?;
+            let function = self
+                .library
+                .get::<*const c_void>(format!("{kernel}\0").as_bytes())
+                .map_err(|e| e.to_string())?;
+            let error = entry(*function, params, launch);
+            if error.is_null() {
+                Ok(())
+            } else {
+                Err(CStr::from_ptr(error).to_string_lossy().into_owned())
+            }
+        }
+    }
+}
+
+/// Compiles emulator/*.cpp (each includes one kernel source) into a shared library named by a
+/// hash of every source it reads, unless it is already there.
+fn build() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = Vec::new();
+    for dir in ["emulator", "emulator/include", "cuda", "cuda/common"] {
+        let entries = std::fs::read_dir(root.join(dir)).map_err(|e| format!("read {dir}: {e}"))?;
+        for entry in entries {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.is_file() {
+                sources.push(path);
+            }
+        }
+    }
+    sources.sort();
+    let mut hasher = DefaultHasher::new();
+    for source in &sources {
+        source.hash(&mut hasher);
+        std::fs::read(source)
+            .map_err(|e| e.to_string())?
+            .hash(&mut hasher);
+    }
+    let out = Path::new(env!("OUT_DIR")).join(format!("emulator-{:016x}.so", hasher.finish()));
+    if out.exists() {
+        return Ok(out);
+    }
+    let units: Vec<&PathBuf> = sources
+        .iter()
+        .filter(|p| {
+            p.parent() == Some(&root.join("emulator")) && p.extension().is_some_and(|e| e == "cpp")
+        })
+        .collect();
+    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+    let output = Command::new(&compiler)
+        .args([
+            "-std=c++17",
+            "-O1",
+            "-g",
+            "-fPIC",
+            "-shared",
+            "-fno-strict-aliasing",
+        ])
+        .args([
+            "-Wall",
+            "-Wno-unknown-pragmas",
+            "-Wno-sign-compare",
+            "-Werror",
+        ])
+        .arg("-include")
+        .arg(root.join("emulator/cuda.h"))
+        .arg("-I")
+        .arg(root.join("cuda"))
+        .arg("-I")
+        .arg(root.join("emulator/include"))
+        .args(&units)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| format!("no C++ compiler ({compiler}: {e})"))?;
+    if !output.status.success() {
+        panic!(
+            "the emulator build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A host buffer for an emulated kernel, with guard words on both sides that must still hold
+/// their pattern after the launch (a write out of bounds), and NaN bits in the guards so that
+/// a read out of bounds poisons the result.
+pub(crate) struct Guarded<T: bytemuck::Pod> {
+    words: Vec<u32>,
+    len: usize,
+    element: std::marker::PhantomData<T>,
+}
+
+const GUARD_WORDS: usize = 1024;
+const GUARD: u32 = 0x7fc0_7e00; // a NaN as f32, and as f16 / bf16 halves
+
+impl<T: bytemuck::Pod> Guarded<T> {
+    pub(crate) fn new(data: &[T]) -> Self {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let inner = bytes.len().div_ceil(16) * 4; // 16-byte aligned end, as cudaMalloc gives
+        let mut words = vec![GUARD; 2 * GUARD_WORDS + inner];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words[GUARD_WORDS..GUARD_WORDS + inner])
+            [..bytes.len()]
+            .copy_from_slice(bytes);
+        Guarded {
+            words,
+            len: data.len(),
+            element: std::marker::PhantomData,
+        }
+    }
+
+    /// The buffer's address as the kernel ABI takes it.
+    pub(crate) fn address(&mut self) -> u64 {
+        let address = self.words[GUARD_WORDS..].as_mut_ptr() as u64;
+        assert_eq!(
+            address % 16,
+            0,
+            "the allocator gave a buffer not 16-byte aligned"
+        );
+        address
+    }
+
+    /// The contents, after checking the guards.
+    pub(crate) fn read(&self, what: &str) -> Result<Vec<T>, String> {
+        let inner = self.words.len() - 2 * GUARD_WORDS;
+        let intact = |words: &[u32]| words.iter().all(|&w| w == GUARD);
+        if !intact(&self.words[..GUARD_WORDS]) || !intact(&self.words[GUARD_WORDS + inner..]) {
+            return Err(format!("{what}: written out of bounds"));
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(&self.words[GUARD_WORDS..GUARD_WORDS + inner]);
+        Ok(bytemuck::cast_slice::<u8, T>(&bytes[..self.len * size_of::<T>()]).to_vec())
+    }
+}

@@ -1,0 +1,209 @@
+//! cuda/spmm.cu run by the CPU emulator ([`crate::backend::emulator`]) with the launcher's own
+//! [`Plan`], against the f64 reference: the kernel's logic is tested on every machine, GPU or
+//! not, before a device run confirms it.
+
+use half::{bf16, f16};
+
+use super::Plan;
+use crate::backend::abi::{TF_SPMM_WARPS, TfSpmmParams};
+use crate::backend::cuda::CudaDeviceInfo;
+use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
+use crate::harness::{Rng, compare};
+use crate::spmm::check::{Case, Pattern, weight};
+use crate::spmm::format::SpmmElement;
+use crate::spmm::{SpmmOutput, TiledCsl, reference};
+
+/// A device with `sm_count` SMs and the H100's shared memory, for the launch plan.
+fn device(sm_count: u32) -> CudaDeviceInfo {
+    CudaDeviceInfo {
+        ordinal: 0,
+        name: "emulated".into(),
+        compute_capability: (9, 0),
+        sm_count,
+        l2_bytes: 50 << 20,
+        max_shared_per_block: 227 * 1024,
+        total_memory: 80 << 30,
+        driver_cuda_version: (13, 0),
+    }
+}
+
+const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
+
+/// `y = x · wᵀ` through the emulated kernel, planned as for a device of `sm_count` SMs.
+fn run<T: SpmmElement, O: SpmmOutput<T>>(
+    emulator: &Emulator,
+    w: &TiledCsl<T>,
+    x: &[T],
+    sm_count: u32,
+    order: Order,
+) -> Result<Vec<O>, String> {
+    let (m, k) = (w.m(), w.k());
+    let n = x.len() / k;
+    let plan = Plan::new(&device(sm_count), m, k, w.max_tile_vectors().max(1), n)
+        .map_err(|e| e.to_string())?;
+    let mut entries = Guarded::new(w.device_entries());
+    let mut offsets = Guarded::new(w.tile_offsets());
+    let mut x_buffer = Guarded::new(x);
+    let poison: Vec<O> =
+        bytemuck::cast_slice(&vec![NAN_WORDS; (n * m * size_of::<O>()).div_ceil(4)])[..n * m]
+            .to_vec();
+    let mut y = Guarded::new(&poison);
+    // The workspace as Cuda::scratch leaves it: counters zeroed, partials never written.
+    let mut workspace_words = vec![NAN_WORDS; plan.workspace_words(m)];
+    workspace_words[plan.counters(m)].fill(0);
+    let mut workspace = Guarded::new(&workspace_words);
+    let params = TfSpmmParams {
+        entries: entries.address(),
+        tile_offsets: offsets.address(),
+        x: x_buffer.address(),
+        y: y.address(),
+        workspace: if plan.splits > 1 {
+            workspace.address()
+        } else {
+            0
+        },
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        splits: plan.splits,
+        tiles_per_split: plan.tiles_per_split,
+        stage_vectors: w.max_tile_vectors().max(1) as u32,
+    };
+    // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
+    // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
+    // splits > 1 a workspace of the plan's layout whose counters are zero; all buffers live
+    // until the launch returns.
+    unsafe {
+        emulator.launch(
+            "spmm",
+            plan.kernel::<T, O>().name,
+            &params,
+            &Launch::new(
+                [plan.tiles_m, plan.n_blocks, plan.splits],
+                [TF_SPMM_WARPS * 32, 1, 1],
+                plan.shared_bytes,
+                order,
+            ),
+        )?;
+    }
+    entries.read("entries")?;
+    offsets.read("tile offsets")?;
+    if x_buffer.read("x")? != x {
+        return Err("x was written".into());
+    }
+    let words = workspace.read("workspace")?;
+    if words[plan.counters(m)].iter().any(|&c| c != 0) {
+        return Err("split-K counters not left at zero".into());
+    }
+    y.read("y")
+}
+
+fn check_case(emulator: &Emulator, case: &Case, sm_count: u32, order: Order) {
+    match (case.bf16, case.out_f32) {
+        (false, false) => check_typed::<f16, f16>(emulator, case, sm_count, order),
+        (false, true) => check_typed::<f16, f32>(emulator, case, sm_count, order),
+        (true, false) => check_typed::<bf16, bf16>(emulator, case, sm_count, order),
+        (true, true) => check_typed::<bf16, f32>(emulator, case, sm_count, order),
+    }
+}
+
+fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
+    emulator: &Emulator,
+    case: &Case,
+    sm_count: u32,
+    order: Order,
+) {
+    let seed = Rng::fresh_seed();
+    let w = weight::<T>(case, seed).unwrap();
+    let mut rng = Rng::new(seed ^ 0x9e37_79b9);
+    let x: Vec<T> = (0..case.n * case.k)
+        .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+        .collect();
+    let y = run::<T, O>(emulator, &w, &x, sm_count, order)
+        .unwrap_or_else(|e| panic!("{case}, {sm_count} SMs, {order:?}, seed {seed}: {e}"));
+    let y: Vec<f64> = y.into_iter().map(SpmmOutput::to_f64).collect();
+    let comparison = compare(&y, &reference(&w, &x).unwrap(), case.tolerance());
+    assert!(
+        comparison.passed(),
+        "{case}, {sm_count} SMs, {order:?}, seed {seed}: {comparison}"
+    );
+}
+
+fn emulator() -> Option<&'static Emulator> {
+    Emulator::get()
+}
+
+const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(7)];
+
+#[test]
+fn ragged_shape_every_token_count() {
+    let Some(emulator) = emulator() else { return };
+    for (i, n) in [1, 7, 8, 16, 31, 32, 64, 65, 128].into_iter().enumerate() {
+        check_case(emulator, &Case::new(300, 520, n, 0.8), 4, ORDERS[i % 3]);
+    }
+}
+
+#[test]
+fn every_sparsity_and_pattern() {
+    let Some(emulator) = emulator() else { return };
+    for (i, sparsity) in [0.0, 0.5, 0.7, 0.9, 0.99, 1.0].into_iter().enumerate() {
+        for pattern in [Pattern::Uniform, Pattern::DenseAndEmptyTiles] {
+            let case = Case {
+                pattern,
+                ..Case::new(300, 520, 16, sparsity)
+            };
+            check_case(emulator, &case, 4, ORDERS[i % 3]);
+        }
+    }
+}
+
+#[test]
+fn types_outputs_and_orders() {
+    let Some(emulator) = emulator() else { return };
+    for bf16 in [false, true] {
+        for out_f32 in [false, true] {
+            for order in ORDERS {
+                let case = Case {
+                    bf16,
+                    out_f32,
+                    pattern: Pattern::MagnitudeGlobal,
+                    ..Case::new(257, 200, 24, 0.7)
+                };
+                check_case(emulator, &case, 4, order);
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_and_unaligned_shapes() {
+    let Some(emulator) = emulator() else { return };
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 130, 3),
+        (129, 65, 9),
+        (130, 8, 2),
+        (5, 1000, 17),
+    ] {
+        check_case(
+            emulator,
+            &Case::new(m, k, n, 0.5),
+            4,
+            Order::Shuffled(m as u64),
+        );
+    }
+}
+
+#[test]
+fn split_k_sizes() {
+    let Some(emulator) = emulator() else { return };
+    // From one split (few SMs) to one per four k tiles (many).
+    for (i, sm_count) in [1, 3, 16, 132].into_iter().enumerate() {
+        check_case(
+            emulator,
+            &Case::new(256, 1500, 16, 0.8),
+            sm_count,
+            ORDERS[i % 3],
+        );
+    }
+}
