@@ -96,13 +96,13 @@ typedef struct TfScanParams {
  * workspace [splits][ceil(n / N) * N][m], and the last block of each (m tile, n block), found
  * through a u32 counter after the partials (zero at launch; the kernel leaves it zero), adds
  * them in split order and writes y; with one split, workspace is unused (0). Dynamic shared
- * memory: 128 * 64 * 2 + TF_SPMM_STAGES * (N * 64 * 2 + stage_vectors * 16) bytes, where
- * stage_vectors is the largest tile's vector count.
+ * memory: 2 * 128 * 64 * 2 + TF_SPMM_STAGES * (N * 64 * 2 + stage_vectors * 16)
+ * + (tiles_per_split + 1) * 4 bytes, where stage_vectors is the largest tile's vector count.
  */
 #define TF_SPMM_TILE_M 128
 #define TF_SPMM_TILE_K 64
 #define TF_SPMM_WARPS 4
-#define TF_SPMM_STAGES 3
+#define TF_SPMM_STAGES 4
 typedef struct TfSpmmParams {
     tf_dptr entries;
     tf_dptr tile_offsets;

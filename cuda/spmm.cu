@@ -1,10 +1,12 @@
 // Load-as-Sparse, Compute-as-Dense SpMM (Flash-LLM): y[n, m] = x[n, k] · w[m, k]ᵀ with w in
-// Tiled-CSL (src/spmm/format.rs). A block owns 128 rows of w (one tile row) and N tokens; for
-// each 128x64 weight tile it
-//   1. has the tile's packed entries and the x tile copied to shared memory by cp.async,
-//      TF_SPMM_STAGES tiles ahead (a ring of stages sized by the densest tile),
-//   2. scatters the entries into a zeroed, swizzled dense tile in shared memory,
-//   3. runs ldmatrix + mma.sync.m16n8k16 (f32 accumulators) on the dense tile and x tile.
+// Tiled-CSL (src/spmm/format.rs). A block owns 128 rows of w (one tile row) and N tokens, and
+// walks its k tiles with one barrier per tile:
+//   - cp.async brings each tile's packed entries and the matching x tile into a ring of
+//     TF_SPMM_STAGES stages (sized by the densest tile), TF_SPMM_STAGES - 2 tiles ahead of the
+//     scatter;
+//   - in the step of tile t, the block scatters tile t + 1 into one of two zeroed, swizzled
+//     dense tiles while each warp runs ldmatrix + mma.sync.m16n8k16 (f32 accumulators) on its
+//     32 rows of tile t in the other, then zeroes those rows again (only that warp reads them).
 // Split-K: block z takes a range of k tiles; the last block of each output tile to finish
 // adds the f32 partials of all splits in split order, so results are deterministic.
 #include "abi.h"
@@ -20,6 +22,9 @@ constexpr int kTileK = TF_SPMM_TILE_K;
 constexpr int kThreads = TF_SPMM_WARPS * 32;
 constexpr int kStages = TF_SPMM_STAGES;
 constexpr int kRowBytes = kTileK * 2;  // one 64-value row of a tile, 8 chunks of 16 bytes
+constexpr int kTileBytes = kTileM * kRowBytes;
+constexpr int kWarpRows = kTileM / TF_SPMM_WARPS;  // the rows of a dense tile one warp reads
+static_assert(kStages >= 3, "the scatter runs one tile ahead of the mma, loads one more");
 
 using tf::BF16;
 using tf::F16;
@@ -29,39 +34,42 @@ __device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
     return tf::swizzled<kTileK>(row, chunk);
 }
 
+// The dynamic shared memory (abi.h gives the layout's size).
 template <int N>
 struct Shared {
-    uint8_t *dense;   // [kTileM][kTileK] 16-bit values, swizzled
-    uint8_t *x;       // kStages x [N][kTileK], swizzled
-    uint8_t *sparse;  // kStages x stage_vectors x 16 bytes
+    uint8_t *dense;      // 2 x [kTileM][kTileK] 16-bit values, swizzled
+    uint8_t *x;          // kStages x [N][kTileK], swizzled
+    uint8_t *sparse;     // kStages x stage_vectors x 16 bytes
+    uint32_t *offsets;   // the block's k_count + 1 tile offsets (in vectors)
+    uint32_t stage_vectors;
 
-    __device__ Shared(uint8_t *base, uint32_t stage_vectors) {
+    __device__ Shared(uint8_t *base, uint32_t stage_vectors) : stage_vectors(stage_vectors) {
         dense = base;
-        x = dense + kTileM * kRowBytes;
+        x = dense + 2 * kTileBytes;
         sparse = x + kStages * N * kRowBytes;
-        (void)stage_vectors;
+        offsets = reinterpret_cast<uint32_t *>(sparse + size_t(kStages) * stage_vectors * 16);
     }
-    __device__ uint8_t *x_stage(int s) const { return x + s * N * kRowBytes; }
-    __device__ uint8_t *sparse_stage(int s, uint32_t stage_vectors) const {
-        return sparse + size_t(s) * stage_vectors * 16;
+    __device__ uint8_t *dense_tile(uint32_t t) const { return dense + (t % 2) * kTileBytes; }
+    __device__ uint8_t *x_stage(uint32_t t) const { return x + (t % kStages) * N * kRowBytes; }
+    __device__ uint8_t *sparse_stage(uint32_t t) const {
+        return sparse + size_t(t % kStages) * stage_vectors * 16;
     }
+    __device__ uint32_t vectors(uint32_t t) const { return offsets[t + 1] - offsets[t]; }
 };
 
-// Starts the copies of weight tile `tile_k` (of this block's tile row) and the matching x tile
-// into stage `s`.
-template <class In, int N>
-__device__ __forceinline__ void load_stage(const TfSpmmParams &p, const Shared<N> &sm, int s,
-                                           uint32_t tile, uint32_t tile_k, uint32_t n0) {
+// Starts the copies of the block's k tile `t` (column tile `tile_k`): its packed entries and
+// the matching x tile, into stage t % kStages.
+template <int N>
+__device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t,
+                                          uint32_t tile_k, uint32_t n0) {
     const uint32_t tid = threadIdx.x;
-    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries);
-    const uint32_t *offsets = reinterpret_cast<const uint32_t *>(p.tile_offsets);
-    const uint32_t first = offsets[tile], count = offsets[tile + 1] - first;
-    const uint32_t sparse = tf::smem_addr(sm.sparse_stage(s, p.stage_vectors));
-    for (uint32_t v = tid; v < count; v += kThreads)
-        tf::cp_async_16(sparse + v * 16, entries + first + v, true);
+    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
+    const uint32_t count = sm.vectors(t);
+    const uint32_t sparse = tf::smem_addr(sm.sparse_stage(t));
+    for (uint32_t v = tid; v < count; v += kThreads) tf::cp_async_16(sparse + v * 16, entries + v, true);
 
     const uint16_t *x = reinterpret_cast<const uint16_t *>(p.x);
-    uint8_t *x_tile = sm.x_stage(s);
+    uint8_t *x_tile = sm.x_stage(t);
     const bool vectors = p.k % 8 == 0;  // 16-byte aligned x rows
     for (uint32_t c = tid; c < N * 8; c += kThreads) {
         const uint32_t row = c / 8, chunk = c % 8;
@@ -80,6 +88,58 @@ __device__ __forceinline__ void load_stage(const TfSpmmParams &p, const Shared<N
     }
 }
 
+// Writes the entries of the block's k tile `t` (landed in its stage) into dense tile t % 2,
+// which holds zeros. A tile's padding repeats an entry inside its own vector, so no two threads
+// write one place.
+template <int N>
+__device__ __forceinline__ void scatter(const Shared<N> &sm, uint32_t t) {
+    const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
+    uint16_t *dense = reinterpret_cast<uint16_t *>(sm.dense_tile(t));
+    const uint32_t count = sm.vectors(t);
+    for (uint32_t v = threadIdx.x; v < count; v += kThreads) {
+        const uint4 e = staged[v];
+        dense[e.x >> 16] = uint16_t(e.x);
+        dense[e.y >> 16] = uint16_t(e.y);
+        dense[e.z >> 16] = uint16_t(e.z);
+        dense[e.w >> 16] = uint16_t(e.w);
+    }
+}
+
+// acc += the warp's 32 rows of dense tile t · x tile t.
+template <class In, int N>
+__device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t t, float (&acc)[2][N / 8][4]) {
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const uint32_t dense_base = tf::smem_addr(sm.dense_tile(t));
+    const uint32_t x_base = tf::smem_addr(sm.x_stage(t));
+#pragma unroll
+    for (uint32_t kk = 0; kk < kTileK / 16; ++kk) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const uint32_t row = warp * kWarpRows + i * 16 + lane % 16;
+            tf::ldmatrix_x4(a[i], dense_base + swizzled(row, kk * 2 + lane / 16));
+        }
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+            uint32_t b[2];
+            const uint32_t row = j * 8 + lane % 8;
+            tf::ldmatrix_x2(b, x_base + swizzled(row, kk * 2 + (lane / 8) % 2));
+            In::mma(acc[0][j], a[0], b);
+            In::mma(acc[1][j], a[1], b);
+        }
+    }
+}
+
+// Zeroes the warp's 32 rows of dense tile t (after its own ldmatrix reads of them).
+template <int N>
+__device__ __forceinline__ void clear_rows(const Shared<N> &sm, uint32_t t) {
+    __syncwarp();
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    uint4 *rows = reinterpret_cast<uint4 *>(sm.dense_tile(t) + warp * kWarpRows * kRowBytes);
+#pragma unroll
+    for (uint32_t i = lane; i < kWarpRows * kRowBytes / 16; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
+}
+
 template <class In, int N, bool OutF32>
 __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     const Shared<N> sm(tf::dynamic_shared(), p.stage_vectors);
@@ -90,59 +150,34 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     const uint32_t k_count = min(p.tiles_per_split, tiles_k - k_begin);
     const uint32_t first_tile = tile_m * tiles_k + k_begin;
 
-    for (int s = 0; s < kStages - 1; ++s) {
-        if (s < k_count) load_stage<In, N>(p, sm, s, first_tile + s, k_begin + s, n0);
+    // The block's tile offsets, read once; both dense tiles zeroed.
+    const uint32_t *offsets = reinterpret_cast<const uint32_t *>(p.tile_offsets) + first_tile;
+    for (uint32_t i = tid; i <= k_count; i += kThreads) sm.offsets[i] = offsets[i];
+    uint4 *dense16 = reinterpret_cast<uint4 *>(sm.dense);
+    for (uint32_t i = tid; i < 2 * kTileBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
+
+    for (uint32_t t = 0; t < kStages - 1; ++t) {
+        if (t < k_count) load_tile<N>(p, sm, t, k_begin + t, n0);
         tf::cp_async_commit();
     }
-    uint4 *dense16 = reinterpret_cast<uint4 *>(sm.dense);
-    for (uint32_t i = tid; i < kTileM * kRowBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
+    tf::cp_async_wait<kStages - 2>();  // tile 0
+    __syncthreads();
+    if (k_count > 0) scatter<N>(sm, 0);
 
     float acc[2][N / 8][4] = {};
-    const uint32_t *offsets = reinterpret_cast<const uint32_t *>(p.tile_offsets);
-    for (uint32_t it = 0; it < k_count; ++it) {
-        tf::cp_async_wait<kStages - 2>();
-        __syncthreads();  // stage `it` and the zeroed dense tile are visible to every thread
-        const uint32_t ahead = it + kStages - 1;
-        if (ahead < k_count)
-            load_stage<In, N>(p, sm, ahead % kStages, first_tile + ahead, k_begin + ahead, n0);
-        tf::cp_async_commit();
-
-        // Scatter. A tile's padding repeats its last entry inside the same vector, so no two
-        // threads write one place.
-        const int s = it % kStages;
-        const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(s, p.stage_vectors));
-        const uint32_t count = offsets[first_tile + it + 1] - offsets[first_tile + it];
-        uint16_t *dense = reinterpret_cast<uint16_t *>(sm.dense);
-        for (uint32_t v = tid; v < count; v += kThreads) {
-            const uint4 e = staged[v];
-            dense[e.x >> 16] = uint16_t(e.x);
-            dense[e.y >> 16] = uint16_t(e.y);
-            dense[e.z >> 16] = uint16_t(e.z);
-            dense[e.w >> 16] = uint16_t(e.w);
-        }
+    for (uint32_t t = 0; t < k_count; ++t) {
+        // Committed: tiles 0 .. t + kStages - 2. Tile t + 1 must have landed.
+        tf::cp_async_wait<kStages - 3>();
+        // Tile t + 1's entries and every thread's scatter of tile t are visible, and every warp
+        // is done with tile t - 1: its stage and dense tile may be reused.
         __syncthreads();
-
-        const uint32_t dense_base = tf::smem_addr(sm.dense);
-        const uint32_t x_base = tf::smem_addr(sm.x_stage(s));
-#pragma unroll
-        for (uint32_t kk = 0; kk < kTileK / 16; ++kk) {
-            uint32_t a[2][4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const uint32_t row = warp * 32 + i * 16 + lane % 16;
-                tf::ldmatrix_x4(a[i], dense_base + swizzled(row, kk * 2 + lane / 16));
-            }
-#pragma unroll
-            for (int j = 0; j < N / 8; ++j) {
-                uint32_t b[2];
-                const uint32_t row = j * 8 + lane % 8;
-                tf::ldmatrix_x2(b, x_base + swizzled(row, kk * 2 + (lane / 8) % 2));
-                In::mma(acc[0][j], a[0], b);
-                In::mma(acc[1][j], a[1], b);
-            }
-        }
-        __syncthreads();  // every read of the dense tile is done
-        for (uint32_t i = tid; i < kTileM * kRowBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
+        const uint32_t ahead = t + kStages - 1;
+        if (ahead < k_count) load_tile<N>(p, sm, ahead, k_begin + ahead, n0);
+        tf::cp_async_commit();
+        if (t + 1 < k_count) scatter<N>(sm, t + 1);
+        multiply<In, N>(sm, t, acc);
+        clear_rows<N>(sm, t);
     }
     tf::cp_async_wait<0>();
 

@@ -155,8 +155,10 @@ impl Plan {
         let splits = wanted.clamp(1, tiles_k.div_ceil(4).max(1));
         let tiles_per_split = tiles_k.div_ceil(splits);
         let splits = tiles_k.div_ceil(tiles_per_split);
-        let shared_bytes = TILE_M * TILE_K * 2
-            + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + stage_vectors * 16);
+        // abi.h: two dense tiles, the stages, the block's tile offsets.
+        let shared_bytes = 2 * TILE_M * TILE_K * 2
+            + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + stage_vectors * 16)
+            + (tiles_per_split + 1) * 4;
         let shared_bytes =
             device.shared_memory("spmm shared memory (densest tile)", shared_bytes)?;
         Ok(Plan {
