@@ -39,6 +39,10 @@ pub struct CudaDeviceInfo {
     pub l2_bytes: u64,
     /// Shared memory a block may use after opting in, in bytes.
     pub max_shared_per_block: u64,
+    /// Shared memory of one SM, in bytes (what its resident blocks share).
+    pub max_shared_per_sm: u64,
+    /// Threads one SM holds at once.
+    pub max_threads_per_sm: u32,
     /// Device memory in bytes.
     pub total_memory: u64,
     /// The driver's CUDA version as (major, minor), e.g. `(13, 0)`.
@@ -500,6 +504,9 @@ fn device_info(ctx: &Arc<CudaContext>) -> Result<CudaDeviceInfo> {
         sm_count: attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
         l2_bytes: attribute(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
         max_shared_per_block: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+        max_shared_per_sm: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+        max_threads_per_sm: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?
+            as u32,
         total_memory: ctx
             .total_mem()
             .during(|| "reading the memory size".into())? as u64,

@@ -80,7 +80,14 @@ where
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
-    let plan = Plan::new(cuda.info(), w.m, w.k, w.stage_vectors, n)?;
+    let plan = Plan::new(
+        cuda.info(),
+        w.m,
+        w.k,
+        w.entries.len() / 4,
+        w.stage_vectors,
+        n,
+    )?;
     // Without split-K the kernel never touches a workspace: none is allocated.
     let mut workspace = (plan.splits > 1)
         .then(|| cuda.scratch(plan.workspace_words(w.m), plan.counters(w.m)))
@@ -118,6 +125,47 @@ where
     unsafe { cuda.launch(plan.kernel::<T, O>(), config, &params, args) }
 }
 
+/// What one launch's split-K choice weighs.
+struct SplitCosts {
+    /// Blocks without split-K: (m tiles) x (token blocks).
+    blocks: usize,
+    tiles_k: usize,
+    /// Bytes one block reads per k tile: the average tile's entries and the x tile.
+    tile_bytes: usize,
+    /// Bytes of f32 partials one split writes and the last block reads back.
+    partial_bytes: usize,
+    /// Dynamic shared memory of one block.
+    block_shared: usize,
+}
+
+/// The number of k splits: the one (the smallest, among equals) that minimises the bytes the
+/// busiest SM moves. The grid's blocks are spread over the SMs, whose time is the k tiles of
+/// their blocks; an SM streams at full rate only with all the blocks it can hold resident
+/// (fewer leave it waiting on latency, so they count as if it held that many), and every
+/// split beyond one adds its partials.
+fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
+    let sm_count = device.sm_count.max(1) as usize;
+    // The driver keeps 1 KiB of shared memory per block.
+    let resident = (device.max_shared_per_sm as usize / (costs.block_shared + 1024))
+        .min(device.max_threads_per_sm as usize / (TF_SPMM_WARPS as usize * 32))
+        .max(1);
+    let max_splits = costs.tiles_k.div_ceil(4).max(1); // at least four k tiles per block
+    let bytes = |splits: usize| {
+        let tiles_per_split = costs.tiles_k.div_ceil(splits);
+        let blocks_per_sm = (costs.blocks * splits).div_ceil(sm_count).max(resident);
+        let streamed = tiles_per_split * blocks_per_sm * costs.tile_bytes / resident;
+        let reduced = if splits > 1 {
+            splits * costs.partial_bytes / sm_count
+        } else {
+            0
+        };
+        streamed + reduced
+    };
+    (1..=max_splits)
+        .min_by_key(|&splits| bytes(splits))
+        .unwrap_or(1)
+}
+
 /// Tokens per block, split-K and memory of one launch.
 struct Plan {
     tokens_per_block: u32,
@@ -129,11 +177,13 @@ struct Plan {
 }
 
 impl Plan {
-    /// For `y [n, m] = x [n, k] · wᵀ` where `w`'s largest tile has `stage_vectors` vectors.
+    /// For `y [n, m] = x [n, k] · wᵀ` where `w` has `vectors` 16-byte vectors of entries and
+    /// its largest tile `stage_vectors`.
     fn new(
         device: &CudaDeviceInfo,
         m: usize,
         k: usize,
+        vectors: usize,
         stage_vectors: usize,
         n: usize,
     ) -> Result<Plan> {
@@ -149,16 +199,23 @@ impl Plan {
         }
         let tiles_m = m.div_ceil(TILE_M);
         let tiles_k = k.div_ceil(TILE_K);
-        // Enough blocks for about four per SM, each with at least four k tiles.
-        let blocks = tiles_m * n_blocks;
-        let wanted = (4 * device.sm_count as usize).div_ceil(blocks);
-        let splits = wanted.clamp(1, tiles_k.div_ceil(4).max(1));
+        let x_tile_bytes = tokens_per_block * TILE_K * 2;
+        let stages_bytes =
+            2 * TILE_M * TILE_K * 2 + TF_SPMM_STAGES as usize * (x_tile_bytes + stage_vectors * 16);
+        let splits = split_k(
+            device,
+            SplitCosts {
+                blocks: tiles_m * n_blocks,
+                tiles_k,
+                tile_bytes: (vectors * 16 / (tiles_m * tiles_k)) + x_tile_bytes,
+                partial_bytes: n_blocks * tokens_per_block * m * 8,
+                block_shared: stages_bytes + 4 * (tiles_k + 1),
+            },
+        );
         let tiles_per_split = tiles_k.div_ceil(splits);
         let splits = tiles_k.div_ceil(tiles_per_split);
-        // abi.h: two dense tiles, the stages, the block's tile offsets.
-        let shared_bytes = 2 * TILE_M * TILE_K * 2
-            + TF_SPMM_STAGES as usize * (tokens_per_block * TILE_K * 2 + stage_vectors * 16)
-            + (tiles_per_split + 1) * 4;
+        // abi.h: two dense tiles and the stages, then the block's tile offsets.
+        let shared_bytes = stages_bytes + (tiles_per_split + 1) * 4;
         let shared_bytes =
             device.shared_memory("spmm shared memory (densest tile)", shared_bytes)?;
         Ok(Plan {

@@ -11,7 +11,7 @@ use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
 use crate::harness::{Rng, compare};
 use crate::spmm::check::{Case, Pattern, weight};
 use crate::spmm::format::SpmmElement;
-use crate::spmm::{SpmmOutput, TiledCsl, reference};
+use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl, reference};
 
 /// A device with `sm_count` SMs and the H100's shared memory, for the launch plan.
 fn device(sm_count: u32) -> CudaDeviceInfo {
@@ -22,6 +22,8 @@ fn device(sm_count: u32) -> CudaDeviceInfo {
         sm_count,
         l2_bytes: 50 << 20,
         max_shared_per_block: 227 * 1024,
+        max_shared_per_sm: 228 * 1024,
+        max_threads_per_sm: 2048,
         total_memory: 80 << 30,
         driver_cuda_version: (13, 0),
     }
@@ -39,8 +41,16 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
 ) -> Result<Vec<O>, String> {
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
-    let plan = Plan::new(&device(sm_count), m, k, w.max_tile_vectors().max(1), n)
-        .map_err(|e| e.to_string())?;
+    let vectors = w.device_entries().len() / 4;
+    let plan = Plan::new(
+        &device(sm_count),
+        m,
+        k,
+        vectors,
+        w.max_tile_vectors().max(1),
+        n,
+    )
+    .map_err(|e| e.to_string())?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(x);
@@ -205,5 +215,34 @@ fn split_k_sizes() {
             sm_count,
             ORDERS[i % 3],
         );
+    }
+}
+
+/// The launch plan of the benchmark's target shapes on an H100 (132 SMs) keeps every SM busy
+/// and spreads the k tiles evenly: the busiest SM walks at most 10% more than an even share.
+#[test]
+fn plans_spread_the_work_over_the_sms() {
+    let sm_count = 132;
+    for (m, k) in [
+        (8192usize, 8192usize),
+        (28672, 8192),
+        (8192, 28672),
+        (36864, 9216),
+    ] {
+        for n in [8, 16] {
+            let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
+            // 80% sparsity: 8192 * 0.2 / 4 vectors in the average tile, 10% more in the largest.
+            let vectors = tiles_m * tiles_k * 410;
+            let plan = Plan::new(&device(sm_count), m, k, vectors, 451, n).unwrap();
+            let blocks = (plan.tiles_m * plan.n_blocks * plan.splits) as usize;
+            let busiest = blocks.div_ceil(sm_count as usize) * plan.tiles_per_split as usize;
+            let even = (tiles_m * tiles_k) as f64 / f64::from(sm_count);
+            assert!(
+                blocks >= sm_count as usize && busiest as f64 <= 1.1 * even,
+                "m={m} k={k} n={n}: {} splits of {} tiles, {blocks} blocks: {busiest} tiles on the busiest SM, {even:.1} even",
+                plan.splits,
+                plan.tiles_per_split
+            );
+        }
     }
 }
