@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use half::{bf16, f16};
 
-use super::format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, prune};
+use super::format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, prune, spread_over_banks};
 use super::{SpmmOutput, reference};
 use crate::error::Result;
 use crate::harness::{
@@ -288,13 +288,23 @@ fn bench_cases() -> Vec<BenchCase> {
                 let flops = (2 * m * n * k) as u64;
                 cases.push(BenchCase::new(
                     "spmm",
-                    name,
+                    name.clone(),
                     bytes,
                     flops,
                     move |backends, backend| {
-                        prepare(backends, backend, bench_weight(m, k, sparsity), n)
+                        prepare(backends, backend, bench_weight(m, k, sparsity, true), n)
                     },
                 ));
+                if n == 16 && sparsity == 0.8 {
+                    // The target cases again with each tile's entries in increasing places,
+                    // as Flash-LLM stores them: what the bank-spread order gains.
+                    cases.push(
+                        BenchCase::new("spmm", name, bytes, flops, move |backends, backend| {
+                            prepare(backends, backend, bench_weight(m, k, sparsity, false), n)
+                        })
+                        .by("tilefuse, increasing places"),
+                    );
+                }
             }
             #[cfg(all(feature = "cuda", feature = "cli"))]
             for sparsity in BENCH_SPARSITIES {
@@ -321,23 +331,30 @@ fn bench_cases() -> Vec<BenchCase> {
 }
 
 /// A uniform-random bench weight (values in [-1, 1]), made once per process and straight
-/// into Tiled-CSL: the largest is 36864 x 9216.
-fn bench_weight(m: usize, k: usize, sparsity: f64) -> Arc<TiledCsl<f16>> {
-    type Cache = Mutex<HashMap<(usize, usize, u64), Arc<TiledCsl<f16>>>>;
+/// into Tiled-CSL: the largest is 36864 x 9216. `spread`: each tile's entries in the order
+/// [`TiledCsl::encode`] gives them, else in increasing places.
+fn bench_weight(m: usize, k: usize, sparsity: f64, spread: bool) -> Arc<TiledCsl<f16>> {
+    type Cache = Mutex<HashMap<(usize, usize, u64, bool), Arc<TiledCsl<f16>>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let mut cache = CACHE
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     cache
-        .entry((m, k, sparsity.to_bits()))
+        .entry((m, k, sparsity.to_bits(), spread))
         .or_insert_with(|| {
-            Arc::new(uniform_weight(m, k, sparsity, 1).expect("bench shapes are valid"))
+            Arc::new(uniform_weight(m, k, sparsity, 1, spread).expect("bench shapes are valid"))
         })
         .clone()
 }
 
-fn uniform_weight(m: usize, k: usize, sparsity: f64, seed: u64) -> Result<TiledCsl<f16>> {
+fn uniform_weight(
+    m: usize,
+    k: usize,
+    sparsity: f64,
+    seed: u64,
+    spread: bool,
+) -> Result<TiledCsl<f16>> {
     let mut rng = Rng::new(seed);
     let keep = ((1.0 - sparsity) * u64::MAX as f64) as u64;
     let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
@@ -345,7 +362,7 @@ fn uniform_weight(m: usize, k: usize, sparsity: f64, seed: u64) -> Result<TiledC
     let mut entries = Vec::with_capacity(((1.0 - sparsity) * (m * k) as f64 * 1.01) as usize + 64);
     for tile_m in 0..tiles_m {
         for tile_k in 0..tiles_k {
-            let start = entries.len();
+            let mut tile = Vec::new();
             for row in 0..TILE_M.min(m - tile_m * TILE_M) {
                 // Places in row order: chunk c of the row holds columns of chunk c ^ (row % 8).
                 for chunk in 0..TILE_K / 8 {
@@ -354,14 +371,18 @@ fn uniform_weight(m: usize, k: usize, sparsity: f64, seed: u64) -> Result<TiledC
                         if tile_k * TILE_K + col0 + i < k && rng.next_u64() < keep {
                             let value = f16::from_f64(rng.uniform(-1.0, 1.0)).to_bits();
                             let place = (row * TILE_K + chunk * 8 + i) as u32;
-                            entries.push(u32::from(value) | place << 16);
+                            tile.push(u32::from(value) | place << 16);
                         }
                     }
                 }
             }
-            while (entries.len() - start) % 4 != 0 {
-                entries.push(*entries.last().expect("a tile with entries"));
+            if spread {
+                tile = spread_over_banks(tile);
             }
+            while !tile.len().is_multiple_of(4) {
+                tile.push(*tile.last().expect("a tile with entries"));
+            }
+            entries.extend(tile);
             offsets.push((entries.len() / 4) as u32);
         }
     }
@@ -414,5 +435,20 @@ fn prepare(
         }
         #[allow(unreachable_patterns)]
         other => Err(other.not_compiled()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_weights_in_either_order_hold_the_same_matrix() {
+        let spread = uniform_weight(300, 520, 0.8, 3, true).unwrap();
+        let increasing = uniform_weight(300, 520, 0.8, 3, false).unwrap();
+        assert_eq!(spread.decode(), increasing.decode());
+        assert_ne!(spread.entries(), increasing.entries());
+        let density = spread.stats().nnz as f64 / (300.0 * 520.0);
+        assert!((density - 0.2).abs() < 0.01, "density {density}");
     }
 }

@@ -525,7 +525,7 @@ fn bank_of(entry: u32) -> usize {
 /// it has more lanes than banks have entries), which keeps the banks' counts even, so that
 /// conflicts come only where the tile's own counts are uneven.
 /// The padding stays in the last vector.
-fn spread_over_banks(tile: Vec<u32>) -> Vec<u32> {
+pub(crate) fn spread_over_banks(tile: Vec<u32>) -> Vec<u32> {
     let count = tile.len();
     if count == 0 {
         return tile;
