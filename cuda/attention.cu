@@ -46,8 +46,7 @@ __device__ __forceinline__ bool element_allows(const TfAttentionParams &p, uint3
 template <class In, int D, int BM>
 __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     constexpr int kThreads = BM / 16 * 32;
-    extern __shared__ __align__(16) uint8_t shared[];
-    const uint32_t q_tile = tf::smem_addr(shared);
+    const uint32_t q_tile = tf::smem_addr(tf::dynamic_shared());
     const uint32_t kv_tiles = q_tile + BM * D * 2;  // stage s: K at + s * 2 tiles, V after K
     const auto k_tile = [&](int s) { return kv_tiles + s * 2 * kKv * D * 2; };
     const auto v_tile = [&](int s) { return k_tile(s) + kKv * D * 2; };

@@ -226,6 +226,22 @@ fn check_typed<T: DeviceElement + SpmmOutput<T>>(
     case: &Case,
     seed: u64,
 ) -> Result<Option<Comparison>> {
+    check_with::<T>(case, seed, |shape, inputs, mask, scale, output| {
+        run(backends, backend, shape, inputs, mask, scale, output)
+    })
+}
+
+/// The result of one device run of [`run`]: the whole buffer of `o`, widened to f32, and
+/// `lse`; `None` where there is no such path.
+pub(crate) type RunOutput = Option<(Vec<f32>, Vec<f32>)>;
+
+/// [`check`] with the device run done by `runner`, which takes the arguments of [`run`]
+/// after the backend.
+pub(crate) fn check_with<T: SpmmElement + SpmmOutput<T>>(
+    case: &Case,
+    seed: u64,
+    runner: impl FnOnce(&AttentionShape, [&[T]; 3], &BlockMask, f32, Output) -> Result<RunOutput>,
+) -> Result<Option<Comparison>> {
     let shape = case.shape()?;
     let mask = case.block_mask()?;
     let [q_len, k_len, v_len, _] = shape.min_lens();
@@ -245,15 +261,7 @@ fn check_typed<T: DeviceElement + SpmmOutput<T>>(
     let k = random(k_len, l.k, [b, lk, shape.heads_kv]);
     let v = random(v_len, l.v, [b, lk, shape.heads_kv]);
     let scale = 1.0 / (shape.d as f32).sqrt();
-    let ran = run(
-        backends,
-        backend,
-        &shape,
-        [&q, &k, &v],
-        &mask,
-        scale,
-        case.output,
-    )?;
+    let ran = runner(&shape, [&q, &k, &v], &mask, scale, case.output)?;
     let Some((o, lse)) = ran else {
         return Ok(None);
     };
@@ -315,7 +323,7 @@ pub fn run<T: DeviceElement + SpmmOutput<T>>(
     mask: &BlockMask,
     scale: f32,
     output: Output,
-) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+) -> Result<RunOutput> {
     let o_len = shape.min_lens()[3];
     let lse_len = shape.batch * shape.lq * shape.heads_q;
     match backend {

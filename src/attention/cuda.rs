@@ -78,14 +78,6 @@ where
     let Inputs { q, k, v } = inputs;
     let lse_len = lse.as_ref().map(|lse| lse.len());
     shape.check_call([q.len(), k.len(), v.len()], mask.shape, o.len(), lse_len)?;
-    let scale_log2 = scale * std::f32::consts::LOG2_E;
-    if !scale_log2.is_finite() {
-        return Err(Error::invalid(
-            "scale",
-            "a finite number below 2.3e38",
-            scale,
-        ));
-    }
     cuda.check_device("q", q)?;
     cuda.check_device("k", k)?;
     cuda.check_device("v", v)?;
@@ -94,20 +86,8 @@ where
     if let Some(lse) = &lse {
         cuda.check_device("lse", *lse)?;
     }
-    let m = mask.shape;
-    let shared = (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2;
-    let shared = cuda.shared_memory("attention shared memory", shared)?;
-    let grid_ok = shape.heads_q <= u16::MAX as usize && shape.batch <= u16::MAX as usize;
-    if !grid_ok {
-        return Err(Error::DeviceLimit {
-            what: "attention grid",
-            limit_name: "max grid y and z (heads, batch)",
-            needed: shape.heads_q.max(shape.batch) as u64,
-            limit: u16::MAX.into(),
-        });
-    }
-    let (element, window) = mask.element.kernel_code();
-    let layout = shape.layout();
+    let plan = Plan::new::<T>(shape, mask.shape, mask.element, scale)?;
+    let shared = cuda.shared_memory("attention shared memory", plan.shared_bytes)?;
     let mut args = cuda.args();
     let buffers = [
         ("q", args.read(q)),
@@ -124,62 +104,21 @@ where
             ));
         }
     }
-    // The kernel takes each tensor's element (0, 0, 0, 0); check_call kept starts below 2^31.
-    let starts = [layout.q, layout.k, layout.v, layout.o].map(|s| s.start * size_of::<T>());
-    let [q, k, v, o] = [0, 1, 2, 3].map(|i| buffers[i].1 + starts[i] as u64);
-    let params = TfAttentionParams {
-        q,
-        k,
-        v,
-        o,
-        lse: lse.map_or(0, |lse| args.write(lse)),
-        partial_offsets: args.read(&mask.partial_offsets),
-        partial: args.read(&mask.partial),
-        full_offsets: args.read(&mask.full_offsets),
-        full: args.read(&mask.full),
-        q_stride_b: layout.q.batch as u64,
-        q_stride_l: layout.q.seq as u64,
-        q_stride_h: layout.q.head as u64,
-        k_stride_b: layout.k.batch as u64,
-        k_stride_l: layout.k.seq as u64,
-        k_stride_h: layout.k.head as u64,
-        v_stride_b: layout.v.batch as u64,
-        v_stride_l: layout.v.seq as u64,
-        v_stride_h: layout.v.head as u64,
-        o_stride_b: layout.o.batch as u64,
-        o_stride_l: layout.o.seq as u64,
-        o_stride_h: layout.o.head as u64,
-        batch: shape.batch as u32,
-        lq: shape.lq as u32,
-        lk: shape.lk as u32,
-        heads_q: shape.heads_q as u32,
-        heads_kv: shape.heads_kv as u32,
-        block_n: m.block_n as u32,
-        q_blocks: m.q_blocks() as u32,
-        mask_batch: m.batch as u32,
-        mask_heads: m.heads as u32,
-        element,
-        window,
-        scale_log2,
-    };
+    let params = plan.params::<T>(
+        shape,
+        buffers.map(|(_, address)| address),
+        lse.map_or(0, |lse| args.write(lse)),
+        [
+            args.read(&mask.partial_offsets),
+            args.read(&mask.partial),
+            args.read(&mask.full_offsets),
+            args.read(&mask.full),
+        ],
+    );
     let config = LaunchConfig {
-        grid_dim: (
-            m.q_blocks() as u32,
-            shape.heads_q as u32,
-            shape.batch as u32,
-        ),
-        block_dim: ((m.block_m / 16 * 32) as u32, 1, 1),
+        grid_dim: plan.grid,
+        block_dim: (plan.threads, 1, 1),
         shared_mem_bytes: shared,
-    };
-    let name = match (T::NAME, shape.d, m.block_m) {
-        ("f16", 64, 64) => "tilefuse_attention_f16_d64_bm64",
-        ("f16", 64, _) => "tilefuse_attention_f16_d64_bm128",
-        ("f16", _, 64) => "tilefuse_attention_f16_d128_bm64",
-        ("f16", _, _) => "tilefuse_attention_f16_d128_bm128",
-        (_, 64, 64) => "tilefuse_attention_bf16_d64_bm64",
-        (_, 64, _) => "tilefuse_attention_bf16_d64_bm128",
-        (_, _, 64) => "tilefuse_attention_bf16_d128_bm64",
-        (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
     };
     // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`
     // (plus each tensor's start), all on this context (checked). The buffers of q, k, v and o
@@ -198,7 +137,7 @@ where
         cuda.launch(
             Kernel {
                 module: "attention",
-                name,
+                name: plan.kernel,
             },
             config,
             &params,
@@ -206,3 +145,124 @@ where
         )
     }
 }
+
+/// One launch but for its buffers: the kernel, grid, block and shared memory, and the
+/// parameters that do not depend on addresses.
+pub(super) struct Plan {
+    pub(super) kernel: &'static str,
+    pub(super) grid: (u32, u32, u32),
+    pub(super) threads: u32,
+    pub(super) shared_bytes: usize,
+    element: (u32, u32),
+    scale_log2: f32,
+    mask: MaskShape,
+}
+
+impl Plan {
+    /// For `shape` (checked with its buffers by the caller) and a mask of `mask_shape` whose
+    /// partial blocks apply `element`.
+    pub(super) fn new<T: SpmmElement>(
+        shape: &AttentionShape,
+        mask_shape: MaskShape,
+        element: ElementMask,
+        scale: f32,
+    ) -> Result<Plan> {
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        if !scale_log2.is_finite() {
+            return Err(Error::invalid(
+                "scale",
+                "a finite number below 2.3e38",
+                scale,
+            ));
+        }
+        let m = mask_shape;
+        let grid_ok = shape.heads_q <= u16::MAX as usize && shape.batch <= u16::MAX as usize;
+        if !grid_ok {
+            return Err(Error::DeviceLimit {
+                what: "attention grid",
+                limit_name: "max grid y and z (heads, batch)",
+                needed: shape.heads_q.max(shape.batch) as u64,
+                limit: u16::MAX.into(),
+            });
+        }
+        let kernel = match (T::NAME, shape.d, m.block_m) {
+            ("f16", 64, 64) => "tilefuse_attention_f16_d64_bm64",
+            ("f16", 64, _) => "tilefuse_attention_f16_d64_bm128",
+            ("f16", _, 64) => "tilefuse_attention_f16_d128_bm64",
+            ("f16", _, _) => "tilefuse_attention_f16_d128_bm128",
+            (_, 64, 64) => "tilefuse_attention_bf16_d64_bm64",
+            (_, 64, _) => "tilefuse_attention_bf16_d64_bm128",
+            (_, _, 64) => "tilefuse_attention_bf16_d128_bm64",
+            (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
+        };
+        Ok(Plan {
+            kernel,
+            grid: (
+                m.q_blocks() as u32,
+                shape.heads_q as u32,
+                shape.batch as u32,
+            ),
+            threads: (m.block_m / 16 * 32) as u32,
+            shared_bytes: (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2,
+            element: element.kernel_code(),
+            scale_log2,
+            mask: m,
+        })
+    }
+
+    /// The kernel's parameters, with the buffers of q, k, v and o (each tensor's start is
+    /// added), lse (0: none) and the mask's lists (partial offsets, partial, full offsets,
+    /// full).
+    pub(super) fn params<T>(
+        &self,
+        shape: &AttentionShape,
+        buffers: [u64; 4],
+        lse: u64,
+        [partial_offsets, partial, full_offsets, full]: [u64; 4],
+    ) -> TfAttentionParams {
+        let layout = shape.layout();
+        // The kernel takes each tensor's element (0, 0, 0, 0); check_call kept starts below 2^31.
+        let starts =
+            [layout.q, layout.k, layout.v, layout.o].map(|s| (s.start * size_of::<T>()) as u64);
+        let [q, k, v, o] = [0, 1, 2, 3].map(|i| buffers[i] + starts[i]);
+        let m = self.mask;
+        TfAttentionParams {
+            q,
+            k,
+            v,
+            o,
+            lse,
+            partial_offsets,
+            partial,
+            full_offsets,
+            full,
+            q_stride_b: layout.q.batch as u64,
+            q_stride_l: layout.q.seq as u64,
+            q_stride_h: layout.q.head as u64,
+            k_stride_b: layout.k.batch as u64,
+            k_stride_l: layout.k.seq as u64,
+            k_stride_h: layout.k.head as u64,
+            v_stride_b: layout.v.batch as u64,
+            v_stride_l: layout.v.seq as u64,
+            v_stride_h: layout.v.head as u64,
+            o_stride_b: layout.o.batch as u64,
+            o_stride_l: layout.o.seq as u64,
+            o_stride_h: layout.o.head as u64,
+            batch: shape.batch as u32,
+            lq: shape.lq as u32,
+            lk: shape.lk as u32,
+            heads_q: shape.heads_q as u32,
+            heads_kv: shape.heads_kv as u32,
+            block_n: m.block_n as u32,
+            q_blocks: m.q_blocks() as u32,
+            mask_batch: m.batch as u32,
+            mask_heads: m.heads as u32,
+            element: self.element.0,
+            window: self.element.1,
+            scale_log2: self.scale_log2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod emulated;

@@ -1,0 +1,174 @@
+//! cuda/attention.cu run by the CPU emulator ([`crate::backend::emulator`]) with the
+//! launcher's own [`Plan`], against the f64 reference: the first runs of the kernel's source,
+//! on any machine.
+
+use half::{bf16, f16};
+
+use super::Plan;
+use crate::attention::check::{RunOutput, check_with};
+use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, Output};
+use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
+use crate::error::Result;
+use crate::harness::Rng;
+use crate::spmm::SpmmElement;
+
+/// One emulated launch with `check`'s arguments; panics with the emulator's message when the
+/// kernel fails (an access out of bounds, a deadlock).
+fn run<T: SpmmElement>(
+    emulator: &Emulator,
+    order: Order,
+    shape: &AttentionShape,
+    [q, k, v]: [&[T]; 3],
+    mask: &BlockMask,
+    scale: f32,
+    output: Output,
+) -> Result<RunOutput> {
+    if output == Output::F32 {
+        return Ok(None); // as on CUDA
+    }
+    let o_len = shape.min_lens()[3];
+    let lse_len = shape.batch * shape.lq * shape.heads_q;
+    shape.check_call(
+        [q.len(), k.len(), v.len()],
+        mask.shape(),
+        o_len,
+        Some(lse_len),
+    )?;
+    let plan = Plan::new::<T>(shape, mask.shape(), mask.element(), scale)?;
+    let mut inputs = [q, k, v].map(Guarded::new);
+    let mut o = Guarded::new(&vec![T::from_f64(f64::NAN); o_len]);
+    let mut lse = Guarded::new(&vec![f32::NAN; lse_len]);
+    let (partial_offsets, partial, full_offsets, full) = mask.parts();
+    let list = |values: &[u32]| Guarded::new(if values.is_empty() { &[0] } else { values });
+    let mut lists = [
+        Guarded::new(partial_offsets),
+        list(partial),
+        Guarded::new(full_offsets),
+        list(full),
+    ];
+    let [qa, ka, va] = inputs.each_mut().map(|buffer| buffer.address());
+    let params = plan.params::<T>(
+        shape,
+        [qa, ka, va, o.address()],
+        lse.address(),
+        lists.each_mut().map(|list| list.address()),
+    );
+    let launch = Launch::new(
+        [plan.grid.0, plan.grid.1, plan.grid.2],
+        [plan.threads, 1, 1],
+        plan.shared_bytes as u32,
+        order,
+    );
+    // SAFETY: the parameters follow abi.h's attention contract as the CUDA launcher's do: the
+    // same checks (check_call, Plan) passed, the tensors are the caller's with their layout's
+    // lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq values, and
+    // every buffer lives until the launch returns.
+    let ran = unsafe { emulator.launch("attention", plan.kernel, &params, &launch) };
+    let read = ran.and_then(|()| {
+        for (buffer, what) in inputs.iter().zip(["q", "k", "v"]) {
+            buffer.read(what)?;
+        }
+        for list in &lists {
+            list.read("mask")?;
+        }
+        Ok((o.read("o")?, lse.read("lse")?))
+    });
+    let (o, lse) = read.unwrap_or_else(|e| panic!("{}: {e}", plan.kernel));
+    let o = o
+        .into_iter()
+        .map(|x| SpmmElement::to_f64(x) as f32)
+        .collect();
+    Ok(Some((o, lse)))
+}
+
+fn check_case(case: &Case, order: Order) {
+    let Some(emulator) = Emulator::get() else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    eprintln!("{case}, {order:?}, seed {seed}");
+    let comparison = if case.bf16 {
+        check_with::<bf16>(case, seed, |s, i, m, sc, o| {
+            run(emulator, order, s, i, m, sc, o)
+        })
+    } else {
+        check_with::<f16>(case, seed, |s, i, m, sc, o| {
+            run(emulator, order, s, i, m, sc, o)
+        })
+    }
+    .unwrap_or_else(|e| panic!("{case}, seed {seed}: {e}"))
+    .expect("the emulated path runs");
+    assert!(
+        comparison.passed(),
+        "{case}, {order:?}, seed {seed}: {comparison}"
+    );
+}
+
+const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(3)];
+
+#[test]
+fn every_mask() {
+    let masks = [
+        MaskKind::Dense,
+        MaskKind::Causal,
+        MaskKind::Window(100, true),
+        MaskKind::Window(70, false),
+        MaskKind::Streaming(64, 64),
+        MaskKind::BigBird(1, 1, 1),
+        MaskKind::VerticalSlash,
+        MaskKind::EmptyRows,
+    ];
+    for (i, mask) in masks.into_iter().enumerate() {
+        check_case(
+            &Case {
+                mask,
+                ..Case::new(200, 200)
+            },
+            ORDERS[i % 3],
+        );
+    }
+}
+
+#[test]
+fn ragged_lengths_and_heads() {
+    let cases = [
+        Case::new(1, 1),
+        Case::new(100, 300),
+        Case {
+            mask: MaskKind::Dense,
+            ..Case::new(300, 70)
+        },
+        Case {
+            heads_q: 4,
+            heads_kv: 2,
+            batch: 2,
+            ..Case::new(65, 129)
+        },
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        check_case(&case, ORDERS[i % 3]);
+    }
+}
+
+#[test]
+fn types_head_dims_blocks_and_strides() {
+    for (i, (bf16, d, block, strided)) in [
+        (true, 64, 64, false),
+        (false, 128, 64, false),
+        (false, 64, 128, false),
+        (true, 128, 128, true),
+        (false, 64, 64, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = Case {
+            bf16,
+            d,
+            block,
+            strided,
+            ..Case::new(150, 190)
+        };
+        check_case(&case, ORDERS[i % 3]);
+    }
+}
