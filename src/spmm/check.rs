@@ -157,12 +157,22 @@ where
     if backend == Backend::Cpu {
         return Ok(None);
     }
+    check_with::<T, O>(case, seed, |w, x| run::<T, O>(backends, backend, w, x))
+}
+
+/// [`check`] with the device run done by `runner`, which takes the weight and x and returns
+/// y (`None` where there is no such path).
+pub(crate) fn check_with<T: SpmmElement, O: SpmmOutput<T>>(
+    case: &Case,
+    seed: u64,
+    runner: impl FnOnce(&TiledCsl<T>, &[T]) -> Result<Option<Vec<O>>>,
+) -> Result<Option<Comparison>> {
     let w = weight::<T>(case, seed)?;
     let mut rng = Rng::new(seed ^ 0x9e37_79b9);
     let x: Vec<T> = (0..case.n * case.k)
         .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
         .collect();
-    let Some(y) = run::<T, O>(backends, backend, &w, &x)? else {
+    let Some(y) = runner(&w, &x)? else {
         return Ok(None);
     };
     let y: Vec<f64> = y.into_iter().map(SpmmOutput::to_f64).collect();

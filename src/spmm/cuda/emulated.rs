@@ -8,10 +8,10 @@ use super::Plan;
 use crate::backend::abi::{TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::CudaDeviceInfo;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
-use crate::harness::{Rng, compare};
-use crate::spmm::check::{Case, Pattern, weight};
+use crate::harness::Rng;
+use crate::spmm::check::{Case, Pattern, check_with};
 use crate::spmm::format::SpmmElement;
-use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl, reference};
+use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl};
 
 /// A device with `sm_count` SMs and the H100's shared memory, for the launch plan.
 fn device(sm_count: u32) -> CudaDeviceInfo {
@@ -124,19 +124,14 @@ fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
     order: Order,
 ) {
     let seed = Rng::fresh_seed();
-    let w = weight::<T>(case, seed).unwrap();
-    let mut rng = Rng::new(seed ^ 0x9e37_79b9);
-    let x: Vec<T> = (0..case.n * case.k)
-        .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
-        .collect();
-    let y = run::<T, O>(emulator, &w, &x, sm_count, order)
-        .unwrap_or_else(|e| panic!("{case}, {sm_count} SMs, {order:?}, seed {seed}: {e}"));
-    let y: Vec<f64> = y.into_iter().map(SpmmOutput::to_f64).collect();
-    let comparison = compare(&y, &reference(&w, &x).unwrap(), case.tolerance());
-    assert!(
-        comparison.passed(),
-        "{case}, {sm_count} SMs, {order:?}, seed {seed}: {comparison}"
-    );
+    let what = format!("{case}, {sm_count} SMs, {order:?}, seed {seed}");
+    let comparison = check_with::<T, O>(case, seed, |w, x| {
+        let y = run::<T, O>(emulator, w, x, sm_count, order);
+        Ok(Some(y.unwrap_or_else(|e| panic!("{what}: {e}"))))
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}"))
+    .expect("the emulated path runs");
+    assert!(comparison.passed(), "{what}: {comparison}");
 }
 
 fn emulator() -> Option<&'static Emulator> {
