@@ -125,6 +125,9 @@ where
     unsafe { cuda.launch(plan.kernel::<T, O>(), config, &params, args) }
 }
 
+/// The most k tiles one block walks (its tile offsets are in shared memory).
+const MAX_TILES_PER_SPLIT: usize = 4096;
+
 /// What one launch's split-K choice weighs.
 struct SplitCosts {
     /// Blocks without split-K: (m tiles) x (token blocks).
@@ -150,6 +153,8 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
         .min(device.max_threads_per_sm as usize / (TF_SPMM_WARPS as usize * 32))
         .max(1);
     let max_splits = costs.tiles_k.div_ceil(4).max(1); // at least four k tiles per block
+    // The block's tile offsets live in shared memory: at most 16 KiB of them.
+    let min_splits = costs.tiles_k.div_ceil(MAX_TILES_PER_SPLIT);
     let bytes = |splits: usize| {
         let tiles_per_split = costs.tiles_k.div_ceil(splits);
         let blocks_per_sm = (costs.blocks * splits).div_ceil(sm_count).max(resident);
@@ -161,9 +166,9 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
         };
         streamed + reduced
     };
-    (1..=max_splits)
+    (min_splits..=max_splits.max(min_splits))
         .min_by_key(|&splits| bytes(splits))
-        .unwrap_or(1)
+        .unwrap_or(min_splits)
 }
 
 /// Tokens per block, split-K and memory of one launch.

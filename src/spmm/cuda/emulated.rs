@@ -241,3 +241,12 @@ fn plans_spread_the_work_over_the_sms() {
         }
     }
 }
+
+/// However long k and however few SMs, a block's tile offsets fit in its shared memory.
+#[test]
+fn long_k_on_one_sm_plans_within_shared_memory() {
+    let (m, k) = (128, 1 << 24);
+    let tiles_k = k / TILE_K;
+    let plan = Plan::new(&device(1), m, k, tiles_k * 20, 40, 16).unwrap();
+    assert!(plan.tiles_per_split as usize <= 4096 && plan.shared_bytes < 100 * 1024);
+}
