@@ -6,7 +6,10 @@
 //     scatter;
 //   - in the step of tile t, the block scatters tile t + 1 into one of two zeroed, swizzled
 //     dense tiles while each warp runs ldmatrix + mma.sync.m16n8k16 (f32 accumulators) on its
-//     32 rows of tile t in the other, then zeroes those rows again (only that warp reads them).
+//     part of tile t in the other, then zeroes that part again (only that warp reads it). For
+//     N > 16 a warp's part is 32 rows, times the whole x tile; for N <= 16 it is 16 columns of
+//     all 128 rows, times that slice of x, so that each x value is read once per block and
+//     not once per warp; the warps' sums are added at the end.
 // Split-K: block z takes a range of k tiles; the last block of each output tile to finish
 // adds the f32 partials of all splits in split order, so results are deterministic.
 #include "abi.h"
@@ -25,6 +28,16 @@ constexpr int kRowBytes = kTileK * 2;  // one 64-value row of a tile, 8 chunks o
 constexpr int kTileBytes = kTileM * kRowBytes;
 constexpr int kWarpRows = kTileM / TF_SPMM_WARPS;  // the rows of a dense tile one warp reads
 static_assert(kStages >= 3, "the scatter runs one tile ahead of the mma, loads one more");
+static_assert(TF_SPMM_WARPS * 16 == kTileK, "by columns, each warp takes one 16-wide k step");
+
+// Whether the warps split a tile by columns (else by rows), and the m16 tiles one warp
+// accumulates.
+template <int N>
+constexpr bool kByColumns = N <= 16;
+template <int N>
+constexpr int kMTiles = kByColumns<N> ? kTileM / 16 : kWarpRows / 16;
+template <int N>
+using Accumulators = float[kMTiles<N>][N / 8][4];
 
 using tf::BF16;
 using tf::F16;
@@ -105,45 +118,107 @@ __device__ __forceinline__ void scatter(const Shared<N> &sm, uint32_t t) {
     }
 }
 
-// acc += the warp's 32 rows of dense tile t · x tile t.
+// acc += the warp's part of dense tile t · x tile t.
 template <class In, int N>
-__device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t t, float (&acc)[2][N / 8][4]) {
+__device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t t, Accumulators<N> &acc) {
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const uint32_t dense_base = tf::smem_addr(sm.dense_tile(t));
     const uint32_t x_base = tf::smem_addr(sm.x_stage(t));
+    if constexpr (kByColumns<N>) {
+        const uint32_t kk = warp;  // columns 16 kk .. 16 kk + 15
+        uint32_t b[N / 8][2];
 #pragma unroll
-    for (uint32_t kk = 0; kk < kTileK / 16; ++kk) {
-        uint32_t a[2][4];
+        for (int j = 0; j < N / 8; ++j)
+            tf::ldmatrix_x2(b[j], x_base + swizzled(j * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const uint32_t row = warp * kWarpRows + i * 16 + lane % 16;
-            tf::ldmatrix_x4(a[i], dense_base + swizzled(row, kk * 2 + lane / 16));
+        for (int i = 0; i < kMTiles<N>; ++i) {
+            uint32_t a[4];
+            tf::ldmatrix_x4(a, dense_base + swizzled(i * 16 + lane % 16, kk * 2 + lane / 16));
+#pragma unroll
+            for (int j = 0; j < N / 8; ++j) In::mma(acc[i][j], a, b[j]);
         }
+    } else {
 #pragma unroll
-        for (int j = 0; j < N / 8; ++j) {
-            uint32_t b[2];
-            const uint32_t row = j * 8 + lane % 8;
-            tf::ldmatrix_x2(b, x_base + swizzled(row, kk * 2 + (lane / 8) % 2));
-            In::mma(acc[0][j], a[0], b);
-            In::mma(acc[1][j], a[1], b);
+        for (uint32_t kk = 0; kk < kTileK / 16; ++kk) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const uint32_t row = warp * kWarpRows + i * 16 + lane % 16;
+                tf::ldmatrix_x4(a[i], dense_base + swizzled(row, kk * 2 + lane / 16));
+            }
+#pragma unroll
+            for (int j = 0; j < N / 8; ++j) {
+                uint32_t b[2];
+                const uint32_t row = j * 8 + lane % 8;
+                tf::ldmatrix_x2(b, x_base + swizzled(row, kk * 2 + (lane / 8) % 2));
+                In::mma(acc[0][j], a[0], b);
+                In::mma(acc[1][j], a[1], b);
+            }
         }
     }
 }
 
-// Zeroes the warp's 32 rows of dense tile t (after its own ldmatrix reads of them).
+// Zeroes the warp's part of dense tile t (after its own ldmatrix reads of it).
 template <int N>
-__device__ __forceinline__ void clear_rows(const Shared<N> &sm, uint32_t t) {
+__device__ __forceinline__ void clear_part(const Shared<N> &sm, uint32_t t) {
     __syncwarp();
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    uint4 *rows = reinterpret_cast<uint4 *>(sm.dense_tile(t) + warp * kWarpRows * kRowBytes);
+    uint8_t *tile = sm.dense_tile(t);
+    if constexpr (kByColumns<N>) {
+        // The warp's two 16-byte chunks of every row.
 #pragma unroll
-    for (uint32_t i = lane; i < kWarpRows * kRowBytes / 16; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
+        for (uint32_t i = lane; i < kTileM * 2; i += 32)
+            *reinterpret_cast<uint4 *>(tile + swizzled(i / 2, warp * 2 + i % 2)) = make_uint4(0, 0, 0, 0);
+    } else {
+        uint4 *rows = reinterpret_cast<uint4 *>(tile + warp * kWarpRows * kRowBytes);
+#pragma unroll
+        for (uint32_t i = lane; i < kWarpRows * kRowBytes / 16; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
+    }
+}
+
+// Calls result(row, token, value) once for each of the block's kTileM x N results (row and
+// token counted within the block). By columns, the warps' sums are first added in warp order
+// through the dense tiles' shared memory, so every thread must call this.
+template <int N, class Result>
+__device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accumulators<N> &acc,
+                                                Result result) {
+    const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    // The fragment layout of mma.m16n8k16's accumulators.
+    auto row_of = [&](int i, int e) { return i * 16 + lane / 4 + (e / 2) * 8; };
+    auto token_of = [&](int j, int e) { return j * 8 + (lane % 4) * 2 + e % 2; };
+    if constexpr (kByColumns<N>) {
+        static_assert(TF_SPMM_WARPS * N * kTileM * 4 <= 2 * kTileBytes, "the sums fit the dense tiles");
+        float *sums = reinterpret_cast<float *>(sm.dense);  // [warp][N][kTileM]
+        __syncthreads();  // every warp is done with the dense tiles
+#pragma unroll
+        for (int i = 0; i < kMTiles<N>; ++i)
+#pragma unroll
+            for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    sums[(warp * N + token_of(j, e)) * kTileM + row_of(i, e)] = acc[i][j][e];
+        __syncthreads();
+        for (uint32_t i = tid; i < kTileM * N; i += kThreads) {
+            const uint32_t row = i % kTileM, token = i / kTileM;
+            float sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < TF_SPMM_WARPS; ++w) sum += sums[(w * N + token) * kTileM + row];
+            result(row, token, sum);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < kMTiles<N>; ++i)
+#pragma unroll
+            for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) result(warp * kWarpRows + row_of(i, e), token_of(j, e), acc[i][j][e]);
+    }
 }
 
 template <class In, int N, bool OutF32>
 __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     const Shared<N> sm(tf::dynamic_shared(), p.stage_vectors);
-    const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const uint32_t tid = threadIdx.x;
     const uint32_t tile_m = blockIdx.x, n0 = blockIdx.y * N, split = blockIdx.z;
     const uint32_t tiles_k = (p.k + kTileK - 1) / kTileK;
     const uint32_t k_begin = split * p.tiles_per_split;
@@ -165,7 +240,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     __syncthreads();
     if (k_count > 0) scatter<N>(sm, 0);
 
-    float acc[2][N / 8][4] = {};
+    Accumulators<N> acc = {};
     for (uint32_t t = 0; t < k_count; ++t) {
         // Committed: tiles 0 .. t + kStages - 2. Tile t + 1 must have landed.
         tf::cp_async_wait<kStages - 3>();
@@ -177,7 +252,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
         tf::cp_async_commit();
         if (t + 1 < k_count) scatter<N>(sm, t + 1);
         multiply<In, N>(sm, t, acc);
-        clear_rows<N>(sm, t);
+        clear_part<N>(sm, t);
     }
     tf::cp_async_wait<0>();
 
@@ -190,18 +265,11 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
             reinterpret_cast<typename In::T *>(y)[size_t(token) * p.m + row] = In::from_float(value);
         }
     };
-    const uint32_t row0 = tile_m * kTileM + warp * 32 + lane / 4;
-    const uint32_t col0 = n0 + (lane % 4) * 2;
+    const uint32_t row0 = tile_m * kTileM;
     if (p.splits == 1) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const uint32_t row = row0 + i * 16 + (e / 2) * 8, token = col0 + j * 8 + e % 2;
-                    if (row < p.m && token < p.n) store(token, row, acc[i][j][e]);
-                }
+        for_each_result<N>(sm, acc, [&](uint32_t row, uint32_t token, float value) {
+            if (row0 + row < p.m && n0 + token < p.n) store(n0 + token, row0 + row, value);
+        });
         return;
     }
 
@@ -209,16 +277,9 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     const uint32_t tokens_padded = gridDim.y * N;
     float *partials = reinterpret_cast<float *>(p.workspace);
     uint32_t *counters = reinterpret_cast<uint32_t *>(partials + size_t(p.splits) * tokens_padded * p.m);
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const uint32_t row = row0 + i * 16 + (e / 2) * 8, token = col0 + j * 8 + e % 2;
-                if (row < p.m)
-                    partials[(size_t(split) * tokens_padded + token) * p.m + row] = acc[i][j][e];
-            }
+    for_each_result<N>(sm, acc, [&](uint32_t row, uint32_t token, float value) {
+        if (row0 + row < p.m) partials[(size_t(split) * tokens_padded + n0 + token) * p.m + row0 + row] = value;
+    });
     __threadfence();
     __syncthreads();
     __shared__ bool last;
