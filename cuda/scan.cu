@@ -10,6 +10,7 @@
 // end state (or h0), which is exactly how each of those end states was computed: the result
 // does not depend on which predecessors had finished, so runs are bitwise deterministic.
 #include "abi.h"
+#include "common/sync.cuh"
 
 #include <cstdint>
 
@@ -61,16 +62,6 @@ struct Map {
     }
 };
 
-__device__ __forceinline__ uint32_t load_acquire(const uint32_t *flag) {
-    uint32_t value;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(flag) : "memory");
-    return value;
-}
-
-__device__ __forceinline__ void store_release(uint32_t *flag, uint32_t value) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
-}
-
 // The look-back records of one launch (layout in abi.h).
 template <class F>
 struct Workspace {
@@ -105,7 +96,7 @@ __device__ __forceinline__ uint32_t nearest_known_chunk(const uint32_t *flags, u
         const bool exists = top > lane;
         uint32_t flag = 0;
         if (exists) {
-            while ((flag = load_acquire(&flags[top - 1 - lane])) == 0) {
+            while ((flag = tf::load_acquire(&flags[top - 1 - lane])) == 0) {
             }
         }
         const uint32_t known = __ballot_sync(0xffffffffu, exists && (flag & kFlagState));
@@ -185,12 +176,12 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
         if (chunk_map.reset) {
             ws.state[me] = chunk_map.b;  // == chunk_map.apply(anything)
             __syncwarp();
-            if (lane == 0) store_release(flag, kFlagState);
+            if (lane == 0) tf::store_release(flag, kFlagState);
         } else if (chunk > 0) {
             ws.map_a[me] = chunk_map.a;
             ws.map_b[me] = chunk_map.b;
             __syncwarp();
-            if (lane == 0) store_release(flag, kFlagAggregate);
+            if (lane == 0) tf::store_release(flag, kFlagAggregate);
         }
         // The carry-in: the end of the nearest earlier chunk whose end is known without its
         // past (a published end state or a chunk with a reset), or h0, and then the maps of
@@ -213,7 +204,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
         if (!chunk_map.reset) {
             ws.state[me] = end;
             __syncwarp();
-            if (lane == 0) store_release(flag, kFlagState);
+            if (lane == 0) tf::store_release(flag, kFlagState);
         }
         chunk_in[lane] = carry;
         chunk_out[lane] = end;

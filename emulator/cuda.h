@@ -42,6 +42,13 @@ const Dim3 &grid_dim();
 // The current block's dynamic shared memory, and its size in bytes.
 uint8_t *shared_base();
 uint32_t shared_size();
+// A shared-memory address (as __cvta_generic_to_shared gives it) of `ptr`: the offset into
+// the dynamic buffer, or for a __shared__ variable (a thread_local of the emulated program)
+// kStaticShared plus its distance from an anchor among those variables; and back, checking
+// that `bytes` from there stay inside the dynamic buffer when they are in it.
+constexpr uint32_t kStaticShared = 0x80000000u;
+uint32_t shared_address(const void *ptr);
+uint8_t *shared_pointer(uint32_t address, uint32_t bytes, const char *op);
 
 // Stops the launch with `message` (the fiber never resumes).
 [[noreturn]] void fail(const char *message);
@@ -56,6 +63,14 @@ struct WarpExchange {
 WarpExchange warp_exchange(const void *mine, const char *op);
 void warp_done(const char *op);  // every lane has read what it needs from the exchange
 uint32_t lane_id();
+
+// Flags between blocks. Blocks run one after another, so a flag that reads 0 stays 0: a
+// thread that polls it many times waits on a later block, which would hang a GPU that cannot
+// hold both blocks at once, and fails. A flag written more than once reads as the newest
+// value in thread order and as the oldest non-zero one in the other orders (a reader may
+// see an older value on a GPU), so that both the slow and the fast path of a look-back run.
+uint32_t acquire(const uint32_t *flag);
+void release(uint32_t *flag, uint32_t value);
 
 // cp.async: a 16-byte copy of the calling thread, landing when a wait covers its group.
 void async_copy(uint32_t shared_offset, const void *src, bool valid);
@@ -107,12 +122,19 @@ inline T __shfl_xor_sync(uint32_t, T value, int lane_mask) {
     return result;
 }
 
-inline uint32_t __cvta_generic_to_shared(const void *ptr) {
-    const auto *p = static_cast<const uint8_t *>(ptr);
-    const uint8_t *base = tf_emu::shared_base();
-    if (p < base || p > base + tf_emu::shared_size()) tf_emu::fail("shared address of a pointer outside shared memory");
-    return uint32_t(p - base);
+inline uint32_t __ballot_sync(uint32_t, bool predicate) {
+    const auto ex = tf_emu::warp_exchange(&predicate, "__ballot_sync");
+    uint32_t bits = 0;
+    for (uint32_t l = 0; l < 32; ++l)
+        if ((ex.active >> l & 1) && *static_cast<const bool *>(ex.slots[l])) bits |= 1u << l;
+    tf_emu::warp_done("__ballot_sync");
+    return bits;
 }
+inline int __ffs(uint32_t x) { return __builtin_ffs(int(x)); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+
+inline uint32_t __cvta_generic_to_shared(const void *ptr) { return tf_emu::shared_address(ptr); }
 
 struct alignas(16) uint4 {
     uint32_t x, y, z, w;
@@ -150,6 +172,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
     bits += 0x7fff + ((bits >> 16) & 1);
     return {uint16_t(bits >> 16)};
 }
+inline __half __float2half(float v) { return __float2half_rn(v); }
 inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
     return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
@@ -188,8 +211,7 @@ inline void ldmatrix(uint32_t *r, uint32_t addr, const char *op) {
             uint32_t row_addr;
             std::memcpy(&row_addr, ex.slots[i * 8 + row], 4);
             if (row_addr % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
-            if (row_addr + 16 > shared_size()) fail("ldmatrix reads past the end of shared memory");
-            std::memcpy(&v[j], shared_base() + row_addr + 2 * col, 2);
+            std::memcpy(&v[j], shared_pointer(row_addr, 16, "ldmatrix") + 2 * col, 2);
         }
         r[i] = uint32_t(v[0]) | uint32_t(v[1]) << 16;
     }
@@ -235,6 +257,9 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
 namespace tf {
 
 inline uint8_t *dynamic_shared() { return tf_emu::shared_base(); }
+
+inline uint32_t load_acquire(const uint32_t *flag) { return tf_emu::acquire(flag); }
+inline void store_release(uint32_t *flag, uint32_t value) { tf_emu::release(flag, value); }
 inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { tf_emu::ldmatrix<4, false>(r, addr, "ldmatrix.x4"); }
 inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { tf_emu::ldmatrix<2, false>(r, addr, "ldmatrix.x2"); }
 inline void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) {

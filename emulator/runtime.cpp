@@ -7,6 +7,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "cuda.h"
@@ -54,6 +55,10 @@ struct Emulator {
     const std::function<void()> *thread = nullptr;
     std::string error;
     bool failed = false;
+    uint32_t order = 0;
+    std::unordered_map<const uint32_t *, uint32_t> first_released;  // flag -> oldest non-zero
+    const uint32_t *polled = nullptr;
+    uint32_t polls = 0;
 };
 
 thread_local Emulator *emu = nullptr;  // the launch running on this thread
@@ -63,7 +68,7 @@ Fiber &me() { return *emu->current; }
 void yield_to_scheduler() { swapcontext(&me().context, &emu->scheduler); }
 
 void land(const Copy &c) {
-    uint8_t *dst = emu->block->shared.data() + c.dst;
+    uint8_t *dst = shared_pointer(c.dst, 16, "cp.async");
     if (c.valid) {
         std::memcpy(dst, c.src, 16);
     } else {
@@ -178,6 +183,28 @@ const Dim3 &block_dim() { return emu->block_dim; }
 const Dim3 &grid_dim() { return emu->grid; }
 uint8_t *shared_base() { return emu->block->shared.data(); }
 uint32_t shared_size() { return emu->block->shared_bytes; }
+
+namespace {
+// The emulated program's __shared__ variables are thread_locals of this library, which all
+// lie in its one thread-local block; addresses count from this one.
+alignas(16) thread_local uint8_t static_shared_anchor;
+}  // namespace
+
+uint32_t shared_address(const void *ptr) {
+    const auto *p = static_cast<const uint8_t *>(ptr);
+    const uint8_t *base = shared_base();
+    if (p >= base && p <= base + shared_size()) return uint32_t(p - base);
+    const int64_t distance = p - &static_shared_anchor;
+    if (distance <= -int64_t(kStaticShared) / 2 || distance >= int64_t(kStaticShared) / 2)
+        fail("shared address of a pointer that is not in shared memory");
+    return uint32_t(int64_t(kStaticShared) + distance);
+}
+
+uint8_t *shared_pointer(uint32_t address, uint32_t bytes, const char *op) {
+    if (address >= kStaticShared / 2) return &static_shared_anchor + (int64_t(address) - int64_t(kStaticShared));
+    if (address + uint64_t(bytes) > shared_size()) fail((std::string(op) + " past the end of shared memory").c_str());
+    return shared_base() + address;
+}
 uint32_t lane_id() { return me().linear % 32; }
 
 void fail(const char *message) {
@@ -222,11 +249,23 @@ void warp_done(const char *op) {
     me().warp_slot = nullptr;
 }
 
+uint32_t acquire(const uint32_t *flag) {
+    emu->polls = flag == emu->polled ? emu->polls + 1 : 0;
+    emu->polled = flag;
+    if (emu->polls > 100000) fail("spins on a flag that no earlier block sets");
+    const auto first = emu->first_released.find(flag);
+    return emu->order != 0 && first != emu->first_released.end() ? first->second : *flag;
+}
+
+void release(uint32_t *flag, uint32_t value) {
+    if (value != 0) emu->first_released.emplace(flag, value);
+    *flag = value;
+}
+
 void async_copy(uint32_t dst, const void *src, bool valid) {
     if (dst % 16 != 0) fail("cp.async destination not 16-byte aligned");
-    if (dst + 16 > shared_size()) fail("cp.async writes past the end of shared memory");
     if (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source not 16-byte aligned");
-    std::memset(shared_base() + dst, kPoisonByte, 16);  // until it lands
+    std::memset(shared_pointer(dst, 16, "cp.async"), kPoisonByte, 16);  // until it lands
     me().open_group.push_back({dst, src, valid});
 }
 
@@ -249,6 +288,7 @@ const char *run(const Launch &launch, const std::function<void()> &thread) {
     state.grid = {launch.grid[0], launch.grid[1], launch.grid[2]};
     state.block_dim = {launch.block[0], launch.block[1], launch.block[2]};
     state.thread = &thread;
+    state.order = launch.order;
     emu = &state;
     std::mt19937_64 rng(launch.seed);
     const uint32_t threads = launch.block[0] * launch.block[1] * launch.block[2];

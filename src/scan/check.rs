@@ -245,28 +245,44 @@ fn check_typed<T: ScanElement>(
     case: &Case,
     seed: u64,
 ) -> Result<Option<Comparison>> {
+    if backend == Backend::Cpu {
+        let scan = case.scan::<T>()?;
+        let inputs = Inputs::random(case, &scan, seed);
+        let h0 = inputs.h0.as_deref();
+        let expected = reference(&scan, &inputs.a, &inputs.u, &inputs.reset, h0)?;
+        let got = associative_scan(&scan, &inputs.a, &inputs.u, &inputs.reset, h0)?;
+        return Ok(Some(compare(
+            &[got.h, got.h_last].concat(),
+            &[expected.h, expected.h_last].concat(),
+            case.tolerance(),
+        )));
+    }
+    check_with::<T>(case, seed, |scan, inputs, final_only| {
+        run(backends, backend, scan, inputs, final_only)
+    })
+}
+
+/// [`check`] on a device, with the run done by `runner`, which takes the arguments of [`run`]
+/// after the backend.
+pub(crate) fn check_with<T: ScanElement>(
+    case: &Case,
+    seed: u64,
+    runner: impl FnOnce(&Scan<T>, &Inputs<T>, bool) -> Result<Option<Outputs>>,
+) -> Result<Option<Comparison>> {
     let scan = case.scan::<T>()?;
     let inputs = Inputs::random(case, &scan, seed);
     let h0 = inputs.h0.as_deref();
     let expected = reference(&scan, &inputs.a, &inputs.u, &inputs.reset, h0)?;
-    let (out, want): (Vec<f64>, Vec<f64>) = if backend == Backend::Cpu {
-        let got = associative_scan(&scan, &inputs.a, &inputs.u, &inputs.reset, h0)?;
-        (
-            [got.h, got.h_last].concat(),
+    let Some(got) = runner(&scan, &inputs, case.final_only)? else {
+        return Ok(None);
+    };
+    let wide = |v: Vec<f32>| v.into_iter().map(f64::from);
+    let (out, want): (Vec<f64>, Vec<f64>) = match got.h {
+        Some(h) => (
+            wide(h).chain(wide(got.h_last)).collect(),
             [expected.h, expected.h_last].concat(),
-        )
-    } else {
-        let Some(got) = run(backends, backend, &scan, &inputs, case.final_only)? else {
-            return Ok(None);
-        };
-        let wide = |v: Vec<f32>| v.into_iter().map(f64::from);
-        match got.h {
-            Some(h) => (
-                wide(h).chain(wide(got.h_last)).collect(),
-                [expected.h, expected.h_last].concat(),
-            ),
-            None => (wide(got.h_last).collect(), expected.h_last),
-        }
+        ),
+        None => (wide(got.h_last).collect(), expected.h_last),
     };
     Ok(Some(compare(&out, &want, case.tolerance())))
 }

@@ -111,29 +111,19 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     // The kernel reads a record only after seeing the flag its writer set afterwards.
     let flags = grid.records.next_multiple_of(4);
     let mut workspace = cuda.scratch(grid.workspace_words::<T>(), 0..flags)?;
-    let (batch, time, channels) = (scan.shape.batch(), scan.shape.time(), scan.shape.channels());
-    let (stride_batch, stride_time) = scan.strides();
-    let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
     let mut args = cuda.args();
-    let params = TfScanParams {
-        a: args.read(inputs.a),
-        u: args.read(inputs.u),
-        reset: args.read(inputs.reset),
-        h0: inputs.h0.map_or(0, |h0| args.read(h0)),
-        h: h.as_mut().map_or(0, |h| args.write(*h)),
-        h_last: args.write(h_last),
-        workspace: args.write(&mut workspace),
-        stride_batch: stride_batch as u64,
-        stride_time: stride_time as u64,
-        reset_stride_batch: reset_stride_batch as u64,
-        reset_stride_time: reset_stride_time as u64,
-        batch: batch as u32,
-        time: time as u32,
-        channels: channels as u32,
-        chunks: grid.chunks,
-        groups: grid.groups,
-        reserved: 0,
-    };
+    let params = grid.params(
+        scan,
+        Addresses {
+            a: args.read(inputs.a),
+            u: args.read(inputs.u),
+            reset: args.read(inputs.reset),
+            h0: inputs.h0.map_or(0, |h0| args.read(h0)),
+            h: h.as_mut().map_or(0, |h| args.write(*h)),
+            h_last: args.write(h_last),
+            workspace: args.write(&mut workspace),
+        },
+    );
     let config = LaunchConfig {
         grid_dim: (grid.records as u32, 1, 1),
         block_dim: (TF_SCAN_WARPS * 32, 1, 1),
@@ -148,6 +138,17 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     // the block count (= record count) under 2^31. The kernel writes h
     // only when h != 0, and h is absent exactly for the `_final` kernels.
     unsafe { cuda.launch(kernel, config, &params, args) }
+}
+
+/// The buffers of one launch (0: absent).
+struct Addresses {
+    a: u64,
+    u: u64,
+    reset: u64,
+    h0: u64,
+    h: u64,
+    h_last: u64,
+    workspace: u64,
 }
 
 /// The launch grid: one block per (time chunk, batch row, group of 32 channels), chunk-major.
@@ -181,6 +182,31 @@ impl Grid {
         })
     }
 
+    /// The kernel's parameters for `scan` with these buffers.
+    fn params<T: ScanElement>(&self, scan: &Scan<T>, buffers: Addresses) -> TfScanParams {
+        let (stride_batch, stride_time) = scan.strides();
+        let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
+        TfScanParams {
+            a: buffers.a,
+            u: buffers.u,
+            reset: buffers.reset,
+            h0: buffers.h0,
+            h: buffers.h,
+            h_last: buffers.h_last,
+            workspace: buffers.workspace,
+            stride_batch: stride_batch as u64,
+            stride_time: stride_time as u64,
+            reset_stride_batch: reset_stride_batch as u64,
+            reset_stride_time: reset_stride_time as u64,
+            batch: scan.shape.batch() as u32,
+            time: scan.shape.time() as u32,
+            channels: scan.shape.channels() as u32,
+            chunks: self.chunks,
+            groups: self.groups,
+            reserved: 0,
+        }
+    }
+
     /// u32 words of the look-back workspace (layout in abi.h).
     fn workspace_words<T: ScanElement>(&self) -> usize {
         self.records.next_multiple_of(4) + 3 * self.records * TF_SCAN_LANES as usize * T::LANES
@@ -203,3 +229,6 @@ fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {
         name,
     }
 }
+
+#[cfg(test)]
+mod emulated;

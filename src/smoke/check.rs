@@ -89,7 +89,7 @@ fn bench_cases() -> Vec<BenchCase> {
 /// Values in [-1, 1] on a grid of 1/8: products are multiples of 1/64 no larger than 1, so a
 /// sum of them is exact in f32, in any order (k split over passes too), while no partial
 /// sum reaches 2^18: always for k ≤ 2^18, and beyond all odds for random signs at larger k.
-fn inputs(shape: MatmulShape, seed: u64) -> (Vec<f16>, Vec<f16>) {
+pub(crate) fn inputs(shape: MatmulShape, seed: u64) -> (Vec<f16>, Vec<f16>) {
     let mut rng = Rng::new(seed);
     let on_grid = |x: f64| f16::from_f64((x * 8.0).round() / 8.0);
     let a = rng.fill(shape.m() * shape.k(), -1.0, 1.0, on_grid);

@@ -25,18 +25,8 @@ pub fn matmul(
     cuda.check_device("a", a)?;
     cuda.check_device("b", b)?;
     cuda.check_device("c", c)?;
-    let tiles = shape.m().div_ceil(16) * shape.n().div_ceil(8);
-    let blocks = tiles.div_ceil(TF_SMOKE_WARPS as usize);
-    if blocks > i32::MAX as usize {
-        return Err(Error::DeviceLimit {
-            what: "smoke matmul grid",
-            limit_name: "max grid x",
-            needed: blocks as u64,
-            limit: i32::MAX as u64,
-        });
-    }
     let config = LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
+        grid_dim: (blocks(shape)?, 1, 1),
         block_dim: (TF_SMOKE_WARPS * 32, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -57,4 +47,71 @@ pub fn matmul(
     // every access with row < m, col < n, k-index < k). MatmulShape keeps each product under
     // 2^32, so the kernel's 32-bit tile arithmetic does not overflow.
     unsafe { cuda.launch(KERNEL, config, &params, args) }
+}
+
+/// The grid: one warp per 16 x 8 tile of c.
+fn blocks(shape: MatmulShape) -> Result<u32> {
+    let tiles = shape.m().div_ceil(16) * shape.n().div_ceil(8);
+    let blocks = tiles.div_ceil(TF_SMOKE_WARPS as usize);
+    if blocks > i32::MAX as usize {
+        return Err(Error::DeviceLimit {
+            what: "smoke matmul grid",
+            limit_name: "max grid x",
+            needed: blocks as u64,
+            limit: i32::MAX as u64,
+        });
+    }
+    Ok(blocks as u32)
+}
+
+#[cfg(test)]
+mod emulated {
+    //! cuda/smoke.cu run by the CPU emulator ([`crate::backend::emulator`]).
+
+    use super::*;
+    use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
+    use crate::harness::{Tolerance, compare};
+    use crate::smoke::check::inputs;
+    use crate::smoke::reference::reference;
+
+    #[test]
+    fn ragged_shapes_in_every_order() {
+        let Some(emulator) = Emulator::get() else {
+            return;
+        };
+        let shapes = [(1, 1, 1), (16, 8, 16), (37, 21, 100), (70, 9, 33)];
+        for ((m, n, k), order) in shapes.into_iter().zip([
+            Order::Threads,
+            Order::Reverse,
+            Order::Shuffled(5),
+            Order::Threads,
+        ]) {
+            let shape = MatmulShape::new(m, n, k).unwrap();
+            let (a, b) = inputs(shape, 9);
+            let (mut ga, mut gb) = (Guarded::new(&a), Guarded::new(&b));
+            let mut c = Guarded::new(&vec![f32::NAN; m * n]);
+            let (m, n, k) = shape.as_u32();
+            let params = TfSmokeMmaParams {
+                a: ga.address(),
+                b: gb.address(),
+                c: c.address(),
+                m,
+                n,
+                k,
+                reserved: 0,
+            };
+            let launch = Launch::new(
+                [blocks(shape).unwrap(), 1, 1],
+                [TF_SMOKE_WARPS * 32, 1, 1],
+                0,
+                order,
+            );
+            // SAFETY: as in `matmul`: a, b and c hold m·k, n·k and m·n values and live until
+            // the launch returns.
+            unsafe { emulator.launch("smoke", KERNEL.name, &params, &launch) }.unwrap();
+            let c = c.read("c").unwrap();
+            let comparison = compare(&c, &reference(&a, &b, shape).unwrap(), Tolerance::F32);
+            assert!(comparison.passed(), "{shape:?} {order:?}: {comparison}");
+        }
+    }
 }
