@@ -97,7 +97,9 @@ typedef struct TfScanParams {
  * through a u32 counter after the partials (zero at launch; the kernel leaves it zero), adds
  * them in split order and writes y; with one split, workspace is unused (0). Dynamic shared
  * memory: 2 * 128 * 64 * 2 + TF_SPMM_STAGES * (N * 64 * 2 + stage_vectors * 16)
- * + (tiles_per_split + 1) * 4 bytes, where stage_vectors is the largest tile's vector count.
+ * + (tiles_per_split + 1) * 4 bytes, where stage_vectors (at least 1) is how many vectors of
+ * a tile go through shared memory; the scatter reads a denser tile's other vectors from
+ * global memory.
  */
 #define TF_SPMM_TILE_M 128
 #define TF_SPMM_TILE_K 64

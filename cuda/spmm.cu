@@ -77,13 +77,13 @@ __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N>
                                           uint32_t tile_k, uint32_t n0) {
     const uint32_t tid = threadIdx.x;
     const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
-    const uint32_t count = sm.vectors(t);
+    const uint32_t count = min(sm.vectors(t), sm.stage_vectors);
     const uint32_t sparse = tf::smem_addr(sm.sparse_stage(t));
     for (uint32_t v = tid; v < count; v += kThreads) tf::cp_async_16(sparse + v * 16, entries + v, true);
 
     const uint16_t *x = reinterpret_cast<const uint16_t *>(p.x);
     uint8_t *x_tile = sm.x_stage(t);
-    const bool vectors = p.k % 8 == 0;  // 16-byte aligned x rows
+    const bool vectors = p.k % 8 == 0 && p.x % 16 == 0;  // 16-byte aligned x rows
     for (uint32_t c = tid; c < N * 8; c += kThreads) {
         const uint32_t row = c / 8, chunk = c % 8;
         const uint32_t token = n0 + row, col = tile_k * kTileK + chunk * 8;
@@ -101,16 +101,17 @@ __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N>
     }
 }
 
-// Writes the entries of the block's k tile `t` (landed in its stage) into dense tile t % 2,
-// which holds zeros. A tile's padding repeats an entry inside its own vector, so no two threads
-// write one place.
+// Writes the entries of the block's k tile `t` (landed in its stage, and beyond the stage's
+// size read from global memory) into dense tile t % 2, which holds zeros. A tile's padding
+// repeats an entry inside its own vector, so no two threads write one place.
 template <int N>
-__device__ __forceinline__ void scatter(const Shared<N> &sm, uint32_t t) {
+__device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t) {
     const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
+    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
     uint16_t *dense = reinterpret_cast<uint16_t *>(sm.dense_tile(t));
     const uint32_t count = sm.vectors(t);
     for (uint32_t v = threadIdx.x; v < count; v += kThreads) {
-        const uint4 e = staged[v];
+        const uint4 e = v < sm.stage_vectors ? staged[v] : entries[v];
         dense[e.x >> 16] = uint16_t(e.x);
         dense[e.y >> 16] = uint16_t(e.y);
         dense[e.z >> 16] = uint16_t(e.z);
@@ -165,10 +166,13 @@ __device__ __forceinline__ void clear_part(const Shared<N> &sm, uint32_t t) {
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     uint8_t *tile = sm.dense_tile(t);
     if constexpr (kByColumns<N>) {
-        // The warp's two 16-byte chunks of every row.
+        // The warp's two 16-byte chunks of every row; each 8 lanes (one 128-byte wavefront)
+        // take one chunk of 8 consecutive rows, which the swizzle puts in 8 different banks.
 #pragma unroll
-        for (uint32_t i = lane; i < kTileM * 2; i += 32)
-            *reinterpret_cast<uint4 *>(tile + swizzled(i / 2, warp * 2 + i % 2)) = make_uint4(0, 0, 0, 0);
+        for (uint32_t i = lane; i < kTileM * 2; i += 32) {
+            const uint32_t row = i / 16 * 8 + i % 8, chunk = warp * 2 + i / 8 % 2;
+            *reinterpret_cast<uint4 *>(tile + swizzled(row, chunk)) = make_uint4(0, 0, 0, 0);
+        }
     } else {
         uint4 *rows = reinterpret_cast<uint4 *>(tile + warp * kWarpRows * kRowBytes);
 #pragma unroll
@@ -238,7 +242,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     }
     tf::cp_async_wait<kStages - 2>();  // tile 0
     __syncthreads();
-    if (k_count > 0) scatter<N>(sm, 0);
+    if (k_count > 0) scatter<N>(p, sm, 0);
 
     Accumulators<N> acc = {};
     for (uint32_t t = 0; t < k_count; ++t) {
@@ -250,7 +254,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
         const uint32_t ahead = t + kStages - 1;
         if (ahead < k_count) load_tile<N>(p, sm, ahead, k_begin + ahead, n0);
         tf::cp_async_commit();
-        if (t + 1 < k_count) scatter<N>(sm, t + 1);
+        if (t + 1 < k_count) scatter<N>(p, sm, t + 1);
         multiply<In, N>(sm, t, acc);
         clear_part<N>(sm, t);
     }

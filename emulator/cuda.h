@@ -282,14 +282,17 @@ inline void cp_async_wait() {
 
 namespace tf_emu {
 
-// One launch: grid and block shape, dynamic shared memory, and the order in which a block's
-// fibers run between synchronisation points (0: thread order, 1: reverse, 2: shuffled by seed).
+// One launch: grid and block shape, dynamic shared memory, the order in which a block's
+// fibers run between synchronisation points (0: thread order, 1: reverse, 2: shuffled by seed)
+// and whether blocks run from the last to the first (else in index order, x fastest).
 struct Launch {
     uint32_t grid[3];
     uint32_t block[3];
     uint32_t shared_bytes;
     uint32_t order;
     uint64_t seed;
+    uint32_t blocks_reversed;
+    uint32_t reserved;
 };
 
 // Runs `thread` once per thread of the grid; returns an empty string or what went wrong.

@@ -292,33 +292,36 @@ const char *run(const Launch &launch, const std::function<void()> &thread) {
     emu = &state;
     std::mt19937_64 rng(launch.seed);
     const uint32_t threads = launch.block[0] * launch.block[1] * launch.block[2];
-    for (uint32_t z = 0; z < launch.grid[2] && !state.failed; ++z)
-        for (uint32_t y = 0; y < launch.grid[1] && !state.failed; ++y)
-            for (uint32_t x = 0; x < launch.grid[0] && !state.failed; ++x) {
-                Block b;
-                b.index = {x, y, z};
-                b.shared_bytes = launch.shared_bytes;
-                b.shared.assign(launch.shared_bytes + kSharedGuard, kPoisonByte);
-                std::fill(b.shared.begin() + launch.shared_bytes, b.shared.end(), kGuardByte);
-                b.fibers.resize(threads);
-                for (uint32_t t = 0; t < threads; ++t) {
-                    Fiber &f = b.fibers[t];
-                    f.stack.reset(new char[kStackBytes]);
-                    f.linear = t;
-                    f.index = {t % launch.block[0], t / launch.block[0] % launch.block[1],
-                               t / (launch.block[0] * launch.block[1])};
-                }
-                state.block = &b;
-                run_block(launch, rng);
-                if (!state.failed &&
-                    std::any_of(b.shared.begin() + launch.shared_bytes, b.shared.end(),
-                                [](uint8_t v) { return v != kGuardByte; })) {
-                    char where[64];
-                    std::snprintf(where, sizeof where, " (block %u,%u,%u)", x, y, z);
-                    state.error = std::string("shared memory written past its end") + where;
-                    state.failed = true;
-                }
-            }
+    const uint64_t blocks = uint64_t(launch.grid[0]) * launch.grid[1] * launch.grid[2];
+    for (uint64_t i = 0; i < blocks && !state.failed; ++i) {
+        const uint64_t linear = launch.blocks_reversed ? blocks - 1 - i : i;
+        const uint32_t x = linear % launch.grid[0];
+        const uint32_t y = linear / launch.grid[0] % launch.grid[1];
+        const uint32_t z = linear / (uint64_t(launch.grid[0]) * launch.grid[1]);
+        Block b;
+        b.index = {x, y, z};
+        b.shared_bytes = launch.shared_bytes;
+        b.shared.assign(launch.shared_bytes + kSharedGuard, kPoisonByte);
+        std::fill(b.shared.begin() + launch.shared_bytes, b.shared.end(), kGuardByte);
+        b.fibers.resize(threads);
+        for (uint32_t t = 0; t < threads; ++t) {
+            Fiber &f = b.fibers[t];
+            f.stack.reset(new char[kStackBytes]);
+            f.linear = t;
+            f.index = {t % launch.block[0], t / launch.block[0] % launch.block[1],
+                       t / (launch.block[0] * launch.block[1])};
+        }
+        state.block = &b;
+        run_block(launch, rng);
+        if (!state.failed &&
+            std::any_of(b.shared.begin() + launch.shared_bytes, b.shared.end(),
+                        [](uint8_t v) { return v != kGuardByte; })) {
+            char where[64];
+            std::snprintf(where, sizeof where, " (block %u,%u,%u)", x, y, z);
+            state.error = std::string("shared memory written past its end") + where;
+            state.failed = true;
+        }
+    }
     emu = nullptr;
     error = state.error;
     return error.c_str();

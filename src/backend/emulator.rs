@@ -4,10 +4,15 @@
 //!
 //! What it checks: indexing, ldmatrix / mma.sync fragment maps (from the PTX ISA), cp.async
 //! waits (a copy lands only when a wait covers it; until then its destination holds NaN),
-//! barriers (threads run between synchronisation points in thread order, reversed or
-//! shuffled, so a missing barrier shows as a wrong result), shared memory out of bounds, and
-//! split-K. What it cannot: speed, the hardware's rounding order, and global-memory accesses
-//! outside the guarded buffers of [`Guarded`].
+//! barriers (a warp runs ahead of the others up to the next `__syncthreads`, in thread order,
+//! reversed or shuffled, so a missing barrier shows as a wrong result), shared memory past
+//! its end, the kernel's buffers (guarded, see [`Guarded`]), split-K (blocks may run last to
+//! first), and flags between blocks (read as their newest or oldest value).
+//!
+//! What it cannot: speed; the hardware's rounding order; reads outside the guarded buffers
+//! (they read host memory); fences and atomics between blocks, since blocks run one at a
+//! time; ordering inside a warp (`__syncwarp`), since every collective is a full rendezvous;
+//! and static `__shared__` variables, which keep the previous block's values.
 
 use std::ffi::{CStr, c_char, c_void};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -36,6 +41,8 @@ pub(crate) struct Launch {
     shared_bytes: u32,
     order: u32,
     seed: u64,
+    blocks_reversed: u32,
+    reserved: u32,
 }
 
 impl Launch {
@@ -53,7 +60,16 @@ impl Launch {
             shared_bytes,
             order,
             seed,
+            blocks_reversed: 0,
+            reserved: 0,
         }
+    }
+
+    /// Blocks run from the last to the first (by default in index order, x fastest, as a
+    /// look-back across blocks needs).
+    pub(crate) fn blocks_reversed(mut self) -> Self {
+        self.blocks_reversed = 1;
+        self
     }
 }
 

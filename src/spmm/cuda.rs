@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub struct DeviceTiledCsl<T: SpmmElement> {
     m: usize,
     k: usize,
-    stage_vectors: usize,
+    max_tile_vectors: usize,
     entries: CudaSlice<u32>,
     tile_offsets: CudaSlice<u32>,
     element: PhantomData<T>,
@@ -28,7 +28,7 @@ impl<T: SpmmElement> DeviceTiledCsl<T> {
         Ok(DeviceTiledCsl {
             m: w.m(),
             k: w.k(),
-            stage_vectors: w.max_tile_vectors().max(1),
+            max_tile_vectors: w.max_tile_vectors(),
             entries: cuda.upload(w.device_entries())?,
             tile_offsets: cuda.upload(w.tile_offsets())?,
             element: PhantomData,
@@ -85,7 +85,7 @@ where
         w.m,
         w.k,
         w.entries.len() / 4,
-        w.stage_vectors,
+        w.max_tile_vectors,
         n,
     )?;
     // Without split-K the kernel never touches a workspace: none is allocated.
@@ -106,7 +106,7 @@ where
         k: w.k as u32,
         splits: plan.splits,
         tiles_per_split: plan.tiles_per_split,
-        stage_vectors: w.stage_vectors as u32,
+        stage_vectors: plan.stage_vectors,
     };
     let config = LaunchConfig {
         grid_dim: (plan.tiles_m, plan.n_blocks, plan.splits),
@@ -116,8 +116,9 @@ where
     // SAFETY: TfSpmmParams is the kernel's parameter struct; addresses come from `args`. The
     // weight passed TiledCsl's validation (offsets monotone and ending at the entry count,
     // every place inside its tile and the matrix) before upload, so every entry the kernel
-    // reads and every shared-memory place it scatters to is in bounds; the stage size is the
-    // largest tile's vector count. x holds n·k values and y n·m (checked above), and the
+    // reads and every shared-memory place it scatters to is in bounds; a stage holds
+    // plan.stage_vectors vectors and the kernel copies no more into it (the rest of a denser
+    // tile it reads from global memory). x holds n·k values and y n·m (checked above), and the
     // kernel guards token < n, row < m, column < k. With splits > 1 the workspace has the
     // split-K layout of abi.h for this grid (Plan::workspace_words), with its counters zeroed;
     // with one split the kernel returns before any workspace access. Plan checked
@@ -152,9 +153,15 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let resident = (device.max_shared_per_sm as usize / (costs.block_shared + 1024))
         .min(device.max_threads_per_sm as usize / (TF_SPMM_WARPS as usize * 32))
         .max(1);
-    let max_splits = costs.tiles_k.div_ceil(4).max(1); // at least four k tiles per block
     // The block's tile offsets live in shared memory: at most 16 KiB of them.
     let min_splits = costs.tiles_k.div_ceil(MAX_TILES_PER_SPLIT);
+    // At least four k tiles per block, and no more splits than a few per resident block
+    // (beyond, only the partials grow).
+    let max_splits = costs
+        .tiles_k
+        .div_ceil(4)
+        .min(4 * sm_count * resident)
+        .max(min_splits);
     let bytes = |splits: usize| {
         let tiles_per_split = costs.tiles_k.div_ceil(splits);
         let blocks_per_sm = (costs.blocks * splits).div_ceil(sm_count).max(resident);
@@ -166,7 +173,7 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
         };
         streamed + reduced
     };
-    (min_splits..=max_splits.max(min_splits))
+    (min_splits..=max_splits)
         .min_by_key(|&splits| bytes(splits))
         .unwrap_or(min_splits)
 }
@@ -178,18 +185,20 @@ struct Plan {
     n_blocks: u32,
     splits: u32,
     tiles_per_split: u32,
+    /// Vectors of a tile that a stage holds.
+    stage_vectors: u32,
     shared_bytes: u32,
 }
 
 impl Plan {
     /// For `y [n, m] = x [n, k] · wᵀ` where `w` has `vectors` 16-byte vectors of entries and
-    /// its largest tile `stage_vectors`.
+    /// its largest tile `max_tile_vectors`.
     fn new(
         device: &CudaDeviceInfo,
         m: usize,
         k: usize,
         vectors: usize,
-        stage_vectors: usize,
+        max_tile_vectors: usize,
         n: usize,
     ) -> Result<Plan> {
         let tokens_per_block = [8, 16, 32, 64].into_iter().find(|&t| n <= t).unwrap_or(64);
@@ -205,8 +214,16 @@ impl Plan {
         let tiles_m = m.div_ceil(TILE_M);
         let tiles_k = k.div_ceil(TILE_K);
         let x_tile_bytes = tokens_per_block * TILE_K * 2;
-        let stages_bytes =
-            2 * TILE_M * TILE_K * 2 + TF_SPMM_STAGES as usize * (x_tile_bytes + stage_vectors * 16);
+        let stages = TF_SPMM_STAGES as usize;
+        // abi.h: two dense tiles, the stages of x tiles and of entries, the tile offsets.
+        let dense_and_x = 2 * TILE_M * TILE_K * 2 + stages * x_tile_bytes;
+        let most_offsets = 4 * (tiles_k.min(MAX_TILES_PER_SPLIT) + 1);
+        // A stage holds the densest tile where shared memory allows (an H100 always); beyond,
+        // the scatter reads the rest of a tile from global memory.
+        let room =
+            (device.max_shared_per_block as usize).saturating_sub(dense_and_x + most_offsets);
+        let stage_vectors = max_tile_vectors.clamp(1, (room / (stages * 16)).max(1));
+        let stages_bytes = dense_and_x + stages * stage_vectors * 16;
         let splits = split_k(
             device,
             SplitCosts {
@@ -214,21 +231,21 @@ impl Plan {
                 tiles_k,
                 tile_bytes: (vectors * 16 / (tiles_m * tiles_k)) + x_tile_bytes,
                 partial_bytes: n_blocks * tokens_per_block * m * 8,
-                block_shared: stages_bytes + 4 * (tiles_k + 1),
+                block_shared: stages_bytes + most_offsets,
             },
         );
         let tiles_per_split = tiles_k.div_ceil(splits);
         let splits = tiles_k.div_ceil(tiles_per_split);
         // abi.h: two dense tiles and the stages, then the block's tile offsets.
         let shared_bytes = stages_bytes + (tiles_per_split + 1) * 4;
-        let shared_bytes =
-            device.shared_memory("spmm shared memory (densest tile)", shared_bytes)?;
+        let shared_bytes = device.shared_memory("spmm shared memory", shared_bytes)?;
         Ok(Plan {
             tokens_per_block: tokens_per_block as u32,
             tiles_m: tiles_m as u32,
             n_blocks: n_blocks as u32,
             splits: splits as u32,
             tiles_per_split: tiles_per_split as u32,
+            stage_vectors: stage_vectors as u32,
             shared_bytes,
         })
     }

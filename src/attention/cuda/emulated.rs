@@ -59,6 +59,10 @@ fn run<T: SpmmElement>(
         plan.shared_bytes as u32,
         order,
     );
+    let launch = match order {
+        Order::Reverse => launch.blocks_reversed(),
+        _ => launch,
+    };
     // SAFETY: the parameters follow abi.h's attention contract as the CUDA launcher's do: the
     // same checks (check_call, Plan) passed, the tensors are the caller's with their layout's
     // lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq values, and

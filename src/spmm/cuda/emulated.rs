@@ -15,14 +15,20 @@ use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl};
 
 /// A device with `sm_count` SMs and the H100's shared memory, for the launch plan.
 fn device(sm_count: u32) -> CudaDeviceInfo {
+    small_device(sm_count, 227 * 1024)
+}
+
+/// A device with `sm_count` SMs and `shared` bytes of shared memory per block (sm_86 and
+/// sm_89 have 99 KiB, sm_80 163 KiB).
+fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
     CudaDeviceInfo {
         ordinal: 0,
         name: "emulated".into(),
         compute_capability: (9, 0),
         sm_count,
         l2_bytes: 50 << 20,
-        max_shared_per_block: 227 * 1024,
-        max_shared_per_sm: 228 * 1024,
+        max_shared_per_block: shared,
+        max_shared_per_sm: shared + 1024,
         max_threads_per_sm: 2048,
         total_memory: 80 << 30,
         driver_cuda_version: (13, 0),
@@ -31,29 +37,35 @@ fn device(sm_count: u32) -> CudaDeviceInfo {
 
 const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
 
-/// `y = x · wᵀ` through the emulated kernel, planned as for a device of `sm_count` SMs.
+/// `y = x · wᵀ` through the emulated kernel, planned as for `device`.
 fn run<T: SpmmElement, O: SpmmOutput<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
     x: &[T],
-    sm_count: u32,
+    device: &CudaDeviceInfo,
     order: Order,
+) -> Result<Vec<O>, String> {
+    run_shifted(emulator, w, x, device, order, 0)
+}
+
+/// [`run`] with x starting `x_shift` elements into its buffer (a view at an offset: with
+/// x_shift odd, its rows are not 16-byte aligned even when k is a multiple of 8).
+fn run_shifted<T: SpmmElement, O: SpmmOutput<T>>(
+    emulator: &Emulator,
+    w: &TiledCsl<T>,
+    x: &[T],
+    device: &CudaDeviceInfo,
+    order: Order,
+    x_shift: usize,
 ) -> Result<Vec<O>, String> {
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
     let vectors = w.device_entries().len() / 4;
-    let plan = Plan::new(
-        &device(sm_count),
-        m,
-        k,
-        vectors,
-        w.max_tile_vectors().max(1),
-        n,
-    )
-    .map_err(|e| e.to_string())?;
+    let plan = Plan::new(device, m, k, vectors, w.max_tile_vectors().max(1), n)
+        .map_err(|e| e.to_string())?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
-    let mut x_buffer = Guarded::new(x);
+    let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
     let poison: Vec<O> =
         bytemuck::cast_slice(&vec![NAN_WORDS; (n * m * size_of::<O>()).div_ceil(4)])[..n * m]
             .to_vec();
@@ -65,7 +77,7 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     let params = TfSpmmParams {
         entries: entries.address(),
         tile_offsets: offsets.address(),
-        x: x_buffer.address(),
+        x: x_buffer.address() + (x_shift * size_of::<T>()) as u64,
         y: y.address(),
         workspace: if plan.splits > 1 {
             workspace.address()
@@ -77,28 +89,29 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
         k: k as u32,
         splits: plan.splits,
         tiles_per_split: plan.tiles_per_split,
-        stage_vectors: w.max_tile_vectors().max(1) as u32,
+        stage_vectors: plan.stage_vectors,
+    };
+    let launch = Launch::new(
+        [plan.tiles_m, plan.n_blocks, plan.splits],
+        [TF_SPMM_WARPS * 32, 1, 1],
+        plan.shared_bytes,
+        order,
+    );
+    // Split-K's last block is then another one: the first split, not the last.
+    let launch = match order {
+        Order::Reverse => launch.blocks_reversed(),
+        _ => launch,
     };
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
     // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
     // splits > 1 a workspace of the plan's layout whose counters are zero; all buffers live
     // until the launch returns.
     unsafe {
-        emulator.launch(
-            "spmm",
-            plan.kernel::<T, O>().name,
-            &params,
-            &Launch::new(
-                [plan.tiles_m, plan.n_blocks, plan.splits],
-                [TF_SPMM_WARPS * 32, 1, 1],
-                plan.shared_bytes,
-                order,
-            ),
-        )?;
+        emulator.launch("spmm", plan.kernel::<T, O>().name, &params, &launch)?;
     }
     entries.read("entries")?;
     offsets.read("tile offsets")?;
-    if x_buffer.read("x")? != x {
+    if x_buffer.read("x")?[x_shift..] != *x {
         return Err("x was written".into());
     }
     let words = workspace.read("workspace")?;
@@ -108,25 +121,28 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     y.read("y")
 }
 
-fn check_case(emulator: &Emulator, case: &Case, sm_count: u32, order: Order) {
+fn check_case(emulator: &Emulator, case: &Case, device: &CudaDeviceInfo, order: Order) {
     match (case.bf16, case.out_f32) {
-        (false, false) => check_typed::<f16, f16>(emulator, case, sm_count, order),
-        (false, true) => check_typed::<f16, f32>(emulator, case, sm_count, order),
-        (true, false) => check_typed::<bf16, bf16>(emulator, case, sm_count, order),
-        (true, true) => check_typed::<bf16, f32>(emulator, case, sm_count, order),
+        (false, false) => check_typed::<f16, f16>(emulator, case, device, order),
+        (false, true) => check_typed::<f16, f32>(emulator, case, device, order),
+        (true, false) => check_typed::<bf16, bf16>(emulator, case, device, order),
+        (true, true) => check_typed::<bf16, f32>(emulator, case, device, order),
     }
 }
 
 fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
     emulator: &Emulator,
     case: &Case,
-    sm_count: u32,
+    device: &CudaDeviceInfo,
     order: Order,
 ) {
     let seed = Rng::fresh_seed();
-    let what = format!("{case}, {sm_count} SMs, {order:?}, seed {seed}");
+    let what = format!(
+        "{case}, {} SMs, {} B of shared memory, {order:?}, seed {seed}",
+        device.sm_count, device.max_shared_per_block
+    );
     let comparison = check_with::<T, O>(case, seed, |w, x| {
-        let y = run::<T, O>(emulator, w, x, sm_count, order);
+        let y = run::<T, O>(emulator, w, x, device, order);
         Ok(Some(y.unwrap_or_else(|e| panic!("{what}: {e}"))))
     })
     .unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -144,7 +160,8 @@ const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(7)];
 fn ragged_shape_every_token_count() {
     let Some(emulator) = emulator() else { return };
     for (i, n) in [1, 7, 8, 16, 31, 32, 64, 65, 128].into_iter().enumerate() {
-        check_case(emulator, &Case::new(300, 520, n, 0.8), 4, ORDERS[i % 3]);
+        let case = Case::new(300, 520, n, 0.8);
+        check_case(emulator, &case, &device(4), ORDERS[i % 3]);
     }
 }
 
@@ -157,7 +174,7 @@ fn every_sparsity_and_pattern() {
                 pattern,
                 ..Case::new(300, 520, 16, sparsity)
             };
-            check_case(emulator, &case, 4, ORDERS[i % 3]);
+            check_case(emulator, &case, &device(4), ORDERS[i % 3]);
         }
     }
 }
@@ -174,7 +191,7 @@ fn types_outputs_and_orders() {
                     pattern: Pattern::MagnitudeGlobal,
                     ..Case::new(257, 200, 24, 0.7)
                 };
-                check_case(emulator, &case, 4, order);
+                check_case(emulator, &case, &device(4), order);
             }
         }
     }
@@ -190,12 +207,8 @@ fn tiny_and_unaligned_shapes() {
         (130, 8, 2),
         (5, 1000, 17),
     ] {
-        check_case(
-            emulator,
-            &Case::new(m, k, n, 0.5),
-            4,
-            Order::Shuffled(m as u64),
-        );
+        let case = Case::new(m, k, n, 0.5);
+        check_case(emulator, &case, &device(4), Order::Shuffled(m as u64));
     }
 }
 
@@ -204,12 +217,8 @@ fn split_k_sizes() {
     let Some(emulator) = emulator() else { return };
     // From one split (few SMs) to one per four k tiles (many).
     for (i, sm_count) in [1, 3, 16, 132].into_iter().enumerate() {
-        check_case(
-            emulator,
-            &Case::new(256, 1500, 16, 0.8),
-            sm_count,
-            ORDERS[i % 3],
-        );
+        let case = Case::new(256, 1500, 16, 0.8);
+        check_case(emulator, &case, &device(sm_count), ORDERS[i % 3]);
     }
 }
 
@@ -249,4 +258,41 @@ fn long_k_on_one_sm_plans_within_shared_memory() {
     let tiles_k = k / TILE_K;
     let plan = Plan::new(&device(1), m, k, tiles_k * 20, 40, 16).unwrap();
     assert!(plan.tiles_per_split as usize <= 4096 && plan.shared_bytes < 100 * 1024);
+}
+
+/// With less shared memory than the densest tile needs (sm_86 / sm_89: 99 KiB), a stage holds
+/// part of a tile and the scatter reads the rest from global memory.
+#[test]
+fn dense_tiles_with_little_shared_memory() {
+    let Some(emulator) = emulator() else { return };
+    for (i, n) in [8, 64].into_iter().enumerate() {
+        for pattern in [Pattern::Uniform, Pattern::DenseAndEmptyTiles] {
+            let case = Case {
+                pattern,
+                ..Case::new(200, 300, n, 0.0)
+            };
+            check_case(emulator, &case, &small_device(4, 99 * 1024), ORDERS[i]);
+        }
+    }
+    // A fully dense tile no longer fits a stage there.
+    let plan = Plan::new(&small_device(4, 99 * 1024), 128, 64, 2048, 2048, 64).unwrap();
+    assert!(plan.stage_vectors < 2048 && plan.shared_bytes <= 99 * 1024);
+}
+
+/// x at an address that is not a multiple of 16 bytes, with k a multiple of 8: the kernel
+/// must not use 16-byte copies for it.
+#[test]
+fn x_not_16_byte_aligned() {
+    let Some(emulator) = emulator() else { return };
+    let case = Case::new(200, 256, 16, 0.8);
+    let seed = Rng::fresh_seed();
+    let comparison = check_with::<f16, f16>(&case, seed, |w, x| {
+        let y = run_shifted(emulator, w, x, &device(4), Order::Threads, 1);
+        Ok(Some(
+            y.unwrap_or_else(|e| panic!("{case}, seed {seed}: {e}")),
+        ))
+    })
+    .unwrap()
+    .unwrap();
+    assert!(comparison.passed(), "{case}, seed {seed}: {comparison}");
 }
