@@ -1,23 +1,30 @@
 // y[n, m] = x[n, k] · w[m, k]ᵀ with w in Tiled-CSL (src/spmm/format.rs): a workgroup owns 64
-// rows of m (half of a 128-row tile row) and 16 tokens; for each 128 x 64 weight tile it
-// scatters the entries of its half into a zeroed f32 tile in workgroup memory, stages the x
-// tile beside it, and each invocation accumulates one row for four tokens. f32 arithmetic.
-// Weights and x hold 16-bit values (f16, or bf16 when BF16), two per u32; the product is f32,
-// packed into 16-bit outputs by pack_output when the caller wants them. Where the driver cuts
-// long loops short (llvmpipe: 65535 iterations per invocation in all), the host splits k
-// over several dispatches that add into the f32 product.
+// rows of m (half of a 128-row tile row), 16 tokens and one split of the k tiles; for each
+// 128 x 64 weight tile it scatters the entries of its half into a zeroed f32 tile in workgroup
+// memory, stages the x tile beside it, and each invocation accumulates one row for four
+// tokens. f32 arithmetic. Weights and x hold 16-bit values (f16, or bf16 when BF16), two per
+// u32. Each split writes its f32 sums [split][n][m]; with one split and f32 output they are y,
+// else `finish` adds the splits in order and writes y as f32 or packed 16-bit values. Where
+// the driver cuts long loops short (llvmpipe: 65535 iterations per invocation in all), the
+// host also splits each split's tiles over several dispatches that add into its sums.
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     tiles_k: u32,
-    // This dispatch takes k tiles [tile_first, tile_first + tile_count) and adds its sums to
-    // y when accumulate is 1 (else it stores them).
+    // Workgroup z takes k tiles [z * tiles_per_split, (z + 1) * tiles_per_split).
+    splits: u32,
+    tiles_per_split: u32,
+    // This dispatch takes tiles [tile_first, tile_first + tile_count) of each split and adds
+    // its sums to the split's when accumulate is 1 (else it stores them).
     tile_first: u32,
     tile_count: u32,
     accumulate: u32,
-    pad: u32,
+    // finish writes f32 values (else pairs of 16-bit ones).
+    out_f32: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 override BF16: bool = false;
@@ -31,8 +38,8 @@ const PER_INVOCATION: u32 = 4u;
 @group(0) @binding(1) var<storage, read> entries: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> tile_offsets: array<u32>;
 @group(0) @binding(3) var<storage, read> x: array<u32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read_write> packed: array<u32>;
+@group(0) @binding(4) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<u32>;
 
 var<workgroup> dense: array<array<f32, TILE_K>, ROWS>;
 var<workgroup> x_tile: array<array<f32, TILE_K>, TOKENS>;
@@ -68,8 +75,11 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let token0 = group.y * TOKENS;
     let row = tile_m * 128u + row0 + local.x;
     var acc = array<f32, PER_INVOCATION>(0.0, 0.0, 0.0, 0.0);
-    let tile_end = min(params.tiles_k, params.tile_first + min(params.tile_count, params.tiles_k));
-    for (var tile_k = params.tile_first; tile_k < tile_end; tile_k++) {
+    let split_first = group.z * params.tiles_per_split;
+    let split_end = min(params.tiles_k, split_first + params.tiles_per_split);
+    let first = split_first + min(params.tile_first, params.tiles_per_split);
+    let tile_end = min(split_end, first + min(params.tile_count, params.tiles_per_split));
+    for (var tile_k = first; tile_k < tile_end; tile_k++) {
         for (var i = index; i < ROWS * TILE_K; i += 256u) {
             dense[i / TILE_K][i % TILE_K] = 0.0;
         }
@@ -104,26 +114,42 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     for (var t = 0u; t < PER_INVOCATION; t++) {
         let token = token0 + local.y * PER_INVOCATION + t;
         if (token < params.n && row < params.m) {
-            let at = token * params.m + row;
+            let at = (group.z * params.n + token) * params.m + row;
             if (params.accumulate != 0u) {
-                y[at] += acc[t];
+                sums[at] += acc[t];
             } else {
-                y[at] = acc[t];
+                sums[at] = acc[t];
             }
         }
     }
 }
 
-// packed[j] = the 16-bit forms of y[2j] and y[2j + 1] (0 past the end), grid-stride.
+// Element i of y: the splits' sums added in split order.
+fn total_of(i: u32) -> f32 {
+    let size = params.m * params.n;
+    var sum = sums[i];
+    for (var split = 1u; split < params.splits; split++) {
+        sum += sums[split * size + i];
+    }
+    return sum;
+}
+
+// out = y as f32 bits, or as 16-bit pairs (out[j] = y[2j] | y[2j + 1] << 16, 0 past the
+// end), grid-stride.
 @compute @workgroup_size(256)
-fn pack_output(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let total = params.m * params.n;
-    let words = (total + 1u) / 2u;
-    for (var j = id.x; j < words; j += groups.x * 256u) {
-        var high = 0u;
-        if (2u * j + 1u < total) {
-            high = to_bits(y[2u * j + 1u]);
+fn finish(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let size = params.m * params.n;
+    if (params.out_f32 != 0u) {
+        for (var i = id.x; i < size; i += groups.x * 256u) {
+            out[i] = bitcast<u32>(total_of(i));
         }
-        packed[j] = to_bits(y[2u * j]) | (high << 16u);
+        return;
+    }
+    for (var j = id.x; j < (size + 1u) / 2u; j += groups.x * 256u) {
+        var high = 0u;
+        if (2u * j + 1u < size) {
+            high = to_bits(total_of(2u * j + 1u));
+        }
+        out[j] = to_bits(total_of(2u * j)) | (high << 16u);
     }
 }

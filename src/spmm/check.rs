@@ -235,7 +235,7 @@ pub fn run<T: DeviceElement, O: DeviceOutput<T>>(
 }
 
 /// NaN in `O`'s representation, as the bytes of one `O`.
-fn nan_bits<O: bytemuck::Pod>() -> O {
+pub(crate) fn nan_bits<O: bytemuck::Pod>() -> O {
     match size_of::<O>() {
         4 => bytemuck::cast_slice::<f32, O>(&[f32::NAN])[0],
         _ => bytemuck::cast_slice::<u16, O>(&[0x7e00, 0])[0], // f16 NaN; a bf16 NaN too

@@ -50,10 +50,30 @@ struct Params {
     n: u32,
     k: u32,
     tiles_k: u32,
+    splits: u32,
+    tiles_per_split: u32,
     tile_first: u32,
     tile_count: u32,
     accumulate: u32,
-    pad: u32,
+    out_f32: u32,
+    pad: [u32; 2],
+}
+
+/// Workgroups a launch aims for: enough to fill a large GPU (132 SMs x 16), which a tall
+/// weight gives by itself and a short one through split-K.
+const WANTED_WORKGROUPS: usize = 2048;
+
+/// Split-K for `groups` workgroups per split: at least four k tiles per split (or the count a
+/// unit test sets).
+fn splits(groups: usize, tiles_k: usize) -> usize {
+    #[cfg(test)]
+    if let Some(splits) = tests::SPLITS.get() {
+        return splits.clamp(1, tiles_k);
+    }
+    WANTED_WORKGROUPS
+        .div_ceil(groups)
+        .clamp(1, tiles_k.div_ceil(4).max(1))
+        .min(u16::MAX as usize)
 }
 
 /// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`.
@@ -68,52 +88,126 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
     gpu.check_buffer("x", x)?;
     gpu.check_buffer("y", y)?;
     let tiles_k = w.k.div_ceil(TILE_K);
+    let groups = [w.m.div_ceil(ROWS), n.div_ceil(TOKENS)];
+    let tiles_per_split = tiles_k.div_ceil(splits(groups[0] * groups[1], tiles_k));
+    let splits = tiles_k.div_ceil(tiles_per_split);
     let mut params = Params {
         m: w.m as u32,
         n: n as u32,
         k: w.k as u32,
         tiles_k: tiles_k as u32,
+        splits: splits as u32,
+        tiles_per_split: tiles_per_split as u32,
         tile_first: 0,
         tile_count: u32::MAX,
         accumulate: 0,
-        pad: 0,
+        out_f32: u32::from(O::F32),
+        pad: [0; 2],
     };
     let constants = [("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 })];
-    let groups = [w.m.div_ceil(ROWS) as u32, n.div_ceil(TOKENS) as u32, 1];
     let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
-    let product = if O::F32 {
+    // With one split and f32 output the sums are y; else they go to scratch for `finish`.
+    let scratch = if O::F32 && splits == 1 {
         None
     } else {
-        Some(gpu.zeros::<f32>(n * w.m)?)
+        Some(gpu.zeros::<f32>(splits * n * w.m)?)
     };
-    let sums = product.as_ref().map_or(y.raw(), |p| p.raw());
+    let sums = scratch.as_ref().map_or(y.raw(), |s| s.raw());
     let bound = [
         (1, w.entries.raw()),
         (2, w.tile_offsets.raw()),
         (3, x.raw()),
         (4, sums),
     ];
-    // Where the driver cuts long loops short, k is split over dispatches that add up. Loop
-    // iterations per k tile, as if none were unrolled: the tile loop, zeroing (16 steps),
-    // scattering (at most 8), staging x (4) and 64 columns of 4 tokens.
+    // Where the driver cuts long loops short, each split's tiles go over dispatches that add
+    // up. Loop iterations per k tile, as if none were unrolled: the tile loop, zeroing (16
+    // steps), scattering (at most 8), staging x (4) and 64 columns of 4 tokens.
     let per_tile = 1 + 16 + 8 + 4 + TILE_K * (1 + 4);
-    for tiles in gpu.loop_passes(tiles_k, per_tile, 32) {
+    let grid = [groups[0] as u32, groups[1] as u32, splits as u32];
+    for tiles in gpu.loop_passes(tiles_per_split, per_tile, 32) {
         params.tile_first = tiles.start as u32;
         params.tile_count = tiles.len() as u32;
         params.accumulate = u32::from(tiles.start > 0);
-        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &bound, groups)?;
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &bound, grid)?;
     }
-    let Some(product) = product else {
+    let Some(scratch) = scratch else {
         return Ok(());
     };
-    let bytes = bytemuck::bytes_of(&params);
-    let pack = gpu.pipeline(SHADER, "pack_output", &constants)?;
-    let words = (n * w.m).div_ceil(2);
-    let pack_groups = words.div_ceil(256).min(u16::MAX as usize) as u32;
+    let finish = gpu.pipeline(SHADER, "finish", &constants)?;
+    let words = if O::F32 {
+        n * w.m
+    } else {
+        (n * w.m).div_ceil(2)
+    };
+    let finish_groups = words.div_ceil(256).min(u16::MAX as usize) as u32;
     gpu.dispatch_bound(
-        &pack,
-        bytes,
-        &[(4, product.raw()), (5, y.raw())],
-        [pack_groups, 1, 1],
+        &finish,
+        bytemuck::bytes_of(&params),
+        &[(4, scratch.raw()), (5, y.raw())],
+        [finish_groups, 1, 1],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use half::{bf16, f16};
+
+    use super::*;
+    use crate::harness::Rng;
+    use crate::spmm::check::{Case, check_with, nan_bits};
+
+    thread_local! {
+        pub(super) static SPLITS: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// y for `w` and `x` on `gpu`, poisoned with NaN first.
+    fn run<T: SpmmElement, O: SpmmOutput<T>>(
+        gpu: &Wgpu,
+        w: &TiledCsl<T>,
+        x: &[T],
+    ) -> Result<Option<Vec<O>>> {
+        let device_w = GpuTiledCsl::upload(gpu, w)?;
+        let y_len = x.len() / w.k() * w.m();
+        let (x, mut y) = (gpu.upload(x)?, gpu.upload(&vec![nan_bits::<O>(); y_len])?);
+        spmm(gpu, &device_w, &x, &mut y)?;
+        gpu.download(&y).map(Some)
+    }
+
+    /// One case with the split count forced, on lavapipe with k long enough that each split's
+    /// tiles take several dispatches.
+    fn check_with_splits(splits: usize, case: &Case) {
+        let Some(gpu) = crate::backend::wgpu::tests::gpu() else {
+            return;
+        };
+        let seed = Rng::fresh_seed();
+        SPLITS.set(Some(splits));
+        let comparison = if case.bf16 {
+            check_with::<bf16, f32>(case, seed, |w, x| run(&gpu, w, x))
+        } else {
+            check_with::<f16, f16>(case, seed, |w, x| run(&gpu, w, x))
+        };
+        SPLITS.set(None);
+        let comparison = comparison.unwrap().unwrap();
+        assert!(
+            comparison.passed(),
+            "{case}, {splits} splits, seed {seed}: {comparison}"
+        );
+    }
+
+    #[test]
+    fn one_split_in_several_passes() {
+        check_with_splits(1, &Case::new(130, 70_001, 9, 0.8));
+    }
+
+    #[test]
+    fn three_splits_in_several_passes() {
+        let case = Case {
+            bf16: true,
+            out_f32: true,
+            ..Case::new(70, 70_001, 3, 0.9)
+        };
+        check_with_splits(3, &case);
+    }
 }
