@@ -286,11 +286,14 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     });
     __threadfence();
     __syncthreads();
-    __shared__ bool last;
+    // Whether this block is the tile's last, in dynamic shared memory (a static __shared__
+    // variable would count against the opt-in limit that the plan may fill): the first of
+    // the tile offsets, which nothing reads after the loop.
+    uint32_t *last = sm.offsets;
     uint32_t *counter = counters + tile_m * gridDim.y + blockIdx.y;
-    if (tid == 0) last = atomicAdd(counter, 1u) == p.splits - 1;
+    if (tid == 0) *last = atomicAdd(counter, 1u) == p.splits - 1;
     __syncthreads();
-    if (!last) return;
+    if (!*last) return;
     __threadfence();
     for (uint32_t i = tid; i < kTileM * N; i += kThreads) {
         const uint32_t row = tile_m * kTileM + i % kTileM, token = n0 + i / kTileM;

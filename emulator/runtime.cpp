@@ -258,7 +258,11 @@ uint32_t acquire(const uint32_t *flag) {
 }
 
 void release(uint32_t *flag, uint32_t value) {
-    if (value != 0) emu->first_released.emplace(flag, value);
+    if (value == 0) {
+        emu->first_released.erase(flag);  // a flag reset for reuse starts a new history
+    } else {
+        emu->first_released.emplace(flag, value);
+    }
     *flag = value;
 }
 
