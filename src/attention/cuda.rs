@@ -87,7 +87,9 @@ where
         cuda.check_device("lse", *lse)?;
     }
     let plan = Plan::new::<T>(shape, mask.shape, mask.element, scale)?;
-    let shared = cuda.shared_memory("attention shared memory", plan.shared_bytes)?;
+    let shared = cuda
+        .info()
+        .shared_memory("attention shared memory", plan.shared_bytes)?;
     let mut args = cuda.args();
     let buffers = [
         ("q", args.read(q)),

@@ -350,12 +350,6 @@ impl Cuda {
         Ok(scratch)
     }
 
-    /// `bytes` of dynamic shared memory for one block, as a launch takes it, or a
-    /// `DeviceLimit` error naming `what` when the device's opt-in limit is lower.
-    pub(crate) fn shared_memory(&self, what: &'static str, bytes: usize) -> Result<u32> {
-        self.info().shared_memory(what, bytes)
-    }
-
     /// Collects device addresses for a kernel's parameter struct; see [`LaunchArgs`].
     pub(crate) fn args(&self) -> LaunchArgs<'_> {
         LaunchArgs {

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::harness::{Comparison, Rng};
+
 /// The kernels' C++ build for the emulator, loaded.
 pub(crate) struct Emulator {
     library: libloading::Library,
@@ -208,6 +210,25 @@ fn build() -> Result<PathBuf, String> {
     }
     std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// Checks one case on the emulator, where there is one: `check` runs it (through the op's
+/// `check_with`) with a fresh seed, and the result must pass. `what` names the case; it is
+/// printed with the seed first, so that a kernel that panics is named too.
+pub(crate) fn assert_emulated(
+    what: &str,
+    check: impl FnOnce(&'static Emulator, u64) -> crate::error::Result<Option<Comparison>>,
+) {
+    let Some(emulator) = Emulator::get() else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    let what = format!("{what}, seed {seed}");
+    eprintln!("{what}");
+    let comparison = check(emulator, seed)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .expect("the emulated path runs");
+    assert!(comparison.passed(), "{what}: {comparison}");
 }
 
 /// A host buffer for an emulated kernel, with guard words on both sides that must still hold

@@ -7,9 +7,8 @@ use half::{bf16, f16};
 use super::Plan;
 use crate::attention::check::{RunOutput, check_with};
 use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, Output};
-use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
+use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
-use crate::harness::Rng;
 use crate::spmm::SpmmElement;
 
 /// One emulated launch with `check`'s arguments; panics with the emulator's message when the
@@ -86,26 +85,17 @@ fn run<T: SpmmElement>(
 }
 
 fn check_case(case: &Case, order: Order) {
-    let Some(emulator) = Emulator::get() else {
-        return;
-    };
-    let seed = Rng::fresh_seed();
-    eprintln!("{case}, {order:?}, seed {seed}");
-    let comparison = if case.bf16 {
-        check_with::<bf16>(case, seed, |s, i, m, sc, o| {
-            run(emulator, order, s, i, m, sc, o)
-        })
-    } else {
-        check_with::<f16>(case, seed, |s, i, m, sc, o| {
-            run(emulator, order, s, i, m, sc, o)
-        })
-    }
-    .unwrap_or_else(|e| panic!("{case}, seed {seed}: {e}"))
-    .expect("the emulated path runs");
-    assert!(
-        comparison.passed(),
-        "{case}, {order:?}, seed {seed}: {comparison}"
-    );
+    assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
+        if case.bf16 {
+            check_with::<bf16>(case, seed, |s, i, m, sc, o| {
+                run(emulator, order, s, i, m, sc, o)
+            })
+        } else {
+            check_with::<f16>(case, seed, |s, i, m, sc, o| {
+                run(emulator, order, s, i, m, sc, o)
+            })
+        }
+    });
 }
 
 const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(3)];

@@ -6,9 +6,8 @@ use num_complex::Complex32;
 
 use super::{Addresses, Grid, kernel};
 use crate::backend::abi::TF_SCAN_WARPS;
-use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
+use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
-use crate::harness::Rng;
 use crate::scan::check::check_with;
 use crate::scan::{Case, Decay, Inputs, Layout, Outputs, ResetPattern, Scan, ScanElement};
 
@@ -67,22 +66,13 @@ fn run<T: ScanElement>(
 }
 
 fn check_case(case: &Case, order: Order) {
-    let Some(emulator) = Emulator::get() else {
-        return;
-    };
-    let seed = Rng::fresh_seed();
-    eprintln!("{case}, {order:?}, seed {seed}");
-    let comparison = if case.complex {
-        check_with::<Complex32>(case, seed, |s, i, f| run(emulator, order, s, i, f))
-    } else {
-        check_with::<f32>(case, seed, |s, i, f| run(emulator, order, s, i, f))
-    }
-    .unwrap_or_else(|e| panic!("{case}, seed {seed}: {e}"))
-    .expect("the emulated path runs");
-    assert!(
-        comparison.passed(),
-        "{case}, {order:?}, seed {seed}: {comparison}"
-    );
+    assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
+        if case.complex {
+            check_with::<Complex32>(case, seed, |s, i, f| run(emulator, order, s, i, f))
+        } else {
+            check_with::<f32>(case, seed, |s, i, f| run(emulator, order, s, i, f))
+        }
+    });
 }
 
 #[test]

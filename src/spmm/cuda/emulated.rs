@@ -7,8 +7,7 @@ use half::{bf16, f16};
 use super::Plan;
 use crate::backend::abi::{TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::CudaDeviceInfo;
-use crate::backend::emulator::{Emulator, Guarded, Launch, Order};
-use crate::harness::Rng;
+use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::spmm::check::{Case, Pattern, check_with};
 use crate::spmm::format::SpmmElement;
 use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl};
@@ -37,20 +36,10 @@ fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
 
 const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
 
-/// `y = x · wᵀ` through the emulated kernel, planned as for `device`.
+/// `y = x · wᵀ` through the emulated kernel, planned as for `device`, with x starting
+/// `x_shift` elements into its buffer (a view at an offset: with x_shift odd, its rows are not
+/// 16-byte aligned even when k is a multiple of 8).
 fn run<T: SpmmElement, O: SpmmOutput<T>>(
-    emulator: &Emulator,
-    w: &TiledCsl<T>,
-    x: &[T],
-    device: &CudaDeviceInfo,
-    order: Order,
-) -> Result<Vec<O>, String> {
-    run_shifted(emulator, w, x, device, order, 0)
-}
-
-/// [`run`] with x starting `x_shift` elements into its buffer (a view at an offset: with
-/// x_shift odd, its rows are not 16-byte aligned even when k is a multiple of 8).
-fn run_shifted<T: SpmmElement, O: SpmmOutput<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
     x: &[T],
@@ -121,67 +110,59 @@ fn run_shifted<T: SpmmElement, O: SpmmOutput<T>>(
     y.read("y")
 }
 
-fn check_case(emulator: &Emulator, case: &Case, device: &CudaDeviceInfo, order: Order) {
+fn check_case(case: &Case, device: &CudaDeviceInfo, order: Order) {
     match (case.bf16, case.out_f32) {
-        (false, false) => check_typed::<f16, f16>(emulator, case, device, order),
-        (false, true) => check_typed::<f16, f32>(emulator, case, device, order),
-        (true, false) => check_typed::<bf16, bf16>(emulator, case, device, order),
-        (true, true) => check_typed::<bf16, f32>(emulator, case, device, order),
+        (false, false) => check_typed::<f16, f16>(case, device, order, 0),
+        (false, true) => check_typed::<f16, f32>(case, device, order, 0),
+        (true, false) => check_typed::<bf16, bf16>(case, device, order, 0),
+        (true, true) => check_typed::<bf16, f32>(case, device, order, 0),
     }
 }
 
+/// One case, with x `x_shift` elements into its buffer (see [`run`]).
 fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
-    emulator: &Emulator,
     case: &Case,
     device: &CudaDeviceInfo,
     order: Order,
+    x_shift: usize,
 ) {
-    let seed = Rng::fresh_seed();
     let what = format!(
-        "{case}, {} SMs, {} B of shared memory, {order:?}, seed {seed}",
+        "{case}, {} SMs, {} B of shared memory, {order:?}",
         device.sm_count, device.max_shared_per_block
     );
-    let comparison = check_with::<T, O>(case, seed, |w, x| {
-        let y = run::<T, O>(emulator, w, x, device, order);
-        Ok(Some(y.unwrap_or_else(|e| panic!("{what}: {e}"))))
-    })
-    .unwrap_or_else(|e| panic!("{what}: {e}"))
-    .expect("the emulated path runs");
-    assert!(comparison.passed(), "{what}: {comparison}");
-}
-
-fn emulator() -> Option<&'static Emulator> {
-    Emulator::get()
+    assert_emulated(&what, |emulator, seed| {
+        check_with::<T, O>(case, seed, |w, x| {
+            let y = run::<T, O>(emulator, w, x, device, order, x_shift);
+            Ok(Some(y.unwrap_or_else(|e| panic!("emulated spmm: {e}"))))
+        })
+    });
 }
 
 const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(7)];
 
 #[test]
 fn ragged_shape_every_token_count() {
-    let Some(emulator) = emulator() else { return };
     for (i, n) in [1, 7, 8, 16, 31, 32, 64, 65, 128].into_iter().enumerate() {
         let case = Case::new(300, 520, n, 0.8);
-        check_case(emulator, &case, &device(4), ORDERS[i % 3]);
+        check_case(&case, &device(4), ORDERS[i % 3]);
     }
 }
 
 #[test]
 fn every_sparsity_and_pattern() {
-    let Some(emulator) = emulator() else { return };
     for (i, sparsity) in [0.0, 0.5, 0.7, 0.9, 0.99, 1.0].into_iter().enumerate() {
         for pattern in [Pattern::Uniform, Pattern::DenseAndEmptyTiles] {
             let case = Case {
                 pattern,
                 ..Case::new(300, 520, 16, sparsity)
             };
-            check_case(emulator, &case, &device(4), ORDERS[i % 3]);
+            check_case(&case, &device(4), ORDERS[i % 3]);
         }
     }
 }
 
 #[test]
 fn types_outputs_and_orders() {
-    let Some(emulator) = emulator() else { return };
     for bf16 in [false, true] {
         for out_f32 in [false, true] {
             for order in ORDERS {
@@ -191,7 +172,7 @@ fn types_outputs_and_orders() {
                     pattern: Pattern::MagnitudeGlobal,
                     ..Case::new(257, 200, 24, 0.7)
                 };
-                check_case(emulator, &case, &device(4), order);
+                check_case(&case, &device(4), order);
             }
         }
     }
@@ -199,7 +180,6 @@ fn types_outputs_and_orders() {
 
 #[test]
 fn tiny_and_unaligned_shapes() {
-    let Some(emulator) = emulator() else { return };
     for (m, k, n) in [
         (1, 1, 1),
         (1, 130, 3),
@@ -208,17 +188,16 @@ fn tiny_and_unaligned_shapes() {
         (5, 1000, 17),
     ] {
         let case = Case::new(m, k, n, 0.5);
-        check_case(emulator, &case, &device(4), Order::Shuffled(m as u64));
+        check_case(&case, &device(4), Order::Shuffled(m as u64));
     }
 }
 
 #[test]
 fn split_k_sizes() {
-    let Some(emulator) = emulator() else { return };
     // From one split (few SMs) to one per four k tiles (many).
     for (i, sm_count) in [1, 3, 16, 132].into_iter().enumerate() {
         let case = Case::new(256, 1500, 16, 0.8);
-        check_case(emulator, &case, &device(sm_count), ORDERS[i % 3]);
+        check_case(&case, &device(sm_count), ORDERS[i % 3]);
     }
 }
 
@@ -264,14 +243,13 @@ fn long_k_on_one_sm_plans_within_shared_memory() {
 /// part of a tile and the scatter reads the rest from global memory.
 #[test]
 fn dense_tiles_with_little_shared_memory() {
-    let Some(emulator) = emulator() else { return };
     for (i, n) in [8, 64].into_iter().enumerate() {
         for pattern in [Pattern::Uniform, Pattern::DenseAndEmptyTiles] {
             let case = Case {
                 pattern,
                 ..Case::new(200, 300, n, 0.0)
             };
-            check_case(emulator, &case, &small_device(4, 99 * 1024), ORDERS[i]);
+            check_case(&case, &small_device(4, 99 * 1024), ORDERS[i]);
         }
     }
     // A fully dense tile no longer fits a stage there.
@@ -283,16 +261,5 @@ fn dense_tiles_with_little_shared_memory() {
 /// must not use 16-byte copies for it.
 #[test]
 fn x_not_16_byte_aligned() {
-    let Some(emulator) = emulator() else { return };
-    let case = Case::new(200, 256, 16, 0.8);
-    let seed = Rng::fresh_seed();
-    let comparison = check_with::<f16, f16>(&case, seed, |w, x| {
-        let y = run_shifted(emulator, w, x, &device(4), Order::Threads, 1);
-        Ok(Some(
-            y.unwrap_or_else(|e| panic!("{case}, seed {seed}: {e}")),
-        ))
-    })
-    .unwrap()
-    .unwrap();
-    assert!(comparison.passed(), "{case}, seed {seed}: {comparison}");
+    check_typed::<f16, f16>(&Case::new(200, 256, 16, 0.8), &device(4), Order::Threads, 1);
 }
