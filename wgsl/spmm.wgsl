@@ -134,8 +134,8 @@ fn total_of(i: u32) -> f32 {
     return sum;
 }
 
-// out = y as f32 bits, or as 16-bit pairs (out[j] = y[2j] | y[2j + 1] << 16, 0 past the
-// end), grid-stride.
+// out = y as f32 bits, or as 16-bit pairs (out[j] = y[2j] | y[2j + 1] << 16; past the end of
+// an odd-length y the high half keeps what the caller's buffer holds there), grid-stride.
 @compute @workgroup_size(256)
 fn finish(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let size = params.m * params.n;
@@ -146,9 +146,11 @@ fn finish(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     for (var j = id.x; j < (size + 1u) / 2u; j += groups.x * 256u) {
-        var high = 0u;
+        var high: u32;
         if (2u * j + 1u < size) {
             high = to_bits(total_of(2u * j + 1u));
+        } else {
+            high = out[j] >> 16u;
         }
         out[j] = to_bits(total_of(2u * j)) | (high << 16u);
     }

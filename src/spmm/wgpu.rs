@@ -197,6 +197,26 @@ mod tests {
     }
 
     #[test]
+    fn an_odd_length_output_leaves_the_next_value_alone() {
+        let Some(gpu) = crate::backend::wgpu::tests::gpu() else {
+            return;
+        };
+        let (m, k) = (3, 5);
+        let dense: Vec<f16> = (1..=m * k).map(|v| f16::from_f32(v as f32)).collect();
+        let w = GpuTiledCsl::upload(&gpu, &TiledCsl::encode(&dense, m, k).unwrap()).unwrap();
+        let x = gpu.upload(&[f16::ONE; 5]).unwrap();
+        // The caller's buffer holds y (3 values) and then a value of its own.
+        let buffer = gpu
+            .upload(&[f16::NAN, f16::NAN, f16::NAN, f16::PI])
+            .unwrap();
+        let mut y = GpuBuffer::<f16>::from_raw(&gpu, buffer.raw().clone(), m).unwrap();
+        spmm(&gpu, &w, &x, &mut y).unwrap();
+        let row_sums = [15.0, 40.0, 65.0].map(f16::from_f32);
+        let expected = [row_sums[0], row_sums[1], row_sums[2], f16::PI];
+        assert_eq!(gpu.download(&buffer).unwrap(), expected);
+    }
+
+    #[test]
     fn one_split_in_several_passes() {
         check_with_splits(1, &Case::new(130, 70_001, 9, 0.8));
     }
