@@ -94,8 +94,9 @@ typedef struct TfScanParams {
  * Grid: (ceil(m / TILE_M), ceil(n / N), splits); TF_SPMM_WARPS * 32 threads. Block z sums the
  * k tiles [z * tiles_per_split, ...). With splits > 1, each block writes f32 partials to
  * workspace [splits][ceil(n / N) * N][m], and the last block of each (m tile, n block), found
- * through a u32 counter after the partials (zero at launch; the kernel leaves it zero), adds
- * them in split order and writes y; with one split, workspace is unused (0). Dynamic shared
+ * through its u32 counter in counters [ceil(m / TILE_M)][ceil(n / N)] (zero at launch; the
+ * kernel leaves them zero, so the same counters serve the next launch), adds them in split
+ * order and writes y; with one split, workspace and counters are unused (0). Dynamic shared
  * memory: 2 * 128 * 64 * 2 + TF_SPMM_STAGES * (N * 64 * 2 + stage_vectors * 16)
  * + (tiles_per_split + 1) * 4 bytes, where stage_vectors (at least 1) is how many vectors of
  * a tile go through shared memory; the scatter reads a denser tile's other vectors from
@@ -111,6 +112,7 @@ typedef struct TfSpmmParams {
     tf_dptr x;
     tf_dptr y;
     tf_dptr workspace;
+    tf_dptr counters;
     uint32_t m;
     uint32_t n;
     uint32_t k;

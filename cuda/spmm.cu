@@ -280,7 +280,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     // Split-K: publish this split's partials, and let the last block of the tile add them.
     const uint32_t tokens_padded = gridDim.y * N;
     float *partials = reinterpret_cast<float *>(p.workspace);
-    uint32_t *counters = reinterpret_cast<uint32_t *>(partials + size_t(p.splits) * tokens_padded * p.m);
+    uint32_t *counters = reinterpret_cast<uint32_t *>(p.counters);
     for_each_result<N>(sm, acc, [&](uint32_t row, uint32_t token, float value) {
         if (row0 + row < p.m) partials[(size_t(split) * tokens_padded + n0 + token) * p.m + row0 + row] = value;
     });

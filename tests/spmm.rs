@@ -11,7 +11,10 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use tilefuse::Error;
 use tilefuse::harness::{Backend, Backends, Rng};
-use tilefuse::spmm::{Case, Pattern, Pruning, TILE_K, TILE_M, TiledCsl, check, prune, reference};
+use tilefuse::spmm::{
+    Case, DeviceOutput, Pattern, Pruning, SpmmOutput, TILE_K, TILE_M, TiledCsl, check, prune,
+    reference,
+};
 
 on_backends!([cuda, wgpu] => [
     ragged_shape_every_token_count,
@@ -22,6 +25,7 @@ on_backends!([cuda, wgpu] => [
     long_k,
     sixteen_bit_outputs_overflow_to_infinity,
     rejects_wrong_lengths,
+    one_workspace_serves_call_after_call,
     every_registered_case_passes,
 ]);
 
@@ -142,6 +146,92 @@ fn tiny_and_unaligned_shapes(backends: &Backends, backend: Backend) {
                 ..Case::new(m, k, n, 0.3)
             },
         );
+    }
+}
+
+/// Shapes with different split-K counts, 16-bit and f32 outputs, through one workspace: each
+/// call must find what it needs there whatever the calls before it left.
+fn one_workspace_serves_call_after_call(backends: &Backends, backend: Backend) {
+    let cases = [
+        Case::new(256, 3000, 16, 0.8),
+        Case::new(300, 520, 40, 0.5),
+        Case {
+            out_f32: true,
+            ..Case::new(129, 5000, 8, 0.9)
+        },
+        Case::new(2000, 1000, 64, 0.7),
+        Case::new(256, 3000, 16, 0.7),
+    ];
+    let mut workspaces = Workspaces::default();
+    for case in cases {
+        let seed = common::seed();
+        let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
+        let mut rng = Rng::new(seed);
+        let x: Vec<f16> = (0..case.n * case.k)
+            .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+            .collect();
+        let y = if case.out_f32 {
+            workspaces.spmm(backends, backend, &w, &x, f32::NAN)
+        } else {
+            workspaces.spmm(backends, backend, &w, &x, f16::NAN)
+        };
+        let expected = reference(&w, &x).unwrap();
+        let comparison = tilefuse::harness::compare(&y, &expected, case.tolerance());
+        assert!(
+            comparison.passed(),
+            "{case} after the calls before it on one workspace (seed {seed}): {comparison}"
+        );
+    }
+}
+
+/// One spmm workspace per backend.
+#[derive(Default)]
+struct Workspaces {
+    #[cfg(feature = "cuda")]
+    cuda: tilefuse::spmm::cuda::SpmmWorkspace,
+    #[cfg(feature = "wgpu")]
+    wgpu: tilefuse::spmm::wgpu::SpmmWorkspace,
+}
+
+impl Workspaces {
+    /// `y = x · wᵀ` on `backend` with its workspace, `y` filled with `poison` first.
+    fn spmm<O: DeviceOutput<f16>>(
+        &mut self,
+        backends: &Backends,
+        backend: Backend,
+        w: &TiledCsl<f16>,
+        x: &[f16],
+        poison: O,
+    ) -> Vec<f64> {
+        let y_len = x.len() / w.k() * w.m();
+        let y: Vec<O> = match backend {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => {
+                use tilefuse::spmm::cuda::{DeviceTiledCsl, spmm_with_workspace};
+                let cuda = backends.cuda().unwrap();
+                let w = DeviceTiledCsl::upload(cuda, w).unwrap();
+                let (x, mut y) = (
+                    cuda.upload(x).unwrap(),
+                    cuda.upload(&vec![poison; y_len]).unwrap(),
+                );
+                spmm_with_workspace(cuda, &w, &x, &mut y, &mut self.cuda).unwrap();
+                cuda.download(&y).unwrap()
+            }
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => {
+                use tilefuse::spmm::wgpu::{GpuTiledCsl, spmm_with_workspace};
+                let gpu = backends.wgpu().unwrap();
+                let w = GpuTiledCsl::upload(gpu, w).unwrap();
+                let (x, mut y) = (
+                    gpu.upload(x).unwrap(),
+                    gpu.upload(&vec![poison; y_len]).unwrap(),
+                );
+                spmm_with_workspace(gpu, &w, &x, &mut y, &mut self.wgpu).unwrap();
+                gpu.download(&y).unwrap()
+            }
+            _ => unreachable!("{backend} has no such test"),
+        };
+        y.into_iter().map(SpmmOutput::to_f64).collect()
     }
 }
 

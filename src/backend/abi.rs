@@ -128,6 +128,7 @@ pub struct TfSpmmParams {
     pub x: tf_dptr,
     pub y: tf_dptr,
     pub workspace: tf_dptr,
+    pub counters: tf_dptr,
     pub m: u32,
     pub n: u32,
     pub k: u32,
@@ -137,7 +138,7 @@ pub struct TfSpmmParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of TfSpmmParams"][::core::mem::size_of::<TfSpmmParams>() - 64usize];
+    ["Size of TfSpmmParams"][::core::mem::size_of::<TfSpmmParams>() - 72usize];
     ["Alignment of TfSpmmParams"][::core::mem::align_of::<TfSpmmParams>() - 8usize];
     ["Offset of field: TfSpmmParams::entries"]
         [::core::mem::offset_of!(TfSpmmParams, entries) - 0usize];
@@ -147,15 +148,17 @@ const _: () = {
     ["Offset of field: TfSpmmParams::y"][::core::mem::offset_of!(TfSpmmParams, y) - 24usize];
     ["Offset of field: TfSpmmParams::workspace"]
         [::core::mem::offset_of!(TfSpmmParams, workspace) - 32usize];
-    ["Offset of field: TfSpmmParams::m"][::core::mem::offset_of!(TfSpmmParams, m) - 40usize];
-    ["Offset of field: TfSpmmParams::n"][::core::mem::offset_of!(TfSpmmParams, n) - 44usize];
-    ["Offset of field: TfSpmmParams::k"][::core::mem::offset_of!(TfSpmmParams, k) - 48usize];
+    ["Offset of field: TfSpmmParams::counters"]
+        [::core::mem::offset_of!(TfSpmmParams, counters) - 40usize];
+    ["Offset of field: TfSpmmParams::m"][::core::mem::offset_of!(TfSpmmParams, m) - 48usize];
+    ["Offset of field: TfSpmmParams::n"][::core::mem::offset_of!(TfSpmmParams, n) - 52usize];
+    ["Offset of field: TfSpmmParams::k"][::core::mem::offset_of!(TfSpmmParams, k) - 56usize];
     ["Offset of field: TfSpmmParams::splits"]
-        [::core::mem::offset_of!(TfSpmmParams, splits) - 52usize];
+        [::core::mem::offset_of!(TfSpmmParams, splits) - 60usize];
     ["Offset of field: TfSpmmParams::tiles_per_split"]
-        [::core::mem::offset_of!(TfSpmmParams, tiles_per_split) - 56usize];
+        [::core::mem::offset_of!(TfSpmmParams, tiles_per_split) - 64usize];
     ["Offset of field: TfSpmmParams::stage_vectors"]
-        [::core::mem::offset_of!(TfSpmmParams, stage_vectors) - 60usize];
+        [::core::mem::offset_of!(TfSpmmParams, stage_vectors) - 68usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]

@@ -302,17 +302,34 @@ fn bench_cases() -> Vec<BenchCase> {
                     bytes,
                     flops,
                     move |backends, backend| {
-                        prepare(backends, backend, bench_weight(m, k, sparsity, true), n)
+                        let w = bench_weight(m, k, sparsity, true);
+                        prepare(backends, backend, w, n, Workspace::Reused)
                     },
                 ));
                 if n == 16 && sparsity == 0.8 {
                     // The target cases again with each tile's entries in increasing places,
                     // as Flash-LLM stores them: what the bank-spread order gains.
+                    let name_again = name.clone();
                     cases.push(
                         BenchCase::new("spmm", name, bytes, flops, move |backends, backend| {
-                            prepare(backends, backend, bench_weight(m, k, sparsity, false), n)
+                            let w = bench_weight(m, k, sparsity, false);
+                            prepare(backends, backend, w, n, Workspace::Reused)
                         })
                         .by("tilefuse, increasing places"),
+                    );
+                    // And through `spmm`, which allocates split-K's memory at every call.
+                    cases.push(
+                        BenchCase::new(
+                            "spmm",
+                            name_again,
+                            bytes,
+                            flops,
+                            move |backends, backend| {
+                                let w = bench_weight(m, k, sparsity, true);
+                                prepare(backends, backend, w, n, Workspace::PerCall)
+                            },
+                        )
+                        .by("tilefuse, workspace per call"),
                     );
                 }
             }
@@ -399,12 +416,22 @@ fn uniform_weight(
     TiledCsl::from_parts(m, k, offsets, entries)
 }
 
+/// Whether a bench runner reuses one workspace (`spmm_with_workspace`) or lets `spmm` make
+/// one at every call.
+#[derive(Clone, Copy, PartialEq)]
+enum Workspace {
+    Reused,
+    PerCall,
+}
+
 fn prepare(
     backends: &Backends,
     backend: Backend,
     w: Arc<TiledCsl<f16>>,
     n: usize,
+    workspace: Workspace,
 ) -> Result<Option<Runner<'_>>> {
+    let reuse = workspace == Workspace::Reused;
     let copies = L2_DEFEAT_BYTES.div_ceil(w.stats().bytes).max(1);
     let x: Vec<f16> = vec![f16::from_f32(0.5); n * w.k()];
     match backend {
@@ -417,12 +444,17 @@ fn prepare(
                 .collect::<Result<Vec<_>>>()?;
             let x = cuda.upload(&x)?;
             let mut y = cuda.upload(&vec![f16::ZERO; n * w.m()])?;
+            let mut workspace = super::cuda::SpmmWorkspace::new();
             let mut turn = 0;
             Ok(Some(Runner::new(
                 crate::harness::Clock::Cuda(cuda),
                 move || {
                     turn = (turn + 1) % weights.len();
-                    super::cuda::spmm(cuda, &weights[turn], &x, &mut y)
+                    if !reuse {
+                        workspace = super::cuda::SpmmWorkspace::new();
+                    }
+                    let w = &weights[turn];
+                    super::cuda::spmm_with_workspace(cuda, w, &x, &mut y, &mut workspace)
                 },
             )))
         }
@@ -434,12 +466,17 @@ fn prepare(
                 .collect::<Result<Vec<_>>>()?;
             let x = gpu.upload(&x)?;
             let mut y = gpu.zeros::<f16>(n * w.m())?;
+            let mut workspace = super::wgpu::SpmmWorkspace::new();
             let mut turn = 0;
             Ok(Some(Runner::new(
                 crate::harness::Clock::Wgpu(gpu),
                 move || {
                     turn = (turn + 1) % weights.len();
-                    super::wgpu::spmm(gpu, &weights[turn], &x, &mut y)
+                    if !reuse {
+                        workspace = super::wgpu::SpmmWorkspace::new();
+                    }
+                    let w = &weights[turn];
+                    super::wgpu::spmm_with_workspace(gpu, w, &x, &mut y, &mut workspace)
                 },
             )))
         }

@@ -46,8 +46,65 @@ impl<T: SpmmElement> DeviceTiledCsl<T> {
     }
 }
 
+/// Device memory for split-K, kept from one [`spmm_with_workspace`] to the next: the f32
+/// partial sums, and the counters that find each output tile's last block, which every launch
+/// leaves at zero. Reusing one saves each launch an allocation and a memset of the counters
+/// (a second operation on the stream, beside a kernel of some 20 µs). It grows to the largest
+/// launch it has served.
+///
+/// Launches captured into a CUDA graph keep the memory the workspace had at capture: keep it
+/// alive, and don't let a larger launch grow it, while the graph may run.
+#[derive(Debug, Default)]
+pub struct SpmmWorkspace {
+    partials: Option<CudaSlice<u32>>,
+    counters: Option<CudaSlice<u32>>,
+}
+
+impl SpmmWorkspace {
+    /// An empty workspace; the first launch that needs split-K allocates it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        [&self.partials, &self.counters]
+            .into_iter()
+            .flatten()
+            .map(|words| words.len() * 4)
+            .sum()
+    }
+
+    /// The partials and (zeroed) counters for `plan`, grown on `cuda`'s stream if needed.
+    fn reserve(
+        &mut self,
+        cuda: &Cuda,
+        plan: &Plan,
+        m: usize,
+    ) -> Result<(&mut CudaSlice<u32>, &mut CudaSlice<u32>)> {
+        for slice in [&self.partials, &self.counters].into_iter().flatten() {
+            cuda.check_device("workspace", slice)?;
+        }
+        let fits = |slice: &Option<CudaSlice<u32>>, words| {
+            slice.as_ref().is_some_and(|s| s.len() >= words)
+        };
+        let (partial_words, counter_words) = (plan.partials(m), plan.counters());
+        if !fits(&self.partials, partial_words) {
+            self.partials = Some(cuda.scratch(partial_words, 0..0)?);
+        }
+        if !fits(&self.counters, counter_words) {
+            self.counters = Some(cuda.scratch(counter_words, 0..counter_words)?);
+        }
+        match (&mut self.partials, &mut self.counters) {
+            (Some(partials), Some(counters)) => Ok((partials, counters)),
+            _ => unreachable!("both were allocated above"),
+        }
+    }
+}
+
 /// Enqueues `y [n, m] = x [n, k] · wᵀ` on `cuda`'s stream, with `n = x.len() / k`; `O` is
-/// the weight's own type or f32.
+/// the weight's own type or f32. Split-K launches allocate their workspace each time:
+/// [`spmm_with_workspace`] reuses one.
 ///
 /// ```no_run
 /// # fn main() -> tilefuse::Result<()> {
@@ -76,6 +133,41 @@ where
     T: SpmmElement + DeviceRepr,
     O: SpmmOutput<T> + DeviceRepr,
 {
+    spmm_with_workspace(cuda, w, x, y, &mut SpmmWorkspace::new())
+}
+
+/// [`spmm`] with split-K's memory taken from `workspace` (grown there when too small), as a
+/// decode loop calls it layer after layer.
+///
+/// ```no_run
+/// # fn main() -> tilefuse::Result<()> {
+/// # use half::f16;
+/// # use tilefuse::backend::cuda::Cuda;
+/// # use tilefuse::spmm::{TiledCsl, cuda::{DeviceTiledCsl, SpmmWorkspace, spmm_with_workspace}};
+/// # let cuda = Cuda::new(0)?;
+/// # let (m, k, n) = (4096, 4096, 16);
+/// # let dense = vec![f16::ONE; m * k];
+/// let layers = [DeviceTiledCsl::upload(&cuda, &TiledCsl::encode(&dense, m, k)?)?];
+/// let mut workspace = SpmmWorkspace::new();
+/// let x = cuda.upload(&vec![f16::ONE; n * k])?;
+/// let mut y = cuda.upload(&vec![f16::ZERO; n * m])?;
+/// for w in &layers {
+///     spmm_with_workspace(&cuda, w, &x, &mut y, &mut workspace)?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn spmm_with_workspace<T, O>(
+    cuda: &Cuda,
+    w: &DeviceTiledCsl<T>,
+    x: &impl DevicePtr<T>,
+    y: &mut impl DevicePtrMut<O>,
+    workspace: &mut SpmmWorkspace,
+) -> Result<()>
+where
+    T: SpmmElement + DeviceRepr,
+    O: SpmmOutput<T> + DeviceRepr,
+{
     let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
@@ -88,19 +180,22 @@ where
         w.max_tile_vectors,
         n,
     )?;
-    // Without split-K the kernel never touches a workspace: none is allocated.
-    let mut workspace = (plan.splits > 1)
-        .then(|| cuda.scratch(plan.workspace_words(w.m), plan.counters(w.m)))
+    // Without split-K the kernel never touches a workspace.
+    let workspace = (plan.splits > 1)
+        .then(|| workspace.reserve(cuda, &plan, w.m))
         .transpose()?;
     let mut args = cuda.args();
+    let (workspace, counters) = match workspace {
+        Some((partials, counters)) => (args.write(partials), args.write(counters)),
+        None => (0, 0),
+    };
     let params = TfSpmmParams {
         entries: args.read(&w.entries),
         tile_offsets: args.read(&w.tile_offsets),
         x: args.read(x),
         y: args.write(y),
-        workspace: workspace
-            .as_mut()
-            .map_or(0, |workspace| args.write(workspace)),
+        workspace,
+        counters,
         m: w.m as u32,
         n: n as u32,
         k: w.k as u32,
@@ -119,9 +214,11 @@ where
     // reads and every shared-memory place it scatters to is in bounds; a stage holds
     // plan.stage_vectors vectors and the kernel copies no more into it (the rest of a denser
     // tile it reads from global memory). x holds n·k values and y n·m (checked above), and the
-    // kernel guards token < n, row < m, column < k. With splits > 1 the workspace has the
-    // split-K layout of abi.h for this grid (Plan::workspace_words), with its counters zeroed;
-    // with one split the kernel returns before any workspace access. Plan checked
+    // kernel guards token < n, row < m, column < k. With splits > 1 the workspace holds at
+    // least abi.h's split-K partials for this grid (Plan::partials) and counters
+    // (Plan::counters), which are zero: zeroed when allocated, and left zero by every launch
+    // since (each runs to completion, in stream order); with one split the kernel returns
+    // before any workspace access. Plan checked
     // the grid and shared memory against the device's limits.
     unsafe { cuda.launch(plan.kernel::<T, O>(), config, &params, args) }
 }
@@ -256,13 +353,8 @@ impl Plan {
     }
 
     /// The split-K counters, zero at launch (the kernel leaves them zero).
-    fn counters(&self, m: usize) -> std::ops::Range<usize> {
-        let start = self.partials(m);
-        start..start + (self.tiles_m * self.n_blocks) as usize
-    }
-
-    fn workspace_words(&self, m: usize) -> usize {
-        self.counters(m).end
+    fn counters(&self) -> usize {
+        (self.tiles_m * self.n_blocks) as usize
     }
 
     fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self) -> Kernel {

@@ -76,12 +76,55 @@ fn splits(groups: usize, tiles_k: usize) -> usize {
         .min(u16::MAX as usize)
 }
 
-/// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`.
+/// The f32 sums of split-K (and of 16-bit outputs), kept from one [`spmm_with_workspace`]
+/// to the next so that each call saves an allocation; it grows to the largest call it has
+/// served.
+#[derive(Debug, Default)]
+pub struct SpmmWorkspace {
+    sums: Option<GpuBuffer<f32>>,
+}
+
+impl SpmmWorkspace {
+    /// An empty workspace; the first call that needs one allocates it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        self.sums.as_ref().map_or(0, |sums| sums.len() * 4)
+    }
+
+    /// At least `len` f32 values on `gpu`'s device.
+    fn reserve(&mut self, gpu: &Wgpu, len: usize) -> Result<&GpuBuffer<f32>> {
+        if let Some(sums) = &self.sums {
+            gpu.check_buffer("workspace", sums)?;
+        }
+        if self.sums.as_ref().is_none_or(|sums| sums.len() < len) {
+            self.sums = Some(gpu.zeros(len)?);
+        }
+        Ok(self.sums.as_ref().expect("allocated above"))
+    }
+}
+
+/// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`. Calls that need scratch memory
+/// (split-K, 16-bit outputs) allocate it each time: [`spmm_with_workspace`] reuses it.
 pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
     gpu: &Wgpu,
     w: &GpuTiledCsl<T>,
     x: &GpuBuffer<T>,
     y: &mut GpuBuffer<O>,
+) -> Result<()> {
+    spmm_with_workspace(gpu, w, x, y, &mut SpmmWorkspace::new())
+}
+
+/// [`spmm`] with its scratch memory taken from `workspace` (grown there when too small).
+pub fn spmm_with_workspace<T: SpmmElement, O: SpmmOutput<T>>(
+    gpu: &Wgpu,
+    w: &GpuTiledCsl<T>,
+    x: &GpuBuffer<T>,
+    y: &mut GpuBuffer<O>,
+    workspace: &mut SpmmWorkspace,
 ) -> Result<()> {
     let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
     gpu.check_buffer("w", &w.entries)?;
@@ -110,7 +153,7 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
     let scratch = if O::F32 && splits == 1 {
         None
     } else {
-        Some(gpu.zeros::<f32>(splits * n * w.m)?)
+        Some(workspace.reserve(gpu, splits * n * w.m)?)
     };
     let sums = scratch.as_ref().map_or(y.raw(), |s| s.raw());
     let bound = [

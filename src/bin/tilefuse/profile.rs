@@ -81,8 +81,9 @@ pub fn profile(args: &ProfileArgs) -> Result<String, String> {
                 .upload(&vec![f16::ZERO; args.n * args.m])
                 .map_err(err)?;
             let label = format!("spmm {case}");
+            let mut workspace = spmm::cuda::SpmmWorkspace::new();
             launches(&cuda, &ranges, &label, args.iters, || {
-                spmm::cuda::spmm(&cuda, &w, &x, &mut y)
+                spmm::cuda::spmm_with_workspace(&cuda, &w, &x, &mut y, &mut workspace)
             })?;
             label
         }

@@ -36,9 +36,46 @@ fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
 
 const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
 
+/// The launch plan for `w` and `n` tokens on `device`.
+fn plan<T: SpmmElement>(
+    w: &TiledCsl<T>,
+    n: usize,
+    device: &CudaDeviceInfo,
+) -> Result<Plan, String> {
+    let vectors = w.device_entries().len() / 4;
+    Plan::new(
+        device,
+        w.m(),
+        w.k(),
+        vectors,
+        w.max_tile_vectors().max(1),
+        n,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Split-K's memory, as a `SpmmWorkspace` holds it: partials never written (NaN here), and
+/// counters zeroed when allocated.
+struct Workspace {
+    partials: Guarded<u32>,
+    counters: Guarded<u32>,
+    /// Words of each.
+    sizes: (usize, usize),
+}
+
+impl Workspace {
+    fn new(partials: usize, counters: usize) -> Workspace {
+        Workspace {
+            partials: Guarded::new(&vec![NAN_WORDS; partials]),
+            counters: Guarded::new(&vec![0; counters]),
+            sizes: (partials, counters),
+        }
+    }
+}
+
 /// `y = x · wᵀ` through the emulated kernel, planned as for `device`, with x starting
 /// `x_shift` elements into its buffer (a view at an offset: with x_shift odd, its rows are not
-/// 16-byte aligned even when k is a multiple of 8).
+/// 16-byte aligned even when k is a multiple of 8), and a workspace of its own.
 fn run<T: SpmmElement, O: SpmmOutput<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
@@ -47,11 +84,24 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     order: Order,
     x_shift: usize,
 ) -> Result<Vec<O>, String> {
+    let plan = plan(w, x.len() / w.k(), device)?;
+    let mut workspace = Workspace::new(plan.partials(w.m()), plan.counters());
+    run_in(emulator, w, x, device, order, x_shift, &mut workspace)
+}
+
+/// [`run`] with split-K's memory from `workspace`, which must be large enough.
+fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
+    emulator: &Emulator,
+    w: &TiledCsl<T>,
+    x: &[T],
+    device: &CudaDeviceInfo,
+    order: Order,
+    x_shift: usize,
+    workspace: &mut Workspace,
+) -> Result<Vec<O>, String> {
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
-    let vectors = w.device_entries().len() / 4;
-    let plan = Plan::new(device, m, k, vectors, w.max_tile_vectors().max(1), n)
-        .map_err(|e| e.to_string())?;
+    let plan = plan(w, n, device)?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
@@ -59,17 +109,26 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
         bytemuck::cast_slice(&vec![NAN_WORDS; (n * m * size_of::<O>()).div_ceil(4)])[..n * m]
             .to_vec();
     let mut y = Guarded::new(&poison);
-    // The workspace as Cuda::scratch leaves it: counters zeroed, partials never written.
-    let mut workspace_words = vec![NAN_WORDS; plan.workspace_words(m)];
-    workspace_words[plan.counters(m)].fill(0);
-    let mut workspace = Guarded::new(&workspace_words);
+    let split_k = plan.splits > 1;
+    let (partials, counters) = workspace.sizes;
+    if split_k && (partials < plan.partials(m) || counters < plan.counters()) {
+        return Err(format!(
+            "a workspace of {:?} words is too small",
+            workspace.sizes
+        ));
+    }
     let params = TfSpmmParams {
         entries: entries.address(),
         tile_offsets: offsets.address(),
         x: x_buffer.address() + (x_shift * size_of::<T>()) as u64,
         y: y.address(),
-        workspace: if plan.splits > 1 {
-            workspace.address()
+        workspace: if split_k {
+            workspace.partials.address()
+        } else {
+            0
+        },
+        counters: if split_k {
+            workspace.counters.address()
         } else {
             0
         },
@@ -93,8 +152,8 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     };
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
     // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
-    // splits > 1 a workspace of the plan's layout whose counters are zero; all buffers live
-    // until the launch returns.
+    // splits > 1 a workspace with room for the plan's partials and zeroed counters (callers
+    // size it); all buffers live until the launch returns.
     unsafe {
         emulator.launch("spmm", plan.kernel::<T, O>().name, &params, &launch)?;
     }
@@ -103,8 +162,13 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     if x_buffer.read("x")?[x_shift..] != *x {
         return Err("x was written".into());
     }
-    let words = workspace.read("workspace")?;
-    if words[plan.counters(m)].iter().any(|&c| c != 0) {
+    workspace.partials.read("split-K partials")?;
+    if workspace
+        .counters
+        .read("split-K counters")?
+        .iter()
+        .any(|&c| c != 0)
+    {
         return Err("split-K counters not left at zero".into());
     }
     y.read("y")
@@ -198,6 +262,43 @@ fn split_k_sizes() {
     for (i, sm_count) in [1, 3, 16, 132].into_iter().enumerate() {
         let case = Case::new(256, 1500, 16, 0.8);
         check_case(&case, &device(sm_count), ORDERS[i % 3]);
+    }
+}
+
+/// Launch after launch of different shapes and split counts on one workspace, as
+/// `spmm_with_workspace` reuses it: each finds the counters zero and ignores the partials
+/// that earlier launches left.
+#[test]
+fn one_workspace_serves_launch_after_launch() {
+    let cases = [
+        Case::new(256, 1500, 16, 0.8),
+        Case::new(300, 700, 40, 0.5),
+        Case::new(129, 2000, 8, 0.9),
+        Case::new(256, 1500, 16, 0.7),
+    ];
+    let device = device(16);
+    let (mut partials, mut counters) = (0, 0);
+    for case in &cases {
+        let w = crate::spmm::check::weight::<f16>(case, 1).unwrap();
+        let plan = plan(&w, case.n, &device).unwrap();
+        assert!(plan.splits > 1, "{case}: {} split", plan.splits);
+        // Room for as many splits as k tiles: the split count may differ with the seed.
+        let most_splits = case.k.div_ceil(TILE_K);
+        partials = partials.max(plan.partials(case.m) / plan.splits as usize * most_splits);
+        counters = counters.max(plan.counters());
+    }
+    let mut workspace = Workspace::new(partials, counters);
+    for (i, case) in cases.iter().enumerate() {
+        let order = ORDERS[i % 3];
+        assert_emulated(
+            &format!("{case}, launch {i} on one workspace"),
+            |emulator, seed| {
+                check_with::<f16, f16>(case, seed, |w, x| {
+                    let y = run_in(emulator, w, x, &device, order, 0, &mut workspace);
+                    Ok(Some(y.unwrap_or_else(|e| panic!("emulated spmm: {e}"))))
+                })
+            },
+        );
     }
 }
 
