@@ -2,7 +2,7 @@
 // rows of m (half of a 128-row tile row), 16 tokens and one split of the k tiles; for each
 // 128 x 64 weight tile it scatters the entries of its half into a zeroed f32 tile in workgroup
 // memory, stages the x tile beside it, and each invocation accumulates one row for four
-// tokens. f32 arithmetic. Weights and x hold 16-bit values (f16, or bf16 when BF16), two per
+// tokens, reading four columns of its row and four tokens of x at a time. f32 arithmetic. Weights and x hold 16-bit values (f16, or bf16 when BF16), two per
 // u32. Each split writes its f32 sums [split][n][m]; with one split and f32 output they are y,
 // else `finish` adds the splits in order and writes y as f32 or packed 16-bit values. Where
 // the driver cuts long loops short (llvmpipe: 65535 iterations per invocation in all), the
@@ -41,8 +41,13 @@ const PER_INVOCATION: u32 = 4u;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<u32>;
 
-var<workgroup> dense: array<array<f32, TILE_K>, ROWS>;
-var<workgroup> x_tile: array<array<f32, TILE_K>, TOKENS>;
+// The dense tile's rows as 16 vec4 of columns, each row padded by one vec4: invocations read
+// consecutive rows, and 68 words apart these fall on every bank (at 64 apart, on one).
+const ROW_VECS: u32 = TILE_K / 4u;
+var<workgroup> dense: array<array<vec4<f32>, ROW_VECS + 1u>, ROWS>;
+// The x tile by column: x_tile[c][g] holds tokens 4g .. 4g + 3 of column c, the four that one
+// invocation multiplies.
+var<workgroup> x_tile: array<array<vec4<f32>, TOKENS / PER_INVOCATION>, TILE_K>;
 
 fn from_bits(bits: u32) -> f32 {
     if (BF16) {
@@ -64,7 +69,7 @@ fn scatter(e: u32, row0: u32) {
     }
     let swizzled = place % TILE_K;
     let col = (((swizzled / 8u) ^ (row % 8u)) * 8u) + swizzled % 8u;
-    dense[row - row0][col] = from_bits(e & 0xffffu);
+    dense[row - row0][col / 4u][col % 4u] = from_bits(e & 0xffffu);
 }
 
 @compute @workgroup_size(64, 4)
@@ -74,14 +79,14 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let row0 = (group.x % 2u) * ROWS;     // in the tile
     let token0 = group.y * TOKENS;
     let row = tile_m * 128u + row0 + local.x;
-    var acc = array<f32, PER_INVOCATION>(0.0, 0.0, 0.0, 0.0);
+    var acc = vec4<f32>(0.0);  // tokens 4 local.y .. 4 local.y + 3
     let split_first = group.z * params.tiles_per_split;
     let split_end = min(params.tiles_k, split_first + params.tiles_per_split);
     let first = split_first + min(params.tile_first, params.tiles_per_split);
     let tile_end = min(split_end, first + min(params.tile_count, params.tiles_per_split));
     for (var tile_k = first; tile_k < tile_end; tile_k++) {
-        for (var i = index; i < ROWS * TILE_K; i += 256u) {
-            dense[i / TILE_K][i % TILE_K] = 0.0;
+        for (var i = index; i < ROWS * ROW_VECS; i += 256u) {
+            dense[i / ROW_VECS][i % ROW_VECS] = vec4<f32>(0.0);
         }
         workgroupBarrier();
         let tile = tile_m * params.tiles_k + tile_k;
@@ -94,20 +99,23 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
             scatter(e.w, row0);
         }
         for (var i = index; i < TOKENS * TILE_K; i += 256u) {
-            let token = token0 + i / TILE_K;
+            let t = i / TILE_K;
+            let token = token0 + t;
             let col = tile_k * TILE_K + i % TILE_K;
             var value = 0.0;
             if (token < params.n && col < params.k) {
                 value = load_x(token * params.k + col);
             }
-            x_tile[i / TILE_K][i % TILE_K] = value;
+            x_tile[i % TILE_K][t / PER_INVOCATION][t % PER_INVOCATION] = value;
         }
         workgroupBarrier();
-        for (var c = 0u; c < TILE_K; c++) {
-            let w = dense[local.x][c];
-            for (var t = 0u; t < PER_INVOCATION; t++) {
-                acc[t] += w * x_tile[local.y * PER_INVOCATION + t][c];
-            }
+        for (var c4 = 0u; c4 < ROW_VECS; c4++) {
+            let w = dense[local.x][c4];
+            let c = 4u * c4;
+            acc += w.x * x_tile[c][local.y];
+            acc += w.y * x_tile[c + 1u][local.y];
+            acc += w.z * x_tile[c + 2u][local.y];
+            acc += w.w * x_tile[c + 3u][local.y];
         }
         workgroupBarrier();
     }
