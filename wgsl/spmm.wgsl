@@ -41,13 +41,16 @@ const PER_INVOCATION: u32 = 4u;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<u32>;
 
-// The dense tile's rows as 16 vec4 of columns, each row padded by one vec4: invocations read
-// consecutive rows, and 68 words apart these fall on every bank (at 64 apart, on one).
-const ROW_VECS: u32 = TILE_K / 4u;
-var<workgroup> dense: array<array<vec4<f32>, ROW_VECS + 1u>, ROWS>;
+// The dense tile, each row padded by one value: the invocations of a warp read one column of
+// consecutive rows, which 65 words apart fall on every bank (64 apart, on one). Scalars, not
+// vectors, because the scatter's invocations write neighbouring values at once, and WGSL lets
+// a write of one vector component touch the whole vector.
+var<workgroup> dense: array<array<f32, TILE_K + 1u>, ROWS>;
 // The x tile by column: x_tile[c][g] holds tokens 4g .. 4g + 3 of column c, the four that one
-// invocation multiplies.
-var<workgroup> x_tile: array<array<vec4<f32>, TOKENS / PER_INVOCATION>, TILE_K>;
+// invocation multiplies (one broadcast load), staged one vec4 per invocation.
+const GROUPS: u32 = TOKENS / PER_INVOCATION;
+var<workgroup> x_tile: array<array<vec4<f32>, GROUPS>, TILE_K>;
+const_assert TILE_K * GROUPS == 256u;
 
 fn from_bits(bits: u32) -> f32 {
     if (BF16) {
@@ -60,6 +63,17 @@ fn load_x(i: u32) -> f32 {
     return from_bits((x[i >> 1u] >> (16u * (i & 1u))) & 0xffffu);
 }
 
+// Column `col` of tokens token0 .. token0 + 3 of x (0 past its end).
+fn x_group(col: u32, token0: u32) -> vec4<f32> {
+    var values = vec4<f32>(0.0);
+    for (var t = 0u; t < PER_INVOCATION; t++) {
+        if (token0 + t < params.n && col < params.k) {
+            values[t] = load_x((token0 + t) * params.k + col);
+        }
+    }
+    return values;
+}
+
 // Writes entry `e` (value bits | place << 16) if its row is in rows [row0, row0 + ROWS).
 fn scatter(e: u32, row0: u32) {
     let place = e >> 16u;
@@ -69,7 +83,7 @@ fn scatter(e: u32, row0: u32) {
     }
     let swizzled = place % TILE_K;
     let col = (((swizzled / 8u) ^ (row % 8u)) * 8u) + swizzled % 8u;
-    dense[row - row0][col / 4u][col % 4u] = from_bits(e & 0xffffu);
+    dense[row - row0][col] = from_bits(e & 0xffffu);
 }
 
 @compute @workgroup_size(64, 4)
@@ -85,8 +99,8 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let first = split_first + min(params.tile_first, params.tiles_per_split);
     let tile_end = min(split_end, first + min(params.tile_count, params.tiles_per_split));
     for (var tile_k = first; tile_k < tile_end; tile_k++) {
-        for (var i = index; i < ROWS * ROW_VECS; i += 256u) {
-            dense[i / ROW_VECS][i % ROW_VECS] = vec4<f32>(0.0);
+        for (var i = index; i < ROWS * TILE_K; i += 256u) {
+            dense[i / TILE_K][i % TILE_K] = 0.0;
         }
         workgroupBarrier();
         let tile = tile_m * params.tiles_k + tile_k;
@@ -98,24 +112,15 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
             scatter(e.z, row0);
             scatter(e.w, row0);
         }
-        for (var i = index; i < TOKENS * TILE_K; i += 256u) {
-            let t = i / TILE_K;
-            let token = token0 + t;
-            let col = tile_k * TILE_K + i % TILE_K;
-            var value = 0.0;
-            if (token < params.n && col < params.k) {
-                value = load_x(token * params.k + col);
-            }
-            x_tile[i % TILE_K][t / PER_INVOCATION][t % PER_INVOCATION] = value;
-        }
+        x_tile[index / GROUPS][index % GROUPS] = x_group(tile_k * TILE_K + index / GROUPS,
+                                                         token0 + (index % GROUPS) * PER_INVOCATION);
         workgroupBarrier();
-        for (var c4 = 0u; c4 < ROW_VECS; c4++) {
-            let w = dense[local.x][c4];
+        for (var c4 = 0u; c4 < TILE_K / 4u; c4++) {
             let c = 4u * c4;
-            acc += w.x * x_tile[c][local.y];
-            acc += w.y * x_tile[c + 1u][local.y];
-            acc += w.z * x_tile[c + 2u][local.y];
-            acc += w.w * x_tile[c + 3u][local.y];
+            acc += dense[local.x][c] * x_tile[c][local.y];
+            acc += dense[local.x][c + 1u] * x_tile[c + 1u][local.y];
+            acc += dense[local.x][c + 2u] * x_tile[c + 2u][local.y];
+            acc += dense[local.x][c + 3u] * x_tile[c + 3u][local.y];
         }
         workgroupBarrier();
     }

@@ -497,6 +497,20 @@ impl Wgpu {
         self.dispatch_bound(pipeline, params, &bound, workgroups)
     }
 
+    /// Whether a storage buffer of `bytes` may be bound (shaders bind whole buffers).
+    pub(crate) fn check_binding_size(&self, bytes: u64) -> Result<()> {
+        let limit = self.limits().max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(Error::DeviceLimit {
+                what: "storage buffer",
+                limit_name: "max_storage_buffer_binding_size",
+                needed: bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// [`Wgpu::dispatch`] with explicit binding numbers for the storage buffers, for entry
     /// points of one shader that use different subsets of its bindings.
     pub(crate) fn dispatch_bound(
@@ -506,14 +520,8 @@ impl Wgpu {
         buffers: &[(u32, &wgpu::Buffer)],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        let binding_limit = self.limits().max_storage_buffer_binding_size;
-        if let Some((_, buffer)) = buffers.iter().find(|(_, b)| b.size() > binding_limit) {
-            return Err(Error::DeviceLimit {
-                what: "storage buffer",
-                limit_name: "max_storage_buffer_binding_size",
-                needed: buffer.size(),
-                limit: binding_limit,
-            });
+        for (_, buffer) in buffers {
+            self.check_binding_size(buffer.size())?;
         }
         let limit = self.limits().max_compute_workgroups_per_dimension;
         if let Some(&needed) = workgroups.iter().find(|&&w| w > limit) {
