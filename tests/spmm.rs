@@ -26,6 +26,7 @@ on_backends!([cuda, wgpu] => [
     sixteen_bit_outputs_overflow_to_infinity,
     rejects_wrong_lengths,
     one_workspace_serves_call_after_call,
+    a_reserved_workspace_does_not_grow,
     every_registered_case_passes,
 ]);
 
@@ -191,6 +192,32 @@ fn one_workspace_serves_call_after_call(backends: &Backends, backend: Backend) {
     }
 }
 
+/// A workspace reserved for each of a weight's token counts (as before capturing a CUDA graph)
+/// allocates nothing more when those calls run, and is large enough for each of them.
+fn a_reserved_workspace_does_not_grow(backends: &Backends, backend: Backend) {
+    let seed = common::seed();
+    let case = Case::new(256, 3000, 64, 0.8);
+    let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
+    let token_counts = [1, 9, 16, 40, 64];
+    let mut workspaces = Workspaces::default();
+    for n in token_counts {
+        workspaces.reserve(backends, backend, &w, n);
+    }
+    let reserved = workspaces.bytes();
+    assert!(reserved > 0, "split-K at k = 3000 needs a workspace");
+    for n in token_counts {
+        let x = vec![f16::ONE; n * case.k];
+        let y = workspaces.spmm(backends, backend, &w, &x, f16::NAN);
+        let expected = reference(&w, &x).unwrap();
+        let comparison = tilefuse::harness::compare(&y, &expected, case.tolerance());
+        assert!(
+            comparison.passed(),
+            "{case}, n = {n} (seed {seed}): {comparison}"
+        );
+        assert_eq!(workspaces.bytes(), reserved, "n = {n} grew the workspace");
+    }
+}
+
 /// One spmm workspace per backend.
 #[derive(Default)]
 struct Workspaces {
@@ -201,6 +228,37 @@ struct Workspaces {
 }
 
 impl Workspaces {
+    /// Reserves `backend`'s workspace for `w` and `n` tokens.
+    fn reserve(&mut self, backends: &Backends, backend: Backend, w: &TiledCsl<f16>, n: usize) {
+        match backend {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => {
+                let cuda = backends.cuda().unwrap();
+                let w = tilefuse::spmm::cuda::DeviceTiledCsl::upload(cuda, w).unwrap();
+                self.cuda.reserve(cuda, &w, n).unwrap();
+            }
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => {
+                let gpu = backends.wgpu().unwrap();
+                let w = tilefuse::spmm::wgpu::GpuTiledCsl::upload(gpu, w).unwrap();
+                self.wgpu.reserve(gpu, &w, n).unwrap();
+            }
+            _ => unreachable!("{backend} has no such test"),
+        }
+    }
+
+    /// Device bytes held by the workspaces.
+    fn bytes(&self) -> usize {
+        [
+            #[cfg(feature = "cuda")]
+            self.cuda.bytes(),
+            #[cfg(feature = "wgpu")]
+            self.wgpu.bytes(),
+        ]
+        .iter()
+        .sum()
+    }
+
     /// `y = x · wᵀ` on `backend` with its workspace, `y` filled with `poison` first.
     fn spmm<O: DeviceOutput<f16>>(
         &mut self,

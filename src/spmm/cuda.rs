@@ -55,8 +55,9 @@ impl<T: SpmmElement> DeviceTiledCsl<T> {
 ///
 /// Launches that share a workspace must run one after another: on one stream, or on several
 /// with cudarc's event tracking on (its default), which orders them. Launches captured into a
-/// CUDA graph keep the memory the workspace had at capture: keep it alive, and don't let a
-/// larger launch grow it, while the graph may run.
+/// CUDA graph keep the memory the workspace had at capture: [`reserve`](Self::reserve) it for
+/// their shapes before capture, keep it alive, and don't let a larger launch grow it, while
+/// the graph may run.
 #[derive(Debug, Default)]
 pub struct SpmmWorkspace {
     partials: Option<CudaSlice<u32>>,
@@ -78,8 +79,42 @@ impl SpmmWorkspace {
             .sum()
     }
 
+    /// Grows the workspace to what [`spmm_with_workspace`] needs for `w` and `n` tokens on
+    /// `cuda`, so that those calls allocate nothing: before capturing them into a CUDA graph,
+    /// say.
+    ///
+    /// ```no_run
+    /// # fn main() -> tilefuse::Result<()> {
+    /// # use half::f16;
+    /// # use tilefuse::backend::cuda::Cuda;
+    /// # use tilefuse::spmm::{TiledCsl, cuda::{DeviceTiledCsl, SpmmWorkspace}};
+    /// # let cuda = Cuda::new(0)?;
+    /// # let w = DeviceTiledCsl::upload(&cuda, &TiledCsl::encode(&vec![f16::ONE; 4096 * 4096], 4096, 4096)?)?;
+    /// let mut workspace = SpmmWorkspace::new();
+    /// for n in [1, 8, 16, 64] {
+    ///     workspace.reserve(&cuda, &w, n)?; // the decode batch sizes a graph will replay
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reserve<T: SpmmElement>(
+        &mut self,
+        cuda: &Cuda,
+        w: &DeviceTiledCsl<T>,
+        n: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let plan = Plan::for_weight(cuda, w, n)?;
+        if plan.splits > 1 {
+            self.grow(cuda, &plan, w.m)?;
+        }
+        Ok(())
+    }
+
     /// The partials and (zeroed) counters for `plan`, grown on `cuda`'s stream if needed.
-    fn reserve(
+    fn grow(
         &mut self,
         cuda: &Cuda,
         plan: &Plan,
@@ -175,17 +210,10 @@ where
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
-    let plan = Plan::new(
-        cuda.info(),
-        w.m,
-        w.k,
-        w.entries.len() / 4,
-        w.max_tile_vectors,
-        n,
-    )?;
+    let plan = Plan::for_weight(cuda, w, n)?;
     // Without split-K the kernel never touches a workspace.
     let workspace = (plan.splits > 1)
-        .then(|| workspace.reserve(cuda, &plan, w.m))
+        .then(|| workspace.grow(cuda, &plan, w.m))
         .transpose()?;
     let mut args = cuda.args();
     let (workspace, counters) = match workspace {
@@ -292,6 +320,12 @@ struct Plan {
 }
 
 impl Plan {
+    /// For `w` and `n` tokens on `cuda`'s device.
+    fn for_weight<T: SpmmElement>(cuda: &Cuda, w: &DeviceTiledCsl<T>, n: usize) -> Result<Plan> {
+        let vectors = w.entries.len() / 4;
+        Plan::new(cuda.info(), w.m, w.k, vectors, w.max_tile_vectors, n)
+    }
+
     /// For `y [n, m] = x [n, k] · wᵀ` where `w` has `vectors` 16-byte vectors of entries and
     /// its largest tile `max_tile_vectors`.
     fn new(

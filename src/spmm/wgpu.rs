@@ -70,6 +70,34 @@ const LOOPS_PER_INVOCATION: usize = 32;
 /// weight gives by itself and a short one through split-K.
 const WANTED_WORKGROUPS: usize = 2048;
 
+/// The workgroups and k splits of one call.
+struct Launch {
+    tiles_k: usize,
+    /// Workgroups per split: (row blocks, token blocks).
+    groups: [usize; 2],
+    splits: usize,
+    tiles_per_split: usize,
+}
+
+impl Launch {
+    fn new<T: SpmmElement>(w: &GpuTiledCsl<T>, n: usize) -> Launch {
+        let tiles_k = w.k.div_ceil(TILE_K);
+        let groups = [w.m.div_ceil(ROWS), n.div_ceil(TOKENS)];
+        let tiles_per_split = tiles_k.div_ceil(splits(groups[0] * groups[1], tiles_k));
+        Launch {
+            tiles_k,
+            groups,
+            splits: tiles_k.div_ceil(tiles_per_split),
+            tiles_per_split,
+        }
+    }
+
+    /// The f32 sums of all splits for `n` tokens and `m` rows.
+    fn sums(&self, n: usize, m: usize) -> usize {
+        self.splits * n * m
+    }
+}
+
 /// Split-K for `groups` workgroups per split: at least four k tiles per split (or the count a
 /// unit test sets).
 fn splits(groups: usize, tiles_k: usize) -> usize {
@@ -103,9 +131,23 @@ impl SpmmWorkspace {
         self.sums.as_ref().map_or(0, |sums| sums.len() * 4)
     }
 
+    /// Grows the workspace to what [`spmm_with_workspace`] needs for `w` and `n` tokens on
+    /// `gpu`, so that those calls allocate nothing.
+    pub fn reserve<T: SpmmElement>(
+        &mut self,
+        gpu: &Wgpu,
+        w: &GpuTiledCsl<T>,
+        n: usize,
+    ) -> Result<()> {
+        if n > 0 {
+            self.grow(gpu, Launch::new(w, n).sums(n, w.m))?;
+        }
+        Ok(())
+    }
+
     /// At least `len` f32 values on `gpu`'s device. A size that could not be bound is an
     /// error before anything is allocated, so the workspace stays usable for smaller calls.
-    fn reserve(&mut self, gpu: &Wgpu, len: usize) -> Result<&GpuBuffer<f32>> {
+    fn grow(&mut self, gpu: &Wgpu, len: usize) -> Result<&GpuBuffer<f32>> {
         if let Some(sums) = &self.sums {
             gpu.check_buffer("workspace", sums)?;
         }
@@ -140,10 +182,13 @@ pub fn spmm_with_workspace<T: SpmmElement, O: SpmmOutput<T>>(
     gpu.check_buffer("w", &w.entries)?;
     gpu.check_buffer("x", x)?;
     gpu.check_buffer("y", y)?;
-    let tiles_k = w.k.div_ceil(TILE_K);
-    let groups = [w.m.div_ceil(ROWS), n.div_ceil(TOKENS)];
-    let tiles_per_split = tiles_k.div_ceil(splits(groups[0] * groups[1], tiles_k));
-    let splits = tiles_k.div_ceil(tiles_per_split);
+    let launch = Launch::new(w, n);
+    let Launch {
+        tiles_k,
+        groups,
+        splits,
+        tiles_per_split,
+    } = launch;
     let mut params = Params {
         m: w.m as u32,
         n: n as u32,
@@ -163,7 +208,7 @@ pub fn spmm_with_workspace<T: SpmmElement, O: SpmmOutput<T>>(
     let scratch = if O::F32 && splits == 1 {
         None
     } else {
-        Some(workspace.reserve(gpu, splits * n * w.m)?)
+        Some(workspace.grow(gpu, launch.sums(n, w.m))?)
     };
     let sums = scratch.as_ref().map_or(y.raw(), |s| s.raw());
     let bound = [
