@@ -4,8 +4,9 @@
 //!
 //! The weight is encoded once into [`TiledCsl`] (from dense, after [`prune`] if wanted),
 //! uploaded once ([`cuda::DeviceTiledCsl`], [`wgpu::GpuTiledCsl`]), and multiplied by new
-//! activations at every step. f16 or bf16 operands, f32 accumulation, output in the weight's
-//! type or f32 ([`SpmmOutput`]).
+//! activations at every step, with split-K's scratch memory kept from step to step in a
+//! workspace ([`cuda::SpmmWorkspace`], [`wgpu::SpmmWorkspace`]). f16 or bf16 operands, f32
+//! accumulation, output in the weight's type or f32 ([`SpmmOutput`]).
 //!
 //! ```
 //! use half::f16;
