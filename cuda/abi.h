@@ -101,6 +101,9 @@ typedef struct TfScanParams {
  * + (tiles_per_split + 1) * 4 bytes, where stage_vectors (at least 1) is how many vectors of
  * a tile go through shared memory; the scatter reads a denser tile's other vectors from
  * global memory.
+ * tilefuse_spmm_probe_{loads,scatter,no_mma}_f16_n16: launched as
+ * tilefuse_spmm_tiledcsl_f16_n16_same, with parts of the work left out (benchmarks only; they
+ * write y = 0).
  */
 #define TF_SPMM_TILE_M 128
 #define TF_SPMM_TILE_K 64

@@ -219,7 +219,11 @@ __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accum
     }
 }
 
-template <class In, int N, bool OutF32>
+// The parts of a tile's work. The kernels do them all; the probes, which benchmarks time to
+// see where a tile's time goes, leave some out (their y is zero: no multiply, no sums).
+enum Parts : int { kLoads = 0, kScatter = 1, kClear = 2, kMultiply = 4, kAll = 7 };
+
+template <class In, int N, bool OutF32, int Parts = kAll>
 __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     const Shared<N> sm(tf::dynamic_shared(), p.stage_vectors);
     const uint32_t tid = threadIdx.x;
@@ -242,7 +246,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     }
     tf::cp_async_wait<kStages - 2>();  // tile 0
     __syncthreads();
-    if (k_count > 0) scatter<N>(p, sm, 0);
+    if ((Parts & kScatter) && k_count > 0) scatter<N>(p, sm, 0);
 
     Accumulators<N> acc = {};
     for (uint32_t t = 0; t < k_count; ++t) {
@@ -254,9 +258,11 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
         const uint32_t ahead = t + kStages - 1;
         if (ahead < k_count) load_tile<N>(p, sm, ahead, k_begin + ahead, n0);
         tf::cp_async_commit();
-        if (t + 1 < k_count) scatter<N>(p, sm, t + 1);
-        multiply<In, N>(sm, t, acc);
-        clear_part<N>(sm, t);
+        if constexpr ((Parts & kScatter) != 0) {
+            if (t + 1 < k_count) scatter<N>(p, sm, t + 1);
+        }
+        if constexpr ((Parts & kMultiply) != 0) multiply<In, N>(sm, t, acc);
+        if constexpr ((Parts & kClear) != 0) clear_part<N>(sm, t);
     }
     tf::cp_async_wait<0>();
 
@@ -323,3 +329,14 @@ TF_SPMM_KERNELS(8)
 TF_SPMM_KERNELS(16)
 TF_SPMM_KERNELS(32)
 TF_SPMM_KERNELS(64)
+
+// Probes of the benchmark's target configuration (f16, 16 tokens): the loads, waits and
+// barriers alone; with the scatter; with the scatter and the zeroing (all but the mma).
+#define TF_SPMM_PROBE(name, parts)                                                          \
+    extern "C" __global__ void __launch_bounds__(kThreads)                                 \
+        tilefuse_spmm_probe_##name##_f16_n16(const __grid_constant__ TfSpmmParams p) {       \
+        spmm<F16, 16, false, parts>(p);                                                    \
+    }
+TF_SPMM_PROBE(loads, kLoads)
+TF_SPMM_PROBE(scatter, kScatter)
+TF_SPMM_PROBE(no_mma, kScatter | kClear)

@@ -296,41 +296,34 @@ fn bench_cases() -> Vec<BenchCase> {
                 let weight_bytes = 4.0 * (1.0 - sparsity) * (m * k) as f64 + 4.0 * tiles as f64;
                 let bytes = weight_bytes as u64 + (2 * (n * k + n * m)) as u64;
                 let flops = (2 * m * n * k) as u64;
-                cases.push(BenchCase::new(
-                    "spmm",
-                    name.clone(),
-                    bytes,
-                    flops,
-                    move |backends, backend| {
-                        let w = bench_weight(m, k, sparsity, true);
-                        prepare(backends, backend, w, n, Workspace::Reused)
-                    },
-                ));
+                let case = |spread: bool, calls: Calls| {
+                    BenchCase::new(
+                        "spmm",
+                        name.clone(),
+                        bytes,
+                        flops,
+                        move |backends, backend| {
+                            let w = bench_weight(m, k, sparsity, spread);
+                            prepare(backends, backend, w, n, calls)
+                        },
+                    )
+                };
+                cases.push(case(true, Calls::ReuseWorkspace));
                 if n == 16 && sparsity == 0.8 {
                     // The target cases again with each tile's entries in increasing places,
                     // as Flash-LLM stores them: what the bank-spread order gains.
-                    let name_again = name.clone();
-                    cases.push(
-                        BenchCase::new("spmm", name, bytes, flops, move |backends, backend| {
-                            let w = bench_weight(m, k, sparsity, false);
-                            prepare(backends, backend, w, n, Workspace::Reused)
-                        })
-                        .by("tilefuse, increasing places"),
-                    );
+                    cases
+                        .push(case(false, Calls::ReuseWorkspace).by("tilefuse, increasing places"));
                     // And through `spmm`, which allocates split-K's memory at every call.
-                    cases.push(
-                        BenchCase::new(
-                            "spmm",
-                            name_again,
-                            bytes,
-                            flops,
-                            move |backends, backend| {
-                                let w = bench_weight(m, k, sparsity, true);
-                                prepare(backends, backend, w, n, Workspace::PerCall)
-                            },
-                        )
-                        .by("tilefuse, workspace per call"),
-                    );
+                    cases.push(case(true, Calls::NewWorkspace).by("tilefuse, workspace per call"));
+                    // And the probes, in the smallest and the largest shape: where the time
+                    // of a tile goes.
+                    #[cfg(feature = "cuda")]
+                    if m * k == 8192 * 8192 || m * k == 36864 * 9216 {
+                        for probe in super::cuda::Probe::ALL {
+                            cases.push(case(true, Calls::Probe(probe)).by(probe.label()));
+                        }
+                    }
                 }
             }
             #[cfg(all(feature = "cuda", feature = "cli"))]
@@ -416,12 +409,17 @@ fn uniform_weight(
     TiledCsl::from_parts(m, k, offsets, entries)
 }
 
-/// Whether a bench runner reuses one workspace (`spmm_with_workspace`) or lets `spmm` make
-/// one at every call.
+/// How a bench runner calls spmm.
 #[derive(Clone, Copy, PartialEq)]
-enum Workspace {
-    Reused,
-    PerCall,
+enum Calls {
+    /// `spmm_with_workspace`, with one workspace for every call.
+    ReuseWorkspace,
+    /// `spmm`, which makes a workspace at every call.
+    NewWorkspace,
+    /// A CUDA probe kernel where `spmm_with_workspace` runs its kernel (no other backend has
+    /// one).
+    #[cfg(feature = "cuda")]
+    Probe(super::cuda::Probe),
 }
 
 fn prepare(
@@ -429,9 +427,13 @@ fn prepare(
     backend: Backend,
     w: Arc<TiledCsl<f16>>,
     n: usize,
-    workspace: Workspace,
+    calls: Calls,
 ) -> Result<Option<Runner<'_>>> {
-    let reuse = workspace == Workspace::Reused;
+    #[cfg(feature = "cuda")]
+    if matches!(calls, Calls::Probe(_)) && backend != Backend::Cuda {
+        return Ok(None);
+    }
+    let reuse = calls != Calls::NewWorkspace;
     let copies = L2_DEFEAT_BYTES.div_ceil(w.stats().bytes).max(1);
     let x: Vec<f16> = vec![f16::from_f32(0.5); n * w.k()];
     match backend {
@@ -454,7 +456,12 @@ fn prepare(
                         workspace = super::cuda::SpmmWorkspace::new();
                     }
                     let w = &weights[turn];
-                    super::cuda::spmm_with_workspace(cuda, w, &x, &mut y, &mut workspace)
+                    match calls {
+                        Calls::Probe(probe) => {
+                            super::cuda::probe(cuda, w, &x, &mut y, &mut workspace, probe)
+                        }
+                        _ => super::cuda::spmm_with_workspace(cuda, w, &x, &mut y, &mut workspace),
+                    }
                 },
             )))
         }

@@ -2,6 +2,8 @@
 
 use std::marker::PhantomData;
 
+use half::f16;
+
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use super::SpmmOutput;
@@ -206,11 +208,81 @@ where
     T: SpmmElement + DeviceRepr,
     O: SpmmOutput<T> + DeviceRepr,
 {
+    launch(cuda, w, x, y, workspace, |plan| Ok(plan.kernel::<T, O>()))
+}
+
+/// Kernels that do part of the work of the kernel [`spmm`] runs for f16 and 9 to 16 tokens
+/// (`cuda/spmm.cu`'s probes), which benchmarks time beside it to see where a tile's time
+/// goes. They write y = 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The loads, waits and barriers alone.
+    Loads,
+    /// The loads and the scatter.
+    Scatter,
+    /// All but the mma: the loads, the scatter and the zeroing of the dense tiles.
+    NoMultiply,
+}
+
+impl Probe {
+    /// Every probe, from the least work to the most.
+    pub(crate) const ALL: [Probe; 3] = [Probe::Loads, Probe::Scatter, Probe::NoMultiply];
+
+    /// The benchmark's name for its rows.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Probe::Loads => "tilefuse probe: loads only",
+            Probe::Scatter => "tilefuse probe: loads + scatter",
+            Probe::NoMultiply => "tilefuse probe: all but mma",
+        }
+    }
+
+    fn kernel(self) -> Kernel {
+        let name = match self {
+            Probe::Loads => "tilefuse_spmm_probe_loads_f16_n16",
+            Probe::Scatter => "tilefuse_spmm_probe_scatter_f16_n16",
+            Probe::NoMultiply => "tilefuse_spmm_probe_no_mma_f16_n16",
+        };
+        Kernel {
+            module: "spmm",
+            name,
+        }
+    }
+}
+
+/// Runs `probe` where [`spmm_with_workspace`] would run its kernel, for 9 to 16 tokens (an
+/// error for other counts).
+pub(crate) fn probe(
+    cuda: &Cuda,
+    w: &DeviceTiledCsl<f16>,
+    x: &impl DevicePtr<f16>,
+    y: &mut impl DevicePtrMut<f16>,
+    workspace: &mut SpmmWorkspace,
+    probe: Probe,
+) -> Result<()> {
+    launch(cuda, w, x, y, workspace, |plan| plan.probe_kernel(probe))
+}
+
+/// Checks the arguments, plans the launch and enqueues the kernel that `kernel` picks for the
+/// plan: one of spmm.cu's for `T` in and `O` out.
+fn launch<T, O>(
+    cuda: &Cuda,
+    w: &DeviceTiledCsl<T>,
+    x: &impl DevicePtr<T>,
+    y: &mut impl DevicePtrMut<O>,
+    workspace: &mut SpmmWorkspace,
+    kernel: impl FnOnce(&Plan) -> Result<Kernel>,
+) -> Result<()>
+where
+    T: SpmmElement + DeviceRepr,
+    O: SpmmOutput<T> + DeviceRepr,
+{
     let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
     let plan = Plan::for_weight(cuda, w, n)?;
+    let kernel = kernel(&plan)?;
     // Without split-K the kernel never touches a workspace.
     let workspace = (plan.splits > 1)
         .then(|| workspace.grow(cuda, &plan, w.m))
@@ -239,7 +311,9 @@ where
         block_dim: (TF_SPMM_WARPS * 32, 1, 1),
         shared_mem_bytes: plan.shared_bytes,
     };
-    // SAFETY: TfSpmmParams is the kernel's parameter struct; addresses come from `args`. The
+    // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out: the plan's, or a probe
+    // (f16 in and out, whose reads and writes are those of the kernel it stands for, a subset
+    // at most). TfSpmmParams is their parameter struct; addresses come from `args`. The
     // weight passed TiledCsl's validation (offsets monotone and ending at the entry count,
     // every place inside its tile and the matrix) before upload, so every entry the kernel
     // reads and every shared-memory place it scatters to is in bounds; a stage holds
@@ -252,7 +326,7 @@ where
     // through `args`; SpmmWorkspace asks this of its callers); with one split the kernel
     // returns before any workspace access. Plan checked the grid and shared memory against
     // the device's limits.
-    unsafe { cuda.launch(plan.kernel::<T, O>(), config, &params, args) }
+    unsafe { cuda.launch(kernel, config, &params, args) }
 }
 
 /// The most k tiles one block walks (its tile offsets are in shared memory).
@@ -393,6 +467,18 @@ impl Plan {
     /// The split-K counters, zero at launch (the kernel leaves them zero).
     fn counters(&self) -> usize {
         (self.tiles_m * self.n_blocks) as usize
+    }
+
+    /// `probe`'s kernel, which stands for the f16 kernel of 16 tokens per block.
+    fn probe_kernel(&self, probe: Probe) -> Result<Kernel> {
+        if self.tokens_per_block != 16 {
+            return Err(Error::invalid(
+                "n (spmm probe)",
+                "9 to 16 tokens",
+                format!("a launch of {} tokens per block", self.tokens_per_block),
+            ));
+        }
+        Ok(probe.kernel())
     }
 
     fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self) -> Kernel {

@@ -4,10 +4,11 @@
 
 use half::{bf16, f16};
 
-use super::Plan;
+use super::{Plan, Probe};
 use crate::backend::abi::{TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::CudaDeviceInfo;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
+use crate::harness::Rng;
 use crate::spmm::check::{Case, Pattern, check_with};
 use crate::spmm::format::SpmmElement;
 use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl};
@@ -73,20 +74,42 @@ impl Workspace {
     }
 }
 
-/// `y = x · wᵀ` through the emulated kernel, planned as for `device`, with x starting
-/// `x_shift` elements into its buffer (a view at an offset: with x_shift odd, its rows are not
-/// 16-byte aligned even when k is a multiple of 8), and a workspace of its own.
+/// How a test launches the emulated kernel.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    /// The device the launch is planned for.
+    device: &'a CudaDeviceInfo,
+    order: Order,
+    /// Elements of x's buffer before x (a view at an offset: with x_shift odd, x's rows are
+    /// not 16-byte aligned even when k is a multiple of 8).
+    x_shift: usize,
+    /// A probe kernel in place of the plan's (f16 in and out only).
+    probe: Option<Probe>,
+}
+
+impl<'a> Setup<'a> {
+    /// The plan's own kernel, x at the start of its buffer.
+    fn new(device: &'a CudaDeviceInfo, order: Order) -> Self {
+        Setup {
+            device,
+            order,
+            x_shift: 0,
+            probe: None,
+        }
+    }
+}
+
+/// `y = x · wᵀ` through the emulated kernel, launched as `setup` says, with a workspace of
+/// its own.
 fn run<T: SpmmElement, O: SpmmOutput<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
     x: &[T],
-    device: &CudaDeviceInfo,
-    order: Order,
-    x_shift: usize,
+    setup: Setup,
 ) -> Result<Vec<O>, String> {
-    let plan = plan(w, x.len() / w.k(), device)?;
+    let plan = plan(w, x.len() / w.k(), setup.device)?;
     let mut workspace = Workspace::new(plan.partials(w.m()), plan.counters());
-    run_in(emulator, w, x, device, order, x_shift, &mut workspace)
+    run_in(emulator, w, x, setup, &mut workspace)
 }
 
 /// [`run`] with split-K's memory from `workspace`, which must be large enough.
@@ -94,11 +117,15 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
     x: &[T],
-    device: &CudaDeviceInfo,
-    order: Order,
-    x_shift: usize,
+    setup: Setup,
     workspace: &mut Workspace,
 ) -> Result<Vec<O>, String> {
+    let Setup {
+        device,
+        order,
+        x_shift,
+        probe,
+    } = setup;
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
     let plan = plan(w, n, device)?;
@@ -150,12 +177,17 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
     };
+    let kernel = match probe {
+        Some(probe) => plan.probe_kernel(probe).map_err(|e| e.to_string())?,
+        None => plan.kernel::<T, O>(),
+    };
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
     // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
     // splits > 1 a workspace with room for the plan's partials and zeroed counters (callers
-    // size it); all buffers live until the launch returns.
+    // size it); all buffers live until the launch returns. A probe stands for the f16
+    // kernel (callers pass f16 in and out with one).
     unsafe {
-        emulator.launch("spmm", plan.kernel::<T, O>().name, &params, &launch)?;
+        emulator.launch("spmm", kernel.name, &params, &launch)?;
     }
     entries.read("entries")?;
     offsets.read("tile offsets")?;
@@ -183,7 +215,7 @@ fn check_case(case: &Case, device: &CudaDeviceInfo, order: Order) {
     }
 }
 
-/// One case, with x `x_shift` elements into its buffer (see [`run`]).
+/// One case, with x `x_shift` elements into its buffer (see [`Setup`]).
 fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
     case: &Case,
     device: &CudaDeviceInfo,
@@ -196,7 +228,11 @@ fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
     );
     assert_emulated(&what, |emulator, seed| {
         check_with::<T, O>(case, seed, |w, x| {
-            let y = run::<T, O>(emulator, w, x, device, order, x_shift);
+            let setup = Setup {
+                x_shift,
+                ..Setup::new(device, order)
+            };
+            let y = run::<T, O>(emulator, w, x, setup);
             Ok(Some(y.unwrap_or_else(|e| panic!("emulated spmm: {e}"))))
         })
     });
@@ -294,7 +330,8 @@ fn one_workspace_serves_launch_after_launch() {
             &format!("{case}, launch {i} on one workspace"),
             |emulator, seed| {
                 check_with::<f16, f16>(case, seed, |w, x| {
-                    let y = run_in(emulator, w, x, &device, order, 0, &mut workspace);
+                    let setup = Setup::new(&device, order);
+                    let y = run_in(emulator, w, x, setup, &mut workspace);
                     Ok(Some(y.unwrap_or_else(|e| panic!("emulated spmm: {e}"))))
                 })
             },
@@ -363,4 +400,50 @@ fn dense_tiles_with_little_shared_memory() {
 #[test]
 fn x_not_16_byte_aligned() {
     check_typed::<f16, f16>(&Case::new(200, 256, 16, 0.8), &device(4), Order::Threads, 1);
+}
+
+/// The probes (the target configuration's kernel with parts left out, for benchmarks) run on
+/// dense and empty tiles and with split-K within their buffers, leave the counters zero and
+/// write y = 0; other token counts have none.
+#[test]
+fn probes_write_zeros() {
+    let Some(emulator) = Emulator::get() else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    for (sm_count, pattern, split_k) in [
+        (1, Pattern::DenseAndEmptyTiles, false),
+        (16, Pattern::Uniform, true),
+    ] {
+        let case = Case {
+            pattern,
+            ..Case::new(300, 1500, 16, 0.8)
+        };
+        let what = format!("{case}, {sm_count} SMs, seed {seed}");
+        let device = device(sm_count);
+        let w = crate::spmm::check::weight::<f16>(&case, seed).unwrap();
+        let x: Vec<f16> = (1..=case.n * case.k)
+            .map(|i| f16::from_f32((i % 13) as f32 / 8.0 - 0.75))
+            .collect();
+        assert_eq!(
+            plan(&w, case.n, &device).unwrap().splits > 1,
+            split_k,
+            "{what}"
+        );
+        for probe in Probe::ALL {
+            let setup = Setup {
+                probe: Some(probe),
+                ..Setup::new(&device, Order::Shuffled(seed))
+            };
+            let y: Vec<f16> = run(emulator, &w, &x, setup)
+                .unwrap_or_else(|e| panic!("{what}: emulated {probe:?}: {e}"));
+            assert!(
+                y.iter().all(|v| v.to_bits() == 0),
+                "{what}: {probe:?} wrote y != 0"
+            );
+        }
+    }
+    let w = crate::spmm::check::weight::<f16>(&Case::new(200, 300, 8, 0.8), seed).unwrap();
+    let eight_tokens = plan(&w, 8, &device(4)).unwrap();
+    assert!(eight_tokens.probe_kernel(Probe::Loads).is_err());
 }
