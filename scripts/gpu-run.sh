@@ -4,6 +4,9 @@
 #   run.sh [OUTPUT_DIR]      (default ./gpu-results)
 #   TILEFUSE_OPS=copy,scan run.sh ...   benchmarks (criterion, tilefuse bench, peers) of
 #                                        these ops only; every test still runs
+#   TILEFUSE_SECTIONS=bench run.sh ...  these sections only (info, tests, sanitizer, bench;
+#                                        default all): a second, shorter run of a session
+#                                        whose device time is short; the summary always prints
 # Writes info.txt, tests.log (tests, the CLI on NumPy case files, tilefuse profile under
 # ncu and nsys), sanitizer.log, bench.log, bench.json, peers.json, summary.txt and
 # roofline.svg to OUTPUT_DIR, prints the summary table last, and exits non-zero if any test,
@@ -29,6 +32,11 @@ cp "$bundle/peers.py" "$here/"
 cli="$here/bin/tilefuse"
 fail() { echo "$1" >>"$failures"; echo "FAILED: $1"; }
 section() { printf '\n== %s\n' "$*"; }
+sections="${TILEFUSE_SECTIONS:-info,tests,sanitizer,bench}"
+for part in ${sections//,/ }; do
+  [[ ",info,tests,sanitizer,bench," == *",$part,"* ]] || { echo "unknown section $part in TILEFUSE_SECTIONS"; exit 2; }
+done
+wanted() { [[ ",$sections," == *",$1,"* ]]; }
 
 # Every executable gets a time limit, so a hang is a failure, not a stuck run.
 limit() { timeout -k 10 "$@"; }
@@ -55,6 +63,7 @@ else
 fi
 
 # --- the machine --------------------------------------------------------------------------
+if wanted info; then
 {
   section "GPU and driver"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
@@ -63,16 +72,20 @@ fi
   section "tilefuse info"
   limit 60 "$cli" info --ptxas || fail "tilefuse info"
 } 2>&1 | tee "$out/info.txt"
+fi
 
 # --- tests --------------------------------------------------------------------------------
+if wanted tests; then
 {
   for test in "$here"/tests/*; do
     section "test $(basename "$test")"
     limit 300 "$test" || fail "test $(basename "$test")"
   done
 } 2>&1 | tee "$out/tests.log"
+fi
 
 # --- the CLI on NumPy files and under Nsight (into tests.log) --------------------------------
+if wanted tests; then
 {
   section "tilefuse check --input on NumPy case files (numpy from the machine's Python)"
   cases="$here/cases"
@@ -122,8 +135,10 @@ PY
     echo "no nsys here"
   fi
 } 2>&1 | tee -a "$out/tests.log"
+fi
 
 # --- compute-sanitizer on the CUDA tests ----------------------------------------------------
+if wanted sanitizer; then
 {
   if command -v compute-sanitizer >/dev/null; then
     checked=0
@@ -146,6 +161,7 @@ PY
     fail "compute-sanitizer not found"
   fi
 } 2>&1 | tee "$out/sanitizer.log"
+fi
 
 # --- benchmarks ---------------------------------------------------------------------------
 ops="${TILEFUSE_OPS:-}"
@@ -159,6 +175,7 @@ for op in ${ops//,/ }; do
 done
 selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
 peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
+if wanted bench; then
 {
   section "criterion benches (each case run once, as a test)"
   for bench in "$here"/benches/*; do
@@ -179,9 +196,12 @@ peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
       --section WarpStateStats --section MemoryWorkloadAnalysis)
     if selected spmm; then
       for config in "--n 16 --sparsity 0.8" "--n 8 --sparsity 0.9" "--n 64 --sparsity 0.8"; do
+        # The target case also gets shared memory's bank conflicts and the issue slots.
+        more=()
+        [[ "$config" == "--n 16 "* ]] && more=(--section MemoryWorkloadAnalysis_Tables --section SchedulerStats)
         # shellcheck disable=SC2086 # config is a list of options
-        limit 180 ncu "${sections[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm $config \
-          --iters 1 || echo "ncu on spmm $config failed"
+        limit 180 ncu "${sections[@]}" "${more[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm \
+          $config --iters 1 || echo "ncu on spmm $config failed"
       done
     fi
     if selected attention; then
@@ -192,6 +212,7 @@ peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
     echo "no ncu here"
   fi
 } 2>&1 | tee "$out/bench.log"
+fi
 
 # --- summary, last --------------------------------------------------------------------------
 {
@@ -207,7 +228,7 @@ peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
   if [[ -s "$failures" ]]; then
     sed 's/^/FAILED: /' "$failures"
   else
-    echo "all tests, sanitizer runs and benchmarks passed"
+    echo "all tests, sanitizer runs and benchmarks passed (sections run: $sections)"
   fi
 } 2>&1 | tee "$out/summary.txt"
 ! [[ -s "$failures" ]]
