@@ -168,11 +168,12 @@ __device__ __forceinline__ void clear_part(const Shared<N> &sm, uint32_t t) {
     if constexpr (kByColumns<N>) {
         // The warp's two 16-byte chunks of every row; each 8 lanes (one 128-byte wavefront)
         // take one chunk of 8 consecutive rows, which the swizzle puts in 8 different banks.
+        // Store j takes rows 16 j .. 16 j + 15, which the swizzle treats as rows 0 .. 15: one
+        // address, plus j times 16 rows.
+        uint8_t *first = tile + swizzled(lane / 16 * 8 + lane % 8, warp * 2 + lane / 8 % 2);
 #pragma unroll
-        for (uint32_t i = lane; i < kTileM * 2; i += 32) {
-            const uint32_t row = i / 16 * 8 + i % 8, chunk = warp * 2 + i / 8 % 2;
-            *reinterpret_cast<uint4 *>(tile + swizzled(row, chunk)) = make_uint4(0, 0, 0, 0);
-        }
+        for (uint32_t j = 0; j < kTileM / 16; ++j)
+            *reinterpret_cast<uint4 *>(first + j * 16 * kRowBytes) = make_uint4(0, 0, 0, 0);
     } else {
         uint4 *rows = reinterpret_cast<uint4 *>(tile + warp * kWarpRows * kRowBytes);
 #pragma unroll
