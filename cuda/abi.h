@@ -104,11 +104,15 @@ typedef struct TfScanParams {
  * tilefuse_spmm_probe_{loads,scatter,no_mma}_f16_n16: launched as
  * tilefuse_spmm_tiledcsl_f16_n16_same, with parts of the work left out (benchmarks only; they
  * write y = 0).
+ * tilefuse_spmm_registers_f16_n16_same: as tilefuse_spmm_tiledcsl_f16_n16_same, except that
+ * the first TF_SPMM_HELD_VECTORS vectors of each tile go through registers, not the stages:
+ * a stage holds vectors TF_SPMM_HELD_VECTORS .. TF_SPMM_HELD_VECTORS + stage_vectors - 1.
  */
 #define TF_SPMM_TILE_M 128
 #define TF_SPMM_TILE_K 64
 #define TF_SPMM_WARPS 4
 #define TF_SPMM_STAGES 4
+#define TF_SPMM_HELD_VECTORS 512
 typedef struct TfSpmmParams {
     tf_dptr entries;
     tf_dptr tile_offsets;

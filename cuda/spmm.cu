@@ -28,6 +28,12 @@ constexpr int kRowBytes = kTileK * 2;  // one 64-value row of a tile, 8 chunks o
 constexpr int kTileBytes = kTileM * kRowBytes;
 constexpr int kWarpRows = kTileM / TF_SPMM_WARPS;  // the rows of a dense tile one warp reads
 static_assert(kStages >= 3, "the scatter runs one tile ahead of the mma, loads one more");
+// Entries in registers (the variant that loads them as Flash-LLM does): 128-bit loads of the
+// first kHeldVectors vectors of a tile, kHeld per thread, issued one tile ahead of their
+// scatter; the rest of a denser tile goes through the stages.
+constexpr uint32_t kHeldVectors = TF_SPMM_HELD_VECTORS;
+constexpr int kHeld = kHeldVectors / kThreads;
+static_assert(kHeld * kThreads == kHeldVectors, "each thread holds as many vectors");
 static_assert(TF_SPMM_WARPS * 16 == kTileK, "by columns, each warp takes one 16-wide k step");
 
 // Whether the warps split a tile by columns (else by rows), and the m16 tiles one warp
@@ -70,14 +76,15 @@ struct Shared {
     __device__ uint32_t vectors(uint32_t t) const { return offsets[t + 1] - offsets[t]; }
 };
 
-// Starts the copies of the block's k tile `t` (column tile `tile_k`): its packed entries and
-// the matching x tile, into stage t % kStages.
-template <int N>
+// Starts the copies of the block's k tile `t` (column tile `tile_k`) into stage t % kStages:
+// its packed entries from vector `First` on (the ones before are held in registers) and the
+// matching x tile.
+template <int N, uint32_t First>
 __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t,
                                           uint32_t tile_k, uint32_t n0) {
     const uint32_t tid = threadIdx.x;
-    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
-    const uint32_t count = min(sm.vectors(t), sm.stage_vectors);
+    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t] + First;
+    const uint32_t count = min(sm.vectors(t) - min(sm.vectors(t), First), sm.stage_vectors);
     const uint32_t sparse = tf::smem_addr(sm.sparse_stage(t));
     for (uint32_t v = tid; v < count; v += kThreads) tf::cp_async_16(sparse + v * 16, entries + v, true);
 
@@ -101,22 +108,48 @@ __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N>
     }
 }
 
-// Writes the entries of the block's k tile `t` (landed in its stage, and beyond the stage's
-// size read from global memory) into dense tile t % 2, which holds zeros. A tile's padding
-// repeats an entry inside its own vector, so no two threads write one place.
+// The entry vectors of a tile that one thread holds in registers (vectors tid + i kThreads).
+using Held = uint4[kHeld];
+
+__device__ __forceinline__ void place(uint16_t *dense, const uint4 &e) {
+    dense[e.x >> 16] = uint16_t(e.x);
+    dense[e.y >> 16] = uint16_t(e.y);
+    dense[e.z >> 16] = uint16_t(e.z);
+    dense[e.w >> 16] = uint16_t(e.w);
+}
+
+// Loads the thread's vectors of the block's k tile `t` among its first kHeldVectors.
 template <int N>
-__device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t) {
-    const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
+__device__ __forceinline__ void load_held(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t,
+                                          Held &held) {
     const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
+    const uint32_t count = sm.vectors(t);
+#pragma unroll
+    for (int i = 0; i < kHeld; ++i) {
+        const uint32_t v = threadIdx.x + i * kThreads;
+        if (v < count) held[i] = __ldcs(entries + v);
+    }
+}
+
+// Writes the entries of the block's k tile `t` into dense tile t % 2, which holds zeros: the
+// ones before vector `First` from `held`, the next ones from the tile's stage, and the rest of
+// a tile denser than a stage holds from global memory. A tile's padding repeats an entry
+// inside its own vector, so no two threads write one place.
+template <int N, uint32_t First>
+__device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t,
+                                        const Held &held) {
     uint16_t *dense = reinterpret_cast<uint16_t *>(sm.dense_tile(t));
     const uint32_t count = sm.vectors(t);
-    for (uint32_t v = threadIdx.x; v < count; v += kThreads) {
-        const uint4 e = v < sm.stage_vectors ? staged[v] : entries[v];
-        dense[e.x >> 16] = uint16_t(e.x);
-        dense[e.y >> 16] = uint16_t(e.y);
-        dense[e.z >> 16] = uint16_t(e.z);
-        dense[e.w >> 16] = uint16_t(e.w);
+    if constexpr (First > 0) {
+        static_assert(First == kHeldVectors, "the registers hold the first vectors");
+#pragma unroll
+        for (int i = 0; i < kHeld; ++i)
+            if (threadIdx.x + i * kThreads < count) place(dense, held[i]);
     }
+    const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
+    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t] + First;
+    for (uint32_t v = threadIdx.x; v + First < count; v += kThreads)
+        place(dense, v < sm.stage_vectors ? staged[v] : entries[v]);
 }
 
 // acc += the warp's part of dense tile t · x tile t.
@@ -224,8 +257,13 @@ __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accum
 // see where a tile's time goes, leave some out (their y is zero: no multiply, no sums).
 enum Parts : int { kLoads = 0, kScatter = 1, kClear = 2, kMultiply = 4, kAll = 7 };
 
-template <class In, int N, bool OutF32, int Parts = kAll>
+// Where a tile's entries go on their way to the scatter: all through the stages, or the first
+// kHeldVectors through registers.
+enum Entries : int { kStaged = 0, kInRegisters = 1 };
+
+template <class In, int N, bool OutF32, int Parts = kAll, int Via = kStaged>
 __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
+    constexpr uint32_t kFirstStaged = Via == kInRegisters ? kHeldVectors : 0;
     const Shared<N> sm(tf::dynamic_shared(), p.stage_vectors);
     const uint32_t tid = threadIdx.x;
     const uint32_t tile_m = blockIdx.x, n0 = blockIdx.y * N, split = blockIdx.z;
@@ -241,13 +279,20 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     for (uint32_t i = tid; i < 2 * kTileBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
     __syncthreads();
 
+    Held held;
+    if constexpr (Via == kInRegisters) {
+        if (k_count > 0) load_held<N>(p, sm, 0, held);
+    }
     for (uint32_t t = 0; t < kStages - 1; ++t) {
-        if (t < k_count) load_tile<N>(p, sm, t, k_begin + t, n0);
+        if (t < k_count) load_tile<N, kFirstStaged>(p, sm, t, k_begin + t, n0);
         tf::cp_async_commit();
     }
     tf::cp_async_wait<kStages - 2>();  // tile 0
     __syncthreads();
-    if ((Parts & kScatter) && k_count > 0) scatter<N>(p, sm, 0);
+    if ((Parts & kScatter) && k_count > 0) scatter<N, kFirstStaged>(p, sm, 0, held);
+    if constexpr (Via == kInRegisters) {
+        if (k_count > 1) load_held<N>(p, sm, 1, held);
+    }
 
     Accumulators<N> acc = {};
     for (uint32_t t = 0; t < k_count; ++t) {
@@ -257,10 +302,13 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
         // is done with tile t - 1: its stage and dense tile may be reused.
         __syncthreads();
         const uint32_t ahead = t + kStages - 1;
-        if (ahead < k_count) load_tile<N>(p, sm, ahead, k_begin + ahead, n0);
+        if (ahead < k_count) load_tile<N, kFirstStaged>(p, sm, ahead, k_begin + ahead, n0);
         tf::cp_async_commit();
         if constexpr ((Parts & kScatter) != 0) {
-            if (t + 1 < k_count) scatter<N>(p, sm, t + 1);
+            if (t + 1 < k_count) scatter<N, kFirstStaged>(p, sm, t + 1, held);
+        }
+        if constexpr (Via == kInRegisters) {
+            if (t + 2 < k_count) load_held<N>(p, sm, t + 2, held);
         }
         if constexpr ((Parts & kMultiply) != 0) multiply<In, N>(sm, t, acc);
         if constexpr ((Parts & kClear) != 0) clear_part<N>(sm, t);
@@ -341,3 +389,9 @@ TF_SPMM_KERNELS(64)
 TF_SPMM_PROBE(loads, kLoads)
 TF_SPMM_PROBE(scatter, kScatter)
 TF_SPMM_PROBE(no_mma, kScatter | kClear)
+
+// The same configuration with a tile's first entries in registers (benchmarks only so far).
+extern "C" __global__ void __launch_bounds__(kThreads)
+    tilefuse_spmm_registers_f16_n16_same(const __grid_constant__ TfSpmmParams p) {
+    spmm<F16, 16, false, kAll, kInRegisters>(p);
+}

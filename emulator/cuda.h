@@ -104,6 +104,10 @@ inline T __ldcg(const T *address) {
     return *address;
 }
 template <class T>
+inline T __ldcs(const T *address) {
+    return *address;
+}
+template <class T>
 inline T min(T a, T b) {
     return std::min(a, b);
 }

@@ -14,6 +14,7 @@ pub const TF_SPMM_TILE_M: u32 = 128;
 pub const TF_SPMM_TILE_K: u32 = 64;
 pub const TF_SPMM_WARPS: u32 = 4;
 pub const TF_SPMM_STAGES: u32 = 4;
+pub const TF_SPMM_HELD_VECTORS: u32 = 512;
 pub const TF_ATTENTION_KV_TILE: u32 = 64;
 pub type tf_dptr = u64;
 #[repr(C)]

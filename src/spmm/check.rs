@@ -316,12 +316,12 @@ fn bench_cases() -> Vec<BenchCase> {
                         .push(case(false, Calls::ReuseWorkspace).by("tilefuse, increasing places"));
                     // And through `spmm`, which allocates split-K's memory at every call.
                     cases.push(case(true, Calls::NewWorkspace).by("tilefuse, workspace per call"));
-                    // And the probes, in the smallest and the largest shape: where the time
-                    // of a tile goes.
+                    // And the probes and variants of the CUDA kernel, the variants in every
+                    // shape and the probes in the smallest and the largest.
                     #[cfg(feature = "cuda")]
-                    if m * k == 8192 * 8192 || m * k == 36864 * 9216 {
-                        for probe in super::cuda::Probe::ALL {
-                            cases.push(case(true, Calls::Probe(probe)).by(probe.label()));
+                    for variant in super::cuda::Variant::ALL {
+                        if !variant.is_probe() || m * k == 8192 * 8192 || m * k == 36864 * 9216 {
+                            cases.push(case(true, Calls::Variant(variant)).by(variant.label()));
                         }
                     }
                 }
@@ -416,10 +416,10 @@ enum Calls {
     ReuseWorkspace,
     /// `spmm`, which makes a workspace at every call.
     NewWorkspace,
-    /// A CUDA probe kernel where `spmm_with_workspace` runs its kernel (no other backend has
-    /// one).
+    /// A CUDA probe or variant kernel where `spmm_with_workspace` runs its kernel (no other
+    /// backend has them).
     #[cfg(feature = "cuda")]
-    Probe(super::cuda::Probe),
+    Variant(super::cuda::Variant),
 }
 
 fn prepare(
@@ -430,7 +430,7 @@ fn prepare(
     calls: Calls,
 ) -> Result<Option<Runner<'_>>> {
     #[cfg(feature = "cuda")]
-    if matches!(calls, Calls::Probe(_)) && backend != Backend::Cuda {
+    if matches!(calls, Calls::Variant(_)) && backend != Backend::Cuda {
         return Ok(None);
     }
     let reuse = calls != Calls::NewWorkspace;
@@ -457,8 +457,8 @@ fn prepare(
                     }
                     let w = &weights[turn];
                     match calls {
-                        Calls::Probe(probe) => {
-                            super::cuda::probe(cuda, w, &x, &mut y, &mut workspace, probe)
+                        Calls::Variant(variant) => {
+                            super::cuda::spmm_variant(cuda, w, &x, &mut y, &mut workspace, variant)
                         }
                         _ => super::cuda::spmm_with_workspace(cuda, w, &x, &mut y, &mut workspace),
                     }

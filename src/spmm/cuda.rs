@@ -9,7 +9,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfi
 use super::SpmmOutput;
 use super::format::{SpmmElement, TILE_K, TILE_M, TiledCsl};
 use super::reference::output_tokens;
-use crate::backend::abi::{TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
+use crate::backend::abi::{TF_SPMM_HELD_VECTORS, TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel};
 use crate::error::{Error, Result};
 
@@ -108,7 +108,7 @@ impl SpmmWorkspace {
         if n == 0 {
             return Ok(());
         }
-        let plan = Plan::for_weight(cuda, w, n)?;
+        let plan = Plan::for_weight(cuda, w, n, 0)?;
         if plan.splits > 1 {
             self.grow(cuda, &plan, w.m)?;
         }
@@ -208,40 +208,63 @@ where
     T: SpmmElement + DeviceRepr,
     O: SpmmOutput<T> + DeviceRepr,
 {
-    launch(cuda, w, x, y, workspace, |plan| Ok(plan.kernel::<T, O>()))
+    launch(cuda, w, x, y, workspace, None)
 }
 
-/// Kernels that do part of the work of the kernel [`spmm`] runs for f16 and 9 to 16 tokens
-/// (`cuda/spmm.cu`'s probes), which benchmarks time beside it to see where a tile's time
-/// goes. They write y = 0.
+/// Kernels that the benchmark times beside the one [`spmm`] runs for f16 and 9 to 16 tokens
+/// (`cuda/spmm.cu`): probes, which leave part of its work out (they write y = 0) to show where
+/// a tile's time goes, and variants, which do the same work another way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// The loads, waits and barriers alone.
-    Loads,
-    /// The loads and the scatter.
-    Scatter,
-    /// All but the mma: the loads, the scatter and the zeroing of the dense tiles.
-    NoMultiply,
+pub(crate) enum Variant {
+    /// Probe: the loads, waits and barriers alone.
+    ProbeLoads,
+    /// Probe: the loads and the scatter.
+    ProbeScatter,
+    /// Probe: all but the mma (the loads, the scatter and the zeroing of the dense tiles).
+    ProbeNoMultiply,
+    /// A tile's first `TF_SPMM_HELD_VECTORS` entry vectors through registers (Flash-LLM's way)
+    /// instead of the shared-memory stages.
+    EntriesInRegisters,
 }
 
-impl Probe {
-    /// Every probe, from the least work to the most.
-    pub(crate) const ALL: [Probe; 3] = [Probe::Loads, Probe::Scatter, Probe::NoMultiply];
+impl Variant {
+    /// Every one, the probes first, from the least work to the most.
+    pub(crate) const ALL: [Variant; 4] = [
+        Variant::ProbeLoads,
+        Variant::ProbeScatter,
+        Variant::ProbeNoMultiply,
+        Variant::EntriesInRegisters,
+    ];
 
     /// The benchmark's name for its rows.
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Probe::Loads => "tilefuse probe: loads only",
-            Probe::Scatter => "tilefuse probe: loads + scatter",
-            Probe::NoMultiply => "tilefuse probe: all but mma",
+            Variant::ProbeLoads => "tilefuse probe: loads only",
+            Variant::ProbeScatter => "tilefuse probe: loads + scatter",
+            Variant::ProbeNoMultiply => "tilefuse probe: all but mma",
+            Variant::EntriesInRegisters => "tilefuse, entries in registers",
+        }
+    }
+
+    /// Whether it leaves work out (and writes y = 0).
+    pub(crate) fn is_probe(self) -> bool {
+        self != Variant::EntriesInRegisters
+    }
+
+    /// Vectors of each tile that skip the stages.
+    fn held_vectors(self) -> usize {
+        match self {
+            Variant::EntriesInRegisters => TF_SPMM_HELD_VECTORS as usize,
+            _ => 0,
         }
     }
 
     fn kernel(self) -> Kernel {
         let name = match self {
-            Probe::Loads => "tilefuse_spmm_probe_loads_f16_n16",
-            Probe::Scatter => "tilefuse_spmm_probe_scatter_f16_n16",
-            Probe::NoMultiply => "tilefuse_spmm_probe_no_mma_f16_n16",
+            Variant::ProbeLoads => "tilefuse_spmm_probe_loads_f16_n16",
+            Variant::ProbeScatter => "tilefuse_spmm_probe_scatter_f16_n16",
+            Variant::ProbeNoMultiply => "tilefuse_spmm_probe_no_mma_f16_n16",
+            Variant::EntriesInRegisters => "tilefuse_spmm_registers_f16_n16_same",
         };
         Kernel {
             module: "spmm",
@@ -250,28 +273,28 @@ impl Probe {
     }
 }
 
-/// Runs `probe` where [`spmm_with_workspace`] would run its kernel, for 9 to 16 tokens (an
+/// Runs `variant` where [`spmm_with_workspace`] would run its kernel, for 9 to 16 tokens (an
 /// error for other counts).
-pub(crate) fn probe(
+pub(crate) fn spmm_variant(
     cuda: &Cuda,
     w: &DeviceTiledCsl<f16>,
     x: &impl DevicePtr<f16>,
     y: &mut impl DevicePtrMut<f16>,
     workspace: &mut SpmmWorkspace,
-    probe: Probe,
+    variant: Variant,
 ) -> Result<()> {
-    launch(cuda, w, x, y, workspace, |plan| plan.probe_kernel(probe))
+    launch(cuda, w, x, y, workspace, Some(variant))
 }
 
-/// Checks the arguments, plans the launch and enqueues the kernel that `kernel` picks for the
-/// plan: one of spmm.cu's for `T` in and `O` out.
+/// Checks the arguments, plans the launch and enqueues spmm.cu's kernel for `T` in and `O` out,
+/// or `variant` (f16 in and out only) in its place.
 fn launch<T, O>(
     cuda: &Cuda,
     w: &DeviceTiledCsl<T>,
     x: &impl DevicePtr<T>,
     y: &mut impl DevicePtrMut<O>,
     workspace: &mut SpmmWorkspace,
-    kernel: impl FnOnce(&Plan) -> Result<Kernel>,
+    variant: Option<Variant>,
 ) -> Result<()>
 where
     T: SpmmElement + DeviceRepr,
@@ -281,8 +304,11 @@ where
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
-    let plan = Plan::for_weight(cuda, w, n)?;
-    let kernel = kernel(&plan)?;
+    let plan = Plan::for_weight(cuda, w, n, variant.map_or(0, Variant::held_vectors))?;
+    let kernel = match variant {
+        Some(variant) => plan.variant_kernel(variant)?,
+        None => plan.kernel::<T, O>(),
+    };
     // Without split-K the kernel never touches a workspace.
     let workspace = (plan.splits > 1)
         .then(|| workspace.grow(cuda, &plan, w.m))
@@ -311,9 +337,10 @@ where
         block_dim: (TF_SPMM_WARPS * 32, 1, 1),
         shared_mem_bytes: plan.shared_bytes,
     };
-    // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out: the plan's, or a probe
-    // (f16 in and out, whose reads and writes are those of the kernel it stands for, a subset
-    // at most). TfSpmmParams is their parameter struct; addresses come from `args`. The
+    // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out: the plan's, or a variant
+    // (f16 in and out, spmm_variant's types), which reads and writes what the kernel it stands
+    // for does, or less, and was planned for (its held vectors). TfSpmmParams is their
+    // parameter struct; addresses come from `args`. The
     // weight passed TiledCsl's validation (offsets monotone and ending at the entry count,
     // every place inside its tile and the matrix) before upload, so every entry the kernel
     // reads and every shared-memory place it scatters to is in bounds; a stage holds
@@ -394,20 +421,27 @@ struct Plan {
 }
 
 impl Plan {
-    /// For `w` and `n` tokens on `cuda`'s device.
-    fn for_weight<T: SpmmElement>(cuda: &Cuda, w: &DeviceTiledCsl<T>, n: usize) -> Result<Plan> {
+    /// For `w` and `n` tokens on `cuda`'s device, with the first `held` vectors of each tile
+    /// kept out of the stages (in registers).
+    fn for_weight<T: SpmmElement>(
+        cuda: &Cuda,
+        w: &DeviceTiledCsl<T>,
+        n: usize,
+        held: usize,
+    ) -> Result<Plan> {
         let vectors = w.entries.len() / 4;
-        Plan::new(cuda.info(), w.m, w.k, vectors, w.max_tile_vectors, n)
+        let staged = w.max_tile_vectors.saturating_sub(held);
+        Plan::new(cuda.info(), w.m, w.k, vectors, staged, n)
     }
 
     /// For `y [n, m] = x [n, k] · wᵀ` where `w` has `vectors` 16-byte vectors of entries and
-    /// its largest tile `max_tile_vectors`.
+    /// at most `staged_vectors` of a tile go through the stages.
     fn new(
         device: &CudaDeviceInfo,
         m: usize,
         k: usize,
         vectors: usize,
-        max_tile_vectors: usize,
+        staged_vectors: usize,
         n: usize,
     ) -> Result<Plan> {
         let tokens_per_block = [8, 16, 32, 64].into_iter().find(|&t| n <= t).unwrap_or(64);
@@ -427,11 +461,11 @@ impl Plan {
         // abi.h: two dense tiles, the stages of x tiles and of entries, the tile offsets.
         let dense_and_x = 2 * TILE_M * TILE_K * 2 + stages * x_tile_bytes;
         let most_offsets = 4 * (tiles_k.min(MAX_TILES_PER_SPLIT) + 1);
-        // A stage holds the densest tile where shared memory allows (an H100 always); beyond,
-        // the scatter reads the rest of a tile from global memory.
+        // A stage holds the densest tile's staged vectors where shared memory allows (an H100
+        // always); beyond, the scatter reads the rest of a tile from global memory.
         let room =
             (device.max_shared_per_block as usize).saturating_sub(dense_and_x + most_offsets);
-        let stage_vectors = max_tile_vectors.clamp(1, (room / (stages * 16)).max(1));
+        let stage_vectors = staged_vectors.clamp(1, (room / (stages * 16)).max(1));
         let stages_bytes = dense_and_x + stages * stage_vectors * 16;
         let splits = split_k(
             device,
@@ -469,16 +503,16 @@ impl Plan {
         (self.tiles_m * self.n_blocks) as usize
     }
 
-    /// `probe`'s kernel, which stands for the f16 kernel of 16 tokens per block.
-    fn probe_kernel(&self, probe: Probe) -> Result<Kernel> {
+    /// `variant`'s kernel, which stands for the f16 kernel of 16 tokens per block.
+    fn variant_kernel(&self, variant: Variant) -> Result<Kernel> {
         if self.tokens_per_block != 16 {
             return Err(Error::invalid(
-                "n (spmm probe)",
+                "n (spmm variant)",
                 "9 to 16 tokens",
                 format!("a launch of {} tokens per block", self.tokens_per_block),
             ));
         }
-        Ok(probe.kernel())
+        Ok(variant.kernel())
     }
 
     fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self) -> Kernel {
@@ -531,3 +565,5 @@ impl Plan {
 
 #[cfg(test)]
 mod emulated;
+#[cfg(test)]
+mod on_device;

@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 
-use super::{Plan, Probe};
+use super::{Plan, Variant};
 use crate::backend::abi::{TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::CudaDeviceInfo;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
@@ -43,16 +43,19 @@ fn plan<T: SpmmElement>(
     n: usize,
     device: &CudaDeviceInfo,
 ) -> Result<Plan, String> {
+    plan_held(w, n, device, 0)
+}
+
+/// [`plan`] with the first `held` vectors of each tile kept out of the stages.
+fn plan_held<T: SpmmElement>(
+    w: &TiledCsl<T>,
+    n: usize,
+    device: &CudaDeviceInfo,
+    held: usize,
+) -> Result<Plan, String> {
     let vectors = w.device_entries().len() / 4;
-    Plan::new(
-        device,
-        w.m(),
-        w.k(),
-        vectors,
-        w.max_tile_vectors().max(1),
-        n,
-    )
-    .map_err(|e| e.to_string())
+    let staged = w.max_tile_vectors().saturating_sub(held);
+    Plan::new(device, w.m(), w.k(), vectors, staged, n).map_err(|e| e.to_string())
 }
 
 /// Split-K's memory, as a `SpmmWorkspace` holds it: partials never written (NaN here), and
@@ -83,8 +86,8 @@ struct Setup<'a> {
     /// Elements of x's buffer before x (a view at an offset: with x_shift odd, x's rows are
     /// not 16-byte aligned even when k is a multiple of 8).
     x_shift: usize,
-    /// A probe kernel in place of the plan's (f16 in and out only).
-    probe: Option<Probe>,
+    /// A probe or variant kernel in place of the plan's (f16 in and out only).
+    variant: Option<Variant>,
 }
 
 impl<'a> Setup<'a> {
@@ -94,7 +97,7 @@ impl<'a> Setup<'a> {
             device,
             order,
             x_shift: 0,
-            probe: None,
+            variant: None,
         }
     }
 }
@@ -107,7 +110,8 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     x: &[T],
     setup: Setup,
 ) -> Result<Vec<O>, String> {
-    let plan = plan(w, x.len() / w.k(), setup.device)?;
+    let held = setup.variant.map_or(0, Variant::held_vectors);
+    let plan = plan_held(w, x.len() / w.k(), setup.device, held)?;
     let mut workspace = Workspace::new(plan.partials(w.m()), plan.counters());
     run_in(emulator, w, x, setup, &mut workspace)
 }
@@ -124,11 +128,11 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
         device,
         order,
         x_shift,
-        probe,
+        variant,
     } = setup;
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
-    let plan = plan(w, n, device)?;
+    let plan = plan_held(w, n, device, variant.map_or(0, Variant::held_vectors))?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
@@ -177,15 +181,15 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
     };
-    let kernel = match probe {
-        Some(probe) => plan.probe_kernel(probe).map_err(|e| e.to_string())?,
+    let kernel = match variant {
+        Some(variant) => plan.variant_kernel(variant).map_err(|e| e.to_string())?,
         None => plan.kernel::<T, O>(),
     };
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
     // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
     // splits > 1 a workspace with room for the plan's partials and zeroed counters (callers
-    // size it); all buffers live until the launch returns. A probe stands for the f16
-    // kernel (callers pass f16 in and out with one).
+    // size it); all buffers live until the launch returns. A variant stands for the f16
+    // kernel (callers pass f16 in and out with one) and was planned for.
     unsafe {
         emulator.launch("spmm", kernel.name, &params, &launch)?;
     }
@@ -207,31 +211,24 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
 }
 
 fn check_case(case: &Case, device: &CudaDeviceInfo, order: Order) {
+    let setup = Setup::new(device, order);
     match (case.bf16, case.out_f32) {
-        (false, false) => check_typed::<f16, f16>(case, device, order, 0),
-        (false, true) => check_typed::<f16, f32>(case, device, order, 0),
-        (true, false) => check_typed::<bf16, bf16>(case, device, order, 0),
-        (true, true) => check_typed::<bf16, f32>(case, device, order, 0),
+        (false, false) => check_typed::<f16, f16>(case, setup),
+        (false, true) => check_typed::<f16, f32>(case, setup),
+        (true, false) => check_typed::<bf16, bf16>(case, setup),
+        (true, true) => check_typed::<bf16, f32>(case, setup),
     }
 }
 
-/// One case, with x `x_shift` elements into its buffer (see [`Setup`]).
-fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(
-    case: &Case,
-    device: &CudaDeviceInfo,
-    order: Order,
-    x_shift: usize,
-) {
+/// One case, launched as `setup` says.
+fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(case: &Case, setup: Setup) {
+    let Setup { device, order, .. } = setup;
     let what = format!(
-        "{case}, {} SMs, {} B of shared memory, {order:?}",
-        device.sm_count, device.max_shared_per_block
+        "{case}, {} SMs, {} B of shared memory, {order:?}, x shifted by {}, {:?}",
+        device.sm_count, device.max_shared_per_block, setup.x_shift, setup.variant
     );
     assert_emulated(&what, |emulator, seed| {
         check_with::<T, O>(case, seed, |w, x| {
-            let setup = Setup {
-                x_shift,
-                ..Setup::new(device, order)
-            };
             let y = run::<T, O>(emulator, w, x, setup);
             Ok(Some(y.unwrap_or_else(|e| panic!("emulated spmm: {e}"))))
         })
@@ -399,7 +396,12 @@ fn dense_tiles_with_little_shared_memory() {
 /// must not use 16-byte copies for it.
 #[test]
 fn x_not_16_byte_aligned() {
-    check_typed::<f16, f16>(&Case::new(200, 256, 16, 0.8), &device(4), Order::Threads, 1);
+    let device = device(4);
+    let setup = Setup {
+        x_shift: 1,
+        ..Setup::new(&device, Order::Threads)
+    };
+    check_typed::<f16, f16>(&Case::new(200, 256, 16, 0.8), setup);
 }
 
 /// The probes (the target configuration's kernel with parts left out, for benchmarks) run on
@@ -430,9 +432,9 @@ fn probes_write_zeros() {
             split_k,
             "{what}"
         );
-        for probe in Probe::ALL {
+        for probe in Variant::ALL.into_iter().filter(|v| v.is_probe()) {
             let setup = Setup {
-                probe: Some(probe),
+                variant: Some(probe),
                 ..Setup::new(&device, Order::Shuffled(seed))
             };
             let y: Vec<f16> = run(emulator, &w, &x, setup)
@@ -445,5 +447,29 @@ fn probes_write_zeros() {
     }
     let w = crate::spmm::check::weight::<f16>(&Case::new(200, 300, 8, 0.8), seed).unwrap();
     let eight_tokens = plan(&w, 8, &device(4)).unwrap();
-    assert!(eight_tokens.probe_kernel(Probe::Loads).is_err());
+    assert!(eight_tokens.variant_kernel(Variant::ProbeLoads).is_err());
+}
+
+/// The variant that holds a tile's first entries in registers computes y as the kernel does:
+/// at every density (a dense tile's vectors beyond the registers go through the stages, and
+/// where shared memory is small, partly through global memory), with and without split-K, in
+/// every order.
+#[test]
+fn entries_in_registers() {
+    let devices = [device(1), device(16), small_device(4, 99 * 1024)];
+    for (i, sparsity) in [0.0, 0.5, 0.8, 0.99, 1.0].into_iter().enumerate() {
+        for pattern in [Pattern::Uniform, Pattern::DenseAndEmptyTiles] {
+            let case = Case {
+                pattern,
+                ..Case::new(300, 1500, 13, sparsity)
+            };
+            for device in &devices {
+                let setup = Setup {
+                    variant: Some(Variant::EntriesInRegisters),
+                    ..Setup::new(device, ORDERS[i % 3])
+                };
+                check_typed::<f16, f16>(&case, setup);
+            }
+        }
+    }
 }
