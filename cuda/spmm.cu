@@ -146,10 +146,15 @@ __device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &
         for (int i = 0; i < kHeld; ++i)
             if (threadIdx.x + i * kThreads < count) place(dense, held[i]);
     }
+    // Two loops rather than a choice per vector: the second runs only where shared memory is
+    // too small for the densest tile.
+    const uint32_t rest = count - min(count, First);
+    const uint32_t in_stage = min(rest, sm.stage_vectors);
     const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
+    uint32_t v = threadIdx.x;
+    for (; v < in_stage; v += kThreads) place(dense, staged[v]);
     const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t] + First;
-    for (uint32_t v = threadIdx.x; v + First < count; v += kThreads)
-        place(dense, v < sm.stage_vectors ? staged[v] : entries[v]);
+    for (; v < rest; v += kThreads) place(dense, entries[v]);
 }
 
 // acc += the warp's part of dense tile t · x tile t.
