@@ -203,6 +203,10 @@ if wanted bench; then
         limit 180 ncu "${sections[@]}" "${more[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm \
           $config --iters 1 || echo "ncu on spmm $config failed"
       done
+      # The variant with a tile's entries in registers, in the target case (BENCH.md).
+      limit 180 ncu "${sections[@]}" --section MemoryWorkloadAnalysis_Tables --section SchedulerStats \
+        -k regex:tilefuse_spmm_registers -c 1 "$cli" bench --op spmm --backend cuda --quick \
+        --case "m=8192 k=8192 n=16 s=80%" --case registers || echo "ncu on the spmm variant failed"
     fi
     if selected attention; then
       limit 180 ncu "${sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \

@@ -128,6 +128,25 @@ fn tilefuse(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `--case` keeps the cases whose name holds every text given; texts that no case holds are
+/// an error (exit code 2), for `check` and `bench` alike.
+#[test]
+fn case_texts_pick_cases_by_name() {
+    let out = tilefuse(&["check", "--op", "smoke", "--case", "m=16", "--case", "k=16"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    if backends().contains(&"wgpu") {
+        assert!(stdout.contains("m=16 n=8 k=16"), "{stdout}");
+        assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+    }
+    for command in ["check", "bench"] {
+        let out = tilefuse(&[command, "--op", "smoke", "--case", "m=16", "--case", "m=17"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("no case of the selected ops"), "{stderr}");
+    }
+}
+
 /// `tilefuse run OP --input .. --output .. --backend ..`, which must succeed.
 fn run_ok(op: &str, input: &Path, output: &Path, backend: &str) {
     let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());

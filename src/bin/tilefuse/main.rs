@@ -117,6 +117,31 @@ struct Selection {
     /// Only these backends (repeatable).
     #[arg(long = "backend", value_name = "BACKEND", value_parser = parse_backend)]
     backends: Vec<Backend>,
+    /// Only cases whose name holds TEXT, a benchmark's with its implementation in
+    /// parentheses (repeatable: every TEXT), e.g. `--case 'n=16 s=80%' --case registers`.
+    #[arg(long = "case", value_name = "TEXT")]
+    cases: Vec<String>,
+}
+
+impl Selection {
+    /// The cases whose `label` holds every `--case` text; an error if that leaves none.
+    fn keep<T>(&self, cases: Vec<T>, label: impl Fn(&T) -> String) -> Result<Vec<T>, String> {
+        let total = cases.len();
+        let kept: Vec<T> = cases
+            .into_iter()
+            .filter(|case| {
+                let label = label(case);
+                self.cases.iter().all(|text| label.contains(text.as_str()))
+            })
+            .collect();
+        if kept.is_empty() && total > 0 {
+            return Err(format!(
+                "no case of the selected ops holds all of {:?} ({total} cases)",
+                self.cases
+            ));
+        }
+        Ok(kept)
+    }
 }
 
 fn parse_backend(name: &str) -> Result<Backend, String> {
@@ -316,7 +341,8 @@ fn check(backends: &Backends, selection: &Selection) -> Result<bool, String> {
         "op", "backend", "case", "rel_l2", "max_abs", "bound", "result",
     ]);
     let (mut passed, mut failed) = (0, 0);
-    let cases: Vec<_> = ops.iter().flat_map(|op| (op.check_cases)()).collect();
+    let cases = ops.iter().flat_map(|op| (op.check_cases)()).collect();
+    let cases = selection.keep(cases, |case| case.name.clone())?;
     let mut progress = progress::Progress::new("checking", cases.len() * runnable.len());
     for case in &cases {
         for &backend in &runnable {
@@ -371,6 +397,9 @@ fn check_input(
     path: &std::path::Path,
     expect: bool,
 ) -> Result<bool, String> {
+    if !selection.cases.is_empty() {
+        return Err("--case picks registered cases; --input checks the file's one case".into());
+    }
     let op = match selection.ops.as_slice() {
         [] => input::Op::infer(&npz::read(path)?)?,
         [name] => <input::Op as clap::ValueEnum>::from_str(name, true)
@@ -438,7 +467,10 @@ fn bench(
     };
     let mut records = Vec::new();
     let mut all_ran = true;
-    let cases: Vec<_> = ops.iter().flat_map(|op| (op.bench_cases)()).collect();
+    let cases = ops.iter().flat_map(|op| (op.bench_cases)()).collect();
+    let cases = selection.keep(cases, |case| {
+        format!("{} ({})", case.name, case.implementation)
+    })?;
     let mut progress = progress::Progress::new("timing", cases.len() * runnable.len());
     for case in &cases {
         for &backend in &runnable {
