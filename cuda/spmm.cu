@@ -277,11 +277,9 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     const uint32_t k_count = min(p.tiles_per_split, tiles_k - k_begin);
     const uint32_t first_tile = tile_m * tiles_k + k_begin;
 
-    // The block's tile offsets, read once; both dense tiles zeroed.
+    // The block's tile offsets, read once.
     const uint32_t *offsets = reinterpret_cast<const uint32_t *>(p.tile_offsets) + first_tile;
     for (uint32_t i = tid; i <= k_count; i += kThreads) sm.offsets[i] = offsets[i];
-    uint4 *dense16 = reinterpret_cast<uint4 *>(sm.dense);
-    for (uint32_t i = tid; i < 2 * kTileBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
     __syncthreads();
 
     Held held;
@@ -292,6 +290,9 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
         if (t < k_count) load_tile<N, kFirstStaged>(p, sm, t, k_begin + t, n0);
         tf::cp_async_commit();
     }
+    // Both dense tiles zeroed while the first tiles are on their way.
+    uint4 *dense16 = reinterpret_cast<uint4 *>(sm.dense);
+    for (uint32_t i = tid; i < 2 * kTileBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
     tf::cp_async_wait<kStages - 2>();  // tile 0
     __syncthreads();
     if ((Parts & kScatter) && k_count > 0) scatter<N, kFirstStaged>(p, sm, 0, held);
