@@ -2,8 +2,9 @@
 // Tiled-CSL (src/spmm/format.rs). A block owns 128 rows of w (one tile row) and N tokens, and
 // walks its k tiles with one barrier per tile:
 //   - cp.async brings each tile's packed entries and the matching x tile into a ring of
-//     TF_SPMM_STAGES stages (sized by the densest tile), TF_SPMM_STAGES - 2 tiles ahead of the
-//     scatter;
+//     TF_SPMM_STAGES stages (sized by the densest tile, as far as shared memory allows),
+//     TF_SPMM_STAGES - 2 tiles ahead of the scatter (a variant holds a tile's first entries
+//     in registers instead, one tile ahead);
 //   - in the step of tile t, the block scatters tile t + 1 into one of two zeroed, swizzled
 //     dense tiles while each warp runs ldmatrix + mma.sync.m16n8k16 (f32 accumulators) on its
 //     part of tile t in the other, then zeroes that part again (only that warp reads it). For
@@ -83,10 +84,11 @@ template <int N, uint32_t First>
 __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N> &sm, uint32_t t,
                                           uint32_t tile_k, uint32_t n0) {
     const uint32_t tid = threadIdx.x;
-    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t] + First;
+    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
     const uint32_t count = min(sm.vectors(t) - min(sm.vectors(t), First), sm.stage_vectors);
     const uint32_t sparse = tf::smem_addr(sm.sparse_stage(t));
-    for (uint32_t v = tid; v < count; v += kThreads) tf::cp_async_16(sparse + v * 16, entries + v, true);
+    for (uint32_t v = tid; v < count; v += kThreads)
+        tf::cp_async_16(sparse + v * 16, entries + v + First, true);
 
     const uint16_t *x = reinterpret_cast<const uint16_t *>(p.x);
     uint8_t *x_tile = sm.x_stage(t);
@@ -153,8 +155,9 @@ __device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &
     const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
     uint32_t v = threadIdx.x;
     for (; v < in_stage; v += kThreads) place(dense, staged[v]);
-    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t] + First;
-    for (; v < rest; v += kThreads) place(dense, entries[v]);
+    const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
+    // (Past First only inside the loop, where the tile has that many vectors.)
+    for (; v < rest; v += kThreads) place(dense, (entries + First)[v]);
 }
 
 // acc += the warp's part of dense tile t · x tile t.
@@ -266,7 +269,7 @@ enum Parts : int { kLoads = 0, kScatter = 1, kClear = 2, kMultiply = 4, kAll = 7
 // kHeldVectors through registers.
 enum Entries : int { kStaged = 0, kInRegisters = 1 };
 
-template <class In, int N, bool OutF32, int Parts = kAll, int Via = kStaged>
+template <class In, int N, bool OutF32, int Work = kAll, Entries Via = kStaged>
 __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     constexpr uint32_t kFirstStaged = Via == kInRegisters ? kHeldVectors : 0;
     const Shared<N> sm(tf::dynamic_shared(), p.stage_vectors);
@@ -282,7 +285,7 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     for (uint32_t i = tid; i <= k_count; i += kThreads) sm.offsets[i] = offsets[i];
     __syncthreads();
 
-    Held held;
+    Held held = {};
     if constexpr (Via == kInRegisters) {
         if (k_count > 0) load_held<N>(p, sm, 0, held);
     }
@@ -295,7 +298,9 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     for (uint32_t i = tid; i < 2 * kTileBytes / 16; i += kThreads) dense16[i] = make_uint4(0, 0, 0, 0);
     tf::cp_async_wait<kStages - 2>();  // tile 0
     __syncthreads();
-    if ((Parts & kScatter) && k_count > 0) scatter<N, kFirstStaged>(p, sm, 0, held);
+    if constexpr ((Work & kScatter) != 0) {
+        if (k_count > 0) scatter<N, kFirstStaged>(p, sm, 0, held);
+    }
     if constexpr (Via == kInRegisters) {
         if (k_count > 1) load_held<N>(p, sm, 1, held);
     }
@@ -310,14 +315,14 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
         const uint32_t ahead = t + kStages - 1;
         if (ahead < k_count) load_tile<N, kFirstStaged>(p, sm, ahead, k_begin + ahead, n0);
         tf::cp_async_commit();
-        if constexpr ((Parts & kScatter) != 0) {
+        if constexpr ((Work & kScatter) != 0) {
             if (t + 1 < k_count) scatter<N, kFirstStaged>(p, sm, t + 1, held);
         }
         if constexpr (Via == kInRegisters) {
             if (t + 2 < k_count) load_held<N>(p, sm, t + 2, held);
         }
-        if constexpr ((Parts & kMultiply) != 0) multiply<In, N>(sm, t, acc);
-        if constexpr ((Parts & kClear) != 0) clear_part<N>(sm, t);
+        if constexpr ((Work & kMultiply) != 0) multiply<In, N>(sm, t, acc);
+        if constexpr ((Work & kClear) != 0) clear_part<N>(sm, t);
     }
     tf::cp_async_wait<0>();
 
@@ -397,6 +402,8 @@ TF_SPMM_PROBE(scatter, kScatter)
 TF_SPMM_PROBE(no_mma, kScatter | kClear)
 
 // The same configuration with a tile's first entries in registers (benchmarks only so far).
+// Without entry stages, shared memory lets an SM hold 5 blocks, and its 96 registers allow 5
+// too (at 97 or more, 4; __launch_bounds__(kThreads, 5) makes ptxas spill instead).
 extern "C" __global__ void __launch_bounds__(kThreads)
     tilefuse_spmm_registers_f16_n16_same(const __grid_constant__ TfSpmmParams p) {
     spmm<F16, 16, false, kAll, kInRegisters>(p);

@@ -13,6 +13,13 @@
 # sanitizer run or benchmark failed.
 set -uo pipefail
 
+sections="${TILEFUSE_SECTIONS:-info,tests,sanitizer,bench}"
+[[ -n "${sections//,/}" ]] || { echo "TILEFUSE_SECTIONS names no section"; exit 2; }
+for part in ${sections//,/ }; do
+  [[ ",info,tests,sanitizer,bench," == *",$part,"* ]] || { echo "unknown section $part in TILEFUSE_SECTIONS"; exit 2; }
+done
+wanted() { [[ ",$sections," == *",$1,"* ]]; }
+
 bundle="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-./gpu-results}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
@@ -32,11 +39,6 @@ cp "$bundle/peers.py" "$here/"
 cli="$here/bin/tilefuse"
 fail() { echo "$1" >>"$failures"; echo "FAILED: $1"; }
 section() { printf '\n== %s\n' "$*"; }
-sections="${TILEFUSE_SECTIONS:-info,tests,sanitizer,bench}"
-for part in ${sections//,/ }; do
-  [[ ",info,tests,sanitizer,bench," == *",$part,"* ]] || { echo "unknown section $part in TILEFUSE_SECTIONS"; exit 2; }
-done
-wanted() { [[ ",$sections," == *",$1,"* ]]; }
 
 # Every executable gets a time limit, so a hang is a failure, not a stuck run.
 limit() { timeout -k 10 "$@"; }
@@ -176,6 +178,7 @@ done
 selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
 peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
 if wanted bench; then
+rm -f "$out/bench.json" "$out/peers.json"
 {
   section "criterion benches (each case run once, as a test)"
   for bench in "$here"/benches/*; do
@@ -192,7 +195,7 @@ if wanted bench; then
   # Diagnostics, not pass/fail: what limits the main cases (BENCH.md's open questions).
   section "where the time goes: ncu on the main cases"
   if command -v ncu >/dev/null; then
-    sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
+    ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
       --section WarpStateStats --section MemoryWorkloadAnalysis)
     if selected spmm; then
       for config in "--n 16 --sparsity 0.8" "--n 8 --sparsity 0.9" "--n 64 --sparsity 0.8"; do
@@ -200,16 +203,16 @@ if wanted bench; then
         more=()
         [[ "$config" == "--n 16 "* ]] && more=(--section MemoryWorkloadAnalysis_Tables --section SchedulerStats)
         # shellcheck disable=SC2086 # config is a list of options
-        limit 180 ncu "${sections[@]}" "${more[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm \
+        limit 180 ncu "${ncu_sections[@]}" "${more[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm \
           $config --iters 1 || echo "ncu on spmm $config failed"
       done
       # The variant with a tile's entries in registers, in the target case (BENCH.md).
-      limit 180 ncu "${sections[@]}" --section MemoryWorkloadAnalysis_Tables --section SchedulerStats \
+      limit 180 ncu "${ncu_sections[@]}" --section MemoryWorkloadAnalysis_Tables --section SchedulerStats \
         -k regex:tilefuse_spmm_registers -c 1 "$cli" bench --op spmm --backend cuda --quick \
         --case "m=8192 k=8192 n=16 s=80%" --case registers || echo "ncu on the spmm variant failed"
     fi
     if selected attention; then
-      limit 180 ncu "${sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \
+      limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \
         --len 8192 --iters 1 || echo "ncu on attention failed"
     fi
   else
@@ -222,7 +225,10 @@ fi
 {
   section "summary: tilefuse and peers, same run"
   inputs=()
-  for f in "$out/bench.json" "$out/peers.json"; do [[ -f "$f" ]] && inputs+=("$f"); done
+  # Only this run's benchmarks (an earlier run's files may lie in the same folder).
+  if wanted bench; then
+    for f in "$out/bench.json" "$out/peers.json"; do [[ -f "$f" ]] && inputs+=("$f"); done
+  fi
   if ((${#inputs[@]})); then
     "$cli" summary "${inputs[@]}"
     # The roofline picture comes back; its Markdown table (the one above) stays behind.

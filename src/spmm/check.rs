@@ -320,7 +320,8 @@ fn bench_cases() -> Vec<BenchCase> {
                     // shape and the probes in the smallest and the largest.
                     #[cfg(feature = "cuda")]
                     for variant in super::cuda::Variant::ALL {
-                        if !variant.is_probe() || m * k == 8192 * 8192 || m * k == 36864 * 9216 {
+                        let shape = (m, k);
+                        if !variant.is_probe() || shape == (8192, 8192) || shape == (36864, 9216) {
                             cases.push(case(true, Calls::Variant(variant)).by(variant.label()));
                         }
                     }

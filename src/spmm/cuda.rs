@@ -274,7 +274,8 @@ impl Variant {
 }
 
 /// Runs `variant` where [`spmm_with_workspace`] would run its kernel, for 9 to 16 tokens (an
-/// error for other counts).
+/// error for other counts). Its launch is planned for it, so it may grow a workspace that
+/// [`SpmmWorkspace::reserve`] sized for the kernel.
 pub(crate) fn spmm_variant(
     cuda: &Cuda,
     w: &DeviceTiledCsl<f16>,
@@ -306,7 +307,7 @@ where
     cuda.check_device("y", y)?;
     let plan = Plan::for_weight(cuda, w, n, variant.map_or(0, Variant::held_vectors))?;
     let kernel = match variant {
-        Some(variant) => plan.variant_kernel(variant)?,
+        Some(variant) => plan.variant_kernel::<T, O>(variant)?,
         None => plan.kernel::<T, O>(),
     };
     // Without split-K the kernel never touches a workspace.
@@ -338,9 +339,9 @@ where
         shared_mem_bytes: plan.shared_bytes,
     };
     // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out: the plan's, or a variant
-    // (f16 in and out, spmm_variant's types), which reads and writes what the kernel it stands
-    // for does, or less, and was planned for (its held vectors). TfSpmmParams is their
-    // parameter struct; addresses come from `args`. The
+    // (Plan::variant_kernel checked that T and O are f16), which reads and writes what the
+    // kernel it stands for does, or less, and was planned for (its held vectors). TfSpmmParams
+    // is their parameter struct; addresses come from `args`. The
     // weight passed TiledCsl's validation (offsets monotone and ending at the entry count,
     // every place inside its tile and the matrix) before upload, so every entry the kernel
     // reads and every shared-memory place it scatters to is in bounds; a stage holds
@@ -376,7 +377,9 @@ struct SplitCosts {
 /// busiest SM moves. The grid's blocks are spread over the SMs, whose time is the k tiles of
 /// their blocks; an SM streams at full rate only with all the blocks it can hold resident
 /// (fewer leave it waiting on latency, so they count as if it held that many), and every
-/// split beyond one adds its partials.
+/// split beyond one adds its partials. Residency counts shared memory and threads: registers
+/// (at most 126 a thread, `tilefuse info --ptxas`) allow 4 or more blocks of 4 warps, and
+/// shared memory never allows more than a kernel's registers do.
 fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let sm_count = device.sm_count.max(1) as usize;
     // The driver keeps 1 KiB of shared memory per block.
@@ -503,8 +506,20 @@ impl Plan {
         (self.tiles_m * self.n_blocks) as usize
     }
 
-    /// `variant`'s kernel, which stands for the f16 kernel of 16 tokens per block.
-    fn variant_kernel(&self, variant: Variant) -> Result<Kernel> {
+    /// `variant`'s kernel, which stands for the f16 kernel of 16 tokens per block (f16 in and
+    /// out).
+    fn variant_kernel<T: SpmmElement, O: SpmmOutput<T>>(&self, variant: Variant) -> Result<Kernel> {
+        if T::NAME != "f16" || O::F32 {
+            return Err(Error::invalid(
+                "spmm variant",
+                "f16 in and out",
+                format!(
+                    "{} in, {} out",
+                    T::NAME,
+                    if O::F32 { "f32" } else { T::NAME }
+                ),
+            ));
+        }
         if self.tokens_per_block != 16 {
             return Err(Error::invalid(
                 "n (spmm variant)",

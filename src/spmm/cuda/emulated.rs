@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 
 use super::{Plan, Variant};
-use crate::backend::abi::{TF_SPMM_WARPS, TfSpmmParams};
+use crate::backend::abi::{TF_SPMM_HELD_VECTORS, TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::CudaDeviceInfo;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::harness::Rng;
@@ -182,7 +182,9 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
         _ => launch,
     };
     let kernel = match variant {
-        Some(variant) => plan.variant_kernel(variant).map_err(|e| e.to_string())?,
+        Some(variant) => plan
+            .variant_kernel::<T, O>(variant)
+            .map_err(|e| e.to_string())?,
         None => plan.kernel::<T, O>(),
     };
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
@@ -413,13 +415,18 @@ fn probes_write_zeros() {
         return;
     };
     let seed = Rng::fresh_seed();
-    for (sm_count, pattern, split_k) in [
-        (1, Pattern::DenseAndEmptyTiles, false),
-        (16, Pattern::Uniform, true),
+    // One and three k tiles, and split-K whose last split has one (k = 1600 on 132 SMs);
+    // x rows 16-byte aligned (k a multiple of 8: cp.async) or not.
+    for (sm_count, pattern, k, split_k) in [
+        (1, Pattern::DenseAndEmptyTiles, 1500, false),
+        (16, Pattern::Uniform, 1500, true),
+        (132, Pattern::Uniform, 1600, true),
+        (4, Pattern::Uniform, 64, false),
+        (4, Pattern::DenseAndEmptyTiles, 192, false),
     ] {
         let case = Case {
             pattern,
-            ..Case::new(300, 1500, 16, 0.8)
+            ..Case::new(300, k, 16, 0.8)
         };
         let what = format!("{case}, {sm_count} SMs, seed {seed}");
         let device = device(sm_count);
@@ -427,11 +434,8 @@ fn probes_write_zeros() {
         let x: Vec<f16> = (1..=case.n * case.k)
             .map(|i| f16::from_f32((i % 13) as f32 / 8.0 - 0.75))
             .collect();
-        assert_eq!(
-            plan(&w, case.n, &device).unwrap().splits > 1,
-            split_k,
-            "{what}"
-        );
+        let launch = plan(&w, case.n, &device).unwrap();
+        assert_eq!(launch.splits > 1, split_k, "{what}");
         for probe in Variant::ALL.into_iter().filter(|v| v.is_probe()) {
             let setup = Setup {
                 variant: Some(probe),
@@ -447,7 +451,22 @@ fn probes_write_zeros() {
     }
     let w = crate::spmm::check::weight::<f16>(&Case::new(200, 300, 8, 0.8), seed).unwrap();
     let eight_tokens = plan(&w, 8, &device(4)).unwrap();
-    assert!(eight_tokens.variant_kernel(Variant::ProbeLoads).is_err());
+    assert!(
+        eight_tokens
+            .variant_kernel::<f16, f16>(Variant::ProbeLoads)
+            .is_err()
+    );
+    let sixteen_tokens = plan(&w, 16, &device(4)).unwrap();
+    assert!(
+        sixteen_tokens
+            .variant_kernel::<f16, f32>(Variant::EntriesInRegisters)
+            .is_err()
+    );
+    assert!(
+        sixteen_tokens
+            .variant_kernel::<bf16, bf16>(Variant::EntriesInRegisters)
+            .is_err()
+    );
 }
 
 /// The variant that holds a tile's first entries in registers computes y as the kernel does:
@@ -464,12 +483,28 @@ fn entries_in_registers() {
                 ..Case::new(300, 1500, 13, sparsity)
             };
             for device in &devices {
-                let setup = Setup {
-                    variant: Some(Variant::EntriesInRegisters),
-                    ..Setup::new(device, ORDERS[i % 3])
-                };
-                check_typed::<f16, f16>(&case, setup);
+                check_registers(&case, device, ORDERS[i % 3]);
             }
         }
     }
+    // One and three k tiles, and split-K whose last split has one (tiles_per_split 4 of 25);
+    // x rows 16-byte aligned, so x goes by cp.async.
+    let device = device(132);
+    let w = crate::spmm::check::weight::<f16>(&Case::new(300, 1600, 13, 0.5), 1).unwrap();
+    let launch = plan_held(&w, 13, &device, TF_SPMM_HELD_VECTORS as usize).unwrap();
+    assert_eq!((launch.splits, launch.tiles_per_split), (7, 4));
+    for (i, (k, sparsity)) in [(1600, 0.5), (1600, 0.9), (64, 0.0), (192, 0.8)]
+        .into_iter()
+        .enumerate()
+    {
+        check_registers(&Case::new(300, k, 13, sparsity), &device, ORDERS[i % 3]);
+    }
+}
+
+fn check_registers(case: &Case, device: &CudaDeviceInfo, order: Order) {
+    let setup = Setup {
+        variant: Some(Variant::EntriesInRegisters),
+        ..Setup::new(device, order)
+    };
+    check_typed::<f16, f16>(case, setup);
 }

@@ -4,19 +4,22 @@
 //! bounds. The emulator checks the same kernels' logic on every machine.
 
 use std::io::Write;
+use std::sync::OnceLock;
 
 use half::f16;
 
-use super::{DeviceTiledCsl, SpmmWorkspace, Variant, spmm_variant};
+use super::{DeviceTiledCsl, Plan, SpmmWorkspace, Variant, spmm_variant};
 use crate::backend::cuda::Cuda;
 use crate::error::Result;
-use crate::harness::Rng;
+use crate::harness::{Backends, Rng};
 use crate::spmm::TiledCsl;
 use crate::spmm::check::{Case, Pattern, check_with, nan_bits, weight};
 
-/// Device 0, or `None` (after saying why) where there is none.
-fn device() -> Option<Cuda> {
-    match Cuda::new(0) {
+/// The backends of this test binary, whose CUDA device (device 0, unless `TILEFUSE_BACKENDS`
+/// leaves CUDA out) the test uses where there is one; otherwise it says why and passes.
+fn device() -> Option<&'static Cuda> {
+    static BACKENDS: OnceLock<Backends> = OnceLock::new();
+    match BACKENDS.get_or_init(Backends::detect).cuda() {
         Ok(cuda) => Some(cuda),
         Err(e) if std::env::var("TILEFUSE_REQUIRE_CUDA_DEVICE").is_ok_and(|v| v == "1") => {
             panic!("TILEFUSE_REQUIRE_CUDA_DEVICE=1 but: {e}")
@@ -51,8 +54,8 @@ fn variants_on_the_device() {
         return;
     };
     let mut workspace = SpmmWorkspace::new();
-    // With split-K (m = 1000, k = 3000 on any large GPU) and without (4 k tiles).
-    for (m, k) in [(1000, 3000), (4100, 256)] {
+    // With split-K (m = 1000, k = 3000 on any GPU of 16 SMs or more) and without (4 k tiles).
+    for (m, k, split_k) in [(1000, 3000, cuda.info().sm_count >= 16), (4100, 256, false)] {
         for (sparsity, pattern) in [
             (0.0, Pattern::Uniform),
             (0.8, Pattern::DenseAndEmptyTiles),
@@ -63,11 +66,14 @@ fn variants_on_the_device() {
                 pattern,
                 ..Case::new(m, k, 13, sparsity)
             };
+            let w = DeviceTiledCsl::upload(cuda, &weight::<f16>(&case, 1).unwrap()).unwrap();
+            let splits = Plan::for_weight(cuda, &w, case.n, 0).unwrap().splits;
+            assert!(splits > 1 || !split_k, "{case}: {splits} split");
             for variant in Variant::ALL {
                 let seed = Rng::fresh_seed();
                 let what = format!("{case}, {variant:?}, seed {seed}");
                 let mut runner = |w: &TiledCsl<f16>, x: &[f16]| {
-                    run(&cuda, w, x, variant, &mut workspace)
+                    run(cuda, w, x, variant, &mut workspace)
                         .unwrap_or_else(|e| panic!("{what}: {e}"))
                 };
                 if variant.is_probe() {
