@@ -341,13 +341,13 @@ where
     // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out: the plan's, or a variant
     // (Plan::variant_kernel checked that T and O are f16), which reads and writes what the
     // kernel it stands for does, or less, and was planned for (its held vectors). TfSpmmParams
-    // is their parameter struct; addresses come from `args`. The
-    // weight passed TiledCsl's validation (offsets monotone and ending at the entry count,
-    // every place inside its tile and the matrix) before upload, so every entry the kernel
-    // reads and every shared-memory place it scatters to is in bounds; a stage holds
-    // plan.stage_vectors vectors and the kernel copies no more into it (the rest of a denser
-    // tile it reads from global memory). x holds n·k values and y n·m (checked above), and the
-    // kernel guards token < n, row < m, column < k. With splits > 1 the workspace holds at
+    // is their parameter struct; addresses come from `args`. The weight passed TiledCsl's
+    // validation (offsets monotone and ending at the entry count, every place inside its tile
+    // and the matrix) before upload, so every entry the kernel reads and every shared-memory
+    // place it scatters to is in bounds; a stage holds plan.stage_vectors vectors and the
+    // kernel copies no more into it (the rest of a denser tile it reads from global memory).
+    // x holds n·k values and y n·m (checked above), and the kernel guards token < n,
+    // row < m, column < k. With splits > 1 the workspace holds at
     // least abi.h's split-K partials for this grid (Plan::partials) and counters
     // (Plan::counters), which are zero: zeroed when allocated, and left zero by every launch
     // since (each runs to completion before the next starts: one stream, or cudarc's events
