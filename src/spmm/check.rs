@@ -497,6 +497,37 @@ fn prepare(
 mod tests {
     use super::*;
 
+    /// Each target case (n = 16, 80%) is timed by the kernel, in increasing places, with a
+    /// workspace per call and by the CUDA variant, and in two shapes by the three probes.
+    #[test]
+    fn the_target_cases_carry_their_comparisons() {
+        let cases = bench_cases();
+        for (m, k) in BENCH_SHAPES {
+            let name = format!("m={m} k={k} n=16 s=80%");
+            let mut by: Vec<&str> = cases
+                .iter()
+                .filter(|c| c.name == name)
+                .map(|c| c.implementation)
+                .collect();
+            by.sort_unstable();
+            let mut expected = vec![
+                "tilefuse",
+                "tilefuse, increasing places",
+                "tilefuse, workspace per call",
+            ];
+            #[cfg(feature = "cuda")]
+            for variant in crate::spmm::cuda::Variant::ALL {
+                if !variant.is_probe() || [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
+                    expected.push(variant.label());
+                }
+            }
+            #[cfg(all(feature = "cuda", feature = "cli"))]
+            expected.push("cublas");
+            expected.sort_unstable();
+            assert_eq!(by, expected, "{name}");
+        }
+    }
+
     #[test]
     fn bench_weights_in_either_order_hold_the_same_matrix() {
         let spread = uniform_weight(300, 520, 0.8, 3, true).unwrap();
