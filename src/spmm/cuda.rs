@@ -433,18 +433,18 @@ impl Plan {
         held: usize,
     ) -> Result<Plan> {
         let vectors = w.entries.len() / 4;
-        let staged = w.max_tile_vectors.saturating_sub(held);
-        Plan::new(cuda.info(), w.m, w.k, vectors, staged, n)
+        Plan::new(cuda.info(), w.m, w.k, vectors, w.max_tile_vectors, held, n)
     }
 
     /// For `y [n, m] = x [n, k] · wᵀ` where `w` has `vectors` 16-byte vectors of entries and
-    /// at most `staged_vectors` of a tile go through the stages.
+    /// its largest tile `max_tile_vectors`, of which the first `held` skip the stages.
     fn new(
         device: &CudaDeviceInfo,
         m: usize,
         k: usize,
         vectors: usize,
-        staged_vectors: usize,
+        max_tile_vectors: usize,
+        held: usize,
         n: usize,
     ) -> Result<Plan> {
         let tokens_per_block = [8, 16, 32, 64].into_iter().find(|&t| n <= t).unwrap_or(64);
@@ -468,6 +468,7 @@ impl Plan {
         // always); beyond, the scatter reads the rest of a tile from global memory.
         let room =
             (device.max_shared_per_block as usize).saturating_sub(dense_and_x + most_offsets);
+        let staged_vectors = max_tile_vectors.saturating_sub(held);
         let stage_vectors = staged_vectors.clamp(1, (room / (stages * 16)).max(1));
         let stages_bytes = dense_and_x + stages * stage_vectors * 16;
         let splits = split_k(

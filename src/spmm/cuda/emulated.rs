@@ -54,8 +54,8 @@ fn plan_held<T: SpmmElement>(
     held: usize,
 ) -> Result<Plan, String> {
     let vectors = w.device_entries().len() / 4;
-    let staged = w.max_tile_vectors().saturating_sub(held);
-    Plan::new(device, w.m(), w.k(), vectors, staged, n).map_err(|e| e.to_string())
+    Plan::new(device, w.m(), w.k(), vectors, w.max_tile_vectors(), held, n)
+        .map_err(|e| e.to_string())
 }
 
 /// Split-K's memory, as a `SpmmWorkspace` holds it: partials never written (NaN here), and
@@ -91,6 +91,16 @@ struct Setup<'a> {
 }
 
 impl<'a> Setup<'a> {
+    /// The launch plan for `w` and `n` tokens, as the launcher makes it for this kernel.
+    fn plan<T: SpmmElement>(&self, w: &TiledCsl<T>, n: usize) -> Result<Plan, String> {
+        plan_held(
+            w,
+            n,
+            self.device,
+            self.variant.map_or(0, Variant::held_vectors),
+        )
+    }
+
     /// The plan's own kernel, x at the start of its buffer.
     fn new(device: &'a CudaDeviceInfo, order: Order) -> Self {
         Setup {
@@ -110,8 +120,7 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     x: &[T],
     setup: Setup,
 ) -> Result<Vec<O>, String> {
-    let held = setup.variant.map_or(0, Variant::held_vectors);
-    let plan = plan_held(w, x.len() / w.k(), setup.device, held)?;
+    let plan = setup.plan(w, x.len() / w.k())?;
     let mut workspace = Workspace::new(plan.partials(w.m()), plan.counters());
     run_in(emulator, w, x, setup, &mut workspace)
 }
@@ -125,14 +134,14 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
     workspace: &mut Workspace,
 ) -> Result<Vec<O>, String> {
     let Setup {
-        device,
         order,
         x_shift,
         variant,
+        ..
     } = setup;
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
-    let plan = plan_held(w, n, device, variant.map_or(0, Variant::held_vectors))?;
+    let plan = setup.plan(w, n)?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
@@ -354,8 +363,7 @@ fn plans_spread_the_work_over_the_sms() {
             let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
             // 80% sparsity: 8192 * 0.2 / 4 vectors in the average tile, 10% more in the largest.
             let vectors = tiles_m * tiles_k * 410;
-            let staged = 451usize.saturating_sub(held);
-            let plan = Plan::new(&device(sm_count), m, k, vectors, staged, n).unwrap();
+            let plan = Plan::new(&device(sm_count), m, k, vectors, 451, held, n).unwrap();
             let blocks = (plan.tiles_m * plan.n_blocks * plan.splits) as usize;
             let busiest = blocks.div_ceil(sm_count as usize) * plan.tiles_per_split as usize;
             let even = (tiles_m * tiles_k) as f64 / f64::from(sm_count);
@@ -374,7 +382,7 @@ fn plans_spread_the_work_over_the_sms() {
 fn long_k_on_one_sm_plans_within_shared_memory() {
     let (m, k) = (128, 1 << 24);
     let tiles_k = k / TILE_K;
-    let plan = Plan::new(&device(1), m, k, tiles_k * 20, 40, 16).unwrap();
+    let plan = Plan::new(&device(1), m, k, tiles_k * 20, 40, 0, 16).unwrap();
     assert!(plan.tiles_per_split as usize <= 4096 && plan.shared_bytes < 100 * 1024);
 }
 
@@ -392,7 +400,7 @@ fn dense_tiles_with_little_shared_memory() {
         }
     }
     // A fully dense tile no longer fits a stage there.
-    let plan = Plan::new(&small_device(4, 99 * 1024), 128, 64, 2048, 2048, 64).unwrap();
+    let plan = Plan::new(&small_device(4, 99 * 1024), 128, 64, 2048, 2048, 0, 64).unwrap();
     assert!(plan.stage_vectors < 2048 && plan.shared_bytes <= 99 * 1024);
 }
 
