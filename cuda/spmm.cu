@@ -401,10 +401,18 @@ TF_SPMM_PROBE(loads, kLoads)
 TF_SPMM_PROBE(scatter, kScatter)
 TF_SPMM_PROBE(no_mma, kScatter | kClear)
 
-// The same configuration with a tile's first entries in registers (benchmarks only so far).
-// Without entry stages, shared memory lets an SM hold 5 blocks, and its 96 registers allow 5
-// too (at 97 or more, 4; __launch_bounds__(kThreads, 5) makes ptxas spill instead).
-extern "C" __global__ void __launch_bounds__(kThreads)
-    tilefuse_spmm_registers_f16_n16_same(const __grid_constant__ TfSpmmParams p) {
-    spmm<F16, 16, false, kAll, kInRegisters>(p);
-}
+// The f16 kernels with a tile's first entries in registers (benchmarks only so far). Without
+// entry stages a block needs less shared memory, so an SM holds more blocks (an H100, at 80%
+// sparsity: 6 instead of 3 for 8 tokens, 5 instead of 3 for 16, 4 instead of 2 for 32, 3
+// instead of 2 for 64), and their registers (tilefuse info --ptxas: 72, 96, 80, 128) allow as many. At 16
+// tokens, 97 or more registers would allow only 4; __launch_bounds__(kThreads, 5) makes
+// ptxas spill instead.
+#define TF_SPMM_REGISTERS(n)                                                                \
+    extern "C" __global__ void __launch_bounds__(kThreads)                                 \
+        tilefuse_spmm_registers_f16_n##n##_same(const __grid_constant__ TfSpmmParams p) {   \
+        spmm<F16, n, false, kAll, kInRegisters>(p);                                        \
+    }
+TF_SPMM_REGISTERS(8)
+TF_SPMM_REGISTERS(16)
+TF_SPMM_REGISTERS(32)
+TF_SPMM_REGISTERS(64)

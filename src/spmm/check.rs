@@ -309,6 +309,15 @@ fn bench_cases() -> Vec<BenchCase> {
                     )
                 };
                 cases.push(case(true, Calls::ReuseWorkspace));
+                // The CUDA kernel's variants in every case: which should become the kernel,
+                // token count by token count.
+                #[cfg(feature = "cuda")]
+                for variant in super::cuda::Variant::ALL
+                    .into_iter()
+                    .filter(|v| !v.is_probe())
+                {
+                    cases.push(case(true, Calls::Variant(variant)).by(variant.label()));
+                }
                 if n == 16 && sparsity == 0.8 {
                     // The target cases again with each tile's entries in increasing places,
                     // as Flash-LLM stores them: what the bank-spread order gains.
@@ -316,13 +325,14 @@ fn bench_cases() -> Vec<BenchCase> {
                         .push(case(false, Calls::ReuseWorkspace).by("tilefuse, increasing places"));
                     // And through `spmm`, which allocates split-K's memory at every call.
                     cases.push(case(true, Calls::NewWorkspace).by("tilefuse, workspace per call"));
-                    // And the probes and variants of the CUDA kernel, the variants in every
-                    // shape and the probes in the smallest and the largest.
+                    // And, in the smallest and the largest shape, the CUDA kernel's probes.
                     #[cfg(feature = "cuda")]
-                    for variant in super::cuda::Variant::ALL {
-                        let shape = (m, k);
-                        if !variant.is_probe() || shape == (8192, 8192) || shape == (36864, 9216) {
-                            cases.push(case(true, Calls::Variant(variant)).by(variant.label()));
+                    for probe in super::cuda::Variant::ALL
+                        .into_iter()
+                        .filter(|v| v.is_probe())
+                    {
+                        if [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
+                            cases.push(case(true, Calls::Variant(probe)).by(probe.label()));
                         }
                     }
                 }
@@ -497,34 +507,43 @@ fn prepare(
 mod tests {
     use super::*;
 
-    /// Each target case (n = 16, 80%) is timed by the kernel, in increasing places, with a
-    /// workspace per call and by the CUDA variant, and in two shapes by the three probes.
+    /// Every case is timed by the kernel and its CUDA variants (and cuBLAS); each target case
+    /// (n = 16, 80%) also in increasing places and with a workspace per call, and in two
+    /// shapes by the three probes.
     #[test]
-    fn the_target_cases_carry_their_comparisons() {
+    fn every_case_carries_its_comparisons() {
         let cases = bench_cases();
         for (m, k) in BENCH_SHAPES {
-            let name = format!("m={m} k={k} n=16 s=80%");
-            let mut by: Vec<&str> = cases
-                .iter()
-                .filter(|c| c.name == name)
-                .map(|c| c.implementation)
-                .collect();
-            by.sort_unstable();
-            let mut expected = vec![
-                "tilefuse",
-                "tilefuse, increasing places",
-                "tilefuse, workspace per call",
-            ];
-            #[cfg(feature = "cuda")]
-            for variant in crate::spmm::cuda::Variant::ALL {
-                if !variant.is_probe() || [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
-                    expected.push(variant.label());
+            for n in BENCH_TOKENS {
+                for sparsity in BENCH_SPARSITIES {
+                    let name = format!("m={m} k={k} n={n} s={}%", (sparsity * 100.0).round());
+                    let mut by: Vec<&str> = cases
+                        .iter()
+                        .filter(|c| c.name == name)
+                        .map(|c| c.implementation)
+                        .collect();
+                    by.sort_unstable();
+                    let target = n == 16 && sparsity == 0.8;
+                    let mut expected = vec!["tilefuse"];
+                    if target {
+                        expected.extend([
+                            "tilefuse, increasing places",
+                            "tilefuse, workspace per call",
+                        ]);
+                    }
+                    #[cfg(feature = "cuda")]
+                    for variant in crate::spmm::cuda::Variant::ALL {
+                        let probe_shape = [(8192, 8192), (36864, 9216)].contains(&(m, k));
+                        if !variant.is_probe() || (target && probe_shape) {
+                            expected.push(variant.label());
+                        }
+                    }
+                    #[cfg(all(feature = "cuda", feature = "cli"))]
+                    expected.push("cublas");
+                    expected.sort_unstable();
+                    assert_eq!(by, expected, "{name}");
                 }
             }
-            #[cfg(all(feature = "cuda", feature = "cli"))]
-            expected.push("cublas");
-            expected.sort_unstable();
-            assert_eq!(by, expected, "{name}");
         }
     }
 

@@ -211,9 +211,10 @@ where
     launch(cuda, w, x, y, workspace, None)
 }
 
-/// Kernels that the benchmark times beside the one [`spmm`] runs for f16 and 9 to 16 tokens
-/// (`cuda/spmm.cu`): probes, which leave part of its work out (they write y = 0) to show where
-/// a tile's time goes, and variants, which do the same work another way.
+/// Kernels that the benchmark times beside the ones [`spmm`] runs for f16 in and out
+/// (`cuda/spmm.cu`): probes of the 16-token kernel, which leave part of its work out (they
+/// write y = 0) to show where a tile's time goes, and variants of every token count's kernel,
+/// which do the same work another way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Variant {
     /// Probe: the loads, waits and barriers alone.
@@ -223,7 +224,7 @@ pub(crate) enum Variant {
     /// Probe: all but the mma (the loads, the scatter and the zeroing of the dense tiles).
     ProbeNoMultiply,
     /// A tile's first `TF_SPMM_HELD_VECTORS` entry vectors through registers (Flash-LLM's way)
-    /// instead of the shared-memory stages.
+    /// instead of the shared-memory stages, for any number of tokens.
     EntriesInRegisters,
 }
 
@@ -259,23 +260,28 @@ impl Variant {
         }
     }
 
-    fn kernel(self) -> Kernel {
-        let name = match self {
-            Variant::ProbeLoads => "tilefuse_spmm_probe_loads_f16_n16",
-            Variant::ProbeScatter => "tilefuse_spmm_probe_scatter_f16_n16",
-            Variant::ProbeNoMultiply => "tilefuse_spmm_probe_no_mma_f16_n16",
-            Variant::EntriesInRegisters => "tilefuse_spmm_registers_f16_n16_same",
+    /// Its kernel for `tokens_per_block` (8, 16, 32 or 64), if it has one.
+    fn kernel(self, tokens_per_block: u32) -> Option<Kernel> {
+        let name = match (self, tokens_per_block) {
+            (Variant::ProbeLoads, 16) => "tilefuse_spmm_probe_loads_f16_n16",
+            (Variant::ProbeScatter, 16) => "tilefuse_spmm_probe_scatter_f16_n16",
+            (Variant::ProbeNoMultiply, 16) => "tilefuse_spmm_probe_no_mma_f16_n16",
+            (Variant::EntriesInRegisters, 8) => "tilefuse_spmm_registers_f16_n8_same",
+            (Variant::EntriesInRegisters, 16) => "tilefuse_spmm_registers_f16_n16_same",
+            (Variant::EntriesInRegisters, 32) => "tilefuse_spmm_registers_f16_n32_same",
+            (Variant::EntriesInRegisters, 64) => "tilefuse_spmm_registers_f16_n64_same",
+            _ => return None,
         };
-        Kernel {
+        Some(Kernel {
             module: "spmm",
             name,
-        }
+        })
     }
 }
 
-/// Runs `variant` where [`spmm_with_workspace`] would run its kernel, for 9 to 16 tokens (an
-/// error for other counts). Its launch is planned for it, so it may grow a workspace that
-/// [`SpmmWorkspace::reserve`] sized for the kernel.
+/// Runs `variant` where [`spmm_with_workspace`] would run its kernel (a probe: for 9 to 16
+/// tokens, an error for other counts). Its launch is planned for it, so it may grow a
+/// workspace that [`SpmmWorkspace::reserve`] sized for the kernel.
 pub(crate) fn spmm_variant(
     cuda: &Cuda,
     w: &DeviceTiledCsl<f16>,
@@ -378,7 +384,7 @@ struct SplitCosts {
 /// their blocks; an SM streams at full rate only with all the blocks it can hold resident
 /// (fewer leave it waiting on latency, so they count as if it held that many), and every
 /// split beyond one adds its partials. Residency counts shared memory and threads: registers
-/// (at most 126 a thread, `tilefuse info --ptxas`) allow 4 or more blocks of 4 warps, and
+/// (at most 128 a thread, `tilefuse info --ptxas`) allow 4 or more blocks of 4 warps, and
 /// shared memory never allows more than a kernel's registers do.
 fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let sm_count = device.sm_count.max(1) as usize;
@@ -507,8 +513,8 @@ impl Plan {
         (self.tiles_m * self.n_blocks) as usize
     }
 
-    /// `variant`'s kernel, which stands for the f16 kernel of 16 tokens per block (f16 in and
-    /// out).
+    /// `variant`'s kernel, which stands for the plan's kernel for f16 in and out (a probe: of
+    /// 16 tokens per block).
     fn variant_kernel<T: SpmmElement, O: SpmmOutput<T>>(&self, variant: Variant) -> Result<Kernel> {
         if T::NAME != "f16" || O::F32 {
             return Err(Error::invalid(
@@ -521,14 +527,13 @@ impl Plan {
                 ),
             ));
         }
-        if self.tokens_per_block != 16 {
-            return Err(Error::invalid(
-                "n (spmm variant)",
+        variant.kernel(self.tokens_per_block).ok_or_else(|| {
+            Error::invalid(
+                "n (spmm probe)",
                 "9 to 16 tokens",
                 format!("a launch of {} tokens per block", self.tokens_per_block),
-            ));
-        }
-        Ok(variant.kernel())
+            )
+        })
     }
 
     fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self) -> Kernel {

@@ -349,7 +349,7 @@ fn one_workspace_serves_launch_after_launch() {
 
 /// The launch plan of the benchmark's target shapes on an H100 (132 SMs) keeps every SM busy
 /// and spreads the k tiles evenly: the busiest SM walks at most 10% more than an even share.
-/// So does the register variant's (all its entries held: a stage of one vector).
+/// So do the register variants' (all their entries held: a stage of one vector).
 #[test]
 fn plans_spread_the_work_over_the_sms() {
     let sm_count = 132;
@@ -359,7 +359,10 @@ fn plans_spread_the_work_over_the_sms() {
         (8192, 28672),
         (36864, 9216),
     ] {
-        for (n, held) in [(8, 0), (16, 0), (16, TF_SPMM_HELD_VECTORS as usize)] {
+        let held = TF_SPMM_HELD_VECTORS as usize;
+        // (From 32 tokens on, split-K's partials weigh enough that fewer splits and a less
+        // even spread move fewer bytes.)
+        for (n, held) in [(8, 0), (16, 0), (8, held), (16, held)] {
             let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
             // 80% sparsity: 8192 * 0.2 / 4 vectors in the average tile, 10% more in the largest.
             let vectors = tiles_m * tiles_k * 410;
@@ -466,6 +469,11 @@ fn probes_write_zeros() {
             .variant_kernel::<f16, f16>(Variant::ProbeLoads)
             .is_err()
     );
+    assert!(
+        eight_tokens
+            .variant_kernel::<f16, f16>(Variant::EntriesInRegisters)
+            .is_ok()
+    );
     let sixteen_tokens = plan(&w, 16, &device(4)).unwrap();
     assert!(
         sixteen_tokens
@@ -479,10 +487,10 @@ fn probes_write_zeros() {
     );
 }
 
-/// The variant that holds a tile's first entries in registers computes y as the kernel does:
-/// at every density (a dense tile's vectors beyond the registers go through the stages, and
+/// The variants that hold a tile's first entries in registers compute y as the kernels do: at
+/// every density (a dense tile's vectors beyond the registers go through the stages, and
 /// where shared memory is small, partly through global memory), with and without split-K, in
-/// every order.
+/// every order, for every token count.
 #[test]
 fn entries_in_registers() {
     let devices = [device(1), device(16), small_device(4, 99 * 1024)];
@@ -508,6 +516,17 @@ fn entries_in_registers() {
         .enumerate()
     {
         check_registers(&Case::new(300, k, 13, sparsity), &device, ORDERS[i % 3]);
+    }
+    // The kernels of 8, 32 and 64 tokens (70: two blocks of 64), on dense tiles beside empty
+    // ones and at a decode sparsity.
+    for (i, n) in [5, 29, 64, 70].into_iter().enumerate() {
+        for (sparsity, pattern) in [(0.0, Pattern::DenseAndEmptyTiles), (0.8, Pattern::Uniform)] {
+            let case = Case {
+                pattern,
+                ..Case::new(300, 1500, n, sparsity)
+            };
+            check_registers(&case, &devices[1 + i % 2], ORDERS[i % 3]);
+        }
     }
 }
 

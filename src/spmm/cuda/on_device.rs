@@ -48,13 +48,24 @@ fn run(
     cuda.download(&y)
 }
 
+/// The token counts a variant runs with here: a probe has a kernel of 16 tokens per block
+/// only, the register variants one of 8, 16, 32 and 64 (70: two blocks of 64).
+fn token_counts(variant: Variant) -> &'static [usize] {
+    if variant.is_probe() {
+        &[13]
+    } else {
+        &[5, 13, 29, 64, 70]
+    }
+}
+
 #[test]
 fn variants_on_the_device() {
     let Some(cuda) = device() else {
         return;
     };
     let mut workspace = SpmmWorkspace::new();
-    // With split-K (m = 1000, k = 3000 on any GPU of 16 SMs or more) and without (4 k tiles).
+    // With split-K (m = 1000, k = 3000, 13 tokens on any GPU of 16 SMs or more) and without
+    // (4 k tiles).
     for (m, k, split_k) in [(1000, 3000, cuda.info().sm_count >= 16), (4100, 256, false)] {
         for (sparsity, pattern) in [
             (0.0, Pattern::Uniform),
@@ -62,30 +73,33 @@ fn variants_on_the_device() {
             (0.8, Pattern::MagnitudePerRow),
             (0.99, Pattern::Uniform),
         ] {
-            let case = Case {
+            let case = |n| Case {
                 pattern,
-                ..Case::new(m, k, 13, sparsity)
+                ..Case::new(m, k, n, sparsity)
             };
-            let w = DeviceTiledCsl::upload(cuda, &weight::<f16>(&case, 1).unwrap()).unwrap();
-            let splits = Plan::for_weight(cuda, &w, case.n, 0).unwrap().splits;
-            assert!(splits > 1 || !split_k, "{case}: {splits} split");
+            let w = DeviceTiledCsl::upload(cuda, &weight::<f16>(&case(13), 1).unwrap()).unwrap();
+            let splits = Plan::for_weight(cuda, &w, 13, 0).unwrap().splits;
+            assert!(splits > 1 || !split_k, "{}: {splits} split", case(13));
             for variant in Variant::ALL {
-                let seed = Rng::fresh_seed();
-                let what = format!("{case}, {variant:?}, seed {seed}");
-                let mut runner = |w: &TiledCsl<f16>, x: &[f16]| {
-                    run(cuda, w, x, variant, &mut workspace)
-                        .unwrap_or_else(|e| panic!("{what}: {e}"))
-                };
-                if variant.is_probe() {
-                    let w = weight::<f16>(&case, seed).unwrap();
-                    let y = runner(&w, &vec![f16::ONE; case.n * k]);
-                    assert!(y.iter().all(|v| v.to_bits() == 0), "{what}: y != 0");
-                } else {
-                    let comparison =
-                        check_with::<f16, f16>(&case, seed, |w, x| Ok(Some(runner(w, x))))
+                for &n in token_counts(variant) {
+                    let case = case(n);
+                    let seed = Rng::fresh_seed();
+                    let what = format!("{case}, {variant:?}, seed {seed}");
+                    let mut runner = |w: &TiledCsl<f16>, x: &[f16]| {
+                        run(cuda, w, x, variant, &mut workspace)
                             .unwrap_or_else(|e| panic!("{what}: {e}"))
-                            .expect("the variant ran");
-                    assert!(comparison.passed(), "{what}: {comparison}");
+                    };
+                    if variant.is_probe() {
+                        let w = weight::<f16>(&case, seed).unwrap();
+                        let y = runner(&w, &vec![f16::ONE; n * k]);
+                        assert!(y.iter().all(|v| v.to_bits() == 0), "{what}: y != 0");
+                    } else {
+                        let comparison =
+                            check_with::<f16, f16>(&case, seed, |w, x| Ok(Some(runner(w, x))))
+                                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                                .expect("the variant ran");
+                        assert!(comparison.passed(), "{what}: {comparison}");
+                    }
                 }
             }
         }
