@@ -27,6 +27,7 @@ on_backends!([cuda, wgpu] => [
     rejects_wrong_lengths,
     one_workspace_serves_call_after_call,
     a_reserved_workspace_does_not_grow,
+    results_are_bitwise_repeatable,
     every_registered_case_passes,
 ]);
 
@@ -215,6 +216,33 @@ fn a_reserved_workspace_does_not_grow(backends: &Backends, backend: Backend) {
             "{case}, n = {n} (seed {seed}): {comparison}"
         );
         assert_eq!(workspaces.bytes(), reserved, "n = {n} grew the workspace");
+    }
+}
+
+/// The same call twice gives bitwise the same y (DESIGN.md: deterministic), with split-K on
+/// a GPU (k = 3000: 47 k tiles), f32 output (no rounding to hide a difference).
+fn results_are_bitwise_repeatable(backends: &Backends, backend: Backend) {
+    let seed = common::seed();
+    let case = Case {
+        out_f32: true,
+        ..Case::new(256, 3000, 16, 0.5)
+    };
+    let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
+    let mut rng = Rng::new(seed);
+    let x: Vec<f16> = (0..case.n * case.k)
+        .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+        .collect();
+    let mut workspaces = Workspaces::default();
+    let mut run = || -> Vec<u64> {
+        let y = workspaces.spmm(backends, backend, &w, &x, f32::NAN);
+        y.into_iter().map(f64::to_bits).collect()
+    };
+    let first = run();
+    for again in 1..4 {
+        assert!(
+            run() == first,
+            "{case} (seed {seed}): call {again} differs from call 0"
+        );
     }
 }
 
@@ -462,11 +490,35 @@ enum Corruption {
     RepeatedPlace(usize),
     PlaceOutsideTile(usize),
     RowOutsideMatrix(usize),
-    DecreasingOffsets,
+    ColumnOutsideMatrix(usize),
+    DecreasingOffsets(usize),
     TooManyRepeats,
 }
 
-fn corrupt(corruption: &Corruption, m: usize, offsets: &mut [u32], entries: &mut Vec<u32>) -> bool {
+/// The place of (row, col) in a tile (format.rs): chunk c of a row holds the columns of chunk
+/// c ^ (row % 8).
+fn place_of(row: usize, col: usize) -> u32 {
+    (row * TILE_K + ((col / 8) ^ (row % 8)) * 8 + col % 8) as u32
+}
+
+/// The (row, col) in its tile of an entry's place.
+fn row_col_of(entry: u32) -> (usize, usize) {
+    let place = (entry >> 16) as usize;
+    let (row, swizzled) = (place / TILE_K, place % TILE_K);
+    (row, ((swizzled / 8) ^ (row % 8)) * 8 + swizzled % 8)
+}
+
+/// The tile that entry `i` belongs to.
+fn tile_of(offsets: &[u32], i: usize) -> usize {
+    offsets.partition_point(|&o| 4 * o as usize <= i) - 1
+}
+
+fn corrupt(
+    corruption: &Corruption,
+    (m, k): (usize, usize),
+    offsets: &mut [u32],
+    entries: &mut Vec<u32>,
+) -> bool {
     let distinct = |i: usize, e: &[u32]| i + 1 < e.len() && e[i] >> 16 != e[i + 1] >> 16;
     match *corruption {
         Corruption::FirstOffset(v) => offsets[0] = v.max(1),
@@ -506,10 +558,36 @@ fn corrupt(corruption: &Corruption, m: usize, offsets: &mut [u32], entries: &mut
             let row = (m % TILE_M) as u32; // the first row past the matrix
             entries[i] = (entries[i] & 0xffff) | (row * TILE_K as u32) << 16;
         }
-        Corruption::DecreasingOffsets if offsets.len() > 2 && offsets[1] > 0 => {
-            offsets[1] = offsets[2] + 1;
+        Corruption::ColumnOutsideMatrix(i) if !entries.is_empty() && !k.is_multiple_of(TILE_K) => {
+            // Only entries of the last tile column can point past k.
+            let tiles_k = k.div_ceil(TILE_K);
+            let last_column: Vec<usize> = (0..entries.len())
+                .filter(|&e| tile_of(offsets, e) % tiles_k == tiles_k - 1)
+                .collect();
+            if last_column.is_empty() {
+                return false;
+            }
+            let i = last_column[i % last_column.len()];
+            // Its row, the first column past the matrix.
+            let (row, _) = row_col_of(entries[i]);
+            entries[i] = (entries[i] & 0xffff) | place_of(row, k % TILE_K) << 16;
+        }
+        Corruption::DecreasingOffsets(i) if offsets.len() > 2 => {
+            // Offset i + 1 (an inner one) above the next, where that is still in range.
+            let i = 1 + i % (offsets.len() - 2);
+            let end = *offsets.last().unwrap();
+            if offsets[i + 1] >= end {
+                return false;
+            }
+            offsets[i] = offsets[i + 1] + 1;
         }
         Corruption::TooManyRepeats if entries.len() >= 4 => {
+            // Four more copies of the last tile's last entry (in a tile that has entries, or
+            // the copies would be that tile's one entry and its padding).
+            let tiles = offsets.len() - 1;
+            if offsets[tiles] == offsets[tiles - 1] {
+                return false;
+            }
             let last = *entries.last().unwrap();
             entries.extend([last; 4]);
             *offsets.last_mut().unwrap() += 1;
@@ -527,7 +605,8 @@ fn corruption() -> impl Strategy<Value = Corruption> {
         any::<usize>().prop_map(Corruption::RepeatedPlace),
         any::<usize>().prop_map(Corruption::PlaceOutsideTile),
         any::<usize>().prop_map(Corruption::RowOutsideMatrix),
-        Just(Corruption::DecreasingOffsets),
+        any::<usize>().prop_map(Corruption::ColumnOutsideMatrix),
+        any::<usize>().prop_map(Corruption::DecreasingOffsets),
         Just(Corruption::TooManyRepeats),
     ]
 }
@@ -542,7 +621,7 @@ proptest! {
     ) {
         let w = TiledCsl::encode(&random_dense(m, k, sparsity, seed), m, k).unwrap();
         let (mut offsets, mut entries) = (w.tile_offsets().to_vec(), w.entries().to_vec());
-        prop_assume!(corrupt(&corruption, m, &mut offsets, &mut entries));
+        prop_assume!(corrupt(&corruption, (m, k), &mut offsets, &mut entries));
         prop_assert!(TiledCsl::<f16>::from_parts(m, k, offsets, entries).is_err());
     }
 
@@ -554,4 +633,75 @@ proptest! {
     ) {
         let _ = TiledCsl::<bf16>::from_parts(m, k, offsets, entries);
     }
+
+    /// Parts with well-formed offsets and random entries reach the per-tile checks: whatever
+    /// they accept has every entry inside the matrix, where decode puts its value.
+    #[test]
+    fn random_tiles_are_checked_entry_by_entry((m, k, offsets, entries) in random_tiles()) {
+        let Ok(w) = TiledCsl::<f16>::from_parts(m, k, offsets.clone(), entries.clone()) else {
+            return Ok(());
+        };
+        let dense = w.decode();
+        let tiles_k = k.div_ceil(TILE_K);
+        for (i, &entry) in entries.iter().enumerate() {
+            let tile = tile_of(&offsets, i);
+            let (row, col) = row_col_of(entry);
+            let (row, col) = (tile / tiles_k * TILE_M + row, tile % tiles_k * TILE_K + col);
+            prop_assert!(row < m && col < k, "entry {} at ({}, {})", i, row, col);
+            prop_assert_eq!(dense[row * k + col].to_bits(), entry as u16);
+        }
+    }
+}
+
+/// (m, k, offsets, entries): offsets from 0, non-decreasing, ending at the entries' vectors
+/// (0 to 3 per tile); entries with random values, places mostly inside their tile (now and
+/// then anywhere below 128 · 64), and now and then a repeat of the entry before.
+fn random_tiles() -> impl Strategy<Value = (usize, usize, Vec<u32>, Vec<u32>)> {
+    (1usize..300, 1usize..300).prop_flat_map(|(m, k)| {
+        let tiles = m.div_ceil(TILE_M) * k.div_ceil(TILE_K);
+        proptest::collection::vec(0u32..4, tiles).prop_flat_map(move |vectors| {
+            let offsets: Vec<u32> = std::iter::once(0)
+                .chain(vectors.iter().scan(0, |end, &v| {
+                    *end += v;
+                    Some(*end)
+                }))
+                .collect();
+            let count = 4 * *offsets.last().unwrap() as usize;
+            // (value, row, column, place anywhere, repeat)
+            let draw = (any::<u16>(), any::<u32>(), any::<u32>(), 0u8..16, 0u8..32);
+            proptest::collection::vec(draw, count).prop_map(move |drawn| {
+                let tiles_k = k.div_ceil(TILE_K);
+                let mut entries: Vec<u32> = Vec::with_capacity(drawn.len());
+                for (i, (value, r, c, anywhere, repeat)) in drawn.into_iter().enumerate() {
+                    let tile = tile_of(&offsets, i);
+                    let rows = TILE_M.min(m - tile / tiles_k * TILE_M) as u32;
+                    let cols = TILE_K.min(k - tile % tiles_k * TILE_K) as u32;
+                    let place = if anywhere == 0 {
+                        r % (TILE_M * TILE_K) as u32
+                    } else {
+                        place_of((r % rows) as usize, (c % cols) as usize)
+                    };
+                    let entry = u32::from(value) | place << 16;
+                    let previous = entries.last().copied();
+                    entries.push(previous.filter(|_| repeat == 0).unwrap_or(entry));
+                }
+                (m, k, offsets.clone(), entries)
+            })
+        })
+    })
+}
+
+/// A tile of more vectors than 128 · 64 entries fill is refused by its count, before its
+/// entries are read.
+#[test]
+fn a_tile_of_too_many_vectors_is_an_error() {
+    let vectors = (TILE_M * TILE_K / 4 + 1) as u32;
+    let entries: Vec<u32> = (0..4 * vectors)
+        .map(|i| (i % 8192) << 16 | 0x3c00)
+        .collect();
+    let error = TiledCsl::<f16>::from_parts(128, 64, vec![0, vectors], entries).unwrap_err();
+    assert!(
+        error.to_string().contains("at most 2048 vectors per tile"),
+        "{error}"
+    );
 }

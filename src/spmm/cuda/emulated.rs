@@ -537,3 +537,65 @@ fn check_registers(case: &Case, device: &CudaDeviceInfo, order: Order) {
     };
     check_typed::<f16, f16>(case, setup);
 }
+
+/// Split-K adds the splits in split order, whichever block of a tile finishes last, and the
+/// warps' sums in warp order, however they interleave: the output is bitwise the same in
+/// every order (DESIGN.md: deterministic), for a split by columns (16 tokens) and by rows
+/// (40), f32 and f16 outputs, and the register variant.
+#[test]
+fn split_k_is_bitwise_deterministic() {
+    let Some(emulator) = Emulator::get() else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    let device = device(132);
+    let f32_out = |case: Case| Case {
+        out_f32: true,
+        ..case
+    };
+    for (case, variant) in [
+        (f32_out(Case::new(256, 1600, 16, 0.5)), None),
+        (f32_out(Case::new(300, 1600, 40, 0.5)), None),
+        (Case::new(300, 1600, 13, 0.5), None),
+        (
+            Case::new(300, 1600, 13, 0.5),
+            Some(Variant::EntriesInRegisters),
+        ),
+    ] {
+        let what = format!("{case}, {variant:?}, seed {seed}");
+        let w = crate::spmm::check::weight::<f16>(&case, seed).unwrap();
+        let mut rng = Rng::new(seed);
+        let x: Vec<f16> = (0..case.n * case.k)
+            .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+            .collect();
+        let setup = |order| Setup {
+            variant,
+            ..Setup::new(&device, order)
+        };
+        let splits = setup(Order::Threads).plan(&w, case.n).unwrap().splits;
+        assert!(splits > 2, "{what}: {splits} splits");
+        let outputs: Vec<Vec<u64>> = ORDERS
+            .into_iter()
+            .map(|order| {
+                let y = if case.out_f32 {
+                    bits(run::<f16, f32>(emulator, &w, &x, setup(order)))
+                } else {
+                    bits(run::<f16, f16>(emulator, &w, &x, setup(order)))
+                };
+                y.unwrap_or_else(|e| panic!("{what}, {order:?}: {e}"))
+            })
+            .collect();
+        for (order, y) in ORDERS.iter().zip(&outputs).skip(1) {
+            assert!(
+                y == &outputs[0],
+                "{what}: {order:?} differs from {:?}",
+                ORDERS[0]
+            );
+        }
+    }
+}
+
+/// Each output's bits (as f64, which holds f16 and f32 values exactly).
+fn bits<O: SpmmOutput<f16>>(y: Result<Vec<O>, String>) -> Result<Vec<u64>, String> {
+    Ok(y?.into_iter().map(|v| v.to_f64().to_bits()).collect())
+}
