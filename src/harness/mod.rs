@@ -50,6 +50,15 @@ pub fn op(name: &str) -> Option<&'static OpEntry> {
     ops().iter().find(|entry| entry.name == name)
 }
 
+/// Adds the `copy` baseline's benchmark case to `cases` if one of them moves bytes and none
+/// is a copy: `% copy` compares with the copy bandwidth of the same run.
+pub fn add_copy_baseline(cases: &mut Vec<BenchCase>) {
+    let copy = baseline::ENTRY.name;
+    if cases.iter().any(|case| case.bytes > 0) && !cases.iter().any(|case| case.op == copy) {
+        cases.extend((baseline::ENTRY.bench_cases)());
+    }
+}
+
 /// One registered op: its name, its kernels, and its check and benchmark cases.
 #[derive(Debug, Clone, Copy)]
 pub struct OpEntry {
@@ -276,6 +285,29 @@ impl BenchCase {
         match self.prepare(backends, backend)? {
             Some(mut runner) => runner.time(settings).map(Some),
             None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cases that move bytes bring one copy baseline, unless they have one; compute-bound
+    /// ones none.
+    #[test]
+    fn memory_bound_cases_bring_one_copy_baseline() {
+        let cases_of = |names: &[&str]| -> Vec<BenchCase> {
+            names
+                .iter()
+                .flat_map(|name| (op(name).expect("registered").bench_cases)())
+                .collect()
+        };
+        for (names, copies) in [(&["spmm"][..], 1), (&["copy", "spmm"], 1), (&["peak"], 0)] {
+            let mut cases = cases_of(names);
+            add_copy_baseline(&mut cases);
+            let found = cases.iter().filter(|case| case.op == "copy").count();
+            assert_eq!(found, copies, "{names:?}");
         }
     }
 }

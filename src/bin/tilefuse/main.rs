@@ -468,9 +468,10 @@ fn bench(
     let mut records = Vec::new();
     let mut all_ran = true;
     let cases = ops.iter().flat_map(|op| (op.bench_cases)()).collect();
-    let cases = selection.keep(cases, |case| {
+    let mut cases = selection.keep(cases, |case| {
         format!("{} ({})", case.name, case.implementation)
     })?;
+    harness::add_copy_baseline(&mut cases);
     let mut progress = progress::Progress::new("timing", cases.len() * runnable.len());
     for case in &cases {
         for &backend in &runnable {
