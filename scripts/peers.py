@@ -106,16 +106,19 @@ def peer_gemm(torch, device):
         for sparsity in SPARSITIES:
             try:
                 csr = []
-                for _ in range(max(1, math.ceil(L2_DEFEAT_BYTES / (6 * (1 - sparsity) * m * k)))):
+                # torch's CSR holds 64-bit indices: 10 bytes per nonzero.
+                for _ in range(max(1, math.ceil(L2_DEFEAT_BYTES / (10 * (1 - sparsity) * m * k)))):
                     w = torch.randn(m, k, dtype=torch.float16, device="cuda")
                     w = w * (torch.rand(m, k, device="cuda") >= sparsity)
                     csr.append(w.to_sparse_csr())
                     del w
-                nnz = csr[0].values().numel()
+                values, columns, rows = csr[0].values(), csr[0].col_indices(), csr[0].crow_indices()
+                csr_bytes = values.numel() * (values.element_size() + columns.element_size()) \
+                    + rows.numel() * rows.element_size()
                 for n in GEMM_TOKENS:
                     xt = torch.randn(k, n, dtype=torch.float16, device="cuda")
                     timing = time_cuda(torch, rotating(csr, lambda w: torch.sparse.mm(w, xt)))
-                    moved = 6 * nnz + 4 * (m + 1) + 2 * (n * k + n * m)
+                    moved = csr_bytes + 2 * (n * k + n * m)
                     yield record("spmm", spmm_case(m, k, n, sparsity), "torch-cusparse-csr", device, timing, moved, 2 * m * n * k)
             except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
                 print(f"peer_gemm: cuSPARSE CSR m={m} k={k} s={sparsity}: {e}", flush=True)

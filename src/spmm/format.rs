@@ -172,7 +172,8 @@ pub struct TiledCslStats {
 }
 
 impl<T: SpmmElement> TiledCsl<T> {
-    /// Encodes a dense row-major `[m, k]` weight, dropping exact zeros.
+    /// Encodes a dense row-major `[m, k]` weight, dropping exact zeros (−0 too: it decodes as
+    /// +0).
     pub fn encode(dense: &[T], m: usize, k: usize) -> Result<Self> {
         check_dims(m, k)?;
         check_len("dense", m * k, dense.len())?;
@@ -328,7 +329,8 @@ impl<T: SpmmElement> TiledCsl<T> {
         }
     }
 
-    /// The dense row-major `[m, k]` weight (exactly the one encoded).
+    /// The dense row-major `[m, k]` weight: exactly the one encoded, bit for bit, except that
+    /// a −0 comes back as +0.
     pub fn decode(&self) -> Vec<T> {
         let tiles_k = self.k.div_ceil(TILE_K);
         let mut dense = vec![T::default(); self.m * self.k];

@@ -7,9 +7,10 @@ use crate::error::{Error, Result};
 pub fn reference<T: SpmmElement>(w: &TiledCsl<T>, x: &[T]) -> Result<Vec<f64>> {
     let (m, k) = (w.m(), w.k());
     let n = tokens(x.len(), k)?;
+    let outputs = output_count(n, m)?;
     let dense: Vec<f64> = w.decode().into_iter().map(SpmmElement::to_f64).collect();
     let x: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
-    let mut y = vec![0.0; n * m];
+    let mut y = vec![0.0; outputs];
     for (token, out) in y.chunks_exact_mut(m).enumerate() {
         let x_row = &x[token * k..(token + 1) * k];
         for (row, value) in out.iter_mut().enumerate() {
@@ -35,15 +36,43 @@ pub(crate) fn tokens(len: usize, k: usize) -> Result<usize> {
     Ok(len / k)
 }
 
+/// The `n · m` elements of y, or an error where a usize cannot count them.
+fn output_count(n: usize, m: usize) -> Result<usize> {
+    n.checked_mul(m).ok_or_else(|| {
+        Error::invalid(
+            "y",
+            "n x m outputs that a usize counts",
+            format!("{n} x {m}"),
+        )
+    })
+}
+
 /// The tokens of a launch, with `y` checked to hold `[n, m]`.
 pub(crate) fn output_tokens(x_len: usize, y_len: usize, m: usize, k: usize) -> Result<usize> {
     let n = tokens(x_len, k)?;
-    if y_len != n * m {
+    let expected = output_count(n, m)?;
+    if y_len != expected {
         return Err(Error::Length {
             what: "y",
-            expected: n * m,
+            expected,
             got: y_len,
         });
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An x so long that n · m overflows is an error, not a wrapped length.
+    #[test]
+    fn outputs_past_a_usize_are_an_error() {
+        let error = output_tokens(1 << 40, 0, 1 << 30, 1).unwrap_err();
+        assert!(
+            error.to_string().contains("1099511627776 x 1073741824"),
+            "{error}"
+        );
+        assert_eq!(output_tokens(6, 4, 2, 3).unwrap(), 2);
+    }
 }

@@ -132,7 +132,8 @@ impl SpmmWorkspace {
     }
 
     /// Grows the workspace to what [`spmm_with_workspace`] needs for `w` and `n` tokens on
-    /// `gpu`, so that those calls allocate nothing.
+    /// `gpu`, so that those calls allocate no storage buffer (each dispatch still makes its small
+    /// uniform buffer and bind group).
     pub fn reserve<T: SpmmElement>(
         &mut self,
         gpu: &Wgpu,
