@@ -30,7 +30,7 @@ mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-pub use check::{Case, DeviceElement, DeviceOutput, ENTRY, Pattern, check, run, weight};
+pub use check::{Case, DeviceElement, DeviceOutput, ENTRY, Pattern, check, run, tolerance, weight};
 pub use format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
 pub use reference::reference;
 

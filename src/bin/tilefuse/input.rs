@@ -221,11 +221,7 @@ where
     }
 
     fn tolerance(&self) -> Tolerance {
-        if T::NAME == "bf16" {
-            Tolerance::BF16
-        } else {
-            Tolerance::F16
-        }
+        spmm::tolerance(T::NAME == "bf16", true, self.w.k())
     }
 }
 
