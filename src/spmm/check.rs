@@ -75,11 +75,13 @@ impl Case {
 }
 
 /// The bound of an spmm output against the f64 reference, for bf16 (else f16) operands, f32
-/// (else 16-bit) outputs and rows of `k`. The operands' values are exact and so are their
-/// products in f32, so the error is f32 accumulation plus the output's rounding: a 16-bit
-/// output's precision, or f32's bound for up to 1024 terms, growing like k beyond (each
-/// addition may round, in the worst case all one way). An f32 output that passed through 16
-/// bits on its way fails it wherever k is below about 10 000.
+/// (else 16-bit) outputs and rows of `k`, on inputs of random signs (the test cases'). The
+/// operands' values are exact and so are their products in f32, so the error is f32
+/// accumulation plus the output's rounding: a 16-bit output's precision, or f32's bound up to
+/// 1024 terms, growing like k beyond. Random signs keep the roundings' sum near √k ulps (well
+/// inside, even where tensor cores truncate); data of one sign may reach k ulps, so arbitrary
+/// data (`tilefuse check --input`) keeps the operands' 16-bit bound. An f32 output that
+/// passed through 16 bits on its way fails this bound wherever k is below about 10 000.
 pub fn tolerance(bf16: bool, out_f32: bool, k: usize) -> Tolerance {
     match (out_f32, bf16) {
         (true, _) => {

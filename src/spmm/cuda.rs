@@ -375,8 +375,8 @@ struct SplitCosts {
     tile_bytes: usize,
     /// Bytes of f32 partials one split writes and the last block reads back.
     partial_bytes: usize,
-    /// Dynamic shared memory of one block.
-    block_shared: usize,
+    /// Dynamic shared memory of one block, less its tile offsets (4 bytes per k tile, and 4).
+    stages_shared: usize,
 }
 
 /// The number of k splits: the one (the smallest, among equals) that minimises the bytes the
@@ -388,10 +388,14 @@ struct SplitCosts {
 /// shared memory never allows more than a kernel's registers do.
 fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let sm_count = device.sm_count.max(1) as usize;
-    // The driver keeps 1 KiB of shared memory per block.
-    let resident = (device.max_shared_per_sm as usize / (costs.block_shared + 1024))
-        .min(device.max_threads_per_sm as usize / (TF_SPMM_WARPS as usize * 32))
-        .max(1);
+    // Blocks an SM holds with `tiles_per_split` tile offsets each (the driver keeps 1 KiB of
+    // shared memory per block).
+    let resident = |tiles_per_split: usize| {
+        let block_shared = costs.stages_shared + 4 * (tiles_per_split + 1);
+        (device.max_shared_per_sm as usize / (block_shared + 1024))
+            .min(device.max_threads_per_sm as usize / (TF_SPMM_WARPS as usize * 32))
+            .max(1)
+    };
     // The block's tile offsets live in shared memory: at most 16 KiB of them.
     let min_splits = costs.tiles_k.div_ceil(MAX_TILES_PER_SPLIT);
     // At least four k tiles per block, and no more splits than a few per resident block
@@ -399,10 +403,11 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let max_splits = costs
         .tiles_k
         .div_ceil(4)
-        .min(4 * sm_count * resident)
+        .min(4 * sm_count * resident(4))
         .max(min_splits);
     let bytes = |splits: usize| {
         let tiles_per_split = costs.tiles_k.div_ceil(splits);
+        let resident = resident(tiles_per_split);
         let blocks_per_sm = (costs.blocks * splits).div_ceil(sm_count).max(resident);
         let streamed = tiles_per_split * blocks_per_sm * costs.tile_bytes / resident;
         let reduced = if splits > 1 {
@@ -484,7 +489,7 @@ impl Plan {
                 tiles_k,
                 tile_bytes: (vectors * 16 / (tiles_m * tiles_k)) + x_tile_bytes,
                 partial_bytes: n_blocks * tokens_per_block * m * 8,
-                block_shared: stages_bytes + most_offsets,
+                stages_shared: stages_bytes,
             },
         );
         let tiles_per_split = tiles_k.div_ceil(splits);

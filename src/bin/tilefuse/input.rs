@@ -220,8 +220,10 @@ where
         )])
     }
 
+    /// The operands' 16-bit bound: a file's data may be of one sign, where f32 accumulation's
+    /// roundings add up (spmm::tolerance holds random-sign test data to f32's).
     fn tolerance(&self) -> Tolerance {
-        spmm::tolerance(T::NAME == "bf16", true, self.w.k())
+        spmm::tolerance(T::NAME == "bf16", false, self.w.k())
     }
 }
 
