@@ -7,10 +7,11 @@
 //     in registers instead, one tile ahead);
 //   - in the step of tile t, the block scatters tile t + 1 into one of two zeroed, swizzled
 //     dense tiles while each warp runs ldmatrix + mma.sync.m16n8k16 (f32 accumulators) on its
-//     part of tile t in the other, then zeroes that part again (only that warp reads it). For
-//     N > 16 a warp's part is 32 rows, times the whole x tile; for N <= 16 it is 16 columns of
-//     all 128 rows, times that slice of x, so that each x value is read once per block and
-//     not once per warp; the warps' sums are added at the end.
+//     part of tile t in the other, then zeroes that part again (only that warp reads it). A
+//     warp's part is 16 columns of all 128 rows for N <= 16, 32 columns of 64 rows for
+//     N = 32, and all 64 columns of 32 rows for N = 64, times the x of its columns: with
+//     fewer tokens, x is read fewer times per block; the column groups' sums are added at the
+//     end.
 // Split-K: block z takes a range of k tiles; the last block of each output tile to finish
 // adds the f32 partials of all splits in split order, so results are deterministic.
 #include "abi.h"
@@ -27,7 +28,6 @@ constexpr int kThreads = TF_SPMM_WARPS * 32;
 constexpr int kStages = TF_SPMM_STAGES;
 constexpr int kRowBytes = kTileK * 2;  // one 64-value row of a tile, 8 chunks of 16 bytes
 constexpr int kTileBytes = kTileM * kRowBytes;
-constexpr int kWarpRows = kTileM / TF_SPMM_WARPS;  // the rows of a dense tile one warp reads
 static_assert(kStages >= 3, "the scatter runs one tile ahead of the mma, loads one more");
 // Entries in registers (the variant that loads them as Flash-LLM does): 128-bit loads of the
 // first kHeldVectors vectors of a tile, kHeld per thread, issued one tile ahead of their
@@ -35,16 +35,34 @@ static_assert(kStages >= 3, "the scatter runs one tile ahead of the mma, loads o
 constexpr uint32_t kHeldVectors = TF_SPMM_HELD_VECTORS;
 constexpr int kHeld = kHeldVectors / kThreads;
 static_assert(kHeld * kThreads == kHeldVectors, "each thread holds as many vectors");
-static_assert(TF_SPMM_WARPS * 16 == kTileK, "by columns, each warp takes one 16-wide k step");
 
-// Whether the warps split a tile by columns (else by rows), and the m16 tiles one warp
-// accumulates.
+// How the warps split a tile: into kColumnGroups groups of columns times TF_SPMM_WARPS /
+// kColumnGroups groups of rows, one part per warp (warp w: row group w / kColumnGroups,
+// column group w % kColumnGroups). Fewer tokens, more column groups: each warp reads x only
+// for its columns, and its accumulators (64 floats for every N) still fit.
 template <int N>
-constexpr bool kByColumns = N <= 16;
+constexpr int kColumnGroups = N <= 16 ? 4 : N <= 32 ? 2 : 1;
 template <int N>
-constexpr int kMTiles = kByColumns<N> ? kTileM / 16 : kWarpRows / 16;
+constexpr int kPartRows = kTileM * kColumnGroups<N> / TF_SPMM_WARPS;
+template <int N>
+constexpr int kPartSteps = kTileK / 16 / kColumnGroups<N>;  // 16-wide k steps of a part
+template <int N>
+constexpr int kMTiles = kPartRows<N> / 16;
 template <int N>
 using Accumulators = float[kMTiles<N>][N / 8][4];
+static_assert(kColumnGroups<8> * kPartSteps<8> * 16 == kTileK, "column groups of whole k steps");
+
+// The first row of warp `warp`'s part, and its column group.
+template <int N>
+__device__ __forceinline__ uint32_t part_row0(uint32_t warp) {
+    if constexpr (kColumnGroups<N> == TF_SPMM_WARPS) return 0;
+    else return warp / kColumnGroups<N> * kPartRows<N>;
+}
+template <int N>
+__device__ __forceinline__ uint32_t part_group(uint32_t warp) {
+    if constexpr (kColumnGroups<N> == TF_SPMM_WARPS) return warp;
+    else return warp % kColumnGroups<N>;
+}
 
 using tf::BF16;
 using tf::F16;
@@ -164,10 +182,12 @@ __device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &
 template <class In, int N>
 __device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t t, Accumulators<N> &acc) {
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const uint32_t row0 = part_row0<N>(warp);
     const uint32_t dense_base = tf::smem_addr(sm.dense_tile(t));
     const uint32_t x_base = tf::smem_addr(sm.x_stage(t));
-    if constexpr (kByColumns<N>) {
-        const uint32_t kk = warp;  // columns 16 kk .. 16 kk + 15
+#pragma unroll
+    for (uint32_t step = 0; step < kPartSteps<N>; ++step) {
+        const uint32_t kk = part_group<N>(warp) * kPartSteps<N> + step;  // columns 16 kk ..
         uint32_t b[N / 8][2];
 #pragma unroll
         for (int j = 0; j < N / 8; ++j)
@@ -175,27 +195,9 @@ __device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t t, Accumu
 #pragma unroll
         for (int i = 0; i < kMTiles<N>; ++i) {
             uint32_t a[4];
-            tf::ldmatrix_x4(a, dense_base + swizzled(i * 16 + lane % 16, kk * 2 + lane / 16));
+            tf::ldmatrix_x4(a, dense_base + swizzled(row0 + i * 16 + lane % 16, kk * 2 + lane / 16));
 #pragma unroll
             for (int j = 0; j < N / 8; ++j) In::mma(acc[i][j], a, b[j]);
-        }
-    } else {
-#pragma unroll
-        for (uint32_t kk = 0; kk < kTileK / 16; ++kk) {
-            uint32_t a[2][4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const uint32_t row = warp * kWarpRows + i * 16 + lane % 16;
-                tf::ldmatrix_x4(a[i], dense_base + swizzled(row, kk * 2 + lane / 16));
-            }
-#pragma unroll
-            for (int j = 0; j < N / 8; ++j) {
-                uint32_t b[2];
-                const uint32_t row = j * 8 + lane % 8;
-                tf::ldmatrix_x2(b, x_base + swizzled(row, kk * 2 + (lane / 8) % 2));
-                In::mma(acc[0][j], a[0], b);
-                In::mma(acc[1][j], a[1], b);
-            }
         }
     }
 }
@@ -206,35 +208,43 @@ __device__ __forceinline__ void clear_part(const Shared<N> &sm, uint32_t t) {
     __syncwarp();
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     uint8_t *tile = sm.dense_tile(t);
-    if constexpr (kByColumns<N>) {
-        // The warp's two 16-byte chunks of every row; each 8 lanes (one 128-byte wavefront)
-        // take one chunk of 8 consecutive rows, which the swizzle puts in 8 different banks.
-        // Store j takes rows 16 j .. 16 j + 15, which the swizzle treats as rows 0 .. 15: one
-        // address, plus j times 16 rows.
-        uint8_t *first = tile + swizzled(lane / 16 * 8 + lane % 8, warp * 2 + lane / 8 % 2);
+    const uint32_t row0 = part_row0<N>(warp);
+    if constexpr (kColumnGroups<N> > 1) {
+        // The part's `chunks` 16-byte chunks of each row; each 8 lanes (one 128-byte
+        // wavefront) take one chunk of 8 consecutive rows, which the swizzle puts in 8
+        // different banks. A store covers 32 / chunks rows, a multiple of 8, which the swizzle
+        // treats alike: one address, plus j times those rows.
+        constexpr uint32_t chunks = 8 / kColumnGroups<N>, store_rows = 32 / chunks;
+        const uint32_t row = row0 + lane / (8 * chunks) * 8 + lane % 8;
+        const uint32_t chunk = part_group<N>(warp) * chunks + lane / 8 % chunks;
+        uint8_t *first = tile + swizzled(row, chunk);
 #pragma unroll
-        for (uint32_t j = 0; j < kTileM / 16; ++j)
-            *reinterpret_cast<uint4 *>(first + j * 16 * kRowBytes) = make_uint4(0, 0, 0, 0);
+        for (uint32_t j = 0; j < kPartRows<N> / store_rows; ++j)
+            *reinterpret_cast<uint4 *>(first + j * store_rows * kRowBytes) = make_uint4(0, 0, 0, 0);
     } else {
-        uint4 *rows = reinterpret_cast<uint4 *>(tile + warp * kWarpRows * kRowBytes);
+        // Whole rows: each 8 lanes write one row's 128 contiguous bytes.
+        uint4 *rows = reinterpret_cast<uint4 *>(tile + row0 * kRowBytes);
 #pragma unroll
-        for (uint32_t i = lane; i < kWarpRows * kRowBytes / 16; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
+        for (uint32_t i = lane; i < kPartRows<N> * kRowBytes / 16; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
     }
 }
 
 // Calls result(row, token, value) once for each of the block's kTileM x N results (row and
-// token counted within the block). By columns, the warps' sums are first added in warp order
-// through the dense tiles' shared memory, so every thread must call this.
+// token counted within the block). With several column groups, their sums are first added in
+// group order through the dense tiles' shared memory, so every thread must call this.
 template <int N, class Result>
 __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accumulators<N> &acc,
                                                 Result result) {
     const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const uint32_t row0 = part_row0<N>(warp);
     // The fragment layout of mma.m16n8k16's accumulators.
-    auto row_of = [&](int i, int e) { return i * 16 + lane / 4 + (e / 2) * 8; };
+    auto row_of = [&](int i, int e) { return row0 + i * 16 + lane / 4 + (e / 2) * 8; };
     auto token_of = [&](int j, int e) { return j * 8 + (lane % 4) * 2 + e % 2; };
-    if constexpr (kByColumns<N>) {
-        static_assert(TF_SPMM_WARPS * N * kTileM * 4 <= 2 * kTileBytes, "the sums fit the dense tiles");
-        float *sums = reinterpret_cast<float *>(sm.dense);  // [warp][N][kTileM]
+    if constexpr (kColumnGroups<N> > 1) {
+        constexpr int groups = kColumnGroups<N>;
+        static_assert(groups * N * kTileM * 4 <= 2 * kTileBytes, "the sums fit the dense tiles");
+        float *sums = reinterpret_cast<float *>(sm.dense);  // [group][N][kTileM]
+        const uint32_t group = part_group<N>(warp);
         __syncthreads();  // every warp is done with the dense tiles
 #pragma unroll
         for (int i = 0; i < kMTiles<N>; ++i)
@@ -242,13 +252,13 @@ __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accum
             for (int j = 0; j < N / 8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    sums[(warp * N + token_of(j, e)) * kTileM + row_of(i, e)] = acc[i][j][e];
+                    sums[(group * N + token_of(j, e)) * kTileM + row_of(i, e)] = acc[i][j][e];
         __syncthreads();
         for (uint32_t i = tid; i < kTileM * N; i += kThreads) {
             const uint32_t row = i % kTileM, token = i / kTileM;
             float sum = 0.0f;
 #pragma unroll
-            for (int w = 0; w < TF_SPMM_WARPS; ++w) sum += sums[(w * N + token) * kTileM + row];
+            for (int g = 0; g < groups; ++g) sum += sums[(g * N + token) * kTileM + row];
             result(row, token, sum);
         }
     } else {
@@ -257,7 +267,7 @@ __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accum
 #pragma unroll
             for (int j = 0; j < N / 8; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) result(warp * kWarpRows + row_of(i, e), token_of(j, e), acc[i][j][e]);
+                for (int e = 0; e < 4; ++e) result(row_of(i, e), token_of(j, e), acc[i][j][e]);
     }
 }
 
@@ -404,9 +414,9 @@ TF_SPMM_PROBE(no_mma, kScatter | kClear)
 // The f16 kernels with a tile's first entries in registers (benchmarks only so far). Without
 // entry stages a block needs less shared memory, so an SM holds more blocks (an H100, at 80%
 // sparsity: 6 instead of 3 for 8 tokens, 5 instead of 3 for 16, 4 instead of 2 for 32, 3
-// instead of 2 for 64), and their registers (tilefuse info --ptxas: 72, 96, 80, 128) allow as many. At 16
-// tokens, 97 or more registers would allow only 4; __launch_bounds__(kThreads, 5) makes
-// ptxas spill instead.
+// instead of 2 for 64), and their registers (tilefuse info --ptxas: 72, 96, 126, 128) allow
+// as many. At 16 tokens, 97 or more registers would allow only 4; __launch_bounds__(kThreads,
+// 5) makes ptxas spill instead.
 #define TF_SPMM_REGISTERS(n)                                                                \
     extern "C" __global__ void __launch_bounds__(kThreads)                                 \
         tilefuse_spmm_registers_f16_n##n##_same(const __grid_constant__ TfSpmmParams p) {   \

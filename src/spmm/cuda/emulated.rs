@@ -540,8 +540,8 @@ fn check_registers(case: &Case, device: &CudaDeviceInfo, order: Order) {
 
 /// Split-K adds the splits in split order, whichever block of a tile finishes last, and the
 /// warps' sums in warp order, however they interleave: the output is bitwise the same in
-/// every order (DESIGN.md: deterministic), for a split by columns (16 tokens) and by rows
-/// (40), f32 and f16 outputs, and the register variant.
+/// every order (DESIGN.md: deterministic), for each way the warps split a tile (16, 24 and 40
+/// tokens: four column groups, two, one), f32 and f16 outputs, and the register variant.
 #[test]
 fn split_k_is_bitwise_deterministic() {
     let Some(emulator) = Emulator::get() else {
@@ -555,6 +555,7 @@ fn split_k_is_bitwise_deterministic() {
     };
     for (case, variant) in [
         (f32_out(Case::new(256, 1600, 16, 0.5)), None),
+        (f32_out(Case::new(300, 1600, 24, 0.5)), None),
         (f32_out(Case::new(300, 1600, 40, 0.5)), None),
         (Case::new(300, 1600, 13, 0.5), None),
         (
