@@ -105,8 +105,9 @@ typedef struct TfScanParams {
  * tilefuse_spmm_tiledcsl_f16_n16_same, with parts of the work left out (benchmarks only; they
  * write y = 0).
  * tilefuse_spmm_registers_f16_n{8,16,32,64}_same: as tilefuse_spmm_tiledcsl_f16_nN_same
- * (N = 8, 16, 32, 64), except that the first TF_SPMM_HELD_VECTORS vectors of each tile go through registers, not the stages:
- * a stage holds vectors TF_SPMM_HELD_VECTORS .. TF_SPMM_HELD_VECTORS + stage_vectors - 1.
+ * (N = 8, 16, 32, 64), except that the first TF_SPMM_HELD_VECTORS vectors of each tile go
+ * through registers, not the stages: a stage holds vectors TF_SPMM_HELD_VECTORS ..
+ * TF_SPMM_HELD_VECTORS + stage_vectors - 1.
  */
 #define TF_SPMM_TILE_M 128
 #define TF_SPMM_TILE_K 64

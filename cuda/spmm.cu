@@ -39,7 +39,7 @@ static_assert(kHeld * kThreads == kHeldVectors, "each thread holds as many vecto
 // How the warps split a tile: into kColumnGroups groups of columns times TF_SPMM_WARPS /
 // kColumnGroups groups of rows, one part per warp (warp w: row group w / kColumnGroups,
 // column group w % kColumnGroups). Fewer tokens, more column groups: each warp reads x only
-// for its columns, and its accumulators (64 floats for every N) still fit.
+// for its columns, and its accumulators (at most 64 floats) still fit.
 template <int N>
 constexpr int kColumnGroups = N <= 16 ? 4 : N <= 32 ? 2 : 1;
 template <int N>
