@@ -228,10 +228,7 @@ fn results_are_bitwise_repeatable(backends: &Backends, backend: Backend) {
         ..Case::new(256, 3000, 16, 0.5)
     };
     let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
-    let mut rng = Rng::new(seed);
-    let x: Vec<f16> = (0..case.n * case.k)
-        .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
-        .collect();
+    let x = Rng::new(seed).fill(case.n * case.k, -1.0, 1.0, f16::from_f64);
     let mut workspaces = Workspaces::default();
     let mut run = || -> Vec<u64> {
         let y = workspaces.spmm(backends, backend, &w, &x, f32::NAN);

@@ -184,16 +184,19 @@ pub(crate) fn check_with<T: SpmmElement, O: SpmmOutput<T>>(
     seed: u64,
     runner: impl FnOnce(&TiledCsl<T>, &[T]) -> Result<Option<Vec<O>>>,
 ) -> Result<Option<Comparison>> {
-    let w = weight::<T>(case, seed)?;
-    let mut rng = Rng::new(seed ^ 0x9e37_79b9);
-    let x: Vec<T> = (0..case.n * case.k)
-        .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
-        .collect();
+    let (w, x) = inputs::<T>(case, seed)?;
     let Some(y) = runner(&w, &x)? else {
         return Ok(None);
     };
     let y: Vec<f64> = y.into_iter().map(SpmmOutput::to_f64).collect();
     Ok(Some(compare(&y, &reference(&w, &x)?, case.tolerance())))
+}
+
+/// The weight and x (values uniform in [-1, 1]) of `case` from `seed`.
+pub(crate) fn inputs<T: SpmmElement>(case: &Case, seed: u64) -> Result<(TiledCsl<T>, Vec<T>)> {
+    let w = weight::<T>(case, seed)?;
+    let x = Rng::new(seed ^ 0x9e37_79b9).fill(case.n * case.k, -1.0, 1.0, T::from_f64);
+    Ok((w, x))
 }
 
 /// Element types the GPU paths take (on CUDA they must also be `DeviceRepr`).

@@ -564,11 +564,7 @@ fn split_k_is_bitwise_deterministic() {
         ),
     ] {
         let what = format!("{case}, {variant:?}, seed {seed}");
-        let w = crate::spmm::check::weight::<f16>(&case, seed).unwrap();
-        let mut rng = Rng::new(seed);
-        let x: Vec<f16> = (0..case.n * case.k)
-            .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
-            .collect();
+        let (w, x) = crate::spmm::check::inputs::<f16>(&case, seed).unwrap();
         let setup = |order| Setup {
             variant,
             ..Setup::new(&device, order)
