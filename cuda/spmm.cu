@@ -128,10 +128,18 @@ __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N>
     }
 }
 
+// Vectors a thread loads from a stage before it writes them into the dense tile: at 80%
+// sparsity a tile has about 3.3 per thread. The variants with entries in registers use a stage
+// only for tiles denser than kHeldVectors, and have no registers to spare.
+template <uint32_t First>
+constexpr int kScatterBatch = First > 0 ? 1 : 4;
+
 // The entry vectors of a tile that one thread holds in registers (vectors tid + i kThreads).
 using Held = uint4[kHeld];
 
-__device__ __forceinline__ void place(uint16_t *dense, const uint4 &e) {
+// (By value: through a reference into shared memory, each of e's words would be read after the
+// previous word's store, since the compiler cannot tell that they never overlap.)
+__device__ __forceinline__ void place(uint16_t *dense, uint4 e) {
     dense[e.x >> 16] = uint16_t(e.x);
     dense[e.y >> 16] = uint16_t(e.y);
     dense[e.z >> 16] = uint16_t(e.z);
@@ -167,15 +175,25 @@ __device__ __forceinline__ void scatter(const TfSpmmParams &p, const Shared<N> &
             if (threadIdx.x + i * kThreads < count) place(dense, held[i]);
     }
     // Two loops rather than a choice per vector: the second runs only where shared memory is
-    // too small for the densest tile.
+    // too small for the densest tile. In the first, a batch's loads all go out before its first
+    // store: the compiler keeps a shared-memory load after every earlier shared-memory store, so
+    // a vector at a time would wait out one load's latency per vector.
     const uint32_t rest = count - min(count, First);
     const uint32_t in_stage = min(rest, sm.stage_vectors);
     const uint4 *staged = reinterpret_cast<const uint4 *>(sm.sparse_stage(t));
-    uint32_t v = threadIdx.x;
-    for (; v < in_stage; v += kThreads) place(dense, staged[v]);
+    for (uint32_t v = threadIdx.x; v < in_stage; v += kScatterBatch<First> * kThreads) {
+        uint4 batch[kScatterBatch<First>];
+#pragma unroll
+        for (int i = 0; i < kScatterBatch<First>; ++i)
+            if (v + i * kThreads < in_stage) batch[i] = staged[v + i * kThreads];
+#pragma unroll
+        for (int i = 0; i < kScatterBatch<First>; ++i)
+            if (v + i * kThreads < in_stage) place(dense, batch[i]);
+    }
     const uint4 *entries = reinterpret_cast<const uint4 *>(p.entries) + sm.offsets[t];
     // (Past First only inside the loop, where the tile has that many vectors.)
-    for (; v < rest; v += kThreads) place(dense, (entries + First)[v]);
+    for (uint32_t v = in_stage + threadIdx.x; v < rest; v += kThreads)
+        place(dense, (entries + First)[v]);
 }
 
 // acc += the warp's part of dense tile t · x tile t.
@@ -268,6 +286,34 @@ __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accum
             for (int j = 0; j < N / 8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) result(row_of(i, e), token_of(j, e), acc[i][j][e]);
+    }
+}
+
+// The last split-K block of an output tile: calls result(token, row, sum) for each of the
+// tile's results inside y, with sum the f32 partials of all splits added in split order. Thread
+// tid adds row tid of the tile, kSumBatch tokens at a time: their loads of one split all go
+// out together (a result at a time would wait out an L2 round trip per split and result).
+constexpr int kSumBatch = 8;
+static_assert(kThreads == kTileM, "a thread per row of the tile");
+template <int N, class Result>
+__device__ __forceinline__ void add_partials(const TfSpmmParams &p, const float *partials,
+                                             uint32_t tokens_padded, Result result) {
+    constexpr int batch = N < kSumBatch ? N : kSumBatch;
+    const uint32_t row = blockIdx.x * kTileM + threadIdx.x, n0 = blockIdx.y * N;
+    if (row >= p.m) return;
+#pragma unroll 1
+    for (uint32_t first = n0; first < n0 + N; first += batch) {
+        float sums[batch] = {};
+#pragma unroll 1
+        for (uint32_t z = 0; z < p.splits; ++z) {
+            const float *split = partials + size_t(z) * tokens_padded * p.m;
+#pragma unroll
+            for (int j = 0; j < batch; ++j)
+                if (first + j < p.n) sums[j] += __ldcg(&split[size_t(first + j) * p.m + row]);
+        }
+#pragma unroll
+        for (int j = 0; j < batch; ++j)
+            if (first + j < p.n) result(first + j, row, sums[j]);
     }
 }
 
@@ -370,16 +416,9 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     if (tid == 0) *last = atomicAdd(counter, 1u) == p.splits - 1;
     __syncthreads();
     if (!*last) return;
-    __threadfence();
-    for (uint32_t i = tid; i < kTileM * N; i += kThreads) {
-        const uint32_t row = tile_m * kTileM + i % kTileM, token = n0 + i / kTileM;
-        if (row >= p.m || token >= p.n) continue;
-        float sum = 0.0f;
-        for (uint32_t z = 0; z < p.splits; ++z)
-            sum += __ldcg(&partials[(size_t(z) * tokens_padded + token) * p.m + row]);
-        store(token, row, sum);
-    }
     if (tid == 0) *counter = 0;  // ready for the next launch on the same workspace
+    __threadfence();
+    add_partials<N>(p, partials, tokens_padded, store);
 }
 
 }  // namespace
@@ -414,7 +453,7 @@ TF_SPMM_PROBE(no_mma, kScatter | kClear)
 // The f16 kernels with a tile's first entries in registers (benchmarks only so far). Without
 // entry stages a block needs less shared memory, so an SM holds more blocks (an H100, at 80%
 // sparsity: 6 instead of 3 for 8 tokens, 5 instead of 3 for 16, 4 instead of 2 for 32, 3
-// instead of 2 for 64), and their registers (tilefuse info --ptxas: 72, 96, 126, 128) allow
+// instead of 2 for 64), and their registers (tilefuse info --ptxas: 72, 96, 125, 124) allow
 // as many. At 16 tokens, 97 or more registers would allow only 4; __launch_bounds__(kThreads,
 // 5) makes ptxas spill instead.
 #define TF_SPMM_REGISTERS(n)                                                                \
