@@ -43,6 +43,8 @@ pub struct CudaDeviceInfo {
     pub max_shared_per_sm: u64,
     /// Threads one SM holds at once.
     pub max_threads_per_sm: u32,
+    /// 32-bit registers of one SM (what its resident blocks share).
+    pub registers_per_sm: u32,
     /// Device memory in bytes.
     pub total_memory: u64,
     /// The driver's CUDA version as (major, minor), e.g. `(13, 0)`.
@@ -304,6 +306,15 @@ impl Cuda {
         Ok(function)
     }
 
+    /// Registers per thread of `kernel`, as the driver loaded it for this device.
+    pub(crate) fn registers(&self, kernel: Kernel) -> Result<u32> {
+        let registers = self
+            .function(kernel)?
+            .num_regs()
+            .during(|| format!("reading the registers of kernel {}", kernel.name))?;
+        Ok(registers.max(0) as u32)
+    }
+
     fn functions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kernel, CudaFunction>> {
         self.device
             .functions
@@ -500,6 +511,8 @@ fn device_info(ctx: &Arc<CudaContext>) -> Result<CudaDeviceInfo> {
         max_shared_per_block: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
         max_shared_per_sm: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
         max_threads_per_sm: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?
+            as u32,
+        registers_per_sm: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?
             as u32,
         total_memory: ctx
             .total_mem()

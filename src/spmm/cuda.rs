@@ -108,9 +108,13 @@ impl SpmmWorkspace {
         if n == 0 {
             return Ok(());
         }
-        let plan = Plan::for_weight(cuda, w, n, 0)?;
-        if plan.splits > 1 {
-            self.grow(cuda, &plan, w.m)?;
+        // The output type picks the kernel, whose registers may change the plan.
+        for out_f32 in [false, true] {
+            let kernel = kernel(T::NAME, tokens_per_block(n), out_f32);
+            let plan = Plan::for_weight(cuda, w, n, 0, cuda.registers(kernel)?)?;
+            if plan.splits > 1 {
+                self.grow(cuda, &plan, w.m)?;
+            }
         }
         Ok(())
     }
@@ -311,11 +315,9 @@ where
     cuda.check_device("w", &w.entries)?;
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
-    let plan = Plan::for_weight(cuda, w, n, variant.map_or(0, Variant::held_vectors))?;
-    let kernel = match variant {
-        Some(variant) => plan.variant_kernel::<T, O>(variant)?,
-        None => plan.kernel::<T, O>(),
-    };
+    let kernel = launched_kernel::<T, O>(variant, n)?;
+    let held = variant.map_or(0, Variant::held_vectors);
+    let plan = Plan::for_weight(cuda, w, n, held, cuda.registers(kernel)?)?;
     // Without split-K the kernel never touches a workspace.
     let workspace = (plan.splits > 1)
         .then(|| workspace.grow(cuda, &plan, w.m))
@@ -344,22 +346,21 @@ where
         block_dim: (TF_SPMM_WARPS * 32, 1, 1),
         shared_mem_bytes: plan.shared_bytes,
     };
-    // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out: the plan's, or a variant
-    // (Plan::variant_kernel checked that T and O are f16), which reads and writes what the
-    // kernel it stands for does, or less, and was planned for (its held vectors). TfSpmmParams
-    // is their parameter struct; addresses come from `args`. The weight passed TiledCsl's
-    // validation (offsets monotone and ending at the entry count, every place inside its tile
-    // and the matrix) before upload, so every entry the kernel reads and every shared-memory
-    // place it scatters to is in bounds; a stage holds plan.stage_vectors vectors and the
-    // kernel copies no more into it (the rest of a denser tile it reads from global memory).
-    // x holds n·k values and y n·m (checked above), and the kernel guards token < n,
-    // row < m, column < k. With splits > 1 the workspace holds at
-    // least abi.h's split-K partials for this grid (Plan::partials) and counters
-    // (Plan::counters), which are zero: zeroed when allocated, and left zero by every launch
-    // since (each runs to completion before the next starts: one stream, or cudarc's events
-    // through `args`; SpmmWorkspace asks this of its callers); with one split the kernel
-    // returns before any workspace access. Plan checked the grid and shared memory against
-    // the device's limits.
+    // SAFETY: `kernel` is one of spmm.cu's kernels for T in and O out and the plan's tokens per
+    // block, or a variant (variant_kernel checked that T and O are f16), which reads and writes
+    // what the kernel it stands for does, or less, and was planned for (its held vectors).
+    // TfSpmmParams is their parameter struct; addresses come from `args`. The weight passed
+    // TiledCsl's validation (offsets monotone and ending at the entry count, every place inside its
+    // tile and the matrix) before upload, so every entry the kernel reads and every shared-memory
+    // place it scatters to is in bounds; a stage holds plan.stage_vectors vectors and the kernel
+    // copies no more into it (the rest of a denser tile it reads from global memory). x holds n·k
+    // values and y n·m (checked above), and the kernel guards token < n, row < m, column < k. With
+    // splits > 1 the workspace holds at least abi.h's split-K partials for this grid
+    // (Plan::partials) and counters (Plan::counters), which are zero: zeroed when allocated, and
+    // left zero by every launch since (each runs to completion before the next starts: one stream,
+    // or cudarc's events through `args`; SpmmWorkspace asks this of its callers); with one split
+    // the kernel returns before any workspace access. Plan checked the grid and shared memory
+    // against the device's limits.
     unsafe { cuda.launch(kernel, config, &params, args) }
 }
 
@@ -377,24 +378,21 @@ struct SplitCosts {
     partial_bytes: usize,
     /// Dynamic shared memory of one block, less its tile offsets (4 bytes per k tile, and 4).
     stages_shared: usize,
+    /// Registers per thread of the kernel.
+    registers: u32,
 }
 
 /// The number of k splits: the one (the smallest, among equals) that minimises the bytes the
 /// busiest SM moves. The grid's blocks are spread over the SMs, whose time is the k tiles of
 /// their blocks; an SM streams at full rate only with all the blocks it can hold resident
-/// (fewer leave it waiting on latency, so they count as if it held that many), and every
-/// split beyond one adds its partials. Residency counts shared memory and threads: registers
-/// (at most 128 a thread, `tilefuse info --ptxas`) allow 4 or more blocks of 4 warps, and
-/// shared memory never allows more than a kernel's registers do.
+/// ([`resident_blocks`]: fewer leave it waiting on latency, so they count as if it held that
+/// many), and every split beyond one adds its partials.
 fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let sm_count = device.sm_count.max(1) as usize;
-    // Blocks an SM holds with `tiles_per_split` tile offsets each (the driver keeps 1 KiB of
-    // shared memory per block).
+    // Blocks an SM holds with `tiles_per_split` tile offsets each.
     let resident = |tiles_per_split: usize| {
         let block_shared = costs.stages_shared + 4 * (tiles_per_split + 1);
-        (device.max_shared_per_sm as usize / (block_shared + 1024))
-            .min(device.max_threads_per_sm as usize / (TF_SPMM_WARPS as usize * 32))
-            .max(1)
+        resident_blocks(device, block_shared, costs.registers)
     };
     // The block's tile offsets live in shared memory: at most 16 KiB of them.
     let min_splits = costs.tiles_k.div_ceil(MAX_TILES_PER_SPLIT);
@@ -422,6 +420,51 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
         .unwrap_or(min_splits)
 }
 
+/// Blocks of spmm.cu's kernels an SM of `device` holds at once, with `shared_bytes` of
+/// dynamic shared memory and `registers` a thread: the fewest that its shared memory (less the
+/// 1 KiB the driver keeps per block), threads and registers (given out per warp, in units of
+/// 256) allow; at least one.
+fn resident_blocks(device: &CudaDeviceInfo, shared_bytes: usize, registers: u32) -> usize {
+    let warps = TF_SPMM_WARPS as usize;
+    let warp_registers = (registers as usize * 32).next_multiple_of(256).max(256);
+    let by_shared = device.max_shared_per_sm as usize / (shared_bytes + 1024);
+    let by_threads = device.max_threads_per_sm as usize / (warps * 32);
+    let by_registers = device.registers_per_sm as usize / warp_registers / warps;
+    by_shared.min(by_threads).min(by_registers).max(1)
+}
+
+/// What a launch plan needs to know of a weight `w [m, k]`.
+#[derive(Clone, Copy, Debug)]
+struct WeightSize {
+    m: usize,
+    k: usize,
+    /// 16-byte vectors of entries, in all.
+    vectors: usize,
+    /// Vectors of the largest tile.
+    max_tile_vectors: usize,
+}
+
+/// Tokens per block for `n` tokens: the kernels come in 8, 16, 32 and 64.
+fn tokens_per_block(n: usize) -> u32 {
+    [8, 16, 32, 64]
+        .into_iter()
+        .find(|&t| n <= t as usize)
+        .unwrap_or(64)
+}
+
+/// The kernel a launch of `n` tokens runs for `T` in and `O` out: `variant`'s (f16 in and out
+/// only; a probe for 9 to 16 tokens), or spmm.cu's.
+fn launched_kernel<T: SpmmElement, O: SpmmOutput<T>>(
+    variant: Option<Variant>,
+    n: usize,
+) -> Result<Kernel> {
+    let tokens = tokens_per_block(n);
+    match variant {
+        Some(variant) => variant_kernel::<T, O>(variant, tokens),
+        None => Ok(kernel(T::NAME, tokens, O::F32)),
+    }
+}
+
 /// Tokens per block, split-K and memory of one launch.
 struct Plan {
     tokens_per_block: u32,
@@ -436,29 +479,39 @@ struct Plan {
 
 impl Plan {
     /// For `w` and `n` tokens on `cuda`'s device, with the first `held` vectors of each tile
-    /// kept out of the stages (in registers).
+    /// kept out of the stages (in registers), for a kernel of `registers` a thread.
     fn for_weight<T: SpmmElement>(
         cuda: &Cuda,
         w: &DeviceTiledCsl<T>,
         n: usize,
         held: usize,
+        registers: u32,
     ) -> Result<Plan> {
-        let vectors = w.entries.len() / 4;
-        Plan::new(cuda.info(), w.m, w.k, vectors, w.max_tile_vectors, held, n)
+        let weight = WeightSize {
+            m: w.m,
+            k: w.k,
+            vectors: w.entries.len() / 4,
+            max_tile_vectors: w.max_tile_vectors,
+        };
+        Plan::new(cuda.info(), weight, held, n, registers)
     }
 
-    /// For `y [n, m] = x [n, k] · wᵀ` where `w` has `vectors` 16-byte vectors of entries and
-    /// its largest tile `max_tile_vectors`, of which the first `held` skip the stages.
+    /// For `y [n, m] = x [n, k] · wᵀ` with a weight of size `weight`, the first `held` vectors
+    /// of each tile kept out of the stages, and a kernel of `registers` a thread.
     fn new(
         device: &CudaDeviceInfo,
-        m: usize,
-        k: usize,
-        vectors: usize,
-        max_tile_vectors: usize,
+        weight: WeightSize,
         held: usize,
         n: usize,
+        registers: u32,
     ) -> Result<Plan> {
-        let tokens_per_block = [8, 16, 32, 64].into_iter().find(|&t| n <= t).unwrap_or(64);
+        let WeightSize {
+            m,
+            k,
+            vectors,
+            max_tile_vectors,
+        } = weight;
+        let tokens_per_block = tokens_per_block(n) as usize;
         let n_blocks = n.div_ceil(tokens_per_block);
         if n_blocks > u16::MAX as usize {
             return Err(Error::DeviceLimit {
@@ -490,6 +543,7 @@ impl Plan {
                 tile_bytes: (vectors * 16 / (tiles_m * tiles_k)) + x_tile_bytes,
                 partial_bytes: n_blocks * tokens_per_block * m * 8,
                 stages_shared: stages_bytes,
+                registers,
             },
         );
         let tiles_per_split = tiles_k.div_ceil(splits);
@@ -517,75 +571,80 @@ impl Plan {
     fn counters(&self) -> usize {
         (self.tiles_m * self.n_blocks) as usize
     }
+}
 
-    /// `variant`'s kernel, which stands for the plan's kernel for f16 in and out (a probe: of
-    /// 16 tokens per block).
-    fn variant_kernel<T: SpmmElement, O: SpmmOutput<T>>(&self, variant: Variant) -> Result<Kernel> {
-        if T::NAME != "f16" || O::F32 {
-            return Err(Error::invalid(
-                "spmm variant",
-                "f16 in and out",
-                format!(
-                    "{} in, {} out",
-                    T::NAME,
-                    if O::F32 { "f32" } else { T::NAME }
-                ),
-            ));
-        }
-        variant.kernel(self.tokens_per_block).ok_or_else(|| {
-            Error::invalid(
-                "n (spmm probe)",
-                "9 to 16 tokens",
-                format!("a launch of {} tokens per block", self.tokens_per_block),
-            )
-        })
+/// `variant`'s kernel of `tokens_per_block`, which stands for spmm.cu's for f16 in and out (a
+/// probe: of 16 tokens per block).
+fn variant_kernel<T: SpmmElement, O: SpmmOutput<T>>(
+    variant: Variant,
+    tokens_per_block: u32,
+) -> Result<Kernel> {
+    if T::NAME != "f16" || O::F32 {
+        return Err(Error::invalid(
+            "spmm variant",
+            "f16 in and out",
+            format!(
+                "{} in, {} out",
+                T::NAME,
+                if O::F32 { "f32" } else { T::NAME }
+            ),
+        ));
     }
+    variant.kernel(tokens_per_block).ok_or_else(|| {
+        Error::invalid(
+            "n (spmm probe)",
+            "9 to 16 tokens",
+            format!("a launch of {tokens_per_block} tokens per block"),
+        )
+    })
+}
 
-    fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self) -> Kernel {
-        const NAMES: [[[&str; 2]; 4]; 2] = [
+/// spmm.cu's kernel for `element` ("f16" or "bf16") in, f32 or the same type out, and
+/// `tokens_per_block` (8, 16, 32 or 64).
+fn kernel(element: &str, tokens_per_block: u32, out_f32: bool) -> Kernel {
+    const NAMES: [[[&str; 2]; 4]; 2] = [
+        [
             [
-                [
-                    "tilefuse_spmm_tiledcsl_f16_n8_same",
-                    "tilefuse_spmm_tiledcsl_f16_n8_f32",
-                ],
-                [
-                    "tilefuse_spmm_tiledcsl_f16_n16_same",
-                    "tilefuse_spmm_tiledcsl_f16_n16_f32",
-                ],
-                [
-                    "tilefuse_spmm_tiledcsl_f16_n32_same",
-                    "tilefuse_spmm_tiledcsl_f16_n32_f32",
-                ],
-                [
-                    "tilefuse_spmm_tiledcsl_f16_n64_same",
-                    "tilefuse_spmm_tiledcsl_f16_n64_f32",
-                ],
+                "tilefuse_spmm_tiledcsl_f16_n8_same",
+                "tilefuse_spmm_tiledcsl_f16_n8_f32",
             ],
             [
-                [
-                    "tilefuse_spmm_tiledcsl_bf16_n8_same",
-                    "tilefuse_spmm_tiledcsl_bf16_n8_f32",
-                ],
-                [
-                    "tilefuse_spmm_tiledcsl_bf16_n16_same",
-                    "tilefuse_spmm_tiledcsl_bf16_n16_f32",
-                ],
-                [
-                    "tilefuse_spmm_tiledcsl_bf16_n32_same",
-                    "tilefuse_spmm_tiledcsl_bf16_n32_f32",
-                ],
-                [
-                    "tilefuse_spmm_tiledcsl_bf16_n64_same",
-                    "tilefuse_spmm_tiledcsl_bf16_n64_f32",
-                ],
+                "tilefuse_spmm_tiledcsl_f16_n16_same",
+                "tilefuse_spmm_tiledcsl_f16_n16_f32",
             ],
-        ];
-        let element = usize::from(T::NAME == "bf16");
-        let tokens = self.tokens_per_block.trailing_zeros() as usize - 3;
-        Kernel {
-            module: "spmm",
-            name: NAMES[element][tokens][usize::from(O::F32)],
-        }
+            [
+                "tilefuse_spmm_tiledcsl_f16_n32_same",
+                "tilefuse_spmm_tiledcsl_f16_n32_f32",
+            ],
+            [
+                "tilefuse_spmm_tiledcsl_f16_n64_same",
+                "tilefuse_spmm_tiledcsl_f16_n64_f32",
+            ],
+        ],
+        [
+            [
+                "tilefuse_spmm_tiledcsl_bf16_n8_same",
+                "tilefuse_spmm_tiledcsl_bf16_n8_f32",
+            ],
+            [
+                "tilefuse_spmm_tiledcsl_bf16_n16_same",
+                "tilefuse_spmm_tiledcsl_bf16_n16_f32",
+            ],
+            [
+                "tilefuse_spmm_tiledcsl_bf16_n32_same",
+                "tilefuse_spmm_tiledcsl_bf16_n32_f32",
+            ],
+            [
+                "tilefuse_spmm_tiledcsl_bf16_n64_same",
+                "tilefuse_spmm_tiledcsl_bf16_n64_f32",
+            ],
+        ],
+    ];
+    let element = usize::from(element == "bf16");
+    let tokens = tokens_per_block.trailing_zeros() as usize - 3;
+    Kernel {
+        module: "spmm",
+        name: NAMES[element][tokens][usize::from(out_f32)],
     }
 }
 

@@ -4,9 +4,9 @@
 
 use half::{bf16, f16};
 
-use super::{Plan, Variant};
+use super::{Plan, Variant, WeightSize, launched_kernel, resident_blocks, variant_kernel};
 use crate::backend::abi::{TF_SPMM_HELD_VECTORS, TF_SPMM_WARPS, TfSpmmParams};
-use crate::backend::cuda::CudaDeviceInfo;
+use crate::backend::cuda::{CudaDeviceInfo, Kernel};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::harness::Rng;
 use crate::spmm::check::{Case, Pattern, check_with};
@@ -30,6 +30,7 @@ fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
         max_shared_per_block: shared,
         max_shared_per_sm: shared + 1024,
         max_threads_per_sm: 2048,
+        registers_per_sm: 65536,
         total_memory: 80 << 30,
         driver_cuda_version: (13, 0),
     }
@@ -37,25 +38,41 @@ fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
 
 const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
 
-/// The launch plan for `w` and `n` tokens on `device`.
-fn plan<T: SpmmElement>(
+/// The launch plan for `w` and `n` tokens on `device`, T in and out.
+fn plan<T: SpmmElement + SpmmOutput<T>>(
     w: &TiledCsl<T>,
     n: usize,
     device: &CudaDeviceInfo,
 ) -> Result<Plan, String> {
-    plan_held(w, n, device, 0)
+    Setup::new(device, Order::Threads).plan::<T, T>(w, n)
 }
 
-/// [`plan`] with the first `held` vectors of each tile kept out of the stages.
-fn plan_held<T: SpmmElement>(
-    w: &TiledCsl<T>,
-    n: usize,
-    device: &CudaDeviceInfo,
-    held: usize,
-) -> Result<Plan, String> {
-    let vectors = w.device_entries().len() / 4;
-    Plan::new(device, w.m(), w.k(), vectors, w.max_tile_vectors(), held, n)
-        .map_err(|e| e.to_string())
+/// What the launch plan needs of `w`.
+fn weight_size<T: SpmmElement>(w: &TiledCsl<T>) -> WeightSize {
+    WeightSize {
+        m: w.m(),
+        k: w.k(),
+        vectors: w.device_entries().len() / 4,
+        max_tile_vectors: w.max_tile_vectors(),
+    }
+}
+
+/// Registers per thread of `kernel` on sm_90 (or the first architecture built), from this
+/// build's ptxas report; 128, as many as any spmm kernel uses, in a build without kernels.
+fn registers(kernel: Kernel) -> u32 {
+    let Some(module) = crate::backend::kernels::module("spmm") else {
+        return 128;
+    };
+    let mut entries: Vec<_> = module
+        .resources()
+        .into_iter()
+        .filter(|r| r.kernel == kernel.name)
+        .collect();
+    entries.sort_by_key(|r| r.arch != "sm_90");
+    let entry = entries.first();
+    entry
+        .unwrap_or_else(|| panic!("{} is not in the ptxas report", kernel.name))
+        .registers
 }
 
 /// Split-K's memory, as a `SpmmWorkspace` holds it: partials never written (NaN here), and
@@ -91,14 +108,20 @@ struct Setup<'a> {
 }
 
 impl<'a> Setup<'a> {
+    /// The kernel for `n` tokens, T in and O out.
+    fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self, n: usize) -> Result<Kernel, String> {
+        launched_kernel::<T, O>(self.variant, n).map_err(|e| e.to_string())
+    }
+
     /// The launch plan for `w` and `n` tokens, as the launcher makes it for this kernel.
-    fn plan<T: SpmmElement>(&self, w: &TiledCsl<T>, n: usize) -> Result<Plan, String> {
-        plan_held(
-            w,
-            n,
-            self.device,
-            self.variant.map_or(0, Variant::held_vectors),
-        )
+    fn plan<T: SpmmElement, O: SpmmOutput<T>>(
+        &self,
+        w: &TiledCsl<T>,
+        n: usize,
+    ) -> Result<Plan, String> {
+        let held = self.variant.map_or(0, Variant::held_vectors);
+        let registers = registers(self.kernel::<T, O>(n)?);
+        Plan::new(self.device, weight_size(w), held, n, registers).map_err(|e| e.to_string())
     }
 
     /// The plan's own kernel, x at the start of its buffer.
@@ -120,7 +143,7 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
     x: &[T],
     setup: Setup,
 ) -> Result<Vec<O>, String> {
-    let plan = setup.plan(w, x.len() / w.k())?;
+    let plan = setup.plan::<T, O>(w, x.len() / w.k())?;
     let mut workspace = Workspace::new(plan.partials(w.m()), plan.counters());
     run_in(emulator, w, x, setup, &mut workspace)
 }
@@ -133,15 +156,10 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
     setup: Setup,
     workspace: &mut Workspace,
 ) -> Result<Vec<O>, String> {
-    let Setup {
-        order,
-        x_shift,
-        variant,
-        ..
-    } = setup;
+    let Setup { order, x_shift, .. } = setup;
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
-    let plan = setup.plan(w, n)?;
+    let plan = setup.plan::<T, O>(w, n)?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
@@ -190,12 +208,7 @@ fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
     };
-    let kernel = match variant {
-        Some(variant) => plan
-            .variant_kernel::<T, O>(variant)
-            .map_err(|e| e.to_string())?,
-        None => plan.kernel::<T, O>(),
-    };
+    let kernel = setup.kernel::<T, O>(n)?;
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
     // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
     // splits > 1 a workspace with room for the plan's partials and zeroed counters (callers
@@ -366,7 +379,15 @@ fn plans_spread_the_work_over_the_sms() {
             let (tiles_m, tiles_k) = (m.div_ceil(TILE_M), k.div_ceil(TILE_K));
             // 80% sparsity: 8192 * 0.2 / 4 vectors in the average tile, 10% more in the largest.
             let vectors = tiles_m * tiles_k * 410;
-            let plan = Plan::new(&device(sm_count), m, k, vectors, 451, held, n).unwrap();
+            let variant = (held > 0).then_some(Variant::EntriesInRegisters);
+            let kernel = launched_kernel::<f16, f16>(variant, n).unwrap();
+            let weight = WeightSize {
+                m,
+                k,
+                vectors,
+                max_tile_vectors: 451,
+            };
+            let plan = Plan::new(&device(sm_count), weight, held, n, registers(kernel)).unwrap();
             let blocks = (plan.tiles_m * plan.n_blocks * plan.splits) as usize;
             let busiest = blocks.div_ceil(sm_count as usize) * plan.tiles_per_split as usize;
             let even = (tiles_m * tiles_k) as f64 / f64::from(sm_count);
@@ -380,12 +401,32 @@ fn plans_spread_the_work_over_the_sms() {
     }
 }
 
+/// An SM holds as many blocks as its shared memory, threads and registers all allow. On an
+/// H100, 121 registers a thread (the 16-token kernel) allow 4 blocks where a block's shared
+/// memory (about 41 KiB for a very sparse weight) would allow 5, and 96 allow 5.
+#[test]
+fn residency_counts_registers() {
+    let h100 = device(132);
+    assert_eq!(resident_blocks(&h100, 41 * 1024, 96), 5);
+    assert_eq!(resident_blocks(&h100, 41 * 1024, 121), 4);
+    assert_eq!(resident_blocks(&h100, 70 * 1024, 121), 3);
+    assert_eq!(resident_blocks(&h100, 36 * 1024, 72), 6);
+    assert_eq!(resident_blocks(&h100, 1024, 32), 16); // threads: 2048 / 128
+    assert_eq!(resident_blocks(&h100, 300 * 1024, 255), 1);
+}
+
 /// However long k and however few SMs, a block's tile offsets fit in its shared memory.
 #[test]
 fn long_k_on_one_sm_plans_within_shared_memory() {
     let (m, k) = (128, 1 << 24);
     let tiles_k = k / TILE_K;
-    let plan = Plan::new(&device(1), m, k, tiles_k * 20, 40, 0, 16).unwrap();
+    let weight = WeightSize {
+        m,
+        k,
+        vectors: tiles_k * 20,
+        max_tile_vectors: 40,
+    };
+    let plan = Plan::new(&device(1), weight, 0, 16, 128).unwrap();
     assert!(plan.tiles_per_split as usize <= 4096 && plan.shared_bytes < 100 * 1024);
 }
 
@@ -403,7 +444,13 @@ fn dense_tiles_with_little_shared_memory() {
         }
     }
     // A fully dense tile no longer fits a stage there.
-    let plan = Plan::new(&small_device(4, 99 * 1024), 128, 64, 2048, 2048, 0, 64).unwrap();
+    let dense_tile = WeightSize {
+        m: 128,
+        k: 64,
+        vectors: 2048,
+        max_tile_vectors: 2048,
+    };
+    let plan = Plan::new(&small_device(4, 99 * 1024), dense_tile, 0, 64, 128).unwrap();
     assert!(plan.stage_vectors < 2048 && plan.shared_bytes <= 99 * 1024);
 }
 
@@ -462,29 +509,10 @@ fn probes_write_zeros() {
             );
         }
     }
-    let w = crate::spmm::check::weight::<f16>(&Case::new(200, 300, 8, 0.8), seed).unwrap();
-    let eight_tokens = plan(&w, 8, &device(4)).unwrap();
-    assert!(
-        eight_tokens
-            .variant_kernel::<f16, f16>(Variant::ProbeLoads)
-            .is_err()
-    );
-    assert!(
-        eight_tokens
-            .variant_kernel::<f16, f16>(Variant::EntriesInRegisters)
-            .is_ok()
-    );
-    let sixteen_tokens = plan(&w, 16, &device(4)).unwrap();
-    assert!(
-        sixteen_tokens
-            .variant_kernel::<f16, f32>(Variant::EntriesInRegisters)
-            .is_err()
-    );
-    assert!(
-        sixteen_tokens
-            .variant_kernel::<bf16, bf16>(Variant::EntriesInRegisters)
-            .is_err()
-    );
+    assert!(variant_kernel::<f16, f16>(Variant::ProbeLoads, 8).is_err());
+    assert!(variant_kernel::<f16, f16>(Variant::EntriesInRegisters, 8).is_ok());
+    assert!(variant_kernel::<f16, f32>(Variant::EntriesInRegisters, 16).is_err());
+    assert!(variant_kernel::<bf16, bf16>(Variant::EntriesInRegisters, 16).is_err());
 }
 
 /// The variants that hold a tile's first entries in registers compute y as the kernels do: at
@@ -509,7 +537,11 @@ fn entries_in_registers() {
     // x rows 16-byte aligned, so x goes by cp.async.
     let device = device(132);
     let w = crate::spmm::check::weight::<f16>(&Case::new(300, 1600, 13, 0.5), 1).unwrap();
-    let launch = plan_held(&w, 13, &device, TF_SPMM_HELD_VECTORS as usize).unwrap();
+    let registers = Setup {
+        variant: Some(Variant::EntriesInRegisters),
+        ..Setup::new(&device, Order::Threads)
+    };
+    let launch = registers.plan::<f16, f16>(&w, 13).unwrap();
     assert_eq!((launch.splits, launch.tiles_per_split), (7, 4));
     for (i, (k, sparsity)) in [(1600, 0.5), (1600, 0.9), (64, 0.0), (192, 0.8)]
         .into_iter()
@@ -569,7 +601,12 @@ fn split_k_is_bitwise_deterministic() {
             variant,
             ..Setup::new(&device, order)
         };
-        let splits = setup(Order::Threads).plan(&w, case.n).unwrap().splits;
+        let splits = if case.out_f32 {
+            setup(Order::Threads).plan::<f16, f32>(&w, case.n)
+        } else {
+            setup(Order::Threads).plan::<f16, f16>(&w, case.n)
+        };
+        let splits = splits.unwrap().splits;
         assert!(splits > 2, "{what}: {splits} splits");
         let outputs: Vec<Vec<u64>> = ORDERS
             .into_iter()

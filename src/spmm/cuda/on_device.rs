@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use super::{DeviceTiledCsl, Plan, SpmmWorkspace, Variant, spmm_variant};
+use super::{DeviceTiledCsl, Plan, SpmmWorkspace, Variant, kernel, spmm_variant};
 use crate::backend::cuda::Cuda;
 use crate::error::Result;
 use crate::harness::{Backends, Rng};
@@ -78,7 +78,8 @@ fn variants_on_the_device() {
                 ..Case::new(m, k, n, sparsity)
             };
             let w = DeviceTiledCsl::upload(cuda, &weight::<f16>(&case(13), 1).unwrap()).unwrap();
-            let splits = Plan::for_weight(cuda, &w, 13, 0).unwrap().splits;
+            let registers = cuda.registers(kernel("f16", 16, false)).unwrap();
+            let splits = Plan::for_weight(cuda, &w, 13, 0, registers).unwrap().splits;
             assert!(splits > 1 || !split_k, "{}: {splits} split", case(13));
             for variant in Variant::ALL {
                 for &n in token_counts(variant) {
