@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prints the SASS that one kernel file compiles to, without a GPU: what a hot loop really
 # executes (which loads are 128-bit, what waits on what). cuobjdump and nvdisasm come from
-# PyPI into .cuda/sass/ (git-ignored) on first use; nvcc as build.rs finds it through NVCC
-# (scripts/install-nvcc.sh).
+# PyPI into .cuda/sass/ (git-ignored) on first use; nvcc is $NVCC, or else the one that
+# scripts/install-nvcc.sh puts in .cuda/.
 #
 #   scripts/sass.sh spmm                                       # every kernel of cuda/spmm.cu
 #   scripts/sass.sh spmm tilefuse_spmm_tiledcsl_f16_n16_same   # one kernel

@@ -118,7 +118,15 @@ struct DeviceState {
     ctx: Arc<CudaContext>,
     info: CudaDeviceInfo,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<Kernel, CudaFunction>>,
+    functions: Mutex<HashMap<Kernel, LoadedKernel>>,
+}
+
+/// A kernel loaded in a context, with what launch plans need to know of it.
+#[derive(Clone)]
+struct LoadedKernel {
+    function: CudaFunction,
+    /// Registers per thread, as the driver loaded the kernel for this device.
+    registers: u32,
 }
 
 impl DeviceState {
@@ -295,27 +303,35 @@ impl Cuda {
 
     /// The loaded function for `kernel`, cached per context.
     pub(crate) fn function(&self, kernel: Kernel) -> Result<CudaFunction> {
-        if let Some(f) = self.functions_lock().get(&kernel) {
-            return Ok(f.clone());
+        Ok(self.loaded(kernel)?.function)
+    }
+
+    /// Registers per thread of `kernel`, as the driver loaded it for this device.
+    pub(crate) fn registers(&self, kernel: Kernel) -> Result<u32> {
+        Ok(self.loaded(kernel)?.registers)
+    }
+
+    /// `kernel`, loaded once per context.
+    fn loaded(&self, kernel: Kernel) -> Result<LoadedKernel> {
+        if let Some(loaded) = self.functions_lock().get(&kernel) {
+            return Ok(loaded.clone());
         }
         let function = self
             .module(kernel.module)?
             .load_function(kernel.name)
             .during(|| format!("looking up kernel {}", kernel.name))?;
-        self.functions_lock().insert(kernel, function.clone());
-        Ok(function)
-    }
-
-    /// Registers per thread of `kernel`, as the driver loaded it for this device.
-    pub(crate) fn registers(&self, kernel: Kernel) -> Result<u32> {
-        let registers = self
-            .function(kernel)?
+        let registers = function
             .num_regs()
             .during(|| format!("reading the registers of kernel {}", kernel.name))?;
-        Ok(registers.max(0) as u32)
+        let loaded = LoadedKernel {
+            function,
+            registers: registers.max(0) as u32,
+        };
+        self.functions_lock().insert(kernel, loaded.clone());
+        Ok(loaded)
     }
 
-    fn functions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kernel, CudaFunction>> {
+    fn functions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kernel, LoadedKernel>> {
         self.device
             .functions
             .lock()
