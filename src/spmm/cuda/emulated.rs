@@ -58,7 +58,7 @@ fn weight_size<T: SpmmElement>(w: &TiledCsl<T>) -> WeightSize {
 }
 
 /// Registers per thread of `kernel` on sm_90 (or the first architecture built), from this
-/// build's ptxas report; 128, as many as any spmm kernel uses, in a build without kernels.
+/// build's ptxas report; 128, no fewer than any spmm kernel uses, in a build without kernels.
 fn registers(kernel: Kernel) -> u32 {
     let Some(module) = crate::backend::kernels::module("spmm") else {
         return 128;
