@@ -103,10 +103,9 @@ fn build_kernels(cuda_dir: &Path, out_dir: &Path) -> Build {
     let archs = target_archs();
     let sources = kernel_sources(cuda_dir);
     let headers_hash = hash_headers(cuda_dir);
-    let cache_dir = kernel_cache_dir(out_dir);
     let embed_dir = out_dir.join("kernels");
-    fs::create_dir_all(&cache_dir).expect("create the kernel cache directory");
     fs::create_dir_all(&embed_dir).expect("create OUT_DIR/kernels");
+    let cache_dir = writable_cache_dir(kernel_cache_dir(out_dir));
 
     let jobs: Vec<Job> = sources
         .iter()
@@ -116,8 +115,14 @@ fn build_kernels(cuda_dir: &Path, out_dir: &Path) -> Build {
         let handles: Vec<_> = jobs
             .iter()
             .map(|job| {
-                scope
-                    .spawn(|| job.run(&nvcc, toolchain_hash ^ headers_hash, &cache_dir, &embed_dir))
+                scope.spawn(|| {
+                    job.run(
+                        &nvcc,
+                        toolchain_hash ^ headers_hash,
+                        cache_dir.as_deref(),
+                        &embed_dir,
+                    )
+                })
             })
             .collect();
         handles
@@ -311,6 +316,25 @@ fn kernel_cache_dir(out_dir: &Path) -> PathBuf {
     target.unwrap_or(out_dir).join("tilefuse-kernels")
 }
 
+/// `dir` if fatbins can be written there; otherwise None (each build then compiles every
+/// kernel), with a warning that says why.
+fn writable_cache_dir(dir: PathBuf) -> Option<PathBuf> {
+    let probe = dir.join(format!(".probe{}", std::process::id()));
+    let writable = fs::create_dir_all(&dir).and_then(|()| fs::write(&probe, b""));
+    let _ = fs::remove_file(&probe);
+    match writable {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            println!(
+                "cargo::warning=tilefuse: no kernel cache: {} is not writable ({e}); \
+                 kernels are compiled in every build",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
 /// One nvcc invocation: a source file and its gencode flags.
 struct Job {
     name: String,
@@ -363,23 +387,35 @@ impl Job {
         format!("{}-{:016x}", self.name, hasher.finish())
     }
 
-    /// Compiles (or takes from the cache) and copies fatbin and ptxas report into OUT_DIR.
-    fn run(&self, nvcc: &Path, inputs_hash: u64, cache_dir: &Path, embed_dir: &Path) -> Module {
-        let key = self.cache_key(inputs_hash);
-        let cached_fatbin = cache_dir.join(format!("{key}.fatbin"));
-        let cached_report = cache_dir.join(format!("{key}.ptxas.txt"));
-        if !(cached_fatbin.is_file() && cached_report.is_file()) {
-            self.compile(nvcc, &cached_fatbin, &cached_report);
+    /// Compiles (or takes from the cache, where there is one) the fatbin and ptxas report
+    /// into OUT_DIR.
+    fn run(
+        &self,
+        nvcc: &Path,
+        inputs_hash: u64,
+        cache_dir: Option<&Path>,
+        embed_dir: &Path,
+    ) -> Module {
+        let fatbin = embed_dir.join(format!("{}.fatbin", self.name));
+        let report = embed_dir.join(format!("{}.ptxas.txt", self.name));
+        match cache_dir {
+            Some(cache_dir) => {
+                let key = self.cache_key(inputs_hash);
+                let cached_fatbin = cache_dir.join(format!("{key}.fatbin"));
+                let cached_report = cache_dir.join(format!("{key}.ptxas.txt"));
+                if !(cached_fatbin.is_file() && cached_report.is_file()) {
+                    self.compile(nvcc, &cached_fatbin, &cached_report);
+                }
+                fs::copy(&cached_fatbin, &fatbin).expect("copy fatbin into OUT_DIR");
+                fs::copy(&cached_report, &report).expect("copy ptxas report into OUT_DIR");
+            }
+            None => self.compile(nvcc, &fatbin, &report),
         }
-        let report_text = String::from_utf8_lossy(&read(&cached_report)).into_owned();
+        let report_text = String::from_utf8_lossy(&read(&report)).into_owned();
         warn_on_spills(&self.name, &report_text);
         for warning in report_text.lines().filter(|l| l.contains("warning")) {
             println!("cargo::warning=tilefuse: cuda/{}.cu: {warning}", self.name);
         }
-        let fatbin = embed_dir.join(format!("{}.fatbin", self.name));
-        let report = embed_dir.join(format!("{}.ptxas.txt", self.name));
-        fs::copy(&cached_fatbin, &fatbin).expect("copy fatbin into OUT_DIR");
-        fs::copy(&cached_report, &report).expect("copy ptxas report into OUT_DIR");
         Module {
             name: self.name.clone(),
             targets: self.targets.clone(),
@@ -415,8 +451,8 @@ impl Job {
             );
         }
         fs::write(&tmp_report, stderr.as_bytes()).expect("write ptxas report");
-        fs::rename(&tmp_report, report).expect("move ptxas report into the cache");
-        fs::rename(&tmp, fatbin).expect("move fatbin into the cache");
+        fs::rename(&tmp_report, report).expect("move ptxas report into place");
+        fs::rename(&tmp, fatbin).expect("move fatbin into place");
     }
 }
 

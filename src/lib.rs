@@ -35,6 +35,8 @@
 //! - `cli` (default): the `tilefuse` command-line tool; libraries depending on tilefuse
 //!   usually turn it off.
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly): feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Without a GPU backend, the backend arguments of the harness have nothing to do.
 #![cfg_attr(
     not(any(feature = "cuda", feature = "wgpu")),
@@ -49,6 +51,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod element;
 mod error;
 pub mod harness;
 pub mod scan;

@@ -10,11 +10,9 @@ mod common;
 use half::{bf16, f16};
 use proptest::prelude::*;
 use tilefuse::Error;
+use tilefuse::element::{DeviceOutput, OutputElement};
 use tilefuse::harness::{Backend, Backends, Rng};
-use tilefuse::spmm::{
-    Case, DeviceOutput, Pattern, Pruning, SpmmOutput, TILE_K, TILE_M, TiledCsl, check, prune,
-    reference,
-};
+use tilefuse::spmm::{Case, Pattern, Pruning, TILE_K, TILE_M, TiledCsl, check, prune, reference};
 
 on_backends!([cuda, wgpu] => [
     ragged_shape_every_token_count,
@@ -321,7 +319,7 @@ impl Workspaces {
             }
             _ => unreachable!("{backend} has no such test"),
         };
-        y.into_iter().map(SpmmOutput::to_f64).collect()
+        y.into_iter().map(OutputElement::to_f64).collect()
     }
 }
 

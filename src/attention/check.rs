@@ -5,11 +5,11 @@ use std::fmt;
 use half::{bf16, f16};
 
 use super::{AttentionShape, BlockMask, Layout, MaskShape, Strides, reference};
+use crate::element::{DeviceFloat16, Float16, OutputElement};
 use crate::error::Result;
 use crate::harness::{
     Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
 };
-use crate::spmm::{DeviceElement, SpmmElement, SpmmOutput};
 
 /// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
@@ -220,7 +220,7 @@ pub fn check(
     }
 }
 
-fn check_typed<T: DeviceElement + SpmmOutput<T>>(
+fn check_typed<T: DeviceFloat16 + OutputElement<T>>(
     backends: &Backends,
     backend: Backend,
     case: &Case,
@@ -237,7 +237,7 @@ pub(crate) type RunOutput = Option<(Vec<f32>, Vec<f32>)>;
 
 /// [`check`] with the device run done by `runner`, which takes the arguments of [`run`]
 /// after the backend.
-pub(crate) fn check_with<T: SpmmElement + SpmmOutput<T>>(
+pub(crate) fn check_with<T: Float16 + OutputElement<T>>(
     case: &Case,
     seed: u64,
     runner: impl FnOnce(&AttentionShape, [&[T]; 3], &BlockMask, f32, Output) -> Result<RunOutput>,
@@ -265,11 +265,7 @@ pub(crate) fn check_with<T: SpmmElement + SpmmOutput<T>>(
     let Some((o, lse)) = ran else {
         return Ok(None);
     };
-    let wide = |x: &[T]| {
-        x.iter()
-            .map(|&v| SpmmElement::to_f64(v))
-            .collect::<Vec<f64>>()
-    };
+    let wide = |x: &[T]| x.iter().map(|&v| Float16::to_f64(v)).collect::<Vec<f64>>();
     let (qw, kw, vw) = (wide(&q), wide(&k), wide(&v));
     let want = reference(&shape, &qw, &kw, &vw, &mask, scale.into())?;
     // o's rows in packed order, lse, then one 0 per element of o's buffer outside its rows
@@ -315,7 +311,7 @@ fn row_starts(strides: Strides, [batch, len, heads]: [usize; 3]) -> impl Iterato
 /// buffer of `o`, widened to f32 (NaN where nothing was written), and `lse`; `Ok(None)` where
 /// the backend has no path (the CPU; CUDA with [`Output::F32`]).
 #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
-pub fn run<T: DeviceElement + SpmmOutput<T>>(
+pub fn run<T: DeviceFloat16 + OutputElement<T>>(
     backends: &Backends,
     backend: Backend,
     shape: &AttentionShape,
@@ -343,7 +339,7 @@ pub fn run<T: DeviceElement + SpmmOutput<T>>(
             let o: Vec<f32> = cuda
                 .download(&o)?
                 .into_iter()
-                .map(|x| SpmmElement::to_f64(x) as f32)
+                .map(|x| Float16::to_f64(x) as f32)
                 .collect();
             Ok(Some((o, cuda.download(&lse)?)))
         }
@@ -366,9 +362,7 @@ pub fn run<T: DeviceElement + SpmmOutput<T>>(
                 let mut o = gpu.upload(&vec![T::from_f64(f64::NAN); o_len])?;
                 super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
                 let o = gpu.download(&o)?;
-                o.into_iter()
-                    .map(|x| SpmmElement::to_f64(x) as f32)
-                    .collect()
+                o.into_iter().map(|x| Float16::to_f64(x) as f32).collect()
             };
             Ok(Some((o, gpu.download(&lse)?)))
         }

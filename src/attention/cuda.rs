@@ -6,8 +6,8 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfi
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use crate::backend::abi::{TF_ATTENTION_KV_TILE, TfAttentionParams};
 use crate::backend::cuda::{Cuda, Kernel};
+use crate::element::Float16;
 use crate::error::{Error, Result};
-use crate::spmm::SpmmElement;
 
 /// A [`BlockMask`] in device memory.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ pub fn attention<T, Q, K, V>(
     scale: f32,
 ) -> Result<()>
 where
-    T: SpmmElement + DeviceRepr,
+    T: Float16 + DeviceRepr,
     Q: DevicePtr<T>,
     K: DevicePtr<T>,
     V: DevicePtr<T>,
@@ -163,7 +163,7 @@ pub(super) struct Plan {
 impl Plan {
     /// For `shape` (checked with its buffers by the caller) and a mask of `mask_shape` whose
     /// partial blocks apply `element`.
-    pub(super) fn new<T: SpmmElement>(
+    pub(super) fn new<T: Float16>(
         shape: &AttentionShape,
         mask_shape: MaskShape,
         element: ElementMask,

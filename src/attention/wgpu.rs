@@ -3,8 +3,8 @@
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::element::{Float16, OutputElement};
 use crate::error::{Error, Result};
-use crate::spmm::{SpmmElement, SpmmOutput};
 
 const SHADER: Shader = Shader {
     name: "attention.wgsl",
@@ -88,7 +88,7 @@ pub struct Inputs<'a, T> {
 /// q, k, v and o are read and written with the strides of `shape.layout()`; elements of
 /// `o`'s buffer outside its rows are left as they were. Scores `scale·q·k` must be finite in
 /// f32 (an overflowing score gives NaN rows).
-pub fn attention<T: SpmmElement, O: SpmmOutput<T>>(
+pub fn attention<T: Float16, O: OutputElement<T>>(
     gpu: &Wgpu,
     shape: &AttentionShape,
     inputs: Inputs<'_, T>,

@@ -463,19 +463,30 @@ fn ensure_available() -> Result<()> {
 }
 
 /// Whether the driver library can be loaded. cudarc panics when it cannot, so look first.
-/// (cudarc's own `is_culib_present` exists only in its dynamic-loading mode, which candle's
-/// `dynamic-linking` switches off when both are in one build, so the names are listed here.)
 fn driver_library_present() -> bool {
+    library_present("cuda") || library_present("nvcuda")
+}
+
+/// Whether the CUDA library `stem` (`cuda`, `cublas`, `nvToolsExt`) can be loaded under one of
+/// the names it ships as (`libcublas.so.13`, `cublas64_13.dll`, ...).
+///
+/// tilefuse looks for itself: cudarc's own `is_culib_present` exists only in its
+/// dynamic-loading mode, which candle's `dynamic-linking` switches off when both are in one
+/// build.
+pub fn library_present(stem: &str) -> bool {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-    let candidates = [
-        format!("{DLL_PREFIX}cuda{DLL_SUFFIX}"),
-        format!("{DLL_PREFIX}cuda{DLL_SUFFIX}.1"),
-        format!("{DLL_PREFIX}nvcuda{DLL_SUFFIX}"),
-    ];
-    candidates.iter().any(|name| {
-        // SAFETY: loading the driver library runs its initialisers, exactly as cudarc's own
-        // loading does a moment later; no symbol is called here and the handle is dropped.
-        unsafe { libloading::Library::new(name) }.is_ok()
+    let versions = ["13", "12", "11", "1"];
+    let unversioned = format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}");
+    let versioned = versions.iter().flat_map(|v| {
+        [
+            format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}.{v}"),
+            format!("{DLL_PREFIX}{stem}64_{v}{DLL_SUFFIX}"),
+        ]
+    });
+    std::iter::once(unversioned).chain(versioned).any(|name| {
+        // SAFETY: loading a CUDA library runs its initialisers, exactly as cudarc's own loading
+        // does a moment later; no symbol is called here and the handle is dropped.
+        unsafe { libloading::Library::new(&name) }.is_ok()
     })
 }
 

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use half::{bf16, f16};
 
-use super::format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, prune, spread_over_banks};
-use super::{SpmmOutput, reference};
+use super::format::{Pruning, TILE_K, TILE_M, TiledCsl, prune, spread_over_banks};
+use super::reference;
+use crate::element::{DeviceFloat16, DeviceOutput, Float16, OutputElement};
 use crate::error::Result;
 use crate::harness::{
     Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
@@ -113,7 +114,7 @@ impl fmt::Display for Case {
 }
 
 /// A random weight for `case` (values uniform in [-1, 1]) and its encoding.
-pub fn weight<T: SpmmElement>(case: &Case, seed: u64) -> Result<TiledCsl<T>> {
+pub fn weight<T: Float16>(case: &Case, seed: u64) -> Result<TiledCsl<T>> {
     let (m, k) = (case.m, case.k);
     let mut rng = Rng::new(seed);
     let mut dense: Vec<T> = (0..m * k)
@@ -168,7 +169,7 @@ fn check_typed<T, O>(
     seed: u64,
 ) -> Result<Option<Comparison>>
 where
-    T: DeviceElement,
+    T: DeviceFloat16,
     O: DeviceOutput<T>,
 {
     if backend == Backend::Cpu {
@@ -179,7 +180,7 @@ where
 
 /// [`check`] with the device run done by `runner`, which takes the weight and x and returns
 /// y (`None` where there is no such path).
-pub(crate) fn check_with<T: SpmmElement, O: SpmmOutput<T>>(
+pub(crate) fn check_with<T: Float16, O: OutputElement<T>>(
     case: &Case,
     seed: u64,
     runner: impl FnOnce(&TiledCsl<T>, &[T]) -> Result<Option<Vec<O>>>,
@@ -188,42 +189,20 @@ pub(crate) fn check_with<T: SpmmElement, O: SpmmOutput<T>>(
     let Some(y) = runner(&w, &x)? else {
         return Ok(None);
     };
-    let y: Vec<f64> = y.into_iter().map(SpmmOutput::to_f64).collect();
+    let y: Vec<f64> = y.into_iter().map(OutputElement::to_f64).collect();
     Ok(Some(compare(&y, &reference(&w, &x)?, case.tolerance())))
 }
 
 /// The weight and x (values uniform in [-1, 1]) of `case` from `seed`.
-pub(crate) fn inputs<T: SpmmElement>(case: &Case, seed: u64) -> Result<(TiledCsl<T>, Vec<T>)> {
+pub(crate) fn inputs<T: Float16>(case: &Case, seed: u64) -> Result<(TiledCsl<T>, Vec<T>)> {
     let w = weight::<T>(case, seed)?;
     let x = Rng::new(seed ^ 0x9e37_79b9).fill(case.n * case.k, -1.0, 1.0, T::from_f64);
     Ok((w, x))
 }
 
-/// Element types the GPU paths take (on CUDA they must also be `DeviceRepr`).
-#[cfg(feature = "cuda")]
-pub trait DeviceElement: SpmmElement + cudarc::driver::DeviceRepr {}
-#[cfg(feature = "cuda")]
-impl<T: SpmmElement + cudarc::driver::DeviceRepr> DeviceElement for T {}
-/// Element types the GPU paths take.
-#[cfg(not(feature = "cuda"))]
-pub trait DeviceElement: SpmmElement {}
-#[cfg(not(feature = "cuda"))]
-impl<T: SpmmElement> DeviceElement for T {}
-
-/// Output types the GPU paths write.
-#[cfg(feature = "cuda")]
-pub trait DeviceOutput<T>: SpmmOutput<T> + cudarc::driver::DeviceRepr {}
-#[cfg(feature = "cuda")]
-impl<T, O: SpmmOutput<T> + cudarc::driver::DeviceRepr> DeviceOutput<T> for O {}
-/// Output types the GPU paths write.
-#[cfg(not(feature = "cuda"))]
-pub trait DeviceOutput<T>: SpmmOutput<T> {}
-#[cfg(not(feature = "cuda"))]
-impl<T, O: SpmmOutput<T>> DeviceOutput<T> for O {}
-
 /// Runs `y = x · wᵀ` once on a GPU backend (`Ok(None)` on the CPU), with `y` poisoned with
 /// NaN first, and reads `y` back.
-pub fn run<T: DeviceElement, O: DeviceOutput<T>>(
+pub fn run<T: DeviceFloat16, O: DeviceOutput<T>>(
     backends: &Backends,
     backend: Backend,
     w: &TiledCsl<T>,

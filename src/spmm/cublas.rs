@@ -21,8 +21,8 @@ pub(crate) fn prepare(
         return Ok(None);
     }
     let cuda = backends.cuda()?;
-    // SAFETY: only asks whether libcublas can be loaded (cudarc panics on use otherwise).
-    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+    // cudarc panics on use when libcublas cannot be loaded.
+    if !crate::backend::cuda::library_present("cublas") {
         return Err(Error::CudaUnavailable {
             reason: "libcublas could not be loaded".into(),
         });

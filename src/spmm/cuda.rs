@@ -6,16 +6,16 @@ use half::f16;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
-use super::SpmmOutput;
-use super::format::{SpmmElement, TILE_K, TILE_M, TiledCsl};
+use super::format::{TILE_K, TILE_M, TiledCsl};
 use super::reference::output_tokens;
 use crate::backend::abi::{TF_SPMM_HELD_VECTORS, TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel};
+use crate::element::{Float16, OutputElement};
 use crate::error::{Error, Result};
 
 /// A [`TiledCsl`] weight in device memory, uploaded once and used by every [`spmm`].
 #[derive(Debug)]
-pub struct DeviceTiledCsl<T: SpmmElement> {
+pub struct DeviceTiledCsl<T: Float16> {
     m: usize,
     k: usize,
     max_tile_vectors: usize,
@@ -24,7 +24,7 @@ pub struct DeviceTiledCsl<T: SpmmElement> {
     element: PhantomData<T>,
 }
 
-impl<T: SpmmElement> DeviceTiledCsl<T> {
+impl<T: Float16> DeviceTiledCsl<T> {
     /// Copies `w` to `cuda`'s device (enqueued on its stream).
     pub fn upload(cuda: &Cuda, w: &TiledCsl<T>) -> Result<Self> {
         Ok(DeviceTiledCsl {
@@ -99,7 +99,7 @@ impl SpmmWorkspace {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn reserve<T: SpmmElement>(
+    pub fn reserve<T: Float16>(
         &mut self,
         cuda: &Cuda,
         w: &DeviceTiledCsl<T>,
@@ -174,8 +174,8 @@ pub fn spmm<T, O>(
     y: &mut impl DevicePtrMut<O>,
 ) -> Result<()>
 where
-    T: SpmmElement + DeviceRepr,
-    O: SpmmOutput<T> + DeviceRepr,
+    T: Float16 + DeviceRepr,
+    O: OutputElement<T> + DeviceRepr,
 {
     spmm_with_workspace(cuda, w, x, y, &mut SpmmWorkspace::new())
 }
@@ -209,8 +209,8 @@ pub fn spmm_with_workspace<T, O>(
     workspace: &mut SpmmWorkspace,
 ) -> Result<()>
 where
-    T: SpmmElement + DeviceRepr,
-    O: SpmmOutput<T> + DeviceRepr,
+    T: Float16 + DeviceRepr,
+    O: OutputElement<T> + DeviceRepr,
 {
     launch(cuda, w, x, y, workspace, None)
 }
@@ -308,8 +308,8 @@ fn launch<T, O>(
     variant: Option<Variant>,
 ) -> Result<()>
 where
-    T: SpmmElement + DeviceRepr,
-    O: SpmmOutput<T> + DeviceRepr,
+    T: Float16 + DeviceRepr,
+    O: OutputElement<T> + DeviceRepr,
 {
     let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
     cuda.check_device("w", &w.entries)?;
@@ -454,7 +454,7 @@ fn tokens_per_block(n: usize) -> u32 {
 
 /// The kernel a launch of `n` tokens runs for `T` in and `O` out: `variant`'s (f16 in and out
 /// only; a probe for 9 to 16 tokens), or spmm.cu's.
-fn launched_kernel<T: SpmmElement, O: SpmmOutput<T>>(
+fn launched_kernel<T: Float16, O: OutputElement<T>>(
     variant: Option<Variant>,
     n: usize,
 ) -> Result<Kernel> {
@@ -480,7 +480,7 @@ struct Plan {
 impl Plan {
     /// For `w` and `n` tokens on `cuda`'s device, with the first `held` vectors of each tile
     /// kept out of the stages (in registers), for a kernel of `registers` a thread.
-    fn for_weight<T: SpmmElement>(
+    fn for_weight<T: Float16>(
         cuda: &Cuda,
         w: &DeviceTiledCsl<T>,
         n: usize,
@@ -575,7 +575,7 @@ impl Plan {
 
 /// `variant`'s kernel of `tokens_per_block`, which stands for spmm.cu's for f16 in and out (a
 /// probe: of 16 tokens per block).
-fn variant_kernel<T: SpmmElement, O: SpmmOutput<T>>(
+fn variant_kernel<T: Float16, O: OutputElement<T>>(
     variant: Variant,
     tokens_per_block: u32,
 ) -> Result<Kernel> {

@@ -23,8 +23,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::Path;
 
-use half::{bf16, f16};
-
+use crate::element::Float16;
 use crate::error::{Error, Result};
 
 /// Rows of m per tile.
@@ -42,68 +41,6 @@ const WARP_VECTORS: usize = 32;
 /// Shared-memory banks (4 bytes each).
 const BANKS: usize = 32;
 
-/// A 16-bit weight type: [`struct@f16`] or [`bf16`].
-pub trait SpmmElement:
-    sealed::Sealed
-    + Copy
-    + Default
-    + PartialEq
-    + bytemuck::Pod
-    + Send
-    + Sync
-    + std::fmt::Debug
-    + 'static
-{
-    /// `"f16"` or `"bf16"`.
-    const NAME: &'static str;
-    /// The value's bits.
-    fn bits(self) -> u16;
-    /// The value with these bits.
-    fn from_bits(bits: u16) -> Self;
-    /// As f64.
-    fn to_f64(self) -> f64;
-    /// The nearest value to `value`.
-    fn from_f64(value: f64) -> Self;
-}
-
-impl SpmmElement for f16 {
-    const NAME: &'static str = "f16";
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_bits(bits: u16) -> Self {
-        f16::from_bits(bits)
-    }
-    fn to_f64(self) -> f64 {
-        self.into()
-    }
-    fn from_f64(value: f64) -> Self {
-        f16::from_f64(value)
-    }
-}
-
-impl SpmmElement for bf16 {
-    const NAME: &'static str = "bf16";
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_bits(bits: u16) -> Self {
-        bf16::from_bits(bits)
-    }
-    fn to_f64(self) -> f64 {
-        self.into()
-    }
-    fn from_f64(value: f64) -> Self {
-        bf16::from_f64(value)
-    }
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for half::f16 {}
-    impl Sealed for half::bf16 {}
-}
-
 /// Which weights magnitude pruning compares against each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pruning {
@@ -115,7 +52,7 @@ pub enum Pruning {
 
 /// Zeroes the smallest-magnitude weights of `dense [m, k]` until `sparsity` (0 to 1) of them
 /// are zero (ties broken by position, so the result is reproducible).
-pub fn prune<T: SpmmElement>(
+pub fn prune<T: Float16>(
     dense: &[T],
     m: usize,
     k: usize,
@@ -146,7 +83,7 @@ pub fn prune<T: SpmmElement>(
 /// A sparse `[m, k]` weight in Flash-LLM's Tiled-CSL format. Every instance is valid: built
 /// by [`TiledCsl::encode`], or checked by [`TiledCsl::from_parts`] and [`TiledCsl::load`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct TiledCsl<T: SpmmElement> {
+pub struct TiledCsl<T: Float16> {
     m: usize,
     k: usize,
     tile_offsets: Vec<u32>,
@@ -171,7 +108,7 @@ pub struct TiledCslStats {
     pub densest_tile: (usize, usize),
 }
 
-impl<T: SpmmElement> TiledCsl<T> {
+impl<T: Float16> TiledCsl<T> {
     /// Encodes a dense row-major `[m, k]` weight, dropping exact zeros (−0 too: it decodes as
     /// +0).
     pub fn encode(dense: &[T], m: usize, k: usize) -> Result<Self> {
@@ -623,6 +560,7 @@ fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     #[test]
     fn places_round_trip_and_swizzle_chunks() {

@@ -6,7 +6,7 @@
 //! uploaded once ([`cuda::DeviceTiledCsl`], [`wgpu::GpuTiledCsl`]), and multiplied by new
 //! activations at every step, with split-K's scratch memory kept from step to step in a
 //! workspace ([`cuda::SpmmWorkspace`], [`wgpu::SpmmWorkspace`]). f16 or bf16 operands, f32
-//! accumulation, output in the weight's type or f32 ([`SpmmOutput`]).
+//! accumulation, output in the weight's type or f32 ([`OutputElement`](crate::element::OutputElement)).
 //!
 //! ```
 //! use half::f16;
@@ -30,43 +30,6 @@ mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-pub use check::{Case, DeviceElement, DeviceOutput, ENTRY, Pattern, check, run, tolerance, weight};
-pub use format::{Pruning, SpmmElement, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
+pub use check::{Case, ENTRY, Pattern, check, run, tolerance, weight};
+pub use format::{Pruning, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
 pub use reference::reference;
-
-/// An output type of a [`TiledCsl`] product (or of WGSL attention) over `T`: `T` itself or
-/// `f32`.
-pub trait SpmmOutput<T>: sealed::Sealed<T> + Copy + bytemuck::Pod + Send + Sync + 'static {
-    /// Whether the output is f32.
-    const F32: bool;
-    /// As f64, for comparisons.
-    fn to_f64(self) -> f64;
-}
-
-impl SpmmOutput<half::f16> for half::f16 {
-    const F32: bool = false;
-    fn to_f64(self) -> f64 {
-        self.into()
-    }
-}
-
-impl SpmmOutput<half::bf16> for half::bf16 {
-    const F32: bool = false;
-    fn to_f64(self) -> f64 {
-        self.into()
-    }
-}
-
-impl<T: SpmmElement> SpmmOutput<T> for f32 {
-    const F32: bool = true;
-    fn to_f64(self) -> f64 {
-        self.into()
-    }
-}
-
-mod sealed {
-    pub trait Sealed<T> {}
-    impl Sealed<half::f16> for half::f16 {}
-    impl Sealed<half::bf16> for half::bf16 {}
-    impl<T> Sealed<T> for f32 {}
-}

@@ -3,10 +3,10 @@
 
 use std::marker::PhantomData;
 
-use super::SpmmOutput;
-use super::format::{SpmmElement, TILE_K, TiledCsl};
+use super::format::{TILE_K, TiledCsl};
 use super::reference::output_tokens;
 use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::element::{Float16, OutputElement};
 use crate::error::Result;
 
 const SHADER: Shader = Shader {
@@ -22,7 +22,7 @@ const TOKENS: usize = 16;
 
 /// A [`TiledCsl`] weight in a wgpu device's memory.
 #[derive(Debug)]
-pub struct GpuTiledCsl<T: SpmmElement> {
+pub struct GpuTiledCsl<T: Float16> {
     m: usize,
     k: usize,
     entries: GpuBuffer<u32>,
@@ -30,7 +30,7 @@ pub struct GpuTiledCsl<T: SpmmElement> {
     element: PhantomData<T>,
 }
 
-impl<T: SpmmElement> GpuTiledCsl<T> {
+impl<T: Float16> GpuTiledCsl<T> {
     /// Copies `w` to `gpu`'s device.
     pub fn upload(gpu: &Wgpu, w: &TiledCsl<T>) -> Result<Self> {
         Ok(GpuTiledCsl {
@@ -80,7 +80,7 @@ struct Launch {
 }
 
 impl Launch {
-    fn new<T: SpmmElement>(w: &GpuTiledCsl<T>, n: usize) -> Launch {
+    fn new<T: Float16>(w: &GpuTiledCsl<T>, n: usize) -> Launch {
         let tiles_k = w.k.div_ceil(TILE_K);
         let groups = [w.m.div_ceil(ROWS), n.div_ceil(TOKENS)];
         let tiles_per_split = tiles_k.div_ceil(splits(groups[0] * groups[1], tiles_k));
@@ -134,12 +134,7 @@ impl SpmmWorkspace {
     /// Grows the workspace to what [`spmm_with_workspace`] needs for `w` and `n` tokens on
     /// `gpu`, so that those calls allocate no storage buffer (each dispatch still makes its small
     /// uniform buffer and bind group).
-    pub fn reserve<T: SpmmElement>(
-        &mut self,
-        gpu: &Wgpu,
-        w: &GpuTiledCsl<T>,
-        n: usize,
-    ) -> Result<()> {
+    pub fn reserve<T: Float16>(&mut self, gpu: &Wgpu, w: &GpuTiledCsl<T>, n: usize) -> Result<()> {
         if n > 0 {
             self.grow(gpu, Launch::new(w, n).sums(n, w.m))?;
         }
@@ -162,7 +157,7 @@ impl SpmmWorkspace {
 
 /// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`. Calls that need scratch memory
 /// (split-K, 16-bit outputs) allocate it each time: [`spmm_with_workspace`] reuses it.
-pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
+pub fn spmm<T: Float16, O: OutputElement<T>>(
     gpu: &Wgpu,
     w: &GpuTiledCsl<T>,
     x: &GpuBuffer<T>,
@@ -172,7 +167,7 @@ pub fn spmm<T: SpmmElement, O: SpmmOutput<T>>(
 }
 
 /// [`spmm`] with its scratch memory taken from `workspace` (grown there when too small).
-pub fn spmm_with_workspace<T: SpmmElement, O: SpmmOutput<T>>(
+pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
     gpu: &Wgpu,
     w: &GpuTiledCsl<T>,
     x: &GpuBuffer<T>,
@@ -261,7 +256,7 @@ mod tests {
     }
 
     /// y for `w` and `x` on `gpu`, poisoned with NaN first.
-    fn run<T: SpmmElement, O: SpmmOutput<T>>(
+    fn run<T: Float16, O: OutputElement<T>>(
         gpu: &Wgpu,
         w: &TiledCsl<T>,
         x: &[T],
@@ -270,7 +265,7 @@ mod tests {
     }
 
     /// [`run`] with `workspace`.
-    fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
+    fn run_in<T: Float16, O: OutputElement<T>>(
         gpu: &Wgpu,
         w: &TiledCsl<T>,
         x: &[T],

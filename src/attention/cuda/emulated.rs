@@ -8,12 +8,12 @@ use super::Plan;
 use crate::attention::check::{RunOutput, check_with};
 use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, Output};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
+use crate::element::Float16;
 use crate::error::Result;
-use crate::spmm::SpmmElement;
 
 /// One emulated launch with `check`'s arguments; panics with the emulator's message when the
 /// kernel fails (an access out of bounds, a deadlock).
-fn run<T: SpmmElement>(
+fn run<T: Float16>(
     emulator: &Emulator,
     order: Order,
     shape: &AttentionShape,
@@ -77,10 +77,7 @@ fn run<T: SpmmElement>(
         Ok((o.read("o")?, lse.read("lse")?))
     });
     let (o, lse) = read.unwrap_or_else(|e| panic!("{}: {e}", plan.kernel));
-    let o = o
-        .into_iter()
-        .map(|x| SpmmElement::to_f64(x) as f32)
-        .collect();
+    let o = o.into_iter().map(|x| Float16::to_f64(x) as f32).collect();
     Ok(Some((o, lse)))
 }
 

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use half::{bf16, f16};
 use num_complex::Complex32;
 use tilefuse::attention::{self, AttentionShape, BlockMask, ElementMask, MaskShape};
+use tilefuse::element::{DeviceFloat16, DeviceOutput, Float16, OutputElement};
 use tilefuse::harness::{Backend, Backends, Tolerance};
 use tilefuse::scan::{self, Decay, Layout, Scan, ScanElement, ScanShape};
-use tilefuse::spmm::{self, SpmmElement, TiledCsl};
+use tilefuse::spmm::{self, TiledCsl};
 
 use crate::npz::{Array, Data};
 
@@ -144,7 +145,7 @@ fn mismatch(name: &str, expected: String, array: &Array) -> String {
 }
 
 /// The float16 array `name` of rank `dims.len()`, converted to `T`.
-fn float16<'a, T: SpmmElement>(
+fn float16<'a, T: Float16>(
     arrays: &'a BTreeMap<String, Array>,
     name: &str,
     dims: &[&str],
@@ -161,13 +162,13 @@ fn float16<'a, T: SpmmElement>(
     }
 }
 
-struct SpmmFile<T: SpmmElement> {
+struct SpmmFile<T: Float16> {
     w: TiledCsl<T>,
     x: Vec<T>,
     n: usize,
 }
 
-impl<T: SpmmElement> SpmmFile<T> {
+impl<T: Float16> SpmmFile<T> {
     fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
         let (w_array, w) = float16(arrays, "w", &["m", "k"], SPMM_NEEDS)?;
         let (x_array, x) = float16(arrays, "x", &["n", "k"], SPMM_NEEDS)?;
@@ -198,9 +199,9 @@ impl<T: SpmmElement> SpmmFile<T> {
     }
 }
 
-impl<T: spmm::DeviceElement> CaseFile for SpmmFile<T>
+impl<T: DeviceFloat16> CaseFile for SpmmFile<T>
 where
-    f32: spmm::DeviceOutput<T>,
+    f32: DeviceOutput<T>,
 {
     fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         if backend == Backend::Cpu {
@@ -396,7 +397,7 @@ fn scalar_i32(arrays: &BTreeMap<String, Array>, name: &str) -> Result<i64, Strin
     }
 }
 
-impl<T: SpmmElement> AttentionFile<T> {
+impl<T: Float16> AttentionFile<T> {
     fn load(arrays: &BTreeMap<String, Array>) -> Result<Self, String> {
         let half = |name: &str| {
             let dims: &[&str] = if name == "q" {
@@ -495,7 +496,7 @@ impl<T: SpmmElement> AttentionFile<T> {
     }
 }
 
-impl<T: spmm::DeviceElement + spmm::SpmmOutput<T>> CaseFile for AttentionFile<T>
+impl<T: DeviceFloat16 + OutputElement<T>> CaseFile for AttentionFile<T>
 where
     f64: From<T>,
 {

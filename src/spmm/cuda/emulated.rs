@@ -8,10 +8,10 @@ use super::{Plan, Variant, WeightSize, launched_kernel, resident_blocks, variant
 use crate::backend::abi::{TF_SPMM_HELD_VECTORS, TF_SPMM_WARPS, TfSpmmParams};
 use crate::backend::cuda::{CudaDeviceInfo, Kernel};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
+use crate::element::{Float16, OutputElement};
 use crate::harness::Rng;
 use crate::spmm::check::{Case, Pattern, check_with};
-use crate::spmm::format::SpmmElement;
-use crate::spmm::{SpmmOutput, TILE_K, TILE_M, TiledCsl};
+use crate::spmm::{TILE_K, TILE_M, TiledCsl};
 
 /// A device with `sm_count` SMs and the H100's shared memory, for the launch plan.
 fn device(sm_count: u32) -> CudaDeviceInfo {
@@ -39,7 +39,7 @@ fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
 const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
 
 /// The launch plan for `w` and `n` tokens on `device`, T in and out.
-fn plan<T: SpmmElement + SpmmOutput<T>>(
+fn plan<T: Float16 + OutputElement<T>>(
     w: &TiledCsl<T>,
     n: usize,
     device: &CudaDeviceInfo,
@@ -48,7 +48,7 @@ fn plan<T: SpmmElement + SpmmOutput<T>>(
 }
 
 /// What the launch plan needs of `w`.
-fn weight_size<T: SpmmElement>(w: &TiledCsl<T>) -> WeightSize {
+fn weight_size<T: Float16>(w: &TiledCsl<T>) -> WeightSize {
     WeightSize {
         m: w.m(),
         k: w.k(),
@@ -109,12 +109,12 @@ struct Setup<'a> {
 
 impl<'a> Setup<'a> {
     /// The kernel for `n` tokens, T in and O out.
-    fn kernel<T: SpmmElement, O: SpmmOutput<T>>(&self, n: usize) -> Result<Kernel, String> {
+    fn kernel<T: Float16, O: OutputElement<T>>(&self, n: usize) -> Result<Kernel, String> {
         launched_kernel::<T, O>(self.variant, n).map_err(|e| e.to_string())
     }
 
     /// The launch plan for `w` and `n` tokens, as the launcher makes it for this kernel.
-    fn plan<T: SpmmElement, O: SpmmOutput<T>>(
+    fn plan<T: Float16, O: OutputElement<T>>(
         &self,
         w: &TiledCsl<T>,
         n: usize,
@@ -137,7 +137,7 @@ impl<'a> Setup<'a> {
 
 /// `y = x · wᵀ` through the emulated kernel, launched as `setup` says, with a workspace of
 /// its own.
-fn run<T: SpmmElement, O: SpmmOutput<T>>(
+fn run<T: Float16, O: OutputElement<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
     x: &[T],
@@ -149,7 +149,7 @@ fn run<T: SpmmElement, O: SpmmOutput<T>>(
 }
 
 /// [`run`] with split-K's memory from `workspace`, which must be large enough.
-fn run_in<T: SpmmElement, O: SpmmOutput<T>>(
+fn run_in<T: Float16, O: OutputElement<T>>(
     emulator: &Emulator,
     w: &TiledCsl<T>,
     x: &[T],
@@ -245,7 +245,7 @@ fn check_case(case: &Case, device: &CudaDeviceInfo, order: Order) {
 }
 
 /// One case, launched as `setup` says.
-fn check_typed<T: SpmmElement, O: SpmmOutput<T>>(case: &Case, setup: Setup) {
+fn check_typed<T: Float16, O: OutputElement<T>>(case: &Case, setup: Setup) {
     let Setup { device, order, .. } = setup;
     let what = format!(
         "{case}, {} SMs, {} B of shared memory, {order:?}, x shifted by {}, {:?}",
@@ -630,6 +630,6 @@ fn split_k_is_bitwise_deterministic() {
 }
 
 /// Each output's bits (as f64, which holds f16 and f32 values exactly).
-fn bits<O: SpmmOutput<f16>>(y: Result<Vec<O>, String>) -> Result<Vec<u64>, String> {
+fn bits<O: OutputElement<f16>>(y: Result<Vec<O>, String>) -> Result<Vec<u64>, String> {
     Ok(y?.into_iter().map(|v| v.to_f64().to_bits()).collect())
 }
