@@ -1,7 +1,8 @@
 //! Compiles every `cuda/*.cu` into one fatbin with nvcc and embeds the fatbins in the crate.
 //!
 //! The rules are DESIGN.md's Build section: nvcc discovery order, the architecture list, one
-//! fatbin per file (files named `*_sm90a.cu` get a fatbin of their own for sm_90a), the same
+//! fatbin per file (files named `*_sm90a.cu` get a fatbin of their own for sm_90a, files named
+//! `*_probe.cu` are built only with the `probes` feature), the same
 //! flags in every cargo profile, `TILEFUSE_REQUIRE_CUDA=1` and `DOCS_RS`. Compiled fatbins are
 //! cached under the target directory by a hash of everything that goes into them, so debug,
 //! release, clippy and doc builds compile each kernel once.
@@ -18,6 +19,9 @@ use std::process::Command;
 const DEFAULT_ARCHS: &[u32] = &[80, 86, 89, 90];
 /// Kernel files whose name ends with this are built for sm_90a alone (wgmma, setmaxnreg).
 const SM90A_SUFFIX: &str = "_sm90a";
+/// Kernel files whose name ends with this hold benchmark-only probes, built only with the
+/// `probes` feature (a fatbin of their own, which no op loads).
+const PROBES_SUFFIX: &str = "_probe";
 /// nvcc flags shared by every file and every cargo profile (never `-G`).
 const NVCC_FLAGS: &[&str] = &[
     "-fatbin",
@@ -61,6 +65,207 @@ fn main() {
     }
     let generated = generated_module(&build);
     fs::write(out_dir.join("kernels.rs"), generated).expect("write kernels.rs to OUT_DIR");
+    let cuda_dir = manifest_dir.join("cuda");
+    let families = kernel_families(&cuda_dir);
+    if let Build::Compiled { modules, .. } = &build {
+        check_families_against_reports(&families, modules);
+    }
+    fs::write(out_dir.join("kernel_ids.rs"), kernel_ids(&families))
+        .expect("write kernel_ids.rs to OUT_DIR");
+}
+
+/// A family of kernels that `cuda/abi.h` declares in one line (` * tilefuse_spmm_tiledcsl_{f16,
+/// bf16}_n{8,16,32,64}_{same,f32}: ...`): one kernel per choice of every brace group.
+struct Family {
+    /// `cuda/<module>.cu` defines them: the longest file stem that the name after `tilefuse_`
+    /// starts with.
+    module: String,
+    /// The Rust constant: the first word after the module (`TILEDCSL`), or the module's name
+    /// when a brace group comes first (`SCAN`).
+    constant: String,
+    pattern: String,
+    /// The choices of each brace group, in order.
+    groups: Vec<Vec<String>>,
+    /// Every name, the last group varying fastest.
+    names: Vec<String>,
+}
+
+/// The kernel families of `cuda/abi.h`, the one place kernel names are written.
+fn kernel_families(cuda_dir: &Path) -> Vec<Family> {
+    let header = String::from_utf8(read(&cuda_dir.join("abi.h"))).expect("abi.h is UTF-8");
+    let stems: Vec<String> = kernel_sources(cuda_dir)
+        .iter()
+        .map(|s| file_stem(s))
+        .collect();
+    let mut families: Vec<Family> = Vec::new();
+    for line in header.lines() {
+        let Some(pattern) = line
+            .strip_prefix(" * ")
+            .and_then(|rest| rest.split_once(": "))
+            .map(|(pattern, _)| pattern)
+            .filter(|p| p.starts_with("tilefuse_") && !p.contains(' '))
+        else {
+            continue;
+        };
+        let rest = &pattern["tilefuse_".len()..];
+        let module = stems
+            .iter()
+            .filter(|stem| rest.starts_with(&format!("{stem}_")))
+            .max_by_key(|stem| stem.len())
+            .unwrap_or_else(|| {
+                panic!("abi.h: {pattern} names no cuda/*.cu file (tilefuse_<file stem>_...)")
+            })
+            .clone();
+        let after = &rest[module.len() + 1..];
+        let first_word = after.split(['_', '{']).next().unwrap_or_default();
+        let constant = if first_word.is_empty() {
+            &module
+        } else {
+            first_word
+        }
+        .to_uppercase();
+        let (groups, names) = expand(pattern);
+        if families
+            .iter()
+            .any(|f| f.module == module && f.constant == constant)
+        {
+            panic!("abi.h: two kernel families of cuda/{module}.cu are both named {constant}");
+        }
+        families.push(Family {
+            module,
+            constant,
+            pattern: pattern.to_string(),
+            groups,
+            names,
+        });
+    }
+    families
+}
+
+/// `a_{x,y}_b{1,2}` gives its groups `[[x, y], [1, 2]]` and `[a_x_b1, a_x_b2, a_y_b1, a_y_b2]`.
+fn expand(pattern: &str) -> (Vec<Vec<String>>, Vec<String>) {
+    let mut groups = Vec::new();
+    let mut names = vec![String::new()];
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        let (text, group) = match rest.find('{') {
+            Some(open) => {
+                let close = rest[open..]
+                    .find('}')
+                    .unwrap_or_else(|| panic!("abi.h: unclosed brace in {pattern}"));
+                let group: Vec<String> = rest[open + 1..open + close]
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                let text = &rest[..open];
+                rest = &rest[open + close + 1..];
+                (text, Some(group))
+            }
+            None => (std::mem::take(&mut rest), None),
+        };
+        for name in &mut names {
+            name.push_str(text);
+        }
+        if let Some(group) = group {
+            names = names
+                .iter()
+                .flat_map(|name| group.iter().map(move |choice| format!("{name}{choice}")))
+                .collect();
+            groups.push(group);
+        }
+    }
+    (groups, names)
+}
+
+/// Every kernel that nvcc compiled is declared in abi.h, and every declared kernel of a
+/// compiled file exists: a kernel cannot be renamed, added or dropped on one side only.
+fn check_families_against_reports(families: &[Family], modules: &[Module]) {
+    for module in modules {
+        let report = String::from_utf8_lossy(&read(&module.report)).into_owned();
+        let mut compiled: Vec<&str> = report
+            .lines()
+            .filter_map(|line| line.split("Compiling entry function '").nth(1))
+            .filter_map(|rest| rest.split('\'').next())
+            .collect();
+        compiled.sort_unstable();
+        compiled.dedup();
+        let mut declared: Vec<&str> = families
+            .iter()
+            .filter(|f| f.module == module.name)
+            .flat_map(|f| f.names.iter().map(String::as_str))
+            .collect();
+        declared.sort_unstable();
+        if compiled != declared {
+            let missing: Vec<_> = declared.iter().filter(|n| !compiled.contains(n)).collect();
+            let undeclared: Vec<_> = compiled.iter().filter(|n| !declared.contains(n)).collect();
+            panic!(
+                "cuda/{}.cu and cuda/abi.h disagree: declared in abi.h but not compiled: \
+                 {missing:?}; compiled but not declared in abi.h: {undeclared:?}",
+                module.name
+            );
+        }
+    }
+}
+
+/// One Rust module per kernel file, one constant per family: a `Kernel`, or nested arrays of
+/// them indexed by the brace groups in order.
+fn kernel_ids(families: &[Family]) -> String {
+    let mut out =
+        String::from("// @generated by build.rs from cuda/abi.h: every kernel's typed id.\n");
+    let mut modules: Vec<&str> = families.iter().map(|f| f.module.as_str()).collect();
+    modules.sort_unstable();
+    modules.dedup();
+    for module in modules {
+        writeln!(out, "/// The kernels of `cuda/{module}.cu`.").unwrap();
+        writeln!(out, "#[allow(dead_code)]\npub(crate) mod {module} {{").unwrap();
+        writeln!(out, "    use super::Kernel;").unwrap();
+        for family in families.iter().filter(|f| f.module == module) {
+            let ty = family
+                .groups
+                .iter()
+                .rev()
+                .fold("Kernel".to_string(), |inner, group| {
+                    format!("[{inner}; {}]", group.len())
+                });
+            let mut names = family.names.iter();
+            let value = nested(&family.groups, &mut names, module);
+            let order: Vec<String> = family
+                .groups
+                .iter()
+                .map(|g| format!("{{{}}}", g.join(", ")))
+                .collect();
+            writeln!(out, "    /// `{}`", family.pattern).unwrap();
+            if !order.is_empty() {
+                writeln!(
+                    out,
+                    "    ///\n    /// Indexed by {}, in that order.",
+                    order.join(", ")
+                )
+                .unwrap();
+            }
+            writeln!(
+                out,
+                "    pub(crate) const {}: {ty} = {value};",
+                family.constant
+            )
+            .unwrap();
+        }
+        writeln!(out, "}}").unwrap();
+    }
+    out
+}
+
+fn nested(groups: &[Vec<String>], names: &mut std::slice::Iter<String>, module: &str) -> String {
+    match groups.split_first() {
+        None => {
+            let name = names.next().expect("one name per choice");
+            format!("Kernel {{ module: {module:?}, name: {name:?} }}")
+        }
+        Some((group, rest)) => {
+            let items: Vec<String> = group.iter().map(|_| nested(rest, names, module)).collect();
+            format!("[{}]", items.join(", "))
+        }
+    }
 }
 
 /// What the build produced: compiled modules, or the reason there are none.
@@ -101,7 +306,11 @@ fn build_kernels(cuda_dir: &Path, out_dir: &Path) -> Build {
     };
     let toolchain_hash = hash_toolchain(&nvcc, &nvcc_version);
     let archs = target_archs();
-    let sources = kernel_sources(cuda_dir);
+    let probes = env::var_os("CARGO_FEATURE_PROBES").is_some();
+    let sources: Vec<PathBuf> = kernel_sources(cuda_dir)
+        .into_iter()
+        .filter(|source| probes || !file_stem(source).ends_with(PROBES_SUFFIX))
+        .collect();
     let headers_hash = hash_headers(cuda_dir);
     let embed_dir = out_dir.join("kernels");
     fs::create_dir_all(&embed_dir).expect("create OUT_DIR/kernels");
@@ -263,6 +472,12 @@ fn describe_archs(archs: &[u32]) -> String {
     format!("{} SASS + compute_{} PTX", sass.join(" "), archs[0])
 }
 
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn kernel_sources(cuda_dir: &Path) -> Vec<PathBuf> {
     let mut sources: Vec<PathBuf> = fs::read_dir(cuda_dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", cuda_dir.display()))
@@ -326,7 +541,7 @@ fn writable_cache_dir(dir: PathBuf) -> Option<PathBuf> {
         Ok(()) => Some(dir),
         Err(e) => {
             println!(
-                "cargo::warning=tilefuse: no kernel cache: {} is not writable ({e}); \
+                "cargo::warning=tilefuse: no kernel cache: {} cannot be written ({e}); \
                  kernels are compiled in every build",
                 dir.display()
             );

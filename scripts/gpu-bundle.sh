@@ -28,7 +28,7 @@ bundle="$root/target/gpu-bundle"
 rm -rf "$bundle"
 mkdir -p "$bundle/tests" "$bundle/benches" "$bundle/bin"
 messages="$root/target/gpu-bundle-artifacts.json"
-cargo build --release --locked --tests --benches --bins --message-format=json-render-diagnostics >"$messages"
+cargo build --release --locked --features probes --tests --benches --bins --message-format=json-render-diagnostics >"$messages"
 
 # Each executable goes to tests/, benches/ or bin/ under its target name.
 python3 - "$messages" "$bundle" <<'PY'

@@ -15,14 +15,16 @@ use half::{bf16, f16};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype16 {
     /// IEEE half precision.
-    F16,
+    F16 = 0,
     /// bfloat16.
-    Bf16,
+    Bf16 = 1,
 }
 
-/// A 16-bit floating-point operand type: [`struct@f16`] or [`bf16`].
+/// A 16-bit floating-point operand type: [`struct@f16`] or [`bf16`]; also an output type of
+/// its own products.
 pub trait Float16:
     sealed::Sealed
+    + OutputElement<Self>
     + Copy
     + Default
     + PartialEq
@@ -40,8 +42,6 @@ pub trait Float16:
     fn bits(self) -> u16;
     /// The value with these bits.
     fn from_bits(bits: u16) -> Self;
-    /// As f64.
-    fn to_f64(self) -> f64;
     /// The nearest value to `value`.
     fn from_f64(value: f64) -> Self;
 }
@@ -54,9 +54,6 @@ impl Float16 for f16 {
     }
     fn from_bits(bits: u16) -> Self {
         f16::from_bits(bits)
-    }
-    fn to_f64(self) -> f64 {
-        self.into()
     }
     fn from_f64(value: f64) -> Self {
         f16::from_f64(value)
@@ -71,9 +68,6 @@ impl Float16 for bf16 {
     }
     fn from_bits(bits: u16) -> Self {
         bf16::from_bits(bits)
-    }
-    fn to_f64(self) -> f64 {
-        self.into()
     }
     fn from_f64(value: f64) -> Self {
         bf16::from_f64(value)

@@ -265,7 +265,7 @@ pub(crate) fn check_with<T: Float16 + OutputElement<T>>(
     let Some((o, lse)) = ran else {
         return Ok(None);
     };
-    let wide = |x: &[T]| x.iter().map(|&v| Float16::to_f64(v)).collect::<Vec<f64>>();
+    let wide = |x: &[T]| x.iter().map(|&v| v.to_f64()).collect::<Vec<f64>>();
     let (qw, kw, vw) = (wide(&q), wide(&k), wide(&v));
     let want = reference(&shape, &qw, &kw, &vw, &mask, scale.into())?;
     // o's rows in packed order, lse, then one 0 per element of o's buffer outside its rows
@@ -339,7 +339,7 @@ pub fn run<T: DeviceFloat16 + OutputElement<T>>(
             let o: Vec<f32> = cuda
                 .download(&o)?
                 .into_iter()
-                .map(|x| Float16::to_f64(x) as f32)
+                .map(|x| x.to_f64() as f32)
                 .collect();
             Ok(Some((o, cuda.download(&lse)?)))
         }
@@ -362,7 +362,7 @@ pub fn run<T: DeviceFloat16 + OutputElement<T>>(
                 let mut o = gpu.upload(&vec![T::from_f64(f64::NAN); o_len])?;
                 super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
                 let o = gpu.download(&o)?;
-                o.into_iter().map(|x| Float16::to_f64(x) as f32).collect()
+                o.into_iter().map(|x| x.to_f64() as f32).collect()
             };
             Ok(Some((o, gpu.download(&lse)?)))
         }

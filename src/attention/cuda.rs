@@ -1,11 +1,11 @@
 //! Attention on CUDA (`cuda/attention.cu`): FlashAttention-2's design over the mask's block
 //! lists, mma.sync on f16 / bf16 with f32 softmax. GPU verification pending (see BENCH.md).
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use crate::backend::abi::{TF_ATTENTION_KV_TILE, TfAttentionParams};
-use crate::backend::cuda::{Cuda, Kernel};
+use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::element::Float16;
 use crate::error::{Error, Result};
 
@@ -87,8 +87,7 @@ where
         cuda.check_device("lse", *lse)?;
     }
     let plan = Plan::new::<T>(shape, mask.shape, mask.element, scale)?;
-    let shared = cuda
-        .info()
+    cuda.info()
         .shared_memory("attention shared memory", plan.shared_bytes)?;
     let mut args = cuda.args();
     let buffers = [
@@ -117,11 +116,6 @@ where
             args.read(&mask.full),
         ],
     );
-    let config = LaunchConfig {
-        grid_dim: plan.grid,
-        block_dim: (plan.threads, 1, 1),
-        shared_mem_bytes: shared,
-    };
     // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`
     // (plus each tensor's start), all on this context (checked). The buffers of q, k, v and o
     // reach at least one past the last element their start and strides address (check_call),
@@ -135,23 +129,13 @@ where
     // range; keys at or past lk and queries at or past lq are masked or skipped in the
     // kernel. lse, when present, holds b·hq·lq values. Shared memory was checked against the
     // device's limit.
-    unsafe {
-        cuda.launch(
-            Kernel {
-                module: "attention",
-                name: plan.kernel,
-            },
-            config,
-            &params,
-            args,
-        )
-    }
+    unsafe { cuda.launch(plan.kernel, plan.shape(), &params, args) }
 }
 
 /// One launch but for its buffers: the kernel, grid, block and shared memory, and the
 /// parameters that do not depend on addresses.
 pub(super) struct Plan {
-    pub(super) kernel: &'static str,
+    pub(super) kernel: Kernel,
     pub(super) grid: (u32, u32, u32),
     pub(super) threads: u32,
     pub(super) shared_bytes: usize,
@@ -187,16 +171,9 @@ impl Plan {
                 limit: u16::MAX.into(),
             });
         }
-        let kernel = match (T::NAME, shape.d, m.block_m) {
-            ("f16", 64, 64) => "tilefuse_attention_f16_d64_bm64",
-            ("f16", 64, _) => "tilefuse_attention_f16_d64_bm128",
-            ("f16", _, 64) => "tilefuse_attention_f16_d128_bm64",
-            ("f16", _, _) => "tilefuse_attention_f16_d128_bm128",
-            (_, 64, 64) => "tilefuse_attention_bf16_d64_bm64",
-            (_, 64, _) => "tilefuse_attention_bf16_d64_bm128",
-            (_, _, 64) => "tilefuse_attention_bf16_d128_bm64",
-            (_, _, _) => "tilefuse_attention_bf16_d128_bm128",
-        };
+        let d = usize::from(shape.d != 64);
+        let block_m = usize::from(m.block_m != 64);
+        let kernel = ids::attention::ATTENTION[T::DTYPE as usize][d][block_m];
         Ok(Plan {
             kernel,
             grid: (
@@ -210,6 +187,15 @@ impl Plan {
             scale_log2,
             mask: m,
         })
+    }
+
+    /// abi.h's grid: (query blocks, heads, batch), a warp per 16 query rows.
+    pub(super) fn shape(&self) -> LaunchShape {
+        LaunchShape {
+            grid: [self.grid.0, self.grid.1, self.grid.2],
+            block: [self.threads, 1, 1],
+            shared_bytes: self.shared_bytes as u32,
+        }
     }
 
     /// The kernel's parameters, with the buffers of q, k, v and o (each tensor's start is

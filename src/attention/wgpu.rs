@@ -2,7 +2,7 @@
 //! batch), visiting only the mask's listed key blocks, online softmax in f32.
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::element::{Float16, OutputElement};
 use crate::error::{Error, Result};
 
@@ -43,31 +43,31 @@ impl GpuBlockMask {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    lq: u32,
-    lk: u32,
-    heads_q: u32,
-    heads_kv: u32,
-    d: u32,
-    block_m: u32,
-    block_n: u32,
-    q_blocks: u32,
-    mask_batch: u32,
-    mask_heads: u32,
-    element: u32,
-    window: u32,
-    scale: f32,
-    pass_first: u32,
-    pass_count: u32,
-    pass_flags: u32,
-    batch_first: u32,
-    head_first: u32,
-    slice_heads: u32,
-    /// (batch, position, head, start) element strides of q, k, v and o.
-    strides: [[u32; 4]; 4],
+wgsl_uniform! {
+    struct Params {
+        batch: u32,
+        lq: u32,
+        lk: u32,
+        heads_q: u32,
+        heads_kv: u32,
+        d: u32,
+        block_m: u32,
+        block_n: u32,
+        q_blocks: u32,
+        mask_batch: u32,
+        mask_heads: u32,
+        element: u32,
+        window: u32,
+        scale: f32,
+        pass_first: u32,
+        pass_count: u32,
+        pass_flags: u32,
+        batch_first: u32,
+        head_first: u32,
+        slice_heads: u32,
+        /// (batch, position, head, start) element strides of q, k, v and o.
+        strides: [[u32; 4]; 4],
+    }
 }
 
 /// The input tensors of one call, q `[b, lq, hq, d]` and k, v `[b, lk, hkv, d]`, with the
@@ -261,6 +261,12 @@ mod tests {
     use half::f16;
 
     use super::*;
+
+    /// The uniform struct is laid out as the shader reads it.
+    #[test]
+    fn params_match_the_shader() {
+        SHADER.assert_uniform("Params", Params::LAYOUT, size_of::<Params>());
+    }
     use crate::attention::{MaskShape, reference};
     use crate::harness::{Rng, Tolerance, compare};
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::backend::cuda::{Kernel, LaunchShape};
 use crate::harness::{Comparison, Rng};
 
 /// The kernels' C++ build for the emulator, loaded.
@@ -48,9 +49,13 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    /// `grid` blocks of `block` threads with `shared_bytes` of dynamic shared memory, whose
-    /// threads run in `order`.
-    pub(crate) fn new(grid: [u32; 3], block: [u32; 3], shared_bytes: u32, order: Order) -> Self {
+    /// The launch `shape` (the op's own plan for it), whose threads run in `order`.
+    pub(crate) fn new(shape: LaunchShape, order: Order) -> Self {
+        let LaunchShape {
+            grid,
+            block,
+            shared_bytes,
+        } = shape;
         let (order, seed) = match order {
             Order::Threads => (0, 0),
             Order::Reverse => (1, 0),
@@ -106,7 +111,7 @@ impl Emulator {
             .as_ref()
     }
 
-    /// Runs kernel `kernel` of `cuda/{module}.cu` with `params`.
+    /// Runs `kernel` with `params`.
     ///
     /// # Safety
     ///
@@ -115,8 +120,7 @@ impl Emulator {
     /// asks for, alive until this returns.
     pub(crate) unsafe fn launch<P>(
         &self,
-        module: &str,
-        kernel: &str,
+        kernel: Kernel,
         params: &P,
         launch: &Launch,
     ) -> Result<(), String> {
@@ -126,11 +130,11 @@ impl Emulator {
         unsafe {
             let entry = self
                 .library
-                .get::<Entry<P>>(format!("tf_emulate_{module}\0").as_bytes())
+                .get::<Entry<P>>(format!("tf_emulate_{}\0", kernel.module).as_bytes())
                 .map_err(|e| e.to_string())?;
             let function = self
                 .library
-                .get::<*const c_void>(format!("{kernel}\0").as_bytes())
+                .get::<*const c_void>(format!("{}\0", kernel.name).as_bytes())
                 .map_err(|e| e.to_string())?;
             let error = entry(*function, params, launch);
             if error.is_null() {

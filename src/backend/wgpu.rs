@@ -64,6 +64,50 @@ struct PipelineKey {
     constants: Vec<(String, u64)>,
 }
 
+/// Declares the uniform struct that a shader reads, as `#[repr(C)]` plain data, and (in tests)
+/// its layout, which `Shader::assert_uniform` holds against the shader's struct of the same
+/// name: the two are written in two languages, and a test keeps them one layout.
+macro_rules! wgsl_uniform {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident {
+            $($(#[$field_meta:meta])* $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct $name {
+            $($(#[$field_meta])* $field: $ty,)*
+        }
+
+        #[cfg(test)]
+        impl $name {
+            /// Every field: name, byte offset, byte size and Rust type.
+            const LAYOUT: &'static [$crate::backend::wgpu::UniformField] = &[$(
+                $crate::backend::wgpu::UniformField {
+                    name: stringify!($field),
+                    offset: std::mem::offset_of!($name, $field),
+                    size: size_of::<$ty>(),
+                    rust_type: stringify!($ty),
+                },
+            )*];
+        }
+    };
+}
+pub(crate) use wgsl_uniform;
+
+/// One field of a `wgsl_uniform!` struct.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UniformField {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+    /// As written, e.g. `[[u32; 4]; 4]`.
+    pub rust_type: &'static str,
+}
+
 /// A WGSL shader compiled into the crate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shader {
@@ -740,6 +784,65 @@ impl<T> fmt::Debug for GpuBuffer<T> {
             .field("len", &self.len)
             .field("device", &self.owner)
             .finish()
+    }
+}
+
+#[cfg(test)]
+impl Shader {
+    /// Panics unless the shader's struct `name` has exactly `layout`'s fields, in order, at
+    /// the same offsets, of the same sizes and scalar types, and `size` bytes in all.
+    pub(crate) fn assert_uniform(&self, name: &str, layout: &[UniformField], size: usize) {
+        use naga::{ScalarKind, TypeInner};
+        let module = naga::front::wgsl::parse_str(self.source)
+            .unwrap_or_else(|e| panic!("{}: {}", self.name, e.emit_to_string(self.source)));
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match &ty.inner {
+                TypeInner::Struct { members, span } if ty.name.as_deref() == Some(name) => {
+                    Some((members, *span))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} has no struct {name}", self.name));
+        // The scalar at the bottom of arrays and vectors.
+        let scalar = |mut ty: naga::Handle<naga::Type>| loop {
+            match module.types[ty].inner {
+                TypeInner::Array { base, .. } => ty = base,
+                TypeInner::Vector { scalar, .. } | TypeInner::Scalar(scalar) => {
+                    break match (scalar.kind, scalar.width) {
+                        (ScalarKind::Uint, 4) => "u32",
+                        (ScalarKind::Sint, 4) => "i32",
+                        (ScalarKind::Float, 4) => "f32",
+                        _ => "another type",
+                    };
+                }
+                _ => break "another type",
+            }
+        };
+        let shader: Vec<(String, usize, usize, &str)> = members
+            .iter()
+            .map(|m| {
+                let size = module.types[m.ty].inner.size(module.to_ctx()) as usize;
+                let name = m.name.clone().unwrap_or_default();
+                (name, m.offset as usize, size, scalar(m.ty))
+            })
+            .collect();
+        let rust: Vec<(String, usize, usize, &str)> = layout
+            .iter()
+            .map(|f| {
+                let mut words = f.rust_type.split(|c: char| !c.is_ascii_alphanumeric());
+                let leaf = words.find(|w| w.starts_with(|c: char| c.is_ascii_alphabetic()));
+                let leaf = leaf.unwrap_or_default();
+                (f.name.to_string(), f.offset, f.size, leaf)
+            })
+            .collect();
+        assert_eq!(
+            rust, shader,
+            "{}: struct {name} (name, offset, size, scalar) differs between Rust and WGSL",
+            self.name
+        );
+        assert_eq!(size, span as usize, "{}: struct {name}'s size", self.name);
     }
 }
 

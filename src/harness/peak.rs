@@ -106,10 +106,10 @@ fn prepare(backends: &Backends, backend: Backend) -> Result<Option<Runner<'_>>> 
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use cudarc::driver::{CudaSlice, LaunchConfig};
+    use cudarc::driver::CudaSlice;
 
     use crate::backend::abi::{TF_PEAK_THREADS, TfPeakMmaParams};
-    use crate::backend::cuda::{Cuda, Kernel};
+    use crate::backend::cuda::{Cuda, LaunchShape, ids};
     use crate::error::{Error, Result};
 
     /// Enqueues the peak kernel: `blocks` blocks, `iterations` products per chain, one sum per
@@ -129,11 +129,6 @@ mod cuda {
             });
         }
         cuda.check_device("peak sums", out)?;
-        let config = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (TF_PEAK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let mut args = cuda.args();
         let params = TfPeakMmaParams {
             out: args.write(out),
@@ -141,13 +136,17 @@ mod cuda {
             a_value: half::f16::ONE.to_bits(),
             b_value: half::f16::from_f32(0.5).to_bits(),
         };
-        let kernel = Kernel {
-            module: "peak",
-            name: "tilefuse_peak_mma_f16",
-        };
+        let kernel = ids::peak::MMA;
         // SAFETY: TfPeakMmaParams is the kernel's parameter struct; `out`, on this context
         // (checked), holds one f32 per thread of the grid (checked), the only memory the
         // kernel touches.
-        unsafe { cuda.launch(kernel, config, &params, args) }
+        unsafe {
+            cuda.launch(
+                kernel,
+                LaunchShape::linear(blocks, TF_PEAK_THREADS),
+                &params,
+                args,
+            )
+        }
     }
 }

@@ -4,11 +4,11 @@
 //! [`Complex32`](num_complex::Complex32) and cuComplex); upload host data with
 //! `bytemuck::cast_slice`.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use super::{BufferLengths, Decay, Scan, ScanElement, elements_of};
 use crate::backend::abi::{TF_SCAN_CHUNK, TF_SCAN_LANES, TF_SCAN_WARPS, TfScanParams};
-use crate::backend::cuda::{Cuda, Kernel};
+use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
 
 /// The inputs of one scan on the device; `F` is an f32 buffer type (`CudaSlice<f32>`,
@@ -124,11 +124,6 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
             workspace: args.write(&mut workspace),
         },
     );
-    let config = LaunchConfig {
-        grid_dim: (grid.records as u32, 1, 1),
-        block_dim: (TF_SCAN_WARPS * 32, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: TfScanParams is the parameter struct of every scan kernel; its addresses come
     // from `args`. Lengths were checked against the shape (a: p or b·t·p elements; u, h:
     // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
@@ -137,7 +132,7 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     // the grid (Grid::workspace_words) and its flags are zero (scratch). Grid::new keeps
     // the block count (= record count) under 2^31. The kernel writes h
     // only when h != 0, and h is absent exactly for the `_final` kernels.
-    unsafe { cuda.launch(kernel, config, &params, args) }
+    unsafe { cuda.launch(kernel, grid.shape(), &params, args) }
 }
 
 /// The buffers of one launch (0: absent).
@@ -207,6 +202,11 @@ impl Grid {
         }
     }
 
+    /// abi.h's grid: one block per record.
+    fn shape(&self) -> LaunchShape {
+        LaunchShape::linear(self.records as u32, TF_SCAN_WARPS * 32)
+    }
+
     /// u32 words of the look-back workspace (layout in abi.h).
     fn workspace_words<T: ScanElement>(&self) -> usize {
         self.records.next_multiple_of(4) + 3 * self.records * TF_SCAN_LANES as usize * T::LANES
@@ -214,20 +214,9 @@ impl Grid {
 }
 
 fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {
-    let name = match (T::LANES, decay, states) {
-        (1, Decay::TimeInvariant, true) => "tilefuse_scan_f32_const_states",
-        (1, Decay::TimeInvariant, false) => "tilefuse_scan_f32_const_final",
-        (1, Decay::TimeVarying, true) => "tilefuse_scan_f32_varying_states",
-        (1, Decay::TimeVarying, false) => "tilefuse_scan_f32_varying_final",
-        (_, Decay::TimeInvariant, true) => "tilefuse_scan_c64_const_states",
-        (_, Decay::TimeInvariant, false) => "tilefuse_scan_c64_const_final",
-        (_, Decay::TimeVarying, true) => "tilefuse_scan_c64_varying_states",
-        (_, Decay::TimeVarying, false) => "tilefuse_scan_c64_varying_final",
-    };
-    Kernel {
-        module: "scan",
-        name,
-    }
+    let element = usize::from(T::LANES == 2);
+    let varying = usize::from(decay == Decay::TimeVarying);
+    ids::scan::SCAN[element][varying][usize::from(!states)]
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::{BufferLengths, Decay, Scan, ScanElement};
 use crate::backend::abi::{TF_SCAN_CHUNK, TF_SCAN_LANES};
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::error::{Error, Result};
 
 const SHADER: Shader = Shader {
@@ -31,21 +31,21 @@ impl<T> Clone for ScanInputs<'_, T> {
 }
 impl<T> Copy for ScanInputs<'_, T> {}
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    time: u32,
-    channels: u32,
-    chunks: u32,
-    groups: u32,
-    stride_batch: u32,
-    stride_time: u32,
-    reset_stride_batch: u32,
-    reset_stride_time: u32,
-    has_h0: u32,
-    chunk_first: u32,
-    chunk_count: u32,
+wgsl_uniform! {
+    struct Params {
+        batch: u32,
+        time: u32,
+        channels: u32,
+        chunks: u32,
+        groups: u32,
+        stride_batch: u32,
+        stride_time: u32,
+        reset_stride_batch: u32,
+        reset_stride_time: u32,
+        has_h0: u32,
+        chunk_first: u32,
+        chunk_count: u32,
+    }
 }
 
 /// Submits the scan, writing every state to `h` and the final state to `h_last`.
@@ -194,4 +194,15 @@ fn params<T: ScanElement>(scan: &Scan<T>, has_h0: bool) -> Result<Params> {
         chunk_first: 0,
         chunk_count: chunks as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The uniform struct is laid out as the shader reads it.
+    #[test]
+    fn params_match_the_shader() {
+        SHADER.assert_uniform("Params", Params::LAYOUT, size_of::<Params>());
+    }
 }

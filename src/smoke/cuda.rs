@@ -1,17 +1,14 @@
 //! The smoke op on CUDA.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::f16;
 
 use super::MatmulShape;
 use crate::backend::abi::{TF_SMOKE_WARPS, TfSmokeMmaParams};
-use crate::backend::cuda::{Cuda, Kernel};
+use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
 
-const KERNEL: Kernel = Kernel {
-    module: "smoke",
-    name: "tilefuse_smoke_mma_f16_f32",
-};
+const KERNEL: Kernel = ids::smoke::MMA;
 
 /// Enqueues `c = a · bᵀ` on `cuda`'s stream (one warp per 16x8 tile, Tensor Cores).
 pub fn matmul(
@@ -25,43 +22,55 @@ pub fn matmul(
     cuda.check_device("a", a)?;
     cuda.check_device("b", b)?;
     cuda.check_device("c", c)?;
-    let config = LaunchConfig {
-        grid_dim: (blocks(shape)?, 1, 1),
-        block_dim: (TF_SMOKE_WARPS * 32, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (m, n, k) = shape.as_u32();
+    let launch = MatmulLaunch::new(shape)?;
     let mut args = cuda.args();
-    let params = TfSmokeMmaParams {
-        a: args.read(a),
-        b: args.read(b),
-        c: args.write(c),
-        m,
-        n,
-        k,
-        reserved: 0,
-    };
+    let params = launch.params(args.read(a), args.read(b), args.write(c));
     // SAFETY: TfSmokeMmaParams is the kernel's parameter struct; the addresses come from
     // `args`, all three buffers are on this context (checked above), and their lengths equal
     // m*k, n*k and m*n (checked above), which is exactly what the kernel indexes (it guards
     // every access with row < m, col < n, k-index < k). MatmulShape keeps each product under
     // 2^32, so the kernel's 32-bit tile arithmetic does not overflow.
-    unsafe { cuda.launch(KERNEL, config, &params, args) }
+    unsafe { cuda.launch(KERNEL, launch.shape, &params, args) }
 }
 
-/// The grid: one warp per 16 x 8 tile of c.
-fn blocks(shape: MatmulShape) -> Result<u32> {
-    let tiles = shape.m().div_ceil(16) * shape.n().div_ceil(8);
-    let blocks = tiles.div_ceil(TF_SMOKE_WARPS as usize);
-    if blocks > i32::MAX as usize {
-        return Err(Error::DeviceLimit {
-            what: "smoke matmul grid",
-            limit_name: "max grid x",
-            needed: blocks as u64,
-            limit: i32::MAX as u64,
-        });
+/// One launch of the smoke kernel, described once for [`matmul`] and the emulator's test.
+struct MatmulLaunch {
+    matmul: MatmulShape,
+    /// One warp per 16 x 8 tile of c.
+    shape: LaunchShape,
+}
+
+impl MatmulLaunch {
+    fn new(matmul: MatmulShape) -> Result<Self> {
+        let tiles = matmul.m().div_ceil(16) * matmul.n().div_ceil(8);
+        let blocks = tiles.div_ceil(TF_SMOKE_WARPS as usize);
+        if blocks > i32::MAX as usize {
+            return Err(Error::DeviceLimit {
+                what: "smoke matmul grid",
+                limit_name: "max grid x",
+                needed: blocks as u64,
+                limit: i32::MAX as u64,
+            });
+        }
+        Ok(MatmulLaunch {
+            matmul,
+            shape: LaunchShape::linear(blocks as u32, TF_SMOKE_WARPS * 32),
+        })
     }
-    Ok(blocks as u32)
+
+    /// The kernel's parameters for buffers a, b and c.
+    fn params(&self, a: u64, b: u64, c: u64) -> TfSmokeMmaParams {
+        let (m, n, k) = self.matmul.as_u32();
+        TfSmokeMmaParams {
+            a,
+            b,
+            c,
+            m,
+            n,
+            k,
+            reserved: 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -90,25 +99,12 @@ mod emulated {
             let (a, b) = inputs(shape, 9);
             let (mut ga, mut gb) = (Guarded::new(&a), Guarded::new(&b));
             let mut c = Guarded::new(&vec![f32::NAN; m * n]);
-            let (m, n, k) = shape.as_u32();
-            let params = TfSmokeMmaParams {
-                a: ga.address(),
-                b: gb.address(),
-                c: c.address(),
-                m,
-                n,
-                k,
-                reserved: 0,
-            };
-            let launch = Launch::new(
-                [blocks(shape).unwrap(), 1, 1],
-                [TF_SMOKE_WARPS * 32, 1, 1],
-                0,
-                order,
-            );
+            let launch = MatmulLaunch::new(shape).unwrap();
+            let params = launch.params(ga.address(), gb.address(), c.address());
+            let launch = Launch::new(launch.shape, order);
             // SAFETY: as in `matmul`: a, b and c hold m·k, n·k and m·n values and live until
             // the launch returns.
-            unsafe { emulator.launch("smoke", KERNEL.name, &params, &launch) }.unwrap();
+            unsafe { emulator.launch(KERNEL, &params, &launch) }.unwrap();
             let c = c.read("c").unwrap();
             let comparison = compare(&c, &reference(&a, &b, shape).unwrap(), Tolerance::F32);
             assert!(comparison.passed(), "{shape:?} {order:?}: {comparison}");

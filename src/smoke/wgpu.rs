@@ -3,7 +3,7 @@
 use half::f16;
 
 use super::MatmulShape;
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::error::Result;
 
 const SHADER: Shader = Shader {
@@ -13,16 +13,17 @@ const SHADER: Shader = Shader {
 /// The shader's workgroup tile edge.
 const TILE: u32 = 16;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    tile_first: u32,
-    tile_count: u32,
-    accumulate: u32,
-    pad: [u32; 2],
+wgsl_uniform! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        tile_first: u32,
+        tile_count: u32,
+        accumulate: u32,
+        pad0: u32,
+        pad1: u32,
+    }
 }
 
 /// Submits `c = a · bᵀ` (16x16 tiles in workgroup memory, f32 arithmetic).
@@ -50,7 +51,8 @@ pub fn matmul(
             tile_first: tiles.start as u32,
             tile_count: tiles.len() as u32,
             accumulate: u32::from(tiles.start > 0),
-            pad: [0; 2],
+            pad0: 0,
+            pad1: 0,
         };
         gpu.dispatch(
             &pipeline,
@@ -60,4 +62,15 @@ pub fn matmul(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The uniform struct is laid out as the shader reads it.
+    #[test]
+    fn params_match_the_shader() {
+        SHADER.assert_uniform("Params", Params::LAYOUT, size_of::<Params>());
+    }
 }

@@ -324,13 +324,15 @@ fn bench_cases() -> Vec<BenchCase> {
                         .push(case(false, Calls::ReuseWorkspace).by("tilefuse, increasing places"));
                     // And through `spmm`, which allocates split-K's memory at every call.
                     cases.push(case(true, Calls::NewWorkspace).by("tilefuse, workspace per call"));
-                    // And, in the smallest and the largest shape, the CUDA kernel's probes.
+                    // And, in the smallest and the largest shape, the CUDA kernel's probes
+                    // (where this build has them: the `probes` feature).
                     #[cfg(feature = "cuda")]
                     for probe in super::cuda::Variant::ALL
                         .into_iter()
                         .filter(|v| v.is_probe())
                     {
-                        if [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
+                        let built = crate::backend::kernels::module("spmm_probe").is_some();
+                        if built && [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
                             cases.push(case(true, Calls::Variant(probe)).by(probe.label()));
                         }
                     }
@@ -508,7 +510,7 @@ mod tests {
 
     /// Every case is timed by the kernel and its CUDA variants (and cuBLAS); each target case
     /// (n = 16, 80%) also in increasing places and with a workspace per call, and in two
-    /// shapes by the three probes.
+    /// shapes by the three probes where this build has them (the `probes` feature).
     #[test]
     fn every_case_carries_its_comparisons() {
         let cases = bench_cases();
@@ -533,7 +535,8 @@ mod tests {
                     #[cfg(feature = "cuda")]
                     for variant in crate::spmm::cuda::Variant::ALL {
                         let probe_shape = [(8192, 8192), (36864, 9216)].contains(&(m, k));
-                        if !variant.is_probe() || (target && probe_shape) {
+                        let probes = crate::backend::kernels::module("spmm_probe").is_some();
+                        if !variant.is_probe() || (target && probe_shape && probes) {
                             expected.push(variant.label());
                         }
                     }

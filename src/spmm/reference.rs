@@ -9,7 +9,7 @@ pub fn reference<T: Float16>(w: &TiledCsl<T>, x: &[T]) -> Result<Vec<f64>> {
     let (m, k) = (w.m(), w.k());
     let n = tokens(x.len(), k)?;
     let outputs = output_count(n, m)?;
-    let dense: Vec<f64> = w.decode().into_iter().map(Float16::to_f64).collect();
+    let dense: Vec<f64> = w.decode().into_iter().map(|v| v.to_f64()).collect();
     let x: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
     let mut y = vec![0.0; outputs];
     for (token, out) in y.chunks_exact_mut(m).enumerate() {

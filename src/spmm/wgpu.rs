@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 
 use super::format::{TILE_K, TiledCsl};
 use super::reference::output_tokens;
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu};
+use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::element::{Float16, OutputElement};
 use crate::error::Result;
 
@@ -43,20 +43,21 @@ impl<T: Float16> GpuTiledCsl<T> {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    tiles_k: u32,
-    splits: u32,
-    tiles_per_split: u32,
-    tile_first: u32,
-    tile_count: u32,
-    accumulate: u32,
-    out_f32: u32,
-    pad: [u32; 2],
+wgsl_uniform! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        tiles_k: u32,
+        splits: u32,
+        tiles_per_split: u32,
+        tile_first: u32,
+        tile_count: u32,
+        accumulate: u32,
+        out_f32: u32,
+        pad0: u32,
+        pad1: u32,
+    }
 }
 
 /// Loop iterations of an invocation per k tile, as if none were unrolled and with llvmpipe
@@ -196,7 +197,8 @@ pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
         tile_count: u32::MAX,
         accumulate: 0,
         out_f32: u32::from(O::F32),
-        pad: [0; 2],
+        pad0: 0,
+        pad1: 0,
     };
     let constants = [("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 })];
     let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
@@ -247,6 +249,12 @@ mod tests {
     use half::{bf16, f16};
 
     use super::*;
+
+    /// The uniform struct is laid out as the shader reads it.
+    #[test]
+    fn params_match_the_shader() {
+        SHADER.assert_uniform("Params", Params::LAYOUT, size_of::<Params>());
+    }
     use crate::error::Error;
     use crate::harness::Rng;
     use crate::spmm::check::{Case, check_with, nan_bits};

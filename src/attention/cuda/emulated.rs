@@ -52,12 +52,7 @@ fn run<T: Float16>(
         lse.address(),
         lists.each_mut().map(|list| list.address()),
     );
-    let launch = Launch::new(
-        [plan.grid.0, plan.grid.1, plan.grid.2],
-        [plan.threads, 1, 1],
-        plan.shared_bytes as u32,
-        order,
-    );
+    let launch = Launch::new(plan.shape(), order);
     let launch = match order {
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
@@ -66,7 +61,7 @@ fn run<T: Float16>(
     // same checks (check_call, Plan) passed, the tensors are the caller's with their layout's
     // lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq values, and
     // every buffer lives until the launch returns.
-    let ran = unsafe { emulator.launch("attention", plan.kernel, &params, &launch) };
+    let ran = unsafe { emulator.launch(plan.kernel, &params, &launch) };
     let read = ran.and_then(|()| {
         for (buffer, what) in inputs.iter().zip(["q", "k", "v"]) {
             buffer.read(what)?;
@@ -76,8 +71,8 @@ fn run<T: Float16>(
         }
         Ok((o.read("o")?, lse.read("lse")?))
     });
-    let (o, lse) = read.unwrap_or_else(|e| panic!("{}: {e}", plan.kernel));
-    let o = o.into_iter().map(|x| Float16::to_f64(x) as f32).collect();
+    let (o, lse) = read.unwrap_or_else(|e| panic!("{}: {e}", plan.kernel.name));
+    let o = o.into_iter().map(|x| x.to_f64() as f32).collect();
     Ok(Some((o, lse)))
 }
 

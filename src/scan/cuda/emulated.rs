@@ -5,7 +5,6 @@
 use num_complex::Complex32;
 
 use super::{Addresses, Grid, kernel};
-use crate::backend::abi::TF_SCAN_WARPS;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
 use crate::scan::check::check_with;
@@ -43,18 +42,13 @@ fn run<T: ScanElement>(
             workspace: workspace.address(),
         },
     );
-    let launch = Launch::new(
-        [grid.records as u32, 1, 1],
-        [TF_SCAN_WARPS * 32, 1, 1],
-        0,
-        order,
-    );
-    let name = kernel::<T>(scan.decay, !final_only).name;
+    let launch = Launch::new(grid.shape(), order);
+    let kernel = kernel::<T>(scan.decay, !final_only);
     // SAFETY: the parameters follow abi.h's scan contract as the CUDA launcher's do: buffers
     // of the scan's lengths (the inputs come from Inputs::random for this scan), h only when
     // states are written, and a workspace of the grid's size with zeroed flags; all live
     // until the launch returns.
-    let ran = unsafe { emulator.launch("scan", name, &params, &launch) };
+    let ran = unsafe { emulator.launch(kernel, &params, &launch) };
     let read = ran.and_then(|()| {
         workspace.read("workspace")?;
         Ok(Outputs {
@@ -62,7 +56,9 @@ fn run<T: ScanElement>(
             h_last: h_last.read("h_last")?,
         })
     });
-    Ok(Some(read.unwrap_or_else(|e| panic!("{name}: {e}"))))
+    Ok(Some(
+        read.unwrap_or_else(|e| panic!("{}: {e}", kernel.name)),
+    ))
 }
 
 fn check_case(case: &Case, order: Order) {

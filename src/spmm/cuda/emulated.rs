@@ -4,8 +4,10 @@
 
 use half::{bf16, f16};
 
-use super::{Plan, Variant, WeightSize, launched_kernel, resident_blocks, variant_kernel};
-use crate::backend::abi::{TF_SPMM_HELD_VECTORS, TF_SPMM_WARPS, TfSpmmParams};
+use super::plan::tests::device as planned_device;
+use super::plan::{Buffers, Plan, SpmmLaunch, WeightSize};
+use super::variant::Variant;
+use crate::backend::abi::TF_SPMM_HELD_VECTORS;
 use crate::backend::cuda::{CudaDeviceInfo, Kernel};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::element::{Float16, OutputElement};
@@ -15,25 +17,13 @@ use crate::spmm::{TILE_K, TILE_M, TiledCsl};
 
 /// A device with `sm_count` SMs and the H100's shared memory, for the launch plan.
 fn device(sm_count: u32) -> CudaDeviceInfo {
-    small_device(sm_count, 227 * 1024)
+    planned_device(sm_count, 227 * 1024)
 }
 
 /// A device with `sm_count` SMs and `shared` bytes of shared memory per block (sm_86 and
 /// sm_89 have 99 KiB, sm_80 163 KiB).
 fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
-    CudaDeviceInfo {
-        ordinal: 0,
-        name: "emulated".into(),
-        compute_capability: (9, 0),
-        sm_count,
-        l2_bytes: 50 << 20,
-        max_shared_per_block: shared,
-        max_shared_per_sm: shared + 1024,
-        max_threads_per_sm: 2048,
-        registers_per_sm: 65536,
-        total_memory: 80 << 30,
-        driver_cuda_version: (13, 0),
-    }
+    planned_device(sm_count, shared)
 }
 
 const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
@@ -58,9 +48,10 @@ fn weight_size<T: Float16>(w: &TiledCsl<T>) -> WeightSize {
 }
 
 /// Registers per thread of `kernel` on sm_90 (or the first architecture built), from this
-/// build's ptxas report; 128, no fewer than any spmm kernel uses, in a build without kernels.
+/// build's ptxas report; 128, no fewer than any spmm kernel uses, in a build without kernels
+/// (or without the probes' module).
 fn registers(kernel: Kernel) -> u32 {
-    let Some(module) = crate::backend::kernels::module("spmm") else {
+    let Some(module) = crate::backend::kernels::module(kernel.module) else {
         return 128;
     };
     let mut entries: Vec<_> = module
@@ -108,9 +99,16 @@ struct Setup<'a> {
 }
 
 impl<'a> Setup<'a> {
-    /// The kernel for `n` tokens, T in and O out.
-    fn kernel<T: Float16, O: OutputElement<T>>(&self, n: usize) -> Result<Kernel, String> {
-        launched_kernel::<T, O>(self.variant, n).map_err(|e| e.to_string())
+    /// The launch for `w` and `n` tokens, T in and O out, as the launcher makes it.
+    fn launch<T: Float16, O: OutputElement<T>>(
+        &self,
+        w: &TiledCsl<T>,
+        n: usize,
+    ) -> Result<SpmmLaunch, String> {
+        SpmmLaunch::new::<T, O>(self.device, weight_size(w), n, self.variant, |kernel| {
+            Ok(registers(kernel))
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// The launch plan for `w` and `n` tokens, as the launcher makes it for this kernel.
@@ -119,9 +117,7 @@ impl<'a> Setup<'a> {
         w: &TiledCsl<T>,
         n: usize,
     ) -> Result<Plan, String> {
-        let held = self.variant.map_or(0, Variant::held_vectors);
-        let registers = registers(self.kernel::<T, O>(n)?);
-        Plan::new(self.device, weight_size(w), held, n, registers).map_err(|e| e.to_string())
+        Ok(self.launch::<T, O>(w, n)?.plan)
     }
 
     /// The plan's own kernel, x at the start of its buffer.
@@ -144,7 +140,7 @@ fn run<T: Float16, O: OutputElement<T>>(
     setup: Setup,
 ) -> Result<Vec<O>, String> {
     let plan = setup.plan::<T, O>(w, x.len() / w.k())?;
-    let mut workspace = Workspace::new(plan.partials(w.m()), plan.counters());
+    let mut workspace = Workspace::new(plan.partials(), plan.counters());
     run_in(emulator, w, x, setup, &mut workspace)
 }
 
@@ -159,7 +155,7 @@ fn run_in<T: Float16, O: OutputElement<T>>(
     let Setup { order, x_shift, .. } = setup;
     let (m, k) = (w.m(), w.k());
     let n = x.len() / k;
-    let plan = setup.plan::<T, O>(w, n)?;
+    let SpmmLaunch { kernel, plan } = setup.launch::<T, O>(w, n)?;
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
@@ -167,55 +163,34 @@ fn run_in<T: Float16, O: OutputElement<T>>(
         bytemuck::cast_slice(&vec![NAN_WORDS; (n * m * size_of::<O>()).div_ceil(4)])[..n * m]
             .to_vec();
     let mut y = Guarded::new(&poison);
-    let split_k = plan.splits > 1;
     let (partials, counters) = workspace.sizes;
-    if split_k && (partials < plan.partials(m) || counters < plan.counters()) {
+    if plan.split_k() && (partials < plan.partials() || counters < plan.counters()) {
         return Err(format!(
             "a workspace of {:?} words is too small",
             workspace.sizes
         ));
     }
-    let params = TfSpmmParams {
+    let params = plan.params(Buffers {
         entries: entries.address(),
         tile_offsets: offsets.address(),
         x: x_buffer.address() + (x_shift * size_of::<T>()) as u64,
         y: y.address(),
-        workspace: if split_k {
-            workspace.partials.address()
-        } else {
-            0
-        },
-        counters: if split_k {
-            workspace.counters.address()
-        } else {
-            0
-        },
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        splits: plan.splits,
-        tiles_per_split: plan.tiles_per_split,
-        stage_vectors: plan.stage_vectors,
-    };
-    let launch = Launch::new(
-        [plan.tiles_m, plan.n_blocks, plan.splits],
-        [TF_SPMM_WARPS * 32, 1, 1],
-        plan.shared_bytes,
-        order,
-    );
+        workspace: workspace.partials.address(),
+        counters: workspace.counters.address(),
+    });
+    let launch = Launch::new(plan.shape(), order);
     // Split-K's last block is then another one: the first split, not the last.
     let launch = match order {
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
     };
-    let kernel = setup.kernel::<T, O>(n)?;
     // SAFETY: the parameters follow abi.h's spmm contract, as the CUDA launcher's do: the
     // entries and offsets of a validated TiledCsl, x with n·k values, y with n·m, and with
-    // splits > 1 a workspace with room for the plan's partials and zeroed counters (callers
-    // size it); all buffers live until the launch returns. A variant stands for the f16
-    // kernel (callers pass f16 in and out with one) and was planned for.
+    // splits > 1 a workspace with room for the plan's partials and zeroed counters (checked
+    // above); all buffers live until the launch returns. A variant stands for the f16 kernel
+    // (Variant::kernel refused other types) and was planned for.
     unsafe {
-        emulator.launch("spmm", kernel.name, &params, &launch)?;
+        emulator.launch(kernel, &params, &launch)?;
     }
     entries.read("entries")?;
     offsets.read("tile offsets")?;
@@ -341,7 +316,7 @@ fn one_workspace_serves_launch_after_launch() {
         assert!(plan.splits > 1, "{case}: {} split", plan.splits);
         // Room for as many splits as k tiles: the split count may differ with the seed.
         let most_splits = case.k.div_ceil(TILE_K);
-        partials = partials.max(plan.partials(case.m) / plan.splits as usize * most_splits);
+        partials = partials.max(plan.partials() / plan.splits as usize * most_splits);
         counters = counters.max(plan.counters());
     }
     let mut workspace = Workspace::new(partials, counters);
@@ -380,14 +355,16 @@ fn plans_spread_the_work_over_the_sms() {
             // 80% sparsity: 8192 * 0.2 / 4 vectors in the average tile, 10% more in the largest.
             let vectors = tiles_m * tiles_k * 410;
             let variant = (held > 0).then_some(Variant::EntriesInRegisters);
-            let kernel = launched_kernel::<f16, f16>(variant, n).unwrap();
             let weight = WeightSize {
                 m,
                 k,
                 vectors,
                 max_tile_vectors: 451,
             };
-            let plan = Plan::new(&device(sm_count), weight, held, n, registers(kernel)).unwrap();
+            let launch = SpmmLaunch::new::<f16, f16>(&device(sm_count), weight, n, variant, |k| {
+                Ok(registers(k))
+            });
+            let plan = launch.unwrap().plan;
             let blocks = (plan.tiles_m * plan.n_blocks * plan.splits) as usize;
             let busiest = blocks.div_ceil(sm_count as usize) * plan.tiles_per_split as usize;
             let even = (tiles_m * tiles_k) as f64 / f64::from(sm_count);
@@ -399,35 +376,6 @@ fn plans_spread_the_work_over_the_sms() {
             );
         }
     }
-}
-
-/// An SM holds as many blocks as its shared memory, threads and registers all allow. On an
-/// H100, 121 registers a thread (the 16-token kernel) allow 4 blocks where a block's shared
-/// memory (about 41 KiB for a very sparse weight) would allow 5, and 96 allow 5.
-#[test]
-fn residency_counts_registers() {
-    let h100 = device(132);
-    assert_eq!(resident_blocks(&h100, 41 * 1024, 96), 5);
-    assert_eq!(resident_blocks(&h100, 41 * 1024, 121), 4);
-    assert_eq!(resident_blocks(&h100, 70 * 1024, 121), 3);
-    assert_eq!(resident_blocks(&h100, 36 * 1024, 72), 6);
-    assert_eq!(resident_blocks(&h100, 1024, 32), 16); // threads: 2048 / 128
-    assert_eq!(resident_blocks(&h100, 300 * 1024, 255), 1);
-}
-
-/// However long k and however few SMs, a block's tile offsets fit in its shared memory.
-#[test]
-fn long_k_on_one_sm_plans_within_shared_memory() {
-    let (m, k) = (128, 1 << 24);
-    let tiles_k = k / TILE_K;
-    let weight = WeightSize {
-        m,
-        k,
-        vectors: tiles_k * 20,
-        max_tile_vectors: 40,
-    };
-    let plan = Plan::new(&device(1), weight, 0, 16, 128).unwrap();
-    assert!(plan.tiles_per_split as usize <= 4096 && plan.shared_bytes < 100 * 1024);
 }
 
 /// With less shared memory than the densest tile needs (sm_86 / sm_89: 99 KiB), a stage holds
@@ -443,15 +391,6 @@ fn dense_tiles_with_little_shared_memory() {
             check_case(&case, &small_device(4, 99 * 1024), ORDERS[i]);
         }
     }
-    // A fully dense tile no longer fits a stage there.
-    let dense_tile = WeightSize {
-        m: 128,
-        k: 64,
-        vectors: 2048,
-        max_tile_vectors: 2048,
-    };
-    let plan = Plan::new(&small_device(4, 99 * 1024), dense_tile, 0, 64, 128).unwrap();
-    assert!(plan.stage_vectors < 2048 && plan.shared_bytes <= 99 * 1024);
 }
 
 /// x at an address that is not a multiple of 16 bytes, with k a multiple of 8: the kernel
@@ -509,10 +448,14 @@ fn probes_write_zeros() {
             );
         }
     }
-    assert!(variant_kernel::<f16, f16>(Variant::ProbeLoads, 8).is_err());
-    assert!(variant_kernel::<f16, f16>(Variant::EntriesInRegisters, 8).is_ok());
-    assert!(variant_kernel::<f16, f32>(Variant::EntriesInRegisters, 16).is_err());
-    assert!(variant_kernel::<bf16, bf16>(Variant::EntriesInRegisters, 16).is_err());
+    assert!(Variant::ProbeLoads.kernel::<f16, f16>(8).is_err());
+    assert!(Variant::EntriesInRegisters.kernel::<f16, f16>(8).is_ok());
+    assert!(Variant::EntriesInRegisters.kernel::<f16, f32>(16).is_err());
+    assert!(
+        Variant::EntriesInRegisters
+            .kernel::<bf16, bf16>(16)
+            .is_err()
+    );
 }
 
 /// The variants that hold a tile's first entries in registers compute y as the kernels do: at
