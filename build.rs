@@ -1,6 +1,6 @@
 //! Compiles every `cuda/*.cu` into one fatbin with nvcc and embeds the fatbins in the crate.
 //!
-//! The rules are DESIGN.md's Build section: nvcc discovery order, the architecture list, one
+//! The rules are docs/design.md's Build section: nvcc discovery order, the architecture list, one
 //! fatbin per file (files named `*_sm90a.cu` get a fatbin of their own for sm_90a, files named
 //! `*_probe.cu` are built only with the `probes` feature), the same
 //! flags in every cargo profile, `TILEFUSE_REQUIRE_CUDA=1` and `DOCS_RS`. Compiled fatbins are
@@ -385,7 +385,7 @@ fn no_nvcc(required: bool, why: &str) -> Build {
     ))
 }
 
-/// DESIGN.md's discovery order: `NVCC`, then `CUDA_HOME` / `CUDA_PATH` / `CUDA_ROOT` +
+/// docs/design.md's discovery order: `NVCC`, then `CUDA_HOME` / `CUDA_PATH` / `CUDA_ROOT` +
 /// `/bin/nvcc`, then `PATH`, then `/usr/local/cuda/bin/nvcc`. Err lists where it looked.
 fn find_nvcc() -> Result<PathBuf, String> {
     let exe = format!("nvcc{}", env::consts::EXE_SUFFIX);

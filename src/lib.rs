@@ -37,10 +37,11 @@
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly): feature-gated items say which feature they need.
 #![cfg_attr(docsrs, feature(doc_cfg))]
-// Without a GPU backend, the backend arguments of the harness have nothing to do.
+// Without a GPU backend, the backend arguments of the harness and the ops' device paths
+// (written once for every backend) have nothing to do.
 #![cfg_attr(
     not(any(feature = "cuda", feature = "wgpu")),
-    allow(unused_variables, dead_code)
+    allow(unused_variables, unused_imports, dead_code)
 )]
 // The guides link to both backends' items; with one of them left out, those links name
 // nothing and render as plain text.

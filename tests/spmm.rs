@@ -217,7 +217,7 @@ fn a_reserved_workspace_does_not_grow(backends: &Backends, backend: Backend) {
     }
 }
 
-/// The same call twice gives bitwise the same y (DESIGN.md: deterministic), with split-K on
+/// The same call twice gives bitwise the same y (docs/design.md: deterministic), with split-K on
 /// a GPU (k = 3000: 47 k tiles), f32 output (no rounding to hide a difference).
 fn results_are_bitwise_repeatable(backends: &Backends, backend: Backend) {
     let seed = common::seed();

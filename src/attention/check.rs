@@ -1,4 +1,5 @@
-//! Attention cases for `tilefuse check` and the integration tests.
+//! Attention cases for `tilefuse check` and the integration tests, and its calls on each
+//! backend.
 
 use std::fmt;
 
@@ -7,9 +8,8 @@ use half::{bf16, f16};
 use super::{AttentionShape, BlockMask, Layout, MaskShape, Strides, reference};
 use crate::element::{DeviceFloat16, Float16, OutputElement};
 use crate::error::Result;
-use crate::harness::{
-    Backend, Backends, BenchCase, CheckCase, Comparison, OpEntry, Rng, Runner, Tolerance, compare,
-};
+use crate::harness::device::{Device, on_device};
+use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
 
 /// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
@@ -17,7 +17,7 @@ pub const ENTRY: OpEntry = OpEntry {
     about: "block-sparse attention forward, FlexAttention-style masks (CUDA: FlashAttention-2 on mma.sync)",
     kernel_modules: &["attention"],
     check_cases,
-    bench_cases,
+    bench_cases: super::bench::bench_cases,
 };
 
 /// Which builder makes a case's mask.
@@ -310,8 +310,7 @@ fn row_starts(strides: Strides, [batch, len, heads]: [usize; 3]) -> impl Iterato
 /// buffer (`shape.min_lens()[3]` elements) and `lse` poisoned with NaN. Returns the whole
 /// buffer of `o`, widened to f32 (NaN where nothing was written), and `lse`; `Ok(None)` where
 /// the backend has no path (the CPU; CUDA with [`Output::F32`]).
-#[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
-pub fn run<T: DeviceFloat16 + OutputElement<T>>(
+pub fn run<T: DeviceFloat16>(
     backends: &Backends,
     backend: Backend,
     shape: &AttentionShape,
@@ -320,53 +319,122 @@ pub fn run<T: DeviceFloat16 + OutputElement<T>>(
     scale: f32,
     output: Output,
 ) -> Result<RunOutput> {
+    if backend == Backend::Cuda && output == Output::F32 {
+        return Ok(None);
+    }
     let o_len = shape.min_lens()[3];
     let lse_len = shape.batch * shape.lq * shape.heads_q;
-    match backend {
-        #[cfg(feature = "cuda")]
-        Backend::Cuda if output == Output::Input => {
-            let cuda = backends.cuda()?;
-            let (q, k, v) = (cuda.upload(q)?, cuda.upload(k)?, cuda.upload(v)?);
-            let mask = super::cuda::DeviceBlockMask::upload(cuda, mask)?;
-            let mut o = cuda.upload(&vec![T::from_f64(f64::NAN); o_len])?;
-            let mut lse = cuda.upload(&vec![f32::NAN; lse_len])?;
-            let inputs = super::cuda::Inputs {
-                q: &q,
-                k: &k,
-                v: &v,
-            };
-            super::cuda::attention(cuda, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
-            let o: Vec<f32> = cuda
-                .download(&o)?
-                .into_iter()
-                .map(|x| x.to_f64() as f32)
-                .collect();
-            Ok(Some((o, cuda.download(&lse)?)))
-        }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            let gpu = backends.wgpu()?;
-            let inputs = (gpu.upload(q)?, gpu.upload(k)?, gpu.upload(v)?);
-            let inputs = super::wgpu::Inputs {
-                q: &inputs.0,
-                k: &inputs.1,
-                v: &inputs.2,
-            };
-            let mask = super::wgpu::GpuBlockMask::upload(gpu, mask)?;
-            let mut lse = gpu.upload(&vec![f32::NAN; lse_len])?;
-            let o = if output == Output::F32 {
-                let mut o = gpu.upload(&vec![f32::NAN; o_len])?;
-                super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
-                gpu.download(&o)?
-            } else {
-                let mut o = gpu.upload(&vec![T::from_f64(f64::NAN); o_len])?;
-                super::wgpu::attention(gpu, shape, inputs, &mask, &mut o, Some(&mut lse), scale)?;
-                let o = gpu.download(&o)?;
-                o.into_iter().map(|x| x.to_f64() as f32).collect()
-            };
-            Ok(Some((o, gpu.download(&lse)?)))
-        }
-        _ => Ok(None),
+    on_device!(backends, backend, |device| {
+        let [q, k, v] = [q, k, v].map(|x| device.upload(x));
+        let qkv = [&q?, &k?, &v?];
+        let mask = device.upload_mask(mask)?;
+        let mut lse = device.upload(&vec![f32::NAN; lse_len])?;
+        let o = if output == Output::F32 {
+            let mut o = device.upload(&vec![f32::NAN; o_len])?;
+            device.attention_f32(shape, qkv, &mask, &mut o, Some(&mut lse), scale)?;
+            device.download(&o)?
+        } else {
+            let mut o = device.upload(&vec![T::from_f64(f64::NAN); o_len])?;
+            device.attention(shape, qkv, &mask, &mut o, Some(&mut lse), scale)?;
+            let o = device.download(&o)?;
+            o.into_iter().map(|x| x.to_f64() as f32).collect()
+        };
+        Ok((o, device.download(&lse)?))
+    })
+}
+
+/// Attention's calls on each backend.
+pub(super) trait OnDevice: Device {
+    /// A block mask in this device's memory.
+    type Mask;
+    /// Uploads `mask`.
+    fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask>;
+    /// Enqueues attention with `o` in the inputs' type.
+    fn attention<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        qkv: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        o: &mut Self::Buffer<T>,
+        lse: Option<&mut Self::Buffer<f32>>,
+        scale: f32,
+    ) -> Result<()>;
+    /// Enqueues attention with `o` in f32 (WGSL only).
+    fn attention_f32<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        qkv: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        o: &mut Self::Buffer<f32>,
+        lse: Option<&mut Self::Buffer<f32>>,
+        scale: f32,
+    ) -> Result<()>;
+}
+
+#[cfg(feature = "cuda")]
+impl OnDevice for crate::backend::cuda::Cuda {
+    type Mask = super::cuda::DeviceBlockMask;
+    fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask> {
+        super::cuda::DeviceBlockMask::upload(self, mask)
+    }
+    fn attention<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        [q, k, v]: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        o: &mut Self::Buffer<T>,
+        lse: Option<&mut Self::Buffer<f32>>,
+        scale: f32,
+    ) -> Result<()> {
+        let inputs = super::cuda::Inputs { q, k, v };
+        super::cuda::attention(self, shape, inputs, mask, o, lse, scale)
+    }
+    fn attention_f32<T: DeviceFloat16>(
+        &self,
+        _: &AttentionShape,
+        _: [&Self::Buffer<T>; 3],
+        _: &Self::Mask,
+        _: &mut Self::Buffer<f32>,
+        _: Option<&mut Self::Buffer<f32>>,
+        _: f32,
+    ) -> Result<()> {
+        Err(crate::Error::invalid(
+            "attention output (CUDA)",
+            "the inputs' type",
+            "f32",
+        ))
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl OnDevice for crate::backend::wgpu::Wgpu {
+    type Mask = super::wgpu::GpuBlockMask;
+    fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask> {
+        super::wgpu::GpuBlockMask::upload(self, mask)
+    }
+    fn attention<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        [q, k, v]: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        o: &mut Self::Buffer<T>,
+        lse: Option<&mut Self::Buffer<f32>>,
+        scale: f32,
+    ) -> Result<()> {
+        let inputs = super::wgpu::Inputs { q, k, v };
+        super::wgpu::attention(self, shape, inputs, mask, o, lse, scale)
+    }
+    fn attention_f32<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        [q, k, v]: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        o: &mut Self::Buffer<f32>,
+        lse: Option<&mut Self::Buffer<f32>>,
+        scale: f32,
+    ) -> Result<()> {
+        let inputs = super::wgpu::Inputs { q, k, v };
+        super::wgpu::attention(self, shape, inputs, mask, o, lse, scale)
     }
 }
 
@@ -406,142 +474,4 @@ fn check_cases() -> Vec<CheckCase> {
             })
         })
         .collect()
-}
-
-/// The benchmark masks (issue 5), at b = 1, hq = 32, d = 128, 128 x 128 blocks.
-const BENCH_MASKS: [&str; 4] = [
-    "causal",
-    "causal window 4096",
-    "streaming 128+4096",
-    "random 10%",
-];
-
-fn bench_mask(name: &str, l: usize) -> Result<BlockMask> {
-    let shape = MaskShape::new(l, l);
-    match name {
-        "causal" => BlockMask::causal(shape),
-        "causal window 4096" => BlockMask::sliding_window(shape, 4096, true),
-        "streaming 128+4096" => BlockMask::streaming(shape, 128, 4096),
-        _ => {
-            let mut rng = Rng::new(10);
-            let picks: Vec<bool> = (0..shape.q_blocks() * shape.kv_blocks())
-                .map(|_| rng.unit() < 0.1)
-                .collect();
-            BlockMask::from_fn(shape, super::ElementMask::None, |_, _, q, kv| {
-                if picks[q * shape.kv_blocks() + kv] {
-                    super::BlockKind::Full
-                } else {
-                    super::BlockKind::Skip
-                }
-            })
-        }
-    }
-}
-
-/// b = 1, hq = 32, d = 128 at l = 8192 and 32768 for every mask (WGSL at 8192 only). FLOPs
-/// count the visited blocks: 4·d per (query, key) pair.
-fn bench_cases() -> Vec<BenchCase> {
-    let (heads, d) = (32, 128);
-    let mut cases = Vec::new();
-    for l in [8192, 32768] {
-        for &name in &BENCH_MASKS {
-            let blocks = bench_mask(name, l)
-                .map(|m| m.stats().mean_blocks_per_row)
-                .unwrap_or(0.0);
-            let pairs = blocks * (l / 128) as f64 * 128.0 * 128.0;
-            let flops = (4.0 * d as f64 * pairs * heads as f64) as u64;
-            let bytes = (2 * 4 * l * heads * d) as u64; // q, k, v in, o out
-            let case = format!("b=1 hq={heads} d={d} l={l} {name}");
-            cases.push(BenchCase::new(
-                "attention",
-                case,
-                bytes,
-                flops,
-                move |backends, backend| prepare(backends, backend, name, l, heads, d),
-            ));
-        }
-    }
-    cases
-}
-
-fn prepare<'a>(
-    backends: &'a Backends,
-    backend: Backend,
-    mask: &str,
-    l: usize,
-    heads: usize,
-    d: usize,
-) -> Result<Option<Runner<'a>>> {
-    let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
-    let mask = bench_mask(mask, l)?;
-    let values = vec![f16::from_f32(0.01); l * heads * d];
-    let scale = 1.0 / (d as f32).sqrt();
-    match backend {
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            let cuda = backends.cuda()?;
-            let (q, k, v) = (
-                cuda.upload(&values)?,
-                cuda.upload(&values)?,
-                cuda.upload(&values)?,
-            );
-            let mask = super::cuda::DeviceBlockMask::upload(cuda, &mask)?;
-            let mut o = cuda.upload(&values)?;
-            let mut lse = cuda.upload(&vec![0.0f32; l * heads])?;
-            Ok(Some(Runner::new(
-                crate::harness::Clock::Cuda(cuda),
-                move || {
-                    let inputs = super::cuda::Inputs {
-                        q: &q,
-                        k: &k,
-                        v: &v,
-                    };
-                    super::cuda::attention(
-                        cuda,
-                        &shape,
-                        inputs,
-                        &mask,
-                        &mut o,
-                        Some(&mut lse),
-                        scale,
-                    )
-                },
-            )))
-        }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu if l <= 8192 => {
-            let gpu = backends.wgpu()?;
-            let (q, k, v) = (
-                gpu.upload(&values)?,
-                gpu.upload(&values)?,
-                gpu.upload(&values)?,
-            );
-            let mask = super::wgpu::GpuBlockMask::upload(gpu, &mask)?;
-            let mut o = gpu.upload(&values)?; // f16, as CUDA writes
-            let mut lse = gpu.zeros::<f32>(l * heads)?;
-            Ok(Some(Runner::new(
-                crate::harness::Clock::Wgpu(gpu),
-                move || {
-                    let inputs = super::wgpu::Inputs {
-                        q: &q,
-                        k: &k,
-                        v: &v,
-                    };
-                    super::wgpu::attention(
-                        gpu,
-                        &shape,
-                        inputs,
-                        &mask,
-                        &mut o,
-                        Some(&mut lse),
-                        scale,
-                    )
-                },
-            )))
-        }
-        _ => {
-            let _ = (backends, mask, shape, values, scale);
-            Ok(None)
-        }
-    }
 }

@@ -19,6 +19,7 @@
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
 
+mod bench;
 mod check;
 #[cfg(feature = "cuda")]
 pub mod cuda;

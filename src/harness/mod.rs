@@ -16,6 +16,7 @@
 
 mod baseline;
 mod compare;
+pub(crate) mod device;
 mod peak;
 mod rng;
 mod timing;

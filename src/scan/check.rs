@@ -6,10 +6,8 @@ use num_complex::Complex32;
 
 use super::{Decay, Layout, Scan, ScanElement, ScanShape, associative_scan, reference};
 use crate::error::Result;
-use crate::harness::{
-    Backend, Backends, BenchCase, CheckCase, Clock, Comparison, OpEntry, Rng, Runner, Tolerance,
-    compare,
-};
+use crate::harness::device::{Device, on_device};
+use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
 
 /// The registry entry.
 pub const ENTRY: OpEntry = OpEntry {
@@ -17,7 +15,7 @@ pub const ENTRY: OpEntry = OpEntry {
     about: "diagonal linear recurrence with resets, f32 / complex64 (CUDA: one pass, look-back)",
     kernel_modules: &["scan"],
     check_cases,
-    bench_cases,
+    bench_cases: super::bench::bench_cases,
 };
 
 /// Where the resets fall in each batch row.
@@ -296,11 +294,11 @@ pub fn run<T: ScanElement>(
     inputs: &Inputs<T>,
     final_only: bool,
 ) -> Result<Option<Outputs>> {
-    let Some(mut on_device) = OnDevice::new(backends, backend, scan, inputs)? else {
-        return Ok(None);
-    };
-    on_device.run(scan, final_only)?;
-    on_device.read(final_only).map(Some)
+    on_device!(backends, backend, |device| {
+        let mut problem = Problem::upload(device, scan, inputs)?;
+        problem.run(device, scan, final_only)?;
+        problem.read(device, final_only)
+    })
 }
 
 fn check_cases() -> Vec<CheckCase> {
@@ -343,230 +341,128 @@ fn check_cases() -> Vec<CheckCase> {
         .collect()
 }
 
-/// The benchmark shapes (b, t, p): complex64, 1% resets, time-invariant a.
-pub const BENCH_SHAPES: [(usize, usize, usize); 3] =
-    [(16, 8192, 256), (64, 2048, 256), (4, 65536, 128)];
+/// One problem's buffers on a device, ready to run.
+pub(super) struct Problem<D: OnDevice, T: ScanElement> {
+    a: D::Values<T>,
+    u: D::Values<T>,
+    reset: D::Buffer<u8>,
+    h0: Option<D::Values<T>>,
+    h: D::Values<T>,
+    h_last: D::Values<T>,
+}
 
-fn bench_cases() -> Vec<BenchCase> {
-    let mut cases = Vec::new();
-    for (b, t, p) in BENCH_SHAPES {
-        let case = Case {
-            complex: true,
-            h0: false,
-            ..Case::new(b, t, p)
+impl<D: OnDevice, T: ScanElement> Problem<D, T> {
+    /// Uploads the inputs and NaN-filled outputs.
+    pub(super) fn upload(device: &D, scan: &Scan<T>, inputs: &Inputs<T>) -> Result<Self> {
+        let poison = |len: usize| {
+            let nan = vec![f32::NAN; len * T::LANES];
+            device.upload_values(bytemuck::cast_slice::<f32, T>(&nan))
         };
-        let name = format!("c64 b={b} t={t} p={p} resets=1%");
-        let states_bytes = (b * t * p * 8) as u64;
-        let reset_bytes = (b * t) as u64;
-        let final_bytes = (b * p * 8) as u64;
-        let full = 2 * states_bytes + reset_bytes + final_bytes;
-        cases.push(BenchCase::new(
-            "scan",
-            name.clone(),
-            full,
-            0,
-            move |backends, backend| prepare(backends, backend, &case),
-        ));
-        cases.push(
-            BenchCase::new(
-                "scan",
-                name.clone(),
-                2 * states_bytes,
-                0,
-                move |backends, backend| {
-                    crate::harness::prepare_copy(backends, backend, b * t * p * 8)
-                },
-            )
-            .by("copy"),
-        );
-        let final_case = Case {
-            final_only: true,
-            ..case
-        };
-        cases.push(BenchCase::new(
-            "scan",
-            format!("{name} final-only"),
-            states_bytes + reset_bytes + final_bytes,
-            0,
-            move |backends, backend| prepare(backends, backend, &final_case),
-        ));
+        Ok(Problem {
+            a: device.upload_values(&inputs.a)?,
+            u: device.upload_values(&inputs.u)?,
+            reset: device.upload(&inputs.reset)?,
+            h0: inputs
+                .h0
+                .as_deref()
+                .map(|h0| device.upload_values(h0))
+                .transpose()?,
+            h: poison(scan.states_len())?,
+            h_last: poison(scan.final_len())?,
+        })
     }
-    cases
+
+    /// Enqueues the scan: every state, or the final state only.
+    pub(super) fn run(&mut self, device: &D, scan: &Scan<T>, final_only: bool) -> Result<()> {
+        let h = (!final_only).then_some(&mut self.h);
+        let Problem {
+            a, u, reset, h0, ..
+        } = self;
+        device.scan(scan, [&*a, &*u], reset, h0.as_ref(), h, &mut self.h_last)
+    }
+
+    fn read(&self, device: &D, final_only: bool) -> Result<Outputs> {
+        Ok(Outputs {
+            h: (!final_only)
+                .then(|| device.download_values(&self.h))
+                .transpose()?,
+            h_last: device.download_values(&self.h_last)?,
+        })
+    }
 }
 
-fn prepare<'a>(
-    backends: &'a Backends,
-    backend: Backend,
-    case: &Case,
-) -> Result<Option<Runner<'a>>> {
-    let scan = case.scan::<Complex32>()?;
-    let inputs = Inputs::random(case, &scan, 1);
-    let Some(mut on_device) = OnDevice::new(backends, backend, &scan, &inputs)? else {
-        return Ok(None);
-    };
-    let clock = on_device.clock();
-    let final_only = case.final_only;
-    Ok(Some(Runner::new(clock, move || {
-        on_device.run(&scan, final_only)
-    })))
-}
-
-/// One problem's buffers on a backend, ready to run. On CUDA every buffer holds f32s.
-// Built once per case; the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-enum OnDevice<'a, T: ScanElement> {
-    #[cfg(feature = "cuda")]
-    Cuda {
-        cuda: &'a crate::backend::cuda::Cuda,
-        a: cudarc::driver::CudaSlice<f32>,
-        u: cudarc::driver::CudaSlice<f32>,
-        reset: cudarc::driver::CudaSlice<u8>,
-        h0: Option<cudarc::driver::CudaSlice<f32>>,
-        h: cudarc::driver::CudaSlice<f32>,
-        h_last: cudarc::driver::CudaSlice<f32>,
-    },
-    #[cfg(feature = "wgpu")]
-    Wgpu {
-        gpu: &'a crate::backend::wgpu::Wgpu,
-        a: crate::backend::wgpu::GpuBuffer<T>,
-        u: crate::backend::wgpu::GpuBuffer<T>,
-        reset: crate::backend::wgpu::GpuBuffer<u8>,
-        h0: Option<crate::backend::wgpu::GpuBuffer<T>>,
-        h: crate::backend::wgpu::GpuBuffer<T>,
-        h_last: crate::backend::wgpu::GpuBuffer<T>,
-    },
-    #[doc(hidden)]
-    _Lifetime(std::marker::PhantomData<&'a T>),
-}
-
-impl<'a, T: ScanElement> OnDevice<'a, T> {
-    /// Uploads the inputs and NaN-filled outputs; `None` on the CPU.
-    fn new(
-        backends: &'a Backends,
-        backend: Backend,
+/// The scan's calls on each backend.
+pub(super) trait OnDevice: Device {
+    /// Values of `T` on the device.
+    type Values<T: ScanElement>;
+    /// Uploads `values`.
+    fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>>;
+    /// A buffer's values as f32s (complex values interleaved).
+    fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>>;
+    /// Enqueues `scan` of `a` and `u`: every state into `h`, or (without `h`) the final
+    /// state alone.
+    fn scan<T: ScanElement>(
+        &self,
         scan: &Scan<T>,
-        inputs: &Inputs<T>,
-    ) -> Result<Option<Self>> {
-        let poison = |len: usize| vec![f32::NAN; len * T::LANES];
-        match backend {
-            Backend::Cpu => Ok(None),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => {
-                let cuda = backends.cuda()?;
-                let upload = |values: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(values));
-                Ok(Some(OnDevice::Cuda {
-                    cuda,
-                    a: upload(&inputs.a)?,
-                    u: upload(&inputs.u)?,
-                    reset: cuda.upload(&inputs.reset)?,
-                    h0: inputs.h0.as_deref().map(upload).transpose()?,
-                    h: cuda.upload(&poison(scan.states_len()))?,
-                    h_last: cuda.upload(&poison(scan.final_len()))?,
-                }))
-            }
-            #[cfg(feature = "wgpu")]
-            Backend::Wgpu => {
-                let gpu = backends.wgpu()?;
-                let poisoned =
-                    |len: usize| gpu.upload(bytemuck::cast_slice::<f32, T>(&poison(len)));
-                Ok(Some(OnDevice::Wgpu {
-                    gpu,
-                    a: gpu.upload(&inputs.a)?,
-                    u: gpu.upload(&inputs.u)?,
-                    reset: gpu.upload(&inputs.reset)?,
-                    h0: inputs.h0.as_deref().map(|h0| gpu.upload(h0)).transpose()?,
-                    h: poisoned(scan.states_len())?,
-                    h_last: poisoned(scan.final_len())?,
-                }))
-            }
-            #[allow(unreachable_patterns)]
-            other => Err(other.not_compiled()),
+        a_u: [&Self::Values<T>; 2],
+        reset: &Self::Buffer<u8>,
+        h0: Option<&Self::Values<T>>,
+        h: Option<&mut Self::Values<T>>,
+        h_last: &mut Self::Values<T>,
+    ) -> Result<()>;
+}
+
+/// On CUDA every buffer holds f32s.
+#[cfg(feature = "cuda")]
+impl OnDevice for crate::backend::cuda::Cuda {
+    type Values<T: ScanElement> = cudarc::driver::CudaSlice<f32>;
+    fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
+        self.upload(bytemuck::cast_slice::<T, f32>(values))
+    }
+    fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
+        self.download(values)
+    }
+    fn scan<T: ScanElement>(
+        &self,
+        scan: &Scan<T>,
+        [a, u]: [&Self::Values<T>; 2],
+        reset: &Self::Buffer<u8>,
+        h0: Option<&Self::Values<T>>,
+        h: Option<&mut Self::Values<T>>,
+        h_last: &mut Self::Values<T>,
+    ) -> Result<()> {
+        use super::cuda::{ScanInputs, scan as all_states, scan_final};
+        let inputs = ScanInputs { a, u, reset, h0 };
+        match h {
+            Some(h) => all_states(self, scan, inputs, h, h_last),
+            None => scan_final(self, scan, inputs, h_last),
         }
     }
+}
 
-    fn run(&mut self, scan: &Scan<T>, final_only: bool) -> Result<()> {
-        match self {
-            #[cfg(feature = "cuda")]
-            OnDevice::Cuda {
-                cuda,
-                a,
-                u,
-                reset,
-                h0,
-                h,
-                h_last,
-            } => {
-                use super::cuda::{ScanInputs, scan as full, scan_final};
-                let inputs = ScanInputs {
-                    a: &*a,
-                    u: &*u,
-                    reset: &*reset,
-                    h0: h0.as_ref(),
-                };
-                if final_only {
-                    scan_final(cuda, scan, inputs, h_last)
-                } else {
-                    full(cuda, scan, inputs, h, h_last)
-                }
-            }
-            #[cfg(feature = "wgpu")]
-            OnDevice::Wgpu {
-                gpu,
-                a,
-                u,
-                reset,
-                h0,
-                h,
-                h_last,
-            } => {
-                use super::wgpu::{ScanInputs, scan as full, scan_final};
-                let inputs = ScanInputs {
-                    a: &*a,
-                    u: &*u,
-                    reset: &*reset,
-                    h0: h0.as_ref(),
-                };
-                if final_only {
-                    scan_final(gpu, scan, inputs, h_last)
-                } else {
-                    full(gpu, scan, inputs, h, h_last)
-                }
-            }
-            OnDevice::_Lifetime(_) => unreachable!("never constructed"),
-        }
+#[cfg(feature = "wgpu")]
+impl OnDevice for crate::backend::wgpu::Wgpu {
+    type Values<T: ScanElement> = crate::backend::wgpu::GpuBuffer<T>;
+    fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
+        self.upload(values)
     }
-
-    fn read(&self, final_only: bool) -> Result<Outputs> {
-        match self {
-            #[cfg(feature = "cuda")]
-            OnDevice::Cuda {
-                cuda, h, h_last, ..
-            } => Ok(Outputs {
-                h: (!final_only).then(|| cuda.download(h)).transpose()?,
-                h_last: cuda.download(h_last)?,
-            }),
-            #[cfg(feature = "wgpu")]
-            OnDevice::Wgpu { gpu, h, h_last, .. } => {
-                let floats = |v: Vec<T>| bytemuck::cast_slice::<T, f32>(&v).to_vec();
-                Ok(Outputs {
-                    h: (!final_only)
-                        .then(|| gpu.download(h))
-                        .transpose()?
-                        .map(floats),
-                    h_last: floats(gpu.download(h_last)?),
-                })
-            }
-            OnDevice::_Lifetime(_) => unreachable!("never constructed"),
-        }
+    fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice::<T, f32>(&self.download(values)?).to_vec())
     }
-
-    fn clock(&self) -> Clock<'a> {
-        match self {
-            #[cfg(feature = "cuda")]
-            OnDevice::Cuda { cuda, .. } => Clock::Cuda(cuda),
-            #[cfg(feature = "wgpu")]
-            OnDevice::Wgpu { gpu, .. } => Clock::Wgpu(gpu),
-            OnDevice::_Lifetime(_) => unreachable!("never constructed"),
+    fn scan<T: ScanElement>(
+        &self,
+        scan: &Scan<T>,
+        [a, u]: [&Self::Values<T>; 2],
+        reset: &Self::Buffer<u8>,
+        h0: Option<&Self::Values<T>>,
+        h: Option<&mut Self::Values<T>>,
+        h_last: &mut Self::Values<T>,
+    ) -> Result<()> {
+        use super::wgpu::{ScanInputs, scan as all_states, scan_final};
+        let inputs = ScanInputs { a, u, reset, h0 };
+        match h {
+            Some(h) => all_states(self, scan, inputs, h, h_last),
+            None => scan_final(self, scan, inputs, h_last),
         }
     }
 }

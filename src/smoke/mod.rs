@@ -40,6 +40,7 @@
 //! # fn main() {}
 //! ```
 
+mod bench;
 mod check;
 #[cfg(feature = "cuda")]
 pub mod cuda;

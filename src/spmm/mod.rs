@@ -20,6 +20,7 @@
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
 
+mod bench;
 mod check;
 #[cfg(all(feature = "cuda", feature = "cli"))]
 mod cublas;

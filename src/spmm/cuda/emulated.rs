@@ -515,7 +515,7 @@ fn check_registers(case: &Case, device: &CudaDeviceInfo, order: Order) {
 
 /// Split-K adds the splits in split order, whichever block of a tile finishes last, and the
 /// warps' sums in warp order, however they interleave: the output is bitwise the same in
-/// every order (DESIGN.md: deterministic), for each way the warps split a tile (16, 24 and 40
+/// every order (docs/design.md: deterministic), for each way the warps split a tile (16, 24 and 40
 /// tokens: four column groups, two, one), f32 and f16 outputs, and the register variant.
 #[test]
 fn split_k_is_bitwise_deterministic() {
