@@ -672,14 +672,24 @@ fn summary_draws_the_roofline_and_writes_the_markdown_table() {
     };
     let results = [
         record("copy", "256 MiB", "tilefuse", 180.0, 536_870_912),
-        record("scan", "c64 b=16", "tilefuse", 200.0, 536_870_912),
-        record(
+        with_flops(
+            "scan",
+            "c64 b=16",
+            "tilefuse",
+            200.0,
+            536_870_912,
+            268_435_456,
+        ),
+        with_flops(
             "scan",
             "c64 b=16",
             "jax-associative-scan",
             1100.0,
             536_870_912,
+            268_435_456,
         ),
+        // No FLOPs: no place on the roofline.
+        record("spmm", "no flops", "tilefuse", 10.0, 1000),
         with_flops("peak", "mma", "tilefuse", 1000.0, 0, 600_000_000_000),
         with_flops(
             "attention",
@@ -716,11 +726,24 @@ fn summary_draws_the_roofline_and_writes_the_markdown_table() {
         picture.starts_with("<svg") && picture.contains("device copy (cuda)"),
         "{picture:.300}"
     );
-    assert!(picture.contains("mma.sync f16 peak (cuda): 600.0"));
+    assert!(picture.contains("mma.sync f16 peak (cuda): 600 TFLOP/s"));
+    assert!(picture.contains("FLOP per byte"), "{picture:.300}");
+    for label in [
+        "scan c64 b=16",
+        "attention causal",
+        "tilefuse (cuda)",
+        "jax-associative-scan (cuda)",
+    ] {
+        assert!(picture.contains(label), "no {label:?} in the picture");
+    }
+    assert!(
+        !picture.contains("no flops"),
+        "a record without FLOPs was drawn"
+    );
     assert_eq!(
         picture.matches("<circle").count(),
-        2 + 2 + 1 + 1,
-        "two memory-bound cases, an attention case, and their legend marks"
+        3 + 2,
+        "two scan points, an attention point, and two implementations' legend marks"
     );
     let table = std::fs::read_to_string(dir.join("bench.md")).unwrap();
     assert!(
