@@ -18,6 +18,10 @@ pub const ENTRY: OpEntry = OpEntry {
     kernel_modules: &["attention"],
     check_cases,
     bench_cases: super::bench::bench_cases,
+    #[cfg(feature = "cli")]
+    file: Some(&super::cli::FILE),
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: Some(&super::cli::PROFILE),
 };
 
 /// Which builder makes a case's mask.

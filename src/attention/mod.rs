@@ -21,6 +21,8 @@
 
 mod bench;
 mod check;
+#[cfg(feature = "cli")]
+mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod mask;

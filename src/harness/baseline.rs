@@ -14,6 +14,10 @@ pub(super) const ENTRY: OpEntry = OpEntry {
     kernel_modules: &[],
     check_cases,
     bench_cases,
+    #[cfg(feature = "cli")]
+    file: None,
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: None,
 };
 
 /// Bytes copied by the benchmark: far above any L2.

@@ -11,13 +11,23 @@
 //!     kernel_modules: &["spmm"],
 //!     check_cases,
 //!     bench_cases,
+//!     #[cfg(feature = "cli")]
+//!     file: Some(&super::cli::FILE),
+//!     #[cfg(all(feature = "cli", feature = "cuda"))]
+//!     profile: Some(&super::cli::PROFILE),
 //! };
 //! ```
 
 mod baseline;
 mod compare;
 pub(crate) mod device;
+#[cfg(feature = "cli")]
+pub mod file;
+#[cfg(feature = "cli")]
+pub mod npz;
 mod peak;
+#[cfg(all(feature = "cli", feature = "cuda"))]
+pub mod profile;
 mod rng;
 mod timing;
 
@@ -73,6 +83,13 @@ pub struct OpEntry {
     pub check_cases: fn() -> Vec<CheckCase>,
     /// The cases `tilefuse bench` runs.
     pub bench_cases: fn() -> Vec<BenchCase>,
+    /// How `tilefuse run` and `tilefuse check --input` read its case files (`None`: they
+    /// don't).
+    #[cfg(feature = "cli")]
+    pub file: Option<&'static file::FileEntry>,
+    /// What `tilefuse profile` launches for it on CUDA, and its flags (`None`: nothing).
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    pub profile: Option<&'static profile::ProfileEntry>,
 }
 
 /// An implementation path: the CPU, CUDA or wgpu.

@@ -12,6 +12,10 @@ pub(super) const ENTRY: OpEntry = OpEntry {
     kernel_modules: &["peak"],
     check_cases,
     bench_cases,
+    #[cfg(feature = "cli")]
+    file: None,
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: None,
 };
 
 /// Blocks of the benchmark launch: whole waves on 132 SMs (H100) at 1, 2, 4 or 8 blocks each.

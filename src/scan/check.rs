@@ -16,6 +16,10 @@ pub const ENTRY: OpEntry = OpEntry {
     kernel_modules: &["scan"],
     check_cases,
     bench_cases: super::bench::bench_cases,
+    #[cfg(feature = "cli")]
+    file: Some(&super::cli::FILE),
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: Some(&super::cli::PROFILE),
 };
 
 /// Where the resets fall in each batch row.

@@ -14,6 +14,10 @@ pub const ENTRY: OpEntry = OpEntry {
     kernel_modules: &["smoke"],
     check_cases,
     bench_cases: super::bench::bench_cases,
+    #[cfg(feature = "cli")]
+    file: None,
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: None,
 };
 
 /// Shapes `tilefuse check` runs: tiny, ragged in every dimension, and exact tiles.

@@ -18,6 +18,10 @@ pub const ENTRY: OpEntry = OpEntry {
     kernel_modules: &["spmm"],
     check_cases,
     bench_cases: super::bench::bench_cases,
+    #[cfg(feature = "cli")]
+    file: Some(&super::cli::FILE),
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: Some(&super::cli::PROFILE),
 };
 
 /// How the zeros of a test weight are placed.

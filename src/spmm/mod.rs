@@ -22,6 +22,8 @@
 
 mod bench;
 mod check;
+#[cfg(feature = "cli")]
+mod cli;
 #[cfg(all(feature = "cuda", feature = "cli"))]
 mod cublas;
 #[cfg(feature = "cuda")]

@@ -2,7 +2,6 @@
 //! say what this build and machine have.
 
 mod input;
-mod npz;
 mod plot;
 #[cfg(feature = "cuda")]
 mod profile;
@@ -16,6 +15,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tilefuse::backend::kernels;
+use tilefuse::harness::file::{self, Dtype, FileOptions, SparseFormat};
+use tilefuse::harness::npz;
 use tilefuse::harness::{self, Backend, Backends, BenchRecord, BenchSettings, OpEntry};
 
 use table::Table;
@@ -46,9 +47,9 @@ enum Command {
     },
     /// Run one op on the arrays of a NumPy .npz file and write its outputs as .npz.
     Run {
-        /// The op (spmm, scan, attention).
-        #[arg(value_enum)]
-        op: input::Op,
+        /// The op: one whose registry entry reads case files (spmm, scan, attention).
+        #[arg(value_parser = parse_file_op)]
+        op: &'static OpEntry,
         /// The input arrays (np.savez); other arrays in it are ignored.
         #[arg(long, value_name = "FILE")]
         input: PathBuf,
@@ -63,10 +64,10 @@ enum Command {
         /// arrays converted; scan: f32). Attention's o is written in it on CUDA, in f32 on
         /// WGSL.
         #[arg(long, value_enum)]
-        dtype: Option<input::Dtype>,
+        dtype: Option<Dtype>,
         /// spmm: the sparse format the dense `w` is encoded to (default: tiledcsl).
         #[arg(long, value_enum)]
-        format: Option<input::SparseFormat>,
+        format: Option<SparseFormat>,
     },
     /// Time every registered op on every available backend.
     Bench {
@@ -151,6 +152,10 @@ fn parse_backend(name: &str) -> Result<Backend, String> {
         .ok_or_else(|| format!("expected one of cpu, cuda, wgpu; got {name:?}"))
 }
 
+fn parse_file_op(name: &str) -> Result<&'static OpEntry, String> {
+    input::op_with_files(name)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -182,9 +187,10 @@ fn main() -> ExitCode {
             format,
         }) => {
             let backends = Backends::detect();
-            let ran = input::run_file(&backends, op, &input, &output, backend, dtype, format);
+            let options = FileOptions { dtype, format };
+            let ran = input::run_file(&backends, op, &input, &output, backend, options);
             ran.map(|backend| {
-                println!("{op:?} on {backend}: wrote {}", output.display());
+                println!("{} on {backend}: wrote {}", op.name, output.display());
                 true
             })
         }
@@ -400,14 +406,14 @@ fn check_input(
     if !selection.cases.is_empty() {
         return Err("--case picks registered cases; --input checks the file's one case".into());
     }
+    let arrays = npz::read(path)?;
     let op = match selection.ops.as_slice() {
-        [] => input::Op::infer(&npz::read(path)?)?,
-        [name] => <input::Op as clap::ValueEnum>::from_str(name, true)
-            .map_err(|_| format!("--op {name}: expected spmm, scan or attention"))?,
+        [] => file::infer(harness::ops(), &arrays)?,
+        [name] => input::op_with_files(name).map_err(|e| format!("--op {e}"))?,
         _ => return Err("--input takes at most one --op".into()),
     };
     let runnable = runnable_backends(backends, selection);
-    let rows = input::check_file(backends, op, path, &runnable, expect)?;
+    let rows = input::check_file(backends, op, &arrays, &runnable, expect)?;
     let mut table = Table::new([
         "backend", "output", "against", "rel_l2", "max_abs", "bound", "result",
     ]);
@@ -444,7 +450,8 @@ fn check_input(
     }
     print!("{}", table.render());
     println!(
-        "{op:?} from {}: {} passed, {failed} failed",
+        "{} from {}: {} passed, {failed} failed",
+        op.name,
         path.display(),
         rows.len() - failed
     );

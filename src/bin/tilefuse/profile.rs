@@ -1,58 +1,112 @@
 //! `tilefuse profile`: one configuration, N launches after warm-up, each inside an NVTX range
 //! named after the case, so that `nsys profile` and `ncu --nvtx` show named ranges around the
-//! stable kernel names.
+//! stable kernel names. The ops and their flags come from the registry
+//! ([`OpEntry::profile`]).
 
-use half::f16;
-use num_complex::Complex32;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use tilefuse::backend::cuda::Cuda;
-use tilefuse::scan::{self, ScanElement};
-use tilefuse::spmm::{self, Pattern, cuda::DeviceTiledCsl};
+use tilefuse::harness::profile::{ParamKind, ParamValue, ProfileEntry, ProfileValues};
+use tilefuse::harness::{self, OpEntry};
+
+/// The registered ops that `profile` runs, with their entries.
+fn profiled() -> impl Iterator<Item = (&'static OpEntry, &'static ProfileEntry)> {
+    harness::ops()
+        .iter()
+        .filter_map(|op| Some((op, op.profile?)))
+}
 
 /// The configuration to profile.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct ProfileArgs {
-    /// The op.
-    #[arg(value_enum)]
-    pub op: crate::input::Op,
-    /// Timed launches, each in its own NVTX range.
-    #[arg(long, default_value_t = 20)]
-    pub iters: usize,
-    /// The backend: cuda (Nsight profiles CUDA kernels).
-    #[arg(long, default_value = "cuda")]
-    pub backend: String,
-    /// spmm: rows of w.
-    #[arg(long, default_value_t = 8192)]
-    pub m: usize,
-    /// spmm: columns of w.
-    #[arg(long, default_value_t = 8192)]
-    pub k: usize,
-    /// spmm: tokens.
-    #[arg(long, default_value_t = 16)]
-    pub n: usize,
-    /// spmm: fraction of zero weights (uniform).
-    #[arg(long, default_value_t = 0.8)]
-    pub sparsity: f64,
-    /// scan: batch rows.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// scan: time steps.
-    #[arg(long, default_value_t = 8192)]
-    pub time: usize,
-    /// scan: channels.
-    #[arg(long, default_value_t = 256)]
-    pub channels: usize,
-    /// scan: f32 instead of complex64.
-    #[arg(long)]
-    pub real: bool,
-    /// attention: query and key length (causal mask, 128-blocks, b = 1).
-    #[arg(long, default_value_t = 8192)]
-    pub len: usize,
-    /// attention: query heads (as many key/value heads).
-    #[arg(long, default_value_t = 32)]
-    pub heads: usize,
-    /// attention: head dimension (64 or 128).
-    #[arg(long, default_value_t = 128)]
-    pub head_dim: usize,
+    op: &'static OpEntry,
+    iters: usize,
+    backend: String,
+    values: ProfileValues,
+}
+
+impl Args for ProfileArgs {
+    fn augment_args(command: Command) -> Command {
+        let ops: Vec<&str> = profiled().map(|(op, _)| op.name).collect();
+        let mut command = command
+            .arg(
+                Arg::new("op")
+                    .value_name("OP")
+                    .required(true)
+                    .value_parser(clap::builder::PossibleValuesParser::new(ops))
+                    .help("The op"),
+            )
+            .arg(
+                Arg::new("iters")
+                    .long("iters")
+                    .value_parser(clap::value_parser!(usize))
+                    .default_value("20")
+                    .help("Timed launches, each in its own NVTX range"),
+            )
+            .arg(
+                Arg::new("backend")
+                    .long("backend")
+                    .default_value("cuda")
+                    .help("The backend: cuda (Nsight profiles CUDA kernels)"),
+            );
+        for (_, entry) in profiled() {
+            for param in entry.params {
+                let arg = Arg::new(param.name).long(param.name).help(param.help);
+                command = command.arg(match param.kind {
+                    ParamKind::Count(default) => arg
+                        .value_parser(clap::value_parser!(usize))
+                        .default_value(default.to_string()),
+                    ParamKind::Number(default) => arg
+                        .value_parser(clap::value_parser!(f64))
+                        .default_value(default.to_string()),
+                    ParamKind::Switch => arg.action(ArgAction::SetTrue),
+                });
+            }
+        }
+        command
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for ProfileArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let missing = || clap::Error::new(clap::error::ErrorKind::MissingRequiredArgument);
+        let name = matches.get_one::<String>("op").ok_or_else(missing)?;
+        let (op, _) = profiled()
+            .find(|(op, _)| op.name == name)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidValue))?;
+        let mut values = ProfileValues::default();
+        for (_, entry) in profiled() {
+            for param in entry.params {
+                let value = match param.kind {
+                    ParamKind::Count(_) => matches
+                        .get_one::<usize>(param.name)
+                        .map(|&v| ParamValue::Count(v)),
+                    ParamKind::Number(_) => matches
+                        .get_one::<f64>(param.name)
+                        .map(|&v| ParamValue::Number(v)),
+                    ParamKind::Switch => Some(ParamValue::Switch(matches.get_flag(param.name))),
+                };
+                values.set(param.name, value.ok_or_else(missing)?);
+            }
+        }
+        Ok(ProfileArgs {
+            op,
+            iters: *matches.get_one::<usize>("iters").ok_or_else(missing)?,
+            backend: matches
+                .get_one::<String>("backend")
+                .cloned()
+                .ok_or_else(missing)?,
+            values,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 /// Runs the configuration; returns a line describing what ran.
@@ -63,36 +117,17 @@ pub fn profile(args: &ProfileArgs) -> Result<String, String> {
             args.backend
         ));
     }
+    let entry = args
+        .op
+        .profile
+        .ok_or_else(|| format!("{} has nothing to profile", args.op.name))?;
     let cuda = Cuda::new(0).map_err(|e| e.to_string())?;
     let ranges = Ranges::new();
-    let err = |e: tilefuse::Error| e.to_string();
-    let name = match args.op {
-        crate::input::Op::Spmm => {
-            let case = spmm::Case {
-                pattern: Pattern::Uniform,
-                ..spmm::Case::new(args.m, args.k, args.n, args.sparsity)
-            };
-            let w = DeviceTiledCsl::upload(&cuda, &spmm::weight::<f16>(&case, 1).map_err(err)?)
-                .map_err(err)?;
-            let x = cuda
-                .upload(&vec![f16::from_f32(0.5); args.n * args.k])
-                .map_err(err)?;
-            let mut y = cuda
-                .upload(&vec![f16::ZERO; args.n * args.m])
-                .map_err(err)?;
-            let label = format!("spmm {case}");
-            let mut workspace = spmm::cuda::SpmmWorkspace::new();
-            launches(&cuda, &ranges, &label, args.iters, || {
-                spmm::cuda::spmm_with_workspace(&cuda, &w, &x, &mut y, &mut workspace)
-            })?;
-            label
-        }
-        crate::input::Op::Scan if args.real => profile_scan::<f32>(&cuda, &ranges, args)?,
-        crate::input::Op::Scan => profile_scan::<Complex32>(&cuda, &ranges, args)?,
-        crate::input::Op::Attention => profile_attention(&cuda, &ranges, args)?,
-    };
+    let mut prepared = (entry.prepare)(&cuda, &args.values).map_err(|e| e.to_string())?;
+    let label = prepared.label.clone();
+    launches(&cuda, &ranges, &label, args.iters, &mut prepared.launch)?;
     Ok(format!(
-        "{name}: {} launches on {} ({})",
+        "{label}: {} launches on {} ({})",
         args.iters,
         cuda.info().name,
         if ranges.enabled {
@@ -103,78 +138,13 @@ pub fn profile(args: &ProfileArgs) -> Result<String, String> {
     ))
 }
 
-fn profile_scan<T: ScanElement>(
-    cuda: &Cuda,
-    ranges: &Ranges,
-    args: &ProfileArgs,
-) -> Result<String, String> {
-    let err = |e: tilefuse::Error| e.to_string();
-    let case = scan::Case {
-        complex: T::LANES == 2,
-        h0: false,
-        ..scan::Case::new(args.batch, args.time, args.channels)
-    };
-    let problem = case.scan::<T>().map_err(err)?;
-    let inputs = scan::Inputs::random(&case, &problem, 1);
-    let upload = |v: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(v));
-    let (a, u) = (
-        upload(&inputs.a).map_err(err)?,
-        upload(&inputs.u).map_err(err)?,
-    );
-    let reset = cuda.upload(&inputs.reset).map_err(err)?;
-    let mut h = cuda
-        .upload(&vec![0.0f32; problem.states_len() * T::LANES])
-        .map_err(err)?;
-    let mut h_last = cuda
-        .upload(&vec![0.0f32; problem.final_len() * T::LANES])
-        .map_err(err)?;
-    let label = format!("scan {case}");
-    launches(cuda, ranges, &label, args.iters, || {
-        let inputs = scan::cuda::ScanInputs {
-            a: &a,
-            u: &u,
-            reset: &reset,
-            h0: None,
-        };
-        scan::cuda::scan(cuda, &problem, inputs, &mut h, &mut h_last)
-    })?;
-    Ok(label)
-}
-
-fn profile_attention(cuda: &Cuda, ranges: &Ranges, args: &ProfileArgs) -> Result<String, String> {
-    use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, cuda as attention};
-    let err = |e: tilefuse::Error| e.to_string();
-    let (l, heads, d) = (args.len, args.heads, args.head_dim);
-    let shape = AttentionShape::new(1, l, l, heads, heads, d).map_err(err)?;
-    let mask = BlockMask::causal(MaskShape::new(l, l)).map_err(err)?;
-    let mask = attention::DeviceBlockMask::upload(cuda, &mask).map_err(err)?;
-    let values = vec![f16::from_f32(0.01); l * heads * d];
-    let (q, k, v) = (
-        cuda.upload(&values).map_err(err)?,
-        cuda.upload(&values).map_err(err)?,
-        cuda.upload(&values).map_err(err)?,
-    );
-    let mut o = cuda.upload(&values).map_err(err)?;
-    let label = format!("attention causal b=1 l={l} hq={heads} d={d}");
-    let scale = 1.0 / (d as f32).sqrt();
-    launches(cuda, ranges, &label, args.iters, || {
-        let inputs = attention::Inputs {
-            q: &q,
-            k: &k,
-            v: &v,
-        };
-        attention::attention(cuda, &shape, inputs, &mask, &mut o, None, scale)
-    })?;
-    Ok(label)
-}
-
 /// Three untimed launches, then `iters` launches each in a range `label #i`, then a wait.
 fn launches(
     cuda: &Cuda,
     ranges: &Ranges,
     label: &str,
     iters: usize,
-    mut launch: impl FnMut() -> tilefuse::Result<()>,
+    launch: &mut dyn FnMut() -> tilefuse::Result<()>,
 ) -> Result<(), String> {
     for _ in 0..3 {
         launch().map_err(|e| e.to_string())?;
@@ -199,5 +169,43 @@ impl Ranges {
         Ranges {
             enabled: tilefuse::backend::cuda::library_present("nvToolsExt"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every op's flags have names of their own, so one command line takes them all.
+    #[test]
+    fn flag_names_are_unique_across_the_registry() {
+        let mut names: Vec<&str> = profiled()
+            .flat_map(|(_, entry)| entry.params.iter().map(|p| p.name))
+            .chain(["op", "iters", "backend"])
+            .collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a flag name is used twice");
+    }
+
+    /// The registry's flags parse, with their defaults, into the values its entries read.
+    #[test]
+    fn flags_parse_into_values() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ProfileArgs,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["profile", "scan", "--time", "100", "--real"])
+                .unwrap();
+        assert_eq!(cli.args.op.name, "scan");
+        assert_eq!(cli.args.values.count("time").unwrap(), 100);
+        assert_eq!(cli.args.values.count("batch").unwrap(), 16);
+        assert!(cli.args.values.switch("real").unwrap());
+        assert_eq!(cli.args.values.number("sparsity").unwrap(), 0.8);
+        assert!(<Cli as clap::Parser>::try_parse_from(["profile", "smoke"]).is_err());
+        assert!(<Cli as clap::Parser>::try_parse_from(["profile", "spmm", "--m", "x"]).is_err());
     }
 }

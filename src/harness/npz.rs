@@ -1,4 +1,5 @@
-//! NumPy `.npz` files: the arrays the CLI reads and writes (C order, little endian).
+//! NumPy `.npz` files: the arrays that case files hold and `tilefuse run` writes (C order,
+//! little endian).
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
@@ -8,13 +9,18 @@ use half::f16;
 use npyz::WriterBuilder;
 use num_complex::Complex32;
 
-/// The element types the CLI understands.
+/// An array's elements, of the types case files use.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
+    /// float16.
     F16(Vec<f16>),
+    /// float32.
     F32(Vec<f32>),
+    /// complex64.
     C64(Vec<Complex32>),
+    /// uint8 (and bool).
     U8(Vec<u8>),
+    /// int32.
     I32(Vec<i32>),
     /// Anything else, by its NumPy type string (e.g. `<f8`); an op that needs it says so.
     Other(String),
@@ -34,10 +40,15 @@ impl Data {
     }
 }
 
+/// A file's arrays by name.
+pub type Arrays = BTreeMap<String, Array>;
+
 /// One array: its shape and its elements in C order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array {
+    /// The dimensions; empty for a scalar.
     pub shape: Vec<usize>,
+    /// The elements.
     pub data: Data,
 }
 
@@ -58,7 +69,7 @@ impl Array {
 }
 
 /// Reads every array of an `.npz` file, by name (without `.npy`).
-pub fn read(path: &Path) -> Result<BTreeMap<String, Array>, String> {
+pub fn read(path: &Path) -> Result<Arrays, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| format!("{}: not an .npz (zip) file: {e}", path.display()))?;

@@ -1,0 +1,274 @@
+//! Attention's case files (`tilefuse run attention`, `tilefuse check --input`): `q [b, lq,
+//! hq, d]`, `k`, `v [b, lk, hkv, d]` float16, the block sizes, the block layout and element
+//! mask, and the scale; out `o [b, lq, hq, d]` and `lse [b, hq, lq]`.
+
+use half::{bf16, f16};
+
+use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::Cuda;
+use crate::element::{DeviceFloat16, Float16};
+use crate::harness::file::{
+    CaseFile, Dtype, FileEntry, FileOptions, float16, mismatch, required, wrong_dtype,
+};
+use crate::harness::npz::{Array, Arrays, Data};
+#[cfg(feature = "cuda")]
+use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
+use crate::harness::{Backend, Backends, Tolerance};
+
+/// Attention's case files.
+pub(crate) const FILE: FileEntry = FileEntry {
+    marks: &["q", "k", "v"],
+    needs: ATTENTION_NEEDS,
+    load,
+};
+
+const ATTENTION_NEEDS: &str = "attention needs q [b, lq, hq, d], k and v [b, lk, hkv, d] float16, \
+block_m, block_n, mask_mod, window (int32 scalars), layout [hq or 1, q_blocks, kv_blocks] uint8, scale (float32 scalar)";
+
+fn load(arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+    options.no_format("attention")?;
+    match options.dtype.unwrap_or(Dtype::F16) {
+        Dtype::F16 => Ok(Box::new(AttentionFile::<f16>::load(arrays)?)),
+        Dtype::Bf16 => Ok(Box::new(AttentionFile::<bf16>::load(arrays)?)),
+        Dtype::F32 => Err("--dtype f32: attention computes on f16 or bf16 inputs".into()),
+    }
+}
+
+struct AttentionFile<T> {
+    shape: AttentionShape,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    mask: BlockMask,
+    scale: f64,
+}
+
+/// A 0-d (or one-element) int32 array, as np.int32(5) saves it.
+fn scalar_i32(arrays: &Arrays, name: &str) -> Result<i64, String> {
+    let array = required(arrays, name, ATTENTION_NEEDS)?;
+    match &array.data {
+        Data::I32(v) if v.len() == 1 => Ok(v[0].into()),
+        Data::I32(_) => Err(mismatch(name, "() (a scalar)".into(), array)),
+        _ => Err(wrong_dtype(name, "int32", array)),
+    }
+}
+
+impl<T: Float16> AttentionFile<T> {
+    fn load(arrays: &Arrays) -> Result<Self, String> {
+        let half = |name: &str| {
+            let dims: &[&str] = if name == "q" {
+                &["b", "lq", "hq", "d"]
+            } else {
+                &["b", "lk", "hkv", "d"]
+            };
+            float16(arrays, name, dims, ATTENTION_NEEDS)
+        };
+        let ((q_array, q), (k_array, k), (v_array, v)) = (half("q")?, half("k")?, half("v")?);
+        let [b, lq, hq, d] =
+            <[usize; 4]>::try_from(q_array.shape.as_slice()).expect("rank checked");
+        let [kb, lk, hkv, kd] =
+            <[usize; 4]>::try_from(k_array.shape.as_slice()).expect("rank checked");
+        if kb != b || kd != d {
+            return Err(mismatch(
+                "k",
+                format!("({b}, lk, hkv, {d}) (b and d of q)"),
+                k_array,
+            ));
+        }
+        if v_array.shape != k_array.shape {
+            return Err(mismatch("v", k_array.shape_text() + " (as k)", v_array));
+        }
+        let shape =
+            AttentionShape::new(b, lq, lk, hq, hkv, d).map_err(|e| format!("`q`, `k`: {e}"))?;
+        let block = |name: &str| -> Result<usize, String> {
+            match scalar_i32(arrays, name)? {
+                size @ (64 | 128) => Ok(size as usize),
+                other => Err(format!("`{name}`: expected 64 or 128, got {other}")),
+            }
+        };
+        let (block_m, block_n) = (block("block_m")?, block("block_n")?);
+        let mask_mod = scalar_i32(arrays, "mask_mod")?;
+        let window = || -> Result<usize, String> {
+            let window = scalar_i32(arrays, "window")?;
+            usize::try_from(window)
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| {
+                    format!("`window`: expected a window of at least 1 key, got {window}")
+                })
+        };
+        let element = match mask_mod {
+            0 => ElementMask::None,
+            1 => ElementMask::Causal,
+            2 => ElementMask::SlidingWindow(window()?),
+            3 => ElementMask::CausalWindow(window()?),
+            other => {
+                return Err(format!(
+                    "`mask_mod`: expected 0 (none), 1 (causal), 2 (sliding window) or 3 (causal + window), got {other}"
+                ));
+            }
+        };
+        let layout_array = required(arrays, "layout", ATTENTION_NEEDS)?;
+        let Data::U8(layout) = &layout_array.data else {
+            return Err(wrong_dtype(
+                "layout",
+                "uint8 (0 skip, 1 partial, 2 full)",
+                layout_array,
+            ));
+        };
+        let mask_heads = layout_array.shape.first().copied().unwrap_or(0);
+        let mask_shape = MaskShape {
+            batch: 1,
+            heads: mask_heads,
+            lq,
+            lk,
+            block_m,
+            block_n,
+        };
+        let expected = [mask_heads, lq.div_ceil(block_m), lk.div_ceil(block_n)];
+        if layout_array.shape != expected || (mask_heads != 1 && mask_heads != hq) {
+            let want = format!("({} or 1, {}, {})", hq, expected[1], expected[2]);
+            return Err(mismatch("layout", want, layout_array));
+        }
+        let mask = BlockMask::from_layout(mask_shape, element, layout)
+            .map_err(|e| format!("`layout`: {e}"))?;
+        let scale_array = required(arrays, "scale", ATTENTION_NEEDS)?;
+        let scale = match &scale_array.data {
+            Data::F32(v) if v.len() == 1 && v[0].is_finite() => f64::from(v[0]),
+            Data::F32(v) if v.len() == 1 => {
+                return Err(format!("`scale`: expected a finite number, got {}", v[0]));
+            }
+            Data::F32(_) => return Err(mismatch("scale", "() (a scalar)".into(), scale_array)),
+            _ => return Err(wrong_dtype("scale", "float32", scale_array)),
+        };
+        Ok(AttentionFile {
+            shape,
+            q,
+            k,
+            v,
+            mask,
+            scale,
+        })
+    }
+}
+
+impl<T: DeviceFloat16> CaseFile for AttentionFile<T>
+where
+    f64: From<T>,
+{
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        let s = self.shape;
+        let arrays = |o: Data, lse: Data| {
+            vec![
+                (
+                    "o".to_string(),
+                    Array {
+                        shape: vec![s.batch, s.lq, s.heads_q, s.d],
+                        data: o,
+                    },
+                ),
+                (
+                    "lse".to_string(),
+                    Array {
+                        shape: vec![s.batch, s.heads_q, s.lq],
+                        data: lse,
+                    },
+                ),
+            ]
+        };
+        if backend == Backend::Cpu {
+            let [(_, o), (_, lse)] = <[_; 2]>::try_from(self.reference()?).expect("two outputs");
+            let narrow = |v: Vec<f64>| Data::F32(v.into_iter().map(|x| x as f32).collect());
+            return Ok(arrays(narrow(o), narrow(lse)));
+        }
+        let inputs = [self.q.as_slice(), &self.k, &self.v];
+        // CUDA writes o in the inputs' type; WGSL can write f32, the better to compare with.
+        let output = match backend {
+            Backend::Wgpu => super::Output::F32,
+            _ => super::Output::Input,
+        };
+        let scale = self.scale as f32;
+        let ran = super::run(backends, backend, &s, inputs, &self.mask, scale, output);
+        match ran.map_err(|e| e.to_string())? {
+            Some((o, lse)) => Ok(arrays(Data::F32(o), Data::F32(lse))),
+            None => Err(format!("attention has no {backend} path in this build")),
+        }
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        let out = super::reference(
+            &self.shape,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.mask,
+            self.scale,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(vec![("o".into(), out.o), ("lse".into(), out.lse)])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        if T::NAME == "bf16" {
+            Tolerance::BF16
+        } else {
+            Tolerance::F16
+        }
+    }
+}
+
+/// `tilefuse profile attention`: b = 1, causal, 128-blocks, f16, as many key/value heads as
+/// query heads.
+#[cfg(feature = "cuda")]
+pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
+    params: &[
+        ProfileParam {
+            name: "len",
+            help: "attention: query and key length",
+            kind: ParamKind::Count(8192),
+        },
+        ProfileParam {
+            name: "heads",
+            help: "attention: query heads (as many key/value heads)",
+            kind: ParamKind::Count(32),
+        },
+        ProfileParam {
+            name: "head-dim",
+            help: "attention: head dimension (64 or 128)",
+            kind: ParamKind::Count(128),
+        },
+    ],
+    prepare: prepare_profile,
+};
+
+#[cfg(feature = "cuda")]
+fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
+    use super::cuda::{DeviceBlockMask, Inputs, attention};
+    let (l, heads, d) = (
+        values.count("len")?,
+        values.count("heads")?,
+        values.count("head-dim")?,
+    );
+    let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
+    let mask = DeviceBlockMask::upload(cuda, &BlockMask::causal(MaskShape::new(l, l))?)?;
+    let values = vec![f16::from_f32(0.01); l * heads * d];
+    let (q, k, v) = (
+        cuda.upload(&values)?,
+        cuda.upload(&values)?,
+        cuda.upload(&values)?,
+    );
+    let mut o = cuda.upload(&values)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    Ok(Prepared {
+        label: format!("attention causal b=1 l={l} hq={heads} d={d}"),
+        launch: Box::new(move || {
+            let inputs = Inputs {
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            attention(cuda, &shape, inputs, &mask, &mut o, None, scale)
+        }),
+    })
+}

@@ -1,0 +1,248 @@
+//! The scan's case files (`tilefuse run scan`, `tilefuse check --input`): `a [p]` or
+//! `[b, t, p]`, `u [b, t, p]` (float32 or complex64), `reset [b, t]` uint8, optional
+//! `h0 [b, p]`; out `h [b, t, p]` and `h_last [b, p]`.
+
+use num_complex::Complex32;
+
+use super::{Decay, Layout, Scan, ScanElement, ScanShape};
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::Cuda;
+use crate::harness::file::{
+    CaseFile, Dtype, FileEntry, FileOptions, mismatch, rank, required, wrong_dtype,
+};
+use crate::harness::npz::{Array, Arrays, Data};
+#[cfg(feature = "cuda")]
+use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
+use crate::harness::{Backend, Backends, Tolerance};
+
+/// The scan's case files.
+pub(crate) const FILE: FileEntry = FileEntry {
+    marks: &["u", "reset"],
+    needs: SCAN_NEEDS,
+    load,
+};
+
+const SCAN_NEEDS: &str = "scan needs a [p] or [b, t, p], u [b, t, p] (float32 or complex64), reset [b, t] uint8, optional h0 [b, p]";
+
+fn load(arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+    options.no_format("scan")?;
+    if options.dtype.is_some_and(|d| d != Dtype::F32) {
+        return Err("--dtype: scan computes in f32 (float32 or complex64 arrays)".into());
+    }
+    match &required(arrays, "u", SCAN_NEEDS)?.data {
+        Data::C64(_) => Ok(Box::new(ScanFile::<Complex32>::load(arrays)?)),
+        _ => Ok(Box::new(ScanFile::<f32>::load(arrays)?)),
+    }
+}
+
+struct ScanFile<T: ScanElement> {
+    scan: Scan<T>,
+    inputs: super::Inputs<T>,
+}
+
+/// Elements of `array` if it holds `T`s (float32 for f32, complex64 for Complex32).
+fn elements<T: ScanElement>(name: &str, array: &Array) -> Result<Vec<T>, String> {
+    match (&array.data, T::LANES) {
+        (Data::F32(values), 1) => Ok(bytemuck::cast_slice(values).to_vec()),
+        (Data::C64(values), 2) => Ok(bytemuck::cast_slice(values).to_vec()),
+        _ => Err(wrong_dtype(
+            name,
+            if T::LANES == 1 {
+                "float32 (as u)"
+            } else {
+                "complex64 (as u)"
+            },
+            array,
+        )),
+    }
+}
+
+impl<T: ScanElement> ScanFile<T> {
+    fn load(arrays: &Arrays) -> Result<Self, String> {
+        let u_array = required(arrays, "u", SCAN_NEEDS)?;
+        rank(u_array, "u", &["b", "t", "p"])?;
+        if !matches!(u_array.data, Data::F32(_) | Data::C64(_)) {
+            return Err(wrong_dtype("u", "float32 or complex64", u_array));
+        }
+        let (b, t, p) = (u_array.shape[0], u_array.shape[1], u_array.shape[2]);
+        let shape = ScanShape::new(b, t, p).map_err(|e| format!("`u`: {e}"))?;
+        let a_array = required(arrays, "a", SCAN_NEEDS)?;
+        let decay = match a_array.shape.as_slice() {
+            [q] if *q == p => Decay::TimeInvariant,
+            dims if dims == u_array.shape.as_slice() => Decay::TimeVarying,
+            _ => {
+                return Err(mismatch(
+                    "a",
+                    format!("({p},) or {} (as u)", u_array.shape_text()),
+                    a_array,
+                ));
+            }
+        };
+        let reset_array = required(arrays, "reset", SCAN_NEEDS)?;
+        if reset_array.shape != [b, t] {
+            return Err(mismatch(
+                "reset",
+                format!("({b}, {t}) ([b, t] of u)"),
+                reset_array,
+            ));
+        }
+        let Data::U8(reset) = &reset_array.data else {
+            return Err(wrong_dtype("reset", "uint8 (or bool)", reset_array));
+        };
+        let h0 = match arrays.get("h0") {
+            None => None,
+            Some(array) if array.shape == [b, p] => Some(elements::<T>("h0", array)?),
+            Some(array) => return Err(mismatch("h0", format!("({b}, {p}) ([b, p] of u)"), array)),
+        };
+        let inputs = super::Inputs {
+            a: elements::<T>("a", a_array)?,
+            u: elements::<T>("u", u_array)?,
+            reset: reset.clone(),
+            h0,
+        };
+        Ok(ScanFile {
+            scan: Scan::new(shape, Layout::BatchMajor, decay),
+            inputs,
+        })
+    }
+
+    fn arrays(&self, h: Option<Vec<f32>>, h_last: Vec<f32>) -> Vec<(String, Array)> {
+        let shape = self.scan.shape;
+        let data = |v: Vec<f32>| match T::LANES {
+            1 => Data::F32(v),
+            _ => Data::C64(bytemuck::cast_slice(&v).to_vec()),
+        };
+        let mut out = Vec::new();
+        if let Some(h) = h {
+            out.push((
+                "h".into(),
+                Array {
+                    shape: vec![shape.batch(), shape.time(), shape.channels()],
+                    data: data(h),
+                },
+            ));
+        }
+        out.push((
+            "h_last".into(),
+            Array {
+                shape: vec![shape.batch(), shape.channels()],
+                data: data(h_last),
+            },
+        ));
+        out
+    }
+}
+
+impl<T: ScanElement> CaseFile for ScanFile<T> {
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        if backend == Backend::Cpu {
+            let [(_, h), (_, h_last)] = <[_; 2]>::try_from(self.reference()?).expect("two outputs");
+            let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+            return Ok(self.arrays(Some(narrow(h)), narrow(h_last)));
+        }
+        match super::run(backends, backend, &self.scan, &self.inputs, false)
+            .map_err(|e| e.to_string())?
+        {
+            Some(out) => Ok(self.arrays(out.h, out.h_last)),
+            None => Err(format!("scan has no {backend} path")),
+        }
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        let i = &self.inputs;
+        let states = super::reference(&self.scan, &i.a, &i.u, &i.reset, i.h0.as_deref())
+            .map_err(|e| e.to_string())?;
+        Ok(vec![
+            ("h".into(), states.h),
+            ("h_last".into(), states.h_last),
+        ])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        // The bound of a scan whose |a| may reach its largest value in the file.
+        let max_a = self
+            .inputs
+            .a
+            .iter()
+            .map(|a| a.widen().norm())
+            .fold(0.0, f64::max);
+        let shape = self.scan.shape;
+        super::Case {
+            a_magnitude: (0.0, max_a),
+            ..super::Case::new(shape.batch(), shape.time(), shape.channels())
+        }
+        .tolerance()
+    }
+}
+
+/// `tilefuse profile scan`: 1% resets, time-invariant a, every state written.
+#[cfg(feature = "cuda")]
+pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
+    params: &[
+        ProfileParam {
+            name: "batch",
+            help: "scan: batch rows",
+            kind: ParamKind::Count(16),
+        },
+        ProfileParam {
+            name: "time",
+            help: "scan: time steps",
+            kind: ParamKind::Count(8192),
+        },
+        ProfileParam {
+            name: "channels",
+            help: "scan: channels",
+            kind: ParamKind::Count(256),
+        },
+        ProfileParam {
+            name: "real",
+            help: "scan: f32 instead of complex64",
+            kind: ParamKind::Switch,
+        },
+    ],
+    prepare: prepare_profile,
+};
+
+#[cfg(feature = "cuda")]
+fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
+    if values.switch("real")? {
+        prepare_typed::<f32>(cuda, values)
+    } else {
+        prepare_typed::<Complex32>(cuda, values)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn prepare_typed<'a, T: ScanElement>(
+    cuda: &'a Cuda,
+    values: &ProfileValues,
+) -> crate::Result<Prepared<'a>> {
+    let case = super::Case {
+        complex: T::LANES == 2,
+        h0: false,
+        ..super::Case::new(
+            values.count("batch")?,
+            values.count("time")?,
+            values.count("channels")?,
+        )
+    };
+    let problem = case.scan::<T>()?;
+    let inputs = super::Inputs::random(&case, &problem, 1);
+    let upload = |v: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(v));
+    let (a, u) = (upload(&inputs.a)?, upload(&inputs.u)?);
+    let reset = cuda.upload(&inputs.reset)?;
+    let mut h = cuda.upload(&vec![0.0f32; problem.states_len() * T::LANES])?;
+    let mut h_last = cuda.upload(&vec![0.0f32; problem.final_len() * T::LANES])?;
+    Ok(Prepared {
+        label: format!("scan {case}"),
+        launch: Box::new(move || {
+            let inputs = super::cuda::ScanInputs {
+                a: &a,
+                u: &u,
+                reset: &reset,
+                h0: None,
+            };
+            super::cuda::scan(cuda, &problem, inputs, &mut h, &mut h_last)
+        }),
+    })
+}

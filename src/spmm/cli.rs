@@ -1,0 +1,151 @@
+//! spmm's case files (`tilefuse run spmm`, `tilefuse check --input`): a dense float16 `w
+//! [m, k]` (its zeros are the sparsity, encoded to Tiled-CSL) and `x [n, k]`; out `y [n, m]`.
+
+use half::{bf16, f16};
+
+use super::TiledCsl;
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::Cuda;
+use crate::element::{DeviceFloat16, DeviceOutput, Float16};
+use crate::harness::file::{
+    CaseFile, Dtype, FileEntry, FileOptions, SparseFormat, float16, mismatch,
+};
+use crate::harness::npz::{Array, Arrays, Data};
+#[cfg(feature = "cuda")]
+use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
+use crate::harness::{Backend, Backends, Tolerance};
+
+/// spmm's case files.
+pub(crate) const FILE: FileEntry = FileEntry {
+    marks: &["w", "x"],
+    needs: SPMM_NEEDS,
+    load,
+};
+
+const SPMM_NEEDS: &str = "spmm needs w [m, k] and x [n, k], float16";
+
+fn load(arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+    match options.format {
+        None | Some(SparseFormat::Tiledcsl) => {}
+    }
+    match options.dtype.unwrap_or(Dtype::F16) {
+        Dtype::F16 => Ok(Box::new(SpmmFile::<f16>::load(arrays)?)),
+        Dtype::Bf16 => Ok(Box::new(SpmmFile::<bf16>::load(arrays)?)),
+        Dtype::F32 => Err("--dtype f32: spmm computes in f16 or bf16 (f32 accumulation)".into()),
+    }
+}
+
+struct SpmmFile<T: Float16> {
+    w: TiledCsl<T>,
+    x: Vec<T>,
+    n: usize,
+}
+
+impl<T: Float16> SpmmFile<T> {
+    fn load(arrays: &Arrays) -> Result<Self, String> {
+        let (w_array, w) = float16(arrays, "w", &["m", "k"], SPMM_NEEDS)?;
+        let (x_array, x) = float16(arrays, "x", &["n", "k"], SPMM_NEEDS)?;
+        let (m, k) = (w_array.shape[0], w_array.shape[1]);
+        if x_array.shape[1] != k {
+            return Err(mismatch("x", format!("(n, {k}) (k from w)"), x_array));
+        }
+        let n = x_array.shape[0];
+        if m == 0 || k == 0 || n == 0 {
+            return Err(format!(
+                "`w`, `x`: every size must be at least 1, got w {} and x {}",
+                w_array.shape_text(),
+                x_array.shape_text()
+            ));
+        }
+        let w = TiledCsl::encode(&w, m, k).map_err(|e| format!("`w`: {e}"))?;
+        Ok(SpmmFile { w, x, n })
+    }
+
+    fn y(&self, values: Vec<f32>) -> Vec<(String, Array)> {
+        vec![(
+            "y".into(),
+            Array {
+                shape: vec![self.n, self.w.m()],
+                data: Data::F32(values),
+            },
+        )]
+    }
+}
+
+impl<T: DeviceFloat16> CaseFile for SpmmFile<T>
+where
+    f32: DeviceOutput<T>,
+{
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        if backend == Backend::Cpu {
+            let y = super::reference(&self.w, &self.x).map_err(|e| e.to_string())?;
+            return Ok(self.y(y.into_iter().map(|v| v as f32).collect()));
+        }
+        match super::run::<T, f32>(backends, backend, &self.w, &self.x)
+            .map_err(|e| e.to_string())?
+        {
+            Some(y) => Ok(self.y(y)),
+            None => Err(format!("spmm has no {backend} path")),
+        }
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        Ok(vec![(
+            "y".into(),
+            super::reference(&self.w, &self.x).map_err(|e| e.to_string())?,
+        )])
+    }
+
+    /// The operands' 16-bit bound: a file's data may be of one sign, where f32 accumulation's
+    /// roundings add up (spmm::tolerance holds random-sign test data to f32's).
+    fn tolerance(&self) -> Tolerance {
+        super::tolerance(T::NAME == "bf16", false, self.w.k())
+    }
+}
+
+/// `tilefuse profile spmm`: f16, a uniformly sparse weight, one workspace for every launch.
+#[cfg(feature = "cuda")]
+pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
+    params: &[
+        ProfileParam {
+            name: "m",
+            help: "spmm: rows of w",
+            kind: ParamKind::Count(8192),
+        },
+        ProfileParam {
+            name: "k",
+            help: "spmm: columns of w",
+            kind: ParamKind::Count(8192),
+        },
+        ProfileParam {
+            name: "n",
+            help: "spmm: tokens",
+            kind: ParamKind::Count(16),
+        },
+        ProfileParam {
+            name: "sparsity",
+            help: "spmm: fraction of zero weights (uniform)",
+            kind: ParamKind::Number(0.8),
+        },
+    ],
+    prepare: prepare_profile,
+};
+
+#[cfg(feature = "cuda")]
+fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
+    let (m, k, n) = (values.count("m")?, values.count("k")?, values.count("n")?);
+    let case = super::Case {
+        pattern: super::Pattern::Uniform,
+        ..super::Case::new(m, k, n, values.number("sparsity")?)
+    };
+    let w = super::cuda::DeviceTiledCsl::upload(cuda, &super::weight::<f16>(&case, 1)?)?;
+    let x = cuda.upload(&vec![f16::from_f32(0.5); n * k])?;
+    let mut y = cuda.upload(&vec![f16::ZERO; n * m])?;
+    let mut workspace = super::cuda::SpmmWorkspace::new();
+    Ok(Prepared {
+        label: format!("spmm {case}"),
+        launch: Box::new(move || {
+            super::cuda::spmm_with_workspace(cuda, &w, &x, &mut y, &mut workspace)
+        }),
+    })
+}
