@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
-use crate::element::{DeviceFloat16, Float16};
+use crate::element::{DeviceFloat16, Dtype16, Float16};
 use crate::harness::file::{
     CaseFile, Dtype, FileEntry, FileOptions, float16, mismatch, required, wrong_dtype,
 };
@@ -210,7 +210,7 @@ where
     }
 
     fn tolerance(&self) -> Tolerance {
-        if T::NAME == "bf16" {
+        if T::DTYPE == Dtype16::Bf16 {
             Tolerance::BF16
         } else {
             Tolerance::F16

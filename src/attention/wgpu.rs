@@ -3,7 +3,7 @@
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
-use crate::element::{Float16, OutputElement};
+use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::{Error, Result};
 
 const SHADER: Shader = Shader {
@@ -144,7 +144,7 @@ pub fn attention<T: Float16, O: OutputElement<T>>(
             .map(|s| [s.batch as u32, s.seq as u32, s.head as u32, s.start as u32]),
     };
     let constants = [
-        ("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 }),
+        ("BF16", if T::DTYPE == Dtype16::Bf16 { 1.0 } else { 0.0 }),
         ("D", shape.d as f64),
         ("O_F32", if O::F32 { 1.0 } else { 0.0 }),
     ];

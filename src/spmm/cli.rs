@@ -6,7 +6,7 @@ use half::{bf16, f16};
 use super::TiledCsl;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
-use crate::element::{DeviceFloat16, DeviceOutput, Float16};
+use crate::element::{DeviceFloat16, DeviceOutput, Dtype16, Float16};
 use crate::harness::file::{
     CaseFile, Dtype, FileEntry, FileOptions, SparseFormat, float16, mismatch,
 };
@@ -99,7 +99,7 @@ where
     /// The operands' 16-bit bound: a file's data may be of one sign, where f32 accumulation's
     /// roundings add up (spmm::tolerance holds random-sign test data to f32's).
     fn tolerance(&self) -> Tolerance {
-        super::tolerance(T::NAME == "bf16", false, self.w.k())
+        super::tolerance(T::DTYPE == Dtype16::Bf16, false, self.w.k())
     }
 }
 

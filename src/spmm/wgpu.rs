@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use super::format::{TILE_K, TiledCsl};
 use super::reference::output_tokens;
 use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
-use crate::element::{Float16, OutputElement};
+use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::Result;
 
 const SHADER: Shader = Shader {
@@ -200,7 +200,7 @@ pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
         pad0: 0,
         pad1: 0,
     };
-    let constants = [("BF16", if T::NAME == "bf16" { 1.0 } else { 0.0 })];
+    let constants = [("BF16", if T::DTYPE == Dtype16::Bf16 { 1.0 } else { 0.0 })];
     let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
     // With one split and f32 output the sums are y; else they go to scratch for `finish`.
     let scratch = if O::F32 && splits == 1 {

@@ -6,7 +6,7 @@
 
 use crate::backend::abi::TF_SPMM_HELD_VECTORS;
 use crate::backend::cuda::{Kernel, ids};
-use crate::element::{Float16, OutputElement};
+use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::{Error, Result};
 
 /// A probe or variant kernel.
@@ -61,7 +61,7 @@ impl Variant {
         self,
         tokens_per_block: u32,
     ) -> Result<Kernel> {
-        if T::NAME != "f16" || O::F32 {
+        if T::DTYPE != Dtype16::F16 || O::F32 {
             return Err(Error::invalid(
                 "spmm variant",
                 "f16 in and out",
