@@ -375,24 +375,38 @@ pub(super) trait OnDevice: Device {
     ) -> Result<()>;
 }
 
-#[cfg(feature = "cuda")]
-impl OnDevice for crate::backend::cuda::Cuda {
-    type Mask = super::cuda::DeviceBlockMask;
-    fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask> {
-        super::cuda::DeviceBlockMask::upload(self, mask)
-    }
-    fn attention<T: DeviceFloat16>(
-        &self,
-        shape: &AttentionShape,
-        [q, k, v]: [&Self::Buffer<T>; 3],
-        mask: &Self::Mask,
-        o: &mut Self::Buffer<T>,
-        lse: Option<&mut Self::Buffer<f32>>,
-        scale: f32,
-    ) -> Result<()> {
-        let inputs = super::cuda::Inputs { q, k, v };
-        super::cuda::attention(self, shape, inputs, mask, o, lse, scale)
-    }
+/// `OnDevice` for a backend's handle: its module's mask type and `attention`, and the
+/// backend's own `attention_f32`.
+macro_rules! forward_to {
+    ($feature:literal, $handle:ty, $module:ident, $mask:ident, $attention_f32:item) => {
+        #[cfg(feature = $feature)]
+        impl OnDevice for $handle {
+            type Mask = super::$module::$mask;
+            fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask> {
+                super::$module::$mask::upload(self, mask)
+            }
+            fn attention<T: DeviceFloat16>(
+                &self,
+                shape: &AttentionShape,
+                [q, k, v]: [&Self::Buffer<T>; 3],
+                mask: &Self::Mask,
+                o: &mut Self::Buffer<T>,
+                lse: Option<&mut Self::Buffer<f32>>,
+                scale: f32,
+            ) -> Result<()> {
+                let inputs = super::$module::Inputs { q, k, v };
+                super::$module::attention(self, shape, inputs, mask, o, lse, scale)
+            }
+            $attention_f32
+        }
+    };
+}
+// The CUDA kernel writes o in the inputs' type only.
+forward_to!(
+    "cuda",
+    crate::backend::cuda::Cuda,
+    cuda,
+    DeviceBlockMask,
     fn attention_f32<T: DeviceFloat16>(
         &self,
         _: &AttentionShape,
@@ -408,26 +422,12 @@ impl OnDevice for crate::backend::cuda::Cuda {
             "f32",
         ))
     }
-}
-
-#[cfg(feature = "wgpu")]
-impl OnDevice for crate::backend::wgpu::Wgpu {
-    type Mask = super::wgpu::GpuBlockMask;
-    fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask> {
-        super::wgpu::GpuBlockMask::upload(self, mask)
-    }
-    fn attention<T: DeviceFloat16>(
-        &self,
-        shape: &AttentionShape,
-        [q, k, v]: [&Self::Buffer<T>; 3],
-        mask: &Self::Mask,
-        o: &mut Self::Buffer<T>,
-        lse: Option<&mut Self::Buffer<f32>>,
-        scale: f32,
-    ) -> Result<()> {
-        let inputs = super::wgpu::Inputs { q, k, v };
-        super::wgpu::attention(self, shape, inputs, mask, o, lse, scale)
-    }
+);
+forward_to!(
+    "wgpu",
+    crate::backend::wgpu::Wgpu,
+    wgpu,
+    GpuBlockMask,
     fn attention_f32<T: DeviceFloat16>(
         &self,
         shape: &AttentionShape,
@@ -440,7 +440,7 @@ impl OnDevice for crate::backend::wgpu::Wgpu {
         let inputs = super::wgpu::Inputs { q, k, v };
         super::wgpu::attention(self, shape, inputs, mask, o, lse, scale)
     }
-}
+);
 
 fn check_cases() -> Vec<CheckCase> {
     let cases = [

@@ -416,9 +416,33 @@ pub(super) trait OnDevice: Device {
     ) -> Result<()>;
 }
 
-/// On CUDA every buffer holds f32s.
-#[cfg(feature = "cuda")]
-impl OnDevice for crate::backend::cuda::Cuda {
+/// `OnDevice` for a backend's handle: its module's `scan` and `scan_final`, and the
+/// backend's own buffers of values.
+macro_rules! forward_to {
+    ($feature:literal, $handle:ty, $module:ident, { $($values:item)* }) => {
+        #[cfg(feature = $feature)]
+        impl OnDevice for $handle {
+            $($values)*
+            fn scan<T: ScanElement>(
+                &self,
+                scan: &Scan<T>,
+                [a, u]: [&Self::Values<T>; 2],
+                reset: &Self::Buffer<u8>,
+                h0: Option<&Self::Values<T>>,
+                h: Option<&mut Self::Values<T>>,
+                h_last: &mut Self::Values<T>,
+            ) -> Result<()> {
+                let inputs = super::$module::ScanInputs { a, u, reset, h0 };
+                match h {
+                    Some(h) => super::$module::scan(self, scan, inputs, h, h_last),
+                    None => super::$module::scan_final(self, scan, inputs, h_last),
+                }
+            }
+        }
+    };
+}
+// CUDA's buffers hold f32s (complex values interleaved).
+forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
     type Values<T: ScanElement> = cudarc::driver::CudaSlice<f32>;
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
         self.upload(bytemuck::cast_slice::<T, f32>(values))
@@ -426,26 +450,8 @@ impl OnDevice for crate::backend::cuda::Cuda {
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
         self.download(values)
     }
-    fn scan<T: ScanElement>(
-        &self,
-        scan: &Scan<T>,
-        [a, u]: [&Self::Values<T>; 2],
-        reset: &Self::Buffer<u8>,
-        h0: Option<&Self::Values<T>>,
-        h: Option<&mut Self::Values<T>>,
-        h_last: &mut Self::Values<T>,
-    ) -> Result<()> {
-        use super::cuda::{ScanInputs, scan as all_states, scan_final};
-        let inputs = ScanInputs { a, u, reset, h0 };
-        match h {
-            Some(h) => all_states(self, scan, inputs, h, h_last),
-            None => scan_final(self, scan, inputs, h_last),
-        }
-    }
-}
-
-#[cfg(feature = "wgpu")]
-impl OnDevice for crate::backend::wgpu::Wgpu {
+});
+forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
     type Values<T: ScanElement> = crate::backend::wgpu::GpuBuffer<T>;
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
         self.upload(values)
@@ -453,20 +459,4 @@ impl OnDevice for crate::backend::wgpu::Wgpu {
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
         Ok(bytemuck::cast_slice::<T, f32>(&self.download(values)?).to_vec())
     }
-    fn scan<T: ScanElement>(
-        &self,
-        scan: &Scan<T>,
-        [a, u]: [&Self::Values<T>; 2],
-        reset: &Self::Buffer<u8>,
-        h0: Option<&Self::Values<T>>,
-        h: Option<&mut Self::Values<T>>,
-        h_last: &mut Self::Values<T>,
-    ) -> Result<()> {
-        use super::wgpu::{ScanInputs, scan as all_states, scan_final};
-        let inputs = ScanInputs { a, u, reset, h0 };
-        match h {
-            Some(h) => all_states(self, scan, inputs, h, h_last),
-            None => scan_final(self, scan, inputs, h_last),
-        }
-    }
-}
+});

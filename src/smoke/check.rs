@@ -95,28 +95,22 @@ pub(super) trait OnDevice: Device {
     ) -> Result<()>;
 }
 
-#[cfg(feature = "cuda")]
-impl OnDevice for crate::backend::cuda::Cuda {
-    fn matmul(
-        &self,
-        a: &Self::Buffer<f16>,
-        b: &Self::Buffer<f16>,
-        c: &mut Self::Buffer<f32>,
-        shape: MatmulShape,
-    ) -> Result<()> {
-        super::cuda::matmul(self, a, b, c, shape)
-    }
+/// `OnDevice` for a backend's handle: its module's function of the same name.
+macro_rules! forward_to {
+    ($feature:literal, $handle:ty, $module:ident) => {
+        #[cfg(feature = $feature)]
+        impl OnDevice for $handle {
+            fn matmul(
+                &self,
+                a: &Self::Buffer<f16>,
+                b: &Self::Buffer<f16>,
+                c: &mut Self::Buffer<f32>,
+                shape: MatmulShape,
+            ) -> Result<()> {
+                super::$module::matmul(self, a, b, c, shape)
+            }
+        }
+    };
 }
-
-#[cfg(feature = "wgpu")]
-impl OnDevice for crate::backend::wgpu::Wgpu {
-    fn matmul(
-        &self,
-        a: &Self::Buffer<f16>,
-        b: &Self::Buffer<f16>,
-        c: &mut Self::Buffer<f32>,
-        shape: MatmulShape,
-    ) -> Result<()> {
-        super::wgpu::matmul(self, a, b, c, shape)
-    }
-}
+forward_to!("cuda", crate::backend::cuda::Cuda, cuda);
+forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu);

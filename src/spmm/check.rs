@@ -278,38 +278,28 @@ pub(super) trait OnDevice: Device {
     ) -> Result<()>;
 }
 
-#[cfg(feature = "cuda")]
-impl OnDevice for crate::backend::cuda::Cuda {
-    type Weight<T: DeviceFloat16> = super::cuda::DeviceTiledCsl<T>;
-    type Workspace = super::cuda::SpmmWorkspace;
-    fn upload_weight<T: DeviceFloat16>(&self, w: &TiledCsl<T>) -> Result<Self::Weight<T>> {
-        super::cuda::DeviceTiledCsl::upload(self, w)
-    }
-    fn spmm<T: DeviceFloat16, O: DeviceOutput<T>>(
-        &self,
-        w: &Self::Weight<T>,
-        x: &Self::Buffer<T>,
-        y: &mut Self::Buffer<O>,
-        workspace: &mut Self::Workspace,
-    ) -> Result<()> {
-        super::cuda::spmm_with_workspace(self, w, x, y, workspace)
-    }
+/// `OnDevice` for a backend's handle: its module's weight type, workspace and
+/// `spmm_with_workspace`.
+macro_rules! forward_to {
+    ($feature:literal, $handle:ty, $module:ident, $weight:ident) => {
+        #[cfg(feature = $feature)]
+        impl OnDevice for $handle {
+            type Weight<T: DeviceFloat16> = super::$module::$weight<T>;
+            type Workspace = super::$module::SpmmWorkspace;
+            fn upload_weight<T: DeviceFloat16>(&self, w: &TiledCsl<T>) -> Result<Self::Weight<T>> {
+                super::$module::$weight::upload(self, w)
+            }
+            fn spmm<T: DeviceFloat16, O: DeviceOutput<T>>(
+                &self,
+                w: &Self::Weight<T>,
+                x: &Self::Buffer<T>,
+                y: &mut Self::Buffer<O>,
+                workspace: &mut Self::Workspace,
+            ) -> Result<()> {
+                super::$module::spmm_with_workspace(self, w, x, y, workspace)
+            }
+        }
+    };
 }
-
-#[cfg(feature = "wgpu")]
-impl OnDevice for crate::backend::wgpu::Wgpu {
-    type Weight<T: DeviceFloat16> = super::wgpu::GpuTiledCsl<T>;
-    type Workspace = super::wgpu::SpmmWorkspace;
-    fn upload_weight<T: DeviceFloat16>(&self, w: &TiledCsl<T>) -> Result<Self::Weight<T>> {
-        super::wgpu::GpuTiledCsl::upload(self, w)
-    }
-    fn spmm<T: DeviceFloat16, O: DeviceOutput<T>>(
-        &self,
-        w: &Self::Weight<T>,
-        x: &Self::Buffer<T>,
-        y: &mut Self::Buffer<O>,
-        workspace: &mut Self::Workspace,
-    ) -> Result<()> {
-        super::wgpu::spmm_with_workspace(self, w, x, y, workspace)
-    }
-}
+forward_to!("cuda", crate::backend::cuda::Cuda, cuda, DeviceTiledCsl);
+forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, GpuTiledCsl);
