@@ -34,6 +34,7 @@
 //! - `wgpu` (default): the WGSL backend (wgpu 30).
 //! - `cli` (default): the `tilefuse` command-line tool; libraries depending on tilefuse
 //!   usually turn it off.
+//! - `probes`: benchmark-only spmm probe kernels, in a fatbin of their own that no op loads.
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly): feature-gated items say which feature they need.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -506,30 +506,87 @@ fn ensure_available() -> Result<()> {
 
 /// Whether the driver library can be loaded. cudarc panics when it cannot, so look first.
 fn driver_library_present() -> bool {
-    library_present("cuda") || library_present("nvcuda")
+    CudaLibrary::Driver.present()
 }
 
-/// Whether the CUDA library `stem` (`cuda`, `cublas`, `nvToolsExt`) can be loaded under one of
-/// the names it ships as (`libcublas.so.13`, `cublas64_13.dll`, ...).
-///
-/// tilefuse looks for itself: cudarc's own `is_culib_present` exists only in its
-/// dynamic-loading mode, which candle's `dynamic-linking` switches off when both are in one
-/// build.
-pub fn library_present(stem: &str) -> bool {
+/// A CUDA library that cudarc loads when it is first used, and panics without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaLibrary {
+    /// The driver: libcuda (nvcuda on Windows).
+    Driver,
+    /// cuBLAS.
+    Blas,
+    /// NVTX (libnvToolsExt), for named ranges under Nsight.
+    Nvtx,
+}
+
+impl CudaLibrary {
+    /// The names cudarc gives the library before its platform's prefix, suffix and version.
+    fn stems(self) -> &'static [&'static str] {
+        match self {
+            CudaLibrary::Driver => &["cuda", "nvcuda"],
+            CudaLibrary::Blas => &["cublas"],
+            CudaLibrary::Nvtx => &["nvToolsExt"],
+        }
+    }
+
+    /// Whether the library can be loaded under one of the names that cudarc, built for this
+    /// CUDA version, tries (`libcublas.so.13`, `cublas64_13.dll`, ...), so that cudarc's own
+    /// loading will find it.
+    ///
+    /// tilefuse looks for itself: cudarc's own `is_culib_present` exists only in its
+    /// dynamic-loading mode, which candle's `dynamic-linking` switches off when both are in one
+    /// build.
+    pub fn present(self) -> bool {
+        self.stems()
+            .iter()
+            .flat_map(|stem| library_names(stem))
+            .any(|name| {
+                // SAFETY: `name` is one of the names of a CUDA library (the driver, cuBLAS or
+                // NVTX, the closed set above), which cudarc loads the same way a moment later;
+                // loading runs its initialisers, no symbol is called here, and the handle is
+                // dropped.
+                unsafe { libloading::Library::new(&name) }.is_ok()
+            })
+    }
+}
+
+/// The file names cudarc tries for the library `stem`, for the CUDA version of its bindings.
+fn library_names(stem: &str) -> Vec<String> {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-    let versions = ["13", "12", "11", "1"];
-    let unversioned = format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}");
-    let versioned = versions.iter().flat_map(|v| {
-        [
-            format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}.{v}"),
-            format!("{DLL_PREFIX}{stem}64_{v}{DLL_SUFFIX}"),
-        ]
-    });
-    std::iter::once(unversioned).chain(versioned).any(|name| {
-        // SAFETY: loading a CUDA library runs its initialisers, exactly as cudarc's own loading
-        // does a moment later; no symbol is called here and the handle is dropped.
-        unsafe { libloading::Library::new(&name) }.is_ok()
-    })
+    let version = sys::CUDA_VERSION;
+    let (major, minor) = (version / 1000, version % 1000 / 10);
+    let windows = [
+        String::new(),
+        format!("_{major}"),
+        format!("_{major}{minor}"),
+        format!("_{major}{minor}_0"),
+        format!("_{major}0_{minor}"),
+        "_10".into(),
+        "_11".into(),
+        "_12".into(),
+        format!("_{major}0_0"),
+        "_9".into(),
+    ];
+    let unix = [
+        major.to_string(),
+        "12".into(),
+        "11".into(),
+        "10".into(),
+        "9".into(),
+        "1".into(),
+    ];
+    std::iter::once(format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}"))
+        .chain(
+            windows
+                .iter()
+                .map(|w| format!("{DLL_PREFIX}{stem}64{w}{DLL_SUFFIX}")),
+        )
+        .chain(
+            unix.iter()
+                .map(|v| format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}.{v}")),
+        )
+        .collect()
 }
 
 fn device_count() -> Result<usize> {

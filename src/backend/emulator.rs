@@ -146,19 +146,28 @@ impl Emulator {
     }
 }
 
+/// Every file under `dir`, in its subfolders too (a kernel's headers may live in
+/// `cuda/<op>/`).
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            collect_files(&path, files)?;
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
 /// Compiles emulator/*.cpp (each includes one kernel source) into a shared library named by a
 /// hash of every source it reads, unless it is already there.
 fn build() -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut sources = Vec::new();
-    for dir in ["emulator", "emulator/include", "cuda", "cuda/common"] {
-        let entries = std::fs::read_dir(root.join(dir)).map_err(|e| format!("read {dir}: {e}"))?;
-        for entry in entries {
-            let path = entry.map_err(|e| e.to_string())?.path();
-            if path.is_file() {
-                sources.push(path);
-            }
-        }
+    for dir in ["emulator", "cuda"] {
+        collect_files(&root.join(dir), &mut sources)?;
     }
     sources.sort();
     let mut hasher = DefaultHasher::new();
@@ -245,7 +254,7 @@ pub(crate) struct Guarded<T: bytemuck::Pod> {
 }
 
 const GUARD_WORDS: usize = 1024;
-const GUARD: u32 = 0x7fc0_7e00; // a NaN as f32, and as f16 / bf16 halves
+const GUARD: u32 = 0x7fc0_7fc0; // a NaN as f32, and each half a NaN as f16 and as bf16
 
 impl<T: bytemuck::Pod> Guarded<T> {
     pub(crate) fn new(data: &[T]) -> Self {

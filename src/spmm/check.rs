@@ -223,7 +223,7 @@ pub fn run<T: DeviceFloat16, O: DeviceOutput<T>>(
 pub(crate) fn nan_bits<O: bytemuck::Pod>() -> O {
     match size_of::<O>() {
         4 => bytemuck::cast_slice::<f32, O>(&[f32::NAN])[0],
-        _ => bytemuck::cast_slice::<u16, O>(&[0x7e00, 0])[0], // f16 NaN; a bf16 NaN too
+        _ => bytemuck::cast_slice::<u16, O>(&[0x7fc0, 0])[0], // NaN as f16 and as bf16
     }
 }
 
@@ -303,3 +303,21 @@ macro_rules! forward_to {
 }
 forward_to!("cuda", crate::backend::cuda::Cuda, cuda, DeviceTiledCsl);
 forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, GpuTiledCsl);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The poison that outputs are filled with before a run is NaN in every output type, so
+    /// that an element left unwritten never passes.
+    #[test]
+    fn poison_is_nan_in_every_output_type() {
+        assert!(nan_bits::<f16>().is_nan());
+        assert!(
+            nan_bits::<bf16>().is_nan(),
+            "{:#06x}",
+            nan_bits::<bf16>().to_bits()
+        );
+        assert!(nan_bits::<f32>().is_nan());
+    }
+}

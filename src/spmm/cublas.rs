@@ -22,7 +22,7 @@ pub(crate) fn prepare(
     }
     let cuda = backends.cuda()?;
     // cudarc panics on use when libcublas cannot be loaded.
-    if !crate::backend::cuda::library_present("cublas") {
+    if !crate::backend::cuda::CudaLibrary::Blas.present() {
         return Err(Error::CudaUnavailable {
             reason: "libcublas could not be loaded".into(),
         });

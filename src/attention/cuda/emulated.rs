@@ -92,6 +92,28 @@ fn check_case(case: &Case, order: Order) {
 
 const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(3)];
 
+/// The generated ids pick the kernel named for the type, head dimension and query block.
+#[test]
+fn kernel_ids_follow_the_names() {
+    use crate::attention::{ElementMask, MaskShape};
+    let name = |bf16_in: bool, d: usize, block_m: usize| {
+        let shape = AttentionShape::new(1, 256, 256, 2, 2, d).unwrap();
+        let mask = MaskShape {
+            block_m,
+            ..MaskShape::new(256, 256)
+        };
+        let plan = match bf16_in {
+            true => Plan::new::<bf16>(&shape, mask, ElementMask::None, 0.1),
+            false => Plan::new::<f16>(&shape, mask, ElementMask::None, 0.1),
+        };
+        plan.unwrap().kernel.name
+    };
+    assert_eq!(name(false, 64, 64), "tilefuse_attention_f16_d64_bm64");
+    assert_eq!(name(false, 128, 64), "tilefuse_attention_f16_d128_bm64");
+    assert_eq!(name(true, 64, 128), "tilefuse_attention_bf16_d64_bm128");
+    assert_eq!(name(true, 128, 128), "tilefuse_attention_bf16_d128_bm128");
+}
+
 #[test]
 fn every_mask() {
     let masks = [

@@ -10,10 +10,12 @@ use tilefuse::harness::{self, Backend, Backends, Comparison, OpEntry};
 /// The registered op named `name` that reads case files.
 pub fn op_with_files(name: &str) -> Result<&'static OpEntry, String> {
     let with_files = || harness::ops().iter().filter(|op| op.file.is_some());
-    with_files().find(|op| op.name == name).ok_or_else(|| {
-        let names: Vec<&str> = with_files().map(|op| op.name).collect();
-        format!("{name}: expected one of {}", names.join(", "))
-    })
+    with_files()
+        .find(|op| op.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = with_files().map(|op| op.name).collect();
+            format!("{name}: expected one of {}", names.join(", "))
+        })
 }
 
 /// `op`'s case in `arrays`.

@@ -167,7 +167,7 @@ struct Ranges {
 impl Ranges {
     fn new() -> Self {
         Ranges {
-            enabled: tilefuse::backend::cuda::library_present("nvToolsExt"),
+            enabled: tilefuse::backend::cuda::CudaLibrary::Nvtx.present(),
         }
     }
 }

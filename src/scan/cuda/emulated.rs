@@ -71,6 +71,31 @@ fn check_case(case: &Case, order: Order) {
     });
 }
 
+/// The generated ids pick the kernel named for the element, decay and outputs.
+#[test]
+fn kernel_ids_follow_the_names() {
+    let name = |complex: bool, decay, states| match complex {
+        true => kernel::<Complex32>(decay, states).name,
+        false => kernel::<f32>(decay, states).name,
+    };
+    assert_eq!(
+        name(false, Decay::TimeInvariant, true),
+        "tilefuse_scan_f32_const_states"
+    );
+    assert_eq!(
+        name(true, Decay::TimeVarying, false),
+        "tilefuse_scan_c64_varying_final"
+    );
+    assert_eq!(
+        name(true, Decay::TimeInvariant, false),
+        "tilefuse_scan_c64_const_final"
+    );
+    assert_eq!(
+        name(false, Decay::TimeVarying, true),
+        "tilefuse_scan_f32_varying_states"
+    );
+}
+
 #[test]
 fn chunks_resets_layouts_and_modes() {
     let cases = [

@@ -26,7 +26,7 @@ fn small_device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
     planned_device(sm_count, shared)
 }
 
-const NAN_WORDS: u32 = 0x7fc0_7e00; // NaN as f32, and as two f16 / bf16
+const NAN_WORDS: u32 = 0x7fc0_7fc0; // NaN as f32, and each half NaN as f16 and as bf16
 
 /// The launch plan for `w` and `n` tokens on `device`, T in and out.
 fn plan<T: Float16 + OutputElement<T>>(
@@ -235,6 +235,18 @@ fn check_typed<T: Float16, O: OutputElement<T>>(case: &Case, setup: Setup) {
 }
 
 const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(7)];
+
+/// The poison of emulated outputs and partials is NaN as f32 and as either 16-bit type.
+#[test]
+fn poison_is_nan_in_every_output_type() {
+    assert!(f32::from_bits(NAN_WORDS).is_nan());
+    let halves = [NAN_WORDS as u16, (NAN_WORDS >> 16) as u16];
+    assert!(halves.iter().all(|&h| f16::from_bits(h).is_nan()));
+    assert!(
+        halves.iter().all(|&h| bf16::from_bits(h).is_nan()),
+        "{NAN_WORDS:#010x}"
+    );
+}
 
 #[test]
 fn ragged_shape_every_token_count() {

@@ -345,6 +345,45 @@ pub(crate) mod tests {
         assert!(plan.stage_vectors < 2048 && plan.shared_bytes <= 99 * 1024);
     }
 
+    /// The generated ids pick the kernel named for the types and tokens, as abi.h names them.
+    #[test]
+    fn kernel_ids_follow_the_names() {
+        use half::{bf16, f16};
+        assert_eq!(
+            super::super::kernel::<f16, f16>(8).name,
+            "tilefuse_spmm_tiledcsl_f16_n8_same"
+        );
+        assert_eq!(
+            super::super::kernel::<bf16, f32>(16).name,
+            "tilefuse_spmm_tiledcsl_bf16_n16_f32"
+        );
+        assert_eq!(
+            super::super::kernel::<bf16, bf16>(64).name,
+            "tilefuse_spmm_tiledcsl_bf16_n64_same"
+        );
+        assert_eq!(
+            super::super::kernel::<f16, f32>(32).name,
+            "tilefuse_spmm_tiledcsl_f16_n32_f32"
+        );
+        let variant = |v: Variant, tokens| v.kernel::<f16, f16>(tokens).unwrap().name;
+        assert_eq!(
+            variant(Variant::EntriesInRegisters, 32),
+            "tilefuse_spmm_registers_f16_n32_same"
+        );
+        assert_eq!(
+            variant(Variant::ProbeScatter, 16),
+            "tilefuse_spmm_probe_scatter_f16_n16"
+        );
+        assert_eq!(
+            variant(Variant::ProbeNoMultiply, 16),
+            "tilefuse_spmm_probe_no_mma_f16_n16"
+        );
+        assert_eq!(
+            Variant::ProbeLoads.kernel::<f16, f16>(16).unwrap().module,
+            "spmm_probe"
+        );
+    }
+
     /// The grid covers m, the tokens and k, and the parameters carry the plan and the
     /// buffers; split-K's buffers are passed only to a launch that splits.
     #[test]
