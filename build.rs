@@ -103,10 +103,16 @@ fn kernel_families(cuda_dir: &Path) -> Vec<Family> {
             .strip_prefix(" * ")
             .and_then(|rest| rest.split_once(": "))
             .map(|(pattern, _)| pattern)
-            .filter(|p| p.starts_with("tilefuse_") && !p.contains(' '))
+            .filter(|p| p.starts_with("tilefuse_"))
         else {
             continue;
         };
+        if pattern.contains(' ') {
+            if pattern.contains('{') {
+                panic!("abi.h: kernel family {pattern:?} has a space; write {{a,b}}");
+            }
+            continue; // prose that begins with a kernel's name
+        }
         let rest = &pattern["tilefuse_".len()..];
         let module = stems
             .iter()
@@ -195,6 +201,9 @@ fn check_families_against_reports(families: &[Family], modules: &[Module]) {
             .flat_map(|f| f.names.iter().map(String::as_str))
             .collect();
         declared.sort_unstable();
+        if let Some(twice) = declared.windows(2).find(|pair| pair[0] == pair[1]) {
+            panic!("cuda/abi.h declares {} in two kernel families", twice[0]);
+        }
         if compiled != declared {
             let missing: Vec<_> = declared.iter().filter(|n| !compiled.contains(n)).collect();
             let undeclared: Vec<_> = compiled.iter().filter(|n| !declared.contains(n)).collect();
