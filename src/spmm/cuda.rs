@@ -78,8 +78,8 @@ impl<T: Float16> DeviceTiledCsl<T> {
 /// partial sums, and the counters that find each output tile's last block, which every launch
 /// leaves at zero. Reusing one saves each launch an allocation and a memset of the counters
 /// (a second operation on the stream beside a short kernel). It grows to the largest launch
-/// it has served, and
-/// belongs to the device it was first used on (passing it to another is an error).
+/// it has served, and belongs to the device it was first used on (passing it to another is
+/// an error).
 ///
 /// Launches that share a workspace must run one after another: on one stream, or on several
 /// with cudarc's event tracking on (its default), which orders them. Launches captured into a
