@@ -90,15 +90,25 @@ pub fn infer(ops: &'static [OpEntry], arrays: &Arrays) -> Result<&'static OpEntr
     ))
 }
 
-/// The array `name`, or an error that says what the op needs.
+/// The array `name`, or an error that says what the op needs (or why the file's entry is no
+/// array).
 pub(crate) fn required<'a>(
     arrays: &'a Arrays,
     name: &str,
     needs: &str,
 ) -> Result<&'a Array, String> {
-    arrays
-        .get(name)
-        .ok_or_else(|| format!("`{name}`: missing ({needs})"))
+    optional(arrays, name)?.ok_or_else(|| format!("`{name}`: missing ({needs})"))
+}
+
+/// The array `name` if the file has one; an error if its entry is no readable array.
+pub(crate) fn optional<'a>(arrays: &'a Arrays, name: &str) -> Result<Option<&'a Array>, String> {
+    match arrays.get(name) {
+        Some(Array {
+            data: Data::Invalid(why),
+            ..
+        }) => Err(format!("`{name}`: {why}")),
+        found => Ok(found),
+    }
 }
 
 /// An error unless `array` has as many dimensions as `dims` names.

@@ -8,7 +8,7 @@ use super::{Decay, Layout, Scan, ScanElement, ScanShape};
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
 use crate::harness::file::{
-    CaseFile, Dtype, FileEntry, FileOptions, mismatch, rank, required, wrong_dtype,
+    CaseFile, Dtype, FileEntry, FileOptions, mismatch, optional, rank, required, wrong_dtype,
 };
 use crate::harness::npz::{Array, Arrays, Data};
 #[cfg(feature = "cuda")]
@@ -89,7 +89,7 @@ impl<T: ScanElement> ScanFile<T> {
         let Data::U8(reset) = &reset_array.data else {
             return Err(wrong_dtype("reset", "uint8 (or bool)", reset_array));
         };
-        let h0 = match arrays.get("h0") {
+        let h0 = match optional(arrays, "h0")? {
             None => None,
             Some(array) if array.shape == [b, p] => Some(elements::<T>("h0", array)?),
             Some(array) => return Err(mismatch("h0", format!("({b}, {p}) ([b, p] of u)"), array)),

@@ -19,7 +19,11 @@ pub fn op_with_files(name: &str) -> Result<&'static OpEntry, String> {
 }
 
 /// `op`'s case in `arrays`.
-fn load(op: &OpEntry, arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+pub fn load(
+    op: &OpEntry,
+    arrays: &Arrays,
+    options: FileOptions,
+) -> Result<Box<dyn CaseFile>, String> {
     let file = op
         .file
         .ok_or_else(|| format!("{} reads no case files", op.name))?;
@@ -27,8 +31,8 @@ fn load(op: &OpEntry, arrays: &Arrays, options: FileOptions) -> Result<Box<dyn C
 }
 
 /// `tilefuse run`: the op on one backend, outputs written to `output` (nothing on failure).
+/// The file is read and checked before any backend is opened.
 pub fn run_file(
-    backends: &Backends,
     op: &OpEntry,
     input: &Path,
     output: &Path,
@@ -37,6 +41,7 @@ pub fn run_file(
 ) -> Result<Backend, String> {
     let arrays = npz::read(input)?;
     let case = load(op, &arrays, options)?;
+    let backends = &Backends::detect();
     let backend = match backend {
         Some(backend) => {
             backends
@@ -65,14 +70,13 @@ pub struct FileCheck {
 
 /// `tilefuse check --input`: the op on every runnable backend against the reference and,
 /// with `expect`, against the file's `expect_<output>` arrays.
-pub fn check_file(
+pub fn check_case(
     backends: &Backends,
-    op: &OpEntry,
+    case: &dyn CaseFile,
     arrays: &Arrays,
     runnable: &[Backend],
     expect: bool,
 ) -> Result<Vec<FileCheck>, String> {
-    let case = load(op, arrays, FileOptions::default())?;
     let reference = case.reference()?;
     let tolerance = case.tolerance();
     let mut rows = Vec::new();

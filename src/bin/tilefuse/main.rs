@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                     input: Some(input),
                     expect,
                 },
-        }) => check_input(&Backends::detect(), &selection, &input, expect),
+        }) => check_input(&selection, &input, expect),
         Some(Command::Check { selection, .. }) => check(&Backends::detect(), &selection),
         Some(Command::Run {
             op,
@@ -186,9 +186,8 @@ fn main() -> ExitCode {
             dtype,
             format,
         }) => {
-            let backends = Backends::detect();
             let options = FileOptions { dtype, format };
-            let ran = input::run_file(&backends, op, &input, &output, backend, options);
+            let ran = input::run_file(op, &input, &output, backend, options);
             ran.map(|backend| {
                 println!("{} on {backend}: wrote {}", op.name, output.display());
                 true
@@ -397,8 +396,8 @@ fn check(backends: &Backends, selection: &Selection) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
+/// `check --input`: the file is read and checked before any backend is opened.
 fn check_input(
-    backends: &Backends,
     selection: &Selection,
     path: &std::path::Path,
     expect: bool,
@@ -412,8 +411,10 @@ fn check_input(
         [name] => input::op_with_files(name).map_err(|e| format!("--op {e}"))?,
         _ => return Err("--input takes at most one --op".into()),
     };
+    let case = input::load(op, &arrays, FileOptions::default())?;
+    let backends = &Backends::detect();
     let runnable = runnable_backends(backends, selection);
-    let rows = input::check_file(backends, op, &arrays, &runnable, expect)?;
+    let rows = input::check_case(backends, &*case, &arrays, &runnable, expect)?;
     let mut table = Table::new([
         "backend", "output", "against", "rel_l2", "max_abs", "bound", "result",
     ]);
