@@ -387,6 +387,29 @@ fn assert_rejected(op: &str, npz: &Npz, array: &str) {
     assert!(!output.exists(), "{array}: an output file was written");
 }
 
+/// `--output` naming the input (by another path) is refused, and the input is left as it was.
+#[test]
+fn the_output_cannot_be_the_input() {
+    let dir = Scratch::new("output-is-input");
+    let input = dir.join("case.npz");
+    spmm_case(1).0.save(&input);
+    let before = std::fs::read(&input).unwrap();
+    let out = tilefuse(&[
+        "run",
+        "spmm",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.join(".").join("case.npz").to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the input file"), "{stderr}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
 #[test]
 fn bad_files_get_one_line_and_exit_code_2() {
     let (spmm, _, _) = spmm_case(1);

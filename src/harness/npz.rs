@@ -257,8 +257,11 @@ fn word(bytes: &[u8]) -> [u8; 4] {
 }
 
 /// Writes `arrays` as an `.npz` (stored, like `np.savez`) next to `path`, then renames it
-/// into place, so that a failed run never leaves a partial file.
+/// into place, so that a failed run never leaves a partial file. A symlink at `path` is
+/// followed (its target is written); a replaced file keeps its permissions; anything but a
+/// regular file (a folder, a device, a pipe) is refused, never replaced.
 pub fn write(path: &Path, arrays: &[(String, Array)]) -> Result<(), String> {
+    let path = &output_target(path)?;
     let io = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let options =
@@ -270,12 +273,40 @@ pub fn write(path: &Path, arrays: &[(String, Array)]) -> Result<(), String> {
         zip.write_all(&bytes).map_err(|e| io(&e))?;
     }
     let bytes = zip.finish().map_err(|e| io(&e))?.into_inner();
-    let partial = path.with_extension("npz.partial");
-    let written = std::fs::write(&partial, bytes).and_then(|()| std::fs::rename(&partial, path));
+    let partial = path.with_extension(format!("npz.{}.partial", std::process::id()));
+    let keep_permissions = |partial: &Path| match std::fs::metadata(path) {
+        Ok(existing) => std::fs::set_permissions(partial, existing.permissions()),
+        Err(_) => Ok(()),
+    };
+    let written = std::fs::write(&partial, bytes)
+        .and_then(|()| keep_permissions(&partial))
+        .and_then(|()| std::fs::rename(&partial, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
     written.map_err(|e| io(&e))
+}
+
+/// The file that writing `path` replaces: `path`, or what a symlink there leads to; an error
+/// unless that is a regular file or nothing yet.
+fn output_target(path: &Path) -> Result<std::path::PathBuf, String> {
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(path).map_err(|e| {
+            format!(
+                "{}: a symlink whose target cannot be resolved ({e})",
+                path.display()
+            )
+        })?,
+        _ => path.to_path_buf(),
+    };
+    match std::fs::metadata(&target) {
+        Ok(meta) if !meta.is_file() => Err(format!(
+            "{}: not a regular file (a folder, device or pipe); outputs are written to \
+             regular files only",
+            target.display()
+        )),
+        _ => Ok(target),
+    }
 }
 
 fn npy_bytes(array: &Array) -> std::io::Result<Vec<u8>> {
@@ -438,6 +469,48 @@ mod tests {
         let read = read_bytes(&npz_bytes(&arrays, &[("junk", b"not an array")]), "junk").unwrap();
         assert_eq!(read["x"], arrays[0].1);
         assert!(matches!(read["junk"].data, Data::Invalid(_)));
+    }
+
+    /// Writing through a symlink writes its target and keeps the link; a replaced file keeps
+    /// its permissions; a pipe (as a device would be) is refused and left as it was.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_replace_regular_files_only() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt, symlink};
+        let dir = std::env::temp_dir().join(format!("tilefuse-npz-special-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let y = [("y".to_string(), f32s(&[1], vec![1.0]))];
+        let target = dir.join("target.npz");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.join("link.npz");
+        symlink(&target, &link).unwrap();
+        write(&link, &y).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(read(&target).unwrap()["y"], y[0].1);
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let error = write(&fifo, &y).unwrap_err();
+        assert!(error.contains("not a regular file"), "{error}");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, ["fifo", "link.npz", "target.npz"]);
     }
 
     /// A write that cannot be renamed into place (the path is a folder) leaves nothing behind.

@@ -39,6 +39,13 @@ pub fn run_file(
     backend: Option<Backend>,
     options: FileOptions,
 ) -> Result<Backend, String> {
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if same(input, output) {
+        return Err(format!(
+            "--output {}: that is the input file; write the outputs elsewhere",
+            output.display()
+        ));
+    }
     let arrays = npz::read(input)?;
     let case = load(op, &arrays, options)?;
     let backends = &Backends::detect();
