@@ -469,7 +469,11 @@ fn classified_blocks_are_full_only_where_every_pair_is_allowed() {
                 (true, true) => BlockKind::Full,
                 (true, false) => BlockKind::Partial,
             };
-            assert_eq!(mask.kind(0, 0, q, kv), expected, "block ({q}, {kv})");
+            assert_eq!(
+                mask.kind(0, 0, q, kv).unwrap(),
+                expected,
+                "block ({q}, {kv})"
+            );
         }
     }
 }
@@ -478,7 +482,7 @@ fn classified_blocks_are_full_only_where_every_pair_is_allowed() {
 fn streaming_keeps_sinks_and_the_local_band() {
     let mask = BlockMask::streaming(shape(1024, 1024, 128), 128, 256).unwrap();
     for q in 0..8 {
-        let (partial, full) = mask.blocks(0, 0, q);
+        let (partial, full) = mask.blocks(0, 0, q).unwrap();
         let mut visited: Vec<u32> = partial.iter().chain(full).copied().collect();
         visited.sort();
         let mut expected: Vec<u32> = [0, q.saturating_sub(1) as u32, q as u32].into();
@@ -504,13 +508,13 @@ fn bigbird_has_band_globals_and_seeded_random_blocks() {
     for h in 0..2 {
         for q in 0..32 {
             for kv in 0..32 {
-                let kind = mask.kind(0, h, q, kv);
+                let kind = mask.kind(0, h, q, kv).unwrap();
                 if q.abs_diff(kv) <= 1 || q == 0 || kv == 0 {
                     assert_eq!(kind, BlockKind::Full, "band or global ({h}, {q}, {kv})");
                 }
                 assert_ne!(kind, BlockKind::Partial, "BigBird has no element mask");
             }
-            let (_, full) = mask.blocks(0, h, q);
+            let (_, full) = mask.blocks(0, h, q).unwrap();
             assert!(full.len() <= 3 + 1 + 2 || q == 0, "row {q}: {full:?}");
         }
     }
@@ -523,7 +527,7 @@ fn vertical_slash_picks_columns_and_diagonals_causally() {
         for kv in 0..8usize {
             let expected = kv <= q && (kv == 0 || kv == 3 || kv == q || kv + 2 == q);
             assert_eq!(
-                mask.kind(0, 0, q, kv) != BlockKind::Skip,
+                mask.kind(0, 0, q, kv).unwrap() != BlockKind::Skip,
                 expected,
                 "({q}, {kv})"
             );
@@ -892,5 +896,50 @@ proptest! {
         f in proptest::collection::vec(0u32..8, 0..20),
     ) {
         let _ = BlockMask::from_parts(shape(500, 400, 128), ElementMask::None, po, p, fo, f);
+    }
+}
+
+proptest! {
+    /// Sizes whose rows (batch x heads x query blocks) overflow a usize are an error, not a
+    /// wrapped count that passes validation.
+    #[test]
+    fn overflowing_mask_sizes_are_errors(
+        batch in 1usize..=usize::MAX,
+        heads in 1usize..=usize::MAX,
+        lq in 1usize..=usize::MAX,
+    ) {
+        let s = MaskShape { batch, heads, ..MaskShape::new(lq, 128) };
+        let rows = batch.checked_mul(heads).and_then(|n| n.checked_mul(lq.div_ceil(128)));
+        prop_assume!(rows.is_none_or(|r| r > u32::MAX as usize));
+        prop_assert!(BlockMask::causal(s).is_err());
+        prop_assert!(BlockMask::from_layout(s, ElementMask::None, &[]).is_err());
+    }
+
+    /// Rows past the mask's own (batch, head, query block) are an error from `blocks` and
+    /// `kind`, and see nothing through `allows`; no index panics or reads another row. A
+    /// broadcast batch or head takes any index.
+    #[test]
+    fn out_of_range_rows_are_errors(
+        b in any::<usize>(),
+        h in any::<usize>(),
+        q in any::<usize>(),
+        kv in any::<usize>(),
+        i in any::<usize>(),
+        j in any::<usize>(),
+        broadcast in any::<bool>(),
+    ) {
+        let (batch, heads) = if broadcast { (1, 1) } else { (2, 3) };
+        let s = MaskShape { batch, heads, ..MaskShape::new(300, 200) };
+        let mask = BlockMask::causal(s).unwrap();
+        let b = if b % 2 == 0 { b % 3 } else { b };
+        let h = if h % 2 == 0 { h % 4 } else { h };
+        let q = if q % 2 == 0 { q % 4 } else { q };
+        let row_exists = (broadcast || (b < 2 && h < 3)) && q < 3;
+        prop_assert_eq!(mask.blocks(b, h, q).is_ok(), row_exists);
+        prop_assert_eq!(mask.kind(b, h, q, kv).is_ok(), row_exists);
+        let seen = mask.allows(b, h, i % 400, j % 300);
+        if !(broadcast || (b < 2 && h < 3)) {
+            prop_assert!(!seen);
+        }
     }
 }

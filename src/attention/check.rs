@@ -177,7 +177,7 @@ impl Case {
                     if h % 2 == 1 && q == 0 {
                         super::BlockKind::Skip
                     } else {
-                        causal.kind(b, 0, q, kv)
+                        causal.row_kind(b, 0, q, kv)
                     }
                 })
             }

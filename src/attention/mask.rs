@@ -113,8 +113,16 @@ impl MaskShape {
         self.lk.div_ceil(self.block_n)
     }
 
+    /// Rows of the mask, (batch, head, query block); valid after `check`, which refuses
+    /// shapes where this overflows.
     fn rows(&self) -> usize {
-        self.batch * self.heads * self.q_blocks()
+        self.checked_rows().unwrap_or(usize::MAX)
+    }
+
+    fn checked_rows(&self) -> Option<usize> {
+        self.batch
+            .checked_mul(self.heads)?
+            .checked_mul(self.q_blocks())
     }
 
     fn check(&self) -> Result<()> {
@@ -134,8 +142,8 @@ impl MaskShape {
             }
         }
         if self
-            .rows()
-            .checked_mul(self.kv_blocks())
+            .checked_rows()
+            .and_then(|rows| rows.checked_mul(self.kv_blocks()))
             .is_none_or(|n| n > u32::MAX as usize)
         {
             return Err(Error::invalid(
@@ -260,7 +268,7 @@ impl BlockMask {
         let local_blocks = local.div_ceil(shape.block_n);
         let causal = Self::causal(shape)?;
         Self::from_fn(shape, ElementMask::Causal, |b, h, q, kv| {
-            let kind = causal.kind(b, h, q, kv);
+            let kind = causal.row_kind(b, h, q, kv);
             let diagonal = causal.diagonal_block(q);
             let near = diagonal.is_some_and(|d| kv + local_blocks > d);
             if kind != BlockKind::Skip && (kv < sink_blocks || near) {
@@ -316,7 +324,7 @@ impl BlockMask {
     ) -> Result<Self> {
         let causal = Self::causal(shape)?;
         Self::from_fn(shape, ElementMask::Causal, |b, h, q, kv| {
-            let kind = causal.kind(b, h, q, kv);
+            let kind = causal.row_kind(b, h, q, kv);
             let on_slash = causal
                 .diagonal_block(q)
                 .is_some_and(|d| d >= kv && slashes.contains(&(d - kv)));
@@ -467,8 +475,31 @@ impl BlockMask {
         (b * self.shape.heads + h) * self.shape.q_blocks() + q
     }
 
-    /// The partial and full key blocks of (batch, head, query block).
-    pub fn blocks(&self, b: usize, h: usize, q: usize) -> (&[u32], &[u32]) {
+    /// An error unless (batch, head, query block) is a row of this mask: b below its batch
+    /// and h below its heads (any, where it broadcasts), q below its query blocks.
+    fn check_row(&self, b: usize, h: usize, q: usize) -> Result<()> {
+        let s = self.shape;
+        let limits = [
+            ("batch index", b, (s.batch > 1).then_some(s.batch)),
+            ("head index", h, (s.heads > 1).then_some(s.heads)),
+            ("query block", q, Some(s.q_blocks())),
+        ];
+        for (what, index, limit) in limits {
+            if let Some(limit) = limit.filter(|&limit| index >= limit) {
+                return Err(Error::invalid(what, format!("below {limit}"), index));
+            }
+        }
+        Ok(())
+    }
+
+    /// The partial and full key blocks of (batch, head, query block); an error for a row the
+    /// mask does not have.
+    pub fn blocks(&self, b: usize, h: usize, q: usize) -> Result<(&[u32], &[u32])> {
+        self.check_row(b, h, q)?;
+        Ok(self.row_blocks(b, h, q))
+    }
+
+    fn row_blocks(&self, b: usize, h: usize, q: usize) -> (&[u32], &[u32]) {
         let row = self.row(b, h, q);
         let range = |offsets: &[u32]| offsets[row] as usize..offsets[row + 1] as usize;
         (
@@ -477,25 +508,35 @@ impl BlockMask {
         )
     }
 
-    /// What (batch, head, query block) does with key block `kv`.
-    pub fn kind(&self, b: usize, h: usize, q: usize, kv: usize) -> BlockKind {
-        let (partial, full) = self.blocks(b, h, q);
-        if full.binary_search(&(kv as u32)).is_ok() {
+    /// What (batch, head, query block) does with key block `kv` (`Skip` past the last key
+    /// block); an error for a row the mask does not have.
+    pub fn kind(&self, b: usize, h: usize, q: usize, kv: usize) -> Result<BlockKind> {
+        self.check_row(b, h, q)?;
+        Ok(self.row_kind(b, h, q, kv))
+    }
+
+    pub(super) fn row_kind(&self, b: usize, h: usize, q: usize, kv: usize) -> BlockKind {
+        let (partial, full) = self.row_blocks(b, h, q);
+        let Ok(kv) = u32::try_from(kv) else {
+            return BlockKind::Skip;
+        };
+        if full.binary_search(&kv).is_ok() {
             BlockKind::Full
-        } else if partial.binary_search(&(kv as u32)).is_ok() {
+        } else if partial.binary_search(&kv).is_ok() {
             BlockKind::Partial
         } else {
             BlockKind::Skip
         }
     }
 
-    /// Whether query `i` of (batch, head) sees key `j`.
+    /// Whether query `i` of (batch, head) sees key `j`: false past the ends, and for a batch
+    /// or head the mask does not have.
     pub fn allows(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
         let s = self.shape;
-        if i >= s.lq || j >= s.lk {
+        if i >= s.lq || j >= s.lk || self.check_row(b, h, i / s.block_m).is_err() {
             return false;
         }
-        match self.kind(b, h, i / s.block_m, j / s.block_n) {
+        match self.row_kind(b, h, i / s.block_m, j / s.block_n) {
             BlockKind::Skip => false,
             BlockKind::Full => true,
             BlockKind::Partial => self.element.allows(i, j, s.lq, s.lk),
