@@ -59,16 +59,21 @@ pub struct Array {
 impl Array {
     /// The shape as NumPy prints it, e.g. `(16, 520)`.
     pub fn shape_text(&self) -> String {
-        match self.shape.as_slice() {
-            [one] => format!("({one},)"),
-            dims => format!(
-                "({})",
-                dims.iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+        shape_text(&self.shape)
+    }
+}
+
+/// A shape as NumPy prints it.
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -209,13 +214,9 @@ fn parse(bytes: &[u8]) -> Result<Array, String> {
     let needed = count.and_then(|n| n.checked_mul(width));
     if needed != Some(data.len()) {
         let needed = needed.map_or("more than this machine addresses".into(), |n| n.to_string());
-        let shape = Array {
-            shape: shape.clone(),
-            data: Data::U8(Vec::new()),
-        };
         return Err(format!(
             "shape {} of {type_str} needs {needed} bytes, the array holds {}",
-            shape.shape_text(),
+            shape_text(&shape),
             data.len()
         ));
     }
