@@ -48,7 +48,7 @@ enum Command {
     /// Run one op on the arrays of a NumPy .npz file and write its outputs as .npz.
     Run {
         /// The op: one whose registry entry reads case files (spmm, scan, attention).
-        #[arg(value_parser = parse_file_op)]
+        #[arg(value_parser = input::op_with_files)]
         op: &'static OpEntry,
         /// The input arrays (np.savez); other arrays in it are ignored.
         #[arg(long, value_name = "FILE")]
@@ -150,10 +150,6 @@ fn parse_backend(name: &str) -> Result<Backend, String> {
         .into_iter()
         .find(|b| b.name() == name)
         .ok_or_else(|| format!("expected one of cpu, cuda, wgpu; got {name:?}"))
-}
-
-fn parse_file_op(name: &str) -> Result<&'static OpEntry, String> {
-    input::op_with_files(name)
 }
 
 fn main() -> ExitCode {
