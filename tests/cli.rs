@@ -410,6 +410,41 @@ fn the_output_cannot_be_the_input() {
     assert_eq!(std::fs::read(&input).unwrap(), before);
 }
 
+/// `--read-limit` bounds the bytes a run reads of the arrays it uses; an array it ignores
+/// is never read, whatever its size. w and x of the spmm case hold 31800 bytes.
+#[test]
+fn the_read_limit_bounds_what_a_run_reads() {
+    let dir = Scratch::new("read-limit");
+    let (input, output) = (dir.join("case.npz"), dir.join("out.npz"));
+    let big = Values::F32(vec![0.0; 1 << 20]);
+    spmm_case(1).0.with("big", &[1 << 20], big).save(&input);
+    let run = |limit: &str| {
+        let paths = [input.to_str().unwrap(), output.to_str().unwrap()];
+        let args = ["run", "spmm", "--input", paths[0], "--output", paths[1]];
+        tilefuse(&[&args[..], &["--backend", "cpu", "--read-limit", limit]].concat())
+    };
+    let out = run("31800");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&output).unwrap();
+    let out = run("31799");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tilefuse: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "{stderr}");
+    assert!(
+        ours[0].contains("`x`") && ours[0].contains("--read-limit"),
+        "{stderr}"
+    );
+    assert!(!output.exists());
+}
+
 #[test]
 fn bad_files_get_one_line_and_exit_code_2() {
     let (spmm, _, _) = spmm_case(1);

@@ -9,9 +9,10 @@ use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
 use crate::backend::cuda::Cuda;
 use crate::element::{DeviceFloat16, Dtype16, Float16};
 use crate::harness::file::{
-    CaseFile, Dtype, FileEntry, FileOptions, float16, mismatch, required, wrong_dtype,
+    CaseFile, Dtype, FileEntry, FileOptions, data, float16, float16_entry, mismatch, required,
+    wrong_dtype,
 };
-use crate::harness::npz::{Array, Arrays, Data};
+use crate::harness::npz::{Array, Data, Element, Npz};
 #[cfg(feature = "cuda")]
 use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
 use crate::harness::{Backend, Backends, Tolerance};
@@ -26,7 +27,7 @@ pub(crate) const FILE: FileEntry = FileEntry {
 const ATTENTION_NEEDS: &str = "attention needs q [b, lq, hq, d], k and v [b, lk, hkv, d] float16, \
 block_m, block_n, mask_mod, window (int32 scalars), layout [hq or 1, q_blocks, kv_blocks] uint8, scale (float32 scalar)";
 
-fn load(arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+fn load(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
     options.no_format("attention")?;
     match options.dtype.unwrap_or(Dtype::F16) {
         Dtype::F16 => Ok(Box::new(AttentionFile::<f16>::load(arrays)?)),
@@ -45,26 +46,31 @@ struct AttentionFile<T> {
 }
 
 /// A 0-d (or one-element) int32 array, as np.int32(5) saves it.
-fn scalar_i32(arrays: &Arrays, name: &str) -> Result<i64, String> {
+fn scalar_i32(arrays: &Npz, name: &str) -> Result<i64, String> {
     let array = required(arrays, name, ATTENTION_NEEDS)?;
-    match &array.data {
-        Data::I32(v) if v.len() == 1 => Ok(v[0].into()),
-        Data::I32(_) => Err(mismatch(name, "() (a scalar)".into(), array)),
+    if array.element != Element::I32 {
+        return Err(wrong_dtype(name, "int32", array));
+    }
+    if array.shape.iter().product::<usize>() != 1 {
+        return Err(mismatch(name, "() (a scalar)".into(), array));
+    }
+    match data(array, name)? {
+        Data::I32(v) => Ok(v[0].into()),
         _ => Err(wrong_dtype(name, "int32", array)),
     }
 }
 
 impl<T: Float16> AttentionFile<T> {
-    fn load(arrays: &Arrays) -> Result<Self, String> {
+    fn load(arrays: &Npz) -> Result<Self, String> {
         let half = |name: &str| {
             let dims: &[&str] = if name == "q" {
                 &["b", "lq", "hq", "d"]
             } else {
                 &["b", "lk", "hkv", "d"]
             };
-            float16(arrays, name, dims, ATTENTION_NEEDS)
+            float16_entry(arrays, name, dims, ATTENTION_NEEDS)
         };
-        let ((q_array, q), (k_array, k), (v_array, v)) = (half("q")?, half("k")?, half("v")?);
+        let (q_array, k_array, v_array) = (half("q")?, half("k")?, half("v")?);
         let [b, lq, hq, d] =
             <[usize; 4]>::try_from(q_array.shape.as_slice()).expect("rank checked");
         let [kb, lk, hkv, kd] =
@@ -110,13 +116,11 @@ impl<T: Float16> AttentionFile<T> {
             }
         };
         let layout_array = required(arrays, "layout", ATTENTION_NEEDS)?;
-        let Data::U8(layout) = &layout_array.data else {
-            return Err(wrong_dtype(
-                "layout",
-                "uint8 (0 skip, 1 partial, 2 full)",
-                layout_array,
-            ));
-        };
+        let layout_dtype =
+            || wrong_dtype("layout", "uint8 (0 skip, 1 partial, 2 full)", layout_array);
+        if !layout_array.element.is_bytes() {
+            return Err(layout_dtype());
+        }
         let mask_heads = layout_array.shape.first().copied().unwrap_or(0);
         let mask_shape = MaskShape {
             batch: 1,
@@ -131,22 +135,30 @@ impl<T: Float16> AttentionFile<T> {
             let want = format!("({} or 1, {}, {})", hq, expected[1], expected[2]);
             return Err(mismatch("layout", want, layout_array));
         }
+        let Data::U8(layout) = data(layout_array, "layout")? else {
+            return Err(layout_dtype());
+        };
         let mask = BlockMask::from_layout(mask_shape, element, layout)
             .map_err(|e| format!("`layout`: {e}"))?;
         let scale_array = required(arrays, "scale", ATTENTION_NEEDS)?;
-        let scale = match &scale_array.data {
-            Data::F32(v) if v.len() == 1 && v[0].is_finite() => f64::from(v[0]),
-            Data::F32(v) if v.len() == 1 => {
+        if scale_array.element != Element::F32 {
+            return Err(wrong_dtype("scale", "float32", scale_array));
+        }
+        if scale_array.shape.iter().product::<usize>() != 1 {
+            return Err(mismatch("scale", "() (a scalar)".into(), scale_array));
+        }
+        let scale = match data(scale_array, "scale")? {
+            Data::F32(v) if v[0].is_finite() => f64::from(v[0]),
+            Data::F32(v) => {
                 return Err(format!("`scale`: expected a finite number, got {}", v[0]));
             }
-            Data::F32(_) => return Err(mismatch("scale", "() (a scalar)".into(), scale_array)),
             _ => return Err(wrong_dtype("scale", "float32", scale_array)),
         };
         Ok(AttentionFile {
             shape,
-            q,
-            k,
-            v,
+            q: float16(q_array, "q")?,
+            k: float16(k_array, "k")?,
+            v: float16(v_array, "v")?,
             mask,
             scale,
         })

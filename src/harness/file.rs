@@ -3,7 +3,7 @@
 //! names the arrays that mark its files and loads them, array by array, into a [`CaseFile`]
 //! that runs on any backend and knows its reference and bound.
 
-use super::npz::{Array, Arrays, Data};
+use super::npz::{Array, Data, Element, Entry, Npz};
 use super::{Backend, Backends, OpEntry, Tolerance};
 use crate::element::Float16;
 
@@ -19,7 +19,9 @@ pub struct FileEntry {
 }
 
 /// Builds an op's case from a file's arrays, or says which array is wrong and how.
-pub type LoadFn = fn(&Arrays, FileOptions) -> Result<Box<dyn CaseFile>, String>;
+/// It checks every name, type and shape against the headers before it reads any array's
+/// elements ([`Entry::data`]), so that a wrong file is refused before it is inflated.
+pub type LoadFn = fn(&Npz, FileOptions) -> Result<Box<dyn CaseFile>, String>;
 
 /// The command line's choices for a case file.
 #[derive(Debug, Clone, Copy, Default)]
@@ -73,13 +75,13 @@ pub trait CaseFile {
 }
 
 /// The registered op whose case `arrays` holds: the first whose marks are all there.
-pub fn infer(ops: &'static [OpEntry], arrays: &Arrays) -> Result<&'static OpEntry, String> {
+pub fn infer(ops: &'static [OpEntry], arrays: &Npz) -> Result<&'static OpEntry, String> {
     let with_files = || ops.iter().filter_map(|op| Some((op, op.file?)));
-    let found = with_files().find(|(_, file)| file.marks.iter().all(|m| arrays.contains_key(*m)));
+    let found = with_files().find(|(_, file)| file.marks.iter().all(|m| arrays.contains(m)));
     if let Some((op, _)) = found {
         return Ok(op);
     }
-    let names: Vec<&str> = arrays.keys().map(String::as_str).collect();
+    let names: Vec<&str> = arrays.names().collect();
     let marks: Vec<String> = with_files()
         .map(|(op, file)| format!("{} needs {}", op.name, file.marks.join(" and ")))
         .collect();
@@ -92,27 +94,25 @@ pub fn infer(ops: &'static [OpEntry], arrays: &Arrays) -> Result<&'static OpEntr
 
 /// The array `name`, or an error that says what the op needs (or why the file's entry is no
 /// array).
-pub(crate) fn required<'a>(
-    arrays: &'a Arrays,
-    name: &str,
-    needs: &str,
-) -> Result<&'a Array, String> {
+pub(crate) fn required<'a>(arrays: &'a Npz, name: &str, needs: &str) -> Result<&'a Entry, String> {
     optional(arrays, name)?.ok_or_else(|| format!("`{name}`: missing ({needs})"))
 }
 
 /// The array `name` if the file has one; an error if its entry is no readable array.
-pub(crate) fn optional<'a>(arrays: &'a Arrays, name: &str) -> Result<Option<&'a Array>, String> {
-    match arrays.get(name) {
-        Some(Array {
-            data: Data::Invalid(why),
-            ..
-        }) => Err(format!("`{name}`: {why}")),
-        found => Ok(found),
-    }
+pub(crate) fn optional<'a>(arrays: &'a Npz, name: &str) -> Result<Option<&'a Entry>, String> {
+    arrays
+        .get(name)
+        .transpose()
+        .map_err(|why| format!("`{name}`: {why}"))
+}
+
+/// The elements of the array `name`, or why they cannot be read.
+pub(crate) fn data<'a>(array: &'a Entry, name: &str) -> Result<&'a Data, String> {
+    array.data().map_err(|why| format!("`{name}`: {why}"))
 }
 
 /// An error unless `array` has as many dimensions as `dims` names.
-pub(crate) fn rank(array: &Array, name: &str, dims: &[&str]) -> Result<(), String> {
+pub(crate) fn rank(array: &Entry, name: &str, dims: &[&str]) -> Result<(), String> {
     if array.shape.len() == dims.len() {
         return Ok(());
     }
@@ -125,42 +125,131 @@ pub(crate) fn rank(array: &Array, name: &str, dims: &[&str]) -> Result<(), Strin
 }
 
 /// The error for an array of the wrong element type.
-pub(crate) fn wrong_dtype(name: &str, expected: &str, array: &Array) -> String {
-    format!("`{name}`: expected {expected}, got {}", array.data.dtype())
+pub(crate) fn wrong_dtype(name: &str, expected: &str, array: &Entry) -> String {
+    format!(
+        "`{name}`: expected {expected}, got {}",
+        array.element.name()
+    )
 }
 
 /// The error for an array of the wrong shape.
-pub(crate) fn mismatch(name: &str, expected: String, array: &Array) -> String {
+pub(crate) fn mismatch(name: &str, expected: String, array: &Entry) -> String {
     format!(
         "`{name}`: expected shape {expected}, got {}",
         array.shape_text()
     )
 }
 
-/// The float16 array `name` of rank `dims.len()`, converted to `T`.
-pub(crate) fn float16<'a, T: Float16>(
-    arrays: &'a Arrays,
+/// The float16 array `name` of rank `dims.len()`; its elements are read by [`float16`].
+pub(crate) fn float16_entry<'a>(
+    arrays: &'a Npz,
     name: &str,
     dims: &[&str],
     needs: &str,
-) -> Result<(&'a Array, Vec<T>), String> {
+) -> Result<&'a Entry, String> {
     let array = required(arrays, name, needs)?;
     rank(array, name, dims)?;
-    match &array.data {
-        Data::F16(values) => Ok((
-            array,
-            values.iter().map(|v| T::from_f64(v.to_f64())).collect(),
-        )),
+    match array.element {
+        Element::F16 => Ok(array),
         _ => Err(wrong_dtype(name, "float16", array)),
     }
 }
 
-/// An array's values as f64 (complex as interleaved pairs), for comparisons.
-pub fn as_f64(array: &Array) -> Option<Vec<f64>> {
-    match &array.data {
+/// The elements of the float16 array `name` (from [`float16_entry`]), converted to `T`.
+pub(crate) fn float16<T: Float16>(array: &Entry, name: &str) -> Result<Vec<T>, String> {
+    match data(array, name)? {
+        Data::F16(values) => Ok(values.iter().map(|v| T::from_f64(v.to_f64())).collect()),
+        _ => Err(wrong_dtype(name, "float16", array)),
+    }
+}
+
+/// Elements as f64 (complex as interleaved pairs), for comparisons; none for integers.
+pub fn as_f64(data: &Data) -> Option<Vec<f64>> {
+    match data {
         Data::F16(v) => Some(v.iter().map(|x| x.to_f64()).collect()),
         Data::F32(v) => Some(v.iter().map(|&x| x.into()).collect()),
         Data::C64(v) => Some(v.iter().flat_map(|c| [c.re.into(), c.im.into()]).collect()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+    use crate::harness::npz::{self, DEFAULT_READ_LIMIT};
+
+    fn zeros(shape: &[usize], element: Element) -> Array {
+        let count = shape.iter().product();
+        let data = match element {
+            Element::F16 => Data::F16(vec![f16::ZERO; count]),
+            Element::F32 => Data::F32(vec![0.0; count]),
+            _ => Data::U8(vec![0; count]),
+        };
+        Array {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// Every op checks names, types and shapes against the headers before it reads any
+    /// array's elements: a wrong file costs nothing of its large arrays.
+    #[test]
+    fn files_are_checked_before_any_array_is_read() {
+        use Element::{F16, F32, U8};
+        let (q, kv) = ([1, 1024, 4, 64], [1, 1024, 4, 32]);
+        type Arrays<'a> = &'a [(&'a str, &'a [usize], Element)];
+        let cases: [(&str, Arrays, &str); 5] = [
+            (
+                "spmm",
+                &[("w", &[64, 4096], F16), ("x", &[16, 4095], F16)],
+                "`x`",
+            ),
+            (
+                "spmm",
+                &[("w", &[64, 4096], F16), ("x", &[16, 4096], F32)],
+                "`x`",
+            ),
+            (
+                "scan",
+                &[
+                    ("u", &[1, 65536, 4], F32),
+                    ("a", &[5], F32),
+                    ("reset", &[1, 65536], U8),
+                ],
+                "`a`",
+            ),
+            (
+                "scan",
+                &[
+                    ("u", &[1, 65536, 4], F32),
+                    ("a", &[4], F32),
+                    ("reset", &[1, 65536], F32),
+                ],
+                "`reset`",
+            ),
+            (
+                "attention",
+                &[("q", &q, F16), ("k", &q, F16), ("v", &kv, F16)],
+                "`v`",
+            ),
+        ];
+        let path =
+            std::env::temp_dir().join(format!("tilefuse-checked-{}.npz", std::process::id()));
+        for (op, arrays, wrong) in cases {
+            let arrays: Vec<(String, Array)> = arrays
+                .iter()
+                .map(|(name, shape, element)| (name.to_string(), zeros(shape, element.clone())))
+                .collect();
+            npz::write(&path, &arrays).unwrap();
+            let file = Npz::open(&path, DEFAULT_READ_LIMIT).unwrap();
+            let entry = crate::harness::ops().iter().find(|o| o.name == op).unwrap();
+            let loaded = (entry.file.unwrap().load)(&file, FileOptions::default());
+            let error = loaded.err().expect("a wrong file");
+            assert!(error.contains(wrong), "{op}: {error}");
+            assert_eq!(file.bytes_read(), 0, "{op}: {error}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -1,9 +1,11 @@
 //! NumPy `.npz` files: the arrays that case files hold and `tilefuse run` writes (C order,
 //! little endian).
 
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
+use std::rc::Rc;
 
 use half::f16;
 use npyz::WriterBuilder;
@@ -18,36 +20,75 @@ pub enum Data {
     F32(Vec<f32>),
     /// complex64.
     C64(Vec<Complex32>),
-    /// uint8 (and bool).
+    /// uint8 (and bool, as 0 and 1).
     U8(Vec<u8>),
     /// int32.
     I32(Vec<i32>),
-    /// Anything else, by its NumPy type string (e.g. `<f8`); an op that needs it says so.
-    Other(String),
-    /// An entry that is no readable array, and why; an op that needs it says so, and the
-    /// file's other arrays still read.
-    Invalid(String),
 }
 
-impl Data {
+/// The element type a `.npy` header declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Element {
+    /// float16 (`<f2`).
+    F16,
+    /// float32 (`<f4`).
+    F32,
+    /// complex64 (`<c8`).
+    C64,
+    /// uint8 (`|u1`).
+    U8,
+    /// bool (`|b1`), read as uint8 0 and 1.
+    Bool,
+    /// int32 (`<i4`).
+    I32,
+    /// Any other, by its NumPy type string (e.g. `<f8`); never read.
+    Other(String),
+}
+
+impl Element {
+    fn from_descr(descr: &str) -> Element {
+        match descr {
+            "<f2" => Element::F16,
+            "<f4" => Element::F32,
+            "<c8" => Element::C64,
+            "|u1" | "<u1" => Element::U8,
+            "|b1" => Element::Bool,
+            "<i4" => Element::I32,
+            other => Element::Other(other.to_string()),
+        }
+    }
+
     /// NumPy's name of the type.
-    pub fn dtype(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
-            Data::F16(_) => "float16".into(),
-            Data::F32(_) => "float32".into(),
-            Data::C64(_) => "complex64".into(),
-            Data::U8(_) => "uint8".into(),
-            Data::I32(_) => "int32".into(),
-            Data::Other(type_str) => format!("dtype {type_str}"),
-            Data::Invalid(why) => format!("an unreadable array ({why})"),
+            Element::F16 => "float16".into(),
+            Element::F32 => "float32".into(),
+            Element::C64 => "complex64".into(),
+            Element::U8 => "uint8".into(),
+            Element::Bool => "bool".into(),
+            Element::I32 => "int32".into(),
+            Element::Other(descr) => format!("dtype {descr}"),
+        }
+    }
+
+    /// Whether its elements read as [`Data::U8`] (uint8 and bool).
+    pub fn is_bytes(&self) -> bool {
+        matches!(self, Element::U8 | Element::Bool)
+    }
+
+    /// Bytes per element, for the types tilefuse reads.
+    fn width(&self) -> Option<usize> {
+        match self {
+            Element::U8 | Element::Bool => Some(1),
+            Element::F16 => Some(2),
+            Element::F32 | Element::I32 => Some(4),
+            Element::C64 => Some(8),
+            Element::Other(_) => None,
         }
     }
 }
 
-/// A file's arrays by name.
-pub type Arrays = BTreeMap<String, Array>;
-
-/// One array: its shape and its elements in C order.
+/// One array to write: its shape and its elements in C order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array {
     /// The dimensions; empty for a scalar.
@@ -56,15 +97,8 @@ pub struct Array {
     pub data: Data,
 }
 
-impl Array {
-    /// The shape as NumPy prints it, e.g. `(16, 520)`.
-    pub fn shape_text(&self) -> String {
-        shape_text(&self.shape)
-    }
-}
-
-/// A shape as NumPy prints it.
-fn shape_text(shape: &[usize]) -> String {
+/// A shape as NumPy prints it, e.g. `(16, 520)`.
+pub fn shape_text(shape: &[usize]) -> String {
     match shape {
         [one] => format!("({one},)"),
         dims => format!(
@@ -77,179 +111,325 @@ fn shape_text(shape: &[usize]) -> String {
     }
 }
 
-/// Reads every array of an `.npz` file, by name (without `.npy`). An entry that holds no
-/// readable array (a malformed header, a shape its bytes do not fill, sizes the zip entry does
-/// not hold) becomes [`Data::Invalid`], so that only an op that needs it fails.
-pub fn read(path: &Path) -> Result<Arrays, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| format!("{}: not an .npz (zip) file: {e}", path.display()))?;
-    let mut arrays = BTreeMap::new();
-    for index in 0..archive.len() {
-        let mut entry = archive
-            .by_index(index)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let Some(name) = entry.name().strip_suffix(".npy").map(str::to_string) else {
-            continue;
-        };
-        let declared = entry.size();
-        let array = entry_bytes(&mut entry, declared)
-            .and_then(|bytes| parse(&bytes))
-            .unwrap_or_else(|why| Array {
-                shape: Vec::new(),
-                data: Data::Invalid(why),
+/// What a run may read of a file's arrays unless told otherwise (`tilefuse --read-limit`):
+/// 4 GiB.
+pub const DEFAULT_READ_LIMIT: u64 = 4 << 30;
+
+/// The longest `.npy` header read (numpy writes a few hundred bytes).
+const MAX_HEADER: usize = 1 << 16;
+
+/// The most dimensions a header may declare (NumPy's own limit).
+const MAX_RANK: usize = 64;
+
+/// How many bytes of an array are decoded at a time.
+const CHUNK: usize = 1 << 20;
+
+/// An `.npz` opened for reading. Opening reads each entry's `.npy` header only; an array's
+/// elements are inflated when an op asks for them ([`Entry::data`]), after it has checked
+/// the shapes, and never more bytes in all than the read limit. Entries nobody asks for are
+/// never inflated, so a file costs what the op reads of it.
+pub struct Npz {
+    entries: BTreeMap<String, Result<Entry, String>>,
+}
+
+/// One `.npy` entry of an [`Npz`]: its header, and its elements once read.
+pub struct Entry {
+    /// The dimensions; empty for a scalar.
+    pub shape: Vec<usize>,
+    /// The element type.
+    pub element: Element,
+    source: Source,
+    data: OnceCell<Result<Data, String>>,
+}
+
+/// Where an entry's elements are: the archive, its index there and the header's length.
+struct Source {
+    archive: Rc<Archive>,
+    index: usize,
+    header_bytes: u64,
+}
+
+/// The open zip file, and the bytes its arrays have read against the limit.
+struct Archive {
+    zip: RefCell<zip::ZipArchive<std::fs::File>>,
+    limit: u64,
+    read: Cell<u64>,
+}
+
+impl Npz {
+    /// Opens `path` and reads the header of each `.npy` entry. An entry that holds no
+    /// readable array (a malformed header, a shape its declared size does not hold) is kept
+    /// as its error, so that only an op that needs it fails. At most `limit` bytes of
+    /// elements may be read in all.
+    pub fn open(path: &Path, limit: u64) -> Result<Npz, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let zip = zip::ZipArchive::new(file)
+            .map_err(|e| format!("{}: not an .npz (zip) file: {e}", path.display()))?;
+        let archive = Rc::new(Archive {
+            zip: RefCell::new(zip),
+            limit,
+            read: Cell::new(0),
+        });
+        let count = archive.zip.borrow().len();
+        let mut entries = BTreeMap::new();
+        for index in 0..count {
+            let mut zip = archive.zip.borrow_mut();
+            let mut file = zip
+                .by_index(index)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let Some(name) = file.name().strip_suffix(".npy").map(str::to_string) else {
+                continue;
+            };
+            let declared = file.size();
+            let entry = read_header(&mut file, declared).map(|(header, header_bytes)| Entry {
+                shape: header.shape,
+                element: header.element,
+                source: Source {
+                    archive: Rc::clone(&archive),
+                    index,
+                    header_bytes,
+                },
+                data: OnceCell::new(),
             });
-        arrays.insert(name, array);
+            entries.insert(name, entry);
+        }
+        Ok(Npz { entries })
     }
-    Ok(arrays)
+
+    /// The names of the file's arrays (without `.npy`), sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Whether the file has an entry `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The entry `name`: none if the file has none, an error if it is no readable array.
+    pub fn get(&self, name: &str) -> Option<Result<&Entry, String>> {
+        self.entries
+            .get(name)
+            .map(|entry| entry.as_ref().map_err(Clone::clone))
+    }
+
+    /// The bytes of elements read so far, all entries together.
+    pub fn bytes_read(&self) -> u64 {
+        let archive = self.entries.values().flatten().next();
+        archive.map_or(0, |entry| entry.source.archive.read.get())
+    }
 }
 
-/// The bytes of a zip entry that declares `declared` of them: never more than it declares,
-/// and memory only for what it really holds (a central directory can claim any size).
-fn entry_bytes(entry: &mut impl Read, declared: u64) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    entry
-        .take(declared.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("the zip entry (declaring {declared} bytes) is unreadable: {e}"))?;
-    if bytes.len() as u64 != declared {
-        return Err(format!(
-            "the zip entry declares {declared} bytes but holds {}",
-            bytes.len()
-        ));
+impl Entry {
+    /// The shape as NumPy prints it, e.g. `(16, 520)`.
+    pub fn shape_text(&self) -> String {
+        shape_text(&self.shape)
     }
-    Ok(bytes)
+
+    /// The elements, inflated and decoded on the first call. An error if they would take the
+    /// bytes read past the limit, if the entry does not hold them, or for a type tilefuse
+    /// does not read.
+    pub fn data(&self) -> Result<&Data, String> {
+        self.data
+            .get_or_init(|| self.read_data())
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn read_data(&self) -> Result<Data, String> {
+        let Some(width) = self.element.width() else {
+            return Err(format!("{} is not read", self.element.name()));
+        };
+        let count = self.shape.iter().product::<usize>();
+        let bytes = (count * width) as u64;
+        let archive = &self.source.archive;
+        let total = archive.read.get().saturating_add(bytes);
+        if total > archive.limit {
+            return Err(format!(
+                "its {bytes} bytes would take what this run reads to {total} bytes, past the \
+                 limit of {} (raise it with --read-limit)",
+                archive.limit
+            ));
+        }
+        archive.read.set(total);
+        let mut zip = archive.zip.borrow_mut();
+        let mut file = zip
+            .by_index(self.source.index)
+            .map_err(|e| format!("the zip entry is unreadable: {e}"))?;
+        let unreadable = |e: std::io::Error| format!("the zip entry is unreadable: {e}");
+        std::io::copy(
+            &mut (&mut file).take(self.source.header_bytes),
+            &mut std::io::sink(),
+        )
+        .map_err(unreadable)?;
+        let data = decode(&mut file, &self.element, count).map_err(unreadable)?;
+        let mut past = [0u8];
+        if file.read(&mut past).map_err(unreadable)? != 0 {
+            return Err("the zip entry holds more bytes than it declares".into());
+        }
+        Ok(data)
+    }
 }
 
-/// A `.npy` header: the element type, Fortran order, the shape, and where the data starts.
+/// `count` elements of type `element` from `reader`, a chunk at a time, so that memory grows
+/// only with the bytes that really arrive.
+fn decode(reader: &mut impl Read, element: &Element, count: usize) -> std::io::Result<Data> {
+    fn values<T>(
+        reader: &mut impl Read,
+        count: usize,
+        width: usize,
+        one: impl Fn(&[u8]) -> T,
+    ) -> std::io::Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; CHUNK.min(count * width)];
+        let mut left = count * width;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            reader.read_exact(&mut chunk[..n])?;
+            out.extend(chunk[..n].chunks_exact(width).map(&one));
+            left -= n;
+        }
+        Ok(out)
+    }
+    let r = reader;
+    Ok(match element {
+        Element::F16 => Data::F16(values(r, count, 2, |c| f16::from_le_bytes([c[0], c[1]]))?),
+        Element::F32 => Data::F32(values(r, count, 4, |c| f32::from_le_bytes(word(c)))?),
+        Element::I32 => Data::I32(values(r, count, 4, |c| i32::from_le_bytes(word(c)))?),
+        Element::U8 => Data::U8(values(r, count, 1, |c| c[0])?),
+        Element::Bool => Data::U8(values(r, count, 1, |c| u8::from(c[0] != 0))?),
+        Element::C64 => Data::C64(values(r, count, 8, |c| {
+            Complex32::new(
+                f32::from_le_bytes(word(c)),
+                f32::from_le_bytes(word(&c[4..])),
+            )
+        })?),
+        Element::Other(descr) => {
+            return Err(std::io::Error::other(format!("dtype {descr} is not read")));
+        }
+    })
+}
+
+/// A `.npy` header: the element type, the shape, in C order.
 struct Header {
-    descr: String,
-    fortran: bool,
-    shape: Vec<u64>,
-    data_offset: usize,
+    element: Element,
+    shape: Vec<usize>,
 }
 
-/// Reads the header of a `.npy`: the magic, the version, the header's length and the header
-/// dict, whose three keys are read with overflow-checked numbers (a library that multiplies
-/// the shape out first would wrap or panic on a hostile one).
-fn header(bytes: &[u8]) -> Result<Header, String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+/// Reads the `.npy` header at the start of a zip entry that declares `declared` bytes, and
+/// checks that the shape's elements fill exactly the rest of them: the header and its
+/// length in bytes. Only the header is inflated.
+fn read_header(entry: &mut impl Read, declared: u64) -> Result<(Header, u64), String> {
+    let unreadable = |e: std::io::Error| format!("the zip entry is unreadable: {e}");
+    let mut prefix = [0u8; 12];
+    let mut start = 10;
+    entry
+        .read_exact(&mut prefix[..10])
+        .map_err(|_| "not a .npy array (shorter than a header)")?;
+    if &prefix[..6] != b"\x93NUMPY" {
         return Err("not a .npy array (no NUMPY magic)".into());
     }
-    let (length, start): (usize, usize) = match bytes[6] {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(word(&bytes[8..])) as usize, 12),
+    let length = match prefix[6] {
+        1 => usize::from(u16::from_le_bytes([prefix[8], prefix[9]])),
+        2 | 3 => {
+            entry.read_exact(&mut prefix[10..]).map_err(unreadable)?;
+            start = 12;
+            u32::from_le_bytes(word(&prefix[8..])) as usize
+        }
         version => return Err(format!("a .npy format version {version}, not 1, 2 or 3")),
     };
-    let end = start
-        .checked_add(length)
-        .filter(|&end| end <= bytes.len())
-        .ok_or("a .npy header longer than the array")?;
-    let text =
-        std::str::from_utf8(&bytes[start..end]).map_err(|_| "a .npy header that is not text")?;
+    if length > MAX_HEADER {
+        return Err(format!(
+            "a .npy header of {length} bytes, longer than the {MAX_HEADER} read"
+        ));
+    }
+    let mut text = vec![0u8; length];
+    entry
+        .read_exact(&mut text)
+        .map_err(|_| "a .npy header longer than the array")?;
+    let text = String::from_utf8(text).map_err(|_| "a .npy header that is not text")?;
+    let header = parse_header(&text)?;
+    let header_bytes = (start + length) as u64;
+    let width = header.element.width();
+    let count = header
+        .shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let needed = count
+        .zip(width)
+        .and_then(|(count, width)| count.checked_mul(width as u64))
+        .and_then(|bytes| bytes.checked_add(header_bytes));
+    match needed {
+        _ if width.is_none() => {}
+        Some(needed) if needed == declared && usize::try_from(needed).is_ok() => {}
+        needed => {
+            let needed = needed.map_or("more bytes than a u64 counts".into(), |n| {
+                format!("{n} bytes with its header")
+            });
+            return Err(format!(
+                "shape {} of {} needs {needed}, the zip entry declares {declared}",
+                shape_text(&header.shape),
+                header.element.name()
+            ));
+        }
+    }
+    Ok((header, header_bytes))
+}
+
+/// The header dict's three keys, read with overflow-checked numbers (a library that
+/// multiplies the shape out first would wrap or panic on a hostile one).
+fn parse_header(text: &str) -> Result<Header, String> {
+    let shown = || {
+        let mut shown: String = text.chars().take(120).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        format!("{shown:?}")
+    };
     let value = |key: &str| {
         ["'", "\""]
             .iter()
             .find_map(|q| text.split_once(&format!("{q}{key}{q}")))
             .and_then(|(_, rest)| rest.trim_start().strip_prefix(':'))
             .map(str::trim_start)
-            .ok_or_else(|| format!("a .npy header without {key}: {text:?}"))
+            .ok_or_else(|| format!("a .npy header without {key}: {}", shown()))
     };
     let descr = value("descr")?;
     let descr = match descr.chars().next() {
-        Some(q @ ('\'' | '"')) => descr[1..].split(q).next().unwrap_or_default().to_string(),
-        _ => descr
-            .split([',', '}'])
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        Some(q @ ('\'' | '"')) => descr[1..].split(q).next().unwrap_or_default(),
+        _ => descr.split([',', '}']).next().unwrap_or_default().trim(),
     };
     let fortran = value("fortran_order")?.starts_with("True");
-    let shape = value("shape")?
+    let dims = value("shape")?
         .strip_prefix('(')
         .and_then(|rest| rest.split(')').next())
-        .ok_or_else(|| format!("a .npy header whose shape is no tuple: {text:?}"))?;
-    let shape = shape
+        .ok_or_else(|| format!("a .npy header whose shape is no tuple: {}", shown()))?
         .split(',')
         .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.trim_end_matches('L').parse::<u64>())
-        .collect::<Result<Vec<u64>, _>>()
-        .map_err(|_| format!("a .npy header whose shape is not whole numbers: {text:?}"))?;
-    Ok(Header {
-        descr,
-        fortran,
-        shape,
-        data_offset: end,
-    })
-}
-
-fn parse(bytes: &[u8]) -> Result<Array, String> {
-    let header = header(bytes)?;
-    let data = &bytes[header.data_offset..];
-    if header.fortran && header.shape.len() > 1 {
+        .filter(|d| !d.is_empty());
+    let mut shape = Vec::new();
+    for dim in dims {
+        if shape.len() == MAX_RANK {
+            return Err(format!("a .npy header of more than {MAX_RANK} dimensions"));
+        }
+        let dim = dim.trim_end_matches('L').parse::<u64>();
+        let dim = dim.map_err(|_| {
+            format!(
+                "a .npy header whose shape is not whole numbers: {}",
+                shown()
+            )
+        })?;
+        let dim = usize::try_from(dim)
+            .map_err(|_| format!("a dimension {dim} that does not fit this machine"))?;
+        shape.push(dim);
+    }
+    if fortran && shape.len() > 1 {
         return Err("Fortran order; save a C-ordered array (np.ascontiguousarray)".into());
     }
-    let shape: Vec<usize> = header
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("shape {:?} does not fit this machine", header.shape))?;
-    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-    let type_str = header.descr;
-    let width = match type_str.as_str() {
-        "|u1" | "<u1" | "|b1" => 1,
-        "<f2" => 2,
-        "<f4" | "<i4" => 4,
-        "<c8" => 8,
-        _ => {
-            return Ok(Array {
-                shape,
-                data: Data::Other(type_str),
-            });
-        }
-    };
-    let needed = count.and_then(|n| n.checked_mul(width));
-    if needed != Some(data.len()) {
-        let needed = needed.map_or("more than this machine addresses".into(), |n| n.to_string());
-        return Err(format!(
-            "shape {} of {type_str} needs {needed} bytes, the array holds {}",
-            shape_text(&shape),
-            data.len()
-        ));
-    }
-    let data = match type_str.as_str() {
-        "|b1" => Data::U8(data.iter().map(|&b| u8::from(b != 0)).collect()),
-        "|u1" | "<u1" => Data::U8(data.to_vec()),
-        "<f2" => Data::F16(
-            data.chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        ),
-        "<f4" => Data::F32(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(word(c)))
-                .collect(),
-        ),
-        "<i4" => Data::I32(
-            data.chunks_exact(4)
-                .map(|c| i32::from_le_bytes(word(c)))
-                .collect(),
-        ),
-        _ => Data::C64(
-            data.chunks_exact(8)
-                .map(|c| {
-                    Complex32::new(
-                        f32::from_le_bytes(word(c)),
-                        f32::from_le_bytes(word(&c[4..])),
-                    )
-                })
-                .collect(),
-        ),
-    };
-    Ok(Array { shape, data })
+    Ok(Header {
+        element: Element::from_descr(descr),
+        shape,
+    })
 }
 
 /// The first four bytes of `bytes`.
@@ -330,9 +510,6 @@ fn npy_bytes(array: &Array) -> std::io::Result<Vec<u8>> {
         Data::C64(v) => emit!(v),
         Data::U8(v) => emit!(v),
         Data::I32(v) => emit!(v),
-        Data::Other(t) | Data::Invalid(t) => {
-            return Err(std::io::Error::other(format!("cannot write dtype {t}")));
-        }
     }
     Ok(out)
 }
@@ -383,12 +560,29 @@ mod tests {
         panic!("no entry {name}.npy");
     }
 
-    fn read_bytes(bytes: &[u8], test: &str) -> Result<Arrays, String> {
+    /// A file removed when it drops.
+    struct TempFile(std::path::PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// `bytes` in a file of their own, opened with `limit`.
+    fn open_bytes(bytes: &[u8], test: &str, limit: u64) -> (Npz, TempFile) {
         let path = std::env::temp_dir().join(format!("tilefuse-{test}-{}.npz", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
-        let arrays = read(&path);
-        std::fs::remove_file(&path).unwrap();
-        arrays
+        (Npz::open(&path, limit).unwrap(), TempFile(path))
+    }
+
+    fn read_bytes(bytes: &[u8], test: &str) -> (Npz, TempFile) {
+        open_bytes(bytes, test, DEFAULT_READ_LIMIT)
+    }
+
+    /// The elements of `name`, or why it is no array or they cannot be read.
+    fn data(npz: &Npz, name: &str) -> Result<Data, String> {
+        npz.get(name).expect("an entry")?.data().cloned()
     }
 
     fn f32s(shape: &[usize], values: Vec<f32>) -> Array {
@@ -425,11 +619,11 @@ mod tests {
             ];
             let mut bytes = npz_bytes(&arrays, &[]);
             forge_declared_size(&mut bytes, "x", size);
-            let read = read_bytes(&bytes, "forged").unwrap();
-            assert_eq!(read["w"], arrays[0].1);
-            match &read["x"].data {
-                Data::Invalid(why) => assert!(why.contains(&size.to_string()), "{why}"),
-                other => panic!("a forged size read as {other:?}"),
+            let (read, _file) = read_bytes(&bytes, "forged");
+            assert_eq!(data(&read, "w"), Ok(arrays[0].1.data.clone()));
+            match data(&read, "x") {
+                Err(why) => assert!(why.contains(&size.to_string()), "{why}"),
+                Ok(other) => panic!("a forged size read as {other:?}"),
             }
         }
     }
@@ -438,38 +632,80 @@ mod tests {
     /// array of 4: the element count is checked against the bytes present.
     #[test]
     fn a_wrapped_header_shape_is_an_error() {
-        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        let values: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let wrapped = npy_with_header("<f4", "(4611686018427387905, 4)", &data);
-        let short = npy_with_header("<f4", "(2, 4)", &data);
+        let wrapped = npy_with_header("<f4", "(4611686018427387905, 4)", &values);
+        let short = npy_with_header("<f4", "(2, 4)", &values);
         let bytes = npz_bytes(&[], &[("wrapped", &wrapped), ("short", &short)]);
-        let read = read_bytes(&bytes, "wrapped").unwrap();
+        let (read, _file) = read_bytes(&bytes, "wrapped");
         for name in ["wrapped", "short"] {
-            match &read[name].data {
-                Data::Invalid(why) => assert!(why.contains("bytes"), "{name}: {why}"),
-                other => panic!("{name}: read as {other:?}"),
+            match data(&read, name) {
+                Err(why) => assert!(why.contains("bytes"), "{name}: {why}"),
+                Ok(other) => panic!("{name}: read as {other:?}"),
             }
         }
+    }
+
+    /// Opening reads headers only; an array's elements are read when asked for, counted
+    /// against the limit, and one that would pass it is refused before it is inflated.
+    #[test]
+    fn only_the_arrays_asked_for_are_read_within_the_limit() {
+        let arrays = [
+            ("x".to_string(), f32s(&[3], vec![1.0, 2.0, 3.0])),
+            ("big".to_string(), f32s(&[1 << 22], vec![0.0; 1 << 22])),
+        ];
+        let (read, _file) = open_bytes(&npz_bytes(&arrays, &[]), "limit", 1 << 20);
+        assert_eq!(read.bytes_read(), 0);
+        let big = read.get("big").unwrap().unwrap();
+        assert_eq!(
+            (&big.shape[..], &big.element),
+            (&[1 << 22][..], &Element::F32)
+        );
+        assert_eq!(data(&read, "x"), Ok(arrays[0].1.data.clone()));
+        assert_eq!(read.bytes_read(), 12);
+        let refused = data(&read, "big").unwrap_err();
+        assert!(refused.contains("--read-limit"), "{refused}");
+        assert_eq!(read.bytes_read(), 12);
+    }
+
+    /// An entry whose header and declared size agree on more bytes than it holds is an error
+    /// when read, not a short or padded array.
+    #[test]
+    fn an_entry_that_holds_less_than_it_declares_is_an_error() {
+        let values: Vec<u8> = (0..16u8).collect();
+        let npy = npy_with_header("<f4", "(1048576,)", &values);
+        let mut bytes = npz_bytes(&[], &[("x", &npy)]);
+        let header = (npy.len() - values.len()) as u64;
+        forge_declared_size(&mut bytes, "x", header + (4 << 20));
+        let (read, _file) = read_bytes(&bytes, "short");
+        let entry = read.get("x").unwrap().unwrap();
+        assert_eq!(entry.shape, [1 << 20]);
+        assert!(entry.data().is_err());
     }
 
     /// numpy bool arrays (`|b1`) read as 0 / 1 bytes.
     #[test]
     fn bool_arrays_read_as_bytes() {
         let flags = npy_with_header("|b1", "(2, 2)", &[1, 0, 0, 1]);
-        let read = read_bytes(&npz_bytes(&[], &[("reset", &flags)]), "bool").unwrap();
-        assert_eq!(read["reset"].shape, [2, 2]);
-        assert_eq!(read["reset"].data, Data::U8(vec![1, 0, 0, 1]));
+        let (read, _file) = read_bytes(&npz_bytes(&[], &[("reset", &flags)]), "bool");
+        let reset = read.get("reset").unwrap().unwrap();
+        assert_eq!(
+            (&reset.shape[..], &reset.element),
+            (&[2, 2][..], &Element::Bool)
+        );
+        assert_eq!(data(&read, "reset"), Ok(Data::U8(vec![1, 0, 0, 1])));
     }
 
     /// A malformed array that nothing asks for does not make the file unreadable.
     #[test]
     fn a_malformed_extra_array_leaves_the_rest_readable() {
         let arrays = [("x".to_string(), f32s(&[3], vec![1.0, 2.0, 3.0]))];
-        let read = read_bytes(&npz_bytes(&arrays, &[("junk", b"not an array")]), "junk").unwrap();
-        assert_eq!(read["x"], arrays[0].1);
-        assert!(matches!(read["junk"].data, Data::Invalid(_)));
+        let bytes = npz_bytes(&arrays, &[("junk", b"not an array")]);
+        let (read, _file) = read_bytes(&bytes, "junk");
+        assert_eq!(data(&read, "x"), Ok(arrays[0].1.data.clone()));
+        assert!(data(&read, "junk").is_err());
     }
 
     /// Writing through a symlink writes its target and keeps the link; a replaced file keeps
@@ -493,7 +729,8 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
-        assert_eq!(read(&target).unwrap()["y"], y[0].1);
+        let written = Npz::open(&target, DEFAULT_READ_LIMIT).unwrap();
+        assert_eq!(data(&written, "y"), Ok(y[0].1.data.clone()));
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
         let fifo = dir.join("fifo");
@@ -570,10 +807,12 @@ mod tests {
         ];
         let path = std::env::temp_dir().join(format!("tilefuse-npz-{}.npz", std::process::id()));
         write(&path, &arrays).unwrap();
-        let back = read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
+        let back = Npz::open(&path, DEFAULT_READ_LIMIT).unwrap();
+        let _file = TempFile(path);
         for (name, array) in &arrays {
-            assert_eq!(&back[name], array, "{name}");
+            let entry = back.get(name).unwrap().unwrap();
+            assert_eq!(entry.shape, array.shape, "{name}");
+            assert_eq!(entry.data(), Ok(&array.data), "{name}");
         }
     }
 }

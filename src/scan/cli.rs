@@ -8,9 +8,9 @@ use super::{Decay, Layout, Scan, ScanElement, ScanShape};
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
 use crate::harness::file::{
-    CaseFile, Dtype, FileEntry, FileOptions, mismatch, optional, rank, required, wrong_dtype,
+    CaseFile, Dtype, FileEntry, FileOptions, data, mismatch, optional, rank, required, wrong_dtype,
 };
-use crate::harness::npz::{Array, Arrays, Data};
+use crate::harness::npz::{Array, Data, Element, Entry, Npz};
 #[cfg(feature = "cuda")]
 use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
 use crate::harness::{Backend, Backends, Tolerance};
@@ -24,13 +24,13 @@ pub(crate) const FILE: FileEntry = FileEntry {
 
 const SCAN_NEEDS: &str = "scan needs a [p] or [b, t, p], u [b, t, p] (float32 or complex64), reset [b, t] uint8, optional h0 [b, p]";
 
-fn load(arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+fn load(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
     options.no_format("scan")?;
     if options.dtype.is_some_and(|d| d != Dtype::F32) {
         return Err("--dtype: scan computes in f32 (float32 or complex64 arrays)".into());
     }
-    match &required(arrays, "u", SCAN_NEEDS)?.data {
-        Data::C64(_) => Ok(Box::new(ScanFile::<Complex32>::load(arrays)?)),
+    match required(arrays, "u", SCAN_NEEDS)?.element {
+        Element::C64 => Ok(Box::new(ScanFile::<Complex32>::load(arrays)?)),
         _ => Ok(Box::new(ScanFile::<f32>::load(arrays)?)),
     }
 }
@@ -40,28 +40,29 @@ struct ScanFile<T: ScanElement> {
     inputs: super::Inputs<T>,
 }
 
-/// Elements of `array` if it holds `T`s (float32 for f32, complex64 for Complex32).
-fn elements<T: ScanElement>(name: &str, array: &Array) -> Result<Vec<T>, String> {
-    match (&array.data, T::LANES) {
-        (Data::F32(values), 1) => Ok(bytemuck::cast_slice(values).to_vec()),
-        (Data::C64(values), 2) => Ok(bytemuck::cast_slice(values).to_vec()),
-        _ => Err(wrong_dtype(
-            name,
-            if T::LANES == 1 {
-                "float32 (as u)"
-            } else {
-                "complex64 (as u)"
-            },
-            array,
-        )),
+/// An error unless `array` holds `T`s (float32 for f32, complex64 for Complex32).
+fn holds<T: ScanElement>(name: &str, array: &Entry) -> Result<(), String> {
+    match (&array.element, T::LANES) {
+        (Element::F32, 1) | (Element::C64, 2) => Ok(()),
+        (_, 1) => Err(wrong_dtype(name, "float32 (as u)", array)),
+        _ => Err(wrong_dtype(name, "complex64 (as u)", array)),
+    }
+}
+
+/// The elements of `array`, checked by [`holds`].
+fn elements<T: ScanElement>(name: &str, array: &Entry) -> Result<Vec<T>, String> {
+    match data(array, name)? {
+        Data::F32(values) if T::LANES == 1 => Ok(bytemuck::cast_slice(values).to_vec()),
+        Data::C64(values) if T::LANES == 2 => Ok(bytemuck::cast_slice(values).to_vec()),
+        _ => Err(wrong_dtype(name, "the type of u", array)),
     }
 }
 
 impl<T: ScanElement> ScanFile<T> {
-    fn load(arrays: &Arrays) -> Result<Self, String> {
+    fn load(arrays: &Npz) -> Result<Self, String> {
         let u_array = required(arrays, "u", SCAN_NEEDS)?;
         rank(u_array, "u", &["b", "t", "p"])?;
-        if !matches!(u_array.data, Data::F32(_) | Data::C64(_)) {
+        if !matches!(u_array.element, Element::F32 | Element::C64) {
             return Err(wrong_dtype("u", "float32 or complex64", u_array));
         }
         let (b, t, p) = (u_array.shape[0], u_array.shape[1], u_array.shape[2]);
@@ -86,19 +87,25 @@ impl<T: ScanElement> ScanFile<T> {
                 reset_array,
             ));
         }
-        let Data::U8(reset) = &reset_array.data else {
+        if !reset_array.element.is_bytes() {
             return Err(wrong_dtype("reset", "uint8 (or bool)", reset_array));
-        };
-        let h0 = match optional(arrays, "h0")? {
-            None => None,
-            Some(array) if array.shape == [b, p] => Some(elements::<T>("h0", array)?),
-            Some(array) => return Err(mismatch("h0", format!("({b}, {p}) ([b, p] of u)"), array)),
+        }
+        let h0_array = optional(arrays, "h0")?;
+        if let Some(array) = h0_array {
+            if array.shape != [b, p] {
+                return Err(mismatch("h0", format!("({b}, {p}) ([b, p] of u)"), array));
+            }
+            holds::<T>("h0", array)?;
+        }
+        holds::<T>("a", a_array)?;
+        let Data::U8(reset) = data(reset_array, "reset")? else {
+            return Err(wrong_dtype("reset", "uint8 (or bool)", reset_array));
         };
         let inputs = super::Inputs {
             a: elements::<T>("a", a_array)?,
             u: elements::<T>("u", u_array)?,
             reset: reset.clone(),
-            h0,
+            h0: h0_array.map(|h0| elements::<T>("h0", h0)).transpose()?,
         };
         Ok(ScanFile {
             scan: Scan::new(shape, Layout::BatchMajor, decay),

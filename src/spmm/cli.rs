@@ -8,9 +8,9 @@ use super::TiledCsl;
 use crate::backend::cuda::Cuda;
 use crate::element::{DeviceFloat16, DeviceOutput, Dtype16, Float16};
 use crate::harness::file::{
-    CaseFile, Dtype, FileEntry, FileOptions, SparseFormat, float16, mismatch,
+    CaseFile, Dtype, FileEntry, FileOptions, SparseFormat, float16, float16_entry, mismatch,
 };
-use crate::harness::npz::{Array, Arrays, Data};
+use crate::harness::npz::{Array, Data, Npz};
 #[cfg(feature = "cuda")]
 use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
 use crate::harness::{Backend, Backends, Tolerance};
@@ -24,7 +24,7 @@ pub(crate) const FILE: FileEntry = FileEntry {
 
 const SPMM_NEEDS: &str = "spmm needs w [m, k] and x [n, k], float16";
 
-fn load(arrays: &Arrays, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+fn load(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
     match options.format {
         None | Some(SparseFormat::Tiledcsl) => {}
     }
@@ -42,9 +42,9 @@ struct SpmmFile<T: Float16> {
 }
 
 impl<T: Float16> SpmmFile<T> {
-    fn load(arrays: &Arrays) -> Result<Self, String> {
-        let (w_array, w) = float16(arrays, "w", &["m", "k"], SPMM_NEEDS)?;
-        let (x_array, x) = float16(arrays, "x", &["n", "k"], SPMM_NEEDS)?;
+    fn load(arrays: &Npz) -> Result<Self, String> {
+        let w_array = float16_entry(arrays, "w", &["m", "k"], SPMM_NEEDS)?;
+        let x_array = float16_entry(arrays, "x", &["n", "k"], SPMM_NEEDS)?;
         let (m, k) = (w_array.shape[0], w_array.shape[1]);
         if x_array.shape[1] != k {
             return Err(mismatch("x", format!("(n, {k}) (k from w)"), x_array));
@@ -57,7 +57,9 @@ impl<T: Float16> SpmmFile<T> {
                 x_array.shape_text()
             ));
         }
+        let w = float16::<T>(w_array, "w")?;
         let w = TiledCsl::encode(&w, m, k).map_err(|e| format!("`w`: {e}"))?;
+        let x = float16(x_array, "x")?;
         Ok(SpmmFile { w, x, n })
     }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use tilefuse::harness::file::{CaseFile, FileOptions, as_f64};
-use tilefuse::harness::npz::{self, Arrays};
+use tilefuse::harness::npz::{self, Npz};
 use tilefuse::harness::{self, Backend, Backends, Comparison, OpEntry};
 
 /// The registered op named `name` that reads case files.
@@ -19,11 +19,7 @@ pub fn op_with_files(name: &str) -> Result<&'static OpEntry, String> {
 }
 
 /// `op`'s case in `arrays`.
-pub fn load(
-    op: &OpEntry,
-    arrays: &Arrays,
-    options: FileOptions,
-) -> Result<Box<dyn CaseFile>, String> {
+pub fn load(op: &OpEntry, arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
     let file = op
         .file
         .ok_or_else(|| format!("{} reads no case files", op.name))?;
@@ -38,6 +34,7 @@ pub fn run_file(
     output: &Path,
     backend: Option<Backend>,
     options: FileOptions,
+    read_limit: u64,
 ) -> Result<Backend, String> {
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
     if same(input, output) {
@@ -46,7 +43,7 @@ pub fn run_file(
             output.display()
         ));
     }
-    let arrays = npz::read(input)?;
+    let arrays = Npz::open(input, read_limit)?;
     let case = load(op, &arrays, options)?;
     let backends = &Backends::detect();
     let backend = match backend {
@@ -80,7 +77,7 @@ pub struct FileCheck {
 pub fn check_case(
     backends: &Backends,
     case: &dyn CaseFile,
-    arrays: &Arrays,
+    arrays: &Npz,
     runnable: &[Backend],
     expect: bool,
 ) -> Result<Vec<FileCheck>, String> {
@@ -94,7 +91,7 @@ pub fn check_case(
                 Ok(outputs) => outputs
                     .iter()
                     .find(|(n, _)| n == name)
-                    .and_then(|(_, a)| as_f64(a)),
+                    .and_then(|(_, a)| as_f64(&a.data)),
                 Err(e) => {
                     rows.push(FileCheck {
                         backend,
@@ -115,15 +112,10 @@ pub fn check_case(
             });
             let expected_name = format!("expect_{name}");
             if let (true, Some(expected)) = (expect, arrays.get(&expected_name)) {
-                let result = match as_f64(expected) {
-                    Some(values) if values.len() == want.len() => Ok(compare(&values)),
-                    _ => Err(format!(
-                        "`{expected_name}`: expected {} values of the output's type, got {} {}",
-                        want.len(),
-                        expected.data.dtype(),
-                        expected.shape_text()
-                    )),
-                };
+                let result = expected
+                    .map_err(|why| format!("`{expected_name}`: {why}"))
+                    .and_then(|expected| expectation(&expected_name, expected, want.len()))
+                    .map(|values| compare(&values));
                 rows.push(FileCheck {
                     backend,
                     output: name.clone(),
@@ -134,4 +126,25 @@ pub fn check_case(
         }
     }
     Ok(rows)
+}
+
+/// The values of `expect_<output>`, if it holds `count` floats.
+fn expectation(name: &str, expected: &npz::Entry, count: usize) -> Result<Vec<f64>, String> {
+    let wrong = || {
+        format!(
+            "`{name}`: expected {count} values of the output's type, got {} {}",
+            expected.element.name(),
+            expected.shape_text()
+        )
+    };
+    let lanes = match expected.element {
+        npz::Element::F16 | npz::Element::F32 => 1,
+        npz::Element::C64 => 2,
+        _ => return Err(wrong()),
+    };
+    if expected.shape.iter().product::<usize>() * lanes != count {
+        return Err(wrong());
+    }
+    let data = expected.data().map_err(|why| format!("`{name}`: {why}"))?;
+    as_f64(data).ok_or_else(wrong)
 }

@@ -68,6 +68,8 @@ enum Command {
         /// spmm: the sparse format the dense `w` is encoded to (default: tiledcsl).
         #[arg(long, value_enum)]
         format: Option<SparseFormat>,
+        #[command(flatten)]
+        read_limit: ReadLimit,
     },
     /// Time every registered op on every available backend.
     Bench {
@@ -108,6 +110,37 @@ struct CheckFile {
     /// With --input: also compare with the file's `expect_<output>` arrays.
     #[arg(long, requires = "input")]
     expect: bool,
+    #[command(flatten)]
+    read_limit: ReadLimit,
+}
+
+#[derive(clap::Args, Default)]
+struct ReadLimit {
+    /// The most bytes of array elements read from the input file, all arrays together
+    /// (e.g. 512M, 16G; default 4G). Arrays the op does not use are never read.
+    #[arg(long = "read-limit", value_name = "BYTES", value_parser = parse_bytes, requires = "input")]
+    bytes: Option<u64>,
+}
+
+impl ReadLimit {
+    fn bytes(&self) -> u64 {
+        self.bytes.unwrap_or(npz::DEFAULT_READ_LIMIT)
+    }
+}
+
+/// A byte count: a whole number, optionally with K, M, G or T (powers of 1024).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.char_indices().last() {
+        Some((at, unit @ ('K' | 'M' | 'G' | 'T'))) => {
+            (&text[..at], 10 * (1 + "KMGT".find(unit).unwrap_or(0)))
+        }
+        _ => (text, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("expected a byte count such as 1000000, 512M or 16G; got {text:?}"))
 }
 
 #[derive(clap::Args, Default)]
@@ -171,8 +204,9 @@ fn main() -> ExitCode {
                 CheckFile {
                     input: Some(input),
                     expect,
+                    read_limit,
                 },
-        }) => check_input(&selection, &input, expect),
+        }) => check_input(&selection, &input, expect, read_limit.bytes()),
         Some(Command::Check { selection, .. }) => check(&Backends::detect(), &selection),
         Some(Command::Run {
             op,
@@ -181,9 +215,10 @@ fn main() -> ExitCode {
             backend,
             dtype,
             format,
+            read_limit,
         }) => {
             let options = FileOptions { dtype, format };
-            let ran = input::run_file(op, &input, &output, backend, options);
+            let ran = input::run_file(op, &input, &output, backend, options, read_limit.bytes());
             ran.map(|backend| {
                 println!("{} on {backend}: wrote {}", op.name, output.display());
                 true
@@ -397,11 +432,12 @@ fn check_input(
     selection: &Selection,
     path: &std::path::Path,
     expect: bool,
+    read_limit: u64,
 ) -> Result<bool, String> {
     if !selection.cases.is_empty() {
         return Err("--case picks registered cases; --input checks the file's one case".into());
     }
-    let arrays = npz::read(path)?;
+    let arrays = npz::Npz::open(path, read_limit)?;
     let op = match selection.ops.as_slice() {
         [] => file::infer(harness::ops(), &arrays)?,
         [name] => input::op_with_files(name).map_err(|e| format!("--op {e}"))?,
