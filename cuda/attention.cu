@@ -33,6 +33,10 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const uint16_t *slice, 
     }
 }
 
+// x, or NaN for ±inf (and NaN): x·0 is NaN exactly when x is not finite. One FFMA; IEEE
+// arithmetic (no fast math) keeps it from being folded away.
+__device__ __forceinline__ float nan_unless_finite(float x) { return fmaf(x, 0.0f, x); }
+
 __device__ __forceinline__ bool element_allows(const TfAttentionParams &p, uint32_t i, uint32_t j) {
     const int64_t distance = int64_t(i) + p.lk - p.lq - j;  // i' - j
     switch (p.element) {
@@ -127,7 +131,7 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
                 const uint32_t key = key0 + j * 8 + (lane % 4) * 2 + e % 2;
                 const uint32_t row = row0 + (e / 2) * 8;
                 const bool ok = key < p.lk && (!is_partial || element_allows(p, row, key));
-                s[j][e] = ok ? s[j][e] * p.scale_log2 : -INFINITY;
+                s[j][e] = ok ? nan_unless_finite(s[j][e]) * p.scale_log2 : -INFINITY;
             }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -180,16 +184,22 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const uint32_t row = row0 + r * 8;
         if (row >= p.lq) continue;
-        const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+        // sum is 0 only for a row without keys (the largest score adds 1), NaN for a row that a
+        // non-finite score reached: that row's o and lse come out NaN. A non-finite value of v
+        // reaches every row of the tile (0 · NaN is NaN), except a row without keys: o = 0.
+        const bool seen = sum != 0.0f;
+        const float inverse = 1.0f / sum;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             const uint32_t col = n * 8 + (lane % 4) * 2;
             *reinterpret_cast<uint32_t *>(o + row * p.o_stride_l + col) =
-                In::pack(out[n][2 * r] * inverse, out[n][2 * r + 1] * inverse);
+                seen ? In::pack(nan_unless_finite(out[n][2 * r] * inverse),
+                                nan_unless_finite(out[n][2 * r + 1] * inverse))
+                     : 0u;
         }
         if (lse != nullptr && lane % 4 == 0)
             lse[(size_t(batch) * p.heads_q + head) * p.lq + row] =
-                sum > 0.0f ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+                seen ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
     }
 }
 

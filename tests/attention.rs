@@ -22,6 +22,7 @@ on_backends!([cuda, wgpu] => [
     lengths_equal_unequal_and_ragged,
     gqa_ratios_and_head_dims,
     rows_without_keys_give_zero_and_minus_infinity,
+    non_finite_inputs_give_nan_where_they_reach,
     full_blocks_equal_partial_blocks_on_the_device,
     strided_tensors_in_both_orders,
     misaligned_strides_are_refused_at_launch,
@@ -136,6 +137,26 @@ fn rows_without_keys_give_zero_and_minus_infinity(backends: &Backends, backend: 
             ..Case::new(300, 200)
         },
     );
+}
+
+fn non_finite_inputs_give_nan_where_they_reach(backends: &Backends, backend: Backend) {
+    let cases = [
+        (MaskKind::Causal, false, Output::Input),
+        (MaskKind::EmptyRows, true, Output::Input),
+        (MaskKind::Dense, false, Output::F32),
+        (MaskKind::Window(70, false), true, Output::Input),
+    ];
+    for (mask, bf16, output) in cases {
+        let case = Case {
+            mask,
+            bf16,
+            output,
+            non_finite: true,
+            heads_q: 4,
+            ..Case::new(200, 150)
+        };
+        assert_case(backends, backend, case);
+    }
 }
 
 fn full_blocks_equal_partial_blocks_on_the_device(backends: &Backends, backend: Backend) {
@@ -811,6 +832,66 @@ fn reference_is_masked_softmax_with_gqa_and_empty_rows() {
                 if h == 1 && i < 64 {
                     assert_eq!(got_lse, f64::NEG_INFINITY);
                     assert!(got.iter().all(|&x| x == 0.0));
+                }
+            }
+        }
+    }
+}
+
+/// The reference's NaN semantics, spelled out, with a causal mask over 140 queries and keys
+/// in blocks of 64 (query i sees keys 0..=i): a NaN in query 5 makes row 5 NaN (o and lse);
+/// a −inf in key 130 makes every row from 130 on NaN; a NaN and a +inf in the values of keys
+/// 100 and 65 (key block 1) make columns 3 and 6 NaN in every row of the query blocks that
+/// list key block 1 (rows 64 on, those before 100 too: a listed block is computed whole),
+/// leaving lse alone; head 1's first block sees no key and stays o = 0, lse = −inf.
+#[test]
+fn the_reference_makes_nan_what_non_finite_inputs_reach() {
+    let seed = common::seed();
+    let mut rng = Rng::new(seed);
+    let s = AttentionShape::new(1, 140, 140, 2, 1, 8).unwrap();
+    let (mut q, mut k, mut v) = (
+        random(140 * 2 * 8, &mut rng),
+        random(140 * 8, &mut rng),
+        random(140 * 8, &mut rng),
+    );
+    let causal = BlockMask::causal(shape(140, 140, 64)).unwrap();
+    let heads = MaskShape {
+        heads: 2,
+        ..shape(140, 140, 64)
+    };
+    let mask = BlockMask::from_fn(heads, ElementMask::Causal, |b, h, qb, kv| {
+        if h == 1 && qb == 0 {
+            BlockKind::Skip
+        } else {
+            causal.kind(b, 0, qb, kv).unwrap()
+        }
+    })
+    .unwrap();
+    for h in 0..2 {
+        q[(5 * 2 + h) * 8] = f16::NAN;
+    }
+    k[130 * 8 + 2] = f16::NEG_INFINITY;
+    v[100 * 8 + 3] = f16::NAN;
+    v[65 * 8 + 6] = f16::INFINITY;
+    let out = reference(&s, &q, &k, &v, &mask, 0.35).unwrap();
+    for h in 0..2 {
+        for i in 0..140 {
+            let o = &out.o[(i * 2 + h) * 8..][..8];
+            let lse = out.lse[h * 140 + i];
+            let what = format!("seed {seed}: head {h}, query {i}: o {o:?}, lse {lse}");
+            if h == 1 && i < 64 {
+                assert!(
+                    o.iter().all(|&x| x == 0.0) && lse == f64::NEG_INFINITY,
+                    "{what}"
+                );
+            } else if i == 5 || i >= 130 {
+                assert!(o.iter().all(|x| x.is_nan()) && lse.is_nan(), "{what}");
+            } else {
+                assert!(lse.is_finite(), "{what}");
+                for (c, x) in o.iter().enumerate() {
+                    let reached = i >= 64 && (c == 3 || c == 6);
+                    assert_eq!(x.is_nan(), reached, "{what}, column {c}");
+                    assert!(x.is_nan() || x.is_finite(), "{what}, column {c}");
                 }
             }
         }

@@ -67,6 +67,15 @@ const THREADS: u32 = 128u;
 var<workgroup> k_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
 var<workgroup> v_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
 
+// WGSL lets an implementation assume that no NaN or infinity occurs, so non-finite values are
+// told apart by their bits, never by comparisons.
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// A quiet NaN, made at run time (a constant expression may not be NaN).
+var<private> nan_bits: u32 = 0x7fc00000u;
+
 fn to_f32(h: u32) -> f32 {
     if (BF16) {
         return bitcast<f32>(h << 16u);
@@ -186,6 +195,10 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
                         dot += q_row[c] * k_tile[jj][c];
                     }
                     let score = dot.x + dot.y + dot.z + dot.w;
+                    if (!is_finite(score) || !is_finite(sum)) {
+                        sum = bitcast<f32>(nan_bits);  // the row is NaN, whatever comes after
+                        continue;
+                    }
                     let new_max = max(running_max, score);
                     let correction = exp(running_max - new_max);
                     let p = exp(score - new_max);
@@ -194,6 +207,16 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
                         out[c] = out[c] * correction + p * v_tile[jj][c];
                     }
                     running_max = new_max;
+                } else if (live && j < block_end) {
+                    // A listed block is computed whole on every backend: a masked key adds
+                    // 0 · v, NaN where v is not finite.
+                    for (var c = 0u; c < d4; c++) {
+                        for (var e = 0u; e < 4u; e++) {
+                            if (!is_finite(v_tile[jj][c][e])) {
+                                out[c][e] = bitcast<f32>(nan_bits);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -214,12 +237,25 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
         return;
     }
     let base = row_start(3u, batch, i, head);
-    let seen = sum > 0.0;
+    // sum is 0 only for a row without keys (the largest score adds 1), NaN for a row that a
+    // non-finite score reached; a non-finite value of v makes its column NaN.
+    let seen = bitcast<u32>(sum) != 0u;
+    let poisoned = !is_finite(sum);
     for (var c = 0u; c < d4; c++) {
-        store4(base + 4u * c, select(vec4<f32>(0.0), out[c] / sum, seen));
+        var value = select(vec4<f32>(0.0), out[c] / sum, seen);
+        for (var e = 0u; e < 4u; e++) {
+            if (poisoned || !is_finite(value[e])) {
+                value[e] = bitcast<f32>(nan_bits);
+            }
+        }
+        store4(base + 4u * c, value);
     }
     let neg_inf = bitcast<f32>(0xff800000u);
+    var row_lse = select(neg_inf, running_max + log(sum), seen);
+    if (poisoned) {
+        row_lse = bitcast<f32>(nan_bits);
+    }
     if ((params.pass_flags & 4u) != 0u) {
-        lse[(batch * params.heads_q + head) * params.lq + i] = select(neg_inf, running_max + log(sum), seen);
+        lse[(batch * params.heads_q + head) * params.lq + i] = row_lse;
     }
 }

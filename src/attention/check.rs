@@ -68,6 +68,8 @@ pub struct Case {
     pub strided: bool,
     /// The output type of the device run.
     pub output: Output,
+    /// NaN and ±inf in a few elements of q, k and v ([`Case::non_finite_elements`]).
+    pub non_finite: bool,
 }
 
 /// The type a device run writes `o` in.
@@ -94,7 +96,31 @@ impl Case {
             bf16: false,
             strided: false,
             output: Output::Input,
+            non_finite: false,
         }
+    }
+
+    /// With [`Case::non_finite`]: (tensor 0 q, 1 k, 2 v; sequence position; element of the
+    /// row; value) of each non-finite input, in batch 0 and head 0: a NaN in q, +inf and −inf in
+    /// keys 1 and lk − 1 (a score of −inf must make its rows NaN, not look masked), a NaN and
+    /// a +inf in v.
+    pub fn non_finite_elements(&self) -> Vec<(usize, usize, usize, f64)> {
+        if !self.non_finite {
+            return Vec::new();
+        }
+        let d = self.d;
+        let elements = [
+            (0, self.lq / 2, 0, f64::NAN),
+            (1, 1, 3, f64::INFINITY),
+            (1, self.lk - 1, 5, f64::NEG_INFINITY),
+            (2, 2, 7 % d, f64::NAN),
+            (2, self.lk / 2, d - 1, f64::INFINITY),
+        ];
+        let len = |tensor: usize| if tensor == 0 { self.lq } else { self.lk };
+        elements
+            .into_iter()
+            .filter(|&(tensor, at, _, _)| at < len(tensor))
+            .collect()
     }
 
     /// The shape, with [`Case::padded_layout`] when the case is strided.
@@ -189,7 +215,7 @@ impl fmt::Display for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}{}{} b={} lq={} lk={} hq={} hkv={} d={} block={} {:?}",
+            "{}{}{}{} b={} lq={} lk={} hq={} hkv={} d={} block={} {:?}",
             if self.bf16 { "bf16" } else { "f16" },
             if self.output == Output::F32 {
                 "->f32"
@@ -197,6 +223,7 @@ impl fmt::Display for Case {
                 ""
             },
             if self.strided { " strided" } else { "" },
+            if self.non_finite { " non-finite" } else { "" },
             self.batch,
             self.lq,
             self.lk,
@@ -261,9 +288,17 @@ pub(crate) fn check_with<T: Float16 + OutputElement<T>>(
         values
     };
     let (l, (b, lq, lk)) = (shape.layout(), (shape.batch, shape.lq, shape.lk));
-    let q = random(q_len, l.q, [b, lq, shape.heads_q]);
-    let k = random(k_len, l.k, [b, lk, shape.heads_kv]);
-    let v = random(v_len, l.v, [b, lk, shape.heads_kv]);
+    let mut q = random(q_len, l.q, [b, lq, shape.heads_q]);
+    let mut k = random(k_len, l.k, [b, lk, shape.heads_kv]);
+    let mut v = random(v_len, l.v, [b, lk, shape.heads_kv]);
+    for (tensor, at, element, value) in case.non_finite_elements() {
+        let (values, strides) = match tensor {
+            0 => (&mut q, l.q),
+            1 => (&mut k, l.k),
+            _ => (&mut v, l.v),
+        };
+        values[strides.offset(0, at, 0) + element] = T::from_f64(value);
+    }
     let scale = 1.0 / (shape.d as f32).sqrt();
     let ran = runner(&shape, [&q, &k, &v], &mask, scale, case.output)?;
     let Some((o, lse)) = ran else {

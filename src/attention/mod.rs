@@ -18,6 +18,21 @@
 //! assert!((out.lse[1] - 2f64.ln()).abs() < 1e-12);
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
+//!
+//! # Non-finite inputs
+//!
+//! The same on every backend (the reference, CUDA, WGSL), and never mistaken for "masked":
+//!
+//! - A query that sees no key gives `o = 0`, `lse = −inf`, whatever its inputs hold.
+//! - A NaN or ±inf in a row of q, or in a row of k that a query sees, makes that query's
+//!   score non-finite, and its whole `o` row and its `lse` NaN.
+//! - A NaN or ±inf in a row of v makes NaN the column it is in, in the `o` row of every query
+//!   (that sees some key) whose query block the mask lists with the key's block, partial or
+//!   full: a listed block is computed whole, and a key the element mask hides there still
+//!   adds `0 · v`, which is NaN. `lse` is not affected.
+//!
+//! A finite input never gives NaN, except where an f32 score overflows (bf16 inputs near
+//! its largest values).
 
 mod bench;
 mod check;

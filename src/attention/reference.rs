@@ -1,10 +1,11 @@
 //! The specification: dense attention in f64 with the mask materialised.
 
-use super::{AttentionShape, BlockMask};
+use super::{AttentionShape, BlockKind, BlockMask};
 use crate::error::{Error, Result};
 
 /// The outputs: `o [b, lq, hq, d]` and `lse [b, hq, lq]` (natural log; −inf for a query that
-/// sees no key, whose `o` row is 0).
+/// sees no key, whose `o` row is 0; NaN where non-finite inputs reach, as
+/// [the op's docs](super#non-finite-inputs) say).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outputs {
     /// Attention outputs.
@@ -15,7 +16,8 @@ pub struct Outputs {
 
 /// `o = softmax(q·kᵀ·scale + mask)·v` in f64, with q `[b, lq, hq, d]` and k, v
 /// `[b, lk, hkv, d]` laid out as `shape.layout()` says; query head h reads key/value head
-/// `h / (hq / hkv)`. The outputs are packed whatever the layout of `o`.
+/// `h / (hq / hkv)`. The outputs are packed whatever the layout of `o`. Non-finite inputs give
+/// NaN where [the op's docs](super#non-finite-inputs) say.
 pub fn reference<T: Copy>(
     shape: &AttentionShape,
     q: &[T],
@@ -41,24 +43,48 @@ where
     let mut lse = vec![f64::NEG_INFINITY; s.batch * s.heads_q * s.lq];
     let mut scores = vec![0.0; s.lk];
     for b in 0..s.batch {
+        // Each key whose value row is not finite everywhere, with its non-finite columns.
+        let non_finite_values: Vec<Vec<(usize, Vec<usize>)>> = (0..s.heads_kv)
+            .map(|kv_head| {
+                let columns = |j: usize| {
+                    let row = &v[layout.v.offset(b, j, kv_head)..][..s.d];
+                    (0..s.d)
+                        .filter(|&c| !row[c].is_finite())
+                        .collect::<Vec<_>>()
+                };
+                (0..s.lk)
+                    .map(|j| (j, columns(j)))
+                    .filter(|(_, columns)| !columns.is_empty())
+                    .collect()
+            })
+            .collect();
         for h in 0..s.heads_q {
             let kv_head = h / group;
             for i in 0..s.lq {
                 let q_row = &q[layout.q.offset(b, i, h)..][..s.d];
                 let mut max = f64::NEG_INFINITY;
+                let (mut seen, mut finite) = (false, true);
                 for (j, score) in scores.iter_mut().enumerate() {
                     *score = if mask.allows(b, h, i, j) {
                         let k_row = &k[layout.k.offset(b, j, kv_head)..][..s.d];
-                        scale * q_row.iter().zip(k_row).map(|(a, b)| a * b).sum::<f64>()
+                        let dot = q_row.iter().zip(k_row).map(|(a, b)| a * b).sum::<f64>();
+                        (seen, finite) = (true, finite && dot.is_finite());
+                        scale * dot
                     } else {
                         f64::NEG_INFINITY
                     };
                     max = max.max(*score);
                 }
-                if max == f64::NEG_INFINITY {
+                if !seen {
                     continue; // no key: o stays 0, lse −inf
                 }
                 let out = &mut o[((b * s.lq + i) * s.heads_q + h) * s.d..][..s.d];
+                let lse_at = (b * s.heads_q + h) * s.lq + i;
+                if !finite {
+                    out.fill(f64::NAN);
+                    lse[lse_at] = f64::NAN;
+                    continue;
+                }
                 let mut sum = 0.0;
                 for (j, &score) in scores.iter().enumerate() {
                     if score == f64::NEG_INFINITY {
@@ -69,8 +95,18 @@ where
                     let v_row = &v[layout.v.offset(b, j, kv_head)..][..s.d];
                     out.iter_mut().zip(v_row).for_each(|(o, v)| *o += p * v);
                 }
-                out.iter_mut().for_each(|o| *o /= sum);
-                lse[(b * s.heads_q + h) * s.lq + i] = max + sum.ln();
+                for o in out.iter_mut() {
+                    *o = if o.is_finite() { *o / sum } else { f64::NAN };
+                }
+                // A block the mask lists is computed whole: a masked key of it still adds
+                // 0 · v, NaN where v is not finite.
+                let (block_m, block_n) = (mask.shape().block_m, mask.shape().block_n);
+                for (j, columns) in &non_finite_values[kv_head] {
+                    if mask.kind(b, h, i / block_m, j / block_n)? != BlockKind::Skip {
+                        columns.iter().for_each(|&c| out[c] = f64::NAN);
+                    }
+                }
+                lse[lse_at] = max + sum.ln();
             }
         }
     }

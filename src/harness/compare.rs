@@ -3,7 +3,8 @@
 //! Two bounds must hold: the relative L2 error `‖out − ref‖ / ‖ref‖`, and a per-element bound
 //! `|out_i − ref_i| ≤ element · (|ref_i| + rms(ref))`, so one bad element cannot hide in a
 //! large norm. NaN or infinity where the reference is finite never passes; where the
-//! reference is infinite (an `lse` of −inf) the output must be the same infinity.
+//! reference is not finite (an `lse` of −inf, NaN from non-finite inputs) the output must be
+//! the same: the same infinity, or NaN.
 
 use std::fmt;
 
@@ -45,7 +46,8 @@ pub struct Comparison {
     pub max_abs: f64,
     /// The element with the largest error relative to its bound, and that ratio (≤ 1 passes).
     pub worst: Option<(usize, f64)>,
-    /// Elements that are NaN or infinite where the reference is not, or differ at an infinity.
+    /// Elements that are NaN or infinite where the reference is not, or differ from a
+    /// non-finite reference (another infinity, or not NaN where it is NaN).
     pub non_finite: usize,
     /// The bounds applied.
     pub tolerance: Tolerance,
@@ -125,9 +127,8 @@ pub fn compare<T: AsF64>(out: &[T], reference: &[f64], tolerance: Tolerance) -> 
     for (index, (o, &r)) in out.iter().zip(reference).enumerate() {
         let o = o.as_f64();
         if !r.is_finite() || !o.is_finite() {
-            if o != r {
-                comparison.non_finite += 1;
-            }
+            let same = o == r || (o.is_nan() && r.is_nan());
+            comparison.non_finite += usize::from(!same);
             continue;
         }
         let err = (o - r).abs();
@@ -169,10 +170,16 @@ mod tests {
     }
 
     #[test]
-    fn nan_never_passes() {
+    fn nan_passes_only_where_the_reference_is_nan() {
         let c = compare(&[1.0f32, f32::NAN], &[1.0, 0.0], Tolerance::BF16);
         assert!(!c.passed());
         assert_eq!(c.non_finite, 1);
+        let r = [1.0, f64::NAN, 2.0];
+        assert!(compare(&[1.0f32, f32::NAN, 2.0], &r, Tolerance::F32).passed());
+        for wrong in [0.0, f32::INFINITY] {
+            let c = compare(&[1.0f32, wrong, 2.0], &r, Tolerance::F32);
+            assert_eq!(c.non_finite, 1, "{wrong}");
+        }
     }
 
     #[test]

@@ -180,3 +180,24 @@ fn types_head_dims_blocks_and_strides() {
         check_case(&case, ORDERS[i % 3]);
     }
 }
+
+/// NaN and ±inf in q, k and v give NaN exactly where the reference has it.
+#[test]
+fn non_finite_inputs() {
+    for (i, (mask, bf16)) in [
+        (MaskKind::Causal, false),
+        (MaskKind::EmptyRows, true),
+        (MaskKind::Dense, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = Case {
+            mask,
+            bf16,
+            non_finite: true,
+            ..Case::new(150, 130)
+        };
+        check_case(&case, ORDERS[i % 3]);
+    }
+}
