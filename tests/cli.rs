@@ -354,6 +354,34 @@ fn check_input_compares_backends_and_expectations() {
     );
 }
 
+/// `check --input` on data with NaN and infinities says so, and passes on every backend:
+/// the outputs they reach are NaN exactly where the reference's are.
+#[test]
+fn check_input_says_the_data_is_not_finite_and_compares_it_exactly() {
+    let seed = common::seed();
+    let (mut npz, _, _) = attention_case(seed);
+    for (name, _, values) in &mut npz.0 {
+        if let (&mut "q" | &mut "v", Values::F16(values)) = (name, values) {
+            values[20 * 4 * 64 + 5] = f16::NAN;
+            values[100 * 2 * 64 + 7] = f16::INFINITY;
+        }
+    }
+    let dir = Scratch::new("check-non-finite");
+    let path = dir.join("case.npz");
+    npz.save(&path);
+    let out = tilefuse(&["check", "--input", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "seed {seed}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("NaN or infinite values (`q` 2, `v` 2)"),
+        "{stdout}"
+    );
+}
+
 /// Runs `tilefuse run` on a bad file: exit code 2, one line naming `array`, no output file.
 fn assert_rejected(op: &str, npz: &Npz, array: &str) {
     let dir = Scratch::new(&format!("bad-{array}"));

@@ -213,6 +213,22 @@ impl Npz {
             .map(|entry| entry.as_ref().map_err(Clone::clone))
     }
 
+    /// Each array read so far that holds NaN or ±inf, with how many of its elements do
+    /// (a complex element counts once).
+    pub fn non_finite(&self) -> Vec<(&str, usize)> {
+        let count = |data: &Data| match data {
+            Data::F16(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            Data::F32(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            Data::C64(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            Data::U8(_) | Data::I32(_) => 0,
+        };
+        let read = self.entries.iter().filter_map(|(name, entry)| {
+            let data = entry.as_ref().ok()?.data.get()?.as_ref().ok()?;
+            Some((name.as_str(), count(data)))
+        });
+        read.filter(|&(_, count)| count > 0).collect()
+    }
+
     /// The bytes of elements read so far, all entries together.
     pub fn bytes_read(&self) -> u64 {
         let archive = self.entries.values().flatten().next();

@@ -444,6 +444,18 @@ fn check_input(
         _ => return Err("--input takes at most one --op".into()),
     };
     let case = input::load(op, &arrays, FileOptions::default())?;
+    let non_finite = arrays.non_finite();
+    if !non_finite.is_empty() {
+        let counts: Vec<String> = non_finite
+            .iter()
+            .map(|(name, count)| format!("`{name}` {count}"))
+            .collect();
+        println!(
+            "the inputs hold NaN or infinite values ({}): outputs must be NaN or infinite \
+             exactly where the reference's are, the rest is compared as usual",
+            counts.join(", ")
+        );
+    }
     let backends = &Backends::detect();
     let runnable = runnable_backends(backends, selection);
     let rows = input::check_case(backends, &*case, &arrays, &runnable, expect)?;
@@ -459,10 +471,10 @@ fn check_input(
                     format!("{:.2e}", c.rel_l2),
                     format!("{:.2e}", c.max_abs),
                     format!("{:.0e}", c.tolerance.rel_l2),
-                    if c.passed() {
-                        "pass".to_string()
-                    } else {
-                        "FAIL".to_string()
+                    match (c.passed(), c.non_finite) {
+                        (true, _) => "pass".to_string(),
+                        (false, 0) => "FAIL".to_string(),
+                        (false, n) => format!("FAIL ({n} non-finite where the reference differs)"),
                     },
                 )
             }
