@@ -1024,3 +1024,103 @@ proptest! {
         }
     }
 }
+
+/// Any size: zero, small, a power of two, or anything.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..300,
+        (0u32..64).prop_map(|s| 1usize << s),
+        any::<usize>()
+    ]
+}
+
+proptest! {
+    /// Element masks take any indices and lengths: the answer is the definition's, computed
+    /// without overflow (i + lk − lq wrapped or panicked for lengths near usize::MAX).
+    #[test]
+    fn element_masks_take_any_indices(
+        (i, j) in (size(), size()),
+        (lq, lk, window) in (size(), size(), size()),
+        kind in 0u8..4,
+    ) {
+        let element = match kind {
+            0 => ElementMask::None,
+            1 => ElementMask::Causal,
+            2 => ElementMask::SlidingWindow(window),
+            _ => ElementMask::CausalWindow(window),
+        };
+        let behind = i as i128 + lk as i128 - lq as i128 - j as i128; // i' − j
+        let want = match kind {
+            0 => true,
+            1 => behind >= 0,
+            2 => behind.abs() < window as i128,
+            _ => behind >= 0 && behind < window as i128,
+        };
+        prop_assert_eq!(element.allows(i, j, lq, lk), want);
+        let (lo, hi) = element.interval(i, lq, lk);
+        prop_assert!(lo <= hi || !want);
+    }
+
+    /// Any sizes and strides: a shape is an error, or its tensors (every row of d elements)
+    /// end below element 2^31.
+    #[test]
+    fn shapes_and_layouts_take_any_sizes(
+        (b, lq, lk) in (size(), size(), size()),
+        (hq, hkv, d) in (size(), size(), size()),
+        (start, batch, seq, head) in (size(), size(), size(), size()),
+    ) {
+        if let Ok(shape) = AttentionShape::new(b, lq, lk, hq, hkv, d) {
+            prop_assert!(shape.min_lens().iter().all(|&len| len <= i32::MAX as usize));
+        }
+        let strides = Strides { start, batch, seq, head };
+        let layout = Layout { q: strides, k: strides, v: strides, o: strides };
+        let small = AttentionShape::new(2, 3, 5, 2, 1, 8).unwrap();
+        if let Ok(shape) = small.with_layout(layout) {
+            let last = strides.offset(1, 4, 0) + 8; // k's last row: b = 2, lk = 5, one head
+            prop_assert!(last <= shape.min_lens()[1] && last <= i32::MAX as usize);
+        }
+    }
+
+    /// Every mask builder takes any sizes, windows and counts: an error, or a valid mask
+    /// (built only where its block pairs are few: a valid mask costs what it holds).
+    #[test]
+    fn mask_builders_take_any_sizes(
+        (batch, heads, lq, lk) in (size(), size(), size(), size()),
+        (block_m, block_n) in (prop_oneof![Just(64usize), Just(128), size()], prop_oneof![Just(64usize), Just(128), size()]),
+        (window, sink, local, random) in (size(), size(), size(), size()),
+        causal in any::<bool>(),
+        layout in proptest::collection::vec(0u8..4, 0..40),
+    ) {
+        let s = MaskShape { batch, heads, lq, lk, block_m, block_n };
+        let pairs = [batch, heads, lq.div_ceil(block_m.max(1)), lk.div_ceil(block_n.max(1))]
+            .into_iter()
+            .try_fold(1usize, |n, x| n.checked_mul(x));
+        let valid = [batch, heads, lq, lk].iter().all(|&x| x > 0)
+            && [block_m, block_n].iter().all(|b| [64, 128].contains(b))
+            && pairs.is_some_and(|p| p <= u32::MAX as usize);
+        if valid && pairs.is_some_and(|p| p > 4096) {
+            return Ok(());
+        }
+        let built = [
+            BlockMask::dense(s),
+            BlockMask::causal(s),
+            BlockMask::sliding_window(s, window, causal),
+            BlockMask::streaming(s, sink, local),
+            BlockMask::bigbird(s, window, sink, random, 7),
+            BlockMask::vertical_slash(s, &[window, sink], &[local, 0]),
+            BlockMask::from_fn(s, ElementMask::SlidingWindow(window), |_, _, q, kv| {
+                if (q + kv) % 3 == 0 { BlockKind::Partial } else { BlockKind::Full }
+            }),
+            BlockMask::from_layout(s, ElementMask::Causal, &layout),
+        ];
+        for (n, mask) in built.into_iter().enumerate() {
+            match mask {
+                Ok(mask) => {
+                    prop_assert!(valid, "builder {} accepted {:?}", n, s);
+                    let _ = mask.stats();
+                }
+                Err(_) => prop_assert!(!valid || n >= 2, "builder {} refused {:?}", n, s),
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 mod common;
 
 use num_complex::Complex32;
+use proptest::prelude::*;
 use tilefuse::Error;
 use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
 use tilefuse::scan::{
@@ -189,7 +190,7 @@ fn final_state_is_the_last_row_bit_for_bit(backends: &Backends, backend: Backend
     let last_row: Vec<f32> = (0..case.batch)
         .flat_map(|b| (0..case.channels).map(move |p| (b, p)))
         .flat_map(|(b, p)| {
-            let i = scan.index(b, case.time - 1, p);
+            let i = scan.index(b, case.time - 1, p).unwrap();
             [h[2 * i], h[2 * i + 1]]
         })
         .collect();
@@ -443,9 +444,41 @@ fn layouts_place_elements() {
     let shape = ScanShape::new(2, 3, 4).unwrap();
     let batch_major = Scan::<f32>::new(shape, Layout::BatchMajor, Decay::TimeInvariant);
     let time_major = Scan::<f32>::new(shape, Layout::TimeMajor, Decay::TimeInvariant);
-    assert_eq!(batch_major.index(1, 2, 3), 12 + 8 + 3);
-    assert_eq!(time_major.index(1, 2, 3), 4 + 16 + 3);
-    assert_eq!(batch_major.reset_index(1, 2), 5);
-    assert_eq!(time_major.reset_index(1, 2), 5);
-    assert_eq!(time_major.reset_index(0, 1), 2);
+    assert_eq!(batch_major.index(1, 2, 3), Some(12 + 8 + 3));
+    assert_eq!(time_major.index(1, 2, 3), Some(4 + 16 + 3));
+    assert_eq!(batch_major.reset_index(1, 2), Some(5));
+    assert_eq!(time_major.reset_index(1, 2), Some(5));
+    assert_eq!(time_major.reset_index(0, 1), Some(2));
+    assert_eq!(batch_major.index(2, 0, 0), None);
+    assert_eq!(time_major.reset_index(0, 3), None);
+}
+
+/// Any size: zero, small, a power of two, or anything.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..40,
+        (0u32..64).prop_map(|s| 1usize << s),
+        any::<usize>()
+    ]
+}
+
+proptest! {
+    /// Any sizes and indices: a shape is an error or addressable, and an index is none
+    /// outside it and inside the buffer within it; nothing overflows or panics.
+    #[test]
+    fn shapes_and_indices_take_any_values(
+        (b, t, p) in (size(), size(), size()),
+        (ib, it, ip) in (size(), size(), size()),
+    ) {
+        let Ok(shape) = ScanShape::new(b, t, p) else { return Ok(()) };
+        for layout in [Layout::BatchMajor, Layout::TimeMajor] {
+            let scan = Scan::<Complex32>::new(shape, layout, Decay::TimeVarying);
+            let inside = ib < b && it < t && ip < p;
+            prop_assert_eq!(scan.index(ib, it, ip).is_some(), inside);
+            prop_assert_eq!(scan.reset_index(ib, it).is_some(), ib < b && it < t);
+            let index = scan.index(ib % b, it % t, ip % p).unwrap();
+            prop_assert!(index < scan.states_len());
+            prop_assert!(scan.reset_index(ib % b, it % t).unwrap() < scan.reset_len());
+        }
+    }
 }

@@ -700,3 +700,38 @@ fn a_tile_of_too_many_vectors_is_an_error() {
         "{error}"
     );
 }
+
+/// Any size: zero, small, a power of two, or anything.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..300,
+        (0u32..64).prop_map(|s| 1usize << s),
+        any::<usize>()
+    ]
+}
+
+proptest! {
+    /// Any sizes, lengths and sparsities: encode, prune and the reference return an error
+    /// unless the lengths fit the sizes (and the sparsity is a fraction), and never panic.
+    #[test]
+    fn sizes_and_lengths_take_any_values(
+        (m, k) in (size(), size()),
+        len in 0usize..1200,
+        x_len in size(),
+        sparsity in prop_oneof![0.0f64..=1.0, any::<f64>()],
+        per_row in any::<bool>(),
+    ) {
+        let dense = vec![f16::ONE; len];
+        let fits = m > 0 && k > 0 && m.checked_mul(k) == Some(len);
+        prop_assert_eq!(TiledCsl::encode(&dense, m, k).is_ok(), fits);
+        let scope = if per_row { Pruning::PerRow } else { Pruning::Global };
+        let pruned = prune(&dense, m, k, sparsity, scope);
+        prop_assert_eq!(pruned.is_ok(), fits && (0.0..=1.0).contains(&sparsity));
+        if fits {
+            let w = TiledCsl::encode(&dense, m, k).unwrap();
+            let x = vec![f16::ONE; x_len.min(4096)];
+            let tokens = x.len() / k;
+            prop_assert_eq!(reference(&w, &x).is_ok(), tokens > 0 && tokens * k == x.len());
+        }
+    }
+}

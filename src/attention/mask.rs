@@ -27,19 +27,26 @@ pub enum ElementMask {
 
 impl ElementMask {
     /// The keys query `i` may see, as an inclusive interval `[lo, hi]` (unbounded ends are
-    /// `i64::MIN` / `i64::MAX`); every element mask allows an interval.
+    /// `i64::MIN` / `i64::MAX`, and so is an end past them); every element mask allows an
+    /// interval. Any indices and lengths, without overflow.
     pub fn interval(self, i: usize, lq: usize, lk: usize) -> (i64, i64) {
-        let aligned = i as i64 + lk as i64 - lq as i64; // i'
-        // Saturating, so that any window (up to usize::MAX) reaches every key, as in the kernels.
-        let back = |w: usize| aligned.saturating_sub(i64::try_from(w).unwrap_or(i64::MAX)) + 1;
+        let (lo, hi) = self.wide_interval(i, lq, lk);
+        let narrow = |x: i128| x.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+        (narrow(lo), narrow(hi))
+    }
+
+    /// [`Self::interval`] in i128, where `i + lk − lq ± window` cannot overflow. Any window
+    /// (up to usize::MAX) reaches every key, as in the kernels.
+    fn wide_interval(self, i: usize, lq: usize, lk: usize) -> (i128, i128) {
+        let aligned = i as i128 + lk as i128 - lq as i128; // i'
+        let w = |w: usize| w as i128;
         match self {
-            ElementMask::None => (i64::MIN, i64::MAX),
-            ElementMask::Causal => (i64::MIN, aligned),
-            ElementMask::SlidingWindow(w) => (
-                back(w),
-                aligned.saturating_add(i64::try_from(w).unwrap_or(i64::MAX)) - 1,
-            ),
-            ElementMask::CausalWindow(w) => (back(w), aligned),
+            ElementMask::None => (i128::MIN, i128::MAX),
+            ElementMask::Causal => (i128::MIN, aligned),
+            ElementMask::SlidingWindow(window) => {
+                (aligned - w(window) + 1, aligned + w(window) - 1)
+            }
+            ElementMask::CausalWindow(window) => (aligned - w(window) + 1, aligned),
         }
     }
 
@@ -55,10 +62,10 @@ impl ElementMask {
         }
     }
 
-    /// Whether query `i` may see key `j`, for `lq` queries and `lk` keys.
+    /// Whether query `i` may see key `j`, for `lq` queries and `lk` keys (any values).
     pub fn allows(self, i: usize, j: usize, lq: usize, lk: usize) -> bool {
-        let (lo, hi) = self.interval(i, lq, lk);
-        (lo..=hi).contains(&(j as i64))
+        let (lo, hi) = self.wide_interval(i, lq, lk);
+        (lo..=hi).contains(&(j as i128))
     }
 }
 

@@ -205,7 +205,7 @@ impl<T: ScanElement> Inputs<T> {
         let mut reset = vec![0u8; scan.reset_len()];
         for b in 0..case.batch {
             for t in 0..case.time {
-                reset[scan.reset_index(b, t)] = case.resets.at(t, &mut rng).into();
+                reset[scan.reset_at(b, t)] = case.resets.at(t, &mut rng).into();
             }
         }
         let h0 = case

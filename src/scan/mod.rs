@@ -246,14 +246,26 @@ impl<T: ScanElement> Scan<T> {
         }
     }
 
-    /// The index of element (b, t, p) of `u` and `h`.
-    pub fn index(&self, b: usize, t: usize, p: usize) -> usize {
+    /// The index of element (b, t, p) of `u` and `h`; none outside the shape.
+    pub fn index(&self, b: usize, t: usize, p: usize) -> Option<usize> {
+        let s = self.shape;
+        (b < s.batch && t < s.time && p < s.channels).then(|| self.at(b, t, p))
+    }
+
+    /// The index of reset flag (b, t); none outside the shape.
+    pub fn reset_index(&self, b: usize, t: usize) -> Option<usize> {
+        let s = self.shape;
+        (b < s.batch && t < s.time).then(|| self.reset_at(b, t))
+    }
+
+    /// [`Self::index`] inside the shape, which bounds it below `states_len`.
+    pub(crate) fn at(&self, b: usize, t: usize, p: usize) -> usize {
         let (batch, time) = self.strides();
         b * batch + t * time + p
     }
 
-    /// The index of reset flag (b, t).
-    pub fn reset_index(&self, b: usize, t: usize) -> usize {
+    /// [`Self::reset_index`] inside the shape.
+    pub(crate) fn reset_at(&self, b: usize, t: usize) -> usize {
         let (batch, time) = self.reset_strides();
         b * batch + t * time
     }

@@ -99,20 +99,20 @@ fn per_channel<T: ScanElement>(
             let start = h0.map_or(Complex64::default(), |h0| h0[b * channels + p].widen());
             let a_at = |t: usize| match scan.decay {
                 Decay::TimeInvariant => a[p].widen(),
-                Decay::TimeVarying => a[scan.index(b, t, p)].widen(),
+                Decay::TimeVarying => a[scan.at(b, t, p)].widen(),
             };
             let mut steps = (0..time).map(|t| {
                 (
                     a_at(t),
-                    u[scan.index(b, t, p)].widen(),
-                    reset[scan.reset_index(b, t)] != 0,
+                    u[scan.at(b, t, p)].widen(),
+                    reset[scan.reset_at(b, t)] != 0,
                 )
             });
             let row = states(start, &mut steps);
             for (t, value) in row.into_iter().enumerate() {
-                h[scan.index(b, t, p)] = value;
+                h[scan.at(b, t, p)] = value;
             }
-            h_last[b * channels + p] = h[scan.index(b, time - 1, p)];
+            h_last[b * channels + p] = h[scan.at(b, time - 1, p)];
         }
     }
     Ok(States {
