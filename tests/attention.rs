@@ -1025,22 +1025,13 @@ proptest! {
     }
 }
 
-/// Any size: zero, small, a power of two, or anything.
-fn size() -> impl Strategy<Value = usize> {
-    prop_oneof![
-        0usize..300,
-        (0u32..64).prop_map(|s| 1usize << s),
-        any::<usize>()
-    ]
-}
-
 proptest! {
     /// Element masks take any indices and lengths: the answer is the definition's, computed
     /// without overflow (i + lk − lq wrapped or panicked for lengths near usize::MAX).
     #[test]
     fn element_masks_take_any_indices(
-        (i, j) in (size(), size()),
-        (lq, lk, window) in (size(), size(), size()),
+        (i, j) in (common::any_size(), common::any_size()),
+        (lq, lk, window) in (common::any_size(), common::any_size(), common::any_size()),
         kind in 0u8..4,
     ) {
         let element = match kind {
@@ -1065,9 +1056,9 @@ proptest! {
     /// end below element 2^31.
     #[test]
     fn shapes_and_layouts_take_any_sizes(
-        (b, lq, lk) in (size(), size(), size()),
-        (hq, hkv, d) in (size(), size(), size()),
-        (start, batch, seq, head) in (size(), size(), size(), size()),
+        (b, lq, lk) in (common::any_size(), common::any_size(), common::any_size()),
+        (hq, hkv, d) in (common::any_size(), common::any_size(), common::any_size()),
+        (start, batch, seq, head) in (common::any_size(), common::any_size(), common::any_size(), common::any_size()),
     ) {
         if let Ok(shape) = AttentionShape::new(b, lq, lk, hq, hkv, d) {
             prop_assert!(shape.min_lens().iter().all(|&len| len <= i32::MAX as usize));
@@ -1085,9 +1076,9 @@ proptest! {
     /// (built only where its block pairs are few: a valid mask costs what it holds).
     #[test]
     fn mask_builders_take_any_sizes(
-        (batch, heads, lq, lk) in (size(), size(), size(), size()),
-        (block_m, block_n) in (prop_oneof![Just(64usize), Just(128), size()], prop_oneof![Just(64usize), Just(128), size()]),
-        (window, sink, local, random) in (size(), size(), size(), size()),
+        (batch, heads, lq, lk) in (common::any_size(), common::any_size(), common::any_size(), common::any_size()),
+        (block_m, block_n) in (prop_oneof![Just(64usize), Just(128), common::any_size()], prop_oneof![Just(64usize), Just(128), common::any_size()]),
+        (window, sink, local, random) in (common::any_size(), common::any_size(), common::any_size(), common::any_size()),
         causal in any::<bool>(),
         layout in proptest::collection::vec(0u8..4, 0..40),
     ) {

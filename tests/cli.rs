@@ -382,6 +382,19 @@ fn check_input_says_the_data_is_not_finite_and_compares_it_exactly() {
     );
 }
 
+/// The one line of tilefuse's own on stderr of a run that must exit with code 2 (a driver
+/// may add its own noise: Mesa without XDG_RUNTIME_DIR).
+fn the_error_line(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tilefuse: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "{stderr}");
+    ours[0].to_string()
+}
+
 /// Runs `tilefuse run` on a bad file: exit code 2, one line naming `array`, no output file.
 fn assert_rejected(op: &str, npz: &Npz, array: &str) {
     let dir = Scratch::new(&format!("bad-{array}"));
@@ -400,17 +413,10 @@ fn assert_rejected(op: &str, npz: &Npz, array: &str) {
         "--backend",
         "cpu",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{array}: {stderr}");
-    // tilefuse's own line; a driver may add its own noise (Mesa without XDG_RUNTIME_DIR).
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("tilefuse: "))
-        .collect();
-    assert_eq!(ours.len(), 1, "{stderr}");
+    let line = the_error_line(&out);
     assert!(
-        ours[0].contains(&format!("`{array}`")),
-        "expected the error to name `{array}`: {stderr}"
+        line.contains(&format!("`{array}`")),
+        "expected the error to name `{array}`: {line}"
     );
     assert!(!output.exists(), "{array}: an output file was written");
 }
@@ -458,17 +464,10 @@ fn the_read_limit_bounds_what_a_run_reads() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_file(&output).unwrap();
-    let out = run("31799");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("tilefuse: "))
-        .collect();
-    assert_eq!(ours.len(), 1, "{stderr}");
+    let line = the_error_line(&run("31799"));
     assert!(
-        ours[0].contains("`x`") && ours[0].contains("--read-limit"),
-        "{stderr}"
+        line.contains("`x`") && line.contains("--read-limit"),
+        "{line}"
     );
     assert!(!output.exists());
 }

@@ -453,22 +453,13 @@ fn layouts_place_elements() {
     assert_eq!(time_major.reset_index(0, 3), None);
 }
 
-/// Any size: zero, small, a power of two, or anything.
-fn size() -> impl Strategy<Value = usize> {
-    prop_oneof![
-        0usize..40,
-        (0u32..64).prop_map(|s| 1usize << s),
-        any::<usize>()
-    ]
-}
-
 proptest! {
     /// Any sizes and indices: a shape is an error or addressable, and an index is none
     /// outside it and inside the buffer within it; nothing overflows or panics.
     #[test]
     fn shapes_and_indices_take_any_values(
-        (b, t, p) in (size(), size(), size()),
-        (ib, it, ip) in (size(), size(), size()),
+        (b, t, p) in (common::any_size(), common::any_size(), common::any_size()),
+        (ib, it, ip) in (common::any_size(), common::any_size(), common::any_size()),
     ) {
         let Ok(shape) = ScanShape::new(b, t, p) else { return Ok(()) };
         for layout in [Layout::BatchMajor, Layout::TimeMajor] {

@@ -701,23 +701,14 @@ fn a_tile_of_too_many_vectors_is_an_error() {
     );
 }
 
-/// Any size: zero, small, a power of two, or anything.
-fn size() -> impl Strategy<Value = usize> {
-    prop_oneof![
-        0usize..300,
-        (0u32..64).prop_map(|s| 1usize << s),
-        any::<usize>()
-    ]
-}
-
 proptest! {
     /// Any sizes, lengths and sparsities: encode, prune and the reference return an error
     /// unless the lengths fit the sizes (and the sparsity is a fraction), and never panic.
     #[test]
     fn sizes_and_lengths_take_any_values(
-        (m, k) in (size(), size()),
+        (m, k) in (common::any_size(), common::any_size()),
         len in 0usize..1200,
-        x_len in size(),
+        x_len in common::any_size(),
         sparsity in prop_oneof![0.0f64..=1.0, any::<f64>()],
         per_row in any::<bool>(),
     ) {

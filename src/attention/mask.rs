@@ -271,9 +271,9 @@ impl BlockMask {
     /// block sees the key blocks holding the first `sink` keys and the blocks within `local`
     /// keys before it; blocks crossing the diagonal are causal.
     pub fn streaming(shape: MaskShape, sink: usize, local: usize) -> Result<Self> {
+        let causal = Self::causal(shape)?;
         let sink_blocks = sink.div_ceil(shape.block_n);
         let local_blocks = local.div_ceil(shape.block_n);
-        let causal = Self::causal(shape)?;
         Self::from_fn(shape, ElementMask::Causal, |b, h, q, kv| {
             let kind = causal.row_kind(b, h, q, kv);
             let diagonal = causal.diagonal_block(q);

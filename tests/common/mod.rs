@@ -134,3 +134,13 @@ macro_rules! on_backends {
     (@variant cuda) => { tilefuse::harness::Backend::Cuda };
     (@variant wgpu) => { tilefuse::harness::Backend::Wgpu };
 }
+
+/// Any size for property tests: zero, small, a power of two, or anything up to usize::MAX.
+pub fn any_size() -> impl proptest::strategy::Strategy<Value = usize> {
+    use proptest::prelude::*;
+    prop_oneof![
+        0usize..300,
+        (0u32..64).prop_map(|s| 1usize << s),
+        any::<usize>()
+    ]
+}
