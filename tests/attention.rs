@@ -1115,3 +1115,21 @@ proptest! {
         }
     }
 }
+
+/// On a device whose storage bindings hold 64 KiB, q and o of 150 KB and k, v of 75 KB span
+/// several windows, packed and strided, and attention still matches the reference.
+#[cfg(feature = "wgpu")]
+#[test]
+fn tensors_past_one_binding_run_in_windows() {
+    let Some(backends) = common::capped_wgpu() else {
+        return;
+    };
+    assert!(600 * 2 * 64 * 2 > common::CAPPED_BINDING as usize);
+    for strided in [false, true] {
+        let case = Case {
+            strided,
+            ..Case::new(600, 600)
+        };
+        assert_case(backends, Backend::Wgpu, case);
+    }
+}

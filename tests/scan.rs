@@ -473,3 +473,27 @@ proptest! {
         }
     }
 }
+
+/// On a device whose storage bindings hold 64 KiB, a, u and h of 192 KB span three windows
+/// and the scan still matches the reference; a tensor past four windows is a DeviceLimit
+/// error, not a panic or a wrong result.
+#[cfg(feature = "wgpu")]
+#[test]
+fn tensors_past_one_binding_run_in_windows() {
+    let Some(backends) = common::capped_wgpu() else {
+        return;
+    };
+    let windowed = Case {
+        complex: true,
+        decay: Decay::TimeVarying,
+        ..Case::new(2, 1000, 12)
+    };
+    assert!(2 * 1000 * 12 * 8 > common::CAPPED_BINDING as usize);
+    assert_case(backends, Backend::Wgpu, windowed);
+    let too_large = Case {
+        complex: true,
+        ..Case::new(2, 2000, 40)
+    };
+    let error = check(backends, Backend::Wgpu, &too_large, 1).unwrap_err();
+    assert!(matches!(error, Error::DeviceLimit { .. }), "{error}");
+}

@@ -190,3 +190,15 @@ mod properties {
         }
     }
 }
+
+/// On a device whose storage bindings hold 64 KiB, a, b (80 KB) and c (160 KB) span several
+/// windows and the product still matches the reference.
+#[cfg(feature = "wgpu")]
+#[test]
+fn tensors_past_one_binding_run_in_windows() {
+    let Some(backends) = common::capped_wgpu() else {
+        return;
+    };
+    assert!(200 * 200 * 2 > common::CAPPED_BINDING as usize);
+    check_shapes(backends, Backend::Wgpu, &[(200, 200, 200)]);
+}

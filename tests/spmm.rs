@@ -726,3 +726,22 @@ proptest! {
         }
     }
 }
+
+/// On a device whose storage bindings hold 64 KiB, w's entries, x and y span several windows
+/// (with f32 and 16-bit outputs, one split and several) and spmm still matches the
+/// reference.
+#[cfg(feature = "wgpu")]
+#[test]
+fn tensors_past_one_binding_run_in_windows() {
+    let Some(backends) = common::capped_wgpu() else {
+        return;
+    };
+    assert!(64 * 520 * 2 > common::CAPPED_BINDING as usize);
+    for out_f32 in [true, false] {
+        let case = Case {
+            out_f32,
+            ..Case::new(300, 520, 64, 0.8)
+        };
+        assert_case(backends, Backend::Wgpu, case);
+    }
+}

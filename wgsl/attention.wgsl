@@ -52,14 +52,15 @@ const CHUNK: u32 = 16u;
 const THREADS: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<u32>;
-@group(0) @binding(2) var<storage, read> k: array<u32>;
-@group(0) @binding(3) var<storage, read> v: array<u32>;
+// q, k, v and o may be larger than one binding (src/backend/wgpu/window.rs).
+//#windowed @binding(1, 11, 12, 13) var<storage, read> q: array<u32>;
+//#windowed @binding(2, 14, 15, 16) var<storage, read> k: array<u32>;
+//#windowed @binding(3, 17, 18, 19) var<storage, read> v: array<u32>;
 @group(0) @binding(4) var<storage, read> partial_offsets: array<u32>;
 @group(0) @binding(5) var<storage, read> partial: array<u32>;
 @group(0) @binding(6) var<storage, read> full_offsets: array<u32>;
 @group(0) @binding(7) var<storage, read> full: array<u32>;
-@group(0) @binding(8) var<storage, read_write> o: array<u32>;
+//#windowed @binding(8, 20, 21, 22) var<storage, read_write> o: array<u32>;
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;
 // Between passes: running max, sum and output row (D values) of each query row.
 @group(0) @binding(10) var<storage, read_write> state: array<f32>;
@@ -89,9 +90,9 @@ fn load4(buffer_word0: u32, buffer_word1: u32) -> vec4<f32> {
                      to_f32(buffer_word1 & 0xffffu), to_f32(buffer_word1 >> 16u));
 }
 
-fn q4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(q[w], q[w + 1u]); }
-fn k4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(k[w], k[w + 1u]); }
-fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(v[w], v[w + 1u]); }
+fn q4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(q_at(w), q_at(w + 1u)); }
+fn k4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(k_at(w), k_at(w + 1u)); }
+fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(v_at(w), v_at(w + 1u)); }
 
 // Element (batch, position, head, 0) of tensor `t` (0 q, 1 k, 2 v, 3 o).
 fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
@@ -102,13 +103,13 @@ fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
 // Stores values at..at+3 of o (at a multiple of 4).
 fn store4(at: u32, value: vec4<f32>) {
     if (O_F32) {
-        o[at] = bitcast<u32>(value.x);
-        o[at + 1u] = bitcast<u32>(value.y);
-        o[at + 2u] = bitcast<u32>(value.z);
-        o[at + 3u] = bitcast<u32>(value.w);
+        o_set(at, bitcast<u32>(value.x));
+        o_set(at + 1u, bitcast<u32>(value.y));
+        o_set(at + 2u, bitcast<u32>(value.z));
+        o_set(at + 3u, bitcast<u32>(value.w));
     } else {
-        o[at / 2u] = to_bits(value.x) | (to_bits(value.y) << 16u);
-        o[at / 2u + 1u] = to_bits(value.z) | (to_bits(value.w) << 16u);
+        o_set(at / 2u, to_bits(value.x) | (to_bits(value.y) << 16u));
+        o_set(at / 2u + 1u, to_bits(value.z) | (to_bits(value.w) << 16u));
     }
 }
 

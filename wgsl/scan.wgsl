@@ -36,16 +36,17 @@ const STEPS: u32 = 16u;
 const CHUNK: u32 = 128u;  // WARPS * STEPS
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> u: array<f32>;
-@group(0) @binding(3) var<storage, read> reset: array<u32>;
+// a, u, reset and h may be larger than one binding (src/backend/wgpu/window.rs).
+//#windowed @binding(1, 11, 12, 13) var<storage, read> a: array<f32>;
+//#windowed @binding(2, 14, 15, 16) var<storage, read> u: array<f32>;
+//#windowed @binding(3, 17, 18, 19) var<storage, read> reset: array<u32>;
 @group(0) @binding(4) var<storage, read_write> map_a: array<vec2<f32>>;
 @group(0) @binding(5) var<storage, read_write> map_b: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> map_reset: array<u32>;
 @group(0) @binding(7) var<storage, read_write> ends: array<vec2<f32>>;
 @group(0) @binding(8) var<storage, read> h0: array<f32>;
 @group(0) @binding(9) var<storage, read_write> h_last: array<f32>;
-@group(0) @binding(10) var<storage, read_write> h: array<f32>;
+//#windowed @binding(10, 20, 21, 22) var<storage, read_write> h: array<f32>;
 
 // The affine map h -> reset ? b : a·h + b.
 struct Map {
@@ -82,16 +83,16 @@ fn apply(m: Map, state: vec2<f32>) -> vec2<f32> {
 
 fn load_a(i: u32) -> vec2<f32> {
     if (COMPLEX) {
-        return vec2<f32>(a[2u * i], a[2u * i + 1u]);
+        return vec2<f32>(a_at(2u * i), a_at(2u * i + 1u));
     }
-    return vec2<f32>(a[i], 0.0);
+    return vec2<f32>(a_at(i), 0.0);
 }
 
 fn load_u(i: u32) -> vec2<f32> {
     if (COMPLEX) {
-        return vec2<f32>(u[2u * i], u[2u * i + 1u]);
+        return vec2<f32>(u_at(2u * i), u_at(2u * i + 1u));
     }
-    return vec2<f32>(u[i], 0.0);
+    return vec2<f32>(u_at(i), 0.0);
 }
 
 fn load_h0(i: u32) -> vec2<f32> {
@@ -101,9 +102,9 @@ fn load_h0(i: u32) -> vec2<f32> {
     return vec2<f32>(h0[i], 0.0);
 }
 
-fn reset_at(b: u32, t: u32) -> bool {
+fn is_reset(b: u32, t: u32) -> bool {
     let i = b * params.reset_stride_batch + t * params.reset_stride_time;
-    return ((reset[i >> 2u] >> (8u * (i & 3u))) & 0xffu) != 0u;
+    return ((reset_at(i >> 2u) >> (8u * (i & 3u))) & 0xffu) != 0u;
 }
 
 // One invocation's place: its channel, its first step and how many of its steps exist.
@@ -142,7 +143,7 @@ fn step_map(p: Place, batch: u32, i: u32) -> Map {
             decay = load_a(p.channel);
         }
     }
-    return Map(decay, input, reset_at(batch, t));
+    return Map(decay, input, is_reset(batch, t));
 }
 
 fn own_map(p: Place, batch: u32) -> Map {
@@ -240,10 +241,10 @@ fn states(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id)
         }
         let at = p.row + (p.t0 + i) * params.stride_time;
         if (COMPLEX) {
-            h[2u * at] = out.x;
-            h[2u * at + 1u] = out.y;
+            h_set(2u * at, out.x);
+            h_set(2u * at + 1u, out.y);
         } else {
-            h[at] = out.x;
+            h_set(at, out.x);
         }
     }
 }

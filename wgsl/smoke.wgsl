@@ -16,9 +16,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<u32>;
-@group(0) @binding(2) var<storage, read> b: array<u32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// Each may be larger than one binding (src/backend/wgpu/window.rs).
+//#windowed @binding(1, 11, 12, 13) var<storage, read> a: array<u32>;
+//#windowed @binding(2, 14, 15, 16) var<storage, read> b: array<u32>;
+//#windowed @binding(3, 17, 18, 19) var<storage, read_write> c: array<f32>;
 
 const TILE: u32 = 16u;
 
@@ -26,11 +27,11 @@ var<workgroup> a_tile: array<array<f32, TILE>, TILE>;
 var<workgroup> b_tile: array<array<f32, TILE>, TILE>;
 
 fn load_a(i: u32) -> f32 {
-    return unpack2x16float(a[i >> 1u])[i & 1u];
+    return unpack2x16float(a_at(i >> 1u))[i & 1u];
 }
 
 fn load_b(i: u32) -> f32 {
-    return unpack2x16float(b[i >> 1u])[i & 1u];
+    return unpack2x16float(b_at(i >> 1u))[i & 1u];
 }
 
 @compute @workgroup_size(16, 16)
@@ -61,6 +62,6 @@ fn matmul(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id)
     }
     if (row < params.m && col < params.n) {
         let at = row * params.n + col;
-        c[at] = select(acc, c[at] + acc, params.accumulate != 0u);
+        c_set(at, select(acc, c_at(at) + acc, params.accumulate != 0u));
     }
 }

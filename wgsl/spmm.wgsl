@@ -35,11 +35,12 @@ const TOKENS: u32 = 16u;   // tokens per workgroup
 const PER_INVOCATION: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> entries: array<vec4<u32>>;
+// entries, x, sums and out may be larger than one binding (src/backend/wgpu/window.rs).
+//#windowed @binding(1, 11, 12, 13) var<storage, read> entries: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> tile_offsets: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<u32>;
-@group(0) @binding(4) var<storage, read_write> sums: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<u32>;
+//#windowed @binding(3, 14, 15, 16) var<storage, read> x: array<u32>;
+//#windowed @binding(4, 17, 18, 19) var<storage, read_write> sums: array<f32>;
+//#windowed @binding(5, 20, 21, 22) var<storage, read_write> out: array<u32>;
 
 // The dense tile, each row padded by one value: the invocations of a warp read one column of
 // consecutive rows, which 65 words apart fall on every bank (64 apart, on one). Scalars, not
@@ -60,7 +61,7 @@ fn from_bits(bits: u32) -> f32 {
 }
 
 fn load_x(i: u32) -> f32 {
-    return from_bits((x[i >> 1u] >> (16u * (i & 1u))) & 0xffffu);
+    return from_bits((x_at(i >> 1u) >> (16u * (i & 1u))) & 0xffffu);
 }
 
 // Column `col` of tokens token0 .. token0 + 3 of x (0 past its end).
@@ -106,7 +107,7 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         let tile = tile_m * params.tiles_k + tile_k;
         // Whole vectors per invocation: padding repeats an entry inside its own vector.
         for (var v = tile_offsets[tile] + index; v < tile_offsets[tile + 1u]; v += 256u) {
-            let e = entries[v];
+            let e = entries_at(v);
             scatter(e.x, row0);
             scatter(e.y, row0);
             scatter(e.z, row0);
@@ -129,9 +130,9 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         if (token < params.n && row < params.m) {
             let at = (group.z * params.n + token) * params.m + row;
             if (params.accumulate != 0u) {
-                sums[at] += acc[t];
+                sums_set(at, sums_at(at) + acc[t]);
             } else {
-                sums[at] = acc[t];
+                sums_set(at, acc[t]);
             }
         }
     }
@@ -140,9 +141,9 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
 // Element i of y: the splits' sums added in split order.
 fn total_of(i: u32) -> f32 {
     let size = params.m * params.n;
-    var sum = sums[i];
+    var sum = sums_at(i);
     for (var split = 1u; split < params.splits; split++) {
-        sum += sums[split * size + i];
+        sum += sums_at(split * size + i);
     }
     return sum;
 }
@@ -154,7 +155,7 @@ fn finish(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     let size = params.m * params.n;
     if (params.out_f32 != 0u) {
         for (var i = id.x; i < size; i += groups.x * 256u) {
-            out[i] = bitcast<u32>(total_of(i));
+            out_set(i, bitcast<u32>(total_of(i)));
         }
         return;
     }
@@ -163,8 +164,8 @@ fn finish(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
         if (2u * j + 1u < size) {
             high = to_bits(total_of(2u * j + 1u));
         } else {
-            high = out[j] >> 16u;
+            high = out_at(j) >> 16u;
         }
-        out[j] = to_bits(total_of(2u * j)) | (high << 16u);
+        out_set(j, to_bits(total_of(2u * j)) | (high << 16u));
     }
 }

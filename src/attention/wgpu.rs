@@ -2,7 +2,7 @@
 //! batch), visiting only the mask's listed key blocks, online softmax in f32.
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
+use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::{Error, Result};
 
@@ -149,17 +149,17 @@ pub fn attention<T: Float16, O: OutputElement<T>>(
         ("O_F32", if O::F32 { 1.0 } else { 0.0 }),
     ];
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
-    let buffers = [
-        q.raw(),
-        k.raw(),
-        v.raw(),
-        mask.partial_offsets.raw(),
-        mask.partial.raw(),
-        mask.full_offsets.raw(),
-        mask.full.raw(),
-        o.raw(),
-        lse,
-    ];
+    // q, k, v and o may span several bindings (wgsl/attention.wgsl); the state comes last.
+    let buffers = Bindings::new(gpu)
+        .windowed([1, 11, 12, 13], q.raw(), false)?
+        .windowed([2, 14, 15, 16], k.raw(), false)?
+        .windowed([3, 17, 18, 19], v.raw(), false)?
+        .whole(4, mask.partial_offsets.raw())
+        .whole(5, mask.partial.raw())
+        .whole(6, mask.full_offsets.raw())
+        .whole(7, mask.full.raw())
+        .windowed([8, 20, 21, 22], o.raw(), true)?
+        .whole(9, lse);
     let passes = gpu.loop_passes(
         mask.max_row_blocks,
         iterations_per_block(shape.d, m.block_n),
@@ -168,9 +168,14 @@ pub fn attention<T: Float16, O: OutputElement<T>>(
     if passes.len() > 1 {
         return run_in_passes(gpu, &pipeline, params, buffers, shape, &passes);
     }
-    let buffers: Vec<_> = buffers.into_iter().chain([no_state]).collect();
+    let buffers = buffers.whole(STATE, no_state);
     let groups = [params.q_blocks, params.heads_q, params.batch];
-    gpu.dispatch(&pipeline, bytemuck::bytes_of(&params), &buffers, groups)
+    gpu.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        buffers.list(),
+        groups,
+    )
 }
 
 /// Where the driver cuts long loops short: each row's list over `passes`, the online
@@ -180,7 +185,7 @@ fn run_in_passes(
     gpu: &Wgpu,
     pipeline: &wgpu::ComputePipeline,
     mut params: Params,
-    buffers: [&wgpu::Buffer; 9],
+    buffers: Bindings,
     shape: &AttentionShape,
     passes: &[std::ops::Range<usize>],
 ) -> Result<()> {
@@ -202,7 +207,7 @@ fn run_in_passes(
         1
     };
     let state = gpu.zeros::<f32>(batches * heads * shape.lq * (shape.d + 2))?;
-    let buffers: Vec<_> = buffers.into_iter().chain([state.raw()]).collect();
+    let buffers = buffers.whole(STATE, state.raw());
     params.slice_heads = heads as u32;
     let want_lse = params.pass_flags & WANT_LSE;
     for batch_first in (0..shape.batch).step_by(batches) {
@@ -220,7 +225,7 @@ fn run_in_passes(
                 params.pass_flags = u32::from(pass == 0) * FIRST_PASS
                     + u32::from(pass + 1 == passes.len()) * LAST_PASS
                     + want_lse;
-                gpu.dispatch(pipeline, bytemuck::bytes_of(&params), &buffers, grid)?;
+                gpu.dispatch_bound(pipeline, bytemuck::bytes_of(&params), buffers.list(), grid)?;
             }
         }
     }
@@ -239,6 +244,9 @@ fn state_limit(gpu: &Wgpu) -> u64 {
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
 }
+
+/// The binding of the pass state.
+const STATE: u32 = 10;
 
 /// `pass_flags` bits (see `wgsl/attention.wgsl`).
 const FIRST_PASS: u32 = 1;

@@ -17,6 +17,9 @@ use bytemuck::Pod;
 
 use crate::error::{Error, Result};
 
+mod window;
+pub(crate) use window::{Binding, Bindings, WINDOWS};
+
 /// The wgpu this crate is built against, for callers who bring their own device or buffers.
 pub use ::wgpu;
 
@@ -31,6 +34,10 @@ pub struct WgpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// The longest any wait for the device may take before it is reported as an error.
     pub timeout: Duration,
+    /// Caps the largest storage binding the device is opened with
+    /// (`max_storage_buffer_binding_size`), below what the adapter offers: a tensor larger
+    /// than one binding is bound in several windows, and a small cap exercises that.
+    pub max_binding_size: Option<u64>,
 }
 
 impl Default for WgpuOptions {
@@ -39,6 +46,7 @@ impl Default for WgpuOptions {
             adapter_name: None,
             backends: None,
             timeout: Duration::from_secs(600),
+            max_binding_size: None,
         }
     }
 }
@@ -143,6 +151,8 @@ struct Inner {
     timeout: Duration,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     placeholders: OnceLock<[wgpu::Buffer; 2]>,
+    /// Ranges for the windows of a tensor past its end: read-only, writable.
+    spares: OnceLock<[wgpu::Buffer; 2]>,
 }
 
 impl fmt::Debug for Wgpu {
@@ -174,10 +184,15 @@ impl Wgpu {
             pollster::block_on(select_adapter(&instance, options.adapter_name.as_deref()))?;
         let wanted =
             wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let mut limits = adapter.limits();
+        if let Some(cap) = options.max_binding_size {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
         let request = wgpu::DeviceDescriptor {
             label: Some("tilefuse"),
             required_features: adapter.features() & wanted,
-            required_limits: adapter.limits(),
+            required_limits: limits,
             ..Default::default()
         };
         let info = adapter.get_info();
@@ -220,6 +235,7 @@ impl Wgpu {
                 timeout,
                 pipelines: Mutex::default(),
                 placeholders: OnceLock::new(),
+                spares: OnceLock::new(),
             }),
         }
     }
@@ -298,6 +314,30 @@ impl Wgpu {
             self.create_buffer(16, storage_usage())?,
         ];
         Ok(self.inner.placeholders.get_or_init(|| buffers))
+    }
+
+    /// The size in bytes of one window of a windowed tensor, as a power of two: the largest
+    /// that one storage binding may hold (at most 2^31, at least the offset alignment).
+    pub(crate) fn window_log2(&self) -> u32 {
+        let limits = self.limits();
+        let largest = limits.max_storage_buffer_binding_size.clamp(1, 1 << 31);
+        let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        largest.ilog2().max(align.ilog2())
+    }
+
+    /// The spare buffer for windows past a tensor's end (0 read-only, 1 writable) and the
+    /// size of one of its ranges, made once per device.
+    fn spare(&self, kind: usize) -> Result<(&wgpu::Buffer, u64)> {
+        const SLOTS: u64 = 32;
+        let slot = u64::from(self.limits().min_storage_buffer_offset_alignment).max(16);
+        if let Some(buffers) = self.inner.spares.get() {
+            return Ok((&buffers[kind], slot));
+        }
+        let buffers = [
+            self.create_buffer(SLOTS * slot, storage_usage())?,
+            self.create_buffer(SLOTS * slot, storage_usage())?,
+        ];
+        Ok((&self.inner.spares.get_or_init(|| buffers)[kind], slot))
     }
 
     /// A one-line description: adapter, backend, device type, and the features that matter.
@@ -497,6 +537,12 @@ impl Wgpu {
         if let Some(pipeline) = cache.get(&key) {
             return Ok(pipeline.clone());
         }
+        let (source, windowed) = window::expand(shader.source)?;
+        let window_log2 = f64::from(self.window_log2());
+        let mut constants = constants.to_vec();
+        if windowed {
+            constants.push(("WINDOW_LOG2", window_log2));
+        }
         let pipeline = self.scoped(
             || format!("building pipeline {}::{entry}", shader.name),
             || {
@@ -505,7 +551,7 @@ impl Wgpu {
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader.source)),
+                        source: wgpu::ShaderSource::Wgsl(source),
                     });
                 self.inner
                     .device
@@ -515,7 +561,7 @@ impl Wgpu {
                         module: &module,
                         entry_point: Some(entry),
                         compilation_options: wgpu::PipelineCompilationOptions {
-                            constants,
+                            constants: &constants,
                             ..Default::default()
                         },
                         cache: None,
@@ -526,22 +572,7 @@ impl Wgpu {
         Ok(pipeline)
     }
 
-    /// Encodes and submits one dispatch. Binding 0 is a uniform buffer holding `params`
-    /// (omitted when `params` is empty); the storage buffers follow from binding 1 (or 0).
-    /// Returns without waiting for the GPU.
-    pub(crate) fn dispatch(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        params: &[u8],
-        buffers: &[&wgpu::Buffer],
-        workgroups: [u32; 3],
-    ) -> Result<()> {
-        let first = if params.is_empty() { 0 } else { 1 };
-        let bound: Vec<(u32, &wgpu::Buffer)> = (first..).zip(buffers.iter().copied()).collect();
-        self.dispatch_bound(pipeline, params, &bound, workgroups)
-    }
-
-    /// Whether a storage buffer of `bytes` may be bound (shaders bind whole buffers).
+    /// Whether a storage binding of `bytes` is within the device's limit.
     pub(crate) fn check_binding_size(&self, bytes: u64) -> Result<()> {
         let limit = self.limits().max_storage_buffer_binding_size;
         if bytes > limit {
@@ -555,17 +586,18 @@ impl Wgpu {
         Ok(())
     }
 
-    /// [`Wgpu::dispatch`] with explicit binding numbers for the storage buffers, for entry
-    /// points of one shader that use different subsets of its bindings.
+    /// Encodes and submits one dispatch, without waiting for the GPU. Binding 0 is a uniform
+    /// buffer holding `params` (omitted when `params` is empty); the storage bindings are
+    /// `buffers`, whole buffers or windows of them ([`Bindings`]).
     pub(crate) fn dispatch_bound(
         &self,
         pipeline: &wgpu::ComputePipeline,
         params: &[u8],
-        buffers: &[(u32, &wgpu::Buffer)],
+        buffers: &[Binding<'_>],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        for (_, buffer) in buffers {
-            self.check_binding_size(buffer.size())?;
+        for binding in buffers {
+            self.check_binding_size(binding.bytes())?;
         }
         let limit = self.limits().max_compute_workgroups_per_dimension;
         if let Some(&needed) = workgroups.iter().find(|&&w| w > limit) {
@@ -586,11 +618,15 @@ impl Wgpu {
             || {
                 let entries: Vec<wgpu::BindGroupEntry> = uniform
                     .iter()
-                    .map(|buffer| (0, buffer))
+                    .map(|buffer| Binding::from((0, buffer)))
                     .chain(buffers.iter().copied())
-                    .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                        binding,
-                        resource: buffer.as_entire_binding(),
+                    .map(|bound| wgpu::BindGroupEntry {
+                        binding: bound.binding,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: bound.buffer,
+                            offset: bound.offset,
+                            size: bound.size,
+                        }),
                     })
                     .collect();
                 let bind_group = self
@@ -793,8 +829,9 @@ impl Shader {
     /// the same offsets, of the same sizes and scalar types, and `size` bytes in all.
     pub(crate) fn assert_uniform(&self, name: &str, layout: &[UniformField], size: usize) {
         use naga::{ScalarKind, TypeInner};
-        let module = naga::front::wgsl::parse_str(self.source)
-            .unwrap_or_else(|e| panic!("{}: {}", self.name, e.emit_to_string(self.source)));
+        let (source, _) = window::expand(self.source).expect("windowed lines that expand");
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", self.name, e.emit_to_string(&source)));
         let (members, span) = module
             .types
             .iter()
@@ -866,6 +903,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// The binding limit of [`capped_gpu`]: tensors of the unit tests' sizes span several
+    /// windows there.
+    pub(crate) const CAPPED_BINDING: u64 = 64 << 10;
+
+    /// One device opened with its storage bindings capped at [`CAPPED_BINDING`] bytes.
+    pub(crate) fn capped_gpu() -> Option<Wgpu> {
+        static GPU: std::sync::OnceLock<Option<Wgpu>> = std::sync::OnceLock::new();
+        let options = WgpuOptions {
+            max_binding_size: Some(CAPPED_BINDING),
+            ..WgpuOptions::from_env()
+        };
+        GPU.get_or_init(|| gpu().and(Wgpu::with_options(options).ok()))
+            .clone()
+    }
+
     #[test]
     fn a_shader_that_does_not_compile_is_an_error() {
         let Some(gpu) = gpu() else { return };
@@ -892,12 +944,13 @@ pub(crate) mod tests {
         };
         let pipeline = gpu.pipeline(shader, "fill", &[]).unwrap();
         let out = gpu.zeros::<u32>(5).unwrap();
-        gpu.dispatch(&pipeline, &[], &[out.raw()], [5, 1, 1])
+        let bound = [Binding::from((0, out.raw()))];
+        gpu.dispatch_bound(&pipeline, &[], &bound, [5, 1, 1])
             .unwrap();
         assert_eq!(gpu.download(&out).unwrap(), vec![1, 2, 3, 4, 5]);
         let too_many = gpu.limits().max_compute_workgroups_per_dimension + 1;
         let error = gpu
-            .dispatch(&pipeline, &[], &[out.raw()], [too_many, 1, 1])
+            .dispatch_bound(&pipeline, &[], &bound, [too_many, 1, 1])
             .unwrap_err();
         assert!(matches!(error, Error::DeviceLimit { .. }), "{error}");
     }

@@ -158,6 +158,17 @@ impl Backends {
         }
     }
 
+    /// `gpu` as the wgpu backend and no CUDA: the harness on a device the caller opened (a
+    /// framework's own, or one with capped limits).
+    #[cfg(feature = "wgpu")]
+    pub fn with_wgpu(gpu: Wgpu) -> Self {
+        Backends {
+            #[cfg(feature = "cuda")]
+            cuda: Err("not opened (Backends::with_wgpu)".into()),
+            wgpu: Ok(gpu),
+        }
+    }
+
     /// The CUDA handle, or why there is none.
     #[cfg(feature = "cuda")]
     pub fn cuda(&self) -> Result<&Cuda> {

@@ -3,7 +3,7 @@
 
 use super::{BufferLengths, Decay, Scan, ScanElement};
 use crate::backend::abi::{TF_SCAN_CHUNK, TF_SCAN_LANES};
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
+use crate::backend::wgpu::{Binding, Bindings, GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::error::{Error, Result};
 
 const SHADER: Shader = Shader {
@@ -69,10 +69,10 @@ pub fn scan_final<T: ScanElement>(
     run(gpu, scan, inputs, None, h_last)
 }
 
-fn run<T: ScanElement>(
-    gpu: &Wgpu,
+fn run<'a, T: ScanElement>(
+    gpu: &'a Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, T>,
+    inputs: ScanInputs<'a, T>,
     h: Option<&mut GpuBuffer<T>>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
@@ -103,7 +103,10 @@ fn run<T: ScanElement>(
     let map_reset = gpu.zeros::<u32>(records)?;
     let ends = gpu.zeros::<[f32; 2]>(slots)?;
     // A bound buffer that is never read stands in for an absent h0.
-    let h0 = inputs.h0.map_or(inputs.u.raw(), GpuBuffer::raw);
+    let h0 = match inputs.h0 {
+        Some(h0) => h0.raw(),
+        None => &gpu.placeholders()?[0],
+    };
 
     let constants = [
         ("COMPLEX", if T::LANES == 2 { 1.0 } else { 0.0 }),
@@ -116,35 +119,47 @@ fn run<T: ScanElement>(
             },
         ),
     ];
-    let (a, u, reset) = (inputs.a.raw(), inputs.u.raw(), inputs.reset.raw());
-    let maps = [(4, map_a.raw()), (5, map_b.raw()), (6, map_reset.raw())];
-    let read = [(1, a), (2, u), (3, reset)];
+    // a, u, reset (and h) may span several bindings (wgsl/scan.wgsl).
+    let read = || -> Result<Bindings> {
+        Bindings::new(gpu)
+            .windowed([1, 11, 12, 13], inputs.a.raw(), false)?
+            .windowed([2, 14, 15, 16], inputs.u.raw(), false)?
+            .windowed([3, 17, 18, 19], inputs.reset.raw(), false)
+    };
+    let maps = |bindings: Bindings<'a>| {
+        bindings
+            .whole(4, map_a.raw())
+            .whole(5, map_b.raw())
+            .whole(6, map_reset.raw())
+    };
     // One workgroup per chunk, at most the grid's limit of chunks per dispatch.
     let chunks = params.chunks as usize;
     let grid_limit = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    let per_chunk_dispatches =
-        |entry: &'static str, buffers: &[(u32, &wgpu::Buffer)]| -> Result<()> {
-            let pipeline = gpu.pipeline(SHADER, entry, &constants)?;
-            for first in (0..chunks).step_by(grid_limit.max(1)) {
-                let params = Params {
-                    chunk_first: first as u32,
-                    ..params
-                };
-                let grid = [
-                    (chunks - first).min(grid_limit) as u32,
-                    params.groups,
-                    params.batch,
-                ];
-                gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), buffers, grid)?;
-            }
-            Ok(())
-        };
-    per_chunk_dispatches("chunk_maps", &[&read[..], &maps[..]].concat())?;
+    let per_chunk_dispatches = |entry: &'static str, buffers: &[Binding]| -> Result<()> {
+        let pipeline = gpu.pipeline(SHADER, entry, &constants)?;
+        for first in (0..chunks).step_by(grid_limit.max(1)) {
+            let params = Params {
+                chunk_first: first as u32,
+                ..params
+            };
+            let grid = [
+                (chunks - first).min(grid_limit) as u32,
+                params.groups,
+                params.batch,
+            ];
+            gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), buffers, grid)?;
+        }
+        Ok(())
+    };
+    per_chunk_dispatches("chunk_maps", maps(read()?).list())?;
 
     // The carry runs along each row's chunks, split where the driver cuts long loops short
     // (one loop iteration per chunk).
     let pipeline = gpu.pipeline(SHADER, "chunk_ends", &constants)?;
-    let carry = [(7, ends.raw()), (8, h0), (9, h_last.raw())];
+    let carry = maps(Bindings::new(gpu))
+        .whole(7, ends.raw())
+        .whole(8, h0)
+        .whole(9, h_last.raw());
     for range in gpu.loop_passes(chunks, 1, 16) {
         let params = Params {
             chunk_first: range.start as u32,
@@ -152,13 +167,16 @@ fn run<T: ScanElement>(
             ..params
         };
         let grid = [params.groups, params.batch, 1];
-        let buffers = [&maps[..], &carry[..]].concat();
-        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &buffers, grid)?;
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), carry.list(), grid)?;
     }
 
     if let Some(h) = h {
-        let write = [(7, ends.raw()), (8, h0), (10, h.raw())];
-        per_chunk_dispatches("states", &[&read[..], &write[..]].concat())?;
+        let write =
+            read()?
+                .whole(7, ends.raw())
+                .whole(8, h0)
+                .windowed([10, 20, 21, 22], h.raw(), true)?;
+        per_chunk_dispatches("states", write.list())?;
     }
     Ok(())
 }

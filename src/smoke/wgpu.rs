@@ -3,7 +3,7 @@
 use half::f16;
 
 use super::MatmulShape;
-use crate::backend::wgpu::{GpuBuffer, Shader, Wgpu, wgsl_uniform};
+use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::error::Result;
 
 const SHADER: Shader = Shader {
@@ -54,12 +54,11 @@ pub fn matmul(
             pad0: 0,
             pad1: 0,
         };
-        gpu.dispatch(
-            &pipeline,
-            bytemuck::bytes_of(&params),
-            &[a.raw(), b.raw(), c.raw()],
-            groups,
-        )?;
+        let bound = Bindings::new(gpu)
+            .windowed([1, 11, 12, 13], a.raw(), false)?
+            .windowed([2, 14, 15, 16], b.raw(), false)?
+            .windowed([3, 17, 18, 19], c.raw(), true)?;
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound.list(), groups)?;
     }
     Ok(())
 }

@@ -144,3 +144,25 @@ pub fn any_size() -> impl proptest::strategy::Strategy<Value = usize> {
         any::<usize>()
     ]
 }
+
+/// The storage-binding limit of [`capped_wgpu`]'s device.
+#[cfg(feature = "wgpu")]
+pub const CAPPED_BINDING: u64 = 64 << 10;
+
+/// A wgpu device opened with its storage bindings capped at [`CAPPED_BINDING`] bytes, so that
+/// tensors of a few hundred KiB span several windows; `None` where wgpu cannot run (as
+/// [`available`] decides).
+#[cfg(feature = "wgpu")]
+pub fn capped_wgpu() -> Option<&'static Backends> {
+    use tilefuse::backend::wgpu::{Wgpu, WgpuOptions};
+    static CAPPED: OnceLock<Option<Backends>> = OnceLock::new();
+    available(Backend::Wgpu)?;
+    let open = || {
+        let mut options = WgpuOptions::from_env();
+        options.max_binding_size = Some(CAPPED_BINDING);
+        Wgpu::with_options(options).map(Backends::with_wgpu)
+    };
+    CAPPED
+        .get_or_init(|| Some(open().expect("a device with capped bindings")))
+        .as_ref()
+}
