@@ -174,14 +174,20 @@ impl Npz {
         let mut entries = BTreeMap::new();
         for index in 0..count {
             let mut zip = archive.zip.borrow_mut();
-            let mut file = zip
-                .by_index(index)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let Some(name) = file.name().strip_suffix(".npy").map(str::to_string) else {
+            let name = zip.name_for_index(index).unwrap_or_default();
+            let Some(name) = name.strip_suffix(".npy").map(str::to_string) else {
                 continue;
             };
-            let declared = file.size();
-            let entry = read_header(&mut file, declared).map(|(header, header_bytes)| Entry {
+            // An entry this reader cannot open (an unknown compression, encryption) is that
+            // array's error only.
+            let header = zip
+                .by_index(index)
+                .map_err(|e| format!("the zip entry is unreadable: {e}"))
+                .and_then(|mut file| {
+                    let declared = file.size();
+                    read_header(&mut file, declared)
+                });
+            let entry = header.map(|(header, header_bytes)| Entry {
                 shape: header.shape,
                 element: header.element,
                 source: Source {
@@ -699,6 +705,29 @@ mod tests {
         let entry = read.get("x").unwrap().unwrap();
         assert_eq!(entry.shape, [1 << 20]);
         assert!(entry.data().is_err());
+    }
+
+    /// An entry this reader cannot open (marked encrypted, in the central directory and the
+    /// local header) is that array's error; the others still read (the whole file was
+    /// refused before).
+    #[test]
+    fn an_entry_that_cannot_be_opened_fails_only_itself() {
+        let arrays = [("x".to_string(), f32s(&[3], vec![1.0, 2.0, 3.0]))];
+        let mut bytes = npz_bytes(&arrays, &[("junk", b"anything")]);
+        for (signature, flags_at, name_at) in [(b"PK\x01\x02", 8, 46), (b"PK\x03\x04", 6, 30)] {
+            let mut at = 0;
+            while let Some(found) = bytes[at..].windows(4).position(|w| w == signature) {
+                let header = at + found;
+                if bytes[header + name_at..].starts_with(b"junk.npy") {
+                    bytes[header + flags_at] |= 1; // encrypted
+                }
+                at = header + 4;
+            }
+        }
+        let (read, _file) = read_bytes(&bytes, "encrypted");
+        assert_eq!(data(&read, "x"), Ok(arrays[0].1.data.clone()));
+        let error = data(&read, "junk").unwrap_err();
+        assert!(error.contains("unreadable"), "{error}");
     }
 
     /// numpy bool arrays (`|b1`) read as 0 / 1 bytes.
