@@ -727,9 +727,9 @@ proptest! {
     }
 }
 
-/// On a device whose storage bindings hold 64 KiB, w's entries, x and y span several windows
-/// (with f32 and 16-bit outputs, one split and several) and spmm still matches the
-/// reference.
+/// On a device whose storage bindings hold 64 KiB, w's entries, x, the split sums and y span
+/// several windows and spmm still matches the reference: k = 520 takes three splits (sums of
+/// 230 KB, x of 67 KB), k = 256 one, whose f32 sums are y itself (77 KB).
 #[cfg(feature = "wgpu")]
 #[test]
 fn tensors_past_one_binding_run_in_windows() {
@@ -737,11 +737,14 @@ fn tensors_past_one_binding_run_in_windows() {
         return;
     };
     assert!(64 * 520 * 2 > common::CAPPED_BINDING as usize);
-    for out_f32 in [true, false] {
-        let case = Case {
-            out_f32,
-            ..Case::new(300, 520, 64, 0.8)
-        };
-        assert_case(backends, Backend::Wgpu, case);
+    assert!(64 * 300 * 4 > common::CAPPED_BINDING as usize);
+    for k in [520, 256] {
+        for out_f32 in [true, false] {
+            let case = Case {
+                out_f32,
+                ..Case::new(300, k, 64, 0.8)
+            };
+            assert_case(backends, Backend::Wgpu, case);
+        }
     }
 }

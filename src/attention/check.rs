@@ -68,7 +68,8 @@ pub struct Case {
     pub strided: bool,
     /// The output type of the device run.
     pub output: Output,
-    /// NaN and ±inf in a few elements of q, k and v ([`Case::non_finite_elements`]).
+    /// NaN and ±inf in a few elements of q, k and v: a NaN in q, +inf and −inf in keys 1 and
+    /// lk − 1, a NaN and a +inf in v.
     pub non_finite: bool,
 }
 
@@ -104,7 +105,7 @@ impl Case {
     /// row; value) of each non-finite input, in batch 0 and head 0: a NaN in q, +inf and −inf in
     /// keys 1 and lk − 1 (a score of −inf must make its rows NaN, not look masked), a NaN and
     /// a +inf in v.
-    pub fn non_finite_elements(&self) -> Vec<(usize, usize, usize, f64)> {
+    fn non_finite_elements(&self) -> Vec<(usize, usize, usize, f64)> {
         if !self.non_finite {
             return Vec::new();
         }

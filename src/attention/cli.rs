@@ -12,7 +12,7 @@ use crate::harness::file::{
     CaseFile, Dtype, FileEntry, FileOptions, data, float16, float16_entry, mismatch, required,
     wrong_dtype,
 };
-use crate::harness::npz::{Array, Data, Element, Npz};
+use crate::harness::npz::{Array, Data, Element, Entry, Npz};
 #[cfg(feature = "cuda")]
 use crate::harness::profile::{ParamKind, Prepared, ProfileEntry, ProfileParam, ProfileValues};
 use crate::harness::{Backend, Backends, Tolerance};
@@ -61,107 +61,118 @@ fn scalar_i32(arrays: &Npz, name: &str) -> Result<i64, String> {
 }
 
 impl<T: Float16> AttentionFile<T> {
+    /// Every name, type and shape is checked (reading only the scalars), then the layout,
+    /// then q, k and v are read.
     fn load(arrays: &Npz) -> Result<Self, String> {
-        let half = |name: &str| {
-            let dims: &[&str] = if name == "q" {
-                &["b", "lq", "hq", "d"]
-            } else {
-                &["b", "lk", "hkv", "d"]
-            };
-            float16_entry(arrays, name, dims, ATTENTION_NEEDS)
-        };
-        let (q_array, k_array, v_array) = (half("q")?, half("k")?, half("v")?);
-        let [b, lq, hq, d] =
-            <[usize; 4]>::try_from(q_array.shape.as_slice()).expect("rank checked");
-        let [kb, lk, hkv, kd] =
-            <[usize; 4]>::try_from(k_array.shape.as_slice()).expect("rank checked");
-        if kb != b || kd != d {
-            return Err(mismatch(
-                "k",
-                format!("({b}, lk, hkv, {d}) (b and d of q)"),
-                k_array,
-            ));
-        }
-        if v_array.shape != k_array.shape {
-            return Err(mismatch("v", k_array.shape_text() + " (as k)", v_array));
-        }
-        let shape =
-            AttentionShape::new(b, lq, lk, hq, hkv, d).map_err(|e| format!("`q`, `k`: {e}"))?;
+        let (shape, [q, k, v]) = qkv(arrays)?;
         let block = |name: &str| -> Result<usize, String> {
             match scalar_i32(arrays, name)? {
                 size @ (64 | 128) => Ok(size as usize),
                 other => Err(format!("`{name}`: expected 64 or 128, got {other}")),
             }
         };
-        let (block_m, block_n) = (block("block_m")?, block("block_n")?);
-        let mask_mod = scalar_i32(arrays, "mask_mod")?;
-        let window = || -> Result<usize, String> {
-            let window = scalar_i32(arrays, "window")?;
-            usize::try_from(window)
-                .ok()
-                .filter(|&w| w > 0)
-                .ok_or_else(|| {
-                    format!("`window`: expected a window of at least 1 key, got {window}")
-                })
-        };
-        let element = match mask_mod {
-            0 => ElementMask::None,
-            1 => ElementMask::Causal,
-            2 => ElementMask::SlidingWindow(window()?),
-            3 => ElementMask::CausalWindow(window()?),
-            other => {
-                return Err(format!(
-                    "`mask_mod`: expected 0 (none), 1 (causal), 2 (sliding window) or 3 (causal + window), got {other}"
-                ));
-            }
-        };
-        let layout_array = required(arrays, "layout", ATTENTION_NEEDS)?;
-        let layout_dtype =
-            || wrong_dtype("layout", "uint8 (0 skip, 1 partial, 2 full)", layout_array);
-        if !layout_array.element.is_bytes() {
-            return Err(layout_dtype());
-        }
-        let mask_heads = layout_array.shape.first().copied().unwrap_or(0);
         let mask_shape = MaskShape {
             batch: 1,
-            heads: mask_heads,
-            lq,
-            lk,
-            block_m,
-            block_n,
+            heads: 1,
+            lq: shape.lq,
+            lk: shape.lk,
+            block_m: block("block_m")?,
+            block_n: block("block_n")?,
         };
-        let expected = [mask_heads, lq.div_ceil(block_m), lk.div_ceil(block_n)];
-        if layout_array.shape != expected || (mask_heads != 1 && mask_heads != hq) {
-            let want = format!("({} or 1, {}, {})", hq, expected[1], expected[2]);
-            return Err(mismatch("layout", want, layout_array));
-        }
-        let Data::U8(layout) = data(layout_array, "layout")? else {
-            return Err(layout_dtype());
+        let element = element_mask(arrays)?;
+        let (layout, mask_shape) = layout(arrays, mask_shape, shape.heads_q)?;
+        let scale = scale(arrays)?;
+        let Data::U8(layout) = data(layout, "layout")? else {
+            return Err(wrong_dtype("layout", LAYOUT_TYPE, layout));
         };
         let mask = BlockMask::from_layout(mask_shape, element, layout)
             .map_err(|e| format!("`layout`: {e}"))?;
-        let scale_array = required(arrays, "scale", ATTENTION_NEEDS)?;
-        if scale_array.element != Element::F32 {
-            return Err(wrong_dtype("scale", "float32", scale_array));
-        }
-        if scale_array.shape.iter().product::<usize>() != 1 {
-            return Err(mismatch("scale", "() (a scalar)".into(), scale_array));
-        }
-        let scale = match data(scale_array, "scale")? {
-            Data::F32(v) if v[0].is_finite() => f64::from(v[0]),
-            Data::F32(v) => {
-                return Err(format!("`scale`: expected a finite number, got {}", v[0]));
-            }
-            _ => return Err(wrong_dtype("scale", "float32", scale_array)),
-        };
         Ok(AttentionFile {
             shape,
-            q: float16(q_array, "q")?,
-            k: float16(k_array, "k")?,
-            v: float16(v_array, "v")?,
+            q: float16(q, "q")?,
+            k: float16(k, "k")?,
+            v: float16(v, "v")?,
             mask,
             scale,
         })
+    }
+}
+
+/// The shape that q, k and v agree on, and their entries.
+fn qkv(arrays: &Npz) -> Result<(AttentionShape, [&Entry; 3]), String> {
+    let half = |name: &str| {
+        let dims: &[&str] = if name == "q" {
+            &["b", "lq", "hq", "d"]
+        } else {
+            &["b", "lk", "hkv", "d"]
+        };
+        float16_entry(arrays, name, dims, ATTENTION_NEEDS)
+    };
+    let (q, k, v) = (half("q")?, half("k")?, half("v")?);
+    let [b, lq, hq, d] = <[usize; 4]>::try_from(q.shape.as_slice()).expect("rank checked");
+    let [kb, lk, hkv, kd] = <[usize; 4]>::try_from(k.shape.as_slice()).expect("rank checked");
+    if kb != b || kd != d {
+        let want = format!("({b}, lk, hkv, {d}) (b and d of q)");
+        return Err(mismatch("k", want, k));
+    }
+    if v.shape != k.shape {
+        return Err(mismatch("v", k.shape_text() + " (as k)", v));
+    }
+    let shape = AttentionShape::new(b, lq, lk, hq, hkv, d).map_err(|e| format!("`q`, `k`: {e}"))?;
+    Ok((shape, [q, k, v]))
+}
+
+/// The element mask that `mask_mod` (and `window`) name.
+fn element_mask(arrays: &Npz) -> Result<ElementMask, String> {
+    let window = || -> Result<usize, String> {
+        let window = scalar_i32(arrays, "window")?;
+        usize::try_from(window)
+            .ok()
+            .filter(|&w| w > 0)
+            .ok_or_else(|| format!("`window`: expected a window of at least 1 key, got {window}"))
+    };
+    match scalar_i32(arrays, "mask_mod")? {
+        0 => Ok(ElementMask::None),
+        1 => Ok(ElementMask::Causal),
+        2 => Ok(ElementMask::SlidingWindow(window()?)),
+        3 => Ok(ElementMask::CausalWindow(window()?)),
+        other => Err(format!(
+            "`mask_mod`: expected 0 (none), 1 (causal), 2 (sliding window) or 3 (causal + window), got {other}"
+        )),
+    }
+}
+
+const LAYOUT_TYPE: &str = "uint8 (0 skip, 1 partial, 2 full)";
+
+/// The `layout` entry, checked against `shape` (whose heads it sets: 1, or every query
+/// head's own) without reading it.
+fn layout(arrays: &Npz, shape: MaskShape, heads_q: usize) -> Result<(&Entry, MaskShape), String> {
+    let layout = required(arrays, "layout", ATTENTION_NEEDS)?;
+    if !layout.element.is_bytes() {
+        return Err(wrong_dtype("layout", LAYOUT_TYPE, layout));
+    }
+    let heads = layout.shape.first().copied().unwrap_or(0);
+    let expected = [heads, shape.q_blocks(), shape.kv_blocks()];
+    if layout.shape != expected || (heads != 1 && heads != heads_q) {
+        let want = format!("({heads_q} or 1, {}, {})", expected[1], expected[2]);
+        return Err(mismatch("layout", want, layout));
+    }
+    Ok((layout, MaskShape { heads, ..shape }))
+}
+
+/// The finite float32 scalar `scale`.
+fn scale(arrays: &Npz) -> Result<f64, String> {
+    let scale = required(arrays, "scale", ATTENTION_NEEDS)?;
+    if scale.element != Element::F32 {
+        return Err(wrong_dtype("scale", "float32", scale));
+    }
+    if scale.shape.iter().product::<usize>() != 1 {
+        return Err(mismatch("scale", "() (a scalar)".into(), scale));
+    }
+    match data(scale, "scale")? {
+        Data::F32(v) if v[0].is_finite() => Ok(v[0].into()),
+        Data::F32(v) => Err(format!("`scale`: expected a finite number, got {}", v[0])),
+        _ => Err(wrong_dtype("scale", "float32", scale)),
     }
 }
 

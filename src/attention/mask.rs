@@ -26,11 +26,14 @@ pub enum ElementMask {
 }
 
 impl ElementMask {
-    /// The keys query `i` may see, as an inclusive interval `[lo, hi]` (unbounded ends are
-    /// `i64::MIN` / `i64::MAX`, and so is an end past them); every element mask allows an
-    /// interval. Any indices and lengths, without overflow.
+    /// The keys up to `i64::MAX` that query `i` may see, as an inclusive interval `[lo, hi]`
+    /// (unbounded ends are `i64::MIN` / `i64::MAX`; `lo > hi` when there are none); every
+    /// element mask allows an interval. Any indices and lengths, without overflow.
     pub fn interval(self, i: usize, lq: usize, lk: usize) -> (i64, i64) {
         let (lo, hi) = self.wide_interval(i, lq, lk);
+        if lo > hi || lo > i64::MAX.into() {
+            return (i64::MAX, i64::MIN);
+        }
         let narrow = |x: i128| x.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
         (narrow(lo), narrow(hi))
     }

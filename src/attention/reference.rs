@@ -43,20 +43,8 @@ where
     let mut lse = vec![f64::NEG_INFINITY; s.batch * s.heads_q * s.lq];
     let mut scores = vec![0.0; s.lk];
     for b in 0..s.batch {
-        // Each key whose value row is not finite everywhere, with its non-finite columns.
-        let non_finite_values: Vec<Vec<(usize, Vec<usize>)>> = (0..s.heads_kv)
-            .map(|kv_head| {
-                let columns = |j: usize| {
-                    let row = &v[layout.v.offset(b, j, kv_head)..][..s.d];
-                    (0..s.d)
-                        .filter(|&c| !row[c].is_finite())
-                        .collect::<Vec<_>>()
-                };
-                (0..s.lk)
-                    .map(|j| (j, columns(j)))
-                    .filter(|(_, columns)| !columns.is_empty())
-                    .collect()
-            })
+        let non_finite_values: Vec<_> = (0..s.heads_kv)
+            .map(|kv_head| non_finite_values(&s, &v, b, kv_head))
             .collect();
         for h in 0..s.heads_q {
             let kv_head = h / group;
@@ -98,17 +86,48 @@ where
                 for o in out.iter_mut() {
                     *o = if o.is_finite() { *o / sum } else { f64::NAN };
                 }
-                // A block the mask lists is computed whole: a masked key of it still adds
-                // 0 · v, NaN where v is not finite.
-                let (block_m, block_n) = (mask.shape().block_m, mask.shape().block_n);
-                for (j, columns) in &non_finite_values[kv_head] {
-                    if mask.kind(b, h, i / block_m, j / block_n)? != BlockKind::Skip {
-                        columns.iter().for_each(|&c| out[c] = f64::NAN);
-                    }
-                }
+                nan_where_listed_blocks_reach(out, mask, (b, h, i), &non_finite_values[kv_head])?;
                 lse[lse_at] = max + sum.ln();
             }
         }
     }
     Ok(Outputs { o, lse })
+}
+
+/// Each key of (batch `b`, key/value head `kv_head`) whose value row is not finite
+/// everywhere, with its non-finite columns.
+fn non_finite_values(
+    shape: &AttentionShape,
+    v: &[f64],
+    b: usize,
+    kv_head: usize,
+) -> Vec<(usize, Vec<usize>)> {
+    let columns = |j: usize| {
+        let row = &v[shape.layout().v.offset(b, j, kv_head)..][..shape.d];
+        (0..shape.d)
+            .filter(|&c| !row[c].is_finite())
+            .collect::<Vec<_>>()
+    };
+    (0..shape.lk)
+        .map(|j| (j, columns(j)))
+        .filter(|(_, columns)| !columns.is_empty())
+        .collect()
+}
+
+/// NaN in the columns of query (b, h, i)'s `out` row where a key of a block the mask lists
+/// for it has a non-finite value: a listed block is computed whole, and a key the element
+/// mask hides there still adds 0 · v, which is NaN.
+fn nan_where_listed_blocks_reach(
+    out: &mut [f64],
+    mask: &BlockMask,
+    (b, h, i): (usize, usize, usize),
+    non_finite_values: &[(usize, Vec<usize>)],
+) -> Result<()> {
+    let (block_m, block_n) = (mask.shape().block_m, mask.shape().block_n);
+    for (j, columns) in non_finite_values {
+        if mask.kind(b, h, i / block_m, j / block_n)? != BlockKind::Skip {
+            columns.iter().for_each(|&c| out[c] = f64::NAN);
+        }
+    }
+    Ok(())
 }

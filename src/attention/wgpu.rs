@@ -150,7 +150,7 @@ pub fn attention<T: Float16, O: OutputElement<T>>(
     ];
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
     // q, k, v and o may span several bindings (wgsl/attention.wgsl); the state comes last.
-    let buffers = Bindings::new(gpu)
+    let buffers = Bindings::new(gpu, SHADER)
         .windowed([1, 11, 12, 13], q.raw(), false)?
         .windowed([2, 14, 15, 16], k.raw(), false)?
         .windowed([3, 17, 18, 19], v.raw(), false)?

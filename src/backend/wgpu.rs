@@ -322,7 +322,7 @@ impl Wgpu {
         let limits = self.limits();
         let largest = limits.max_storage_buffer_binding_size.clamp(1, 1 << 31);
         let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
-        largest.ilog2().max(align.ilog2())
+        largest.ilog2().max(align.ilog2()).max(4) // a vec4 per element at least
     }
 
     /// The spare buffer for windows past a tensor's end (0 read-only, 1 writable) and the
@@ -537,7 +537,7 @@ impl Wgpu {
         if let Some(pipeline) = cache.get(&key) {
             return Ok(pipeline.clone());
         }
-        let (source, windowed) = window::expand(shader.source)?;
+        let (source, windowed) = window::expand(shader.source, self.windows_for(shader))?;
         let window_log2 = f64::from(self.window_log2());
         let mut constants = constants.to_vec();
         if windowed {
@@ -829,7 +829,7 @@ impl Shader {
     /// the same offsets, of the same sizes and scalar types, and `size` bytes in all.
     pub(crate) fn assert_uniform(&self, name: &str, layout: &[UniformField], size: usize) {
         use naga::{ScalarKind, TypeInner};
-        let (source, _) = window::expand(self.source).expect("windowed lines that expand");
+        let (source, _) = window::expand(self.source, WINDOWS).expect("windowed lines that expand");
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{}: {}", self.name, e.emit_to_string(&source)));
         let (members, span) = module

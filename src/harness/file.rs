@@ -20,7 +20,8 @@ pub struct FileEntry {
 
 /// Builds an op's case from a file's arrays, or says which array is wrong and how.
 /// It checks every name, type and shape against the headers before it reads any array's
-/// elements ([`Entry::data`]), so that a wrong file is refused before it is inflated.
+/// elements ([`Entry::data`]) but the scalars those checks need, so that a wrong file is
+/// refused before it is inflated.
 pub type LoadFn = fn(&Npz, FileOptions) -> Result<Box<dyn CaseFile>, String>;
 
 /// The command line's choices for a case file.
@@ -249,6 +250,53 @@ mod tests {
             let error = loaded.err().expect("a wrong file");
             assert!(error.contains(wrong), "{op}: {error}");
             assert_eq!(file.bytes_read(), 0, "{op}: {error}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Attention reads its int32 scalars to know the layout's shape, and nothing else of a
+    /// file whose layout (or scale) is wrong.
+    #[test]
+    fn attention_reads_only_its_scalars_before_the_checks_pass() {
+        let scalar = |value: i32| Array {
+            shape: Vec::new(),
+            data: Data::I32(vec![value]),
+        };
+        let qkv = [1, 1024, 4, 64];
+        let arrays = |layout: Array, scale: Array| {
+            let mut arrays: Vec<(String, Array)> = ["q", "k", "v"]
+                .map(|name| (name.to_string(), zeros(&qkv, Element::F16)))
+                .into();
+            for (name, value) in [("block_m", 64), ("block_n", 64), ("mask_mod", 1)] {
+                arrays.push((name.to_string(), scalar(value)));
+            }
+            arrays.push(("layout".to_string(), layout));
+            arrays.push(("scale".to_string(), scale));
+            arrays
+        };
+        let good_layout = || zeros(&[1, 16, 16], Element::U8);
+        let good_scale = || zeros(&[], Element::F32);
+        let cases = [
+            (
+                arrays(zeros(&[1, 16, 15], Element::U8), good_scale()),
+                "`layout`",
+            ),
+            (arrays(good_layout(), zeros(&[2], Element::F32)), "`scale`"),
+            (arrays(good_layout(), scalar(1)), "`scale`"),
+        ];
+        let path =
+            std::env::temp_dir().join(format!("tilefuse-scalars-{}.npz", std::process::id()));
+        for (arrays, wrong) in cases {
+            npz::write(&path, &arrays).unwrap();
+            let file = Npz::open(&path, DEFAULT_READ_LIMIT).unwrap();
+            let entry = crate::harness::ops()
+                .iter()
+                .find(|o| o.name == "attention")
+                .unwrap();
+            let loaded = (entry.file.unwrap().load)(&file, FileOptions::default());
+            let error = loaded.err().expect("a wrong file");
+            assert!(error.contains(wrong), "{error}");
+            assert_eq!(file.bytes_read(), 3 * 4, "{error}");
         }
         std::fs::remove_file(&path).unwrap();
     }

@@ -124,12 +124,16 @@ const MAX_RANK: usize = 64;
 /// How many bytes of an array are decoded at a time.
 const CHUNK: usize = 1 << 20;
 
-/// An `.npz` opened for reading. Opening reads each entry's `.npy` header only; an array's
-/// elements are inflated when an op asks for them ([`Entry::data`]), after it has checked
-/// the shapes, and never more bytes in all than the read limit. Entries nobody asks for are
-/// never inflated, so a file costs what the op reads of it.
+/// An `.npz` opened for reading. Opening reads the zip's directory only; an entry's `.npy`
+/// header is read when an op first asks for it ([`Npz::get`]), and its elements when the op,
+/// having checked the shapes, asks for them ([`Entry::data`]), never more bytes in all than
+/// the read limit. Entries nobody asks for are never inflated, so a file costs what the op
+/// reads of it.
 pub struct Npz {
-    entries: BTreeMap<String, Result<Entry, String>>,
+    archive: Rc<Archive>,
+    /// Each `.npy` entry by name (without `.npy`): its index in the zip, and its header once
+    /// read (or why it holds no readable array).
+    entries: BTreeMap<String, (usize, OnceCell<Result<Entry, String>>)>,
 }
 
 /// One `.npy` entry of an [`Npz`]: its header, and its elements once read.
@@ -157,49 +161,24 @@ struct Archive {
 }
 
 impl Npz {
-    /// Opens `path` and reads the header of each `.npy` entry. An entry that holds no
-    /// readable array (a malformed header, a shape its declared size does not hold) is kept
-    /// as its error, so that only an op that needs it fails. At most `limit` bytes of
-    /// elements may be read in all.
+    /// Opens `path` and reads its directory. At most `limit` bytes of elements may be read
+    /// in all.
     pub fn open(path: &Path, limit: u64) -> Result<Npz, String> {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let zip = zip::ZipArchive::new(file)
             .map_err(|e| format!("{}: not an .npz (zip) file: {e}", path.display()))?;
+        let entries = (0..zip.len())
+            .filter_map(|index| {
+                let name = zip.name_for_index(index)?.strip_suffix(".npy")?;
+                Some((name.to_string(), (index, OnceCell::new())))
+            })
+            .collect();
         let archive = Rc::new(Archive {
             zip: RefCell::new(zip),
             limit,
             read: Cell::new(0),
         });
-        let count = archive.zip.borrow().len();
-        let mut entries = BTreeMap::new();
-        for index in 0..count {
-            let mut zip = archive.zip.borrow_mut();
-            let name = zip.name_for_index(index).unwrap_or_default();
-            let Some(name) = name.strip_suffix(".npy").map(str::to_string) else {
-                continue;
-            };
-            // An entry this reader cannot open (an unknown compression, encryption) is that
-            // array's error only.
-            let header = zip
-                .by_index(index)
-                .map_err(|e| format!("the zip entry is unreadable: {e}"))
-                .and_then(|mut file| {
-                    let declared = file.size();
-                    read_header(&mut file, declared)
-                });
-            let entry = header.map(|(header, header_bytes)| Entry {
-                shape: header.shape,
-                element: header.element,
-                source: Source {
-                    archive: Rc::clone(&archive),
-                    index,
-                    header_bytes,
-                },
-                data: OnceCell::new(),
-            });
-            entries.insert(name, entry);
-        }
-        Ok(Npz { entries })
+        Ok(Npz { archive, entries })
     }
 
     /// The names of the file's arrays (without `.npy`), sorted.
@@ -212,11 +191,33 @@ impl Npz {
         self.entries.contains_key(name)
     }
 
-    /// The entry `name`: none if the file has none, an error if it is no readable array.
+    /// The entry `name`, its header read on the first call: none if the file has none, an
+    /// error if it holds no readable array (an entry the zip reader cannot open, a malformed
+    /// header, a shape its declared size does not hold).
     pub fn get(&self, name: &str) -> Option<Result<&Entry, String>> {
-        self.entries
-            .get(name)
-            .map(|entry| entry.as_ref().map_err(Clone::clone))
+        let (index, entry) = self.entries.get(name)?;
+        let entry = entry.get_or_init(|| self.entry(*index));
+        Some(entry.as_ref().map_err(Clone::clone))
+    }
+
+    /// The header of the entry at `index`.
+    fn entry(&self, index: usize) -> Result<Entry, String> {
+        let mut zip = self.archive.zip.borrow_mut();
+        let mut file = zip
+            .by_index(index)
+            .map_err(|e| format!("the zip entry is unreadable: {e}"))?;
+        let declared = file.size();
+        let (header, header_bytes) = read_header(&mut file, declared)?;
+        Ok(Entry {
+            shape: header.shape,
+            element: header.element,
+            source: Source {
+                archive: Rc::clone(&self.archive),
+                index,
+                header_bytes,
+            },
+            data: OnceCell::new(),
+        })
     }
 
     /// Each array read so far that holds NaN or ±inf, with how many of its elements do
@@ -228,8 +229,8 @@ impl Npz {
             Data::C64(v) => v.iter().filter(|x| !x.is_finite()).count(),
             Data::U8(_) | Data::I32(_) => 0,
         };
-        let read = self.entries.iter().filter_map(|(name, entry)| {
-            let data = entry.as_ref().ok()?.data.get()?.as_ref().ok()?;
+        let read = self.entries.iter().filter_map(|(name, (_, entry))| {
+            let data = entry.get()?.as_ref().ok()?.data.get()?.as_ref().ok()?;
             Some((name.as_str(), count(data)))
         });
         read.filter(|&(_, count)| count > 0).collect()
@@ -237,8 +238,7 @@ impl Npz {
 
     /// The bytes of elements read so far, all entries together.
     pub fn bytes_read(&self) -> u64 {
-        let archive = self.entries.values().flatten().next();
-        archive.map_or(0, |entry| entry.source.archive.read.get())
+        self.archive.read.get()
     }
 }
 

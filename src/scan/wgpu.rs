@@ -121,7 +121,7 @@ fn run<'a, T: ScanElement>(
     ];
     // a, u, reset (and h) may span several bindings (wgsl/scan.wgsl).
     let read = || -> Result<Bindings> {
-        Bindings::new(gpu)
+        Bindings::new(gpu, SHADER)
             .windowed([1, 11, 12, 13], inputs.a.raw(), false)?
             .windowed([2, 14, 15, 16], inputs.u.raw(), false)?
             .windowed([3, 17, 18, 19], inputs.reset.raw(), false)
@@ -156,7 +156,7 @@ fn run<'a, T: ScanElement>(
     // The carry runs along each row's chunks, split where the driver cuts long loops short
     // (one loop iteration per chunk).
     let pipeline = gpu.pipeline(SHADER, "chunk_ends", &constants)?;
-    let carry = maps(Bindings::new(gpu))
+    let carry = maps(Bindings::new(gpu, SHADER))
         .whole(7, ends.raw())
         .whole(8, h0)
         .whole(9, h_last.raw());

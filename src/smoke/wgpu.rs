@@ -54,7 +54,7 @@ pub fn matmul(
             pad0: 0,
             pad1: 0,
         };
-        let bound = Bindings::new(gpu)
+        let bound = Bindings::new(gpu, SHADER)
             .windowed([1, 11, 12, 13], a.raw(), false)?
             .windowed([2, 14, 15, 16], b.raw(), false)?
             .windowed([3, 17, 18, 19], c.raw(), true)?;

@@ -149,7 +149,7 @@ impl SpmmWorkspace {
             gpu.check_buffer("workspace", sums)?;
         }
         if self.sums.as_ref().is_none_or(|sums| sums.len() < len) {
-            gpu.check_windowed_size(len.saturating_mul(4) as u64)?;
+            gpu.check_windowed_size(len.saturating_mul(4) as u64, gpu.windows_for(SHADER))?;
             self.sums = Some(gpu.zeros(len)?);
         }
         Ok(self.sums.as_ref().expect("allocated above"))
@@ -210,7 +210,7 @@ pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
     };
     let sums = scratch.as_ref().map_or(y.raw(), |s| s.raw());
     // entries, x, the sums and y may span several bindings (wgsl/spmm.wgsl).
-    let bound = Bindings::new(gpu)
+    let bound = Bindings::new(gpu, SHADER)
         .windowed([1, 11, 12, 13], w.entries.raw(), false)?
         .whole(2, w.tile_offsets.raw())
         .windowed([3, 14, 15, 16], x.raw(), false)?
@@ -234,7 +234,7 @@ pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
         (n * w.m).div_ceil(2)
     };
     let finish_groups = words.div_ceil(256).min(u16::MAX as usize) as u32;
-    let bound = Bindings::new(gpu)
+    let bound = Bindings::new(gpu, SHADER)
         .windowed(SUMS, scratch.raw(), true)?
         .windowed([5, 20, 21, 22], y.raw(), true)?;
     gpu.dispatch_bound(
@@ -317,7 +317,7 @@ mod tests {
             matches!(
                 error,
                 Error::DeviceLimit {
-                    limit_name: "4 windows of max_storage_buffer_binding_size",
+                    limit_name: "its windows of max_storage_buffer_binding_size",
                     ..
                 }
             ),

@@ -2,7 +2,9 @@
 //! `//#windowed` line, which [`expand`] turns into [`WINDOWS`] bindings and an accessor that
 //! picks the binding by index; [`Bindings::windowed`] binds the buffer's consecutive windows
 //! there. A window is the largest power of two of bytes the device lets one binding hold, so
-//! the accessor divides with a shift, and a tensor may span `WINDOWS` of them.
+//! the accessor divides with a shift, and a tensor may span `WINDOWS` of them. A device with
+//! too few storage bindings per shader stage for that gets one binding per array instead
+//! ([`windows_for`]).
 //!
 //! ```text
 //! //#windowed @binding(1, 21, 22, 23) var<storage, read> q: array<u32>;
@@ -15,11 +17,27 @@
 use std::borrow::Cow;
 use std::num::NonZeroU64;
 
-use super::Wgpu;
+use super::{Shader, Wgpu};
 use crate::error::{Error, Result};
 
-/// Bindings one windowed tensor is spread over.
+/// Bindings one windowed tensor is spread over, where the device has enough.
 pub(crate) const WINDOWS: usize = 4;
+
+/// How many bindings each windowed array of `source` gets on a device that allows
+/// `max_storage` storage bindings per shader stage: [`WINDOWS`] if all of the shader's
+/// storage arrays fit then, else 1.
+pub(crate) fn windows_for(source: &str, max_storage: u32) -> usize {
+    let lines = || source.lines().map(str::trim_start);
+    let windowed = lines().filter(|l| l.starts_with(MARKER)).count();
+    let others = lines()
+        .filter(|l| !l.starts_with("//") && l.contains("var<storage"))
+        .count();
+    if windowed * WINDOWS + others <= max_storage as usize {
+        WINDOWS
+    } else {
+        1
+    }
+}
 
 /// The marker that starts a windowed declaration.
 const MARKER: &str = "//#windowed ";
@@ -27,9 +45,12 @@ const MARKER: &str = "//#windowed ";
 /// One storage binding of a dispatch: a whole buffer, or a range of one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Binding<'a> {
+    /// The `@binding` number.
     pub binding: u32,
     pub buffer: &'a wgpu::Buffer,
+    /// Where the range starts, in bytes.
     pub offset: u64,
+    /// The range's length; none for the rest of the buffer.
     pub size: Option<NonZeroU64>,
 }
 
@@ -52,18 +73,21 @@ impl Binding<'_> {
     }
 }
 
-/// The storage bindings of one dispatch, built tensor by tensor.
+/// The storage bindings of one dispatch of a shader, built tensor by tensor.
 pub(crate) struct Bindings<'a> {
     gpu: &'a Wgpu,
+    /// Bindings per windowed array of the shader on this device.
+    windows: usize,
     list: Vec<Binding<'a>>,
     /// Spare slots handed out so far, read-only and writable.
     spares: [u64; 2],
 }
 
 impl<'a> Bindings<'a> {
-    pub fn new(gpu: &'a Wgpu) -> Self {
+    pub fn new(gpu: &'a Wgpu, shader: Shader) -> Self {
         Bindings {
             gpu,
+            windows: gpu.windows_for(shader),
             list: Vec::new(),
             spares: [0, 0],
         }
@@ -75,9 +99,10 @@ impl<'a> Bindings<'a> {
         self
     }
 
-    /// `buffer` in consecutive windows at `bindings` (a `//#windowed` array); windows past its
-    /// end get a spare range of their own, so that no two writable bindings overlap. An
-    /// error if the buffer needs more than [`WINDOWS`] windows.
+    /// `buffer` in consecutive windows at `bindings` (a `//#windowed` array; only the first
+    /// where the shader has one binding per array); windows past its end get a spare range
+    /// of their own, so that no two writable bindings overlap. An error if the buffer needs
+    /// more windows than the shader has.
     pub fn windowed(
         mut self,
         bindings: [u32; WINDOWS],
@@ -86,8 +111,8 @@ impl<'a> Bindings<'a> {
     ) -> Result<Self> {
         let window = 1u64 << self.gpu.window_log2();
         let size = buffer.size();
-        self.gpu.check_windowed_size(size)?;
-        for (w, binding) in bindings.into_iter().enumerate() {
+        self.gpu.check_windowed_size(size, self.windows)?;
+        for (w, binding) in bindings.into_iter().take(self.windows).enumerate() {
             let offset = w as u64 * window;
             let bound = if offset < size {
                 Binding {
@@ -132,31 +157,39 @@ impl<'a> Bindings<'a> {
 }
 
 impl Wgpu {
-    /// Whether a windowed tensor of `bytes` fits its [`WINDOWS`] bindings.
-    pub(crate) fn check_windowed_size(&self, bytes: u64) -> Result<()> {
-        let limit = (1u64 << self.window_log2()) * WINDOWS as u64;
+    /// Whether a windowed tensor of `bytes` fits `windows` bindings.
+    pub(crate) fn check_windowed_size(&self, bytes: u64, windows: usize) -> Result<()> {
+        let limit = (1u64 << self.window_log2()) * windows as u64;
         if bytes > limit {
             return Err(Error::DeviceLimit {
                 what: "storage buffer",
-                limit_name: "4 windows of max_storage_buffer_binding_size",
+                limit_name: "its windows of max_storage_buffer_binding_size",
                 needed: bytes,
                 limit,
             });
         }
         Ok(())
     }
+
+    /// Bindings per windowed array of `shader` on this device ([`windows_for`]).
+    pub(crate) fn windows_for(&self, shader: Shader) -> usize {
+        windows_for(
+            shader.source,
+            self.limits().max_storage_buffers_per_shader_stage,
+        )
+    }
 }
 
-/// `source` with every `//#windowed` line expanded (unchanged if it has none), and whether
-/// it had any (then its pipelines need `WINDOW_LOG2`).
-pub(crate) fn expand(source: &str) -> Result<(Cow<'_, str>, bool)> {
+/// `source` with every `//#windowed` line expanded to `windows` bindings (unchanged if it has
+/// none), and whether it had any (then its pipelines need `WINDOW_LOG2`).
+pub(crate) fn expand(source: &str, windows: usize) -> Result<(Cow<'_, str>, bool)> {
     if !source.contains(MARKER) {
         return Ok((Cow::Borrowed(source), false));
     }
     let mut out = String::from("override WINDOW_LOG2: u32;\n");
     for line in source.lines() {
         match line.trim_start().strip_prefix(MARKER) {
-            Some(declaration) => out.push_str(&windowed(declaration)?),
+            Some(declaration) => out.push_str(&windowed(declaration, windows)?),
             None => out.push_str(line),
         }
         out.push('\n');
@@ -164,9 +197,9 @@ pub(crate) fn expand(source: &str) -> Result<(Cow<'_, str>, bool)> {
     Ok((Cow::Owned(out), true))
 }
 
-/// The bindings and accessors of one `@binding(b0, b1, ..) var<storage, ACCESS> NAME:
-/// array<TYPE>;` declaration.
-fn windowed(declaration: &str) -> Result<String> {
+/// The first `windows` bindings and the accessors of one `@binding(b0, b1, ..)
+/// var<storage, ACCESS> NAME: array<TYPE>;` declaration.
+fn windowed(declaration: &str, windows: usize) -> Result<String> {
     let bad = || {
         Error::invalid(
             "a //#windowed line",
@@ -208,7 +241,7 @@ fn windowed(declaration: &str) -> Result<String> {
     }
     let access = if writable { "read_write" } else { "read" };
     let mut out = String::new();
-    for (w, binding) in bindings.iter().enumerate() {
+    for (w, binding) in bindings.iter().take(windows).enumerate() {
         out += &format!(
             "@group(0) @binding({binding}) var<storage, {access}> {name}_{w}: array<{element}>;\n"
         );
@@ -219,9 +252,9 @@ fn windowed(declaration: &str) -> Result<String> {
          switch i >> shift {{\n"
     );
     let cases = |body: &dyn Fn(usize) -> String| {
-        (0..WINDOWS)
+        (0..windows)
             .map(|w| {
-                let label = if w + 1 == WINDOWS {
+                let label = if w + 1 == windows {
                     "default".to_string()
                 } else {
                     format!("case {w}u")
@@ -251,7 +284,7 @@ mod tests {
     fn a_windowed_array_expands_to_bindings_and_accessors() {
         let source = "//#windowed @binding(1, 21, 22, 23) var<storage, read_write> o: array<u32>;\n\
                       @compute @workgroup_size(1) fn main() { o_set(5u, o_at(4u)); }";
-        let (text, windowed) = expand(source).unwrap();
+        let (text, windowed) = expand(source, WINDOWS).unwrap();
         assert!(windowed);
         for declared in [
             "override WINDOW_LOG2: u32;",
@@ -265,7 +298,7 @@ mod tests {
         naga::front::wgsl::parse_str(&text)
             .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&text)));
         assert!(matches!(
-            expand("fn main() {}").unwrap(),
+            expand("fn main() {}", WINDOWS).unwrap(),
             (Cow::Borrowed(_), false)
         ));
     }
@@ -278,7 +311,22 @@ mod tests {
             "//#windowed @binding(1, 2, 3, 4) var<storage, read> q: array<f16>;",
             "//#windowed var<storage, read> q: array<u32>;",
         ] {
-            assert!(expand(line).is_err(), "{line}");
+            assert!(expand(line, WINDOWS).is_err(), "{line}");
+        }
+    }
+
+    /// On lavapipe (32 storage bindings per stage) every op's arrays get four windows; on
+    /// WebGPU's default of 8, one.
+    #[test]
+    fn every_shader_fits_four_windows_in_32_storage_bindings() {
+        for source in [
+            include_str!("../../../wgsl/smoke.wgsl"),
+            include_str!("../../../wgsl/spmm.wgsl"),
+            include_str!("../../../wgsl/scan.wgsl"),
+            include_str!("../../../wgsl/attention.wgsl"),
+        ] {
+            assert_eq!(windows_for(source, 32), WINDOWS);
+            assert_eq!(windows_for(source, 8), 1);
         }
     }
 }

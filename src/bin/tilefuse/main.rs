@@ -427,6 +427,22 @@ fn check(backends: &Backends, selection: &Selection) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
+/// Says which inputs the case read hold NaN or infinities, and how they are compared.
+fn say_if_not_finite(arrays: &npz::Npz) {
+    let counts: Vec<String> = arrays
+        .non_finite()
+        .iter()
+        .map(|(name, count)| format!("`{name}` {count}"))
+        .collect();
+    if !counts.is_empty() {
+        println!(
+            "the inputs hold NaN or infinite values ({}): outputs must be NaN or infinite \
+             exactly where the reference's are, the rest is compared as usual",
+            counts.join(", ")
+        );
+    }
+}
+
 /// `check --input`: the file is read and checked before any backend is opened.
 fn check_input(
     selection: &Selection,
@@ -444,18 +460,7 @@ fn check_input(
         _ => return Err("--input takes at most one --op".into()),
     };
     let case = input::load(op, &arrays, FileOptions::default())?;
-    let non_finite = arrays.non_finite();
-    if !non_finite.is_empty() {
-        let counts: Vec<String> = non_finite
-            .iter()
-            .map(|(name, count)| format!("`{name}` {count}"))
-            .collect();
-        println!(
-            "the inputs hold NaN or infinite values ({}): outputs must be NaN or infinite \
-             exactly where the reference's are, the rest is compared as usual",
-            counts.join(", ")
-        );
-    }
+    say_if_not_finite(&arrays);
     let backends = &Backends::detect();
     let runnable = runnable_backends(backends, selection);
     let rows = input::check_case(backends, &*case, &arrays, &runnable, expect)?;
@@ -474,7 +479,7 @@ fn check_input(
                     match (c.passed(), c.non_finite) {
                         (true, _) => "pass".to_string(),
                         (false, 0) => "FAIL".to_string(),
-                        (false, n) => format!("FAIL ({n} non-finite where the reference differs)"),
+                        (false, n) => format!("FAIL ({n} non-finite mismatches)"),
                     },
                 )
             }
