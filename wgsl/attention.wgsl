@@ -63,7 +63,7 @@ const THREADS: u32 = 128u;
 //#windowed @binding(8, 20, 21, 22) var<storage, read_write> o: array<u32>;
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;
 // Between passes: running max, sum and output row (D values) of each query row.
-@group(0) @binding(10) var<storage, read_write> state: array<f32>;
+//#windowed @binding(10, 23, 24, 25) var<storage, read_write> state: array<f32>;
 
 var<workgroup> k_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
 var<workgroup> v_tile: array<array<vec4<f32>, MAX_D4>, CHUNK>;
@@ -146,11 +146,11 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
     let state_row = (group.z * params.slice_heads + group.y) * params.lq + min(i, params.lq - 1u);
     let state_base = state_row * (D + 2u);
     if ((params.pass_flags & 1u) == 0u && live) {
-        running_max = state[state_base];
-        sum = state[state_base + 1u];
+        running_max = state_at(state_base);
+        sum = state_at(state_base + 1u);
         for (var c = 0u; c < d4; c++) {
             let at = state_base + 2u + 4u * c;
-            out[c] = vec4<f32>(state[at], state[at + 1u], state[at + 2u], state[at + 3u]);
+            out[c] = vec4<f32>(state_at(at), state_at(at + 1u), state_at(at + 2u), state_at(at + 3u));
         }
     }
 
@@ -226,14 +226,14 @@ fn attention(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_
         return;
     }
     if ((params.pass_flags & 2u) == 0u) {
-        state[state_base] = running_max;
-        state[state_base + 1u] = sum;
+        state_set(state_base, running_max);
+        state_set(state_base + 1u, sum);
         for (var c = 0u; c < d4; c++) {
             let at = state_base + 2u + 4u * c;
-            state[at] = out[c].x;
-            state[at + 1u] = out[c].y;
-            state[at + 2u] = out[c].z;
-            state[at + 3u] = out[c].w;
+            state_set(at, out[c].x);
+            state_set(at + 1u, out[c].y);
+            state_set(at + 2u, out[c].z);
+            state_set(at + 3u, out[c].w);
         }
         return;
     }

@@ -2,7 +2,7 @@
 //! batch), visiting only the mask's listed key blocks, online softmax in f32.
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
-use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, Wgpu, wgsl_uniform};
+use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, WINDOWS, Wgpu, wgsl_uniform};
 use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::{Error, Result};
 
@@ -149,7 +149,8 @@ pub fn attention<T: Float16, O: OutputElement<T>>(
         ("O_F32", if O::F32 { 1.0 } else { 0.0 }),
     ];
     let pipeline = gpu.pipeline(SHADER, "attention", &constants)?;
-    // q, k, v and o may span several bindings (wgsl/attention.wgsl); the state comes last.
+    // q, k, v, o and the pass state may span several bindings (wgsl/attention.wgsl); the
+    // state comes last.
     let buffers = Bindings::new(gpu, SHADER)
         .windowed([1, 11, 12, 13], q.raw(), false)?
         .windowed([2, 14, 15, 16], k.raw(), false)?
@@ -168,7 +169,7 @@ pub fn attention<T: Float16, O: OutputElement<T>>(
     if passes.len() > 1 {
         return run_in_passes(gpu, &pipeline, params, buffers, shape, &passes);
     }
-    let buffers = buffers.whole(STATE, no_state);
+    let buffers = buffers.windowed(STATE, no_state, true)?;
     let groups = [params.q_blocks, params.heads_q, params.batch];
     gpu.dispatch_bound(
         &pipeline,
@@ -207,7 +208,7 @@ fn run_in_passes(
         1
     };
     let state = gpu.zeros::<f32>(batches * heads * shape.lq * (shape.d + 2))?;
-    let buffers = buffers.whole(STATE, state.raw());
+    let buffers = buffers.windowed(STATE, state.raw(), true)?;
     params.slice_heads = heads as u32;
     let want_lse = params.pass_flags & WANT_LSE;
     for batch_first in (0..shape.batch).step_by(batches) {
@@ -232,21 +233,19 @@ fn run_in_passes(
     Ok(())
 }
 
-/// The most bytes of pass state one dispatch binds: the device's binding limit (or a smaller
-/// one a unit test sets, to take several slices).
+/// The most bytes of pass state one dispatch binds: the state's windows (or fewer bytes a
+/// unit test sets, to take several slices).
 fn state_limit(gpu: &Wgpu) -> u64 {
     #[cfg(test)]
     if let Some(limit) = tests::STATE_LIMIT.get() {
         return limit;
     }
-    let limits = gpu.limits();
-    limits
-        .max_storage_buffer_binding_size
-        .min(limits.max_buffer_size)
+    let windows = (1u64 << gpu.window_log2()) * gpu.windows_for(SHADER) as u64;
+    windows.min(gpu.limits().max_buffer_size)
 }
 
-/// The binding of the pass state.
-const STATE: u32 = 10;
+/// The bindings of the pass state's windows.
+const STATE: [u32; WINDOWS] = [10, 23, 24, 25];
 
 /// `pass_flags` bits (see `wgsl/attention.wgsl`).
 const FIRST_PASS: u32 = 1;
