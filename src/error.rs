@@ -109,6 +109,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::DeviceLimit`] if `needed` is over `limit`.
+    pub(crate) fn check_limit(
+        what: &'static str,
+        limit_name: &'static str,
+        needed: u64,
+        limit: u64,
+    ) -> Result<()> {
+        if needed > limit {
+            return Err(Error::DeviceLimit {
+                what,
+                limit_name,
+                needed,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// An [`Error::InvalidArgument`].
     pub(crate) fn invalid(
         what: &'static str,

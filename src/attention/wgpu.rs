@@ -192,14 +192,12 @@ fn run_in_passes(
 ) -> Result<()> {
     let limit = state_limit(gpu);
     let per_head = (shape.lq * (shape.d + 2) * size_of::<f32>()) as u64;
-    if per_head > limit {
-        return Err(Error::DeviceLimit {
-            what: "attention pass state of one head",
-            limit_name: "max_storage_buffer_binding_size",
-            needed: per_head,
-            limit,
-        });
-    }
+    Error::check_limit(
+        "attention pass state of one head",
+        "its windows of max_storage_buffer_binding_size",
+        per_head,
+        limit,
+    )?;
     let fit = (limit / per_head) as usize;
     let heads = shape.heads_q.min(fit);
     let batches = if heads == shape.heads_q {

@@ -401,14 +401,7 @@ impl Wgpu {
     /// (wgpu's `create_buffer_init` panics when the allocation fails, so it is not used.)
     fn create_buffer(&self, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         let limit = self.inner.device.limits().max_buffer_size;
-        if size > limit {
-            return Err(Error::DeviceLimit {
-                what: "buffer",
-                limit_name: "max_buffer_size",
-                needed: size,
-                limit,
-            });
-        }
+        Error::check_limit("buffer", "max_buffer_size", size, limit)?;
         self.scoped(
             || format!("allocating {size} bytes"),
             || {
@@ -575,15 +568,12 @@ impl Wgpu {
     /// Whether a storage binding of `bytes` is within the device's limit.
     pub(crate) fn check_binding_size(&self, bytes: u64) -> Result<()> {
         let limit = self.limits().max_storage_buffer_binding_size;
-        if bytes > limit {
-            return Err(Error::DeviceLimit {
-                what: "storage buffer",
-                limit_name: "max_storage_buffer_binding_size",
-                needed: bytes,
-                limit,
-            });
-        }
-        Ok(())
+        Error::check_limit(
+            "storage buffer",
+            "max_storage_buffer_binding_size",
+            bytes,
+            limit,
+        )
     }
 
     /// Encodes and submits one dispatch, without waiting for the GPU. Binding 0 is a uniform
@@ -600,14 +590,13 @@ impl Wgpu {
             self.check_binding_size(binding.bytes())?;
         }
         let limit = self.limits().max_compute_workgroups_per_dimension;
-        if let Some(&needed) = workgroups.iter().find(|&&w| w > limit) {
-            return Err(Error::DeviceLimit {
-                what: "dispatch",
-                limit_name: "max_compute_workgroups_per_dimension",
-                needed: needed.into(),
-                limit: limit.into(),
-            });
-        }
+        let largest = workgroups.into_iter().max().unwrap_or(0);
+        Error::check_limit(
+            "dispatch",
+            "max_compute_workgroups_per_dimension",
+            largest.into(),
+            limit.into(),
+        )?;
         // WGSL rounds uniform structs up to 16 bytes.
         let uniform = match params {
             [] => None,

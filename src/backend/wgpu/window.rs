@@ -134,14 +134,13 @@ impl<'a> Bindings<'a> {
         let (buffer, slot) = self.gpu.spare(usize::from(writable))?;
         let used = &mut self.spares[usize::from(writable)];
         let offset = *used * slot;
-        if offset + slot > buffer.size() {
-            return Err(Error::DeviceLimit {
-                what: "spare windows of one dispatch",
-                limit_name: "spare slots",
-                needed: *used + 1,
-                limit: buffer.size() / slot,
-            });
-        }
+        let slots = buffer.size() / slot;
+        Error::check_limit(
+            "spare windows of one dispatch",
+            "spare slots",
+            *used + 1,
+            slots,
+        )?;
         *used += 1;
         Ok(Binding {
             binding,
@@ -160,15 +159,12 @@ impl Wgpu {
     /// Whether a windowed tensor of `bytes` fits `windows` bindings.
     pub(crate) fn check_windowed_size(&self, bytes: u64, windows: usize) -> Result<()> {
         let limit = (1u64 << self.window_log2()) * windows as u64;
-        if bytes > limit {
-            return Err(Error::DeviceLimit {
-                what: "storage buffer",
-                limit_name: "its windows of max_storage_buffer_binding_size",
-                needed: bytes,
-                limit,
-            });
-        }
-        Ok(())
+        Error::check_limit(
+            "storage buffer",
+            "its windows of max_storage_buffer_binding_size",
+            bytes,
+            limit,
+        )
     }
 
     /// Bindings per windowed array of `shader` on this device ([`windows_for`]).
