@@ -374,24 +374,11 @@ fn rejects_wrong_lengths(backends: &Backends, backend: Backend) {
     );
 }
 
-fn random_dense(m: usize, k: usize, sparsity: f64, seed: u64) -> Vec<f16> {
-    let mut rng = Rng::new(seed);
-    (0..m * k)
-        .map(|_| {
-            if rng.unit() < sparsity {
-                f16::ZERO
-            } else {
-                f16::from_f64(rng.uniform(-2.0, 2.0))
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn encode_decode_round_trip_is_exact() {
     let seed = common::seed();
     for (m, k, sparsity) in [(300, 520, 0.8), (128, 64, 0.0), (1, 1, 1.0), (257, 65, 0.5)] {
-        let dense = random_dense(m, k, sparsity, seed);
+        let dense = common::random_sparse(m, k, sparsity, seed);
         let w = TiledCsl::encode(&dense, m, k).unwrap();
         assert_eq!(w.decode(), dense, "seed {seed}, m={m} k={k}");
         let nonzeros = dense.iter().filter(|v| v.to_f32() != 0.0).count();
@@ -424,7 +411,7 @@ fn stats_count_bytes_and_the_densest_tile() {
 
 #[test]
 fn safetensors_round_trip_and_checks_metadata() {
-    let dense = random_dense(200, 300, 0.7, common::seed());
+    let dense = common::random_sparse(200, 300, 0.7, common::seed());
     let w = TiledCsl::encode(&dense, 200, 300).unwrap();
     let path =
         std::env::temp_dir().join(format!("tilefuse-spmm-{}.safetensors", std::process::id()));
@@ -441,7 +428,7 @@ fn safetensors_round_trip_and_checks_metadata() {
 
 #[test]
 fn pruning_hits_the_target_exactly() {
-    let dense = random_dense(64, 100, 0.0, common::seed());
+    let dense = common::random_sparse(64, 100, 0.0, common::seed());
     let per_row = prune(&dense, 64, 100, 0.8, Pruning::PerRow).unwrap();
     for row in per_row.chunks(100) {
         assert_eq!(row.iter().filter(|v| v.to_f32() == 0.0).count(), 80);
@@ -614,7 +601,7 @@ proptest! {
         m in 1usize..300, k in 1usize..200, sparsity in 0.0f64..1.0, seed in any::<u64>(),
         corruption in corruption(),
     ) {
-        let w = TiledCsl::encode(&random_dense(m, k, sparsity, seed), m, k).unwrap();
+        let w = TiledCsl::encode(&common::random_sparse(m, k, sparsity, seed), m, k).unwrap();
         let (mut offsets, mut entries) = (w.tile_offsets().to_vec(), w.entries().to_vec());
         prop_assume!(corrupt(&corruption, (m, k), &mut offsets, &mut entries));
         prop_assert!(TiledCsl::<f16>::from_parts(m, k, offsets, entries).is_err());

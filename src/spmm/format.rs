@@ -19,10 +19,10 @@
 //! It takes 4 bytes per nonzero, so it saves bytes over dense f16 above 50% sparsity; tiles
 //! of every density, from empty to fully dense, are valid.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::Path;
 
+use super::saved::{self, Saved, Tensor};
 use crate::element::Float16;
 use crate::error::{Error, Result};
 
@@ -284,114 +284,35 @@ impl<T: Float16> TiledCsl<T> {
     /// The weight as safetensors bytes: tensors `tile_offsets` and `entries` (U32), metadata
     /// `format = "tiledcsl"`, `version`, `dtype`, `m`, `k`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        fn view(data: &[u32]) -> Result<safetensors::tensor::TensorView<'_>> {
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::U32,
-                vec![data.len()],
-                bytemuck::cast_slice(data),
-            )
-            .map_err(|e| Error::invalid("safetensors", "a writable tensor", e))
-        }
         let tensors = [
-            ("entries", view(&self.entries)?),
-            ("tile_offsets", view(&self.tile_offsets)?),
+            Tensor::of("entries", safetensors::Dtype::U32, &self.entries),
+            Tensor::of("tile_offsets", safetensors::Dtype::U32, &self.tile_offsets),
         ];
-        let metadata = HashMap::from([
-            ("format".to_string(), "tiledcsl".to_string()),
-            ("version".to_string(), FORMAT_VERSION.to_string()),
-            ("dtype".to_string(), T::NAME.to_string()),
-            ("m".to_string(), self.m.to_string()),
-            ("k".to_string(), self.k.to_string()),
-        ]);
-        safetensors::serialize(tensors, Some(metadata))
-            .map_err(|e| Error::invalid("safetensors", "a serialisable weight", e))
+        let names = ["tiledcsl", FORMAT_VERSION, T::NAME];
+        saved::serialize_weight(names, [self.m, self.k], &tensors)
     }
 
     /// Reads [`TiledCsl::to_safetensors`] bytes back, checking the metadata (format, version,
     /// dtype) and every invariant of [`TiledCsl::from_parts`].
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
-        let file = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::invalid("safetensors", "a safetensors file", e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| Error::invalid("safetensors", "a safetensors header", e))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        let field = |name: &'static str| {
-            metadata.get(name).cloned().ok_or_else(|| {
-                Error::invalid("safetensors metadata", format!("a `{name}` entry"), "none")
+        let file = Saved::parse(bytes)?;
+        let [m, k] = file.weight("tiledcsl", &FORMAT_VERSIONS_READ, T::NAME)?;
+        let words = |name| {
+            file.tensor(name, safetensors::Dtype::U32, |b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
             })
         };
-        for (name, expected) in [
-            ("format", &["tiledcsl"][..]),
-            ("version", &FORMAT_VERSIONS_READ[..]),
-            ("dtype", &[T::NAME][..]),
-        ] {
-            let got = field(name)?;
-            if !expected.contains(&got.as_str()) {
-                return Err(Error::invalid(
-                    "safetensors metadata",
-                    format!("{name} = {}", expected.join(" or ")),
-                    got,
-                ));
-            }
-        }
-        let size = |name: &'static str| {
-            let text = field(name)?;
-            text.parse::<usize>().map_err(|_| {
-                Error::invalid(
-                    "safetensors metadata",
-                    format!("{name} as an integer"),
-                    text,
-                )
-            })
-        };
-        let words = |name: &'static str| -> Result<Vec<u32>> {
-            let tensor = file
-                .tensor(name)
-                .map_err(|e| Error::invalid("safetensors", format!("a tensor `{name}`"), e))?;
-            if tensor.dtype() != safetensors::Dtype::U32 || tensor.shape().len() != 1 {
-                return Err(Error::invalid(
-                    "safetensors",
-                    format!("`{name}` as a 1-d U32 tensor"),
-                    format!("{:?} {:?}", tensor.dtype(), tensor.shape()),
-                ));
-            }
-            Ok(tensor
-                .data()
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
-        };
-        Self::from_parts(
-            size("m")?,
-            size("k")?,
-            words("tile_offsets")?,
-            words("entries")?,
-        )
+        Self::from_parts(m, k, words("tile_offsets")?, words("entries")?)
     }
 
     /// Writes [`TiledCsl::to_safetensors`] to a file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_safetensors()?).map_err(|e| {
-            Error::invalid(
-                "path",
-                "a writable file",
-                format!("{}: {e}", path.display()),
-            )
-        })
+        saved::write(path.as_ref(), &self.to_safetensors()?)
     }
 
     /// Reads a file written by [`TiledCsl::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| {
-            Error::invalid(
-                "path",
-                "a readable file",
-                format!("{}: {e}", path.display()),
-            )
-        })?;
-        Self::from_safetensors(&bytes)
+        Self::from_safetensors(&saved::read(path.as_ref())?)
     }
 }
 
@@ -529,7 +450,7 @@ fn scatter_wavefronts(entries: &[u32]) -> usize {
     total
 }
 
-fn check_dims(m: usize, k: usize) -> Result<()> {
+pub(super) fn check_dims(m: usize, k: usize) -> Result<()> {
     for (what, size) in [("m", m), ("k", k)] {
         if size == 0 {
             return Err(Error::invalid(what, "a size of at least 1", size));
@@ -545,7 +466,7 @@ fn check_dims(m: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+pub(super) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
@@ -645,30 +566,19 @@ mod tests {
             ordered.extend(increasing(&real));
         }
         let file = |version: &str| {
-            fn view(data: &[u32]) -> safetensors::tensor::TensorView<'_> {
-                let bytes: &[u8] = bytemuck::cast_slice(data);
-                safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::U32,
-                    vec![data.len()],
-                    bytes,
-                )
-                .unwrap()
-            }
-            let metadata = HashMap::from(
-                [
-                    ("format", "tiledcsl"),
-                    ("version", version),
-                    ("dtype", "f16"),
-                    ("m", "200"),
-                    ("k", "70"),
-                ]
-                .map(|(key, value)| (key.to_string(), value.to_string())),
-            );
+            let metadata = [
+                ("format", "tiledcsl"),
+                ("version", version),
+                ("dtype", "f16"),
+                ("m", "200"),
+                ("k", "70"),
+            ]
+            .map(|(key, value)| (key, value.to_string()));
             let tensors = [
-                ("entries", view(&ordered)),
-                ("tile_offsets", view(w.tile_offsets())),
+                Tensor::of("entries", safetensors::Dtype::U32, &ordered),
+                Tensor::of("tile_offsets", safetensors::Dtype::U32, w.tile_offsets()),
             ];
-            safetensors::serialize(tensors, Some(metadata)).unwrap()
+            saved::serialize(&tensors, &metadata).unwrap()
         };
         assert_eq!(
             TiledCsl::<f16>::from_safetensors(&file("1"))

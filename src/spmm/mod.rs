@@ -2,7 +2,9 @@
 //! (Flash-LLM, VLDB 2024): `y [n, m] = x [n, k] · wᵀ` with a sparse weight `w [m, k]` (the
 //! nn.Linear layout) and skinny activations `x` (n tokens of a decode batch).
 //!
-//! The weight is encoded once into [`TiledCsl`] (from dense, after [`prune`] if wanted),
+//! The weight is encoded once into [`TiledCsl`] (from dense, after [`prune`] if wanted; the
+//! [`Bitmap`] format, 8 x 8 masks in the `mma.sync` fragment order, has its encoders,
+//! validation and reference but no kernel yet),
 //! uploaded once ([`cuda::DeviceTiledCsl`], [`wgpu::GpuTiledCsl`]), and multiplied by new
 //! activations at every step, with split-K's scratch memory kept from step to step in a
 //! workspace ([`cuda::SpmmWorkspace`], [`wgpu::SpmmWorkspace`]). f16 or bf16 operands, f32
@@ -21,6 +23,7 @@
 //! ```
 
 mod bench;
+mod bitmap;
 mod check;
 #[cfg(feature = "cli")]
 mod cli;
@@ -30,9 +33,11 @@ mod cublas;
 pub mod cuda;
 mod format;
 mod reference;
+mod saved;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+pub use bitmap::{Bitmap, BitmapStats, UNIT_K, UNIT_M};
 pub use check::{Case, ENTRY, Pattern, check, run, tolerance, weight};
 pub use format::{Pruning, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
-pub use reference::reference;
+pub use reference::{SparseWeight, reference};

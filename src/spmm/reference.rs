@@ -1,15 +1,44 @@
 //! The specification: dense `y = x · wᵀ` in f64 from the decoded weight.
 
+use super::bitmap::Bitmap;
 use super::format::TiledCsl;
 use crate::element::Float16;
 use crate::error::{Error, Result};
 
-/// `y [n, m] = x [n, k] · wᵀ` in f64, `x` row-major with `n = x.len() / k`.
-pub fn reference<T: Float16>(w: &TiledCsl<T>, x: &[T]) -> Result<Vec<f64>> {
-    let (m, k) = (w.m(), w.k());
+/// A sparse weight format the reference multiplies: its sizes and its dense form.
+pub trait SparseWeight<T> {
+    /// Rows (outputs).
+    fn rows(&self) -> usize;
+    /// Columns (inputs).
+    fn columns(&self) -> usize;
+    /// The dense row-major `[rows, columns]` weight.
+    fn dense(&self) -> Vec<T>;
+}
+
+macro_rules! sparse_weight {
+    ($($format:ident),*) => {$(
+        impl<T: Float16> SparseWeight<T> for $format<T> {
+            fn rows(&self) -> usize {
+                self.m()
+            }
+            fn columns(&self) -> usize {
+                self.k()
+            }
+            fn dense(&self) -> Vec<T> {
+                self.decode()
+            }
+        }
+    )*};
+}
+sparse_weight!(TiledCsl, Bitmap);
+
+/// `y [n, m] = x [n, k] · wᵀ` in f64, `x` row-major with `n = x.len() / k`, for a weight in
+/// any format.
+pub fn reference<T: Float16>(w: &impl SparseWeight<T>, x: &[T]) -> Result<Vec<f64>> {
+    let (m, k) = (w.rows(), w.columns());
     let n = tokens(x.len(), k)?;
     let outputs = output_count(n, m)?;
-    let dense: Vec<f64> = w.decode().into_iter().map(|v| v.to_f64()).collect();
+    let dense: Vec<f64> = w.dense().into_iter().map(|v| v.to_f64()).collect();
     let x: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
     let mut y = vec![0.0; outputs];
     for (token, out) in y.chunks_exact_mut(m).enumerate() {

@@ -166,3 +166,18 @@ pub fn capped_wgpu() -> Option<&'static Backends> {
         .get_or_init(|| Some(open().expect("a device with capped bindings")))
         .as_ref()
 }
+
+/// A random `[m, k]` f16 weight in [-2, 2) whose elements are zero with probability
+/// `sparsity`.
+pub fn random_sparse(m: usize, k: usize, sparsity: f64, seed: u64) -> Vec<half::f16> {
+    let mut rng = Rng::new(seed);
+    (0..m * k)
+        .map(|_| {
+            if rng.unit() < sparsity {
+                half::f16::ZERO
+            } else {
+                half::f16::from_f64(rng.uniform(-2.0, 2.0))
+            }
+        })
+        .collect()
+}
