@@ -4,7 +4,7 @@
 //!
 //! The weight is encoded once into [`TiledCsl`] (from dense, after [`prune`] if wanted; the
 //! [`Bitmap`] format, 8 x 8 masks in the `mma.sync` fragment order, has its encoders,
-//! validation and reference but no kernel yet),
+//! validation, reference and a WGSL kernel, [`wgpu::GpuBitmap`], but no CUDA kernel yet),
 //! uploaded once ([`cuda::DeviceTiledCsl`], [`wgpu::GpuTiledCsl`]), and multiplied by new
 //! activations at every step, with split-K's scratch memory kept from step to step in a
 //! workspace ([`cuda::SpmmWorkspace`], [`wgpu::SpmmWorkspace`]). f16 or bf16 operands, f32

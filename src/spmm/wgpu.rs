@@ -1,13 +1,17 @@
 //! SpMM through WGSL (`wgsl/spmm.wgsl`): the same Tiled-CSL buffers, scattered into
-//! workgroup memory, f32 arithmetic.
+//! workgroup memory, f32 arithmetic; and on a [`Bitmap`](crate::spmm::Bitmap) weight
+//! ([`GpuBitmap`], `wgsl/spmm_bitmap.wgsl`).
 
 use std::marker::PhantomData;
 
 use super::format::{TILE_K, TiledCsl};
 use super::reference::output_tokens;
 use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, WINDOWS, Wgpu, wgsl_uniform};
+
+mod bitmap;
 use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::Result;
+pub use bitmap::GpuBitmap;
 
 const SHADER: Shader = Shader {
     name: "spmm.wgsl",
@@ -156,83 +160,132 @@ impl SpmmWorkspace {
     }
 }
 
-/// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`. Calls that need scratch memory
-/// (split-K, 16-bit outputs) allocate it each time: [`spmm_with_workspace`] reuses it.
+/// A sparse weight in a wgpu device's memory that [`spmm`] multiplies: [`GpuTiledCsl`] or
+/// [`GpuBitmap`].
+pub trait GpuWeight<T: Float16>: sealed::Sealed {
+    /// Submits `y [n, m] = x [n, k] · wᵀ` with scratch memory from `workspace`.
+    fn submit<O: OutputElement<T>>(
+        &self,
+        gpu: &Wgpu,
+        x: &GpuBuffer<T>,
+        y: &mut GpuBuffer<O>,
+        workspace: &mut SpmmWorkspace,
+    ) -> Result<()>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T: crate::element::Float16> Sealed for super::GpuTiledCsl<T> {}
+    impl<T: crate::element::Float16> Sealed for super::GpuBitmap<T> {}
+}
+
+/// Submits `y [n, m] = x [n, k] · wᵀ`, with `n = x.len() / k`, for a weight in either format.
+/// Calls that need scratch memory (split-K, 16-bit outputs) allocate it each time:
+/// [`spmm_with_workspace`] reuses it.
 pub fn spmm<T: Float16, O: OutputElement<T>>(
     gpu: &Wgpu,
-    w: &GpuTiledCsl<T>,
+    w: &impl GpuWeight<T>,
     x: &GpuBuffer<T>,
     y: &mut GpuBuffer<O>,
 ) -> Result<()> {
-    spmm_with_workspace(gpu, w, x, y, &mut SpmmWorkspace::new())
+    w.submit(gpu, x, y, &mut SpmmWorkspace::new())
 }
 
 /// [`spmm`] with its scratch memory taken from `workspace` (grown there when too small).
 pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
     gpu: &Wgpu,
-    w: &GpuTiledCsl<T>,
+    w: &impl GpuWeight<T>,
     x: &GpuBuffer<T>,
     y: &mut GpuBuffer<O>,
     workspace: &mut SpmmWorkspace,
 ) -> Result<()> {
-    let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
-    gpu.check_buffer("w", &w.entries)?;
-    gpu.check_buffer("x", x)?;
-    gpu.check_buffer("y", y)?;
-    let launch = Launch::new(w, n);
-    let Launch {
-        tiles_k,
-        groups,
-        splits,
-        tiles_per_split,
-    } = launch;
-    let mut params = Params {
-        m: w.m as u32,
-        n: n as u32,
-        k: w.k as u32,
-        tiles_k: tiles_k as u32,
-        splits: splits as u32,
-        tiles_per_split: tiles_per_split as u32,
-        tile_first: 0,
-        tile_count: u32::MAX,
-        accumulate: 0,
-        out_f32: u32::from(O::F32),
-        pad0: 0,
-        pad1: 0,
-    };
-    let constants = [("BF16", if T::DTYPE == Dtype16::Bf16 { 1.0 } else { 0.0 })];
-    let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
-    // With one split and f32 output the sums are y; else they go to scratch for `finish`.
-    let scratch = if O::F32 && splits == 1 {
-        None
-    } else {
-        Some(workspace.grow(gpu, launch.sums(n, w.m))?)
-    };
-    let sums = scratch.as_ref().map_or(y.raw(), |s| s.raw());
-    // entries, x, the sums and y may span several bindings (wgsl/spmm.wgsl).
-    let bound = Bindings::new(gpu, SHADER)
-        .windowed([1, 11, 12, 13], w.entries.raw(), false)?
-        .whole(2, w.tile_offsets.raw())
-        .windowed([3, 14, 15, 16], x.raw(), false)?
-        .windowed(SUMS, sums, true)?;
-    // Where the driver cuts long loops short, each split's tiles go over dispatches that add
-    // up.
-    let grid = [groups[0] as u32, groups[1] as u32, splits as u32];
-    for tiles in gpu.loop_passes(tiles_per_split, LOOPS_PER_TILE, LOOPS_PER_INVOCATION) {
-        params.tile_first = tiles.start as u32;
-        params.tile_count = tiles.len() as u32;
-        params.accumulate = u32::from(tiles.start > 0);
-        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound.list(), grid)?;
+    w.submit(gpu, x, y, workspace)
+}
+
+impl<T: Float16> GpuWeight<T> for GpuTiledCsl<T> {
+    fn submit<O: OutputElement<T>>(
+        &self,
+        gpu: &Wgpu,
+        x: &GpuBuffer<T>,
+        y: &mut GpuBuffer<O>,
+        workspace: &mut SpmmWorkspace,
+    ) -> Result<()> {
+        let w = self;
+        let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
+        gpu.check_buffer("w", &w.entries)?;
+        gpu.check_buffer("x", x)?;
+        gpu.check_buffer("y", y)?;
+        let launch = Launch::new(w, n);
+        let Launch {
+            tiles_k,
+            groups,
+            splits,
+            tiles_per_split,
+        } = launch;
+        let mut params = Params {
+            m: w.m as u32,
+            n: n as u32,
+            k: w.k as u32,
+            tiles_k: tiles_k as u32,
+            splits: splits as u32,
+            tiles_per_split: tiles_per_split as u32,
+            tile_first: 0,
+            tile_count: u32::MAX,
+            accumulate: 0,
+            out_f32: u32::from(O::F32),
+            pad0: 0,
+            pad1: 0,
+        };
+        let constants = [("BF16", if T::DTYPE == Dtype16::Bf16 { 1.0 } else { 0.0 })];
+        let pipeline = gpu.pipeline(SHADER, "spmm", &constants)?;
+        // With one split and f32 output the sums are y; else they go to scratch for `finish`.
+        let scratch = if O::F32 && splits == 1 {
+            None
+        } else {
+            Some(workspace.grow(gpu, launch.sums(n, w.m))?)
+        };
+        let sums = scratch.as_ref().map_or(y.raw(), |s| s.raw());
+        // entries, x, the sums and y may span several bindings (wgsl/spmm.wgsl).
+        let bound = Bindings::new(gpu, SHADER)
+            .windowed([1, 11, 12, 13], w.entries.raw(), false)?
+            .whole(2, w.tile_offsets.raw())
+            .windowed([3, 14, 15, 16], x.raw(), false)?
+            .windowed(SUMS, sums, true)?;
+        // Where the driver cuts long loops short, each split's tiles go over dispatches that add
+        // up.
+        let grid = [groups[0] as u32, groups[1] as u32, splits as u32];
+        for tiles in gpu.loop_passes(tiles_per_split, LOOPS_PER_TILE, LOOPS_PER_INVOCATION) {
+            params.tile_first = tiles.start as u32;
+            params.tile_count = tiles.len() as u32;
+            params.accumulate = u32::from(tiles.start > 0);
+            gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound.list(), grid)?;
+        }
+        match scratch {
+            Some(scratch) => finish::<T, O>(gpu, scratch, y, [n, w.m], splits),
+            None => Ok(()),
+        }
     }
-    let Some(scratch) = scratch else {
-        return Ok(());
-    };
+}
+
+/// Submits `y [n, m]` as the sum of the `splits` f32 sums in `scratch`, in split order, as f32
+/// or packed 16-bit values.
+fn finish<T: Float16, O: OutputElement<T>>(
+    gpu: &Wgpu,
+    scratch: &GpuBuffer<f32>,
+    y: &mut GpuBuffer<O>,
+    [n, m]: [usize; 2],
+    splits: usize,
+) -> Result<()> {
+    let constants = [("BF16", if T::DTYPE == Dtype16::Bf16 { 1.0 } else { 0.0 })];
     let finish = gpu.pipeline(SHADER, "finish", &constants)?;
-    let words = if O::F32 {
-        n * w.m
-    } else {
-        (n * w.m).div_ceil(2)
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        splits: splits as u32,
+        out_f32: u32::from(O::F32),
+        ..bytemuck::Zeroable::zeroed()
     };
+    let words = if O::F32 { n * m } else { (n * m).div_ceil(2) };
     let finish_groups = words.div_ceil(256).min(u16::MAX as usize) as u32;
     let bound = Bindings::new(gpu, SHADER)
         .windowed(SUMS, scratch.raw(), true)?

@@ -318,6 +318,7 @@ mod tests {
         for source in [
             include_str!("../../../wgsl/smoke.wgsl"),
             include_str!("../../../wgsl/spmm.wgsl"),
+            include_str!("../../../wgsl/spmm_bitmap.wgsl"),
             include_str!("../../../wgsl/scan.wgsl"),
             include_str!("../../../wgsl/attention.wgsl"),
         ] {
