@@ -214,13 +214,35 @@ fn spmm_round_trips_through_run() {
         assert!(c.passed(), "{backend} (seed {seed}): {c}");
         std::fs::remove_file(&output).unwrap();
     }
-    // --format tiledcsl is the default, said explicitly; other ops have no sparse weight.
+    // Either format, said explicitly (tiledcsl is the old spelling), on every backend; the run
+    // says which it used. Other ops have no sparse weight.
     let paths = [input.to_str().unwrap(), output.to_str().unwrap()];
-    let with_format = |op: &str| {
+    let with_format = |op: &str, backend: &str, format: &str| {
         let args = ["run", op, "--input", paths[0], "--output", paths[1]];
-        tilefuse(&[&args[..], &["--backend", "cpu", "--format", "tiledcsl"]].concat())
+        tilefuse(&[&args[..], &["--backend", backend, "--format", format]].concat())
     };
-    let out = with_format("spmm");
+    for backend in backends() {
+        for (format, said) in [
+            ("bitmap", "bitmap"),
+            ("tiled-csl", "tiled-csl"),
+            ("tiledcsl", "tiled-csl"),
+        ] {
+            let out = with_format("spmm", backend, format);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{format} on {backend}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if backend != "cpu" {
+                assert!(stdout.contains(&format!("({said})")), "{stdout}");
+            }
+            let c = compare(&load(&output, "y").1, &reference, Tolerance::F16);
+            assert!(c.passed(), "{format} on {backend} (seed {seed}): {c}");
+            std::fs::remove_file(&output).unwrap();
+        }
+    }
+    let out = with_format("spmm", "cpu", "tiledcsl");
     assert!(
         out.status.success(),
         "{}",
@@ -228,7 +250,7 @@ fn spmm_round_trips_through_run() {
     );
     assert_eq!(load(&output, "y").0, [9, 150]);
     std::fs::remove_file(&output).unwrap();
-    let out = with_format("scan");
+    let out = with_format("scan", "cpu", "tiledcsl");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--format"), "{stderr}");

@@ -58,7 +58,20 @@ pub enum Dtype {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SparseFormat {
     /// Flash-LLM's Tiled-CSL ([`TiledCsl`](crate::spmm::TiledCsl)).
-    Tiledcsl,
+    #[value(name = "tiled-csl", alias = "tiledcsl")]
+    TiledCsl,
+    /// 8 x 8 bitmaps in `mma.sync` fragment order ([`Bitmap`](crate::spmm::Bitmap)).
+    Bitmap,
+}
+
+impl SparseFormat {
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseFormat::TiledCsl => "tiled-csl",
+            SparseFormat::Bitmap => "bitmap",
+        }
+    }
 }
 
 /// A loaded case: it runs on any backend and knows its reference and bound.
@@ -73,6 +86,10 @@ pub trait CaseFile {
     fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String>;
     /// The error bound against the reference.
     fn tolerance(&self) -> Tolerance;
+    /// What the run on `backend` uses where the op chooses (spmm: its sparse format).
+    fn variant(&self, _backend: Backend) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The registered op whose case `arrays` holds: the first whose marks are all there.

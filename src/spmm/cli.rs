@@ -1,9 +1,11 @@
 //! spmm's case files (`tilefuse run spmm`, `tilefuse check --input`): a dense float16 `w
-//! [m, k]` (its zeros are the sparsity, encoded to Tiled-CSL) and `x [n, k]`; out `y [n, m]`.
+//! [m, k]` (its zeros are the sparsity, encoded to Tiled-CSL or the bitmap format) and
+//! `x [n, k]`; out `y [n, m]`.
 
 use half::{bf16, f16};
 
 use super::TiledCsl;
+use super::format::check_dims;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
 use crate::element::{DeviceFloat16, DeviceOutput, Dtype16, Float16};
@@ -25,24 +27,27 @@ pub(crate) const FILE: FileEntry = FileEntry {
 const SPMM_NEEDS: &str = "spmm needs w [m, k] and x [n, k], float16";
 
 fn load(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
-    match options.format {
-        None | Some(SparseFormat::Tiledcsl) => {}
-    }
+    let format = options.format;
     match options.dtype.unwrap_or(Dtype::F16) {
-        Dtype::F16 => Ok(Box::new(SpmmFile::<f16>::load(arrays)?)),
-        Dtype::Bf16 => Ok(Box::new(SpmmFile::<bf16>::load(arrays)?)),
+        Dtype::F16 => Ok(Box::new(SpmmFile::<f16>::load(arrays, format)?)),
+        Dtype::Bf16 => Ok(Box::new(SpmmFile::<bf16>::load(arrays, format)?)),
         Dtype::F32 => Err("--dtype f32: spmm computes in f16 or bf16 (f32 accumulation)".into()),
     }
 }
 
+/// A case: the dense weight, encoded when it runs in the format asked for or the one the
+/// backend runs faster.
 struct SpmmFile<T: Float16> {
-    w: TiledCsl<T>,
+    w: Vec<T>,
+    m: usize,
+    k: usize,
     x: Vec<T>,
     n: usize,
+    format: Option<SparseFormat>,
 }
 
 impl<T: Float16> SpmmFile<T> {
-    fn load(arrays: &Npz) -> Result<Self, String> {
+    fn load(arrays: &Npz, format: Option<SparseFormat>) -> Result<Self, String> {
         let w_array = float16_entry(arrays, "w", &["m", "k"], SPMM_NEEDS)?;
         let x_array = float16_entry(arrays, "x", &["n", "k"], SPMM_NEEDS)?;
         let (m, k) = (w_array.shape[0], w_array.shape[1]);
@@ -57,20 +62,78 @@ impl<T: Float16> SpmmFile<T> {
                 x_array.shape_text()
             ));
         }
-        let w = float16::<T>(w_array, "w")?;
-        let w = TiledCsl::encode(&w, m, k).map_err(|e| format!("`w`: {e}"))?;
-        let x = float16(x_array, "x")?;
-        Ok(SpmmFile { w, x, n })
+        check_dims(m, k).map_err(|e| format!("`w`: {e}"))?;
+        Ok(SpmmFile {
+            w: float16::<T>(w_array, "w")?,
+            m,
+            k,
+            x: float16(x_array, "x")?,
+            n,
+            format,
+        })
+    }
+
+    /// The format asked for, else the faster kernel of `backend`: CUDA has Tiled-CSL's, and
+    /// WGSL's bitmap kernel takes time by the nonzeros where its Tiled-CSL one takes it by m·k·n.
+    fn format(&self, backend: Backend) -> SparseFormat {
+        match (self.format, backend) {
+            (Some(format), _) => format,
+            (None, Backend::Cuda) => SparseFormat::TiledCsl,
+            (None, _) => SparseFormat::Bitmap,
+        }
+    }
+
+    fn tiled_csl(&self) -> Result<TiledCsl<T>, String> {
+        TiledCsl::encode(&self.w, self.m, self.k).map_err(|e| format!("`w`: {e}"))
     }
 
     fn y(&self, values: Vec<f32>) -> Vec<(String, Array)> {
         vec![(
             "y".into(),
             Array {
-                shape: vec![self.n, self.w.m()],
+                shape: vec![self.n, self.m],
                 data: Data::F32(values),
             },
         )]
+    }
+}
+
+impl<T: DeviceFloat16> SpmmFile<T>
+where
+    f32: DeviceOutput<T>,
+{
+    /// `y` on a GPU backend, in f32.
+    fn on_device(&self, backends: &Backends, backend: Backend) -> crate::Result<Option<Vec<f32>>> {
+        match self.format(backend) {
+            SparseFormat::TiledCsl => {
+                let w = TiledCsl::encode(&self.w, self.m, self.k)?;
+                super::run::<T, f32>(backends, backend, &w, &self.x)
+            }
+            SparseFormat::Bitmap => self.bitmap_on_device(backends, backend),
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn bitmap_on_device(
+        &self,
+        backends: &Backends,
+        backend: Backend,
+    ) -> crate::Result<Option<Vec<f32>>> {
+        if backend != Backend::Wgpu {
+            return Ok(None);
+        }
+        let gpu = backends.wgpu()?;
+        let w = super::Bitmap::encode(&self.w, self.m, self.k)?;
+        let w = super::wgpu::GpuBitmap::upload(gpu, &w)?;
+        let x = gpu.upload(&self.x)?;
+        let mut y = gpu.upload(&vec![f32::NAN; self.n * self.m])?;
+        super::wgpu::spmm(gpu, &w, &x, &mut y)?;
+        gpu.download(&y).map(Some)
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn bitmap_on_device(&self, _: &Backends, _: Backend) -> crate::Result<Option<Vec<f32>>> {
+        Ok(None)
     }
 }
 
@@ -78,30 +141,43 @@ impl<T: DeviceFloat16> CaseFile for SpmmFile<T>
 where
     f32: DeviceOutput<T>,
 {
+    fn backends(&self) -> &'static [Backend] {
+        match self.format {
+            Some(SparseFormat::Bitmap) => &[Backend::Cpu, Backend::Wgpu],
+            _ => &[Backend::Cpu, Backend::Cuda, Backend::Wgpu],
+        }
+    }
+
     fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         if backend == Backend::Cpu {
-            let y = super::reference(&self.w, &self.x).map_err(|e| e.to_string())?;
+            let y = super::reference(&self.tiled_csl()?, &self.x).map_err(|e| e.to_string())?;
             return Ok(self.y(y.into_iter().map(|v| v as f32).collect()));
         }
-        match super::run::<T, f32>(backends, backend, &self.w, &self.x)
+        match self
+            .on_device(backends, backend)
             .map_err(|e| e.to_string())?
         {
             Some(y) => Ok(self.y(y)),
-            None => Err(format!("spmm has no {backend} path")),
+            None => Err(format!(
+                "spmm has no {backend} kernel for the {} format",
+                self.format(backend).name()
+            )),
         }
     }
 
     fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
-        Ok(vec![(
-            "y".into(),
-            super::reference(&self.w, &self.x).map_err(|e| e.to_string())?,
-        )])
+        let y = super::reference(&self.tiled_csl()?, &self.x).map_err(|e| e.to_string())?;
+        Ok(vec![("y".into(), y)])
     }
 
     /// The operands' 16-bit bound: a file's data may be of one sign, where f32 accumulation's
     /// roundings add up (spmm::tolerance holds random-sign test data to f32's).
     fn tolerance(&self) -> Tolerance {
-        super::tolerance(T::DTYPE == Dtype16::Bf16, false, self.w.k())
+        super::tolerance(T::DTYPE == Dtype16::Bf16, false, self.k)
+    }
+
+    fn variant(&self, backend: Backend) -> Option<&'static str> {
+        (backend != Backend::Cpu).then(|| self.format(backend).name())
     }
 }
 

@@ -26,8 +26,9 @@ pub fn load(op: &OpEntry, arrays: &Npz, options: FileOptions) -> Result<Box<dyn 
     (file.load)(arrays, options)
 }
 
-/// `tilefuse run`: the op on one backend, outputs written to `output` (nothing on failure).
-/// The file is read and checked before any backend is opened.
+/// `tilefuse run`: the op on one backend, outputs written to `output` (nothing on failure);
+/// returns the backend and what it used where the op chooses ([`CaseFile::variant`]). The
+/// file is read and checked before any backend is opened.
 pub fn run_file(
     op: &OpEntry,
     input: &Path,
@@ -35,7 +36,7 @@ pub fn run_file(
     backend: Option<Backend>,
     options: FileOptions,
     read_limit: u64,
-) -> Result<Backend, String> {
+) -> Result<(Backend, Option<&'static str>), String> {
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
     if same(input, output) {
         return Err(format!(
@@ -60,7 +61,7 @@ pub fn run_file(
     };
     let outputs = case.run(backends, backend)?;
     npz::write(output, &outputs)?;
-    Ok(backend)
+    Ok((backend, case.variant(backend)))
 }
 
 /// One row of `tilefuse check --input`: a backend's output against the reference or against

@@ -65,7 +65,8 @@ enum Command {
         /// WGSL.
         #[arg(long, value_enum)]
         dtype: Option<Dtype>,
-        /// spmm: the sparse format the dense `w` is encoded to (default: tiledcsl).
+        /// spmm: the sparse format the dense `w` is encoded to (default: the backend's faster
+        /// kernel, printed: tiled-csl on CUDA, bitmap on WGSL).
         #[arg(long, value_enum)]
         format: Option<SparseFormat>,
         #[command(flatten)]
@@ -219,8 +220,13 @@ fn main() -> ExitCode {
         }) => {
             let options = FileOptions { dtype, format };
             let ran = input::run_file(op, &input, &output, backend, options, read_limit.bytes());
-            ran.map(|backend| {
-                println!("{} on {backend}: wrote {}", op.name, output.display());
+            ran.map(|(backend, variant)| {
+                let variant = variant.map_or(String::new(), |v| format!(" ({v})"));
+                println!(
+                    "{} on {backend}{variant}: wrote {}",
+                    op.name,
+                    output.display()
+                );
                 true
             })
         }
