@@ -7,10 +7,10 @@ use std::marker::PhantomData;
 use super::format::{TILE_K, TiledCsl};
 use super::reference::output_tokens;
 use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, WINDOWS, Wgpu, wgsl_uniform};
-
-mod bitmap;
 use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::Result;
+
+mod bitmap;
 pub use bitmap::GpuBitmap;
 
 const SHADER: Shader = Shader {
