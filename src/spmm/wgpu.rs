@@ -163,12 +163,18 @@ impl SpmmWorkspace {
 /// A sparse weight in a wgpu device's memory that [`spmm`] multiplies: [`GpuTiledCsl`] or
 /// [`GpuBitmap`].
 pub trait GpuWeight<T: Float16>: sealed::Sealed {
-    /// Submits `y [n, m] = x [n, k] · wᵀ` with scratch memory from `workspace`.
+    /// `[m, k]`.
+    fn shape(&self) -> [usize; 2];
+    /// A buffer of the weight, to check which device holds it.
+    fn buffer(&self) -> &GpuBuffer<impl Sized>;
+    /// Submits `y [n, m] = x [n, k] · wᵀ` (lengths and devices checked) with scratch memory
+    /// from `workspace`.
     fn submit<O: OutputElement<T>>(
         &self,
         gpu: &Wgpu,
         x: &GpuBuffer<T>,
         y: &mut GpuBuffer<O>,
+        n: usize,
         workspace: &mut SpmmWorkspace,
     ) -> Result<()>;
 }
@@ -188,7 +194,7 @@ pub fn spmm<T: Float16, O: OutputElement<T>>(
     x: &GpuBuffer<T>,
     y: &mut GpuBuffer<O>,
 ) -> Result<()> {
-    w.submit(gpu, x, y, &mut SpmmWorkspace::new())
+    spmm_with_workspace(gpu, w, x, y, &mut SpmmWorkspace::new())
 }
 
 /// [`spmm`] with its scratch memory taken from `workspace` (grown there when too small).
@@ -199,22 +205,32 @@ pub fn spmm_with_workspace<T: Float16, O: OutputElement<T>>(
     y: &mut GpuBuffer<O>,
     workspace: &mut SpmmWorkspace,
 ) -> Result<()> {
-    w.submit(gpu, x, y, workspace)
+    let [m, k] = w.shape();
+    let n = output_tokens(x.len(), y.len(), m, k)?;
+    gpu.check_buffer("w", w.buffer())?;
+    gpu.check_buffer("x", x)?;
+    gpu.check_buffer("y", y)?;
+    w.submit(gpu, x, y, n, workspace)
 }
 
 impl<T: Float16> GpuWeight<T> for GpuTiledCsl<T> {
+    fn shape(&self) -> [usize; 2] {
+        [self.m, self.k]
+    }
+
+    fn buffer(&self) -> &GpuBuffer<impl Sized> {
+        &self.entries
+    }
+
     fn submit<O: OutputElement<T>>(
         &self,
         gpu: &Wgpu,
         x: &GpuBuffer<T>,
         y: &mut GpuBuffer<O>,
+        n: usize,
         workspace: &mut SpmmWorkspace,
     ) -> Result<()> {
         let w = self;
-        let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
-        gpu.check_buffer("w", &w.entries)?;
-        gpu.check_buffer("x", x)?;
-        gpu.check_buffer("y", y)?;
         let launch = Launch::new(w, n);
         let Launch {
             tiles_k,

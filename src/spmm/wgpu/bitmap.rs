@@ -9,7 +9,6 @@ use crate::backend::wgpu::{Bindings, GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::element::{Dtype16, Float16, OutputElement};
 use crate::error::Result;
 use crate::spmm::bitmap::{Bitmap, UNIT_K};
-use crate::spmm::reference::output_tokens;
 
 const SHADER: Shader = Shader {
     name: "spmm_bitmap.wgsl",
@@ -65,18 +64,23 @@ wgsl_uniform! {
 }
 
 impl<T: Float16> GpuWeight<T> for GpuBitmap<T> {
+    fn shape(&self) -> [usize; 2] {
+        [self.m, self.k]
+    }
+
+    fn buffer(&self) -> &GpuBuffer<impl Sized> {
+        &self.values
+    }
+
     fn submit<O: OutputElement<T>>(
         &self,
         gpu: &Wgpu,
         x: &GpuBuffer<T>,
         y: &mut GpuBuffer<O>,
+        n: usize,
         workspace: &mut SpmmWorkspace,
     ) -> Result<()> {
         let w = self;
-        let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
-        gpu.check_buffer("w", &w.values)?;
-        gpu.check_buffer("x", x)?;
-        gpu.check_buffer("y", y)?;
         let units_k = w.k.div_ceil(UNIT_K);
         let scratch = match O::F32 {
             true => None,
