@@ -21,16 +21,18 @@
 #include "abi.h"
 #include "common/mma.cuh"
 #include "common/types.cuh"
+#include "spmm/common.cuh"
 
 #include <cstdint>
 
 namespace {
 
-constexpr int kTileM = TF_SPMM_TILE_M;
-constexpr int kTileK = TF_SPMM_TILE_K;
+using spmm_common::kRowBytes;
+using spmm_common::kTileK;
+using spmm_common::kTileM;
+using spmm_common::swizzled;
 constexpr int kThreads = TF_SPMM_WARPS * 32;
 constexpr int kStages = TF_SPMM_STAGES;
-constexpr int kRowBytes = kTileK * 2;  // one 64-value row of a tile, 8 chunks of 16 bytes
 constexpr int kTileBytes = kTileM * kRowBytes;
 static_assert(kStages >= 3, "the scatter runs one tile ahead of the mma, loads one more");
 // Entries in registers (the variant that loads them as Flash-LLM does): 128-bit loads of the
@@ -71,11 +73,6 @@ __device__ __forceinline__ uint32_t part_group(uint32_t warp) {
 using tf::BF16;
 using tf::F16;
 
-// Byte offset of chunk `chunk` of row `row` in a swizzled [rows][kTileK] tile.
-__device__ __forceinline__ uint32_t swizzled(uint32_t row, uint32_t chunk) {
-    return tf::swizzled<kTileK>(row, chunk);
-}
-
 // The dynamic shared memory (abi.h gives the layout's size).
 template <int N>
 struct Shared {
@@ -112,24 +109,7 @@ __device__ __forceinline__ void load_tile(const TfSpmmParams &p, const Shared<N>
     for (uint32_t v = tid; v < count; v += kThreads)
         tf::cp_async_16(sparse + v * 16, entries + v + First, true);
 
-    const uint16_t *x = reinterpret_cast<const uint16_t *>(p.x);
-    uint8_t *x_tile = sm.x_stage(t);
-    const bool vectors = p.k % 8 == 0 && p.x % 16 == 0;  // 16-byte aligned x rows
-    for (uint32_t c = tid; c < N * 8; c += kThreads) {
-        const uint32_t row = c / 8, chunk = c % 8;
-        const uint32_t token = n0 + row, col = tile_k * kTileK + chunk * 8;
-        uint8_t *dst = x_tile + swizzled(row, chunk);
-        if (vectors) {
-            const bool valid = token < p.n && col < p.k;
-            tf::cp_async_16(tf::smem_addr(dst), valid ? x + size_t(token) * p.k + col : x, valid);
-        } else {
-            uint16_t values[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-                values[i] = (token < p.n && col + i < p.k) ? x[size_t(token) * p.k + col + i] : 0;
-            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(values);
-        }
-    }
+    spmm_common::load_x_tile<N>(p.x, p.n, p.k, sm.x_stage(t), tile_k, n0, tid, kThreads);
 }
 
 // Vectors a thread loads from a stage before it writes them into the dense tile: at 80%
@@ -293,34 +273,6 @@ __device__ __forceinline__ void for_each_result(const Shared<N> &sm, const Accum
     }
 }
 
-// The last split-K block of an output tile: calls result(token, row, sum) for each of the
-// tile's results inside y, with sum the f32 partials of all splits added in split order. Thread
-// tid adds row tid of the tile, kSumBatch tokens at a time: their loads of one split all go
-// out together (a result at a time would wait out an L2 round trip per split and result).
-constexpr int kSumBatch = 8;
-static_assert(kThreads == kTileM, "a thread per row of the tile");
-template <int N, class Result>
-__device__ __forceinline__ void add_partials(const TfSpmmParams &p, const float *partials,
-                                             uint32_t tokens_padded, Result result) {
-    constexpr int batch = N < kSumBatch ? N : kSumBatch;
-    const uint32_t row = blockIdx.x * kTileM + threadIdx.x, n0 = blockIdx.y * N;
-    if (row >= p.m) return;
-#pragma unroll 1
-    for (uint32_t first = n0; first < n0 + N; first += batch) {
-        float sums[batch] = {};
-#pragma unroll 1
-        for (uint32_t z = 0; z < p.splits; ++z) {
-            const float *split = partials + size_t(z) * tokens_padded * p.m;
-#pragma unroll
-            for (int j = 0; j < batch; ++j)
-                if (first + j < p.n) sums[j] += __ldcg(&split[size_t(first + j) * p.m + row]);
-        }
-#pragma unroll
-        for (int j = 0; j < batch; ++j)
-            if (first + j < p.n) result(first + j, row, sums[j]);
-    }
-}
-
 // The parts of a tile's work. The kernels do them all; the probes, which benchmarks time to
 // see where a tile's time goes, leave some out (their y is zero: no multiply, no sums).
 enum Parts : int { kLoads = 0, kScatter = 1, kClear = 2, kMultiply = 4, kAll = 7 };
@@ -386,43 +338,12 @@ __device__ __forceinline__ void spmm(const TfSpmmParams &p) {
     }
     tf::cp_async_wait<0>();
 
-    using Out = typename std::conditional<OutF32, float, typename In::T>::type;
-    Out *y = reinterpret_cast<Out *>(p.y);
-    auto store = [&](uint32_t token, uint32_t row, float value) {
-        if (OutF32) {
-            reinterpret_cast<float *>(y)[size_t(token) * p.m + row] = value;
-        } else {
-            reinterpret_cast<typename In::T *>(y)[size_t(token) * p.m + row] = In::from_float(value);
-        }
-    };
-    const uint32_t row0 = tile_m * kTileM;
-    if (p.splits == 1) {
-        for_each_result<N>(sm, acc, [&](uint32_t row, uint32_t token, float value) {
-            if (row0 + row < p.m && n0 + token < p.n) store(n0 + token, row0 + row, value);
-        });
-        return;
-    }
-
-    // Split-K: publish this split's partials, and let the last block of the tile add them.
-    const uint32_t tokens_padded = gridDim.y * N;
-    float *partials = reinterpret_cast<float *>(p.workspace);
-    uint32_t *counters = reinterpret_cast<uint32_t *>(p.counters);
-    for_each_result<N>(sm, acc, [&](uint32_t row, uint32_t token, float value) {
-        if (row0 + row < p.m) partials[(size_t(split) * tokens_padded + n0 + token) * p.m + row0 + row] = value;
+    // Whether this block is split-K's last is kept in dynamic shared memory (a static
+    // __shared__ variable would count against the opt-in limit that the plan may fill): in
+    // the first of the tile offsets, which nothing reads after the loop.
+    spmm_common::write_results<In, N, OutF32>(p, sm.offsets, [&](auto result) {
+        for_each_result<N>(sm, acc, result);
     });
-    __threadfence();
-    __syncthreads();
-    // Whether this block is the tile's last, in dynamic shared memory (a static __shared__
-    // variable would count against the opt-in limit that the plan may fill): the first of
-    // the tile offsets, which nothing reads after the loop.
-    uint32_t *last = sm.offsets;
-    uint32_t *counter = counters + tile_m * gridDim.y + blockIdx.y;
-    if (tid == 0) *last = atomicAdd(counter, 1u) == p.splits - 1;
-    __syncthreads();
-    if (!*last) return;
-    if (tid == 0) *counter = 0;  // ready for the next launch on the same workspace
-    __threadfence();
-    add_partials<N>(p, partials, tokens_padded, store);
 }
 
 }  // namespace
