@@ -130,6 +130,38 @@ typedef struct TfSpmmParams {
 } TfSpmmParams;
 
 /*
+ * tilefuse_spmm_bitmap_{f16,bf16}_n{8,16,32,64}_{same,f32}: y = x · wᵀ with w [m, k] in the
+ * bitmap format (src/spmm/bitmap.rs): units of 16 rows x 64 columns, row-major over the unit
+ * grid (units_k = ceil(k / 64) per unit row); masks [units][16] u64, one per 8 x 8 block;
+ * values u16, each unit's padded to a multiple of 8, starting at unit_offsets [units + 1]
+ * (in values). x and y as for Tiled-CSL. Grid: (ceil(m / TILE_M), ceil(n / N), splits);
+ * TF_SPMM_BITMAP_WARPS * 32 threads (a warp per 16-row unit of a tile, and a producer). Block
+ * z takes k tiles (unit columns) [z * tiles_per_split, ...); split-K's workspace and counters
+ * as for Tiled-CSL. `stages` (at least 1) stages of shared memory, each holding a tile's masks,
+ * its x tile and `stage_values` values (a multiple of 8, at least the values of the tile's
+ * units together). Dynamic shared memory: 16 * stages + stages * (TILE_M / 16 * 128
+ * + N * 64 * 2 + stage_values * 2) + (TILE_M / 16 * (tiles_per_split + 1) + 4) * 4 bytes.
+ */
+#define TF_SPMM_BITMAP_WARPS 9
+typedef struct TfSpmmBitmapParams {
+    tf_dptr masks;
+    tf_dptr unit_offsets;
+    tf_dptr values;
+    tf_dptr x;
+    tf_dptr y;
+    tf_dptr workspace;
+    tf_dptr counters;
+    uint32_t m;
+    uint32_t n;
+    uint32_t k;
+    uint32_t splits;
+    uint32_t tiles_per_split;
+    uint32_t stages;
+    uint32_t stage_values;
+    uint32_t reserved;
+} TfSpmmBitmapParams;
+
+/*
  * tilefuse_attention_{f16,bf16}_d{64,128}_bm{64,128}: block-sparse attention forward,
  * FlashAttention-2 style. o = softmax(q·kᵀ·scale + mask)·v, lse = log-sum-exp (natural log).
  *   q [b, lq, hq, d], k, v [b, lk, hkv, d], o like q: element (b, l, h, c) at

@@ -3,6 +3,9 @@
 // fibers run between synchronisation points in an order the test chooses, shared memory is one
 // buffer per block, and cp.async copies land at the latest moment the program allows, with the
 // destination poisoned until then. Force-included (g++ -include) ahead of the kernel source;
+// mbarriers complete their phases as the PTX rules say, and the copies they track (bulk
+// copies, cp.async copies that arrive on them) land only when the phase completes: a wait on
+// the wrong phase reads poison, and a phase that never completes is reported as a hang.
 // runtime.cpp holds the scheduler. This is for tests of the kernels' logic (indexing, fragment
 // maps, pipeline waits, barriers, split-K); it says nothing about speed.
 #pragma once
@@ -77,6 +80,23 @@ void async_copy(uint32_t shared_offset, const void *src, bool valid);
 void async_commit();
 void async_wait(int pending);
 
+// mbarriers at shared addresses. A phase completes when its arrivals are all in and its
+// transaction count (bytes announced by expect_tx, less bytes of bulk copies issued) is
+// zero; then the copies it tracks land (their destinations hold poison until then) and the
+// threads waiting for it resume. An arrival may yield to the other warps (runtime.cpp says
+// when, by the launch's order), so that a thread that keeps reading a stage it released sees
+// the producer's next copy poison it, and a producer that does not wait for a stage's release
+// runs ahead into it.
+void mbarrier_init(uint32_t bar, uint32_t count);
+void mbarrier_arrive(uint32_t bar);
+void mbarrier_expect_tx(uint32_t bar, uint32_t bytes);
+// Blocks the calling thread until the phase of parity `parity` has completed.
+void mbarrier_wait(uint32_t bar, uint32_t parity);
+// Hands the calling thread's cp.async copies issued so far to the mbarrier: they land when its
+// current phase completes.
+void async_copies_to_mbarrier(uint32_t bar);
+void bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar);
+
 }  // namespace tf_emu
 
 #define threadIdx (::tf_emu::thread_idx())
@@ -135,6 +155,9 @@ inline uint32_t __ballot_sync(uint32_t, bool predicate) {
     return bits;
 }
 inline int __ffs(uint32_t x) { return __builtin_ffs(int(x)); }
+inline int __popc(uint32_t x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+[[noreturn]] inline void __trap() { tf_emu::fail("__trap"); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 
@@ -280,6 +303,18 @@ inline void cp_async_commit() { tf_emu::async_commit(); }
 template <int Pending>
 inline void cp_async_wait() {
     tf_emu::async_wait(Pending);
+}
+
+// The emulator models sm_90's bulk copies (its spmm_bitmap.cpp also builds the cp.async path).
+constexpr bool kBulkCopies = true;
+inline void mbarrier_init(uint32_t bar, uint32_t count) { tf_emu::mbarrier_init(bar, count); }
+inline void mbarrier_init_fence() {}
+inline void mbarrier_arrive(uint32_t bar) { tf_emu::mbarrier_arrive(bar); }
+inline void mbarrier_wait(uint32_t bar, uint32_t parity) { tf_emu::mbarrier_wait(bar, parity); }
+inline void cp_async_mbarrier_arrive(uint32_t bar) { tf_emu::async_copies_to_mbarrier(bar); }
+inline void mbarrier_expect_tx(uint32_t bar, uint32_t bytes) { tf_emu::mbarrier_expect_tx(bar, bytes); }
+inline void bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    tf_emu::bulk_copy(dst, src, bytes, bar);
 }
 
 }  // namespace tf

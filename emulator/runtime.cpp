@@ -4,6 +4,7 @@
 #include <ucontext.h>
 
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -24,9 +25,20 @@ struct Copy {
     uint32_t dst;
     const void *src;
     bool valid;
+    uint32_t bytes = 16;
 };
 
-enum class State { Ready, AtBarrier, AtWarp, Done };
+// Ready: runs when its warp's turn comes; Yielded: runs once the other warps had theirs.
+enum class State { Ready, Yielded, AtBarrier, AtWarp, AtMbarrier, Done };
+
+struct Mbarrier {
+    uint32_t expected = 0;  // arrivals a phase
+    uint32_t pending = 0;   // arrivals the current phase still waits for
+    int64_t tx = 0;         // bytes announced and not yet issued as bulk copies
+    uint64_t phase = 0;     // phases completed
+    std::vector<Copy> landing;  // copies that land when the current phase completes
+};
+constexpr uint64_t kMbarrierMagic = 0x6d62617272696572;  // what the emulator keeps in its 8 bytes
 
 struct Fiber {
     ucontext_t context;
@@ -38,6 +50,7 @@ struct Fiber {
     const void *warp_slot = nullptr;
     std::vector<Copy> open_group;
     std::vector<std::vector<Copy>> groups;
+    uint32_t wait_bar = 0, wait_parity = 0;  // AtMbarrier: the phase it waits for
 };
 
 struct Block {
@@ -45,6 +58,7 @@ struct Block {
     std::vector<Fiber> fibers;
     std::vector<uint8_t> shared;  // dynamic shared memory + guard
     uint32_t shared_bytes = 0;
+    std::map<uint32_t, Mbarrier> barriers;  // by shared address
 };
 
 struct Emulator {
@@ -68,11 +82,11 @@ Fiber &me() { return *emu->current; }
 void yield_to_scheduler() { swapcontext(&me().context, &emu->scheduler); }
 
 void land(const Copy &c) {
-    uint8_t *dst = shared_pointer(c.dst, 16, "cp.async");
+    uint8_t *dst = shared_pointer(c.dst, c.bytes, "copy");
     if (c.valid) {
-        std::memcpy(dst, c.src, 16);
+        std::memcpy(dst, c.src, c.bytes);
     } else {
-        std::memset(dst, 0, 16);
+        std::memset(dst, 0, c.bytes);
     }
 }
 
@@ -134,8 +148,10 @@ std::vector<uint32_t> order_of(size_t count, const Launch &launch, std::mt19937_
 // Runs warp `w` as far as it goes: its lanes up to their next synchronisation point, its
 // collectives as soon as every lane reaches them, until it waits at the block barrier or ends.
 // A warp runs ahead of the others, so a missing barrier between warps changes the result.
-void run_warp(Block &b, size_t w, const Launch &launch, std::mt19937_64 &rng) {
+// Returns whether any lane ran.
+bool run_warp(Block &b, size_t w, const Launch &launch, std::mt19937_64 &rng) {
     const size_t lanes = std::min<size_t>(32, b.fibers.size() - w * 32);
+    bool progressed = false;
     for (;;) {
         bool ran = false;
         for (uint32_t lane : order_of(lanes, launch, rng)) {
@@ -144,10 +160,11 @@ void run_warp(Block &b, size_t w, const Launch &launch, std::mt19937_64 &rng) {
             emu->current = &f;
             swapcontext(&emu->scheduler, &f.context);
             emu->current = nullptr;
-            if (emu->failed) return;
+            if (emu->failed) return true;
             ran = true;
         }
-        if (!ran && !release_warp(b, w)) return;
+        if (!ran && !release_warp(b, w)) return progressed;
+        progressed = true;
     }
 }
 
@@ -162,14 +179,34 @@ void run_block(const Launch &launch, std::mt19937_64 &rng) {
     }
     const size_t warps = (b.fibers.size() + 31) / 32;
     do {
-        for (uint32_t w : order_of(warps, launch, rng)) {
-            run_warp(b, w, launch, rng);
-            if (emu->failed) return;
-        }
+        bool progressed;
+        do {
+            progressed = false;
+            for (Fiber &f : b.fibers)
+                if (f.state == State::Yielded) f.state = State::Ready;
+            for (uint32_t w : order_of(warps, launch, rng)) {
+                progressed |= run_warp(b, w, launch, rng);
+                if (emu->failed) return;
+            }
+        } while (progressed);
     } while (release_block(b));
+    for (const Fiber &f : b.fibers) {
+        if (f.state == State::AtMbarrier) {
+            emu->error = "hang: threads wait for an mbarrier phase that never completes (an arrival or "
+                         "a copy's bytes missing, or a wait for the wrong phase)";
+            emu->failed = true;
+            return;
+        }
+    }
     for (const Fiber &f : b.fibers)
         if (f.state != State::Done) {
             emu->error = "deadlock: threads wait at a barrier or collective that others never reach";
+            emu->failed = true;
+            return;
+        }
+    for (const auto &[address, barrier] : b.barriers)
+        if (!barrier.landing.empty()) {
+            emu->error = "the block ended with copies in flight: an mbarrier phase that tracks them never completed";
             emu->failed = true;
             return;
         }
@@ -284,6 +321,96 @@ void async_wait(int pending) {
         for (const Copy &c : groups.front()) land(c);
         groups.erase(groups.begin());
     }
+}
+
+namespace {
+
+// The mbarrier at `bar`, checked: initialised, and its 8 bytes of shared memory untouched.
+Mbarrier &barrier_at(uint32_t bar, const char *op) {
+    if (bar % 8 != 0) fail((std::string(op) + ": mbarrier address not 8-byte aligned").c_str());
+    uint64_t held;
+    std::memcpy(&held, shared_pointer(bar, 8, op), 8);
+    const auto found = emu->block->barriers.find(bar);
+    if (found == emu->block->barriers.end()) fail((std::string(op) + " on an mbarrier never initialised").c_str());
+    if (held != kMbarrierMagic) fail((std::string(op) + ": the mbarrier's shared memory was overwritten").c_str());
+    return found->second;
+}
+
+// Completes the current phase of `m` if nothing more is pending: its copies land, the next
+// phase begins, and the threads waiting for the completed one resume.
+void settle(uint32_t bar, Mbarrier &m) {
+    if (m.pending != 0 || m.tx != 0) return;
+    for (const Copy &c : m.landing) land(c);
+    m.landing.clear();
+    ++m.phase;
+    m.pending = m.expected;
+    for (Fiber &f : emu->block->fibers)
+        if (f.state == State::AtMbarrier && f.wait_bar == bar && f.wait_parity != (m.phase & 1)) f.state = State::Ready;
+}
+
+}  // namespace
+
+void mbarrier_init(uint32_t bar, uint32_t count) {
+    if (bar % 8 != 0) fail("mbarrier.init: address not 8-byte aligned");
+    if (count == 0) fail("mbarrier.init with a count of 0");
+    const auto found = emu->block->barriers.find(bar);
+    if (found != emu->block->barriers.end() && !found->second.landing.empty())
+        fail("mbarrier.init on an mbarrier with copies in flight");
+    std::memcpy(shared_pointer(bar, 8, "mbarrier.init"), &kMbarrierMagic, 8);
+    Mbarrier &m = emu->block->barriers[bar];
+    m = Mbarrier{};
+    m.expected = m.pending = count;
+}
+
+void mbarrier_arrive(uint32_t bar) {
+    Mbarrier &m = barrier_at(bar, "mbarrier.arrive");
+    if (m.pending == 0) fail("mbarrier.arrive: more arrivals in one phase than the mbarrier's count");
+    --m.pending;
+    const uint64_t phase = m.phase;
+    settle(bar, m);
+    // Where the arriving thread lets the others run: in thread order when its arrival completes
+    // a phase (whoever waited for it runs next), in reverse order never (a producer runs as
+    // far ahead as its waits let it), shuffled always.
+    const bool completed = m.phase != phase;
+    if (emu->order == 1 || (emu->order == 0 && !completed)) return;
+    me().state = State::Yielded;
+    yield_to_scheduler();
+}
+
+void mbarrier_expect_tx(uint32_t bar, uint32_t bytes) {
+    Mbarrier &m = barrier_at(bar, "mbarrier.expect_tx");
+    m.tx += bytes;
+    settle(bar, m);
+}
+
+void mbarrier_wait(uint32_t bar, uint32_t parity) {
+    const Mbarrier &m = barrier_at(bar, "mbarrier wait");
+    if (parity > 1) fail("mbarrier wait: a parity other than 0 or 1");
+    if ((m.phase & 1) != parity) return;  // that phase is the one before the current phase
+    me().state = State::AtMbarrier;
+    me().wait_bar = bar;
+    me().wait_parity = parity;
+    yield_to_scheduler();
+}
+
+void async_copies_to_mbarrier(uint32_t bar) {
+    Mbarrier &m = barrier_at(bar, "cp.async.mbarrier.arrive");
+    Fiber &f = me();
+    for (auto &group : f.groups) m.landing.insert(m.landing.end(), group.begin(), group.end());
+    m.landing.insert(m.landing.end(), f.open_group.begin(), f.open_group.end());
+    f.groups.clear();
+    f.open_group.clear();
+}
+
+void bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    Mbarrier &m = barrier_at(bar, "cp.async.bulk");
+    if (dst % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+        fail("cp.async.bulk: an address not 16-byte aligned");
+    if (bytes == 0 || bytes % 16 != 0) fail("cp.async.bulk: a size that is not a positive multiple of 16");
+    std::memset(shared_pointer(dst, bytes, "cp.async.bulk"), kPoisonByte, bytes);  // until it lands
+    m.landing.push_back({dst, src, true, bytes});
+    m.tx -= bytes;
+    settle(bar, m);
 }
 
 const char *run(const Launch &launch, const std::function<void()> &thread) {

@@ -15,6 +15,7 @@ pub const TF_SPMM_TILE_K: u32 = 64;
 pub const TF_SPMM_WARPS: u32 = 4;
 pub const TF_SPMM_STAGES: u32 = 4;
 pub const TF_SPMM_HELD_VECTORS: u32 = 512;
+pub const TF_SPMM_BITMAP_WARPS: u32 = 9;
 pub const TF_ATTENTION_KV_TILE: u32 = 64;
 pub type tf_dptr = u64;
 #[repr(C)]
@@ -160,6 +161,60 @@ const _: () = {
         [::core::mem::offset_of!(TfSpmmParams, tiles_per_split) - 64usize];
     ["Offset of field: TfSpmmParams::stage_vectors"]
         [::core::mem::offset_of!(TfSpmmParams, stage_vectors) - 68usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct TfSpmmBitmapParams {
+    pub masks: tf_dptr,
+    pub unit_offsets: tf_dptr,
+    pub values: tf_dptr,
+    pub x: tf_dptr,
+    pub y: tf_dptr,
+    pub workspace: tf_dptr,
+    pub counters: tf_dptr,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub splits: u32,
+    pub tiles_per_split: u32,
+    pub stages: u32,
+    pub stage_values: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TfSpmmBitmapParams"][::core::mem::size_of::<TfSpmmBitmapParams>() - 88usize];
+    ["Alignment of TfSpmmBitmapParams"][::core::mem::align_of::<TfSpmmBitmapParams>() - 8usize];
+    ["Offset of field: TfSpmmBitmapParams::masks"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, masks) - 0usize];
+    ["Offset of field: TfSpmmBitmapParams::unit_offsets"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, unit_offsets) - 8usize];
+    ["Offset of field: TfSpmmBitmapParams::values"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, values) - 16usize];
+    ["Offset of field: TfSpmmBitmapParams::x"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, x) - 24usize];
+    ["Offset of field: TfSpmmBitmapParams::y"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, y) - 32usize];
+    ["Offset of field: TfSpmmBitmapParams::workspace"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, workspace) - 40usize];
+    ["Offset of field: TfSpmmBitmapParams::counters"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, counters) - 48usize];
+    ["Offset of field: TfSpmmBitmapParams::m"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, m) - 56usize];
+    ["Offset of field: TfSpmmBitmapParams::n"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, n) - 60usize];
+    ["Offset of field: TfSpmmBitmapParams::k"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, k) - 64usize];
+    ["Offset of field: TfSpmmBitmapParams::splits"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, splits) - 68usize];
+    ["Offset of field: TfSpmmBitmapParams::tiles_per_split"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, tiles_per_split) - 72usize];
+    ["Offset of field: TfSpmmBitmapParams::stages"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, stages) - 76usize];
+    ["Offset of field: TfSpmmBitmapParams::stage_values"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, stage_values) - 80usize];
+    ["Offset of field: TfSpmmBitmapParams::reserved"]
+        [::core::mem::offset_of!(TfSpmmBitmapParams, reserved) - 84usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]

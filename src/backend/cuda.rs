@@ -672,6 +672,7 @@ kernel_params!(
     super::abi::TfSmokeMmaParams,
     super::abi::TfScanParams,
     super::abi::TfSpmmParams,
+    super::abi::TfSpmmBitmapParams,
     super::abi::TfAttentionParams,
     super::abi::TfPeakMmaParams,
 );

@@ -4,6 +4,9 @@
 //!
 //! What it checks: indexing, ldmatrix / mma.sync fragment maps (from the PTX ISA), cp.async
 //! waits (a copy lands only when a wait covers it; until then its destination holds NaN),
+//! mbarriers and the bulk and cp.async copies they track (a copy lands only when the phase
+//! that covers it completes; a wait for the wrong phase reads NaN, and a phase that never
+//! completes is reported as a hang),
 //! barriers (a warp runs ahead of the others up to the next `__syncthreads`, in thread order,
 //! reversed or shuffled, so a missing barrier shows as a wrong result), shared memory past
 //! its end, the kernel's buffers (guarded, see [`Guarded`]), split-K (blocks may run last to
@@ -291,5 +294,101 @@ impl<T: bytemuck::Pod> Guarded<T> {
         }
         let bytes: &[u8] = bytemuck::cast_slice(&self.words[GUARD_WORDS..GUARD_WORDS + inner]);
         Ok(bytemuck::cast_slice::<u8, T>(&bytes[..self.len * size_of::<T>()]).to_vec())
+    }
+}
+
+/// The emulator's own model of mbarriers (emulator/mbarrier_model.cpp): copies land when the
+/// phase completes and not before, and misuse is a wrong value or a reported error.
+#[cfg(test)]
+mod mbarrier_model {
+    use super::*;
+
+    #[repr(C)]
+    struct Params {
+        src: u64,
+        out: u64,
+        mode: u32,
+        reserved: u32,
+    }
+
+    const KERNEL: Kernel = Kernel {
+        module: "mbarrier_model",
+        name: "tf_mbarrier_model",
+    };
+    const POISON: u32 = 0xffff_ffff;
+    const DATA: u32 = 0x1234_5678;
+
+    /// The two words thread 1 read, or the emulator's error.
+    fn run(emulator: &Emulator, mode: u32, order: Order) -> Result<[u32; 2], String> {
+        let mut src = Guarded::new(&[DATA; 4]);
+        let mut out = Guarded::new(&[0u32; 2]);
+        let params = Params {
+            src: src.address(),
+            out: out.address(),
+            mode,
+            reserved: 0,
+        };
+        let shape = LaunchShape {
+            grid: [1, 1, 1],
+            block: [2, 1, 1],
+            shared_bytes: 32,
+        };
+        // SAFETY: the kernel reads 16 bytes at src and writes two words at out, both held by
+        // the guarded buffers until the launch returns; Params is its parameter struct.
+        unsafe { emulator.launch(KERNEL, &params, &Launch::new(shape, order))? };
+        let out = out.read("out")?;
+        Ok([out[0], out[1]])
+    }
+
+    #[test]
+    fn copies_land_when_their_phase_completes() {
+        let Some(emulator) = Emulator::get() else {
+            return;
+        };
+        for order in [Order::Threads, Order::Reverse, Order::Shuffled(3)] {
+            for (mode, what) in [(0, "bulk, read early"), (2, "cp.async, read early")] {
+                let read = run(emulator, mode, order).unwrap_or_else(|e| panic!("{what}: {e}"));
+                // Thread 1 may run after the phase completed (thread order, shuffled): then
+                // the early read sees the data, and never anything but poison or the data.
+                assert!(
+                    read[0] == POISON || read[0] == DATA,
+                    "{what}, {order:?}: {read:x?}"
+                );
+                assert_eq!(read[1], DATA, "{what}, {order:?}");
+            }
+            // A wait for the wrong parity returns at once while the phase before is the one
+            // that completed (poison), and waits forever once it is the current one's turn.
+            match run(emulator, 1, order) {
+                Ok(read) => assert_eq!(read[0], POISON, "wrong parity, {order:?}"),
+                Err(e) => assert!(e.contains("hang"), "wrong parity, {order:?}: {e}"),
+            }
+            // In reverse order thread 1 reads before thread 0 has even copied.
+            if let Order::Reverse = order {
+                for mode in [0, 1, 2] {
+                    assert_eq!(
+                        run(emulator, mode, order).unwrap()[0],
+                        POISON,
+                        "mode {mode}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn misuse_is_reported() {
+        let Some(emulator) = Emulator::get() else {
+            return;
+        };
+        for (mode, expected) in [
+            (3, "hang"),
+            (4, "more arrivals"),
+            (5, "hang"),
+            (6, "overwritten"),
+        ] {
+            let error =
+                run(emulator, mode, Order::Threads).expect_err(&format!("mode {mode} is reported"));
+            assert!(error.contains(expected), "mode {mode}: {error}");
+        }
     }
 }

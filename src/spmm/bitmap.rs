@@ -206,6 +206,24 @@ impl<T: Float16> Bitmap<T> {
         &self.values
     }
 
+    /// Values (padding included) of the tile — the [`TILE_M`](super::TILE_M) / [`UNIT_M`]
+    /// unit rows of one unit column — that has the most: what a stage of the CUDA kernel holds.
+    pub(crate) fn max_tile_values(&self) -> usize {
+        let units_k = self.k.div_ceil(UNIT_K);
+        let unit_rows = super::TILE_M / UNIT_M;
+        let unit_values =
+            |unit: usize| (self.unit_offsets[unit + 1] - self.unit_offsets[unit]) as usize;
+        (0..self.m.div_ceil(UNIT_M))
+            .step_by(unit_rows)
+            .flat_map(|um0| {
+                let rows = um0..(um0 + unit_rows).min(self.m.div_ceil(UNIT_M));
+                (0..units_k)
+                    .map(move |uk| rows.clone().map(|um| unit_values(um * units_k + uk)).sum())
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Sizes and density.
     pub fn stats(&self) -> BitmapStats {
         let bytes = 8 * self.masks.len() + 4 * self.unit_offsets.len() + 2 * self.values.len();

@@ -1,4 +1,6 @@
-//! SpMM on CUDA: Flash-LLM's Load-as-Sparse, Compute-as-Dense kernel (`cuda/spmm.cu`).
+//! SpMM on CUDA: on a [`DeviceTiledCsl`] weight, Flash-LLM's Load-as-Sparse,
+//! Compute-as-Dense kernel (`cuda/spmm.cu`); on a [`DeviceBitmap`], the bitmap kernel
+//! (`cuda/spmm_bitmap.cu`), which decodes the masks straight into the mma fragments.
 
 use std::marker::PhantomData;
 
@@ -6,16 +8,186 @@ use half::f16;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
+use super::bitmap::Bitmap;
 use super::format::TiledCsl;
 use super::reference::output_tokens;
 use crate::backend::cuda::{Cuda, Kernel, ids};
 use crate::element::{Float16, OutputElement};
 use crate::error::Result;
-use plan::{Buffers, Plan, SpmmLaunch, WeightSize};
+use plan::{BitmapBuffers, BitmapSize, Buffers, Plan, SpmmLaunch, WeightSize};
 pub(crate) use variant::Variant;
 
 mod plan;
 mod variant;
+
+/// A sparse weight in device memory that [`spmm`] takes: a [`DeviceTiledCsl`] or a
+/// [`DeviceBitmap`] (sealed: the kernels' contracts are this crate's).
+pub trait DeviceWeight<T: Float16>: sealed::Sealed {
+    /// `[m, k]`.
+    fn shape(&self) -> [usize; 2];
+
+    /// What [`spmm_with_workspace`] does for this format (it calls this).
+    #[doc(hidden)]
+    fn enqueue<O: OutputElement<T> + DeviceRepr>(
+        &self,
+        cuda: &Cuda,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<O>,
+        workspace: &mut SpmmWorkspace,
+    ) -> Result<()>
+    where
+        T: DeviceRepr;
+
+    /// What [`SpmmWorkspace::reserve`] does for this format (it calls this).
+    #[doc(hidden)]
+    fn reserve(&self, cuda: &Cuda, n: usize, workspace: &mut SpmmWorkspace) -> Result<()>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T: crate::element::Float16> Sealed for super::DeviceTiledCsl<T> {}
+    impl<T: crate::element::Float16> Sealed for super::DeviceBitmap<T> {}
+}
+
+/// A [`Bitmap`] weight in device memory, uploaded once and used by every [`spmm`].
+#[derive(Debug)]
+pub struct DeviceBitmap<T: Float16> {
+    m: usize,
+    k: usize,
+    max_tile_values: usize,
+    masks: CudaSlice<u64>,
+    unit_offsets: CudaSlice<u32>,
+    values: CudaSlice<u16>,
+    element: PhantomData<T>,
+}
+
+impl<T: Float16> DeviceBitmap<T> {
+    /// Copies `w` to `cuda`'s device (enqueued on its stream).
+    pub fn upload(cuda: &Cuda, w: &Bitmap<T>) -> Result<Self> {
+        // A weight without nonzeros still passes the kernel a valid address.
+        let values = if w.values().is_empty() {
+            &[0][..]
+        } else {
+            w.values()
+        };
+        Ok(DeviceBitmap {
+            m: w.m(),
+            k: w.k(),
+            max_tile_values: w.max_tile_values(),
+            masks: cuda.upload(w.masks())?,
+            unit_offsets: cuda.upload(w.unit_offsets())?,
+            values: cuda.upload(values)?,
+            element: PhantomData,
+        })
+    }
+
+    /// Rows (outputs).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Columns (inputs).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// What a launch plan needs to know of it.
+    fn size(&self) -> BitmapSize {
+        BitmapSize {
+            m: self.m,
+            k: self.k,
+            values: self.values.len(),
+            max_tile_values: self.max_tile_values,
+        }
+    }
+
+    /// The launch of `n` tokens on `cuda` with `O` out.
+    fn launch<O: OutputElement<T>>(&self, cuda: &Cuda, n: usize) -> Result<SpmmLaunch> {
+        let kernel = bitmap_kernel::<T, O>(plan::tokens_per_block(n));
+        let plan = Plan::bitmap(cuda.info(), self.size(), n, cuda.registers(kernel)?)?;
+        Ok(SpmmLaunch { kernel, plan })
+    }
+}
+
+impl<T: Float16> DeviceWeight<T> for DeviceBitmap<T> {
+    fn shape(&self) -> [usize; 2] {
+        [self.m, self.k]
+    }
+
+    fn enqueue<O: OutputElement<T> + DeviceRepr>(
+        &self,
+        cuda: &Cuda,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<O>,
+        workspace: &mut SpmmWorkspace,
+    ) -> Result<()>
+    where
+        T: DeviceRepr,
+    {
+        let n = output_tokens(x.len(), y.len(), self.m, self.k)?;
+        cuda.check_device("w", &self.masks)?;
+        cuda.check_device("x", x)?;
+        cuda.check_device("y", y)?;
+        let SpmmLaunch { kernel, plan } = self.launch::<O>(cuda, n)?;
+        let mut args = cuda.args();
+        let (workspace, counters) = workspace.args(cuda, &plan, &mut args)?;
+        let params = plan.bitmap_params(BitmapBuffers {
+            masks: args.read(&self.masks),
+            unit_offsets: args.read(&self.unit_offsets),
+            values: args.read(&self.values),
+            x: args.read(x),
+            y: args.write(y),
+            workspace,
+            counters,
+        });
+        // SAFETY: `kernel` is one of spmm_bitmap.cu's kernels for T in and O out and the plan's
+        // tokens per block; TfSpmmBitmapParams is its parameter struct, and the addresses come
+        // from `args`. The weight passed Bitmap's validation before upload (16 masks a unit, no
+        // bit past the matrix, unit offsets from 0 to the value count, each unit's values its
+        // masks' popcount padded to 8), so every mask, offset and value the kernel reads is in
+        // bounds, and a stage holds plan.stage_capacity values, at least the most that one
+        // tile has (max_tile_values). x holds n·k values and y n·m (checked above), and the
+        // kernel guards token < n, row < m, column < k. The split-K workspace is as for
+        // Tiled-CSL (SpmmWorkspace::args). Plan checked the grid and shared memory against the
+        // device's limits.
+        unsafe { cuda.launch(kernel, plan.shape(), &params, args) }
+    }
+
+    fn reserve(&self, cuda: &Cuda, n: usize, workspace: &mut SpmmWorkspace) -> Result<()> {
+        // The output type picks the kernel, whose registers may change the plan.
+        workspace.reserve_for(
+            cuda,
+            [self.launch::<T>(cuda, n)?, self.launch::<f32>(cuda, n)?],
+        )
+    }
+}
+
+impl<T: Float16> DeviceWeight<T> for DeviceTiledCsl<T> {
+    fn shape(&self) -> [usize; 2] {
+        [self.m, self.k]
+    }
+
+    fn enqueue<O: OutputElement<T> + DeviceRepr>(
+        &self,
+        cuda: &Cuda,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<O>,
+        workspace: &mut SpmmWorkspace,
+    ) -> Result<()>
+    where
+        T: DeviceRepr,
+    {
+        launch(cuda, self, x, y, workspace, None)
+    }
+
+    fn reserve(&self, cuda: &Cuda, n: usize, workspace: &mut SpmmWorkspace) -> Result<()> {
+        let launches = [
+            self.launch::<T>(cuda, n, None)?,
+            self.launch::<f32>(cuda, n, None)?,
+        ];
+        workspace.reserve_for(cuda, launches)
+    }
+}
 
 /// A [`TiledCsl`] weight in device memory, uploaded once and used by every [`spmm`].
 #[derive(Debug)]
@@ -128,22 +300,38 @@ impl SpmmWorkspace {
     pub fn reserve<T: Float16>(
         &mut self,
         cuda: &Cuda,
-        w: &DeviceTiledCsl<T>,
+        w: &impl DeviceWeight<T>,
         n: usize,
     ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        // The output type picks the kernel, whose registers may change the plan.
-        for launch in [
-            w.launch::<T>(cuda, n, None)?,
-            w.launch::<f32>(cuda, n, None)?,
-        ] {
-            if launch.plan.split_k() {
-                self.grow(cuda, &launch.plan)?;
+        w.reserve(cuda, n, self)
+    }
+
+    /// Grows the workspace for each of `launches` that splits k.
+    fn reserve_for(&mut self, cuda: &Cuda, launches: [SpmmLaunch; 2]) -> Result<()> {
+        for SpmmLaunch { plan, .. } in launches {
+            if plan.split_k() {
+                self.grow(cuda, &plan)?;
             }
         }
         Ok(())
+    }
+
+    /// The addresses of split-K's partials and counters for `plan` (grown if needed) among
+    /// `args`, or zeros for a launch without split-K, which never touches a workspace.
+    fn args<'a>(
+        &'a mut self,
+        cuda: &Cuda,
+        plan: &Plan,
+        args: &mut crate::backend::cuda::LaunchArgs<'a>,
+    ) -> Result<(u64, u64)> {
+        if !plan.split_k() {
+            return Ok((0, 0));
+        }
+        let (partials, counters) = self.grow(cuda, plan)?;
+        Ok((args.write(partials), args.write(counters)))
     }
 
     /// The partials and (zeroed) counters for `plan`, grown on `cuda`'s stream if needed.
@@ -195,7 +383,7 @@ impl SpmmWorkspace {
 /// ```
 pub fn spmm<T, O>(
     cuda: &Cuda,
-    w: &DeviceTiledCsl<T>,
+    w: &impl DeviceWeight<T>,
     x: &impl DevicePtr<T>,
     y: &mut impl DevicePtrMut<O>,
 ) -> Result<()>
@@ -229,7 +417,7 @@ where
 /// ```
 pub fn spmm_with_workspace<T, O>(
     cuda: &Cuda,
-    w: &DeviceTiledCsl<T>,
+    w: &impl DeviceWeight<T>,
     x: &impl DevicePtr<T>,
     y: &mut impl DevicePtrMut<O>,
     workspace: &mut SpmmWorkspace,
@@ -238,7 +426,7 @@ where
     T: Float16 + DeviceRepr,
     O: OutputElement<T> + DeviceRepr,
 {
-    launch(cuda, w, x, y, workspace, None)
+    w.enqueue(cuda, x, y, workspace)
 }
 
 /// Runs `variant` where [`spmm_with_workspace`] would run its kernel (a probe: for 9 to 16
@@ -274,16 +462,8 @@ where
     cuda.check_device("x", x)?;
     cuda.check_device("y", y)?;
     let SpmmLaunch { kernel, plan } = w.launch::<O>(cuda, n, variant)?;
-    // Without split-K the kernel never touches a workspace.
-    let workspace = plan
-        .split_k()
-        .then(|| workspace.grow(cuda, &plan))
-        .transpose()?;
     let mut args = cuda.args();
-    let (workspace, counters) = match workspace {
-        Some((partials, counters)) => (args.write(partials), args.write(counters)),
-        None => (0, 0),
-    };
+    let (workspace, counters) = workspace.args(cuda, &plan, &mut args)?;
     let params = plan.params(Buffers {
         entries: args.read(&w.entries),
         tile_offsets: args.read(&w.tile_offsets),
@@ -298,7 +478,7 @@ where
     // TfSpmmParams is their parameter struct; addresses come from `args`. The weight passed
     // TiledCsl's validation (offsets monotone and ending at the entry count, every place inside its
     // tile and the matrix) before upload, so every entry the kernel reads and every shared-memory
-    // place it scatters to is in bounds; a stage holds plan.stage_vectors vectors and the kernel
+    // place it scatters to is in bounds; a stage holds plan.stage_capacity vectors and the kernel
     // copies no more into it (the rest of a denser tile it reads from global memory). x holds n·k
     // values and y n·m (checked above), and the kernel guards token < n, row < m, column < k. With
     // splits > 1 the workspace holds at least abi.h's split-K partials for this grid
@@ -316,7 +496,15 @@ fn kernel<T: Float16, O: OutputElement<T>>(tokens_per_block: u32) -> Kernel {
     ids::spmm::TILEDCSL[T::DTYPE as usize][tokens][usize::from(O::F32)]
 }
 
+/// spmm_bitmap.cu's kernel for `T` in, `O` out and `tokens_per_block` (8, 16, 32 or 64).
+fn bitmap_kernel<T: Float16, O: OutputElement<T>>(tokens_per_block: u32) -> Kernel {
+    let tokens = tokens_per_block.trailing_zeros() as usize - 3;
+    ids::spmm_bitmap::SPMM_BITMAP[T::DTYPE as usize][tokens][usize::from(O::F32)]
+}
+
 #[cfg(test)]
 mod emulated;
+#[cfg(test)]
+mod emulated_bitmap;
 #[cfg(test)]
 mod on_device;

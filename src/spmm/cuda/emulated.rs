@@ -17,11 +17,11 @@ use crate::spmm::{TILE_K, TILE_M, TiledCsl};
 
 /// A device with `sm_count` SMs and the H100's shared memory, for the launch plan
 /// (`small_device` takes the shared memory too: sm_86 and sm_89 have 99 KiB, sm_80 163 KiB).
-fn device(sm_count: u32) -> CudaDeviceInfo {
+pub(super) fn device(sm_count: u32) -> CudaDeviceInfo {
     small_device(sm_count, 227 * 1024)
 }
 
-const NAN_WORDS: u32 = 0x7fc0_7fc0; // NaN as f32, and each half NaN as f16 and as bf16
+pub(super) const NAN_WORDS: u32 = 0x7fc0_7fc0; // NaN as f32, and each half NaN as f16 and as bf16
 
 /// The launch plan for `w` and `n` tokens on `device`, T in and out.
 fn plan<T: Float16>(w: &TiledCsl<T>, n: usize, device: &CudaDeviceInfo) -> Result<Plan, String> {
@@ -41,7 +41,7 @@ fn weight_size<T: Float16>(w: &TiledCsl<T>) -> WeightSize {
 /// Registers per thread of `kernel` on sm_90 (or the first architecture built), from this
 /// build's ptxas report; 128, no fewer than any spmm kernel uses, in a build without kernels
 /// (or without the probes' module).
-fn registers(kernel: Kernel) -> u32 {
+pub(super) fn registers(kernel: Kernel) -> u32 {
     let Some(module) = crate::backend::kernels::module(kernel.module) else {
         return 128;
     };
@@ -59,15 +59,15 @@ fn registers(kernel: Kernel) -> u32 {
 
 /// Split-K's memory, as a `SpmmWorkspace` holds it: partials never written (NaN here), and
 /// counters zeroed when allocated.
-struct Workspace {
-    partials: Guarded<u32>,
-    counters: Guarded<u32>,
+pub(super) struct Workspace {
+    pub(super) partials: Guarded<u32>,
+    pub(super) counters: Guarded<u32>,
     /// Words of each.
-    sizes: (usize, usize),
+    pub(super) sizes: (usize, usize),
 }
 
 impl Workspace {
-    fn new(partials: usize, counters: usize) -> Workspace {
+    pub(super) fn new(partials: usize, counters: usize) -> Workspace {
         Workspace {
             partials: Guarded::new(&vec![NAN_WORDS; partials]),
             counters: Guarded::new(&vec![0; counters]),
@@ -225,7 +225,7 @@ fn check_typed<T: Float16, O: OutputElement<T>>(case: &Case, setup: Setup) {
     });
 }
 
-const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(7)];
+pub(super) const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(7)];
 
 /// The poison of emulated outputs and partials is NaN as f32 and as either 16-bit type.
 #[test]
@@ -576,6 +576,6 @@ fn split_k_is_bitwise_deterministic() {
 }
 
 /// Each output's bits (as f64, which holds f16 and f32 values exactly).
-fn bits<O: OutputElement<f16>>(y: Result<Vec<O>, String>) -> Result<Vec<u64>, String> {
+pub(super) fn bits<O: OutputElement<f16>>(y: Result<Vec<O>, String>) -> Result<Vec<u64>, String> {
     Ok(y?.into_iter().map(|v| v.to_f64().to_bits()).collect())
 }

@@ -4,14 +4,26 @@
 //! here.
 
 use super::variant::Variant;
-use crate::backend::abi::{TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmParams};
+use crate::backend::abi::{
+    TF_SPMM_BITMAP_WARPS, TF_SPMM_STAGES, TF_SPMM_WARPS, TfSpmmBitmapParams, TfSpmmParams,
+};
 use crate::backend::cuda::{CudaDeviceInfo, Kernel, LaunchShape};
 use crate::element::{Float16, OutputElement};
 use crate::error::{Error, Result};
 use crate::spmm::{TILE_K, TILE_M};
 
-/// The most k tiles one block walks (its tile offsets are in shared memory).
+/// The most k tiles one block of the Tiled-CSL kernel walks (its tile offsets are in shared
+/// memory).
 const MAX_TILES_PER_SPLIT: usize = 4096;
+/// The same for the bitmap kernel, which keeps the offsets of each of its unit rows.
+const MAX_BITMAP_TILES_PER_SPLIT: usize = 256;
+/// Unit rows of a tile (one consumer warp each in the bitmap kernel).
+const UNIT_ROWS: usize = TILE_M / crate::spmm::bitmap::UNIT_M;
+/// The most stages of the bitmap kernel's ring.
+const MAX_BITMAP_STAGES: usize = 8;
+/// Bytes an SM keeps in flight to stream at its share of an HBM3 GPU's bandwidth (about
+/// 3 TB/s times a microsecond and a half of latency, over 132 SMs).
+const BYTES_IN_FLIGHT_PER_SM: usize = 32 << 10;
 
 /// What a launch plan needs to know of a weight `w [m, k]`.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +42,29 @@ pub(crate) struct WeightSize {
 pub(crate) struct Buffers {
     pub entries: u64,
     pub tile_offsets: u64,
+    pub x: u64,
+    pub y: u64,
+    pub workspace: u64,
+    pub counters: u64,
+}
+
+/// What a launch plan needs to know of a bitmap weight `w [m, k]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BitmapSize {
+    pub m: usize,
+    pub k: usize,
+    /// Values (padding included), in all.
+    pub values: usize,
+    /// Values of the tile (its unit rows' units of one k tile together) that has the most.
+    pub max_tile_values: usize,
+}
+
+/// The device addresses of a bitmap launch's buffers (see [`Buffers`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BitmapBuffers {
+    pub masks: u64,
+    pub unit_offsets: u64,
+    pub values: u64,
     pub x: u64,
     pub y: u64,
     pub workspace: u64,
@@ -73,8 +108,12 @@ pub(crate) struct Plan {
     pub n_blocks: u32,
     pub splits: u32,
     pub tiles_per_split: u32,
-    /// Vectors of a tile that a stage holds.
-    pub stage_vectors: u32,
+    /// Stages of the ring.
+    pub stages: u32,
+    /// What a stage holds of a tile's weight: Tiled-CSL vectors, or bitmap values.
+    pub stage_capacity: u32,
+    /// Warps of a block.
+    pub warps: u32,
     pub shared_bytes: u32,
     m: u32,
     k: u32,
@@ -97,16 +136,7 @@ impl Plan {
             vectors,
             max_tile_vectors,
         } = weight;
-        let tokens_per_block = tokens_per_block(n) as usize;
-        let n_blocks = n.div_ceil(tokens_per_block);
-        if n_blocks > u16::MAX as usize {
-            return Err(Error::DeviceLimit {
-                what: "spmm grid",
-                limit_name: "max grid y (blocks of 64 tokens)",
-                needed: n_blocks as u64,
-                limit: u16::MAX.into(),
-            });
-        }
+        let (tokens_per_block, n_blocks) = token_blocks(n)?;
         let tiles_m = m.div_ceil(TILE_M);
         let tiles_k = k.div_ceil(TILE_K);
         let x_tile_bytes = tokens_per_block * TILE_K * 2;
@@ -129,7 +159,11 @@ impl Plan {
                 tile_bytes: (vectors * 16 / (tiles_m * tiles_k)) + x_tile_bytes,
                 partial_bytes: n_blocks * tokens_per_block * m * 8,
                 stages_shared: stages_bytes,
+                offset_bytes: 4,
+                max_tiles_per_split: MAX_TILES_PER_SPLIT,
+                warps: TF_SPMM_WARPS,
                 registers,
+                saturating_blocks: usize::MAX,
             },
         );
         let tiles_per_split = tiles_k.div_ceil(splits);
@@ -143,7 +177,78 @@ impl Plan {
             n_blocks: n_blocks as u32,
             splits: splits as u32,
             tiles_per_split: tiles_per_split as u32,
-            stage_vectors: stage_vectors as u32,
+            stages: stages as u32,
+            stage_capacity: stage_vectors as u32,
+            warps: TF_SPMM_WARPS,
+            shared_bytes,
+            m: m as u32,
+            k: k as u32,
+            n: n as u32,
+        })
+    }
+
+    /// The bitmap kernel's plan for `y [n, m] = x [n, k] · wᵀ` with a weight of size
+    /// `weight` and a kernel of `registers` a thread: as many stages as let an SM hold two
+    /// blocks (up to [`MAX_BITMAP_STAGES`]; at least one), each sized for the tile with the
+    /// most values, and split-K as for Tiled-CSL.
+    pub(crate) fn bitmap(
+        device: &CudaDeviceInfo,
+        weight: BitmapSize,
+        n: usize,
+        registers: u32,
+    ) -> Result<Plan> {
+        let BitmapSize {
+            m,
+            k,
+            values,
+            max_tile_values,
+        } = weight;
+        let (tokens_per_block, n_blocks) = token_blocks(n)?;
+        let tiles_m = m.div_ceil(TILE_M);
+        let tiles_k = k.div_ceil(TILE_K);
+        let stage_values = max_tile_values.next_multiple_of(8).max(8);
+        // abi.h: a stage holds the tile's masks (16 u64 a unit), its x tile and its values,
+        // and has two mbarriers; the block's unit offsets and a word for split-K follow.
+        let x_tile_bytes = tokens_per_block * TILE_K * 2;
+        let stage_bytes = 16 + UNIT_ROWS * 128 + x_tile_bytes + stage_values * 2;
+        let offset_bytes = |tiles_per_split: usize| (UNIT_ROWS * (tiles_per_split + 1) + 4) * 4;
+        let most_offsets = offset_bytes(tiles_k.min(MAX_BITMAP_TILES_PER_SPLIT));
+        let per_block = (device.max_shared_per_block as usize)
+            .min((device.max_shared_per_sm as usize / 2).saturating_sub(1024));
+        let stages =
+            (per_block.saturating_sub(most_offsets) / stage_bytes).clamp(1, MAX_BITMAP_STAGES);
+        // A block keeps its stages but one in flight.
+        let tile_bytes = values * 2 / (tiles_m * tiles_k) + UNIT_ROWS * 128 + x_tile_bytes;
+        let splits = split_k(
+            device,
+            SplitCosts {
+                blocks: tiles_m * n_blocks,
+                tiles_k,
+                tile_bytes,
+                partial_bytes: n_blocks * tokens_per_block * m * 8,
+                stages_shared: stages * stage_bytes + 16,
+                offset_bytes: UNIT_ROWS * 4,
+                max_tiles_per_split: MAX_BITMAP_TILES_PER_SPLIT,
+                warps: TF_SPMM_BITMAP_WARPS,
+                registers,
+                saturating_blocks: BYTES_IN_FLIGHT_PER_SM
+                    .div_ceil(stages.max(2) - 1)
+                    .div_ceil(tile_bytes),
+            },
+        );
+        let tiles_per_split = tiles_k.div_ceil(splits);
+        let splits = tiles_k.div_ceil(tiles_per_split);
+        let shared_bytes = stages * stage_bytes + offset_bytes(tiles_per_split);
+        let shared_bytes = device.shared_memory("spmm shared memory", shared_bytes)?;
+        Ok(Plan {
+            tokens_per_block: tokens_per_block as u32,
+            tiles_m: tiles_m as u32,
+            n_blocks: n_blocks as u32,
+            splits: splits as u32,
+            tiles_per_split: tiles_per_split as u32,
+            stages: stages as u32,
+            stage_capacity: stage_values as u32,
+            warps: TF_SPMM_BITMAP_WARPS,
             shared_bytes,
             m: m as u32,
             k: k as u32,
@@ -171,7 +276,7 @@ impl Plan {
     pub(crate) fn shape(&self) -> LaunchShape {
         LaunchShape {
             grid: [self.tiles_m, self.n_blocks, self.splits],
-            block: [TF_SPMM_WARPS * 32, 1, 1],
+            block: [self.warps * 32, 1, 1],
             shared_bytes: self.shared_bytes,
         }
     }
@@ -196,9 +301,50 @@ impl Plan {
             k: self.k,
             splits: self.splits,
             tiles_per_split: self.tiles_per_split,
-            stage_vectors: self.stage_vectors,
+            stage_vectors: self.stage_capacity,
         }
     }
+
+    /// The bitmap kernel's parameters for these buffers (workspace as in [`Plan::params`]).
+    pub(crate) fn bitmap_params(&self, buffers: BitmapBuffers) -> TfSpmmBitmapParams {
+        let (workspace, counters) = if self.split_k() {
+            (buffers.workspace, buffers.counters)
+        } else {
+            (0, 0)
+        };
+        TfSpmmBitmapParams {
+            masks: buffers.masks,
+            unit_offsets: buffers.unit_offsets,
+            values: buffers.values,
+            x: buffers.x,
+            y: buffers.y,
+            workspace,
+            counters,
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            splits: self.splits,
+            tiles_per_split: self.tiles_per_split,
+            stages: self.stages,
+            stage_values: self.stage_capacity,
+            reserved: 0,
+        }
+    }
+}
+
+/// Tokens per block and blocks of tokens for `n` tokens, within the grid's y limit.
+fn token_blocks(n: usize) -> Result<(usize, usize)> {
+    let tokens_per_block = tokens_per_block(n) as usize;
+    let n_blocks = n.div_ceil(tokens_per_block);
+    if n_blocks > u16::MAX as usize {
+        return Err(Error::DeviceLimit {
+            what: "spmm grid",
+            limit_name: "max grid y (blocks of 64 tokens)",
+            needed: n_blocks as u64,
+            limit: u16::MAX.into(),
+        });
+    }
+    Ok((tokens_per_block, n_blocks))
 }
 
 /// Tokens per block for `n` tokens: the kernels come in 8, 16, 32 and 64.
@@ -218,10 +364,19 @@ struct SplitCosts {
     tile_bytes: usize,
     /// Bytes of f32 partials one split writes and the last block reads back.
     partial_bytes: usize,
-    /// Dynamic shared memory of one block, less its tile offsets (4 bytes per k tile, and 4).
+    /// Dynamic shared memory of one block, less its offsets.
     stages_shared: usize,
+    /// Bytes of offsets a block keeps per k tile it walks (and once more).
+    offset_bytes: usize,
+    /// The most k tiles a block's offsets may cover.
+    max_tiles_per_split: usize,
+    /// Warps of a block.
+    warps: u32,
     /// Registers per thread of the kernel.
     registers: u32,
+    /// Blocks that keep enough bytes in flight to stream at an SM's share of the bandwidth
+    /// (fewer than it holds where each block's pipeline is deep).
+    saturating_blocks: usize,
 }
 
 /// The number of k splits: the one (the smallest, among equals) that minimises the bytes the
@@ -231,13 +386,14 @@ struct SplitCosts {
 /// many), and every split beyond one adds its partials.
 fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let sm_count = device.sm_count.max(1) as usize;
-    // Blocks an SM holds with `tiles_per_split` tile offsets each.
+    // Blocks an SM holds with `tiles_per_split` tiles' offsets each.
     let resident = |tiles_per_split: usize| {
-        let block_shared = costs.stages_shared + 4 * (tiles_per_split + 1);
-        resident_blocks(device, block_shared, costs.registers)
+        let block_shared = costs.stages_shared + costs.offset_bytes * (tiles_per_split + 1);
+        resident_blocks(device, block_shared, costs.warps, costs.registers)
+            .min(costs.saturating_blocks)
     };
-    // The block's tile offsets live in shared memory: at most 16 KiB of them.
-    let min_splits = costs.tiles_k.div_ceil(MAX_TILES_PER_SPLIT);
+    // The block's offsets live in shared memory.
+    let min_splits = costs.tiles_k.div_ceil(costs.max_tiles_per_split);
     // At least four k tiles per block, and no more splits than a few per resident block
     // (beyond, only the partials grow).
     let max_splits = costs
@@ -262,16 +418,17 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
         .unwrap_or(min_splits)
 }
 
-/// Blocks of spmm.cu's kernels an SM of `device` holds at once, with `shared_bytes` of
-/// dynamic shared memory and `registers` a thread: the fewest that its shared memory (less the
-/// 1 KiB the driver keeps per block), threads and registers (given out per warp, in units of
-/// 256) allow; at least one.
+/// Blocks of `warps` warps an SM of `device` holds at once, with `shared_bytes` of dynamic
+/// shared memory and `registers` a thread: the fewest that its shared memory (less the 1 KiB
+/// the driver keeps per block), threads and registers (given out per warp, in units of 256)
+/// allow; at least one.
 pub(crate) fn resident_blocks(
     device: &CudaDeviceInfo,
     shared_bytes: usize,
+    warps: u32,
     registers: u32,
 ) -> usize {
-    let warps = TF_SPMM_WARPS as usize;
+    let warps = warps as usize;
     let warp_registers = (registers as usize * 32).next_multiple_of(256).max(256);
     let by_shared = device.max_shared_per_sm as usize / (shared_bytes + 1024);
     let by_threads = device.max_threads_per_sm as usize / (warps * 32);
@@ -307,12 +464,12 @@ pub(crate) mod tests {
     #[test]
     fn residency_counts_registers() {
         let h100 = device(132, 227 * 1024);
-        assert_eq!(resident_blocks(&h100, 41 * 1024, 96), 5);
-        assert_eq!(resident_blocks(&h100, 41 * 1024, 121), 4);
-        assert_eq!(resident_blocks(&h100, 70 * 1024, 121), 3);
-        assert_eq!(resident_blocks(&h100, 36 * 1024, 72), 6);
-        assert_eq!(resident_blocks(&h100, 1024, 32), 16); // threads: 2048 / 128
-        assert_eq!(resident_blocks(&h100, 300 * 1024, 255), 1);
+        assert_eq!(resident_blocks(&h100, 41 * 1024, TF_SPMM_WARPS, 96), 5);
+        assert_eq!(resident_blocks(&h100, 41 * 1024, TF_SPMM_WARPS, 121), 4);
+        assert_eq!(resident_blocks(&h100, 70 * 1024, TF_SPMM_WARPS, 121), 3);
+        assert_eq!(resident_blocks(&h100, 36 * 1024, TF_SPMM_WARPS, 72), 6);
+        assert_eq!(resident_blocks(&h100, 1024, TF_SPMM_WARPS, 32), 16); // threads: 2048 / 128
+        assert_eq!(resident_blocks(&h100, 300 * 1024, TF_SPMM_WARPS, 255), 1);
     }
 
     /// However long k and however few SMs, a block's tile offsets fit in its shared memory.
@@ -342,7 +499,7 @@ pub(crate) mod tests {
             max_tile_vectors: 2048,
         };
         let plan = Plan::new(&device(4, 99 * 1024), dense_tile, 0, 64, 128).unwrap();
-        assert!(plan.stage_vectors < 2048 && plan.shared_bytes <= 99 * 1024);
+        assert!(plan.stage_capacity < 2048 && plan.shared_bytes <= 99 * 1024);
     }
 
     /// The generated ids pick the kernel named for the types and tokens, as abi.h names them.
