@@ -205,7 +205,8 @@ rm -f "$out/bench.json" "$out/peers.json"
         more=()
         [[ "$config" == "--n 16 "* ]] && more=(--section MemoryWorkloadAnalysis_Tables --section SchedulerStats)
         # shellcheck disable=SC2086 # config is a list of options
-        limit 180 ncu "${ncu_sections[@]}" "${more[@]}" -k regex:tilefuse_spmm -c 1 "$cli" profile spmm \
+        # (profile spmm launches the Tiled-CSL kernel, then the bitmap one: two kernels.)
+        limit 180 ncu "${ncu_sections[@]}" "${more[@]}" -k regex:tilefuse_spmm -c 2 "$cli" profile spmm \
           $config --iters 1 || echo "ncu on spmm $config failed"
       done
       # The variant with a tile's entries in registers, in the target case (BENCH.md).

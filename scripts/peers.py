@@ -20,7 +20,7 @@ COPY_BYTES = 256 << 20  # tilefuse's copy case: "256 MiB"
 L2_DEFEAT_BYTES = 256 << 20  # rotate weight copies until they total this much
 GEMM_SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (36864, 9216)]
 GEMM_TOKENS = [8, 16, 32, 64]
-SPARSITIES = [0.5, 0.7, 0.8, 0.9]  # tilefuse's spmm cases
+SPARSITIES = [0.3, 0.5, 0.7, 0.8, 0.9]  # tilefuse's spmm cases (src/spmm/bench.rs)
 
 
 def time_cuda(torch, run, warmup=3, samples=11, min_sample_ms=2.0):

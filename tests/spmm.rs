@@ -12,7 +12,12 @@ use proptest::prelude::*;
 use tilefuse::Error;
 use tilefuse::element::{DeviceOutput, OutputElement};
 use tilefuse::harness::{Backend, Backends, Rng};
-use tilefuse::spmm::{Case, Pattern, Pruning, TILE_K, TILE_M, TiledCsl, check, prune, reference};
+use tilefuse::spmm::{
+    Bitmap, Case, Pattern, Pruning, SparseFormat, TILE_K, TILE_M, TiledCsl, check, prune, reference,
+};
+
+/// Every format a weight goes to a device in.
+const FORMATS: [SparseFormat; 2] = [SparseFormat::TiledCsl, SparseFormat::Bitmap];
 
 on_backends!([cuda, wgpu] => [
     ragged_shape_every_token_count,
@@ -29,10 +34,14 @@ on_backends!([cuda, wgpu] => [
     every_registered_case_passes,
 ]);
 
+/// `case` in every format.
 fn assert_case(backends: &Backends, backend: Backend, case: Case) {
-    common::assert_seeded(&case.to_string(), |seed| {
-        check(backends, backend, &case, seed)
-    });
+    for format in FORMATS {
+        let case = Case { format, ..case };
+        common::assert_seeded(&case.to_string(), |seed| {
+            check(backends, backend, &case, seed)
+        });
+    }
 }
 
 fn ragged_shape_every_token_count(backends: &Backends, backend: Backend) {
@@ -79,19 +88,21 @@ fn sixteen_bit_outputs_overflow_to_infinity(backends: &Backends, backend: Backen
         [f16::NAN, f16::ONE],
     ];
     let w = TiledCsl::encode(&w.concat(), 5, 2).unwrap();
-    let y = tilefuse::spmm::run::<f16, f16>(backends, backend, &w, &[f16::ONE; 2]);
-    let y: Vec<f32> = y
-        .unwrap()
-        .expect("a device path")
-        .iter()
-        .map(|v| v.to_f32())
-        .collect();
-    assert_eq!(
-        y[..4],
-        [f32::INFINITY, f32::NEG_INFINITY, 65_504.0, 60_000.0],
-        "{y:?}"
-    );
-    assert!(y[4].is_nan(), "{y:?}");
+    for format in FORMATS {
+        let y = tilefuse::spmm::run::<f16, f16>(backends, backend, format, &w, &[f16::ONE; 2]);
+        let y: Vec<f32> = y
+            .unwrap()
+            .expect("a device path")
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        assert_eq!(
+            y[..4],
+            [f32::INFINITY, f32::NEG_INFINITY, 65_504.0, 60_000.0],
+            "{format:?}: {y:?}"
+        );
+        assert!(y[4].is_nan(), "{format:?}: {y:?}");
+    }
 }
 
 fn dense_and_empty_tiles(backends: &Backends, backend: Backend) {
@@ -170,7 +181,9 @@ fn one_workspace_serves_call_after_call(backends: &Backends, backend: Backend) {
         drop(cuda.upload(&vec![u32::MAX; 1 << 22]).unwrap());
     }
     let mut workspaces = Workspaces::default();
-    for case in cases {
+    // The formats take turns on the one workspace.
+    for (case, format) in cases.into_iter().zip(FORMATS.into_iter().cycle()) {
+        let case = Case { format, ..case };
         let seed = common::seed();
         let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
         let mut rng = Rng::new(seed);
@@ -178,9 +191,9 @@ fn one_workspace_serves_call_after_call(backends: &Backends, backend: Backend) {
             .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
             .collect();
         let y = if case.out_f32 {
-            workspaces.spmm(backends, backend, &w, &x, f32::NAN)
+            workspaces.spmm(backends, backend, format, &w, &x, f32::NAN)
         } else {
-            workspaces.spmm(backends, backend, &w, &x, f16::NAN)
+            workspaces.spmm(backends, backend, format, &w, &x, f16::NAN)
         };
         let expected = reference(&w, &x).unwrap();
         let comparison = tilefuse::harness::compare(&y, &expected, case.tolerance());
@@ -198,22 +211,31 @@ fn a_reserved_workspace_does_not_grow(backends: &Backends, backend: Backend) {
     let case = Case::new(256, 3000, 64, 0.8);
     let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
     let token_counts = [1, 9, 16, 40, 64];
-    let mut workspaces = Workspaces::default();
-    for n in token_counts {
-        workspaces.reserve(backends, backend, &w, n);
-    }
-    let reserved = workspaces.bytes();
-    assert!(reserved > 0, "split-K at k = 3000 needs a workspace");
-    for n in token_counts {
-        let x = vec![f16::ONE; n * case.k];
-        let y = workspaces.spmm(backends, backend, &w, &x, f16::NAN);
-        let expected = reference(&w, &x).unwrap();
-        let comparison = tilefuse::harness::compare(&y, &expected, case.tolerance());
+    for format in FORMATS {
+        let mut workspaces = Workspaces::default();
+        for n in token_counts {
+            workspaces.reserve(backends, backend, format, &w, n);
+        }
+        let reserved = workspaces.bytes();
         assert!(
-            comparison.passed(),
-            "{case}, n = {n} (seed {seed}): {comparison}"
+            reserved > 0,
+            "{format:?}: split-K at k = 3000 needs a workspace"
         );
-        assert_eq!(workspaces.bytes(), reserved, "n = {n} grew the workspace");
+        for n in token_counts {
+            let x = vec![f16::ONE; n * case.k];
+            let y = workspaces.spmm(backends, backend, format, &w, &x, f16::NAN);
+            let expected = reference(&w, &x).unwrap();
+            let comparison = tilefuse::harness::compare(&y, &expected, case.tolerance());
+            assert!(
+                comparison.passed(),
+                "{case}, {format:?}, n = {n} (seed {seed}): {comparison}"
+            );
+            assert_eq!(
+                workspaces.bytes(),
+                reserved,
+                "{format:?}: n = {n} grew the workspace"
+            );
+        }
     }
 }
 
@@ -228,16 +250,18 @@ fn results_are_bitwise_repeatable(backends: &Backends, backend: Backend) {
     let w = tilefuse::spmm::weight::<f16>(&case, seed).unwrap();
     let x = Rng::new(seed).fill(case.n * case.k, -1.0, 1.0, f16::from_f64);
     let mut workspaces = Workspaces::default();
-    let mut run = || -> Vec<u64> {
-        let y = workspaces.spmm(backends, backend, &w, &x, f32::NAN);
-        y.into_iter().map(f64::to_bits).collect()
-    };
-    let first = run();
-    for again in 1..4 {
-        assert!(
-            run() == first,
-            "{case} (seed {seed}): call {again} differs from call 0"
-        );
+    for format in FORMATS {
+        let mut run = || -> Vec<u64> {
+            let y = workspaces.spmm(backends, backend, format, &w, &x, f32::NAN);
+            y.into_iter().map(f64::to_bits).collect()
+        };
+        let first = run();
+        for again in 1..4 {
+            assert!(
+                run() == first,
+                "{case}, {format:?} (seed {seed}): call {again} differs from call 0"
+            );
+        }
     }
 }
 
@@ -252,18 +276,38 @@ struct Workspaces {
 
 impl Workspaces {
     /// Reserves `backend`'s workspace for `w` and `n` tokens.
-    fn reserve(&mut self, backends: &Backends, backend: Backend, w: &TiledCsl<f16>, n: usize) {
-        match backend {
+    fn reserve(
+        &mut self,
+        backends: &Backends,
+        backend: Backend,
+        format: SparseFormat,
+        w: &TiledCsl<f16>,
+        n: usize,
+    ) {
+        let bitmap = Bitmap::from_tiled_csl(w).unwrap();
+        match (backend, format) {
             #[cfg(feature = "cuda")]
-            Backend::Cuda => {
+            (Backend::Cuda, SparseFormat::TiledCsl) => {
                 let cuda = backends.cuda().unwrap();
                 let w = tilefuse::spmm::cuda::DeviceTiledCsl::upload(cuda, w).unwrap();
                 self.cuda.reserve(cuda, &w, n).unwrap();
             }
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda, SparseFormat::Bitmap) => {
+                let cuda = backends.cuda().unwrap();
+                let w = tilefuse::spmm::cuda::DeviceBitmap::upload(cuda, &bitmap).unwrap();
+                self.cuda.reserve(cuda, &w, n).unwrap();
+            }
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => {
+            (Backend::Wgpu, SparseFormat::TiledCsl) => {
                 let gpu = backends.wgpu().unwrap();
                 let w = tilefuse::spmm::wgpu::GpuTiledCsl::upload(gpu, w).unwrap();
+                self.wgpu.reserve(gpu, &w, n).unwrap();
+            }
+            #[cfg(feature = "wgpu")]
+            (Backend::Wgpu, SparseFormat::Bitmap) => {
+                let gpu = backends.wgpu().unwrap();
+                let w = tilefuse::spmm::wgpu::GpuBitmap::upload(gpu, &bitmap).unwrap();
                 self.wgpu.reserve(gpu, &w, n).unwrap();
             }
             _ => unreachable!("{backend} has no such test"),
@@ -287,34 +331,54 @@ impl Workspaces {
         &mut self,
         backends: &Backends,
         backend: Backend,
+        format: SparseFormat,
         w: &TiledCsl<f16>,
         x: &[f16],
         poison: O,
     ) -> Vec<f64> {
         let y_len = x.len() / w.k() * w.m();
+        let bitmap = Bitmap::from_tiled_csl(w).unwrap();
         let y: Vec<O> = match backend {
             #[cfg(feature = "cuda")]
             Backend::Cuda => {
-                use tilefuse::spmm::cuda::{DeviceTiledCsl, spmm_with_workspace};
+                use tilefuse::spmm::cuda::{DeviceBitmap, DeviceTiledCsl, spmm_with_workspace};
                 let cuda = backends.cuda().unwrap();
-                let w = DeviceTiledCsl::upload(cuda, w).unwrap();
                 let (x, mut y) = (
                     cuda.upload(x).unwrap(),
                     cuda.upload(&vec![poison; y_len]).unwrap(),
                 );
-                spmm_with_workspace(cuda, &w, &x, &mut y, &mut self.cuda).unwrap();
+                let workspace = &mut self.cuda;
+                match format {
+                    SparseFormat::TiledCsl => {
+                        let w = DeviceTiledCsl::upload(cuda, w).unwrap();
+                        spmm_with_workspace(cuda, &w, &x, &mut y, workspace).unwrap();
+                    }
+                    SparseFormat::Bitmap => {
+                        let w = DeviceBitmap::upload(cuda, &bitmap).unwrap();
+                        spmm_with_workspace(cuda, &w, &x, &mut y, workspace).unwrap();
+                    }
+                }
                 cuda.download(&y).unwrap()
             }
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => {
-                use tilefuse::spmm::wgpu::{GpuTiledCsl, spmm_with_workspace};
+                use tilefuse::spmm::wgpu::{GpuBitmap, GpuTiledCsl, spmm_with_workspace};
                 let gpu = backends.wgpu().unwrap();
-                let w = GpuTiledCsl::upload(gpu, w).unwrap();
                 let (x, mut y) = (
                     gpu.upload(x).unwrap(),
                     gpu.upload(&vec![poison; y_len]).unwrap(),
                 );
-                spmm_with_workspace(gpu, &w, &x, &mut y, &mut self.wgpu).unwrap();
+                let workspace = &mut self.wgpu;
+                match format {
+                    SparseFormat::TiledCsl => {
+                        let w = GpuTiledCsl::upload(gpu, w).unwrap();
+                        spmm_with_workspace(gpu, &w, &x, &mut y, workspace).unwrap();
+                    }
+                    SparseFormat::Bitmap => {
+                        let w = GpuBitmap::upload(gpu, &bitmap).unwrap();
+                        spmm_with_workspace(gpu, &w, &x, &mut y, workspace).unwrap();
+                    }
+                }
                 gpu.download(&y).unwrap()
             }
             _ => unreachable!("{backend} has no such test"),

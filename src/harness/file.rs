@@ -54,25 +54,7 @@ pub enum Dtype {
     F32,
 }
 
-/// How a dense weight is encoded (`--format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SparseFormat {
-    /// Flash-LLM's Tiled-CSL ([`TiledCsl`](crate::spmm::TiledCsl)).
-    #[value(name = "tiled-csl", alias = "tiledcsl")]
-    TiledCsl,
-    /// 8 x 8 bitmaps in `mma.sync` fragment order ([`Bitmap`](crate::spmm::Bitmap)).
-    Bitmap,
-}
-
-impl SparseFormat {
-    /// The name `--format` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            SparseFormat::TiledCsl => "tiled-csl",
-            SparseFormat::Bitmap => "bitmap",
-        }
-    }
-}
+pub use crate::spmm::SparseFormat;
 
 /// A loaded case: it runs on any backend and knows its reference and bound.
 pub trait CaseFile {

@@ -1,12 +1,14 @@
 //! spmm's benchmark cases for `tilefuse bench` and `benches/spmm.rs`: Flash-LLM's shapes at
-//! every token count and sparsity, the CUDA variants and probes beside the kernel, and cuBLAS
-//! on the same dense product.
+//! every token count and sparsity, in both formats, the CUDA variants and probes beside the
+//! kernel, and cuBLAS on the same dense product.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use half::f16;
 
+use super::SparseFormat;
+use super::bitmap::Bitmap;
 use super::check::OnDevice;
 use super::format::{TILE_K, TILE_M, TiledCsl, spread_over_banks};
 use crate::error::Result;
@@ -21,7 +23,7 @@ pub(crate) const BENCH_SHAPES: [(usize, usize); 4] =
 /// Tokens per benchmark case.
 pub(crate) const BENCH_TOKENS: [usize; 4] = [8, 16, 32, 64];
 /// Sparsities per benchmark case.
-pub(crate) const BENCH_SPARSITIES: [f64; 4] = [0.5, 0.7, 0.8, 0.9];
+pub(crate) const BENCH_SPARSITIES: [f64; 5] = [0.3, 0.5, 0.7, 0.8, 0.9];
 /// Weight copies rotate until they total this many bytes, far above any L2.
 const L2_DEFEAT_BYTES: usize = 256 << 20;
 
@@ -44,11 +46,31 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
                         flops,
                         move |backends, backend| {
                             let w = bench_weight(m, k, sparsity, spread);
-                            prepare(backends, backend, w, n, calls)
+                            prepare(backends, backend, Weight::TiledCsl(w), n, calls)
                         },
                     )
                 };
                 cases.push(case(true, Calls::ReuseWorkspace));
+                // The same weight as a bitmap: 2 bytes a nonzero, a bit an element.
+                let bitmap_bytes = 2.0 * (1.0 - sparsity) * (m * k) as f64 + (m * k / 8) as f64;
+                let bytes = bitmap_bytes as u64 + (2 * (n * k + n * m)) as u64;
+                let bitmap = BenchCase::new(
+                    "spmm",
+                    name.clone(),
+                    bytes,
+                    flops,
+                    move |backends, backend| {
+                        let w = bench_bitmap(m, k, sparsity);
+                        prepare(
+                            backends,
+                            backend,
+                            Weight::Bitmap(w),
+                            n,
+                            Calls::ReuseWorkspace,
+                        )
+                    },
+                );
+                cases.push(bitmap.by(BITMAP));
                 // The CUDA kernel's variants in every case: which should become the kernel,
                 // token count by token count.
                 #[cfg(feature = "cuda")]
@@ -101,6 +123,24 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
         }
     }
     cases
+}
+
+/// The benchmark's name for the bitmap kernel's rows.
+const BITMAP: &str = "tilefuse bitmap";
+
+/// [`bench_weight`] as a bitmap, made once per process.
+fn bench_bitmap(m: usize, k: usize, sparsity: f64) -> Arc<Bitmap<f16>> {
+    type Cache = Mutex<HashMap<(usize, usize, u64), Arc<Bitmap<f16>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let w = bench_weight(m, k, sparsity, true);
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry((m, k, sparsity.to_bits()))
+        .or_insert_with(|| Arc::new(Bitmap::from_tiled_csl(&w).expect("bench shapes are valid")))
+        .clone()
 }
 
 /// A uniform-random bench weight (values in [-1, 1]), made once per process and straight
@@ -175,38 +215,86 @@ enum Calls {
     Variant(super::cuda::Variant),
 }
 
+/// A bench weight in one of the formats.
+enum Weight {
+    TiledCsl(Arc<TiledCsl<f16>>),
+    Bitmap(Arc<Bitmap<f16>>),
+}
+
+impl Weight {
+    fn format(&self) -> SparseFormat {
+        match self {
+            Weight::TiledCsl(_) => SparseFormat::TiledCsl,
+            Weight::Bitmap(_) => SparseFormat::Bitmap,
+        }
+    }
+
+    /// `[m, k]` and the bytes of one copy.
+    fn size(&self) -> (usize, usize, usize) {
+        match self {
+            Weight::TiledCsl(w) => (w.m(), w.k(), w.stats().bytes),
+            Weight::Bitmap(w) => (w.m(), w.k(), w.stats().bytes),
+        }
+    }
+}
+
 fn prepare(
     backends: &Backends,
     backend: Backend,
-    w: Arc<TiledCsl<f16>>,
+    w: Weight,
     n: usize,
     calls: Calls,
 ) -> Result<Option<Runner<'_>>> {
     #[cfg(feature = "cuda")]
-    if let Calls::Variant(variant) = calls {
+    if let (Calls::Variant(variant), Weight::TiledCsl(w)) = (calls, &w) {
         return match backend {
-            Backend::Cuda => variant_runner(backends.cuda()?, &w, n, variant).map(Some),
+            Backend::Cuda => variant_runner(backends.cuda()?, w, n, variant).map(Some),
             _ => Ok(None),
         };
     }
     on_device!(backends, backend, |device| runner(device, &w, n, calls))
 }
 
-/// Weight copies (enough to defeat the L2 cache), x and y of a case on a device.
+/// Weight copies (enough to defeat the L2 cache) in one format on a device.
+enum Copies<D: OnDevice> {
+    TiledCsl(Vec<D::TiledCsl<f16>>),
+    Bitmap(Vec<D::Bitmap<f16>>),
+}
+
+impl<D: OnDevice> Copies<D> {
+    fn len(&self) -> usize {
+        match self {
+            Copies::TiledCsl(copies) => copies.len(),
+            Copies::Bitmap(copies) => copies.len(),
+        }
+    }
+}
+
+/// Weight copies, x and y of a case on a device.
 struct Operands<D: OnDevice> {
-    weights: Vec<D::Weight<f16>>,
+    weights: Copies<D>,
     x: D::Buffer<f16>,
     y: D::Buffer<f16>,
 }
 
 impl<D: OnDevice> Operands<D> {
-    fn upload(device: &D, w: &TiledCsl<f16>, n: usize) -> Result<Self> {
-        let copies = L2_DEFEAT_BYTES.div_ceil(w.stats().bytes).max(1);
-        let weights = (0..copies)
-            .map(|_| device.upload_weight(w))
-            .collect::<Result<Vec<_>>>()?;
-        let x = device.upload(&vec![f16::from_f32(0.5); n * w.k()])?;
-        let y = device.zeros::<f16>(n * w.m())?;
+    fn upload(device: &D, w: &Weight, n: usize) -> Result<Self> {
+        let (m, k, bytes) = w.size();
+        let copies = L2_DEFEAT_BYTES.div_ceil(bytes).max(1);
+        let weights = match w {
+            Weight::TiledCsl(w) => Copies::TiledCsl(
+                (0..copies)
+                    .map(|_| device.upload_tiled_csl(w))
+                    .collect::<Result<_>>()?,
+            ),
+            Weight::Bitmap(w) => Copies::Bitmap(
+                (0..copies)
+                    .map(|_| device.upload_bitmap(w))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        let x = device.upload(&vec![f16::from_f32(0.5); n * k])?;
+        let y = device.zeros::<f16>(n * m)?;
         Ok(Operands { weights, x, y })
     }
 }
@@ -214,10 +302,11 @@ impl<D: OnDevice> Operands<D> {
 /// A runner of the op's own calls on `device`, each with the next weight copy.
 fn runner<'a, D: OnDevice>(
     device: &'a D,
-    w: &TiledCsl<f16>,
+    w: &Weight,
     n: usize,
     calls: Calls,
 ) -> Result<Runner<'a>> {
+    debug_assert!(calls != Calls::NewWorkspace || w.format() == SparseFormat::TiledCsl);
     let Operands { weights, x, mut y } = Operands::upload(device, w, n)?;
     let mut workspace = D::Workspace::default();
     let mut turn = 0;
@@ -226,7 +315,10 @@ fn runner<'a, D: OnDevice>(
         if calls == Calls::NewWorkspace {
             workspace = D::Workspace::default();
         }
-        device.spmm(&weights[turn], &x, &mut y, &mut workspace)
+        match &weights {
+            Copies::TiledCsl(w) => device.spmm_tiled_csl(&w[turn], &x, &mut y, &mut workspace),
+            Copies::Bitmap(w) => device.spmm_bitmap(&w[turn], &x, &mut y, &mut workspace),
+        }
     }))
 }
 
@@ -234,11 +326,15 @@ fn runner<'a, D: OnDevice>(
 #[cfg(feature = "cuda")]
 fn variant_runner<'a>(
     cuda: &'a crate::backend::cuda::Cuda,
-    w: &TiledCsl<f16>,
+    w: &Arc<TiledCsl<f16>>,
     n: usize,
     variant: super::cuda::Variant,
 ) -> Result<Runner<'a>> {
-    let Operands { weights, x, mut y } = Operands::upload(cuda, w, n)?;
+    let Operands { weights, x, mut y } =
+        Operands::upload(cuda, &Weight::TiledCsl(Arc::clone(w)), n)?;
+    let Copies::TiledCsl(weights) = weights else {
+        unreachable!("uploaded as Tiled-CSL")
+    };
     let mut workspace = super::cuda::SpmmWorkspace::new();
     let mut turn = 0;
     Ok(Runner::new(cuda.clock(), move || {
@@ -252,7 +348,7 @@ fn variant_runner<'a>(
 mod tests {
     use super::*;
 
-    /// Every case is timed by the kernel and its CUDA variants (and cuBLAS); each target case
+    /// Every case is timed by both formats' kernels and the CUDA variants (and cuBLAS); each target case
     /// (n = 16, 80%) also in increasing places and with a workspace per call, and in two
     /// shapes by the three probes where this build has them (the `probes` feature).
     #[test]
@@ -269,7 +365,7 @@ mod tests {
                         .collect();
                     by.sort_unstable();
                     let target = n == 16 && sparsity == 0.8;
-                    let mut expected = vec!["tilefuse"];
+                    let mut expected = vec!["tilefuse", BITMAP];
                     if target {
                         expected.extend([
                             "tilefuse, increasing places",

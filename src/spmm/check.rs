@@ -4,6 +4,8 @@ use std::fmt;
 
 use half::{bf16, f16};
 
+use super::SparseFormat;
+use super::bitmap::Bitmap;
 use super::format::{Pruning, TILE_K, TILE_M, TiledCsl, prune};
 use super::reference;
 use crate::element::{DeviceFloat16, DeviceOutput, Float16, OutputElement};
@@ -54,6 +56,8 @@ pub struct Case {
     pub bf16: bool,
     /// f32 output (else the operand type).
     pub out_f32: bool,
+    /// The format the weight goes to the device in.
+    pub format: SparseFormat,
 }
 
 impl Case {
@@ -67,6 +71,7 @@ impl Case {
             pattern: Pattern::MagnitudePerRow,
             bf16: false,
             out_f32: false,
+            format: SparseFormat::TiledCsl,
         }
     }
 
@@ -104,12 +109,13 @@ impl fmt::Display for Case {
         let out = if self.out_f32 { "f32" } else { element };
         write!(
             f,
-            "{element}->{out} m={} k={} n={} s={}% {:?}",
+            "{element}->{out} m={} k={} n={} s={}% {:?} {}",
             self.m,
             self.k,
             self.n,
             (self.sparsity * 100.0).round(),
-            self.pattern
+            self.pattern,
+            self.format.name()
         )
     }
 }
@@ -176,7 +182,9 @@ where
     if backend == Backend::Cpu {
         return Ok(None);
     }
-    check_with::<T, O>(case, seed, |w, x| run::<T, O>(backends, backend, w, x))
+    check_with::<T, O>(case, seed, |w, x| {
+        run::<T, O>(backends, backend, case.format, w, x)
+    })
 }
 
 /// [`check`] with the device run done by `runner`, which takes the weight and x and returns
@@ -201,20 +209,29 @@ pub(crate) fn inputs<T: Float16>(case: &Case, seed: u64) -> Result<(TiledCsl<T>,
     Ok((w, x))
 }
 
-/// Runs `y = x · wᵀ` once on a GPU backend (`Ok(None)` on the CPU), with `y` poisoned with
-/// NaN first, and reads `y` back.
+/// Runs `y = x · wᵀ` once on a GPU backend (`Ok(None)` on the CPU) with `w` in `format`,
+/// `y` poisoned with NaN first, and reads `y` back.
 pub fn run<T: DeviceFloat16, O: DeviceOutput<T>>(
     backends: &Backends,
     backend: Backend,
+    format: SparseFormat,
     w: &TiledCsl<T>,
     x: &[T],
 ) -> Result<Option<Vec<O>>> {
     let n = super::reference::tokens(x.len(), w.k())?;
     let poison: Vec<O> = vec![nan_bits::<O>(); n * w.m()];
     on_device!(backends, backend, |device| {
-        let w = device.upload_weight(w)?;
         let (x, mut y) = (device.upload(x)?, device.upload(&poison)?);
-        device.spmm(&w, &x, &mut y, &mut Default::default())?;
+        match format {
+            SparseFormat::TiledCsl => {
+                let w = device.upload_tiled_csl(w)?;
+                device.spmm_tiled_csl(&w, &x, &mut y, &mut Default::default())?;
+            }
+            SparseFormat::Bitmap => {
+                let w = device.upload_bitmap(&Bitmap::from_tiled_csl(w)?)?;
+                device.spmm_bitmap(&w, &x, &mut y, &mut Default::default())?;
+            }
+        }
         device.download(&y)
     })
 }
@@ -250,8 +267,9 @@ fn check_cases() -> Vec<CheckCase> {
             ..Case::new(512, 1024, 64, 0.7)
         },
     ];
-    cases
+    [SparseFormat::TiledCsl, SparseFormat::Bitmap]
         .into_iter()
+        .flat_map(|format| cases.map(|case| Case { format, ..case }))
         .map(|case| {
             CheckCase::new("spmm", case.to_string(), move |backends, backend| {
                 check(backends, backend, &case, 0x5eed)
@@ -262,36 +280,64 @@ fn check_cases() -> Vec<CheckCase> {
 
 /// spmm's calls on each backend.
 pub(super) trait OnDevice: Device {
-    /// A weight in this device's memory.
-    type Weight<T: DeviceFloat16>;
+    /// A Tiled-CSL weight in this device's memory.
+    type TiledCsl<T: DeviceFloat16>;
+    /// A bitmap weight in this device's memory.
+    type Bitmap<T: DeviceFloat16>;
     /// Split-K's memory, kept from call to call.
     type Workspace: Default;
     /// Uploads `w`.
-    fn upload_weight<T: DeviceFloat16>(&self, w: &TiledCsl<T>) -> Result<Self::Weight<T>>;
+    fn upload_tiled_csl<T: DeviceFloat16>(&self, w: &TiledCsl<T>) -> Result<Self::TiledCsl<T>>;
+    /// Uploads `w`.
+    fn upload_bitmap<T: DeviceFloat16>(&self, w: &Bitmap<T>) -> Result<Self::Bitmap<T>>;
     /// `y = x · wᵀ`, enqueued.
-    fn spmm<T: DeviceFloat16, O: DeviceOutput<T>>(
+    fn spmm_tiled_csl<T: DeviceFloat16, O: DeviceOutput<T>>(
         &self,
-        w: &Self::Weight<T>,
+        w: &Self::TiledCsl<T>,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<O>,
+        workspace: &mut Self::Workspace,
+    ) -> Result<()>;
+    /// `y = x · wᵀ`, enqueued.
+    fn spmm_bitmap<T: DeviceFloat16, O: DeviceOutput<T>>(
+        &self,
+        w: &Self::Bitmap<T>,
         x: &Self::Buffer<T>,
         y: &mut Self::Buffer<O>,
         workspace: &mut Self::Workspace,
     ) -> Result<()>;
 }
 
-/// `OnDevice` for a backend's handle: its module's weight type, workspace and
+/// `OnDevice` for a backend's handle: its module's weight types, workspace and
 /// `spmm_with_workspace`.
 macro_rules! forward_to {
-    ($feature:literal, $handle:ty, $module:ident, $weight:ident) => {
+    ($feature:literal, $handle:ty, $module:ident, $tiled_csl:ident, $bitmap:ident) => {
         #[cfg(feature = $feature)]
         impl OnDevice for $handle {
-            type Weight<T: DeviceFloat16> = super::$module::$weight<T>;
+            type TiledCsl<T: DeviceFloat16> = super::$module::$tiled_csl<T>;
+            type Bitmap<T: DeviceFloat16> = super::$module::$bitmap<T>;
             type Workspace = super::$module::SpmmWorkspace;
-            fn upload_weight<T: DeviceFloat16>(&self, w: &TiledCsl<T>) -> Result<Self::Weight<T>> {
-                super::$module::$weight::upload(self, w)
-            }
-            fn spmm<T: DeviceFloat16, O: DeviceOutput<T>>(
+            fn upload_tiled_csl<T: DeviceFloat16>(
                 &self,
-                w: &Self::Weight<T>,
+                w: &TiledCsl<T>,
+            ) -> Result<Self::TiledCsl<T>> {
+                super::$module::$tiled_csl::upload(self, w)
+            }
+            fn upload_bitmap<T: DeviceFloat16>(&self, w: &Bitmap<T>) -> Result<Self::Bitmap<T>> {
+                super::$module::$bitmap::upload(self, w)
+            }
+            fn spmm_tiled_csl<T: DeviceFloat16, O: DeviceOutput<T>>(
+                &self,
+                w: &Self::TiledCsl<T>,
+                x: &Self::Buffer<T>,
+                y: &mut Self::Buffer<O>,
+                workspace: &mut Self::Workspace,
+            ) -> Result<()> {
+                super::$module::spmm_with_workspace(self, w, x, y, workspace)
+            }
+            fn spmm_bitmap<T: DeviceFloat16, O: DeviceOutput<T>>(
+                &self,
+                w: &Self::Bitmap<T>,
                 x: &Self::Buffer<T>,
                 y: &mut Self::Buffer<O>,
                 workspace: &mut Self::Workspace,
@@ -301,8 +347,20 @@ macro_rules! forward_to {
         }
     };
 }
-forward_to!("cuda", crate::backend::cuda::Cuda, cuda, DeviceTiledCsl);
-forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, GpuTiledCsl);
+forward_to!(
+    "cuda",
+    crate::backend::cuda::Cuda,
+    cuda,
+    DeviceTiledCsl,
+    DeviceBitmap
+);
+forward_to!(
+    "wgpu",
+    crate::backend::wgpu::Wgpu,
+    wgpu,
+    GpuTiledCsl,
+    GpuBitmap
+);
 
 #[cfg(test)]
 mod tests {

@@ -104,36 +104,8 @@ where
 {
     /// `y` on a GPU backend, in f32.
     fn on_device(&self, backends: &Backends, backend: Backend) -> crate::Result<Option<Vec<f32>>> {
-        match self.format(backend) {
-            SparseFormat::TiledCsl => {
-                let w = TiledCsl::encode(&self.w, self.m, self.k)?;
-                super::run::<T, f32>(backends, backend, &w, &self.x)
-            }
-            SparseFormat::Bitmap => self.bitmap_on_device(backends, backend),
-        }
-    }
-
-    #[cfg(feature = "wgpu")]
-    fn bitmap_on_device(
-        &self,
-        backends: &Backends,
-        backend: Backend,
-    ) -> crate::Result<Option<Vec<f32>>> {
-        if backend != Backend::Wgpu {
-            return Ok(None);
-        }
-        let gpu = backends.wgpu()?;
-        let w = super::Bitmap::encode(&self.w, self.m, self.k)?;
-        let w = super::wgpu::GpuBitmap::upload(gpu, &w)?;
-        let x = gpu.upload(&self.x)?;
-        let mut y = gpu.upload(&vec![f32::NAN; self.n * self.m])?;
-        super::wgpu::spmm(gpu, &w, &x, &mut y)?;
-        gpu.download(&y).map(Some)
-    }
-
-    #[cfg(not(feature = "wgpu"))]
-    fn bitmap_on_device(&self, _: &Backends, _: Backend) -> crate::Result<Option<Vec<f32>>> {
-        Ok(None)
+        let w = TiledCsl::encode(&self.w, self.m, self.k)?;
+        super::run::<T, f32>(backends, backend, self.format(backend), &w, &self.x)
     }
 }
 
@@ -141,13 +113,6 @@ impl<T: DeviceFloat16> CaseFile for SpmmFile<T>
 where
     f32: DeviceOutput<T>,
 {
-    fn backends(&self) -> &'static [Backend] {
-        match self.format {
-            Some(SparseFormat::Bitmap) => &[Backend::Cpu, Backend::Wgpu],
-            _ => &[Backend::Cpu, Backend::Cuda, Backend::Wgpu],
-        }
-    }
-
     fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         if backend == Backend::Cpu {
             let y = super::reference(&self.tiled_csl()?, &self.x).map_err(|e| e.to_string())?;
@@ -181,7 +146,8 @@ where
     }
 }
 
-/// `tilefuse profile spmm`: f16, a uniformly sparse weight, one workspace for every launch.
+/// `tilefuse profile spmm`: f16, a uniformly sparse weight in both formats, one workspace for
+/// every launch: each iteration runs the Tiled-CSL kernel, then the bitmap kernel.
 #[cfg(feature = "cuda")]
 pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
     params: &[
@@ -216,14 +182,20 @@ fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<
         pattern: super::Pattern::Uniform,
         ..super::Case::new(m, k, n, values.number("sparsity")?)
     };
-    let w = super::cuda::DeviceTiledCsl::upload(cuda, &super::weight::<f16>(&case, 1)?)?;
+    let w = super::weight::<f16>(&case, 1)?;
+    let bitmap = super::cuda::DeviceBitmap::upload(cuda, &super::Bitmap::from_tiled_csl(&w)?)?;
+    let w = super::cuda::DeviceTiledCsl::upload(cuda, &w)?;
     let x = cuda.upload(&vec![f16::from_f32(0.5); n * k])?;
     let mut y = cuda.upload(&vec![f16::ZERO; n * m])?;
     let mut workspace = super::cuda::SpmmWorkspace::new();
     Ok(Prepared {
-        label: format!("spmm {case}"),
+        label: format!(
+            "spmm m={m} k={k} n={n} s={}%, Tiled-CSL then bitmap",
+            (case.sparsity * 100.0).round()
+        ),
         launch: Box::new(move || {
-            super::cuda::spmm_with_workspace(cuda, &w, &x, &mut y, &mut workspace)
+            super::cuda::spmm_with_workspace(cuda, &w, &x, &mut y, &mut workspace)?;
+            super::cuda::spmm_with_workspace(cuda, &bitmap, &x, &mut y, &mut workspace)
         }),
     })
 }

@@ -41,3 +41,24 @@ pub use bitmap::{Bitmap, BitmapStats, UNIT_K, UNIT_M};
 pub use check::{Case, ENTRY, Pattern, check, run, tolerance, weight};
 pub use format::{Pruning, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
 pub use reference::{SparseWeight, reference};
+
+/// The sparse formats a weight goes to a device in (the CLI's `--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum SparseFormat {
+    /// Flash-LLM's Tiled-CSL ([`TiledCsl`]).
+    #[cfg_attr(feature = "cli", value(name = "tiled-csl", alias = "tiledcsl"))]
+    TiledCsl,
+    /// 8 x 8 bitmaps in `mma.sync` fragment order ([`Bitmap`]).
+    Bitmap,
+}
+
+impl SparseFormat {
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseFormat::TiledCsl => "tiled-csl",
+            SparseFormat::Bitmap => "bitmap",
+        }
+    }
+}

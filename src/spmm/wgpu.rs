@@ -139,9 +139,14 @@ impl SpmmWorkspace {
     /// Grows the workspace to what [`spmm_with_workspace`] needs for `w` and `n` tokens on
     /// `gpu`, so that those calls allocate no storage buffer (each dispatch still makes its small
     /// uniform buffer and bind group).
-    pub fn reserve<T: Float16>(&mut self, gpu: &Wgpu, w: &GpuTiledCsl<T>, n: usize) -> Result<()> {
+    pub fn reserve<T: Float16>(
+        &mut self,
+        gpu: &Wgpu,
+        w: &impl GpuWeight<T>,
+        n: usize,
+    ) -> Result<()> {
         if n > 0 {
-            self.grow(gpu, Launch::new(w, n).sums(n, w.m))?;
+            self.grow(gpu, w.scratch_len(n))?;
         }
         Ok(())
     }
@@ -167,6 +172,8 @@ pub trait GpuWeight<T: Float16>: sealed::Sealed {
     fn shape(&self) -> [usize; 2];
     /// A buffer of the weight, to check which device holds it.
     fn buffer(&self) -> &GpuBuffer<impl Sized>;
+    /// The f32 values of scratch memory a call of `n` tokens needs at most.
+    fn scratch_len(&self, n: usize) -> usize;
     /// Submits `y [n, m] = x [n, k] · wᵀ` (lengths and devices checked) with scratch memory
     /// from `workspace`.
     fn submit<O: OutputElement<T>>(
@@ -220,6 +227,10 @@ impl<T: Float16> GpuWeight<T> for GpuTiledCsl<T> {
 
     fn buffer(&self) -> &GpuBuffer<impl Sized> {
         &self.entries
+    }
+
+    fn scratch_len(&self, n: usize) -> usize {
+        Launch::new(self, n).sums(n, self.m)
     }
 
     fn submit<O: OutputElement<T>>(

@@ -72,6 +72,10 @@ impl<T: Float16> GpuWeight<T> for GpuBitmap<T> {
         &self.values
     }
 
+    fn scratch_len(&self, n: usize) -> usize {
+        n * self.m // the sums of a 16-bit output, before `finish`
+    }
+
     fn submit<O: OutputElement<T>>(
         &self,
         gpu: &Wgpu,
