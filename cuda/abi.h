@@ -141,6 +141,10 @@ typedef struct TfSpmmParams {
  * its x tile and `stage_values` values (a multiple of 8, at least the values of the tile's
  * units together). Dynamic shared memory: 16 * stages + stages * (TILE_M / 16 * 128
  * + N * 64 * 2 + stage_values * 2) + (TILE_M / 16 * (tiles_per_split + 1) + 4) * 4 bytes.
+ * tilefuse_spmm_bitmap_probe_{loads,no_mma}_f16_n16: launched as
+ * tilefuse_spmm_bitmap_f16_n16_same, with parts of the work left out (benchmarks only; they
+ * write y = 0): the stages' copies, waits and releases alone; and with the decode (all but
+ * the mma).
  */
 #define TF_SPMM_BITMAP_WARPS 9
 typedef struct TfSpmmBitmapParams {

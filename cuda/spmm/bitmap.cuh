@@ -41,6 +41,10 @@ static_assert(kTileK == 64, "a unit column is one k tile");
 template <int N>
 using Accumulators = float[N / 8][4];
 
+// The parts of a tile's work. The kernels do them all; the probes, which benchmarks time to
+// see where a tile's time goes, leave some out (their y is zero: no multiply).
+enum Parts : int { kLoads = 0, kDecode = 1, kAll = 3 };
+
 // The dynamic shared memory (abi.h gives the layout): the stages' mbarriers, the stages, the
 // unit offsets of the block's units, and a word for split-K.
 template <int N>
@@ -163,8 +167,9 @@ __device__ __forceinline__ uint32_t fragment_pair(uint64_t mask, uint64_t below,
     return lo | hi << 16;
 }
 
-// acc += unit row `warp` of stage s (the block's k tile t) · its x tile.
-template <class In, int N>
+// acc += unit row `warp` of stage s (the block's k tile t) · its x tile (with Work = kDecode,
+// the fragments are made and not multiplied).
+template <class In, int N, int Work>
 __device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t s, uint32_t t,
                                          uint32_t warp, Accumulators<N> &acc) {
     const uint32_t lane = threadIdx.x % 32;
@@ -187,26 +192,32 @@ __device__ __forceinline__ void multiply(const Shared<N> &sm, uint32_t s, uint32
             a[pair] = fragment_pair(mask, below, lane, values + next);
             next += __popcll(mask);
         }
+        if constexpr (Work == kAll) {
 #pragma unroll
-        for (int j = 0; j < N / 8; ++j) In::mma(acc[j], a, b[j]);
+            for (int j = 0; j < N / 8; ++j) In::mma(acc[j], a, b[j]);
+        } else {
+            // A volatile store into the split-K word (set only after the loop) keeps the
+            // fragments made.
+            *reinterpret_cast<volatile uint32_t *>(sm.last) = a[0] ^ a[1] ^ a[2] ^ a[3] ^ b[0][0] ^ b[N / 8 - 1][1];
+        }
     }
 }
 
 // A consumer warp: waits for each stage, multiplies its unit row (if the tile has it), and
 // releases the stage.
-template <class In, int N>
+template <class In, int N, int Work>
 __device__ __forceinline__ void consume(const Shared<N> &sm, uint32_t k_count, uint32_t warp,
                                         uint32_t rows, Accumulators<N> &acc) {
     Ring ring;
     for (uint32_t t = 0; t < k_count; ++t) {
         tf::mbarrier_wait(tf::smem_addr(&sm.full[ring.stage]), ring.phase);
-        if (warp < rows) multiply<In, N>(sm, ring.stage, t, warp, acc);
+        if (Work != kLoads && warp < rows) multiply<In, N, Work>(sm, ring.stage, t, warp, acc);
         tf::mbarrier_arrive(tf::smem_addr(&sm.empty[ring.stage]));
         ring.advance(sm.count);
     }
 }
 
-template <class In, int N, bool OutF32, bool Bulk>
+template <class In, int N, bool OutF32, bool Bulk, int Work = kAll>
 __device__ __forceinline__ void spmm(const TfSpmmBitmapParams &p) {
     const Shared<N> sm(tf::dynamic_shared(), p);
     const uint32_t tid = threadIdx.x, warp = tid / 32;
@@ -235,7 +246,7 @@ __device__ __forceinline__ void spmm(const TfSpmmBitmapParams &p) {
     if (warp == kUnits) {
         produce<N, Bulk>(p, sm, k_begin, k_count, um0, rows, n0);
     } else {
-        consume<In, N>(sm, k_count, warp, rows, acc);
+        consume<In, N, Work>(sm, k_count, warp, rows, acc);
     }
 
     const uint32_t lane = tid % 32;

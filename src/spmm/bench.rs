@@ -54,23 +54,19 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
                 // The same weight as a bitmap: 2 bytes a nonzero, a bit an element.
                 let bitmap_bytes = 2.0 * (1.0 - sparsity) * (m * k) as f64 + (m * k / 8) as f64;
                 let bytes = bitmap_bytes as u64 + (2 * (n * k + n * m)) as u64;
-                let bitmap = BenchCase::new(
-                    "spmm",
-                    name.clone(),
-                    bytes,
-                    flops,
-                    move |backends, backend| {
-                        let w = bench_bitmap(m, k, sparsity);
-                        prepare(
-                            backends,
-                            backend,
-                            Weight::Bitmap(w),
-                            n,
-                            Calls::ReuseWorkspace,
-                        )
-                    },
-                );
-                cases.push(bitmap.by(BITMAP));
+                let bitmap = |calls: Calls| {
+                    BenchCase::new(
+                        "spmm",
+                        name.clone(),
+                        bytes,
+                        flops,
+                        move |backends, backend| {
+                            let w = bench_bitmap(m, k, sparsity);
+                            prepare(backends, backend, Weight::Bitmap(w), n, calls)
+                        },
+                    )
+                };
+                cases.push(bitmap(Calls::ReuseWorkspace).by(BITMAP));
                 // The CUDA kernel's variants in every case: which should become the kernel,
                 // token count by token count.
                 #[cfg(feature = "cuda")]
@@ -97,6 +93,13 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
                         let built = crate::backend::kernels::module("spmm_probe").is_some();
                         if built && [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
                             cases.push(case(true, Calls::Variant(probe)).by(probe.label()));
+                        }
+                    }
+                    #[cfg(feature = "cuda")]
+                    for probe in super::cuda::BitmapProbe::ALL {
+                        let built = crate::backend::kernels::module("spmm_bitmap_probe").is_some();
+                        if built && [(8192, 8192), (36864, 9216)].contains(&(m, k)) {
+                            cases.push(bitmap(Calls::BitmapProbe(probe)).by(probe.label()));
                         }
                     }
                 }
@@ -213,6 +216,9 @@ enum Calls {
     /// backend has them).
     #[cfg(feature = "cuda")]
     Variant(super::cuda::Variant),
+    /// A CUDA probe of the bitmap kernel in its place.
+    #[cfg(feature = "cuda")]
+    BitmapProbe(super::cuda::BitmapProbe),
 }
 
 /// A bench weight in one of the formats.
@@ -246,11 +252,15 @@ fn prepare(
     calls: Calls,
 ) -> Result<Option<Runner<'_>>> {
     #[cfg(feature = "cuda")]
-    if let (Calls::Variant(variant), Weight::TiledCsl(w)) = (calls, &w) {
-        return match backend {
-            Backend::Cuda => variant_runner(backends.cuda()?, w, n, variant).map(Some),
-            _ => Ok(None),
-        };
+    match (calls, &w, backend) {
+        (Calls::Variant(variant), Weight::TiledCsl(w), Backend::Cuda) => {
+            return variant_runner(backends.cuda()?, w, n, variant).map(Some);
+        }
+        (Calls::BitmapProbe(probe), Weight::Bitmap(w), Backend::Cuda) => {
+            return bitmap_probe_runner(backends.cuda()?, w, n, probe).map(Some);
+        }
+        (Calls::Variant(_) | Calls::BitmapProbe(_), ..) => return Ok(None),
+        _ => {}
     }
     on_device!(backends, backend, |device| runner(device, &w, n, calls))
 }
@@ -344,13 +354,34 @@ fn variant_runner<'a>(
     }))
 }
 
+/// A runner of a CUDA probe of the bitmap kernel.
+#[cfg(feature = "cuda")]
+fn bitmap_probe_runner<'a>(
+    cuda: &'a crate::backend::cuda::Cuda,
+    w: &Arc<Bitmap<f16>>,
+    n: usize,
+    probe: super::cuda::BitmapProbe,
+) -> Result<Runner<'a>> {
+    let Operands { weights, x, mut y } = Operands::upload(cuda, &Weight::Bitmap(Arc::clone(w)), n)?;
+    let Copies::Bitmap(weights) = weights else {
+        unreachable!("uploaded as a bitmap")
+    };
+    let mut workspace = super::cuda::SpmmWorkspace::new();
+    let mut turn = 0;
+    Ok(Runner::new(cuda.clock(), move || {
+        turn = (turn + 1) % weights.len();
+        let w = &weights[turn];
+        super::cuda::spmm_bitmap_probe(cuda, w, &x, &mut y, &mut workspace, probe)
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every case is timed by both formats' kernels and the CUDA variants (and cuBLAS); each target case
-    /// (n = 16, 80%) also in increasing places and with a workspace per call, and in two
-    /// shapes by the three probes where this build has them (the `probes` feature).
+    /// Every case is timed by both formats' kernels and the CUDA variants (and cuBLAS); each
+    /// target case (n = 16, 80%) also in increasing places and with a workspace per call, and
+    /// in two shapes by both kernels' probes where this build has them (the `probes` feature).
     #[test]
     fn every_case_carries_its_comparisons() {
         let cases = bench_cases();
@@ -378,6 +409,14 @@ mod tests {
                         let probes = crate::backend::kernels::module("spmm_probe").is_some();
                         if !variant.is_probe() || (target && probe_shape && probes) {
                             expected.push(variant.label());
+                        }
+                    }
+                    #[cfg(feature = "cuda")]
+                    for probe in crate::spmm::cuda::BitmapProbe::ALL {
+                        let probe_shape = [(8192, 8192), (36864, 9216)].contains(&(m, k));
+                        let probes = crate::backend::kernels::module("spmm_bitmap_probe").is_some();
+                        if target && probe_shape && probes {
+                            expected.push(probe.label());
                         }
                     }
                     #[cfg(all(feature = "cuda", feature = "cli"))]

@@ -15,7 +15,7 @@ use crate::backend::cuda::{Cuda, Kernel, ids};
 use crate::element::{Float16, OutputElement};
 use crate::error::Result;
 use plan::{BitmapBuffers, BitmapSize, Buffers, Plan, SpmmLaunch, WeightSize};
-pub(crate) use variant::Variant;
+pub(crate) use variant::{BitmapProbe, Variant};
 
 mod plan;
 mod variant;
@@ -101,12 +101,78 @@ impl<T: Float16> DeviceBitmap<T> {
         }
     }
 
-    /// The launch of `n` tokens on `cuda` with `O` out.
-    fn launch<O: OutputElement<T>>(&self, cuda: &Cuda, n: usize) -> Result<SpmmLaunch> {
-        let kernel = bitmap_kernel::<T, O>(plan::tokens_per_block(n));
+    /// The launch of `n` tokens on `cuda` with `O` out, or of `probe` in its place.
+    fn launch<O: OutputElement<T>>(
+        &self,
+        cuda: &Cuda,
+        n: usize,
+        probe: Option<BitmapProbe>,
+    ) -> Result<SpmmLaunch> {
+        let tokens = plan::tokens_per_block(n);
+        let kernel = match probe {
+            Some(probe) => probe.kernel::<T, O>(tokens)?,
+            None => bitmap_kernel::<T, O>(tokens),
+        };
         let plan = Plan::bitmap(cuda.info(), self.size(), n, cuda.registers(kernel)?)?;
         Ok(SpmmLaunch { kernel, plan })
     }
+
+    /// Checks the arguments, plans the launch and enqueues spmm_bitmap.cu's kernel for `T` in
+    /// and `O` out, or `probe` (f16 in and out only) in its place.
+    fn enqueue_kernel<O: OutputElement<T> + DeviceRepr>(
+        &self,
+        cuda: &Cuda,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<O>,
+        workspace: &mut SpmmWorkspace,
+        probe: Option<BitmapProbe>,
+    ) -> Result<()>
+    where
+        T: DeviceRepr,
+    {
+        let n = output_tokens(x.len(), y.len(), self.m, self.k)?;
+        cuda.check_device("w", &self.masks)?;
+        cuda.check_device("x", x)?;
+        cuda.check_device("y", y)?;
+        let SpmmLaunch { kernel, plan } = self.launch::<O>(cuda, n, probe)?;
+        let mut args = cuda.args();
+        let (workspace, counters) = workspace.args(cuda, &plan, &mut args)?;
+        let params = plan.bitmap_params(BitmapBuffers {
+            masks: args.read(&self.masks),
+            unit_offsets: args.read(&self.unit_offsets),
+            values: args.read(&self.values),
+            x: args.read(x),
+            y: args.write(y),
+            workspace,
+            counters,
+        });
+        // SAFETY: `kernel` is one of spmm_bitmap.cu's kernels for T in and O out and the plan's
+        // tokens per block, or a probe (BitmapProbe::kernel checked that T and O are f16 and
+        // the tokens 16), which reads and writes what that kernel does, or less;
+        // TfSpmmBitmapParams is their parameter struct, and the addresses come from `args`.
+        // The weight passed Bitmap's validation before upload (16 masks a unit, no bit past the
+        // matrix, unit offsets from 0 to the value count, each unit's values its masks'
+        // popcount padded to 8), so every mask, offset and value the kernel reads is in
+        // bounds, and a stage holds plan.stage_capacity values, at least the most that one
+        // tile has (max_tile_values). x holds n·k values and y n·m (checked above), and the
+        // kernel guards token < n, row < m, column < k. The split-K workspace is as for
+        // Tiled-CSL (SpmmWorkspace::args). Plan checked the grid and shared memory against the
+        // device's limits.
+        unsafe { cuda.launch(kernel, plan.shape(), &params, args) }
+    }
+}
+
+/// Runs `probe` where [`spmm_with_workspace`] would run the bitmap kernel (9 to 16 tokens, f16;
+/// an error otherwise).
+pub(crate) fn spmm_bitmap_probe(
+    cuda: &Cuda,
+    w: &DeviceBitmap<f16>,
+    x: &impl DevicePtr<f16>,
+    y: &mut impl DevicePtrMut<f16>,
+    workspace: &mut SpmmWorkspace,
+    probe: BitmapProbe,
+) -> Result<()> {
+    w.enqueue_kernel(cuda, x, y, workspace, Some(probe))
 }
 
 impl<T: Float16> DeviceWeight<T> for DeviceBitmap<T> {
@@ -124,41 +190,16 @@ impl<T: Float16> DeviceWeight<T> for DeviceBitmap<T> {
     where
         T: DeviceRepr,
     {
-        let n = output_tokens(x.len(), y.len(), self.m, self.k)?;
-        cuda.check_device("w", &self.masks)?;
-        cuda.check_device("x", x)?;
-        cuda.check_device("y", y)?;
-        let SpmmLaunch { kernel, plan } = self.launch::<O>(cuda, n)?;
-        let mut args = cuda.args();
-        let (workspace, counters) = workspace.args(cuda, &plan, &mut args)?;
-        let params = plan.bitmap_params(BitmapBuffers {
-            masks: args.read(&self.masks),
-            unit_offsets: args.read(&self.unit_offsets),
-            values: args.read(&self.values),
-            x: args.read(x),
-            y: args.write(y),
-            workspace,
-            counters,
-        });
-        // SAFETY: `kernel` is one of spmm_bitmap.cu's kernels for T in and O out and the plan's
-        // tokens per block; TfSpmmBitmapParams is its parameter struct, and the addresses come
-        // from `args`. The weight passed Bitmap's validation before upload (16 masks a unit, no
-        // bit past the matrix, unit offsets from 0 to the value count, each unit's values its
-        // masks' popcount padded to 8), so every mask, offset and value the kernel reads is in
-        // bounds, and a stage holds plan.stage_capacity values, at least the most that one
-        // tile has (max_tile_values). x holds n·k values and y n·m (checked above), and the
-        // kernel guards token < n, row < m, column < k. The split-K workspace is as for
-        // Tiled-CSL (SpmmWorkspace::args). Plan checked the grid and shared memory against the
-        // device's limits.
-        unsafe { cuda.launch(kernel, plan.shape(), &params, args) }
+        self.enqueue_kernel(cuda, x, y, workspace, None)
     }
 
     fn reserve(&self, cuda: &Cuda, n: usize, workspace: &mut SpmmWorkspace) -> Result<()> {
         // The output type picks the kernel, whose registers may change the plan.
-        workspace.reserve_for(
-            cuda,
-            [self.launch::<T>(cuda, n)?, self.launch::<f32>(cuda, n)?],
-        )
+        let launches = [
+            self.launch::<T>(cuda, n, None)?,
+            self.launch::<f32>(cuda, n, None)?,
+        ];
+        workspace.reserve_for(cuda, launches)
     }
 }
 

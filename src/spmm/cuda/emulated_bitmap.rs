@@ -7,6 +7,7 @@ use half::{bf16, f16};
 use super::emulated::{NAN_WORDS, ORDERS, Workspace, bits, device, registers};
 use super::plan::tests::device as small_device;
 use super::plan::{BitmapBuffers, BitmapSize, Plan};
+use super::variant::BitmapProbe;
 use crate::backend::cuda::{CudaDeviceInfo, Kernel};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::element::{Dtype16, Float16, OutputElement};
@@ -31,6 +32,8 @@ struct Setup<'a> {
     fill: Fill,
     /// Elements of x's buffer before x (x's rows not 16-byte aligned when odd).
     x_shift: usize,
+    /// A probe in place of the kernel (f16 in and out, 16 tokens a block, bulk fill).
+    probe: Option<BitmapProbe>,
 }
 
 impl<'a> Setup<'a> {
@@ -40,6 +43,7 @@ impl<'a> Setup<'a> {
             order,
             fill,
             x_shift: 0,
+            probe: None,
         }
     }
 
@@ -59,9 +63,10 @@ impl<'a> Setup<'a> {
         };
         let plan =
             Plan::bitmap(self.device, size, n, registers(kernel)).map_err(|e| e.to_string())?;
-        let kernel = match self.fill {
-            Fill::Bulk => kernel,
-            Fill::Async => async_kernel::<T, O>(tokens),
+        let kernel = match (self.probe, self.fill) {
+            (Some(probe), _) => probe.kernel::<T, O>(tokens).map_err(|e| e.to_string())?,
+            (None, Fill::Bulk) => kernel,
+            (None, Fill::Async) => async_kernel::<T, O>(tokens),
         };
         Ok((kernel, plan))
     }
@@ -474,4 +479,48 @@ fn plans_spread_the_work_over_the_sms() {
             );
         }
     }
+}
+
+/// The probes (the target configuration's kernel with parts left out, for benchmarks) run
+/// through dense and empty tiles, a ring walked many times and split-K within their buffers,
+/// leave the counters zero and write y = 0; other token counts and types have none.
+#[test]
+fn probes_write_zeros() {
+    let Some(emulator) = Emulator::get() else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    for (sm_count, pattern, k, sparsity) in [
+        (1, Pattern::DenseAndEmptyTiles, 1500, 0.5),
+        (1, Pattern::Uniform, 64 * 40, 0.8),
+        (132, Pattern::Uniform, 1600, 0.8),
+        (4, Pattern::Uniform, 64, 0.0),
+    ] {
+        let case = Case {
+            pattern,
+            ..Case::new(300, k, 16, sparsity)
+        };
+        let what = format!("bitmap {case}, {sm_count} SMs, seed {seed}");
+        let device = device(sm_count);
+        let w = crate::spmm::check::weight::<f16>(&case, seed).unwrap();
+        let w = Bitmap::from_tiled_csl(&w).unwrap();
+        let x: Vec<f16> = (1..=case.n * case.k)
+            .map(|i| f16::from_f32((i % 13) as f32 / 8.0 - 0.75))
+            .collect();
+        for probe in BitmapProbe::ALL {
+            let setup = Setup {
+                probe: Some(probe),
+                ..Setup::new(&device, Order::Shuffled(seed), Fill::Bulk)
+            };
+            let y: Vec<f16> = run(emulator, &w, &x, setup)
+                .unwrap_or_else(|e| panic!("{what}: emulated {probe:?}: {e}"));
+            assert!(
+                y.iter().all(|v| v.to_bits() == 0),
+                "{what}: {probe:?} wrote y != 0"
+            );
+        }
+    }
+    assert!(BitmapProbe::Loads.kernel::<f16, f16>(8).is_err());
+    assert!(BitmapProbe::Loads.kernel::<f16, f32>(16).is_err());
+    assert!(BitmapProbe::NoMultiply.kernel::<bf16, bf16>(16).is_err());
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use super::{DeviceTiledCsl, SpmmWorkspace, Variant, spmm_variant};
+use super::{BitmapProbe, DeviceTiledCsl, SpmmWorkspace, Variant, spmm_variant};
 use crate::backend::cuda::Cuda;
 use crate::error::Result;
 use crate::harness::{Backends, Rng};
@@ -104,6 +104,37 @@ fn variants_on_the_device() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The bitmap kernel's probes stay in bounds and write y = 0 on the device, with split-K and
+/// without, where this build has them (the `probes` feature, as in the bundle).
+#[test]
+fn bitmap_probes_on_the_device() {
+    let Some(cuda) = device() else {
+        return;
+    };
+    if crate::backend::kernels::module("spmm_bitmap_probe").is_none() {
+        return;
+    }
+    let mut workspace = SpmmWorkspace::new();
+    for (m, k) in [(1000, 3000), (4100, 256)] {
+        let case = Case {
+            pattern: Pattern::DenseAndEmptyTiles,
+            ..Case::new(m, k, 13, 0.8)
+        };
+        let seed = Rng::fresh_seed();
+        let w = crate::spmm::Bitmap::from_tiled_csl(&weight::<f16>(&case, seed).unwrap()).unwrap();
+        let w = super::DeviceBitmap::upload(cuda, &w).unwrap();
+        let x = cuda.upload(&vec![f16::ONE; case.n * k]).unwrap();
+        for probe in BitmapProbe::ALL {
+            let what = format!("{case}, {probe:?}, seed {seed}");
+            let mut y = cuda.upload(&vec![nan_bits::<f16>(); case.n * m]).unwrap();
+            super::spmm_bitmap_probe(cuda, &w, &x, &mut y, &mut workspace, probe)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let y = cuda.download(&y).unwrap();
+            assert!(y.iter().all(|v| v.to_bits() == 0), "{what}: y != 0");
         }
     }
 }

@@ -93,3 +93,48 @@ impl Variant {
         }
     }
 }
+
+/// A probe of the bitmap kernel (`cuda/spmm_bitmap_probe.cu`, built with the `probes`
+/// feature): its kernel of 16 tokens with part of the work left out (it writes y = 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BitmapProbe {
+    /// The stages' copies, waits and releases alone.
+    Loads,
+    /// All but the mma: the copies and the decode into fragments.
+    NoMultiply,
+}
+
+impl BitmapProbe {
+    /// Both, from the least work to the most.
+    pub(crate) const ALL: [BitmapProbe; 2] = [BitmapProbe::Loads, BitmapProbe::NoMultiply];
+
+    /// The benchmark's name for its rows.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            BitmapProbe::Loads => "tilefuse bitmap probe: loads only",
+            BitmapProbe::NoMultiply => "tilefuse bitmap probe: all but mma",
+        }
+    }
+
+    /// Its kernel, which stands for the bitmap kernel of f16 in and out and 16 tokens a block.
+    pub(crate) fn kernel<T: Float16, O: OutputElement<T>>(
+        self,
+        tokens_per_block: u32,
+    ) -> Result<Kernel> {
+        if T::DTYPE != Dtype16::F16 || O::F32 {
+            return Err(Error::invalid(
+                "spmm bitmap probe",
+                "f16 in and out",
+                format!("{} in", T::NAME),
+            ));
+        }
+        if tokens_per_block != 16 {
+            return Err(Error::invalid(
+                "n (spmm bitmap probe)",
+                "9 to 16 tokens",
+                format!("a launch of {tokens_per_block} tokens per block"),
+            ));
+        }
+        Ok(ids::spmm_bitmap_probe::SPMM_BITMAP_PROBE[self as usize])
+    }
+}
