@@ -1,8 +1,9 @@
 // y[n, m] = x[n, k] · w[m, k]ᵀ with w in Tiled-CSL (src/spmm/format.rs): a workgroup owns 64
 // rows of m (half of a 128-row tile row), 16 tokens and one split of the k tiles; for each
-// 128 x 64 weight tile it scatters the entries of its half into a zeroed f32 tile in workgroup
-// memory, stages the x tile beside it, and each invocation accumulates one row for four
-// tokens, reading four columns of its row and four tokens of x at a time. f32 arithmetic. Weights and x hold 16-bit values (f16, or bf16 when BF16), two per
+// 128 x 64 weight tile it scatters the entries of its half into an f32 tile in workgroup
+// memory, marking each place in its row's 64-bit mask, stages the x tile beside it, and each
+// invocation accumulates one row for four tokens over the columns its row's mask marks, so
+// the time follows the nonzeros (and the tile needs no zeroing). f32 arithmetic. Weights and x hold 16-bit values (f16, or bf16 when BF16), two per
 // u32. Each split writes its f32 sums [split][n][m]; with one split and f32 output they are y,
 // else `finish` adds the splits in order and writes y as f32 or packed 16-bit values. Where
 // the driver cuts long loops short (llvmpipe: 65535 iterations per invocation in all), the
@@ -42,11 +43,13 @@ const PER_INVOCATION: u32 = 4u;
 //#windowed @binding(4, 17, 18, 19) var<storage, read_write> sums: array<f32>;
 //#windowed @binding(5, 20, 21, 22) var<storage, read_write> out: array<u32>;
 
-// The dense tile, each row padded by one value: the invocations of a warp read one column of
-// consecutive rows, which 65 words apart fall on every bank (64 apart, on one). Scalars, not
-// vectors, because the scatter's invocations write neighbouring values at once, and WGSL lets
-// a write of one vector component touch the whole vector.
+// The tile's values, each row padded by one value (rows 65 words apart fall on every bank);
+// only the places its row's mask marks hold this tile's values. Scalars, not vectors, because
+// the scatter's invocations write neighbouring values at once, and WGSL lets a write of one
+// vector component touch the whole vector.
 var<workgroup> dense: array<array<f32, TILE_K + 1u>, ROWS>;
+// Bit c % 32 of row_bits[r][c / 32]: the tile has an entry at (r, c).
+var<workgroup> row_bits: array<array<atomic<u32>, 2>, ROWS>;
 // The x tile by column: x_tile[c][g] holds tokens 4g .. 4g + 3 of column c, the four that one
 // invocation multiplies (one broadcast load), staged one vec4 per invocation.
 const GROUPS: u32 = TOKENS / PER_INVOCATION;
@@ -85,6 +88,7 @@ fn scatter(e: u32, row0: u32) {
     let swizzled = place % TILE_K;
     let col = (((swizzled / 8u) ^ (row % 8u)) * 8u) + swizzled % 8u;
     dense[row - row0][col] = from_bits(e & 0xffffu);
+    atomicOr(&row_bits[row - row0][col / 32u], 1u << (col % 32u));
 }
 
 @compute @workgroup_size(64, 4)
@@ -100,8 +104,8 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let first = split_first + min(params.tile_first, params.tiles_per_split);
     let tile_end = min(split_end, first + min(params.tile_count, params.tiles_per_split));
     for (var tile_k = first; tile_k < tile_end; tile_k++) {
-        for (var i = index; i < ROWS * TILE_K; i += 256u) {
-            dense[i / TILE_K][i % TILE_K] = 0.0;
+        if (index < ROWS * 2u) {
+            atomicStore(&row_bits[index / 2u][index % 2u], 0u);
         }
         workgroupBarrier();
         let tile = tile_m * params.tiles_k + tile_k;
@@ -116,12 +120,14 @@ fn spmm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         x_tile[index / GROUPS][index % GROUPS] = x_group(tile_k * TILE_K + index / GROUPS,
                                                          token0 + (index % GROUPS) * PER_INVOCATION);
         workgroupBarrier();
-        for (var c4 = 0u; c4 < TILE_K / 4u; c4++) {
-            let c = 4u * c4;
-            acc += dense[local.x][c] * x_tile[c][local.y];
-            acc += dense[local.x][c + 1u] * x_tile[c + 1u][local.y];
-            acc += dense[local.x][c + 2u] * x_tile[c + 2u][local.y];
-            acc += dense[local.x][c + 3u] * x_tile[c + 3u][local.y];
+        // The row's entries in column order (so the sums' order is fixed).
+        for (var half = 0u; half < 2u; half++) {
+            var bits = atomicLoad(&row_bits[local.x][half]);
+            while (bits != 0u) {
+                let c = 32u * half + firstTrailingBit(bits);
+                acc += dense[local.x][c] * x_tile[c][local.y];
+                bits &= bits - 1u;
+            }
         }
         workgroupBarrier();
     }

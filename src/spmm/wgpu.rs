@@ -65,9 +65,9 @@ wgsl_uniform! {
 }
 
 /// Loop iterations of an invocation per k tile, as if none were unrolled and with llvmpipe
-/// counting one more for each loop's exit: the tile loop, zeroing (16 steps), scattering (at
-/// most 8), staging x (4) and 16 steps of 4 columns.
-const LOOPS_PER_TILE: usize = 1 + 17 + 9 + 5 + 17;
+/// counting one more for each loop's exit: the tile loop, scattering (at most 8 steps), staging
+/// x (4), and the two halves of a row's mask, up to 32 entries each.
+const LOOPS_PER_TILE: usize = 1 + 9 + 5 + 3 + 2 * 33;
 /// Loop iterations of an invocation besides its tiles' (at most).
 const LOOPS_PER_INVOCATION: usize = 32;
 
