@@ -252,15 +252,11 @@ fn prepare(
     calls: Calls,
 ) -> Result<Option<Runner<'_>>> {
     #[cfg(feature = "cuda")]
-    match (calls, &w, backend) {
-        (Calls::Variant(variant), Weight::TiledCsl(w), Backend::Cuda) => {
-            return variant_runner(backends.cuda()?, w, n, variant).map(Some);
-        }
-        (Calls::BitmapProbe(probe), Weight::Bitmap(w), Backend::Cuda) => {
-            return bitmap_probe_runner(backends.cuda()?, w, n, probe).map(Some);
-        }
-        (Calls::Variant(_) | Calls::BitmapProbe(_), ..) => return Ok(None),
-        _ => {}
+    if matches!(calls, Calls::Variant(_) | Calls::BitmapProbe(_)) {
+        return match backend {
+            Backend::Cuda => variant_runner(backends.cuda()?, &w, n, calls).map(Some),
+            _ => Ok(None),
+        };
     }
     on_device!(backends, backend, |device| runner(device, &w, n, calls))
 }
@@ -332,46 +328,29 @@ fn runner<'a, D: OnDevice>(
     }))
 }
 
-/// A runner of a CUDA probe or variant kernel.
+/// A runner of a CUDA probe or variant kernel (`calls`) in place of its format's kernel.
 #[cfg(feature = "cuda")]
 fn variant_runner<'a>(
     cuda: &'a crate::backend::cuda::Cuda,
-    w: &Arc<TiledCsl<f16>>,
+    w: &Weight,
     n: usize,
-    variant: super::cuda::Variant,
+    calls: Calls,
 ) -> Result<Runner<'a>> {
-    let Operands { weights, x, mut y } =
-        Operands::upload(cuda, &Weight::TiledCsl(Arc::clone(w)), n)?;
-    let Copies::TiledCsl(weights) = weights else {
-        unreachable!("uploaded as Tiled-CSL")
-    };
+    let Operands { weights, x, mut y } = Operands::upload(cuda, w, n)?;
     let mut workspace = super::cuda::SpmmWorkspace::new();
     let mut turn = 0;
     Ok(Runner::new(cuda.clock(), move || {
         turn = (turn + 1) % weights.len();
-        let w = &weights[turn];
-        super::cuda::spmm_variant(cuda, w, &x, &mut y, &mut workspace, variant)
-    }))
-}
-
-/// A runner of a CUDA probe of the bitmap kernel.
-#[cfg(feature = "cuda")]
-fn bitmap_probe_runner<'a>(
-    cuda: &'a crate::backend::cuda::Cuda,
-    w: &Arc<Bitmap<f16>>,
-    n: usize,
-    probe: super::cuda::BitmapProbe,
-) -> Result<Runner<'a>> {
-    let Operands { weights, x, mut y } = Operands::upload(cuda, &Weight::Bitmap(Arc::clone(w)), n)?;
-    let Copies::Bitmap(weights) = weights else {
-        unreachable!("uploaded as a bitmap")
-    };
-    let mut workspace = super::cuda::SpmmWorkspace::new();
-    let mut turn = 0;
-    Ok(Runner::new(cuda.clock(), move || {
-        turn = (turn + 1) % weights.len();
-        let w = &weights[turn];
-        super::cuda::spmm_bitmap_probe(cuda, w, &x, &mut y, &mut workspace, probe)
+        let workspace = &mut workspace;
+        match (&weights, calls) {
+            (Copies::TiledCsl(w), Calls::Variant(variant)) => {
+                super::cuda::spmm_variant(cuda, &w[turn], &x, &mut y, workspace, variant)
+            }
+            (Copies::Bitmap(w), Calls::BitmapProbe(probe)) => {
+                super::cuda::spmm_bitmap_probe(cuda, &w[turn], &x, &mut y, workspace, probe)
+            }
+            _ => unreachable!("bench_cases pairs each variant with its format"),
+        }
     }))
 }
 

@@ -130,10 +130,7 @@ impl<T: Float16> DeviceBitmap<T> {
     where
         T: DeviceRepr,
     {
-        let n = output_tokens(x.len(), y.len(), self.m, self.k)?;
-        cuda.check_device("w", &self.masks)?;
-        cuda.check_device("x", x)?;
-        cuda.check_device("y", y)?;
+        let n = checked_tokens(cuda, [self.m, self.k], &self.masks, x, y)?;
         let SpmmLaunch { kernel, plan } = self.launch::<O>(cuda, n, probe)?;
         let mut args = cuda.args();
         let (workspace, counters) = workspace.args(cuda, &plan, &mut args)?;
@@ -498,10 +495,7 @@ where
     T: Float16 + DeviceRepr,
     O: OutputElement<T> + DeviceRepr,
 {
-    let n = output_tokens(x.len(), y.len(), w.m, w.k)?;
-    cuda.check_device("w", &w.entries)?;
-    cuda.check_device("x", x)?;
-    cuda.check_device("y", y)?;
+    let n = checked_tokens(cuda, [w.m, w.k], &w.entries, x, y)?;
     let SpmmLaunch { kernel, plan } = w.launch::<O>(cuda, n, variant)?;
     let mut args = cuda.args();
     let (workspace, counters) = workspace.args(cuda, &plan, &mut args)?;
@@ -529,6 +523,22 @@ where
     // the kernel returns before any workspace access. Plan checked the grid and shared memory
     // against the device's limits.
     unsafe { cuda.launch(kernel, plan.shape(), &params, args) }
+}
+
+/// The token count of `y [n, m] = x [n, k] · wᵀ` for a weight of `shape`, once the lengths of x
+/// and y agree with it and the weight (one of its buffers), x and y are on `cuda`'s device.
+fn checked_tokens<T, O, W>(
+    cuda: &Cuda,
+    [m, k]: [usize; 2],
+    w: &impl cudarc::driver::DeviceSlice<W>,
+    x: &impl DevicePtr<T>,
+    y: &impl DevicePtrMut<O>,
+) -> Result<usize> {
+    let n = output_tokens(x.len(), y.len(), m, k)?;
+    cuda.check_device("w", w)?;
+    cuda.check_device("x", x)?;
+    cuda.check_device("y", y)?;
+    Ok(n)
 }
 
 /// spmm.cu's kernel for `T` in, `O` out and `tokens_per_block` (8, 16, 32 or 64).

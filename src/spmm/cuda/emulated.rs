@@ -63,10 +63,36 @@ pub(super) struct Workspace {
     pub(super) partials: Guarded<u32>,
     pub(super) counters: Guarded<u32>,
     /// Words of each.
-    pub(super) sizes: (usize, usize),
+    sizes: (usize, usize),
 }
 
 impl Workspace {
+    /// An error unless it holds what a launch of `plan` needs.
+    pub(super) fn fits(&self, plan: &Plan) -> Result<(), String> {
+        let (partials, counters) = self.sizes;
+        if plan.split_k() && (partials < plan.partials() || counters < plan.counters()) {
+            return Err(format!(
+                "a workspace of {:?} words is too small",
+                self.sizes
+            ));
+        }
+        Ok(())
+    }
+
+    /// An error unless a launch left it in bounds and its counters at zero.
+    pub(super) fn check_after(&self) -> Result<(), String> {
+        self.partials.read("split-K partials")?;
+        if self
+            .counters
+            .read("split-K counters")?
+            .iter()
+            .any(|&c| c != 0)
+        {
+            return Err("split-K counters not left at zero".into());
+        }
+        Ok(())
+    }
+
     pub(super) fn new(partials: usize, counters: usize) -> Workspace {
         Workspace {
             partials: Guarded::new(&vec![NAN_WORDS; partials]),
@@ -150,17 +176,8 @@ fn run_in<T: Float16, O: OutputElement<T>>(
     let mut entries = Guarded::new(w.device_entries());
     let mut offsets = Guarded::new(w.tile_offsets());
     let mut x_buffer = Guarded::new(&[&vec![T::default(); x_shift][..], x].concat());
-    let poison: Vec<O> =
-        bytemuck::cast_slice(&vec![NAN_WORDS; (n * m * size_of::<O>()).div_ceil(4)])[..n * m]
-            .to_vec();
-    let mut y = Guarded::new(&poison);
-    let (partials, counters) = workspace.sizes;
-    if plan.split_k() && (partials < plan.partials() || counters < plan.counters()) {
-        return Err(format!(
-            "a workspace of {:?} words is too small",
-            workspace.sizes
-        ));
-    }
+    let mut y = Guarded::new(&poison::<O>(n * m));
+    workspace.fits(&plan)?;
     let params = plan.params(Buffers {
         entries: entries.address(),
         tile_offsets: offsets.address(),
@@ -188,16 +205,13 @@ fn run_in<T: Float16, O: OutputElement<T>>(
     if x_buffer.read("x")?[x_shift..] != *x {
         return Err("x was written".into());
     }
-    workspace.partials.read("split-K partials")?;
-    if workspace
-        .counters
-        .read("split-K counters")?
-        .iter()
-        .any(|&c| c != 0)
-    {
-        return Err("split-K counters not left at zero".into());
-    }
+    workspace.check_after()?;
     y.read("y")
+}
+
+/// `len` outputs of NaN.
+pub(super) fn poison<O: bytemuck::Pod>(len: usize) -> Vec<O> {
+    bytemuck::cast_slice(&vec![NAN_WORDS; (len * size_of::<O>()).div_ceil(4)])[..len].to_vec()
 }
 
 fn check_case(case: &Case, device: &CudaDeviceInfo, order: Order) {

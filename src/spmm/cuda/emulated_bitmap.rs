@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 
-use super::emulated::{NAN_WORDS, ORDERS, Workspace, bits, device, registers};
+use super::emulated::{ORDERS, Workspace, bits, device, poison, registers};
 use super::plan::tests::device as small_device;
 use super::plan::{BitmapBuffers, BitmapSize, Plan};
 use super::variant::BitmapProbe;
@@ -118,17 +118,8 @@ fn run_in<T: Float16, O: OutputElement<T>>(
     });
     let x_padded = [&vec![T::default(); setup.x_shift][..], x].concat();
     let mut x_buffer = Guarded::new(&x_padded);
-    let poison: Vec<O> =
-        bytemuck::cast_slice(&vec![NAN_WORDS; (n * m * size_of::<O>()).div_ceil(4)])[..n * m]
-            .to_vec();
-    let mut y = Guarded::new(&poison);
-    let (partials, counters) = workspace.sizes;
-    if plan.split_k() && (partials < plan.partials() || counters < plan.counters()) {
-        return Err(format!(
-            "a workspace of {:?} words is too small",
-            workspace.sizes
-        ));
-    }
+    let mut y = Guarded::new(&poison::<O>(n * m));
+    workspace.fits(&plan)?;
     let params = plan.bitmap_params(BitmapBuffers {
         masks: masks.address(),
         unit_offsets: offsets.address(),
@@ -158,15 +149,7 @@ fn run_in<T: Float16, O: OutputElement<T>>(
     if x_buffer.read("x")?[setup.x_shift..] != *x {
         return Err("x was written".into());
     }
-    workspace.partials.read("split-K partials")?;
-    if workspace
-        .counters
-        .read("split-K counters")?
-        .iter()
-        .any(|&c| c != 0)
-    {
-        return Err("split-K counters not left at zero".into());
-    }
+    workspace.check_after()?;
     y.read("y")
 }
 

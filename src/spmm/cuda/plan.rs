@@ -284,11 +284,7 @@ impl Plan {
     /// The kernel's parameters for these buffers; without split-K the workspace's addresses
     /// are passed as 0, as abi.h asks.
     pub(crate) fn params(&self, buffers: Buffers) -> TfSpmmParams {
-        let (workspace, counters) = if self.split_k() {
-            (buffers.workspace, buffers.counters)
-        } else {
-            (0, 0)
-        };
+        let (workspace, counters) = self.workspace(buffers.workspace, buffers.counters);
         TfSpmmParams {
             entries: buffers.entries,
             tile_offsets: buffers.tile_offsets,
@@ -305,13 +301,18 @@ impl Plan {
         }
     }
 
-    /// The bitmap kernel's parameters for these buffers (workspace as in [`Plan::params`]).
-    pub(crate) fn bitmap_params(&self, buffers: BitmapBuffers) -> TfSpmmBitmapParams {
-        let (workspace, counters) = if self.split_k() {
-            (buffers.workspace, buffers.counters)
+    /// The split-K workspace's addresses as the kernels take them: 0 without split-K.
+    fn workspace(&self, partials: u64, counters: u64) -> (u64, u64) {
+        if self.split_k() {
+            (partials, counters)
         } else {
             (0, 0)
-        };
+        }
+    }
+
+    /// The bitmap kernel's parameters for these buffers (workspace as in [`Plan::params`]).
+    pub(crate) fn bitmap_params(&self, buffers: BitmapBuffers) -> TfSpmmBitmapParams {
+        let (workspace, counters) = self.workspace(buffers.workspace, buffers.counters);
         TfSpmmBitmapParams {
             masks: buffers.masks,
             unit_offsets: buffers.unit_offsets,

@@ -61,17 +61,7 @@ impl Variant {
         self,
         tokens_per_block: u32,
     ) -> Result<Kernel> {
-        if T::DTYPE != Dtype16::F16 || O::F32 {
-            return Err(Error::invalid(
-                "spmm variant",
-                "f16 in and out",
-                format!(
-                    "{} in, {} out",
-                    T::NAME,
-                    if O::F32 { "f32" } else { T::NAME }
-                ),
-            ));
-        }
+        f16_only::<T, O>("spmm variant")?;
         self.f16_kernel(tokens_per_block).ok_or_else(|| {
             Error::invalid(
                 "n (spmm probe)",
@@ -121,13 +111,7 @@ impl BitmapProbe {
         self,
         tokens_per_block: u32,
     ) -> Result<Kernel> {
-        if T::DTYPE != Dtype16::F16 || O::F32 {
-            return Err(Error::invalid(
-                "spmm bitmap probe",
-                "f16 in and out",
-                format!("{} in", T::NAME),
-            ));
-        }
+        f16_only::<T, O>("spmm bitmap probe")?;
         if tokens_per_block != 16 {
             return Err(Error::invalid(
                 "n (spmm bitmap probe)",
@@ -137,4 +121,17 @@ impl BitmapProbe {
         }
         Ok(ids::spmm_bitmap_probe::SPMM_BITMAP_PROBE[self as usize])
     }
+}
+
+/// An error unless `T` and `O` are f16 (the types the variants and probes have kernels for).
+fn f16_only<T: Float16, O: OutputElement<T>>(what: &'static str) -> Result<()> {
+    if T::DTYPE == Dtype16::F16 && !O::F32 {
+        return Ok(());
+    }
+    let out = if O::F32 { "f32" } else { T::NAME };
+    Err(Error::invalid(
+        what,
+        "f16 in and out",
+        format!("{} in, {out} out", T::NAME),
+    ))
 }
