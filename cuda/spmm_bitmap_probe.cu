@@ -5,7 +5,7 @@
 #include "spmm/bitmap.cuh"
 
 #define TF_SPMM_BITMAP_PROBE(name, parts)                                                           \
-    extern "C" __global__ void __launch_bounds__(spmm_bitmap::kThreads)                            \
+    extern "C" __global__ void __launch_bounds__(spmm_bitmap::kThreads, 2)                         \
         tilefuse_spmm_bitmap_probe_##name##_f16_n16(const __grid_constant__ TfSpmmBitmapParams p) { \
         spmm_bitmap::spmm<tf::F16, 16, false, tf::kBulkCopies, spmm_bitmap::parts>(p);            \
     }

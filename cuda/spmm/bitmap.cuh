@@ -33,8 +33,7 @@ constexpr int kUnits = kTileM / kUnitM;  // unit rows of a tile, one consumer wa
 constexpr int kBlocks = 16;              // 8 x 8 blocks of a unit
 constexpr uint32_t kUnitMaskBytes = kBlocks * 8;
 constexpr uint32_t kMaskBytes = kUnits * kUnitMaskBytes;
-constexpr int kConsumers = kUnits * 32;
-constexpr int kThreads = kConsumers + 32;  // and the producer warp
+constexpr int kThreads = (kUnits + 1) * 32;  // a consumer warp per unit row, and the producer
 static_assert(kThreads == TF_SPMM_BITMAP_WARPS * 32, "abi.h's warps: a consumer per unit row and the producer");
 static_assert(kTileK == 64, "a unit column is one k tile");
 
@@ -50,7 +49,7 @@ enum Parts : int { kLoads = 0, kDecode = 1, kAll = 3 };
 template <int N>
 struct Shared {
     uint64_t *full;   // [stages]: the producer's copies into a stage have landed
-    uint64_t *empty;  // [stages]: every consumer is done with a stage
+    uint64_t *empty;  // [stages]: every consumer warp is done with a stage
     uint8_t *stages;
     uint32_t *offsets;  // [kUnits][stride]: unit_offsets of unit row i, k tiles k_begin ..
     uint32_t *last;
@@ -212,7 +211,9 @@ __device__ __forceinline__ void consume(const Shared<N> &sm, uint32_t k_count, u
     for (uint32_t t = 0; t < k_count; ++t) {
         tf::mbarrier_wait(tf::smem_addr(&sm.full[ring.stage]), ring.phase);
         if (Work != kLoads && warp < rows) multiply<In, N, Work>(sm, ring.stage, t, warp, acc);
-        tf::mbarrier_arrive(tf::smem_addr(&sm.empty[ring.stage]));
+        // One arrival a warp, once all its lanes are done with the stage.
+        __syncwarp();
+        if (threadIdx.x % 32 == 0) tf::mbarrier_arrive(tf::smem_addr(&sm.empty[ring.stage]));
         ring.advance(sm.count);
     }
 }
@@ -237,7 +238,7 @@ __device__ __forceinline__ void spmm(const TfSpmmBitmapParams &p) {
     }
     if (tid < sm.count) {
         tf::mbarrier_init(tf::smem_addr(&sm.full[tid]), 32);
-        tf::mbarrier_init(tf::smem_addr(&sm.empty[tid]), kConsumers);
+        tf::mbarrier_init(tf::smem_addr(&sm.empty[tid]), kUnits);
     }
     tf::mbarrier_init_fence();
     __syncthreads();

@@ -38,7 +38,7 @@ __device__ __forceinline__ void load_x_tile(uint64_t x_address, uint32_t n, uint
             const bool valid = token < n && col < k;
             tf::cp_async_16(tf::smem_addr(dst), valid ? x + size_t(token) * k + col : x, valid);
         } else {
-            uint16_t values[8];
+            alignas(16) uint16_t values[8];
 #pragma unroll
             for (int i = 0; i < 8; ++i)
                 values[i] = (token < n && col + i < k) ? x[size_t(token) * k + col + i] : 0;
