@@ -1,10 +1,13 @@
 // Block-sparse attention forward in the FlashAttention-2 design. A block owns BM query rows
-// (one mask query block) of one head and batch row; each warp owns 16 rows. The block walks
-// the mask's listed key blocks (partial first, then full) in tiles of 64 keys: K and V tiles
-// arrive by cp.async, double-buffered; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16 with
-// f32 accumulators (P is reused from S's registers); the softmax is online, in base 2, with
-// a running max and sum per row. Element masks are applied in partial blocks only; keys past
-// lk are always masked.
+// (one mask query block) of one head and batch row; each warp owns 16 rows, whose Q fragments
+// it holds in registers. The block walks the mask's listed key blocks (partial first, then
+// full) in tiles of 64 keys: K and V tiles arrive by cp.async, double-buffered, each tile's
+// place in the lists read one tile ahead; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
+// with f32 accumulators (P is reused from S's registers), each k step's K or V fragments
+// loaded four matrices at a time before its mmas; the softmax is online, in base 2 (ex2.approx),
+// with a running max and sum per row. The element mask is decided per warp and tile (all of
+// its 16 x 64 scores allowed, none, or some) and tested per element only where the tile
+// crosses its edge or lk.
 #include "abi.h"
 #include "common/mma.cuh"
 #include "common/types.cuh"
@@ -37,14 +40,37 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const uint16_t *slice, 
 // arithmetic (no fast math) keeps it from being folded away.
 __device__ __forceinline__ float nan_unless_finite(float x) { return fmaf(x, 0.0f, x); }
 
-__device__ __forceinline__ bool element_allows(const TfAttentionParams &p, uint32_t i, uint32_t j) {
-    const int64_t distance = int64_t(i) + p.lk - p.lq - j;  // i' - j
+// The distances i' - j (i' = i + lk - lq: rows aligned bottom-right) that the element mask
+// allows, an interval: causal i' >= j, sliding window |i' - j| < window, both, or all.
+struct Allowed {
+    int64_t lo, hi;
+    __device__ bool contains(int64_t distance) const { return lo <= distance && distance <= hi; }
+};
+__device__ __forceinline__ Allowed allowed_distances(const TfAttentionParams &p) {
+    constexpr int64_t kAll = int64_t(1) << 40;  // past any distance of 32-bit rows and keys
+    const int64_t window = p.window;
     switch (p.element) {
-        case 1: return distance >= 0;
-        case 2: return (distance < 0 ? -distance : distance) < int64_t(p.window);
-        case 3: return distance >= 0 && distance < int64_t(p.window);
-        default: return true;
+        case 1: return {0, kAll};
+        case 2: return {1 - window, window - 1};
+        case 3: return {0, window - 1};
+        default: return {-kAll, kAll};
     }
+}
+
+// Which of a warp's 16 x kKv scores of a tile the mask allows.
+enum class Coverage { kAll, kNone, kSome };
+
+// The coverage of the tile from key `key0` for the 16 rows from `row0`: a full block's tiles
+// allow all their keys, a partial block's as the element mask says; keys past lk never.
+__device__ __forceinline__ Coverage coverage(const TfAttentionParams &p, const Allowed &allowed,
+                                             bool partial, uint32_t row0, uint32_t key0) {
+    const int64_t shift = int64_t(p.lk) - p.lq;
+    const int64_t nearest = int64_t(row0) + shift - (key0 + kKv - 1);  // the least i' - j
+    const int64_t farthest = int64_t(row0) + 15 + shift - key0;        // the most
+    const bool past_lk = key0 + kKv > p.lk;
+    if (partial && (farthest < allowed.lo || nearest > allowed.hi)) return Coverage::kNone;
+    const bool inside = !partial || (allowed.contains(nearest) && allowed.contains(farthest));
+    return inside && !past_lk ? Coverage::kAll : Coverage::kSome;
 }
 
 template <class In, int D, int BM>
@@ -72,34 +98,52 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
     const uint32_t tiles_per_block = p.block_n / kKv;
     const uint32_t tiles = (n_partial + n_full) * tiles_per_block;
-    // The first key of tile t, and whether its block is partial.
-    const auto tile_key = [&](uint32_t t, bool &is_partial) {
+    // Where tile t lies: its first key, and whether its block is partial.
+    struct Tile {
+        uint32_t key0;
+        bool partial;
+    };
+    const auto tile_at = [&](uint32_t t) {
         const uint32_t n = t / tiles_per_block;
-        is_partial = n < n_partial;
+        const bool is_partial = n < n_partial;
         const uint32_t block = is_partial ? partial[partial_offsets[mask_row] + n]
                                           : full[full_offsets[mask_row] + n - n_partial];
-        return block * p.block_n + (t % tiles_per_block) * kKv;
+        return Tile{block * p.block_n + (t % tiles_per_block) * kKv, is_partial};
     };
-    const auto load_kv = [&](uint32_t t, int stage) {
-        bool is_partial;
-        const uint32_t key0 = tile_key(t, is_partial);
-        load_rows<D, kKv, kThreads>(k_tile(stage), k, p.k_stride_l, key0, p.lk);
-        load_rows<D, kKv, kThreads>(v_tile(stage), v, p.v_stride_l, key0, p.lk);
+    const auto load_kv = [&](const Tile &tile, int stage) {
+        load_rows<D, kKv, kThreads>(k_tile(stage), k, p.k_stride_l, tile.key0, p.lk);
+        load_rows<D, kKv, kThreads>(v_tile(stage), v, p.v_stride_l, tile.key0, p.lk);
     };
 
     load_rows<D, BM, kThreads>(q_tile, q, p.q_stride_l, q_block * BM, p.lq);
-    if (tiles > 0) load_kv(0, 0);
     tf::cp_async_commit();
+    Tile next = {0, false};
+    if (tiles > 0) {
+        next = tile_at(0);
+        load_kv(next, 0);
+    }
+    tf::cp_async_commit();
+    tf::cp_async_wait<1>();  // Q
+    __syncthreads();
+    // The warp's Q fragments, for every tile.
+    uint32_t q_frag[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+        tf::ldmatrix_x4(q_frag[kk], q_tile + swizzled<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
 
     float out[D / 8][4] = {};
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
-    const uint32_t row0 = q_block * BM + warp * 16 + lane / 4;  // rows row0 and row0 + 8
+    const uint32_t warp_row0 = q_block * BM + warp * 16;
+    const uint32_t row0 = warp_row0 + lane / 4;  // the thread's rows: row0 and row0 + 8
+    const Allowed allowed = allowed_distances(p);
 
     for (uint32_t t = 0; t < tiles; ++t) {
         const int stage = t % 2;
+        const Tile tile = next;
         if (t + 1 < tiles) {
-            load_kv(t + 1, stage ^ 1);
+            next = tile_at(t + 1);
+            load_kv(next, stage ^ 1);
             tf::cp_async_commit();
             tf::cp_async_wait<1>();
         } else {
@@ -111,26 +155,34 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         float s[kKv / 8][4] = {};
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t a[4];
-            tf::ldmatrix_x4(a, q_tile + swizzled<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+            uint32_t b[kKv / 8][2];
 #pragma unroll
-            for (int j = 0; j < kKv / 8; ++j) {
-                uint32_t b[2];
-                tf::ldmatrix_x2(b, k_tile(stage) + swizzled<D>(j * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
-                In::mma(s[j], a, b);
+            for (int jj = 0; jj < kKv / 16; ++jj) {
+                uint32_t r[4];  // keys 16 jj .. + 7 and 16 jj + 8 .. + 15
+                tf::ldmatrix_x4(r, k_tile(stage) + swizzled<D>((2 * jj + lane / 16) * 8 + lane % 8,
+                                                               kk * 2 + (lane / 8) % 2));
+                b[2 * jj][0] = r[0];
+                b[2 * jj][1] = r[1];
+                b[2 * jj + 1][0] = r[2];
+                b[2 * jj + 1][1] = r[3];
             }
+#pragma unroll
+            for (int j = 0; j < kKv / 8; ++j) In::mma(s[j], q_frag[kk], b[j]);
         }
 
         // Mask, scale to base 2, and the online softmax of each of the thread's two rows.
-        bool is_partial;
-        const uint32_t key0 = tile_key(t, is_partial);
+        const Coverage covered = coverage(p, allowed, tile.partial, warp_row0, tile.key0);
 #pragma unroll
         for (int j = 0; j < kKv / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const uint32_t key = key0 + j * 8 + (lane % 4) * 2 + e % 2;
-                const uint32_t row = row0 + (e / 2) * 8;
-                const bool ok = key < p.lk && (!is_partial || element_allows(p, row, key));
+                bool ok = covered == Coverage::kAll;
+                if (covered == Coverage::kSome) {
+                    const uint32_t key = tile.key0 + j * 8 + (lane % 4) * 2 + e % 2;
+                    const int64_t row = row0 + (e / 2) * 8;
+                    ok = key < p.lk &&
+                         (!tile.partial || allowed.contains(row + int64_t(p.lk) - p.lq - key));
+                }
                 s[j][e] = ok ? nan_unless_finite(s[j][e]) * p.scale_log2 : -INFINITY;
             }
 #pragma unroll
@@ -142,7 +194,7 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
             const float new_max = fmaxf(row_max[r], tile_max);
             const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
-            const float correction = exp2f(row_max[r] - base);
+            const float correction = tf::exp2_approx(row_max[r] - base);
             row_max[r] = new_max;
             row_sum[r] *= correction;
 #pragma unroll
@@ -152,8 +204,8 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
             }
 #pragma unroll
             for (int j = 0; j < kKv / 8; ++j) {
-                s[j][2 * r] = exp2f(s[j][2 * r] - base);
-                s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - base);
+                s[j][2 * r] = tf::exp2_approx(s[j][2 * r] - base);
+                s[j][2 * r + 1] = tf::exp2_approx(s[j][2 * r + 1] - base);
                 row_sum[r] += s[j][2 * r] + s[j][2 * r + 1];
             }
         }
@@ -164,12 +216,18 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
             const uint32_t a[4] = {
                 In::pack(s[2 * kk][0], s[2 * kk][1]), In::pack(s[2 * kk][2], s[2 * kk][3]),
                 In::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), In::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t b[D / 8][2];
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                uint32_t b[2];
-                tf::ldmatrix_x2_trans(b, v_tile(stage) + swizzled<D>(kk * 16 + lane % 16, n));
-                In::mma(out[n], a, b);
+            for (int nn = 0; nn < D / 16; ++nn) {
+                uint32_t r[4];  // columns 16 nn .. + 7 and 16 nn + 8 .. + 15 of v
+                tf::ldmatrix_x4_trans(r, v_tile(stage) + swizzled<D>(kk * 16 + lane % 16, 2 * nn + lane / 16));
+                b[2 * nn][0] = r[0];
+                b[2 * nn][1] = r[1];
+                b[2 * nn + 1][0] = r[2];
+                b[2 * nn + 1][1] = r[3];
             }
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) In::mma(out[n], a, b[n]);
         }
         __syncthreads();  // this stage is read; the next iteration's copy may overwrite it
     }

@@ -292,6 +292,25 @@ inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { tf_emu::ldmatrix<2, f
 inline void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) {
     tf_emu::ldmatrix<2, true>(r, addr, "ldmatrix.x2.trans");
 }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    tf_emu::ldmatrix<4, true>(r, addr, "ldmatrix.x4.trans");
+}
+// ex2.approx.ftz: 2^x off by up to 2 ulp (PTX ISA: max relative error about 2^-22), here
+// by an amount that depends on x's bits, so that a test bound that only exact exp2 meets
+// fails; subnormal inputs count as 0 and subnormal results are flushed to +0.
+inline float exp2_approx(float x) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, 4);
+    if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
+    const float exact = std::exp2(x);
+    if (!std::isfinite(exact) || exact == 0.0f) return exact;
+    if (std::fpclassify(exact) == FP_SUBNORMAL) return 0.0f;
+    const int ulps = int((bits * 2654435761u) >> 30) - 2 + ((bits >> 7) & 1);  // -2 .. 2
+    float y = exact;
+    for (int i = 0; i < (ulps < 0 ? -ulps : ulps); ++i)
+        y = std::nextafter(y, ulps < 0 ? 0.0f : INFINITY);
+    return std::fpclassify(y) == FP_SUBNORMAL ? 0.0f : y;
+}
 inline void mma_m16n8k16_f16_f32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     tf_emu::mma_m16n8k16(d, a, b, tf_emu::f16_bits_to_float);
 }

@@ -137,6 +137,30 @@ fn every_mask() {
     }
 }
 
+/// The kernel decides the element mask per warp and tile (all allowed, none, or some): masks
+/// whose edge passes exactly through a corner of a warp's 16 x 64 scores, where one score
+/// alone is on the allowed side (lk − lq shifts the diagonal there): row 15 and key 64 on the
+/// causal diagonal; the first row and the last key of a tile on a window's far edge; the
+/// last row and the first key on its near edge.
+#[test]
+fn mask_edges_through_a_warps_corner() {
+    let cases = [
+        (MaskKind::Causal, 80, 129),
+        (MaskKind::Window(100, false), 50, 212),
+        (MaskKind::Window(100, false), 200, 214),
+        (MaskKind::Window(70, true), 60, 192),
+    ];
+    for (i, (mask, lq, lk)) in cases.into_iter().enumerate() {
+        check_case(
+            &Case {
+                mask,
+                ..Case::new(lq, lk)
+            },
+            ORDERS[i % 3],
+        );
+    }
+}
+
 #[test]
 fn ragged_lengths_and_heads() {
     let cases = [
