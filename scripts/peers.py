@@ -240,6 +240,28 @@ def peer_attention(torch, device):
                 print(f"peer_attention: FlexAttention {mask} l={l}: {e}", flush=True)
         del q, k, v
         torch.cuda.empty_cache()
+    # Decode-shaped calls (src/attention/bench.rs): 1 and 16 queries against 32k keys, GQA
+    # 32/8, no mask, through SDPA's default choice and its flash and cuDNN backends.
+    kv_heads, lk = 8, 32768
+    k, v = (torch.randn(1, kv_heads, lk, d, dtype=torch.float16, device="cuda") for _ in range(2))
+    for lq in [1, 16]:
+        q = torch.randn(1, heads, lq, d, dtype=torch.float16, device="cuda")
+        name = f"b=1 hq={heads} hkv={kv_heads} d={d} lq={lq} lk={lk} dense"
+        moved = 2 * 2 * (lq * heads + lk * kv_heads) * d
+        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
+        for backend, label in [(None, "torch-sdpa"), (SDPBackend.FLASH_ATTENTION, "torch-sdpa-flash"),
+                               (SDPBackend.CUDNN_ATTENTION, "torch-sdpa-cudnn")]:
+            try:
+                if backend is None:
+                    timing = time_cuda(torch, sdpa)
+                else:
+                    with sdpa_kernel(backend):
+                        timing = time_cuda(torch, sdpa)
+                yield record("attention", name, label, device, timing, moved, 4 * d * heads * lq * lk)
+            except Exception as e:  # noqa: BLE001
+                print(f"peer_attention: {label} {name}: {e}", flush=True)
+    del k, v
+    torch.cuda.empty_cache()
 
 
 # tilefuse op -> its peers

@@ -1,5 +1,6 @@
 //! Attention's benchmark cases for `tilefuse bench` and `benches/attention.rs`: b = 1,
-//! hq = 32, d = 128 at 8k and 32k keys, for the masks of docs/design.md.
+//! hq = 32, d = 128 at 8k and 32k keys, for the masks of docs/design.md, and decode-shaped
+//! calls (1 and 16 queries against 32k keys, GQA 32/8).
 
 use half::f16;
 
@@ -62,8 +63,34 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
             ));
         }
     }
+    for lq in DECODE_QUERIES {
+        let (lk, kv_heads) = (DECODE_KEYS, DECODE_KV_HEADS);
+        let flops = (4 * d * lq * lk * heads) as u64;
+        let bytes = (2 * 2 * (lq * heads + lk * kv_heads) * d) as u64; // q, o; k, v
+        let case = format!("b=1 hq={heads} hkv={kv_heads} d={d} lq={lq} lk={lk} dense");
+        cases.push(BenchCase::new(
+            "attention",
+            case,
+            bytes,
+            flops,
+            move |backends, backend| {
+                // (lavapipe's loop budget: minutes at 32k keys.)
+                if backend == Backend::Wgpu {
+                    return Ok(None);
+                }
+                let shape = AttentionShape::new(1, lq, lk, heads, kv_heads, d)?;
+                let mask = BlockMask::dense(MaskShape::new(lq, lk))?;
+                run_shape(backends, backend, shape, mask)
+            },
+        ));
+    }
     cases
 }
+
+/// The decode-shaped cases: queries, keys and key-value heads (GQA 32/8).
+const DECODE_QUERIES: [usize; 2] = [1, 16];
+const DECODE_KEYS: usize = 32768;
+const DECODE_KV_HEADS: usize = 8;
 
 fn prepare<'a>(
     backends: &'a Backends,
@@ -78,17 +105,61 @@ fn prepare<'a>(
         return Ok(None);
     }
     let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
-    let mask = bench_mask(mask, l)?;
-    let values = vec![f16::from_f32(0.01); l * heads * d];
+    run_shape(backends, backend, shape, bench_mask(mask, l)?)
+}
+
+/// A runner of attention of `shape` (batch 1) with `mask` on `backend`.
+fn run_shape(
+    backends: &Backends,
+    backend: Backend,
+    shape: AttentionShape,
+    mask: BlockMask,
+) -> Result<Option<Runner<'_>>> {
+    let AttentionShape {
+        lq,
+        lk,
+        heads_q,
+        heads_kv,
+        d,
+        ..
+    } = shape;
+    let queries = vec![f16::from_f32(0.01); lq * heads_q * d];
+    let keys = vec![f16::from_f32(0.01); lk * heads_kv * d];
     let scale = 1.0 / (d as f32).sqrt();
     on_device!(backends, backend, |device| {
-        let [q, k, v] = [0; 3].map(|_| device.upload(&values));
-        let (q, k, v) = (q?, k?, v?);
+        let (q, k, v) = (
+            device.upload(&queries)?,
+            device.upload(&keys)?,
+            device.upload(&keys)?,
+        );
         let mask = device.upload_mask(&mask)?;
-        let mut o = device.upload(&values)?;
-        let mut lse = device.zeros::<f32>(l * heads)?;
+        let mut o = device.upload(&queries)?;
+        let mut lse = device.zeros::<f32>(lq * heads_q)?;
         Ok(Runner::new(device.clock(), move || {
             device.attention(&shape, [&q, &k, &v], &mask, &mut o, Some(&mut lse), scale)
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every mask at both lengths, and the decode shapes under the names peers.py gives its
+    /// SDPA rows.
+    #[test]
+    fn every_case_is_named_as_the_peers_name_it() {
+        let names: Vec<String> = bench_cases().into_iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), 2 * BENCH_MASKS.len() + DECODE_QUERIES.len());
+        for expected in [
+            "b=1 hq=32 d=128 l=32768 random 10%",
+            "b=1 hq=32 hkv=8 d=128 lq=1 lk=32768 dense",
+            "b=1 hq=32 hkv=8 d=128 lq=16 lk=32768 dense",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} in {names:?}"
+            );
+        }
+    }
 }
