@@ -1,8 +1,9 @@
 // Block-sparse attention forward in the FlashAttention-2 design. A block owns BM query rows
 // (one mask query block) of one head and batch row; each warp owns 16 rows, whose Q fragments
 // it holds in registers. The block walks the mask's listed key blocks (partial first, then
-// full) in tiles of 64 keys: K and V tiles arrive by cp.async, double-buffered, each tile's
-// place in the lists read one tile ahead; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
+// full) in tiles of 64 keys: K and V tiles arrive by cp.async, double-buffered, K's and V's
+// waited for apart (V lands while S is computed), each tile's place in the lists read one
+// tile ahead; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
 // with f32 accumulators (P is reused from S's registers), each k step's K or V fragments
 // loaded four matrices at a time before its mmas; the softmax is online, in base 2 (ex2.approx),
 // with a running max and sum per row. The element mask is decided per warp and tile (all of
@@ -110,20 +111,20 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
                                           : full[full_offsets[mask_row] + n - n_partial];
         return Tile{block * p.block_n + (t % tiles_per_block) * kKv, is_partial};
     };
-    const auto load_kv = [&](const Tile &tile, int stage) {
-        load_rows<D, kKv, kThreads>(k_tile(stage), k, p.k_stride_l, tile.key0, p.lk);
-        load_rows<D, kKv, kThreads>(v_tile(stage), v, p.v_stride_l, tile.key0, p.lk);
+    // Commits two copy groups, K's and V's (empty past the last tile), so that every thread
+    // has the same groups in flight: Q, then K and V of each tile.
+    const auto load_kv = [&](uint32_t t, const Tile &tile, int stage) {
+        if (t < tiles) load_rows<D, kKv, kThreads>(k_tile(stage), k, p.k_stride_l, tile.key0, p.lk);
+        tf::cp_async_commit();
+        if (t < tiles) load_rows<D, kKv, kThreads>(v_tile(stage), v, p.v_stride_l, tile.key0, p.lk);
+        tf::cp_async_commit();
     };
 
     load_rows<D, BM, kThreads>(q_tile, q, p.q_stride_l, q_block * BM, p.lq);
     tf::cp_async_commit();
-    Tile next = {0, false};
-    if (tiles > 0) {
-        next = tile_at(0);
-        load_kv(next, 0);
-    }
-    tf::cp_async_commit();
-    tf::cp_async_wait<1>();  // Q
+    Tile next = tiles > 0 ? tile_at(0) : Tile{0, false};
+    load_kv(0, next, 0);
+    tf::cp_async_wait<2>();  // Q
     __syncthreads();
     // The warp's Q fragments, for every tile.
     uint32_t q_frag[D / 16][4];
@@ -141,14 +142,9 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     for (uint32_t t = 0; t < tiles; ++t) {
         const int stage = t % 2;
         const Tile tile = next;
-        if (t + 1 < tiles) {
-            next = tile_at(t + 1);
-            load_kv(next, stage ^ 1);
-            tf::cp_async_commit();
-            tf::cp_async_wait<1>();
-        } else {
-            tf::cp_async_wait<0>();
-        }
+        if (t + 1 < tiles) next = tile_at(t + 1);
+        load_kv(t + 1, next, stage ^ 1);
+        tf::cp_async_wait<3>();  // K of tile t (its V and tile t + 1 may still be on their way)
         __syncthreads();
 
         // S = Q · Kᵀ for this warp's 16 rows and the tile's 64 keys.
@@ -211,6 +207,8 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         }
 
         // O += P · V, with P taken from S's registers as A fragments.
+        tf::cp_async_wait<2>();  // V of tile t
+        __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kKv / 16; ++kk) {
             const uint32_t a[4] = {
