@@ -174,10 +174,13 @@ typedef struct TfSpmmBitmapParams {
  * The mask (BlockMask's CSR lists, mask_batch / mask_heads 1 = broadcast) names the key blocks
  * of block_n keys each query block of BM rows visits: partial ones (element mask `element`:
  * 0 none, 1 causal, 2 sliding window, 3 causal + window, with `window`) first, then full.
- * Grid: (ceil(lq / BM), hq, b); BM / 16 warps (one per 16 query rows).
+ * Grid: (ceil(lq / BM), hq, b); BM / TF_ATTENTION_WARP_ROWS_D<d> warps (one per 32 query
+ * rows at d = 64, per 16 at d = 128).
  * scale_log2 = scale * log2(e). Dynamic shared memory: (BM + 4 * 64) * d * 2 bytes.
  */
 #define TF_ATTENTION_KV_TILE 64
+#define TF_ATTENTION_WARP_ROWS_D64 32
+#define TF_ATTENTION_WARP_ROWS_D128 16
 typedef struct TfAttentionParams {
     tf_dptr q;
     tf_dptr k;

@@ -1,6 +1,6 @@
 // Block-sparse attention forward in the FlashAttention-2 design. A block owns BM query rows
-// (one mask query block) of one head and batch row; each warp owns 16 rows, whose Q fragments
-// it holds in registers. The block walks the mask's listed key blocks (partial first, then
+// (one mask query block) of one head and batch row; each warp owns 16 or 32 rows, whose Q
+// fragments it holds in registers. The block walks the mask's listed key blocks (partial first, then
 // full) in tiles of 64 keys: K and V tiles arrive by cp.async, double-buffered, K's and V's
 // waited for apart (V lands while S is computed), each tile's place in the lists read one
 // tile ahead; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
@@ -74,9 +74,11 @@ __device__ __forceinline__ Coverage coverage(const TfAttentionParams &p, const A
     return inside && !past_lk ? Coverage::kAll : Coverage::kSome;
 }
 
-template <class In, int D, int BM>
+// MT: the 16-row m tiles a warp owns (one, or two where registers allow), each K and V
+// fragment serving all of them.
+template <class In, int D, int BM, int MT>
 __device__ __forceinline__ void attention(const TfAttentionParams &p) {
-    constexpr int kThreads = BM / 16 * 32;
+    constexpr int kThreads = BM / (16 * MT) * 32;
     const uint32_t q_tile = tf::smem_addr(tf::dynamic_shared());
     const uint32_t kv_tiles = q_tile + BM * D * 2;  // stage s: K at + s * 2 tiles, V after K
     const auto k_tile = [&](int s) { return kv_tiles + s * 2 * kKv * D * 2; };
@@ -127,16 +129,22 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     tf::cp_async_wait<2>();  // Q
     __syncthreads();
     // The warp's Q fragments, for every tile.
-    uint32_t q_frag[D / 16][4];
+    uint32_t q_frag[MT][D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-        tf::ldmatrix_x4(q_frag[kk], q_tile + swizzled<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            tf::ldmatrix_x4(q_frag[mt][kk],
+                            q_tile + swizzled<D>((warp * MT + mt) * 16 + lane % 16, kk * 2 + lane / 16));
 
-    float out[D / 8][4] = {};
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
-    const uint32_t warp_row0 = q_block * BM + warp * 16;
-    const uint32_t row0 = warp_row0 + lane / 4;  // the thread's rows: row0 and row0 + 8
+    float out[MT][D / 8][4] = {};
+    float row_max[MT][2];
+    float row_sum[MT][2] = {};  // this thread's share; the 4 lanes of a row add up at the end
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    const uint32_t warp_row0 = q_block * BM + warp * MT * 16;
+    // The thread's rows: row0 + 16 mt and row0 + 16 mt + 8 of each m tile mt.
+    const uint32_t row0 = warp_row0 + lane / 4;
     const Allowed allowed = allowed_distances(p);
 
     for (uint32_t t = 0; t < tiles; ++t) {
@@ -147,8 +155,8 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         tf::cp_async_wait<3>();  // K of tile t (its V and tile t + 1 may still be on their way)
         __syncthreads();
 
-        // S = Q · Kᵀ for this warp's 16 rows and the tile's 64 keys.
-        float s[kKv / 8][4] = {};
+        // S = Q · Kᵀ for this warp's rows and the tile's 64 keys.
+        float s[MT][kKv / 8][4] = {};
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             uint32_t b[kKv / 8][2];
@@ -163,46 +171,52 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
                 b[2 * jj + 1][1] = r[3];
             }
 #pragma unroll
-            for (int j = 0; j < kKv / 8; ++j) In::mma(s[j], q_frag[kk], b[j]);
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int j = 0; j < kKv / 8; ++j) In::mma(s[mt][j], q_frag[mt][kk], b[j]);
         }
 
-        // Mask, scale to base 2, and the online softmax of each of the thread's two rows.
-        const Coverage covered = coverage(p, allowed, tile.partial, warp_row0, tile.key0);
+        // Mask, scale to base 2, and the online softmax of each of the thread's rows.
 #pragma unroll
-        for (int j = 0; j < kKv / 8; ++j)
+        for (int mt = 0; mt < MT; ++mt) {
+            const Coverage covered = coverage(p, allowed, tile.partial, warp_row0 + 16 * mt, tile.key0);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                bool ok = covered == Coverage::kAll;
-                if (covered == Coverage::kSome) {
-                    const uint32_t key = tile.key0 + j * 8 + (lane % 4) * 2 + e % 2;
-                    const int64_t row = row0 + (e / 2) * 8;
-                    ok = key < p.lk &&
-                         (!tile.partial || allowed.contains(row + int64_t(p.lk) - p.lq - key));
+            for (int j = 0; j < kKv / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    bool ok = covered == Coverage::kAll;
+                    if (covered == Coverage::kSome) {
+                        const uint32_t key = tile.key0 + j * 8 + (lane % 4) * 2 + e % 2;
+                        const int64_t row = row0 + 16 * mt + (e / 2) * 8;
+                        ok = key < p.lk &&
+                             (!tile.partial || allowed.contains(row + int64_t(p.lk) - p.lq - key));
+                    }
+                    s[mt][j][e] = ok ? nan_unless_finite(s[mt][j][e]) * p.scale_log2 : -INFINITY;
                 }
-                s[j][e] = ok ? nan_unless_finite(s[j][e]) * p.scale_log2 : -INFINITY;
-            }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float tile_max = -INFINITY;
+            for (int r = 0; r < 2; ++r) {
+                float tile_max = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < kKv / 8; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-            const float new_max = fmaxf(row_max[r], tile_max);
-            const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
-            const float correction = tf::exp2_approx(row_max[r] - base);
-            row_max[r] = new_max;
-            row_sum[r] *= correction;
+                for (int j = 0; j < kKv / 8; ++j)
+                    tile_max = fmaxf(tile_max, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+                const float new_max = fmaxf(row_max[mt][r], tile_max);
+                const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
+                const float correction = tf::exp2_approx(row_max[mt][r] - base);
+                row_max[mt][r] = new_max;
+                row_sum[mt][r] *= correction;
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                out[n][2 * r] *= correction;
-                out[n][2 * r + 1] *= correction;
-            }
+                for (int n = 0; n < D / 8; ++n) {
+                    out[mt][n][2 * r] *= correction;
+                    out[mt][n][2 * r + 1] *= correction;
+                }
 #pragma unroll
-            for (int j = 0; j < kKv / 8; ++j) {
-                s[j][2 * r] = tf::exp2_approx(s[j][2 * r] - base);
-                s[j][2 * r + 1] = tf::exp2_approx(s[j][2 * r + 1] - base);
-                row_sum[r] += s[j][2 * r] + s[j][2 * r + 1];
+                for (int j = 0; j < kKv / 8; ++j) {
+                    s[mt][j][2 * r] = tf::exp2_approx(s[mt][j][2 * r] - base);
+                    s[mt][j][2 * r + 1] = tf::exp2_approx(s[mt][j][2 * r + 1] - base);
+                    row_sum[mt][r] += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+                }
             }
         }
 
@@ -211,9 +225,6 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kKv / 16; ++kk) {
-            const uint32_t a[4] = {
-                In::pack(s[2 * kk][0], s[2 * kk][1]), In::pack(s[2 * kk][2], s[2 * kk][3]),
-                In::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), In::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
             uint32_t b[D / 8][2];
 #pragma unroll
             for (int nn = 0; nn < D / 16; ++nn) {
@@ -225,7 +236,14 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
                 b[2 * nn + 1][1] = r[3];
             }
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) In::mma(out[n], a, b[n]);
+            for (int mt = 0; mt < MT; ++mt) {
+                const uint32_t a[4] = {In::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]),
+                                       In::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]),
+                                       In::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]),
+                                       In::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3])};
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n) In::mma(out[mt][n], a, b[n]);
+            }
         }
         __syncthreads();  // this stage is read; the next iteration's copy may overwrite it
     }
@@ -234,11 +252,12 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     uint16_t *o = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b + head * p.o_stride_h;
     float *lse = reinterpret_cast<float *>(p.lse);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float sum = row_sum[r];
+    for (int i = 0; i < 2 * MT; ++i) {
+        const int mt = i / 2, r = i % 2;
+        float sum = row_sum[mt][r];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const uint32_t row = row0 + r * 8;
+        const uint32_t row = row0 + 16 * mt + r * 8;
         if (row >= p.lq) continue;
         // sum is 0 only for a row without keys (the largest score adds 1), NaN for a row that a
         // non-finite score reached: that row's o and lse come out NaN. A non-finite value of v
@@ -249,22 +268,24 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         for (int n = 0; n < D / 8; ++n) {
             const uint32_t col = n * 8 + (lane % 4) * 2;
             *reinterpret_cast<uint32_t *>(o + row * p.o_stride_l + col) =
-                seen ? In::pack(nan_unless_finite(out[n][2 * r] * inverse),
-                                nan_unless_finite(out[n][2 * r + 1] * inverse))
+                seen ? In::pack(nan_unless_finite(out[mt][n][2 * r] * inverse),
+                                nan_unless_finite(out[mt][n][2 * r + 1] * inverse))
                      : 0u;
         }
         if (lse != nullptr && lane % 4 == 0)
             lse[(size_t(batch) * p.heads_q + head) * p.lq + row] =
-                seen ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+                seen ? (row_max[mt][r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
     }
 }
 
 }  // namespace
 
+// A warp owns abi.h's TF_ATTENTION_WARP_ROWS_D<d> query rows: 32 at d = 64, 16 at d = 128,
+// where Q's fragments, S and O fill the registers with 16.
 #define TF_ATTENTION_KERNEL(in, In, d, bm)                                                          \
-    extern "C" __global__ void __launch_bounds__(bm / 16 * 32)                                      \
+    extern "C" __global__ void __launch_bounds__(bm / TF_ATTENTION_WARP_ROWS_D##d * 32)             \
         tilefuse_attention_##in##_d##d##_bm##bm(const __grid_constant__ TfAttentionParams p) {     \
-        attention<In, d, bm>(p);                                                                   \
+        attention<In, d, bm, TF_ATTENTION_WARP_ROWS_D##d / 16>(p);                                 \
     }
 
 TF_ATTENTION_KERNEL(f16, F16, 64, 64)

@@ -4,7 +4,10 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::{AttentionShape, BlockMask, ElementMask, MaskShape};
-use crate::backend::abi::{TF_ATTENTION_KV_TILE, TfAttentionParams};
+use crate::backend::abi::{
+    TF_ATTENTION_KV_TILE, TF_ATTENTION_WARP_ROWS_D64, TF_ATTENTION_WARP_ROWS_D128,
+    TfAttentionParams,
+};
 use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::element::Float16;
 use crate::error::{Error, Result};
@@ -181,7 +184,7 @@ impl Plan {
                 shape.heads_q as u32,
                 shape.batch as u32,
             ),
-            threads: (m.block_m / 16 * 32) as u32,
+            threads: (m.block_m / warp_rows(shape.d) * 32) as u32,
             shared_bytes: (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2,
             element: element.kernel_code(),
             scale_log2,
@@ -249,6 +252,14 @@ impl Plan {
             window: self.element.1,
             scale_log2: self.scale_log2,
         }
+    }
+}
+
+/// Query rows a warp of the kernel for head dimension `d` owns (abi.h).
+fn warp_rows(d: usize) -> usize {
+    match d {
+        64 => TF_ATTENTION_WARP_ROWS_D64 as usize,
+        _ => TF_ATTENTION_WARP_ROWS_D128 as usize,
     }
 }
 

@@ -17,6 +17,8 @@ pub const TF_SPMM_STAGES: u32 = 4;
 pub const TF_SPMM_HELD_VECTORS: u32 = 512;
 pub const TF_SPMM_BITMAP_WARPS: u32 = 9;
 pub const TF_ATTENTION_KV_TILE: u32 = 64;
+pub const TF_ATTENTION_WARP_ROWS_D64: u32 = 32;
+pub const TF_ATTENTION_WARP_ROWS_D128: u32 = 16;
 pub type tf_dptr = u64;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
