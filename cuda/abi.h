@@ -176,7 +176,8 @@ typedef struct TfSpmmBitmapParams {
  * 0 none, 1 causal, 2 sliding window, 3 causal + window, with `window`) first, then full.
  * Grid: (ceil(lq / BM), hq, b); BM / TF_ATTENTION_WARP_ROWS_D<d> warps (one per 32 query
  * rows at d = 64, per 16 at d = 128).
- * scale_log2 = scale * log2(e). Dynamic shared memory: (BM + 4 * 64) * d * 2 bytes.
+ * scale_log2 = scale * log2(e). `stages` (2 or 3) K/V tiles of 64 keys are in flight at once.
+ * Dynamic shared memory: (BM + 2 * stages * 64) * d * 2 bytes.
  */
 #define TF_ATTENTION_KV_TILE 64
 #define TF_ATTENTION_WARP_ROWS_D64 32
@@ -215,6 +216,8 @@ typedef struct TfAttentionParams {
     uint32_t element;
     uint32_t window;
     float scale_log2;
+    uint32_t stages;
+    uint32_t reserved;
 } TfAttentionParams;
 
 #endif /* TILEFUSE_ABI_H */

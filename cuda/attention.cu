@@ -1,9 +1,9 @@
 // Block-sparse attention forward in the FlashAttention-2 design. A block owns BM query rows
 // (one mask query block) of one head and batch row; each warp owns 16 or 32 rows, whose Q
 // fragments it holds in registers. The block walks the mask's listed key blocks (partial first, then
-// full) in tiles of 64 keys: K and V tiles arrive by cp.async, double-buffered, K's and V's
-// waited for apart (V lands while S is computed), each tile's place in the lists read one
-// tile ahead; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
+// full) in tiles of 64 keys: K and V tiles arrive by cp.async in a ring of 2 or 3 stages
+// (p.stages), K's and V's waited for apart (V lands while S is computed), each tile's place
+// in the lists read when its copy starts; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
 // with f32 accumulators (P is reused from S's registers), each k step's K or V fragments
 // loaded four matrices at a time before its mmas; the softmax is online, in base 2 (ex2.approx),
 // with a running max and sum per row. The element mask is decided per warp and tile (all of
@@ -81,6 +81,7 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     constexpr int kThreads = BM / (16 * MT) * 32;
     const uint32_t q_tile = tf::smem_addr(tf::dynamic_shared());
     const uint32_t kv_tiles = q_tile + BM * D * 2;  // stage s: K at + s * 2 tiles, V after K
+    const uint32_t stages = p.stages;  // 2 or 3
     const auto k_tile = [&](int s) { return kv_tiles + s * 2 * kKv * D * 2; };
     const auto v_tile = [&](int s) { return k_tile(s) + kKv * D * 2; };
 
@@ -122,11 +123,19 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         tf::cp_async_commit();
     };
 
+    const auto tile_or_none = [&](uint32_t t) { return t < tiles ? tile_at(t) : Tile{0, false}; };
+
     load_rows<D, BM, kThreads>(q_tile, q, p.q_stride_l, q_block * BM, p.lq);
     tf::cp_async_commit();
-    Tile next = tiles > 0 ? tile_at(0) : Tile{0, false};
-    load_kv(0, next, 0);
-    tf::cp_async_wait<2>();  // Q
+    // The tiles in flight: `current` (tile t) and, with three stages, `following` (t + 1).
+    Tile current = tile_or_none(0), following = tile_or_none(1);
+    load_kv(0, current, 0);
+    if (stages == 3) {
+        load_kv(1, following, 1);
+        tf::cp_async_wait<4>();  // Q
+    } else {
+        tf::cp_async_wait<2>();  // Q
+    }
     __syncthreads();
     // The warp's Q fragments, for every tile.
     uint32_t q_frag[MT][D / 16][4];
@@ -147,12 +156,20 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     const uint32_t row0 = warp_row0 + lane / 4;
     const Allowed allowed = allowed_distances(p);
 
-    for (uint32_t t = 0; t < tiles; ++t) {
-        const int stage = t % 2;
-        const Tile tile = next;
-        if (t + 1 < tiles) next = tile_at(t + 1);
-        load_kv(t + 1, next, stage ^ 1);
-        tf::cp_async_wait<3>();  // K of tile t (its V and tile t + 1 may still be on their way)
+    for (uint32_t t = 0, stage = 0; t < tiles; ++t, stage = stage + 1 == stages ? 0 : stage + 1) {
+        const Tile tile = current;
+        // Tile t + stages - 1 goes to the stage that tile t - 1 used, which every warp is done
+        // with (the barrier at the end of the last iteration).
+        const Tile ahead = tile_or_none(t + stages - 1);
+        load_kv(t + stages - 1, ahead, stage == 0 ? stages - 1 : stage - 1);
+        if (stages == 3) {
+            current = following;
+            following = ahead;
+            tf::cp_async_wait<5>();  // K of tile t (its V and the tiles after may be on their way)
+        } else {
+            current = ahead;
+            tf::cp_async_wait<3>();
+        }
         __syncthreads();
 
         // S = Q · Kᵀ for this warp's rows and the tile's 64 keys.
@@ -221,7 +238,11 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         }
 
         // O += P · V, with P taken from S's registers as A fragments.
-        tf::cp_async_wait<2>();  // V of tile t
+        if (stages == 3) {
+            tf::cp_async_wait<4>();  // V of tile t
+        } else {
+            tf::cp_async_wait<2>();
+        }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kKv / 16; ++kk) {

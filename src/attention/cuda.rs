@@ -8,7 +8,7 @@ use crate::backend::abi::{
     TF_ATTENTION_KV_TILE, TF_ATTENTION_WARP_ROWS_D64, TF_ATTENTION_WARP_ROWS_D128,
     TfAttentionParams,
 };
-use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
+use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel, LaunchShape, ids};
 use crate::element::Float16;
 use crate::error::{Error, Result};
 
@@ -90,6 +90,8 @@ where
         cuda.check_device("lse", *lse)?;
     }
     let plan = Plan::new::<T>(shape, mask.shape, mask.element, scale)?;
+    let registers = cuda.registers(plan.kernel)?;
+    let plan = plan.for_device(cuda.info(), registers);
     cuda.info()
         .shared_memory("attention shared memory", plan.shared_bytes)?;
     let mut args = cuda.args();
@@ -137,14 +139,18 @@ where
 
 /// One launch but for its buffers: the kernel, grid, block and shared memory, and the
 /// parameters that do not depend on addresses.
+#[derive(Clone, Debug)]
 pub(super) struct Plan {
     pub(super) kernel: Kernel,
     pub(super) grid: (u32, u32, u32),
     pub(super) threads: u32,
+    /// K/V tiles in flight (2 or 3).
+    pub(super) stages: u32,
     pub(super) shared_bytes: usize,
     element: (u32, u32),
     scale_log2: f32,
     mask: MaskShape,
+    d: usize,
 }
 
 impl Plan {
@@ -185,11 +191,38 @@ impl Plan {
                 shape.batch as u32,
             ),
             threads: (m.block_m / warp_rows(shape.d) * 32) as u32,
-            shared_bytes: (m.block_m + 4 * TF_ATTENTION_KV_TILE as usize) * shape.d * 2,
+            stages: 2,
+            shared_bytes: 0,
             element: element.kernel_code(),
             scale_log2,
             mask: m,
-        })
+            d: shape.d,
+        }
+        .with_stages(2))
+    }
+
+    /// The plan with `stages` K/V tiles in flight, and the shared memory that takes (abi.h).
+    pub(super) fn with_stages(self, stages: u32) -> Plan {
+        let tiles = self.mask.block_m + 2 * stages as usize * TF_ATTENTION_KV_TILE as usize;
+        Plan {
+            stages,
+            shared_bytes: tiles * self.d * 2,
+            ..self
+        }
+    }
+
+    /// Three stages where `device` gives a block that shared memory and still holds as many
+    /// blocks an SM (with `registers` a thread), else two.
+    pub(super) fn for_device(self, device: &CudaDeviceInfo, registers: u32) -> Plan {
+        let warps = self.threads / 32;
+        let resident = |plan: &Plan| device.resident_blocks(plan.shared_bytes, warps, registers);
+        let three = self.clone().with_stages(3);
+        let fits = three.shared_bytes as u64 <= device.max_shared_per_block;
+        if fits && resident(&three) >= resident(&self) {
+            three
+        } else {
+            self
+        }
     }
 
     /// abi.h's grid: (query blocks, heads, batch), a warp per 16 query rows.
@@ -251,6 +284,8 @@ impl Plan {
             element: self.element.0,
             window: self.element.1,
             scale_log2: self.scale_log2,
+            stages: self.stages,
+            reserved: 0,
         }
     }
 }

@@ -254,10 +254,12 @@ pub struct TfAttentionParams {
     pub element: u32,
     pub window: u32,
     pub scale_log2: f32,
+    pub stages: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of TfAttentionParams"][::core::mem::size_of::<TfAttentionParams>() - 216usize];
+    ["Size of TfAttentionParams"][::core::mem::size_of::<TfAttentionParams>() - 224usize];
     ["Alignment of TfAttentionParams"][::core::mem::align_of::<TfAttentionParams>() - 8usize];
     ["Offset of field: TfAttentionParams::q"]
         [::core::mem::offset_of!(TfAttentionParams, q) - 0usize];
@@ -325,4 +327,8 @@ const _: () = {
         [::core::mem::offset_of!(TfAttentionParams, window) - 208usize];
     ["Offset of field: TfAttentionParams::scale_log2"]
         [::core::mem::offset_of!(TfAttentionParams, scale_log2) - 212usize];
+    ["Offset of field: TfAttentionParams::stages"]
+        [::core::mem::offset_of!(TfAttentionParams, stages) - 216usize];
+    ["Offset of field: TfAttentionParams::reserved"]
+        [::core::mem::offset_of!(TfAttentionParams, reserved) - 220usize];
 };

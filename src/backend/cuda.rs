@@ -66,6 +66,40 @@ impl CudaDeviceInfo {
         }
         Ok(bytes as u32)
     }
+
+    /// Blocks of `warps` warps an SM holds at once, with `shared_bytes` of dynamic shared
+    /// memory and `registers` a thread: the fewest that its shared memory (less the 1 KiB the
+    /// driver keeps per block), threads and registers (given out per warp, in units of 256)
+    /// allow; at least one.
+    pub(crate) fn resident_blocks(&self, shared_bytes: usize, warps: u32, registers: u32) -> usize {
+        let warps = warps as usize;
+        let warp_registers = (registers as usize * 32).next_multiple_of(256).max(256);
+        let by_shared = self.max_shared_per_sm as usize / (shared_bytes + 1024);
+        let by_threads = self.max_threads_per_sm as usize / (warps * 32);
+        let by_registers = self.registers_per_sm as usize / warp_registers / warps;
+        by_shared.min(by_threads).min(by_registers).max(1)
+    }
+}
+
+#[cfg(test)]
+impl CudaDeviceInfo {
+    /// For launch-plan tests: a device with `sm_count` SMs and `shared` bytes of shared memory per block (an H100:
+    /// 227 KiB; sm_86 and sm_89 have 99 KiB, sm_80 163 KiB).
+    pub(crate) fn planned(sm_count: u32, shared: u64) -> CudaDeviceInfo {
+        CudaDeviceInfo {
+            ordinal: 0,
+            name: "planned".into(),
+            compute_capability: (9, 0),
+            sm_count,
+            l2_bytes: 50 << 20,
+            max_shared_per_block: shared,
+            max_shared_per_sm: shared + 1024,
+            max_threads_per_sm: 2048,
+            registers_per_sm: 65536,
+            total_memory: 80 << 30,
+            driver_cuda_version: (13, 0),
+        }
+    }
 }
 
 impl fmt::Display for CudaDeviceInfo {

@@ -6,7 +6,8 @@ use half::{bf16, f16};
 
 use super::Plan;
 use crate::attention::check::{RunOutput, check_with};
-use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, Output};
+use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, MaskShape, Output};
+use crate::backend::cuda::CudaDeviceInfo;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::element::Float16;
 use crate::error::Result;
@@ -33,7 +34,13 @@ fn run<T: Float16>(
         o_len,
         Some(lse_len),
     )?;
-    let plan = Plan::new::<T>(shape, mask.shape(), mask.element(), scale)?;
+    // Two stages in thread order, three in the others.
+    let stages = if matches!(order, Order::Threads) {
+        2
+    } else {
+        3
+    };
+    let plan = Plan::new::<T>(shape, mask.shape(), mask.element(), scale)?.with_stages(stages);
     let mut inputs = [q, k, v].map(Guarded::new);
     let mut o = Guarded::new(&vec![T::from_f64(f64::NAN); o_len]);
     let mut lse = Guarded::new(&vec![f32::NAN; lse_len]);
@@ -224,4 +231,24 @@ fn non_finite_inputs() {
         };
         check_case(&case, ORDERS[i % 3]);
     }
+}
+
+/// Three K/V stages where the device's shared memory takes them without costing a resident
+/// block (an H100), two where it does not (sm_86's 99 KiB at d = 128).
+#[test]
+fn stages_follow_the_device() {
+    let device = CudaDeviceInfo::planned;
+    let shape = AttentionShape::new(1, 4096, 4096, 8, 8, 128).unwrap();
+    let mask = BlockMask::causal(MaskShape::new(4096, 4096)).unwrap();
+    let plan = || Plan::new::<f16>(&shape, mask.shape(), mask.element(), 0.1).unwrap();
+    let h100 = plan().for_device(&device(132, 227 * 1024), 210);
+    assert_eq!(
+        (h100.stages, h100.shared_bytes),
+        (3, (128 + 6 * 64) * 128 * 2)
+    );
+    let sm86 = plan().for_device(&device(84, 99 * 1024), 210);
+    assert_eq!(
+        (sm86.stages, sm86.shared_bytes),
+        (2, (128 + 4 * 64) * 128 * 2)
+    );
 }

@@ -383,14 +383,15 @@ struct SplitCosts {
 /// The number of k splits: the one (the smallest, among equals) that minimises the bytes the
 /// busiest SM moves. The grid's blocks are spread over the SMs, whose time is the k tiles of
 /// their blocks; an SM streams at full rate only with all the blocks it can hold resident
-/// ([`resident_blocks`]: fewer leave it waiting on latency, so they count as if it held that
+/// ([`CudaDeviceInfo::resident_blocks`]: fewer leave it waiting on latency, so they count as if it held that
 /// many), and every split beyond one adds its partials.
 fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
     let sm_count = device.sm_count.max(1) as usize;
     // Blocks an SM holds with `tiles_per_split` tiles' offsets each.
     let resident = |tiles_per_split: usize| {
         let block_shared = costs.stages_shared + costs.offset_bytes * (tiles_per_split + 1);
-        resident_blocks(device, block_shared, costs.warps, costs.registers)
+        device
+            .resident_blocks(block_shared, costs.warps, costs.registers)
             .min(costs.saturating_blocks)
     };
     // The block's offsets live in shared memory.
@@ -419,44 +420,13 @@ fn split_k(device: &CudaDeviceInfo, costs: SplitCosts) -> usize {
         .unwrap_or(min_splits)
 }
 
-/// Blocks of `warps` warps an SM of `device` holds at once, with `shared_bytes` of dynamic
-/// shared memory and `registers` a thread: the fewest that its shared memory (less the 1 KiB
-/// the driver keeps per block), threads and registers (given out per warp, in units of 256)
-/// allow; at least one.
-pub(crate) fn resident_blocks(
-    device: &CudaDeviceInfo,
-    shared_bytes: usize,
-    warps: u32,
-    registers: u32,
-) -> usize {
-    let warps = warps as usize;
-    let warp_registers = (registers as usize * 32).next_multiple_of(256).max(256);
-    let by_shared = device.max_shared_per_sm as usize / (shared_bytes + 1024);
-    let by_threads = device.max_threads_per_sm as usize / (warps * 32);
-    let by_registers = device.registers_per_sm as usize / warp_registers / warps;
-    by_shared.min(by_threads).min(by_registers).max(1)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// A device with `sm_count` SMs and `shared` bytes of shared memory per block (an H100:
-    /// 227 KiB; sm_86 and sm_89 have 99 KiB, sm_80 163 KiB).
+    /// A device with `sm_count` SMs and `shared` bytes of shared memory per block.
     pub(crate) fn device(sm_count: u32, shared: u64) -> CudaDeviceInfo {
-        CudaDeviceInfo {
-            ordinal: 0,
-            name: "planned".into(),
-            compute_capability: (9, 0),
-            sm_count,
-            l2_bytes: 50 << 20,
-            max_shared_per_block: shared,
-            max_shared_per_sm: shared + 1024,
-            max_threads_per_sm: 2048,
-            registers_per_sm: 65536,
-            total_memory: 80 << 30,
-            driver_cuda_version: (13, 0),
-        }
+        CudaDeviceInfo::planned(sm_count, shared)
     }
 
     /// An SM holds as many blocks as its shared memory, threads and registers all allow. On
@@ -465,12 +435,12 @@ pub(crate) mod tests {
     #[test]
     fn residency_counts_registers() {
         let h100 = device(132, 227 * 1024);
-        assert_eq!(resident_blocks(&h100, 41 * 1024, TF_SPMM_WARPS, 96), 5);
-        assert_eq!(resident_blocks(&h100, 41 * 1024, TF_SPMM_WARPS, 121), 4);
-        assert_eq!(resident_blocks(&h100, 70 * 1024, TF_SPMM_WARPS, 121), 3);
-        assert_eq!(resident_blocks(&h100, 36 * 1024, TF_SPMM_WARPS, 72), 6);
-        assert_eq!(resident_blocks(&h100, 1024, TF_SPMM_WARPS, 32), 16); // threads: 2048 / 128
-        assert_eq!(resident_blocks(&h100, 300 * 1024, TF_SPMM_WARPS, 255), 1);
+        assert_eq!(h100.resident_blocks(41 * 1024, TF_SPMM_WARPS, 96), 5);
+        assert_eq!(h100.resident_blocks(41 * 1024, TF_SPMM_WARPS, 121), 4);
+        assert_eq!(h100.resident_blocks(70 * 1024, TF_SPMM_WARPS, 121), 3);
+        assert_eq!(h100.resident_blocks(36 * 1024, TF_SPMM_WARPS, 72), 6);
+        assert_eq!(h100.resident_blocks(1024, TF_SPMM_WARPS, 32), 16); // threads: 2048 / 128
+        assert_eq!(h100.resident_blocks(300 * 1024, TF_SPMM_WARPS, 255), 1);
     }
 
     /// However long k and however few SMs, a block's tile offsets fit in its shared memory.
