@@ -25,14 +25,16 @@ out="${1:-./gpu-results}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
 # Sections run in pipelines (subshells), so failures are collected in a file.
 failures="$(mktemp)"
-# The executables travel gzipped; unpack them into a scratch directory.
+# The executables travel xz-compressed; unpack them into a scratch directory (with Python's
+# lzma, which every machine with the peers' PyTorch has, xz or not).
 here="$(mktemp -d)"
 trap 'rm -rf "$failures" "$here"' EXIT
 for kind in tests benches bin; do
   mkdir -p "$here/$kind"
-  for packed in "$bundle/$kind"/*.gz; do
-    unpacked="$here/$kind/$(basename "$packed" .gz)"
-    gzip -dc "$packed" >"$unpacked" && chmod +x "$unpacked"
+  for packed in "$bundle/$kind"/*.xz; do
+    unpacked="$here/$kind/$(basename "$packed" .xz)"
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$packed" "$unpacked" && chmod +x "$unpacked"
   done
 done
 cp "$bundle/peers.py" "$here/"
