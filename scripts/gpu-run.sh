@@ -190,7 +190,9 @@ rm -f "$out/bench.json" "$out/peers.json"
     limit 300 "$bench" --bench --test || fail "bench $(basename "$bench")"
   done
   section "tilefuse bench ${ops:+(ops: $ops)}"
-  limit 300 "$cli" bench "${op_args[@]}" --json "$out/bench.json" || fail "tilefuse bench"
+  # (spmm alone times 4 shapes x 4 token counts x 5 sparsities in two formats, the variants
+  # and cuBLAS, and makes each weight on the host first: give it room.)
+  limit 480 "$cli" bench "${op_args[@]}" --json "$out/bench.json" || fail "tilefuse bench"
   section "peers (PyTorch, JAX)"
   if [[ -z "$ops" || -n "$peers_list" ]]; then
     PYTHONUNBUFFERED=1 limit 300 python3 "$here/peers.py" --out "$out/peers.json" \
