@@ -116,12 +116,16 @@ __device__ __forceinline__ void fill_stage(const TfSpmmBitmapParams &p, const Sh
                               values + sm.first_value(lane, t), count * 2, full);
         }
     } else {
-        uint32_t before = 0;
+        // The units' 16-byte chunks (masks, then values) numbered on from unit to unit, lane l
+        // copying those numbered l mod 32, so that no lane idles at the end of each unit.
+        uint32_t before = 0, numbered = 0;
         for (uint32_t i = 0; i < rows; ++i) {
             const size_t unit = size_t(um0 + i) * units_k + tile_k;
             const uint32_t count = sm.unit_values(i, t);
             const uint32_t mask_chunks = kUnitMaskBytes / 16;
-            for (uint32_t c = lane; c < mask_chunks + count / 8; c += 32) {
+            const uint32_t first = (lane + 32 - numbered % 32) % 32;
+            numbered += mask_chunks + count / 8;
+            for (uint32_t c = first; c < mask_chunks + count / 8; c += 32) {
                 if (c < mask_chunks) {
                     tf::cp_async_16(tf::smem_addr(sm.masks(s) + i * kUnitMaskBytes + c * 16),
                                     masks + unit * kUnitMaskBytes + c * 16, true);
