@@ -50,6 +50,25 @@ mod sealed {
 }
 
 /// A [`Bitmap`] weight in device memory, uploaded once and used by every [`spmm`].
+///
+/// ```no_run
+/// # fn main() -> tilefuse::Result<()> {
+/// use half::f16;
+/// use tilefuse::backend::cuda::Cuda;
+/// use tilefuse::spmm::{Bitmap, Pruning, prune, cuda::{DeviceBitmap, SpmmWorkspace, spmm_with_workspace}};
+///
+/// let cuda = Cuda::new(0)?;
+/// let (m, k, n) = (4096, 4096, 16);
+/// let dense: Vec<f16> = (0..m * k).map(|i| f16::from_f32(((i % 7) as f32 - 3.0) / 8.0)).collect();
+/// let w = Bitmap::encode(&prune(&dense, m, k, 0.5, Pruning::PerRow)?, m, k)?;
+/// let w = DeviceBitmap::upload(&cuda, &w)?;
+/// let x = cuda.upload(&vec![f16::ONE; n * k])?;
+/// let mut y = cuda.upload(&vec![f16::ZERO; n * m])?;
+/// let mut workspace = SpmmWorkspace::new();
+/// spmm_with_workspace(&cuda, &w, &x, &mut y, &mut workspace)?; // enqueued, not waited for
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct DeviceBitmap<T: Float16> {
     m: usize,
