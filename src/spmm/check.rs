@@ -218,17 +218,44 @@ pub fn run<T: DeviceFloat16, O: DeviceOutput<T>>(
     w: &TiledCsl<T>,
     x: &[T],
 ) -> Result<Option<Vec<O>>> {
-    let n = super::reference::tokens(x.len(), w.k())?;
-    let poison: Vec<O> = vec![nan_bits::<O>(); n * w.m()];
+    match format {
+        SparseFormat::TiledCsl => run_encoded(backends, backend, Encoded::TiledCsl(w), x),
+        SparseFormat::Bitmap => {
+            let w = Bitmap::from_tiled_csl(w)?;
+            run_encoded(backends, backend, Encoded::Bitmap(&w), x)
+        }
+    }
+}
+
+/// A weight in one of the sparse formats.
+#[derive(Clone, Copy)]
+pub(crate) enum Encoded<'a, T: Float16> {
+    TiledCsl(&'a TiledCsl<T>),
+    Bitmap(&'a Bitmap<T>),
+}
+
+/// [`run`] with the weight already in the format to run.
+pub(crate) fn run_encoded<T: DeviceFloat16, O: DeviceOutput<T>>(
+    backends: &Backends,
+    backend: Backend,
+    w: Encoded<'_, T>,
+    x: &[T],
+) -> Result<Option<Vec<O>>> {
+    let (m, k) = match w {
+        Encoded::TiledCsl(w) => (w.m(), w.k()),
+        Encoded::Bitmap(w) => (w.m(), w.k()),
+    };
+    let n = super::reference::tokens(x.len(), k)?;
+    let poison: Vec<O> = vec![nan_bits::<O>(); n * m];
     on_device!(backends, backend, |device| {
         let (x, mut y) = (device.upload(x)?, device.upload(&poison)?);
-        match format {
-            SparseFormat::TiledCsl => {
+        match w {
+            Encoded::TiledCsl(w) => {
                 let w = device.upload_tiled_csl(w)?;
                 device.spmm_tiled_csl(&w, &x, &mut y, &mut Default::default())?;
             }
-            SparseFormat::Bitmap => {
-                let w = device.upload_bitmap(&Bitmap::from_tiled_csl(w)?)?;
+            Encoded::Bitmap(w) => {
+                let w = device.upload_bitmap(w)?;
                 device.spmm_bitmap(&w, &x, &mut y, &mut Default::default())?;
             }
         }

@@ -5,6 +5,7 @@
 use half::{bf16, f16};
 
 use super::TiledCsl;
+use super::check::{Encoded, run_encoded};
 use super::format::check_dims;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
@@ -104,8 +105,18 @@ where
 {
     /// `y` on a GPU backend, in f32.
     fn on_device(&self, backends: &Backends, backend: Backend) -> crate::Result<Option<Vec<f32>>> {
-        let w = TiledCsl::encode(&self.w, self.m, self.k)?;
-        super::run::<T, f32>(backends, backend, self.format(backend), &w, &self.x)
+        // Encoded straight to the format that runs (a bitmap is not made through Tiled-CSL).
+        let (m, k) = (self.m, self.k);
+        match self.format(backend) {
+            SparseFormat::TiledCsl => {
+                let w = TiledCsl::encode(&self.w, m, k)?;
+                run_encoded::<T, f32>(backends, backend, Encoded::TiledCsl(&w), &self.x)
+            }
+            SparseFormat::Bitmap => {
+                let w = super::Bitmap::encode(&self.w, m, k)?;
+                run_encoded::<T, f32>(backends, backend, Encoded::Bitmap(&w), &self.x)
+            }
+        }
     }
 }
 
