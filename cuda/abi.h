@@ -174,14 +174,27 @@ typedef struct TfSpmmBitmapParams {
  * The mask (BlockMask's CSR lists, mask_batch / mask_heads 1 = broadcast) names the key blocks
  * of block_n keys each query block of BM rows visits: partial ones (element mask `element`:
  * 0 none, 1 causal, 2 sliding window, 3 causal + window, with `window`) first, then full.
- * Grid: (ceil(lq / BM), hq, b); BM / TF_ATTENTION_WARP_ROWS_D<d> warps (one per 32 query
- * rows at d = 64, per 16 at d = 128).
+ * Rows: a block covers BM rows v of one batch row; row v is query v % lq of head
+ * y * packed_heads + v / lq (y: the block's grid y). packed_heads is 1, or hq / hkv (the query
+ * heads that share a key/value head, whose rows then follow one another) when lq <= BM and the
+ * mask is shared by all heads (mask_heads 1).
+ * Split-KV: with splits > 1, split s of a block takes tiles [s * tiles_per_split, ..) of its
+ * listed key tiles (64 keys each, partial blocks' first). Each split writes its normalised o
+ * (f32) to partial_o [splits, b, hq, lq, d] and its base-2 log-sum-exp to partial_lse
+ * [splits, b, hq, lq]; the last split of a block to finish (counters [b, grid y, row blocks],
+ * zero before a launch and left zero after it) merges them in split order into o and lse.
+ * With splits 1 those three are never read (0 allowed).
+ * Grid: (row blocks * splits, hq / packed_heads, b), row blocks = ceil(packed_heads * lq /
+ * BM), x = split * row blocks + row block; BM / TF_ATTENTION_WARP_ROWS_D<d> warps (one per
+ * 32 rows at d = 64, per 16 at d = 128).
  * scale_log2 = scale * log2(e). `stages` (2 or 3) K/V tiles of 64 keys are in flight at once.
- * Dynamic shared memory: (BM + 2 * stages * 64) * d * 2 bytes.
+ * Dynamic shared memory: (BM + 2 * stages * 64) * d * 2 bytes, at least
+ * (BM * (splits + 1) + 1) * 4 with splits > 1 (at most TF_ATTENTION_MAX_SPLITS).
  */
 #define TF_ATTENTION_KV_TILE 64
 #define TF_ATTENTION_WARP_ROWS_D64 32
 #define TF_ATTENTION_WARP_ROWS_D128 16
+#define TF_ATTENTION_MAX_SPLITS 64
 typedef struct TfAttentionParams {
     tf_dptr q;
     tf_dptr k;
@@ -217,7 +230,12 @@ typedef struct TfAttentionParams {
     uint32_t window;
     float scale_log2;
     uint32_t stages;
-    uint32_t reserved;
+    uint32_t packed_heads;
+    uint32_t splits;
+    uint32_t tiles_per_split;
+    tf_dptr partial_o;
+    tf_dptr partial_lse;
+    tf_dptr counters;
 } TfAttentionParams;
 
 #endif /* TILEFUSE_ABI_H */

@@ -1,14 +1,16 @@
 // Block-sparse attention forward in the FlashAttention-2 design. A block owns BM query rows
-// (one mask query block) of one head and batch row; each warp owns 16 or 32 rows, whose Q
-// fragments it holds in registers. The block walks the mask's listed key blocks (partial first, then
-// full) in tiles of 64 keys: K and V tiles arrive by cp.async in a ring of 2 or 3 stages
-// (p.stages), K's and V's waited for apart (V lands while S is computed), each tile's place
-// in the lists read when its copy starts; S = Q·Kᵀ and O += P·V run on mma.sync.m16n8k16
-// with f32 accumulators (P is reused from S's registers), each k step's K or V fragments
-// loaded four matrices at a time before its mmas; the softmax is online, in base 2 (ex2.approx),
-// with a running max and sum per row. The element mask is decided per warp and tile (all of
-// its 16 x 64 scores allowed, none, or some) and tested per element only where the tile
-// crosses its edge or lk.
+// (one mask query block of one head, or with GQA packed the same queries of the heads that
+// share a key/value head) of one batch row; each warp owns 16 or 32 rows, whose Q fragments it
+// holds in registers. The block walks the mask's listed key blocks (partial first, then full),
+// or its split's share of them, in tiles of 64 keys: K and V tiles arrive by cp.async in a ring
+// of 2 or 3 stages (p.stages), K's and V's waited for apart (V lands while S is computed), each
+// tile's place in the lists read when its copy starts; S = Q·Kᵀ and O += P·V run on
+// mma.sync.m16n8k16 with f32 accumulators (P is reused from S's registers), each k step's K or
+// V fragments loaded four matrices at a time before its mmas; the softmax is online, in base 2
+// (ex2.approx), with a running max and sum per row. The element mask is decided per warp and
+// tile (all of its 16 x 64 scores allowed, none, or some) and tested per element only where the
+// tile crosses its edge or lk. Split-KV (decode: too few blocks to fill the GPU) merges the
+// splits' results in the last split to finish.
 #include "abi.h"
 #include "common/mma.cuh"
 #include "common/types.cuh"
@@ -24,18 +26,25 @@ using tf::F16;
 
 using tf::swizzled;
 
-// Starts copying rows [first, first + Rows) of one (batch, head) slice into a swizzled tile;
-// rows at or past `limit` are zero-filled.
-template <int D, int Rows, int Threads>
-__device__ __forceinline__ void load_rows(uint32_t tile, const uint16_t *slice, uint64_t stride_l,
-                                          uint32_t first, uint32_t limit) {
+// Starts copying Rows rows of D values into a swizzled tile: row r from source(r), or zeros
+// where that is null.
+template <int D, int Rows, int Threads, class Source>
+__device__ __forceinline__ void load_rows(uint32_t tile, Source source) {
     for (uint32_t c = threadIdx.x; c < Rows * (D / 8); c += Threads) {
         const uint32_t row = c / (D / 8), chunk = c % (D / 8);
-        const bool valid = first + row < limit;
-        const uint16_t *src = valid ? slice + (first + row) * stride_l + chunk * 8 : slice;
-        tf::cp_async_16(tile + swizzled<D>(row, chunk), src, valid);
+        const uint16_t *src = source(row);
+        tf::cp_async_16(tile + swizzled<D>(row, chunk), src != nullptr ? src + chunk * 8 : src,
+                        src != nullptr);
     }
 }
+
+// The rows of a block's batch row, numbered v = 0 .. count - 1 (abi.h): row v is query v % lq
+// of head first_head + v / lq.
+struct Rows {
+    uint32_t lq, count, first_head;
+    __device__ uint32_t head(uint32_t v) const { return first_head + v / lq; }
+    __device__ uint32_t query(uint32_t v) const { return v % lq; }
+};
 
 // x, or NaN for ±inf (and NaN): x·0 is NaN exactly when x is not finite. One FFMA; IEEE
 // arithmetic (no fast math) keeps it from being folded away.
@@ -61,17 +70,100 @@ __device__ __forceinline__ Allowed allowed_distances(const TfAttentionParams &p)
 // Which of a warp's 16 x kKv scores of a tile the mask allows.
 enum class Coverage { kAll, kNone, kSome };
 
-// The coverage of the tile from key `key0` for the 16 rows from `row0`: a full block's tiles
-// allow all their keys, a partial block's as the element mask says; keys past lk never.
+// The queries [first, last] of the 16 rows from v (those past the rows' count aside: their
+// results are never stored): one run of queries, or all of them where the rows cross from
+// one packed head to the next.
+struct Queries {
+    uint32_t first, last;
+};
+__device__ __forceinline__ Queries queries_of(const Rows &rows, uint32_t v) {
+    const uint32_t last = v < rows.count ? min(v + 15, rows.count - 1) : v + 15;
+    if (v / rows.lq == last / rows.lq) return {rows.query(v), rows.query(last)};
+    return {0, rows.lq - 1};
+}
+
+// The coverage of the tile from key `key0` for rows of `queries`: a full block's tiles allow
+// all their keys, a partial block's as the element mask says; keys past lk never.
 __device__ __forceinline__ Coverage coverage(const TfAttentionParams &p, const Allowed &allowed,
-                                             bool partial, uint32_t row0, uint32_t key0) {
+                                             bool partial, Queries queries, uint32_t key0) {
     const int64_t shift = int64_t(p.lk) - p.lq;
-    const int64_t nearest = int64_t(row0) + shift - (key0 + kKv - 1);  // the least i' - j
-    const int64_t farthest = int64_t(row0) + 15 + shift - key0;        // the most
+    const int64_t nearest = int64_t(queries.first) + shift - (key0 + kKv - 1);  // the least i' - j
+    const int64_t farthest = int64_t(queries.last) + shift - key0;              // the most
     const bool past_lk = key0 + kKv > p.lk;
     if (partial && (farthest < allowed.lo || nearest > allowed.hi)) return Coverage::kNone;
     const bool inside = !partial || (allowed.contains(nearest) && allowed.contains(farthest));
     return inside && !past_lk ? Coverage::kAll : Coverage::kSome;
+}
+
+// Where split-KV keeps a split's results for query `query` of (batch, head): its row of
+// partial_o (d values), or its partial_lse (d = 1).
+__device__ __forceinline__ size_t split_row(const TfAttentionParams &p, uint32_t split,
+                                            uint32_t batch, uint32_t head, uint32_t query) {
+    return ((size_t(split) * p.batch + batch) * p.heads_q + head) * p.lq + query;
+}
+
+// Split-KV's end: once every thread has written its split's rows, the block counts itself
+// done; the last of the row block's splits merges their results in split order (so they do
+// not depend on which one that is) into o and lse, and leaves the counter at zero. A split's
+// weight is 2^(its lse − the largest): 0 for a split that saw no key of the row, NaN for one
+// that a non-finite score reached (the row's o and lse are then NaN); a row no split saw
+// gives o = 0, lse = −inf. A split whose row saw no key still passes on o's NaN (its o is the
+// sum 0 · v), as one block would.
+template <class In, int D, int BM, int Threads>
+__device__ __forceinline__ void merge_splits(const TfAttentionParams &p, const Rows &rows,
+                                             uint32_t first_row, uint32_t counter_index) {
+    float *weights = reinterpret_cast<float *>(tf::dynamic_shared());  // [BM][splits + 1]
+    uint32_t *last = reinterpret_cast<uint32_t *>(weights + BM * (p.splits + 1));
+    uint32_t *counter = reinterpret_cast<uint32_t *>(p.counters) + counter_index;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) *last = atomicAdd(counter, 1u) == p.splits - 1;
+    __syncthreads();
+    if (!*last) return;
+    if (threadIdx.x == 0) *counter = 0;  // ready for the next launch on the same workspace
+    __threadfence();
+
+    const float *partial_o = reinterpret_cast<const float *>(p.partial_o);
+    const float *partial_lse = reinterpret_cast<const float *>(p.partial_lse);
+    const uint32_t batch = blockIdx.z, splits = p.splits;
+    const uint32_t count = min(uint32_t(BM), rows.count - first_row);
+    for (uint32_t r = threadIdx.x; r < count; r += Threads) {
+        const uint32_t head = rows.head(first_row + r), query = rows.query(first_row + r);
+        float *w = weights + r * (splits + 1);
+        float most = -INFINITY;
+        for (uint32_t s = 0; s < splits; ++s) {
+            w[s] = __ldcg(&partial_lse[split_row(p, s, batch, head, query)]);
+            most = fmaxf(most, w[s]);
+        }
+        const float base = most == -INFINITY ? 0.0f : most;
+        float total = 0.0f;
+        for (uint32_t s = 0; s < splits; ++s) {
+            w[s] = exp2f(w[s] - base);
+            total += w[s];
+        }
+        w[splits] = total;
+        float *lse = reinterpret_cast<float *>(p.lse);
+        if (lse != nullptr)
+            lse[(size_t(batch) * p.heads_q + head) * p.lq + query] =
+                total != 0.0f ? (base + log2f(total)) * 0.69314718055994531f : -INFINITY;
+    }
+    __syncthreads();
+    uint16_t *o = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b;
+    for (uint32_t e = threadIdx.x; e < count * (D / 2); e += Threads) {
+        const uint32_t r = e / (D / 2), col = e % (D / 2) * 2;
+        const uint32_t head = rows.head(first_row + r), query = rows.query(first_row + r);
+        const float *w = weights + r * (splits + 1);
+        float lo = 0.0f, hi = 0.0f;
+        for (uint32_t s = 0; s < splits; ++s) {
+            const float *part = partial_o + split_row(p, s, batch, head, query) * D + col;
+            lo += w[s] * __ldcg(part);
+            hi += w[s] * __ldcg(part + 1);
+        }
+        const float total = w[splits];
+        *reinterpret_cast<uint32_t *>(o + head * p.o_stride_h + query * p.o_stride_l + col) =
+            total != 0.0f ? In::pack(nan_unless_finite(lo / total), nan_unless_finite(hi / total))
+                          : 0u;
+    }
 }
 
 // MT: the 16-row m tiles a warp owns (one, or two where registers allow), each K and V
@@ -86,9 +178,14 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     const auto v_tile = [&](int s) { return k_tile(s) + kKv * D * 2; };
 
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const uint32_t q_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
-    const uint32_t kv_head = head / (p.heads_q / p.heads_kv);
-    const uint16_t *q = reinterpret_cast<const uint16_t *>(p.q) + batch * p.q_stride_b + head * p.q_stride_h;
+    const uint32_t row_blocks = gridDim.x / p.splits;
+    const uint32_t row_block = blockIdx.x % row_blocks, split = blockIdx.x / row_blocks;
+    const uint32_t batch = blockIdx.z;
+    const Rows rows{p.lq, p.lq * p.packed_heads, blockIdx.y * p.packed_heads};
+    const uint32_t first_row = row_block * BM;               // the block's first row
+    const uint32_t q_block = rows.query(first_row) / BM;     // its mask query block (0 when packed)
+    const uint32_t kv_head = rows.first_head / (p.heads_q / p.heads_kv);
+    const uint16_t *q = reinterpret_cast<const uint16_t *>(p.q) + batch * p.q_stride_b;
     const uint16_t *k = reinterpret_cast<const uint16_t *>(p.k) + batch * p.k_stride_b + kv_head * p.k_stride_h;
     const uint16_t *v = reinterpret_cast<const uint16_t *>(p.v) + batch * p.v_stride_b + kv_head * p.v_stride_h;
 
@@ -97,17 +194,21 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     const uint32_t *partial = reinterpret_cast<const uint32_t *>(p.partial);
     const uint32_t *full = reinterpret_cast<const uint32_t *>(p.full);
     const uint32_t mask_row = ((p.mask_batch == 1 ? 0 : batch) * p.mask_heads +
-                               (p.mask_heads == 1 ? 0 : head)) * p.q_blocks + q_block;
+                               (p.mask_heads == 1 ? 0 : rows.first_head)) * p.q_blocks + q_block;
     const uint32_t n_partial = partial_offsets[mask_row + 1] - partial_offsets[mask_row];
     const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
     const uint32_t tiles_per_block = p.block_n / kKv;
-    const uint32_t tiles = (n_partial + n_full) * tiles_per_block;
-    // Where tile t lies: its first key, and whether its block is partial.
+    // This split's tiles of the row's list: [first_tile, first_tile + tiles).
+    const uint32_t listed = (n_partial + n_full) * tiles_per_block;
+    const uint32_t first_tile = min(split * p.tiles_per_split, listed);
+    const uint32_t tiles = min(p.tiles_per_split, listed - first_tile);
+    // Where tile t of the split lies: its first key, and whether its block is partial.
     struct Tile {
         uint32_t key0;
         bool partial;
     };
     const auto tile_at = [&](uint32_t t) {
+        t += first_tile;
         const uint32_t n = t / tiles_per_block;
         const bool is_partial = n < n_partial;
         const uint32_t block = is_partial ? partial[partial_offsets[mask_row] + n]
@@ -117,15 +218,25 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     // Commits two copy groups, K's and V's (empty past the last tile), so that every thread
     // has the same groups in flight: Q, then K and V of each tile.
     const auto load_kv = [&](uint32_t t, const Tile &tile, int stage) {
-        if (t < tiles) load_rows<D, kKv, kThreads>(k_tile(stage), k, p.k_stride_l, tile.key0, p.lk);
+        const auto keys = [&](const uint16_t *slice, uint64_t stride) {
+            return [=](uint32_t row) {
+                const uint32_t key = tile.key0 + row;
+                return key < p.lk ? slice + key * stride : nullptr;
+            };
+        };
+        if (t < tiles) load_rows<D, kKv, kThreads>(k_tile(stage), keys(k, p.k_stride_l));
         tf::cp_async_commit();
-        if (t < tiles) load_rows<D, kKv, kThreads>(v_tile(stage), v, p.v_stride_l, tile.key0, p.lk);
+        if (t < tiles) load_rows<D, kKv, kThreads>(v_tile(stage), keys(v, p.v_stride_l));
         tf::cp_async_commit();
     };
 
     const auto tile_or_none = [&](uint32_t t) { return t < tiles ? tile_at(t) : Tile{0, false}; };
 
-    load_rows<D, BM, kThreads>(q_tile, q, p.q_stride_l, q_block * BM, p.lq);
+    load_rows<D, BM, kThreads>(q_tile, [&](uint32_t row) -> const uint16_t * {
+        const uint32_t r = first_row + row;
+        if (r >= rows.count) return nullptr;
+        return q + rows.head(r) * p.q_stride_h + rows.query(r) * p.q_stride_l;
+    });
     tf::cp_async_commit();
     // The tiles in flight: `current` (tile t) and, with three stages, `following` (t + 1).
     Tile current = tile_or_none(0), following = tile_or_none(1);
@@ -149,11 +260,21 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     float out[MT][D / 8][4] = {};
     float row_max[MT][2];
     float row_sum[MT][2] = {};  // this thread's share; the 4 lanes of a row add up at the end
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) row_max[mt][0] = row_max[mt][1] = -INFINITY;
-    const uint32_t warp_row0 = q_block * BM + warp * MT * 16;
-    // The thread's rows: row0 + 16 mt and row0 + 16 mt + 8 of each m tile mt.
+    // The thread's rows: row0 + 16 mt and row0 + 16 mt + 8 of each m tile mt, and their
+    // queries; the queries of each m tile's 16 rows.
+    const uint32_t warp_row0 = first_row + warp * MT * 16;
     const uint32_t row0 = warp_row0 + lane / 4;
+    uint32_t query[MT][2];
+    Queries tile_queries[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        row_max[mt][0] = row_max[mt][1] = -INFINITY;
+        query[mt][0] = rows.query(row0 + 16 * mt);
+        query[mt][1] = rows.query(row0 + 16 * mt + 8);
+        tile_queries[mt] = queries_of(rows, warp_row0 + 16 * mt);
+    }
+    // A warp without rows (decode: fewer rows than the block) only helps with the copies.
+    const bool has_rows = warp_row0 < rows.count;
     const Allowed allowed = allowed_distances(p);
 
     for (uint32_t t = 0, stage = 0; t < tiles; ++t, stage = stage + 1 == stages ? 0 : stage + 1) {
@@ -174,65 +295,67 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
 
         // S = Q · Kᵀ for this warp's rows and the tile's 64 keys.
         float s[MT][kKv / 8][4] = {};
+        if (has_rows) {
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t b[kKv / 8][2];
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t b[kKv / 8][2];
 #pragma unroll
-            for (int jj = 0; jj < kKv / 16; ++jj) {
-                uint32_t r[4];  // keys 16 jj .. + 7 and 16 jj + 8 .. + 15
-                tf::ldmatrix_x4(r, k_tile(stage) + swizzled<D>((2 * jj + lane / 16) * 8 + lane % 8,
-                                                               kk * 2 + (lane / 8) % 2));
-                b[2 * jj][0] = r[0];
-                b[2 * jj][1] = r[1];
-                b[2 * jj + 1][0] = r[2];
-                b[2 * jj + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int j = 0; j < kKv / 8; ++j) In::mma(s[mt][j], q_frag[mt][kk], b[j]);
-        }
-
-        // Mask, scale to base 2, and the online softmax of each of the thread's rows.
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            const Coverage covered = coverage(p, allowed, tile.partial, warp_row0 + 16 * mt, tile.key0);
-#pragma unroll
-            for (int j = 0; j < kKv / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    bool ok = covered == Coverage::kAll;
-                    if (covered == Coverage::kSome) {
-                        const uint32_t key = tile.key0 + j * 8 + (lane % 4) * 2 + e % 2;
-                        const int64_t row = row0 + 16 * mt + (e / 2) * 8;
-                        ok = key < p.lk &&
-                             (!tile.partial || allowed.contains(row + int64_t(p.lk) - p.lq - key));
-                    }
-                    s[mt][j][e] = ok ? nan_unless_finite(s[mt][j][e]) * p.scale_log2 : -INFINITY;
+                for (int jj = 0; jj < kKv / 16; ++jj) {
+                    uint32_t r[4];  // keys 16 jj .. + 7 and 16 jj + 8 .. + 15
+                    tf::ldmatrix_x4(r, k_tile(stage) + swizzled<D>((2 * jj + lane / 16) * 8 + lane % 8,
+                                                                   kk * 2 + (lane / 8) % 2));
+                    b[2 * jj][0] = r[0];
+                    b[2 * jj][1] = r[1];
+                    b[2 * jj + 1][0] = r[2];
+                    b[2 * jj + 1][1] = r[3];
                 }
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float tile_max = -INFINITY;
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int j = 0; j < kKv / 8; ++j) In::mma(s[mt][j], q_frag[mt][kk], b[j]);
+            }
+
+            // Mask, scale to base 2, and the online softmax of each of the thread's rows.
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const Coverage covered = coverage(p, allowed, tile.partial, tile_queries[mt], tile.key0);
 #pragma unroll
                 for (int j = 0; j < kKv / 8; ++j)
-                    tile_max = fmaxf(tile_max, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-                const float new_max = fmaxf(row_max[mt][r], tile_max);
-                const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
-                const float correction = tf::exp2_approx(row_max[mt][r] - base);
-                row_max[mt][r] = new_max;
-                row_sum[mt][r] *= correction;
 #pragma unroll
-                for (int n = 0; n < D / 8; ++n) {
-                    out[mt][n][2 * r] *= correction;
-                    out[mt][n][2 * r + 1] *= correction;
-                }
+                    for (int e = 0; e < 4; ++e) {
+                        bool ok = covered == Coverage::kAll;
+                        if (covered == Coverage::kSome) {
+                            const uint32_t key = tile.key0 + j * 8 + (lane % 4) * 2 + e % 2;
+                            ok = key < p.lk &&
+                                 (!tile.partial ||
+                                  allowed.contains(int64_t(query[mt][e / 2]) + int64_t(p.lk) - p.lq - key));
+                        }
+                        s[mt][j][e] = ok ? nan_unless_finite(s[mt][j][e]) * p.scale_log2 : -INFINITY;
+                    }
 #pragma unroll
-                for (int j = 0; j < kKv / 8; ++j) {
-                    s[mt][j][2 * r] = tf::exp2_approx(s[mt][j][2 * r] - base);
-                    s[mt][j][2 * r + 1] = tf::exp2_approx(s[mt][j][2 * r + 1] - base);
-                    row_sum[mt][r] += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+                for (int r = 0; r < 2; ++r) {
+                    float tile_max = -INFINITY;
+#pragma unroll
+                    for (int j = 0; j < kKv / 8; ++j)
+                        tile_max = fmaxf(tile_max, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+                    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+                    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+                    const float new_max = fmaxf(row_max[mt][r], tile_max);
+                    const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
+                    const float correction = tf::exp2_approx(row_max[mt][r] - base);
+                    row_max[mt][r] = new_max;
+                    row_sum[mt][r] *= correction;
+#pragma unroll
+                    for (int n = 0; n < D / 8; ++n) {
+                        out[mt][n][2 * r] *= correction;
+                        out[mt][n][2 * r + 1] *= correction;
+                    }
+#pragma unroll
+                    for (int j = 0; j < kKv / 8; ++j) {
+                        s[mt][j][2 * r] = tf::exp2_approx(s[mt][j][2 * r] - base);
+                        s[mt][j][2 * r + 1] = tf::exp2_approx(s[mt][j][2 * r + 1] - base);
+                        row_sum[mt][r] += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+                    }
                 }
             }
         }
@@ -244,34 +367,39 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
             tf::cp_async_wait<2>();
         }
         __syncthreads();
+        if (has_rows) {
 #pragma unroll
-        for (int kk = 0; kk < kKv / 16; ++kk) {
-            uint32_t b[D / 8][2];
+            for (int kk = 0; kk < kKv / 16; ++kk) {
+                uint32_t b[D / 8][2];
 #pragma unroll
-            for (int nn = 0; nn < D / 16; ++nn) {
-                uint32_t r[4];  // columns 16 nn .. + 7 and 16 nn + 8 .. + 15 of v
-                tf::ldmatrix_x4_trans(r, v_tile(stage) + swizzled<D>(kk * 16 + lane % 16, 2 * nn + lane / 16));
-                b[2 * nn][0] = r[0];
-                b[2 * nn][1] = r[1];
-                b[2 * nn + 1][0] = r[2];
-                b[2 * nn + 1][1] = r[3];
-            }
+                for (int nn = 0; nn < D / 16; ++nn) {
+                    uint32_t r[4];  // columns 16 nn .. + 7 and 16 nn + 8 .. + 15 of v
+                    tf::ldmatrix_x4_trans(r, v_tile(stage) + swizzled<D>(kk * 16 + lane % 16, 2 * nn + lane / 16));
+                    b[2 * nn][0] = r[0];
+                    b[2 * nn][1] = r[1];
+                    b[2 * nn + 1][0] = r[2];
+                    b[2 * nn + 1][1] = r[3];
+                }
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const uint32_t a[4] = {In::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]),
-                                       In::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]),
-                                       In::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]),
-                                       In::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3])};
+                for (int mt = 0; mt < MT; ++mt) {
+                    const uint32_t a[4] = {In::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]),
+                                           In::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]),
+                                           In::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]),
+                                           In::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3])};
 #pragma unroll
-                for (int n = 0; n < D / 8; ++n) In::mma(out[mt][n], a, b[n]);
+                    for (int n = 0; n < D / 8; ++n) In::mma(out[mt][n], a, b[n]);
+                }
             }
         }
         __syncthreads();  // this stage is read; the next iteration's copy may overwrite it
     }
     tf::cp_async_wait<0>();
 
-    uint16_t *o = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b + head * p.o_stride_h;
+    uint16_t *o = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b;
     float *lse = reinterpret_cast<float *>(p.lse);
+    float *partial_o = reinterpret_cast<float *>(p.partial_o);
+    float *partial_lse = reinterpret_cast<float *>(p.partial_lse);
+    const bool split_kv = p.splits > 1;
 #pragma unroll
     for (int i = 0; i < 2 * MT; ++i) {
         const int mt = i / 2, r = i % 2;
@@ -279,24 +407,41 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const uint32_t row = row0 + 16 * mt + r * 8;
-        if (row >= p.lq) continue;
+        if (row >= rows.count) continue;
+        const uint32_t head = rows.head(row);
         // sum is 0 only for a row without keys (the largest score adds 1), NaN for a row that a
         // non-finite score reached: that row's o and lse come out NaN. A non-finite value of v
         // reaches every row of the tile (0 · NaN is NaN), except a row without keys: o = 0.
         const bool seen = sum != 0.0f;
         const float inverse = 1.0f / sum;
+        const float lse2 = seen ? row_max[mt][r] + log2f(sum) : -INFINITY;
+        if (split_kv) {
+            // The split's o: normalised, or where it saw no key the sum 0 · v (0, or NaN).
+            const size_t at = split_row(p, split, batch, head, query[mt][r]);
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const uint32_t col = n * 8 + (lane % 4) * 2;
+                partial_o[at * D + col] = seen ? out[mt][n][2 * r] * inverse : out[mt][n][2 * r];
+                partial_o[at * D + col + 1] = seen ? out[mt][n][2 * r + 1] * inverse : out[mt][n][2 * r + 1];
+            }
+            if (lane % 4 == 0) partial_lse[at] = lse2;
+            continue;
+        }
+        uint16_t *o_row = o + head * p.o_stride_h + query[mt][r] * p.o_stride_l;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             const uint32_t col = n * 8 + (lane % 4) * 2;
-            *reinterpret_cast<uint32_t *>(o + row * p.o_stride_l + col) =
+            *reinterpret_cast<uint32_t *>(o_row + col) =
                 seen ? In::pack(nan_unless_finite(out[mt][n][2 * r] * inverse),
                                 nan_unless_finite(out[mt][n][2 * r + 1] * inverse))
                      : 0u;
         }
         if (lse != nullptr && lane % 4 == 0)
-            lse[(size_t(batch) * p.heads_q + head) * p.lq + row] =
-                seen ? (row_max[mt][r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+            lse[(size_t(batch) * p.heads_q + head) * p.lq + query[mt][r]] = lse2 * 0.69314718055994531f;
     }
+    if (split_kv)
+        merge_splits<In, D, BM, kThreads>(p, rows, first_row,
+                                          (batch * gridDim.y + blockIdx.y) * row_blocks + row_block);
 }
 
 }  // namespace

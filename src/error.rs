@@ -110,6 +110,7 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::DeviceLimit`] if `needed` is over `limit`.
+    #[cfg(feature = "wgpu")]
     pub(crate) fn check_limit(
         what: &'static str,
         limit_name: &'static str,

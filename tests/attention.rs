@@ -28,6 +28,7 @@ on_backends!([cuda, wgpu] => [
     misaligned_strides_are_refused_at_launch,
     one_qkv_buffer,
     long_rows,
+    decode_shapes,
     dense_mask_is_plain_attention,
     every_registered_case_passes,
 ]);
@@ -249,6 +250,95 @@ fn long_rows(backends: &Backends, backend: Backend) {
     for case in cases {
         assert_case(backends, backend, case);
     }
+}
+
+fn decode_shapes(backends: &Backends, backend: Backend) {
+    // A few queries against thousands of keys with GQA: on CUDA the heads of a group share a
+    // block, and the keys are split over the SMs and merged.
+    let cases = [
+        (1, MaskKind::Dense, false),
+        (16, MaskKind::Causal, true),
+        (5, MaskKind::Window(1000, true), false),
+        (3, MaskKind::Streaming(64, 512), true),
+    ];
+    for (lq, mask, bf16) in cases {
+        let case = Case {
+            mask,
+            bf16,
+            heads_q: 8,
+            heads_kv: 2,
+            d: 128,
+            block: 128,
+            ..Case::new(lq, 4100)
+        };
+        assert_case(backends, backend, case);
+    }
+}
+
+/// One split-KV workspace serves decode calls of different shapes: each call's results are
+/// bitwise those of a call with a fresh workspace, and a reserved workspace does not grow.
+#[cfg(feature = "cuda")]
+#[test]
+fn a_kept_workspace_serves_decode_calls_of_any_shape() {
+    use tilefuse::attention::cuda::{
+        AttentionWorkspace, DeviceBlockMask, Inputs, Outputs, attention, attention_with_workspace,
+    };
+    let Some(cuda) = common::cuda() else {
+        return;
+    };
+    let seed = common::seed();
+    let mut rng = Rng::new(seed);
+    let shapes = [
+        AttentionShape::new(1, 1, 8200, 8, 2, 128).unwrap(),
+        AttentionShape::new(2, 16, 3000, 16, 4, 64).unwrap(),
+    ];
+    let masks = shapes.map(|s| BlockMask::causal(MaskShape::new(s.lq, s.lk)).unwrap());
+    let mut workspace = AttentionWorkspace::new();
+    let mut fresh = Vec::new();
+    for (shape, mask) in shapes.iter().zip(&masks) {
+        let [q, k, v, o] = shape.min_lens().map(|len| random(len, &mut rng));
+        let [q, k, v, mut o] = [q, k, v, o].map(|x| cuda.upload(&x).unwrap());
+        let mask = DeviceBlockMask::upload(cuda, mask).unwrap();
+        workspace.reserve::<f16>(cuda, shape, &mask).unwrap();
+        attention(
+            cuda,
+            shape,
+            Inputs {
+                q: &q,
+                k: &k,
+                v: &v,
+            },
+            &mask,
+            &mut o,
+            None,
+            0.1,
+        )
+        .unwrap();
+        fresh.push((q, k, v, mask, cuda.download(&o).unwrap()));
+    }
+    let reserved = workspace.bytes();
+    for _ in 0..2 {
+        for (shape, (q, k, v, mask, want)) in shapes.iter().zip(&fresh) {
+            let mut o = cuda.upload(&vec![f16::NAN; want.len()]).unwrap();
+            let inputs = Inputs { q, k, v };
+            let outputs = Outputs {
+                o: &mut o,
+                lse: None,
+            };
+            attention_with_workspace(cuda, shape, inputs, mask, outputs, 0.1, &mut workspace)
+                .unwrap();
+            let got = cuda.download(&o).unwrap();
+            let same = got
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{shape:?} (seed {seed}): differs from a call with a fresh workspace"
+            );
+        }
+    }
+    assert_eq!(workspace.bytes(), reserved, "a reserved workspace grew");
 }
 
 fn dense_mask_is_plain_attention(backends: &Backends, backend: Backend) {

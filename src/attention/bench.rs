@@ -135,8 +135,10 @@ fn run_shape(
         let mask = device.upload_mask(&mask)?;
         let mut o = device.upload(&queries)?;
         let mut lse = device.zeros::<f32>(lq * heads_q)?;
+        let mut workspace = Default::default();
         Ok(Runner::new(device.clock(), move || {
-            device.attention(&shape, [&q, &k, &v], &mask, &mut o, Some(&mut lse), scale)
+            let outputs = (&mut o, Some(&mut lse));
+            device.attention(&shape, [&q, &k, &v], &mask, outputs, scale, &mut workspace)
         }))
     })
 }

@@ -369,13 +369,16 @@ pub fn run<T: DeviceFloat16>(
         let qkv = [&q?, &k?, &v?];
         let mask = device.upload_mask(mask)?;
         let mut lse = device.upload(&vec![f32::NAN; lse_len])?;
+        let mut workspace = Default::default();
         let o = if output == Output::F32 {
             let mut o = device.upload(&vec![f32::NAN; o_len])?;
-            device.attention_f32(shape, qkv, &mask, &mut o, Some(&mut lse), scale)?;
+            let outputs = (&mut o, Some(&mut lse));
+            device.attention_f32(shape, qkv, &mask, outputs, scale)?;
             device.download(&o)?
         } else {
             let mut o = device.upload(&vec![T::from_f64(f64::NAN); o_len])?;
-            device.attention(shape, qkv, &mask, &mut o, Some(&mut lse), scale)?;
+            let outputs = (&mut o, Some(&mut lse));
+            device.attention(shape, qkv, &mask, outputs, scale, &mut workspace)?;
             let o = device.download(&o)?;
             o.into_iter().map(|x| x.to_f64() as f32).collect()
         };
@@ -383,10 +386,20 @@ pub fn run<T: DeviceFloat16>(
     })
 }
 
+/// The workspace of a backend whose attention keeps nothing from call to call (WGSL).
+#[cfg(feature = "wgpu")]
+#[derive(Debug, Default)]
+pub(super) struct NoWorkspace;
+
+/// Attention's outputs: `o` and, when given, `lse`.
+pub(super) type Outputs<'a, O, L> = (&'a mut O, Option<&'a mut L>);
+
 /// Attention's calls on each backend.
 pub(super) trait OnDevice: Device {
     /// A block mask in this device's memory.
     type Mask;
+    /// Scratch memory kept from call to call.
+    type Workspace: Default;
     /// Uploads `mask`.
     fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask>;
     /// Enqueues attention with `o` in the inputs' type.
@@ -395,9 +408,9 @@ pub(super) trait OnDevice: Device {
         shape: &AttentionShape,
         qkv: [&Self::Buffer<T>; 3],
         mask: &Self::Mask,
-        o: &mut Self::Buffer<T>,
-        lse: Option<&mut Self::Buffer<f32>>,
+        outputs: Outputs<'_, Self::Buffer<T>, Self::Buffer<f32>>,
         scale: f32,
+        workspace: &mut Self::Workspace,
     ) -> Result<()>;
     /// Enqueues attention with `o` in f32 (WGSL only).
     fn attention_f32<T: DeviceFloat16>(
@@ -405,34 +418,24 @@ pub(super) trait OnDevice: Device {
         shape: &AttentionShape,
         qkv: [&Self::Buffer<T>; 3],
         mask: &Self::Mask,
-        o: &mut Self::Buffer<f32>,
-        lse: Option<&mut Self::Buffer<f32>>,
+        outputs: Outputs<'_, Self::Buffer<f32>, Self::Buffer<f32>>,
         scale: f32,
     ) -> Result<()>;
 }
 
-/// `OnDevice` for a backend's handle: its module's mask type and `attention`, and the
-/// backend's own `attention_f32`.
+/// `OnDevice` for a backend's handle: its module's mask type, workspace and `attention`, and
+/// the backend's own `attention_f32`.
 macro_rules! forward_to {
-    ($feature:literal, $handle:ty, $module:ident, $mask:ident, $attention_f32:item) => {
+    ($feature:literal, $handle:ty, $module:ident, $mask:ident, $workspace:ty,
+     $attention:item, $attention_f32:item) => {
         #[cfg(feature = $feature)]
         impl OnDevice for $handle {
             type Mask = super::$module::$mask;
+            type Workspace = $workspace;
             fn upload_mask(&self, mask: &BlockMask) -> Result<Self::Mask> {
                 super::$module::$mask::upload(self, mask)
             }
-            fn attention<T: DeviceFloat16>(
-                &self,
-                shape: &AttentionShape,
-                [q, k, v]: [&Self::Buffer<T>; 3],
-                mask: &Self::Mask,
-                o: &mut Self::Buffer<T>,
-                lse: Option<&mut Self::Buffer<f32>>,
-                scale: f32,
-            ) -> Result<()> {
-                let inputs = super::$module::Inputs { q, k, v };
-                super::$module::attention(self, shape, inputs, mask, o, lse, scale)
-            }
+            $attention
             $attention_f32
         }
     };
@@ -443,13 +446,26 @@ forward_to!(
     crate::backend::cuda::Cuda,
     cuda,
     DeviceBlockMask,
+    super::cuda::AttentionWorkspace,
+    fn attention<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        [q, k, v]: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        (o, lse): Outputs<'_, Self::Buffer<T>, Self::Buffer<f32>>,
+        scale: f32,
+        workspace: &mut Self::Workspace,
+    ) -> Result<()> {
+        let inputs = super::cuda::Inputs { q, k, v };
+        let outputs = super::cuda::Outputs { o, lse };
+        super::cuda::attention_with_workspace(self, shape, inputs, mask, outputs, scale, workspace)
+    },
     fn attention_f32<T: DeviceFloat16>(
         &self,
         _: &AttentionShape,
         _: [&Self::Buffer<T>; 3],
         _: &Self::Mask,
-        _: &mut Self::Buffer<f32>,
-        _: Option<&mut Self::Buffer<f32>>,
+        _: Outputs<'_, Self::Buffer<f32>, Self::Buffer<f32>>,
         _: f32,
     ) -> Result<()> {
         Err(crate::Error::invalid(
@@ -464,13 +480,25 @@ forward_to!(
     crate::backend::wgpu::Wgpu,
     wgpu,
     GpuBlockMask,
+    NoWorkspace,
+    fn attention<T: DeviceFloat16>(
+        &self,
+        shape: &AttentionShape,
+        [q, k, v]: [&Self::Buffer<T>; 3],
+        mask: &Self::Mask,
+        (o, lse): Outputs<'_, Self::Buffer<T>, Self::Buffer<f32>>,
+        scale: f32,
+        _: &mut Self::Workspace,
+    ) -> Result<()> {
+        let inputs = super::wgpu::Inputs { q, k, v };
+        super::wgpu::attention(self, shape, inputs, mask, o, lse, scale)
+    },
     fn attention_f32<T: DeviceFloat16>(
         &self,
         shape: &AttentionShape,
         [q, k, v]: [&Self::Buffer<T>; 3],
         mask: &Self::Mask,
-        o: &mut Self::Buffer<f32>,
-        lse: Option<&mut Self::Buffer<f32>>,
+        (o, lse): Outputs<'_, Self::Buffer<f32>, Self::Buffer<f32>>,
         scale: f32,
     ) -> Result<()> {
         let inputs = super::wgpu::Inputs { q, k, v };

@@ -19,6 +19,7 @@ pub const TF_SPMM_BITMAP_WARPS: u32 = 9;
 pub const TF_ATTENTION_KV_TILE: u32 = 64;
 pub const TF_ATTENTION_WARP_ROWS_D64: u32 = 32;
 pub const TF_ATTENTION_WARP_ROWS_D128: u32 = 16;
+pub const TF_ATTENTION_MAX_SPLITS: u32 = 64;
 pub type tf_dptr = u64;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -255,11 +256,16 @@ pub struct TfAttentionParams {
     pub window: u32,
     pub scale_log2: f32,
     pub stages: u32,
-    pub reserved: u32,
+    pub packed_heads: u32,
+    pub splits: u32,
+    pub tiles_per_split: u32,
+    pub partial_o: tf_dptr,
+    pub partial_lse: tf_dptr,
+    pub counters: tf_dptr,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of TfAttentionParams"][::core::mem::size_of::<TfAttentionParams>() - 224usize];
+    ["Size of TfAttentionParams"][::core::mem::size_of::<TfAttentionParams>() - 256usize];
     ["Alignment of TfAttentionParams"][::core::mem::align_of::<TfAttentionParams>() - 8usize];
     ["Offset of field: TfAttentionParams::q"]
         [::core::mem::offset_of!(TfAttentionParams, q) - 0usize];
@@ -329,6 +335,16 @@ const _: () = {
         [::core::mem::offset_of!(TfAttentionParams, scale_log2) - 212usize];
     ["Offset of field: TfAttentionParams::stages"]
         [::core::mem::offset_of!(TfAttentionParams, stages) - 216usize];
-    ["Offset of field: TfAttentionParams::reserved"]
-        [::core::mem::offset_of!(TfAttentionParams, reserved) - 220usize];
+    ["Offset of field: TfAttentionParams::packed_heads"]
+        [::core::mem::offset_of!(TfAttentionParams, packed_heads) - 220usize];
+    ["Offset of field: TfAttentionParams::splits"]
+        [::core::mem::offset_of!(TfAttentionParams, splits) - 224usize];
+    ["Offset of field: TfAttentionParams::tiles_per_split"]
+        [::core::mem::offset_of!(TfAttentionParams, tiles_per_split) - 228usize];
+    ["Offset of field: TfAttentionParams::partial_o"]
+        [::core::mem::offset_of!(TfAttentionParams, partial_o) - 232usize];
+    ["Offset of field: TfAttentionParams::partial_lse"]
+        [::core::mem::offset_of!(TfAttentionParams, partial_lse) - 240usize];
+    ["Offset of field: TfAttentionParams::counters"]
+        [::core::mem::offset_of!(TfAttentionParams, counters) - 248usize];
 };

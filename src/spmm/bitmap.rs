@@ -208,6 +208,7 @@ impl<T: Float16> Bitmap<T> {
 
     /// Values (padding included) of the tile — the [`TILE_M`](super::TILE_M) / [`UNIT_M`]
     /// unit rows of one unit column — that has the most: what a stage of the CUDA kernel holds.
+    #[cfg(feature = "cuda")]
     pub(crate) fn max_tile_values(&self) -> usize {
         let units_k = self.k.div_ceil(UNIT_K);
         let unit_rows = super::TILE_M / UNIT_M;

@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 
-use super::Plan;
+use super::{Plan, SplitKv};
 use crate::attention::check::{RunOutput, check_with};
 use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, MaskShape, Output};
 use crate::backend::cuda::CudaDeviceInfo;
@@ -12,11 +12,19 @@ use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated
 use crate::element::Float16;
 use crate::error::Result;
 
+/// How a test launches the kernel: the emulator's order of threads and blocks, and the
+/// splits of each block's keys (the plan's choice is 1 for most tests' shapes).
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    order: Order,
+    splits: usize,
+}
+
 /// One emulated launch with `check`'s arguments; panics with the emulator's message when the
-/// kernel fails (an access out of bounds, a deadlock).
+/// kernel fails (an access out of bounds, a deadlock, a split-KV counter left nonzero).
 fn run<T: Float16>(
     emulator: &Emulator,
-    order: Order,
+    setup: Setup,
     shape: &AttentionShape,
     [q, k, v]: [&[T]; 3],
     mask: &BlockMask,
@@ -35,12 +43,14 @@ fn run<T: Float16>(
         Some(lse_len),
     )?;
     // Two stages in thread order, three in the others.
-    let stages = if matches!(order, Order::Threads) {
+    let stages = if matches!(setup.order, Order::Threads) {
         2
     } else {
         3
     };
-    let plan = Plan::new::<T>(shape, mask.shape(), mask.element(), scale)?.with_stages(stages);
+    let plan = Plan::new::<T>(shape, mask.shape(), mask.element(), scale)?
+        .with_stages(stages)
+        .with_splits(setup.splits, mask.stats().max_blocks_per_row);
     let mut inputs = [q, k, v].map(Guarded::new);
     let mut o = Guarded::new(&vec![T::from_f64(f64::NAN); o_len]);
     let mut lse = Guarded::new(&vec![f32::NAN; lse_len]);
@@ -52,22 +62,36 @@ fn run<T: Float16>(
         Guarded::new(full_offsets),
         list(full),
     ];
+    let (partial_words, counter_words) = plan.workspace_words();
+    let mut partials = Guarded::new(&vec![f32::NAN; partial_words]);
+    let mut counters = Guarded::new(&vec![0u32; counter_words]);
+    let split_kv = match plan.splits {
+        1 => SplitKv::default(),
+        _ => SplitKv {
+            partial_o: partials.address(),
+            partial_lse: partials.address() + 4 * plan.partial_o_words() as u64,
+            counters: counters.address(),
+        },
+    };
     let [qa, ka, va] = inputs.each_mut().map(|buffer| buffer.address());
     let params = plan.params::<T>(
         shape,
         [qa, ka, va, o.address()],
         lse.address(),
         lists.each_mut().map(|list| list.address()),
+        split_kv,
     );
-    let launch = Launch::new(plan.shape(), order);
-    let launch = match order {
+    let launch = Launch::new(plan.shape(), setup.order);
+    // Split-KV's last block is then another one: the first split, not the last.
+    let launch = match setup.order {
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
     };
     // SAFETY: the parameters follow abi.h's attention contract as the CUDA launcher's do: the
     // same checks (check_call, Plan) passed, the tensors are the caller's with their layout's
-    // lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq values, and
-    // every buffer lives until the launch returns.
+    // lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq values,
+    // split-KV's partials and zeroed counters have the plan's sizes, and every buffer lives
+    // until the launch returns.
     let ran = unsafe { emulator.launch(plan.kernel, &params, &launch) };
     let read = ran.and_then(|()| {
         for (buffer, what) in inputs.iter().zip(["q", "k", "v"]) {
@@ -75,6 +99,10 @@ fn run<T: Float16>(
         }
         for list in &lists {
             list.read("mask")?;
+        }
+        partials.read("split-KV partials")?;
+        if counters.read("split-KV counters")?.iter().any(|&c| c != 0) {
+            return Err("a split-KV counter was left nonzero".into());
         }
         Ok((o.read("o")?, lse.read("lse")?))
     });
@@ -84,14 +112,18 @@ fn run<T: Float16>(
 }
 
 fn check_case(case: &Case, order: Order) {
-    assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
+    check_split(case, Setup { order, splits: 1 });
+}
+
+fn check_split(case: &Case, setup: Setup) {
+    assert_emulated(&format!("{case}, {setup:?}"), |emulator, seed| {
         if case.bf16 {
             check_with::<bf16>(case, seed, |s, i, m, sc, o| {
-                run(emulator, order, s, i, m, sc, o)
+                run(emulator, setup, s, i, m, sc, o)
             })
         } else {
             check_with::<f16>(case, seed, |s, i, m, sc, o| {
-                run(emulator, order, s, i, m, sc, o)
+                run(emulator, setup, s, i, m, sc, o)
             })
         }
     });
@@ -233,6 +265,133 @@ fn non_finite_inputs() {
     }
 }
 
+/// Split-KV: each split of a block's key tiles writes its o and lse, and the last split to
+/// finish (in reversed block order another one) merges them; across full and partial blocks,
+/// rows that see no key in some splits or in all (o = 0, lse = −inf), more splits asked for
+/// than a row has tiles, GQA, non-finite inputs, and a decode call split as on an H100. In
+/// the windowed case with non-finite inputs, query block 1 visits key blocks 4 to 7, one per
+/// split, and rows 89 on see nothing of block 4, whose v holds +inf at key 300: their split
+/// 0 saw no key, yet 0 · inf makes their o NaN, as in one block.
+#[test]
+fn split_keys() {
+    let cases = [
+        (Case::new(150, 520), 3),
+        (
+            Case {
+                mask: MaskKind::Window(100, true),
+                ..Case::new(130, 400)
+            },
+            2,
+        ),
+        (
+            Case {
+                mask: MaskKind::EmptyRows,
+                heads_q: 4,
+                heads_kv: 2,
+                ..Case::new(140, 330)
+            },
+            5,
+        ),
+        (
+            Case {
+                mask: MaskKind::Streaming(64, 64),
+                bf16: true,
+                d: 128,
+                block: 128,
+                ..Case::new(200, 600)
+            },
+            64,
+        ),
+        (
+            Case {
+                mask: MaskKind::Dense,
+                non_finite: true,
+                ..Case::new(90, 450)
+            },
+            4,
+        ),
+        (
+            Case {
+                mask: MaskKind::Window(70, false),
+                non_finite: true,
+                ..Case::new(300, 600)
+            },
+            5,
+        ),
+        (
+            Case {
+                mask: MaskKind::Dense,
+                heads_q: 8,
+                heads_kv: 2,
+                d: 128,
+                block: 128,
+                ..Case::new(1, 4100)
+            },
+            16,
+        ),
+    ];
+    for (i, (case, splits)) in cases.into_iter().enumerate() {
+        let order = ORDERS[i % 3];
+        check_split(&case, Setup { order, splits });
+    }
+}
+
+/// Decode: with each head's queries in one query block and one mask for all heads, a block
+/// covers the rows of the query heads that share a key/value head (rows cross from head to
+/// head inside a warp where lq is not a multiple of 16), with and without splits.
+#[test]
+fn decode_packs_the_heads_of_a_group() {
+    let cases = [
+        (1, MaskKind::Dense, 3, false),
+        (5, MaskKind::Causal, 1, true),
+        (16, MaskKind::Window(100, true), 2, false),
+        (7, MaskKind::Window(70, false), 4, true),
+        (64, MaskKind::Causal, 2, false),
+    ];
+    for (i, (lq, mask, splits, non_finite)) in cases.into_iter().enumerate() {
+        let case = Case {
+            mask,
+            heads_q: 8,
+            heads_kv: 2,
+            batch: 2,
+            non_finite,
+            ..Case::new(lq, 300)
+        };
+        let shape = AttentionShape::new(2, lq, 300, 8, 2, 64).unwrap();
+        let mask = MaskShape {
+            block_m: 64,
+            block_n: 64,
+            ..MaskShape::new(lq, 300)
+        };
+        let plan = Plan::new::<f16>(&shape, mask, crate::attention::ElementMask::None, 0.1);
+        assert_eq!(plan.unwrap().packed_heads, 4, "lq {lq}");
+        check_split(
+            &case,
+            Setup {
+                order: ORDERS[i % 3],
+                splits,
+            },
+        );
+    }
+}
+
+/// Heads are packed only where each has one query block and they share the mask.
+#[test]
+fn heads_pack_only_within_one_query_block_and_mask() {
+    let shape = |lq| AttentionShape::new(1, lq, 512, 8, 2, 64).unwrap();
+    let packed = |lq, heads| {
+        let mask = MaskShape {
+            heads,
+            ..MaskShape::new(lq, 512)
+        };
+        let plan = Plan::new::<f16>(&shape(lq), mask, crate::attention::ElementMask::None, 0.1);
+        plan.unwrap().packed_heads
+    };
+    assert_eq!(packed(128, 1), 4);
+    assert_eq!(packed(129, 1), 1);
+    assert_eq!(packed(16, 8), 1);
+}
+
 /// Three K/V stages where the device's shared memory takes them without costing a resident
 /// block (an H100), two where it does not (sm_86's 99 KiB at d = 128).
 #[test]
@@ -241,14 +400,33 @@ fn stages_follow_the_device() {
     let shape = AttentionShape::new(1, 4096, 4096, 8, 8, 128).unwrap();
     let mask = BlockMask::causal(MaskShape::new(4096, 4096)).unwrap();
     let plan = || Plan::new::<f16>(&shape, mask.shape(), mask.element(), 0.1).unwrap();
-    let h100 = plan().for_device(&device(132, 227 * 1024), 210);
+    let h100 = plan().for_device(&device(132, 227 * 1024), 210, 32);
     assert_eq!(
         (h100.stages, h100.shared_bytes),
         (3, (128 + 6 * 64) * 128 * 2)
     );
-    let sm86 = plan().for_device(&device(84, 99 * 1024), 210);
+    let sm86 = plan().for_device(&device(84, 99 * 1024), 210, 32);
     assert_eq!(
         (sm86.stages, sm86.shared_bytes),
         (2, (128 + 4 * 64) * 128 * 2)
     );
+}
+
+/// The keys are split where the blocks would leave SMs idle: decode (one query against 32k
+/// keys, GQA 32/8: 8 blocks) fills an H100's 132 SMs with 16 splits of 32 tiles; a prefill of
+/// 8k queries (2048 blocks), and a short row (8 tiles), are not split.
+#[test]
+fn splits_fill_the_device() {
+    let h100 = CudaDeviceInfo::planned(132, 227 * 1024);
+    let splits = |lq: usize, lk: usize, heads_kv: usize| {
+        let shape = AttentionShape::new(1, lq, lk, 32, heads_kv, 128).unwrap();
+        let mask = BlockMask::dense(MaskShape::new(lq, lk)).unwrap();
+        let plan = Plan::new::<f16>(&shape, mask.shape(), mask.element(), 0.1).unwrap();
+        let plan = plan.for_device(&h100, 210, mask.stats().max_blocks_per_row);
+        (plan.splits, plan.tiles_per_split, plan.shape().grid)
+    };
+    assert_eq!(splits(1, 32768, 8), (16, 32, [16, 8, 1]));
+    assert_eq!(splits(16, 32768, 8), (16, 32, [16, 8, 1]));
+    assert_eq!(splits(8192, 8192, 32).0, 1);
+    assert_eq!(splits(1, 512, 8), (2, 4, [2, 8, 1]));
 }
