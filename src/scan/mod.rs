@@ -37,7 +37,26 @@
 //! interleaved `(re, im)` f32 pairs, the layout of [`Complex32`]. Through WGSL
 //! ([`wgpu::scan`]) the same function runs on any adapter. Results are deterministic: the same
 //! inputs give the same bits run after run.
+//!
+//! # Backward
+//!
+//! Given the cotangents `dh [b, t, p]` of every state (zeros allowed) and optionally
+//! `dh_last [b, p]` of the final state, with `g[T−1] = dh[T−1] + dh_last` and, going back in
+//! time, `g[t] = dh[t] + (reset[t+1] ? 0 : a[t+1]·g[t+1])`:
+//!
+//! ```text
+//! du[t] = g[t]
+//! da[t] = reset[t] ? 0 : g[t]·h[t−1]      (time-invariant a: summed over b and t)
+//! dh0   = reset[0] ? 0 : a[0]·g[0]
+//! ```
+//!
+//! with `h[−1] = h0`: the gradient stops at every reset, so nothing flows from an episode into
+//! the one before it. For complex64 these are plain products, without conjugation: the
+//! transpose convention of `jax.vjp` (for `h = a·h' + u`, JAX's cotangents are `da = ct·h'`
+//! and `dh' = ct·a`); PyTorch's convention for complex gradients is the conjugate of this one.
+//! [`reference_backward`] is the specification.
 
+mod backward;
 mod bench;
 mod check;
 #[cfg(feature = "cli")]
@@ -50,6 +69,7 @@ pub mod wgpu;
 
 use std::marker::PhantomData;
 
+pub use backward::{Cotangents, Gradients, associative_backward, reference_backward};
 pub use bench::BENCH_SHAPES;
 pub use check::{Case, ENTRY, Inputs, Outputs, ResetPattern, check, run};
 use num_complex::{Complex32, Complex64};

@@ -122,7 +122,7 @@ fn per_channel<T: ScanElement>(
 }
 
 /// Complex values as `T::LANES` f64s each.
-fn flatten<T: ScanElement>(values: &[Complex64]) -> Vec<f64> {
+pub(super) fn flatten<T: ScanElement>(values: &[Complex64]) -> Vec<f64> {
     match T::LANES {
         1 => values.iter().map(|v| v.re).collect(),
         _ => values.iter().flat_map(|v| [v.re, v.im]).collect(),

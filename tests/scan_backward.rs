@@ -1,0 +1,273 @@
+//! The scan's backward pass: the f64 reference against finite differences of the forward
+//! reference, against an independent algorithm, and at its edges (resets, h0, dh_last).
+
+mod common;
+
+use num_complex::{Complex32, Complex64};
+use tilefuse::Error;
+use tilefuse::harness::{Rng, Tolerance, compare};
+use tilefuse::scan::{
+    Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, associative_backward,
+    reference, reference_backward,
+};
+
+/// Random cotangents for `scan`: every state's, and the final state's when asked.
+fn cotangents<T: ScanElement>(scan: &Scan<T>, dh_last: bool, rng: &mut Rng) -> Cotangents<T> {
+    let mut value = || {
+        T::narrow(Complex64::new(
+            rng.uniform(-1.0, 1.0),
+            rng.uniform(-1.0, 1.0),
+        ))
+    };
+    Cotangents {
+        dh: (0..scan.states_len()).map(|_| value()).collect(),
+        dh_last: dh_last.then(|| (0..scan.final_len()).map(|_| value()).collect()),
+    }
+}
+
+/// `L = Σ dh·h + Σ dh_last·h_last` in f64 (plain products: the bilinear pairing whose
+/// holomorphic derivatives are JAX's cotangents).
+fn loss<T: ScanElement>(scan: &Scan<T>, inputs: &Inputs<T>, ct: &Cotangents<T>) -> Complex64 {
+    let states = reference(
+        scan,
+        &inputs.a,
+        &inputs.u,
+        &inputs.reset,
+        inputs.h0.as_deref(),
+    )
+    .unwrap();
+    let pair = |cts: &[T], values: &[f64]| -> Complex64 {
+        let values: Vec<Complex64> = match T::LANES {
+            1 => values.iter().map(|&v| Complex64::new(v, 0.0)).collect(),
+            _ => values
+                .chunks_exact(2)
+                .map(|p| Complex64::new(p[0], p[1]))
+                .collect(),
+        };
+        cts.iter().zip(values).map(|(c, v)| c.widen() * v).sum()
+    };
+    let last = ct
+        .dh_last
+        .as_deref()
+        .map_or(Complex64::default(), |d| pair(d, &states.h_last));
+    pair(&ct.dh, &states.h) + last
+}
+
+/// One input of a scan, picked out of its inputs.
+type Pick<T> = fn(&mut Inputs<T>) -> &mut Vec<T>;
+
+/// The derivative of `loss` along element `i` of one input (selected by `pick`), by central
+/// differences over the real and (complex) imaginary parts, each divided by the step the f32
+/// input really took.
+fn finite_difference<T: ScanElement>(
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    ct: &Cotangents<T>,
+    pick: Pick<T>,
+    i: usize,
+    direction: Complex64,
+) -> Complex64 {
+    let step = 1.0 / 4096.0;
+    let moved = |sign: f64| {
+        let mut moved = inputs.clone();
+        let value = &mut pick(&mut moved)[i];
+        *value = T::narrow(value.widen() + direction * (sign * step));
+        let taken = value.widen();
+        (loss(scan, &moved, ct), taken)
+    };
+    let ((plus, at_plus), (minus, at_minus)) = (moved(1.0), moved(-1.0));
+    // The step along `direction` that the rounded inputs took.
+    let taken = ((at_plus - at_minus) / direction).re;
+    (plus - minus) / taken
+}
+
+/// The gradient element `i` of `grads` (interleaved f64) as a complex number.
+fn element<T: ScanElement>(values: &[f64], i: usize) -> Complex64 {
+    match T::LANES {
+        1 => Complex64::new(values[i], 0.0),
+        _ => Complex64::new(values[2 * i], values[2 * i + 1]),
+    }
+}
+
+fn assert_close(what: &str, got: Complex64, want: Complex64, seed: u64) {
+    let scale = want.norm().max(1e-3);
+    assert!(
+        (got - want).norm() <= 1e-6 * scale.max(1.0),
+        "{what} (seed {seed}): reference {got}, finite differences {want}"
+    );
+}
+
+/// The reference's du, da and dh0 are the derivatives of the forward reference: central
+/// differences on random elements, for f32 and complex64 (real and imaginary steps: the
+/// derivative is holomorphic, with no conjugation), both decays and layouts, with resets.
+fn matches_finite_differences<T: ScanElement>(case: Case, seed: u64) {
+    let scan = case.scan::<T>().unwrap();
+    let inputs = Inputs::random(&case, &scan, seed);
+    let mut rng = Rng::new(seed ^ 1);
+    let ct = cotangents(&scan, true, &mut rng);
+    let grads = reference_backward(&scan, &inputs, &ct).unwrap();
+    let directions: &[Complex64] = match T::LANES {
+        1 => &[Complex64::new(1.0, 0.0)],
+        _ => &[Complex64::new(1.0, 0.0), Complex64::new(0.0, 1.0)],
+    };
+    let picks: [(&str, Pick<T>, &[f64], usize); 3] = [
+        ("du", |i| &mut i.u, &grads.du, scan.states_len()),
+        ("da", |i| &mut i.a, &grads.da, scan.a_len()),
+        (
+            "dh0",
+            |i| i.h0.as_mut().unwrap(),
+            grads.dh0.as_deref().unwrap(),
+            scan.final_len(),
+        ),
+    ];
+    for (what, pick, grad, len) in picks {
+        for _ in 0..6 {
+            let i = (rng.unit() * len as f64) as usize % len;
+            for &direction in directions {
+                let want = finite_difference(&scan, &inputs, &ct, pick, i, direction);
+                // The derivative along `direction` of a holomorphic loss is g · direction.
+                let got = element::<T>(grad, i) * direction;
+                assert_close(
+                    &format!("{what}[{i}] along {direction}, {case}"),
+                    got,
+                    want,
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_matches_finite_differences() {
+    let seed = common::seed();
+    let base = Case {
+        resets: ResetPattern::Random(0.2),
+        ..Case::new(2, 40, 3)
+    };
+    matches_finite_differences::<f32>(base, seed);
+    matches_finite_differences::<Complex32>(
+        Case {
+            decay: Decay::TimeVarying,
+            layout: Layout::TimeMajor,
+            ..base
+        },
+        seed,
+    );
+    matches_finite_differences::<Complex32>(base, seed);
+    matches_finite_differences::<f32>(
+        Case {
+            decay: Decay::TimeVarying,
+            resets: ResetPattern::Never,
+            ..base
+        },
+        seed,
+    );
+}
+
+/// The reference against the associative scan of the time-reversed problem.
+#[test]
+fn associative_backward_agrees_with_the_reference() {
+    let seed = common::seed();
+    let cases = [
+        Case::new(3, 300, 5),
+        Case {
+            complex: true,
+            decay: Decay::TimeVarying,
+            layout: Layout::TimeMajor,
+            resets: ResetPattern::Random(0.1),
+            h0: false,
+            ..Case::new(2, 257, 3)
+        },
+        Case {
+            resets: ResetPattern::EveryStep,
+            ..Case::new(2, 9, 2)
+        },
+        Case {
+            complex: true,
+            resets: ResetPattern::AtStart,
+            ..Case::new(1, 1, 4)
+        },
+    ];
+    for case in cases {
+        for dh_last in [false, true] {
+            let c = if case.complex {
+                agree::<Complex32>(&case, dh_last, seed)
+            } else {
+                agree::<f32>(&case, dh_last, seed)
+            };
+            assert!(c.passed(), "{case}, dh_last {dh_last} (seed {seed}): {c}");
+        }
+    }
+}
+
+fn agree<T: ScanElement>(case: &Case, dh_last: bool, seed: u64) -> tilefuse::harness::Comparison {
+    let scan = case.scan::<T>().unwrap();
+    let inputs = Inputs::random(case, &scan, seed);
+    let ct = cotangents(&scan, dh_last, &mut Rng::new(seed ^ 2));
+    let want = reference_backward(&scan, &inputs, &ct).unwrap();
+    let got = associative_backward(&scan, &inputs, &ct).unwrap();
+    assert_eq!(got.dh0.is_some(), case.h0);
+    let flat = |g: tilefuse::scan::Gradients| [g.du, g.da, g.dh0.unwrap_or_default()].concat();
+    compare(
+        &flat(got),
+        &flat(want),
+        Tolerance {
+            rel_l2: 1e-12,
+            element: 1e-12,
+        },
+    )
+}
+
+/// At a reset the gradient stops: du before it depends only on dh before it, da and dh0
+/// vanish where a reset discards what they multiply.
+#[test]
+fn gradients_stop_at_resets() {
+    let scan = Scan::<f32>::new(
+        tilefuse::scan::ScanShape::new(1, 4, 1).unwrap(),
+        Layout::BatchMajor,
+        Decay::TimeVarying,
+    );
+    let inputs = Inputs {
+        a: vec![2.0, 3.0, 5.0, 7.0],
+        u: vec![1.0, 1.0, 1.0, 1.0],
+        reset: vec![1, 0, 1, 0],
+        h0: Some(vec![10.0]),
+    };
+    // h = [1, 4, 1, 8]
+    let ct = Cotangents {
+        dh: vec![0.0, 0.0, 0.0, 1.0],
+        dh_last: Some(vec![1.0]),
+    };
+    let grads = reference_backward(&scan, &inputs, &ct).unwrap();
+    // g = [0, 0, 7·2, 2]: the reset at t = 2 stops g from reaching t = 1.
+    assert_eq!(grads.du, vec![0.0, 0.0, 14.0, 2.0]);
+    // da[t] = g[t]·h[t−1] where t has no reset: da[1] = 0·1, da[3] = 2·1.
+    assert_eq!(grads.da, vec![0.0, 0.0, 0.0, 2.0]);
+    assert_eq!(grads.dh0, Some(vec![0.0]));
+}
+
+#[test]
+fn wrong_cotangent_lengths_are_errors() {
+    let case = Case::new(2, 10, 3);
+    let scan = case.scan::<f32>().unwrap();
+    let inputs = Inputs::random(&case, &scan, 1);
+    let short = Cotangents {
+        dh: vec![0.0; scan.states_len() - 1],
+        dh_last: None,
+    };
+    match reference_backward(&scan, &inputs, &short) {
+        Err(Error::Length { what: "dh", .. }) => {}
+        other => panic!("expected a dh length error, got {other:?}"),
+    }
+    let wrong_last = Cotangents {
+        dh: vec![0.0; scan.states_len()],
+        dh_last: Some(vec![0.0; 5]),
+    };
+    match associative_backward(&scan, &inputs, &wrong_last) {
+        Err(Error::Length {
+            what: "dh_last", ..
+        }) => {}
+        other => panic!("expected a dh_last length error, got {other:?}"),
+    }
+}
