@@ -10,101 +10,13 @@
 // end state (or h0), which is exactly how each of those end states was computed: the result
 // does not depend on which predecessors had finished, so runs are bitwise deterministic.
 #include "abi.h"
-#include "common/sync.cuh"
+#include "scan/common.cuh"
 
 #include <cstdint>
 
 namespace {
 
-constexpr uint32_t kFlagAggregate = 1;  // the chunk's map (A, B) is published
-constexpr uint32_t kFlagState = 2;      // the chunk's end state is published
-
-// Real or complex arithmetic with explicit roundings, so that every path that must agree
-// bit for bit compiles to the same operations.
-struct Real {
-    using T = float;
-    static __device__ __forceinline__ T zero() { return 0.0f; }
-    static __device__ __forceinline__ T one() { return 1.0f; }
-    static __device__ __forceinline__ T mul(T a, T b) { return __fmul_rn(a, b); }
-    static __device__ __forceinline__ T mul_add(T a, T x, T b) { return __fmaf_rn(a, x, b); }
-};
-
-struct Complex {
-    using T = float2;
-    static __device__ __forceinline__ T zero() { return make_float2(0.0f, 0.0f); }
-    static __device__ __forceinline__ T one() { return make_float2(1.0f, 0.0f); }
-    static __device__ __forceinline__ T mul(T a, T b) {
-        return make_float2(__fmaf_rn(a.x, b.x, -__fmul_rn(a.y, b.y)),
-                           __fmaf_rn(a.x, b.y, __fmul_rn(a.y, b.x)));
-    }
-    static __device__ __forceinline__ T mul_add(T a, T x, T b) {
-        return make_float2(__fmaf_rn(a.x, x.x, __fmaf_rn(-a.y, x.y, b.x)),
-                           __fmaf_rn(a.x, x.y, __fmaf_rn(a.y, x.x, b.y)));
-    }
-};
-
-// The affine map h -> reset ? b : a·h + b.
-template <class F>
-struct Map {
-    typename F::T a, b;
-    bool reset;
-
-    static __device__ __forceinline__ Map identity() { return {F::one(), F::zero(), false}; }
-
-    // This map followed by `next`.
-    __device__ __forceinline__ Map then(const Map &next) const {
-        if (next.reset) return next;
-        return {F::mul(next.a, a), F::mul_add(next.a, b, next.b), reset};
-    }
-
-    __device__ __forceinline__ typename F::T apply(typename F::T h) const {
-        return reset ? b : F::mul_add(a, h, b);
-    }
-};
-
-// The look-back records of one launch (layout in abi.h).
-template <class F>
-struct Workspace {
-    uint32_t *flags;
-    typename F::T *map_a, *map_b, *state;
-
-    __device__ Workspace(const TfScanParams &p, uint32_t records) {
-        flags = reinterpret_cast<uint32_t *>(p.workspace);
-        const uint32_t flag_words = (records + 3) / 4 * 4;
-        map_a = reinterpret_cast<typename F::T *>(flags + flag_words);
-        map_b = map_a + size_t(records) * TF_SCAN_LANES;
-        state = map_b + size_t(records) * TF_SCAN_LANES;
-    }
-};
-
-template <class F>
-__device__ __forceinline__ typename F::T load(const float *base, size_t element) {
-    return reinterpret_cast<const typename F::T *>(base)[element];
-}
-
-template <class F>
-__device__ __forceinline__ void store(float *base, size_t element, typename F::T value) {
-    reinterpret_cast<typename F::T *>(base)[element] = value;
-}
-
-// The latest chunk before `chunk` whose end state is published, waiting until every chunk in
-// between has published at least its map. Lane i polls chunk (top - 1 - i), so one round trip
-// covers 32 predecessors. Chunk 0 always publishes its state, so this ends.
-__device__ __forceinline__ uint32_t nearest_known_chunk(const uint32_t *flags, uint32_t chunk,
-                                                        uint32_t lane) {
-    for (uint32_t top = chunk;; top -= 32) {
-        const bool exists = top > lane;
-        uint32_t flag = 0;
-        if (exists) {
-            while ((flag = tf::load_acquire(&flags[top - 1 - lane])) == 0) {
-            }
-        }
-        const uint32_t known = __ballot_sync(0xffffffffu, exists && (flag & kFlagState));
-        // Orders the lanes' acquires before every lane's reads of the published records.
-        __syncwarp();
-        if (known != 0) return top - uint32_t(__ffs(known));
-    }
-}
+using namespace scan_common;
 
 template <class F, bool VaryingA, bool WriteStates>
 __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
@@ -162,50 +74,21 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     warp_maps[warp][lane] = mine;
     __syncthreads();
 
-    Workspace<F> ws(p, rows * p.chunks);
+    Workspace<F> ws(p.workspace, rows * p.chunks);
     const uint32_t first_record = row_index * p.chunks;
 
     if (warp == 0) {
         Map<F> chunk_map = Map<F>::identity();
 #pragma unroll
         for (uint32_t w = 0; w < TF_SCAN_WARPS; ++w) chunk_map = chunk_map.then(warp_maps[w][lane]);
-        uint32_t *flag = &ws.flags[first_record + chunk];
-        const size_t me = size_t(first_record + chunk) * TF_SCAN_LANES + lane;
-        // Publish what later chunks can use before looking back: a chunk with a reset knows
-        // its end state already; any other chunk but the first publishes its map.
-        if (chunk_map.reset) {
-            ws.state[me] = chunk_map.b;  // == chunk_map.apply(anything)
-            __syncwarp();
-            if (lane == 0) tf::store_release(flag, kFlagState);
-        } else if (chunk > 0) {
-            ws.map_a[me] = chunk_map.a;
-            ws.map_b[me] = chunk_map.b;
-            __syncwarp();
-            if (lane == 0) tf::store_release(flag, kFlagAggregate);
-        }
-        // The carry-in: the end of the nearest earlier chunk whose end is known without its
-        // past (a published end state or a chunk with a reset), or h0, and then the maps of
-        // the chunks in between, oldest first.
-        T carry = F::zero();
-        if (chunk == 0) {
-            if (p.h0 != 0 && active)
-                carry = load<F>(reinterpret_cast<const float *>(p.h0),
-                                size_t(batch) * p.channels + channel);
-        } else if (WriteStates || !chunk_map.reset) {
-            const uint32_t known = nearest_known_chunk(ws.flags + first_record, chunk, lane);
-            carry = ws.state[size_t(first_record + known) * TF_SCAN_LANES + lane];
-#pragma unroll 8
-            for (uint32_t c = known + 1; c < chunk; ++c) {
-                const size_t record = size_t(first_record + c) * TF_SCAN_LANES + lane;
-                carry = F::mul_add(ws.map_a[record], carry, ws.map_b[record]);
-            }
-        }
-        const T end = chunk_map.apply(carry);
-        if (!chunk_map.reset) {
-            ws.state[me] = end;
-            __syncwarp();
-            if (lane == 0) tf::store_release(flag, kFlagState);
-        }
+        const auto h0 = [&] {
+            return p.h0 != 0 && active
+                       ? load<F>(reinterpret_cast<const float *>(p.h0), size_t(batch) * p.channels + channel)
+                       : F::zero();
+        };
+        const Chained<F> chained =
+            chain(ws, first_record, chunk, chunk_map, h0, WriteStates || !chunk_map.reset, lane);
+        const T carry = chained.carry, end = chained.end;
         chunk_in[lane] = carry;
         chunk_out[lane] = end;
         if (chunk + 1 == p.chunks && active)
