@@ -86,6 +86,56 @@ typedef struct TfScanParams {
 } TfScanParams;
 
 /*
+ * tilefuse_scan_backward_{f32,c64}_{const,varying}_{states,recompute}: the scan's backward
+ * pass (src/scan/mod.rs states it) in one pass over time in reverse, decoupled look-back:
+ *   g[t] = dh[t] + (reset[t+1] ? 0 : a[t+1] · g[t+1]),  g[T-1] = dh[T-1] + dh_last
+ *   du[t] = g[t],  da[t] = reset[t] ? 0 : g[t] · h[t-1],  dh0 = reset[0] ? 0 : a[0] · g[0]
+ * with h[-1] = h0; plain products (no conjugation). dh_last and h0 are [b, p], 0 when absent.
+ * "_states" reads h[t-1] from the forward's every state h; "_recompute" recomputes it inside
+ * each chunk from u, starting from `checkpoints`: the end states of the forward's chunks, the
+ * state array of a "_final" forward launch's workspace on the same grid. dh, du, h, u and a
+ * time-varying a and da are addressed like the forward's u, reset likewise; dh0 [b, p] is
+ * written when dh0 != 0. A time-invariant ("const") da is not written here: each block leaves
+ * the sum of g[t] · h[t-1] over its steps, per channel, in the workspace's partials.
+ * Grid and block as the forward's, with the chunks in reverse: block = (k * b + batch) *
+ * groups + group covers time chunk chunks - 1 - k. workspace: the forward's layout for n =
+ * batch * groups * chunks records (look-back over k), then for "const" n * TF_SCAN_LANES
+ * elements of partials [record][lane].
+ *
+ * tilefuse_scan_backward_da_{f32,c64}: a time-invariant da [p], the sum of a backward launch's
+ * partials (same parameters and workspace), in a fixed order: block x = group * b + batch adds
+ * the chunks of its batch row (warp w takes chunks w, w + TF_SCAN_WARPS, ..., then the warps
+ * in order), and the last block of a group to finish adds the rows in batch order. counters:
+ * `groups` u32, zero at launch and left zero. Grid: groups * b blocks; TF_SCAN_WARPS * 32
+ * threads.
+ */
+typedef struct TfScanBackwardParams {
+    tf_dptr a;
+    tf_dptr u;
+    tf_dptr reset;
+    tf_dptr h0;
+    tf_dptr h;
+    tf_dptr checkpoints;
+    tf_dptr dh;
+    tf_dptr dh_last;
+    tf_dptr du;
+    tf_dptr da;
+    tf_dptr dh0;
+    tf_dptr workspace;
+    tf_dptr counters;
+    uint64_t stride_batch;
+    uint64_t stride_time;
+    uint64_t reset_stride_batch;
+    uint64_t reset_stride_time;
+    uint32_t batch;
+    uint32_t time;
+    uint32_t channels;
+    uint32_t chunks;
+    uint32_t groups;
+    uint32_t reserved;
+} TfScanBackwardParams;
+
+/*
  * tilefuse_spmm_tiledcsl_{f16,bf16}_n{8,16,32,64}_{same,f32}: y = x · wᵀ with
  *   w [m, k] in TiledCsl (tiles of TF_SPMM_TILE_M x TF_SPMM_TILE_K, row-major over tiles;
  *     entries u32 = value bits | location << 16, location = row * 64 + swizzled column;

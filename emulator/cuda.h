@@ -158,6 +158,7 @@ inline int __ffs(uint32_t x) { return __builtin_ffs(int(x)); }
 inline int __popc(uint32_t x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 [[noreturn]] inline void __trap() { tf_emu::fail("__trap"); }
+inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 

@@ -105,7 +105,30 @@ x = rng.standard_normal((13, 777)).astype(np.float16)
 np.savez(f"{out}/spmm.npz", w=w, x=x, expect_y=x.astype(np.float32) @ w.astype(np.float32).T)
 a = (0.95 * np.exp(1j * rng.uniform(0, 6, 64))).astype(np.complex64)
 u = (rng.standard_normal((3, 5000, 64)) + 1j * rng.standard_normal((3, 5000, 64))).astype(np.complex64)
-np.savez(f"{out}/scan.npz", a=a, u=u, reset=(rng.uniform(size=(3, 5000)) < 0.01).astype(np.uint8))
+reset = (rng.uniform(size=(3, 5000)) < 0.01).astype(np.uint8)
+np.savez(f"{out}/scan.npz", a=a, u=u, reset=reset)
+# The backward pass, with JAX's cotangents (jax.vjp of a plain sequential scan) as expect_.
+dh = (rng.standard_normal((3, 5000, 64)) + 1j * rng.standard_normal((3, 5000, 64))).astype(np.complex64)
+h0 = (rng.standard_normal((3, 64)) + 1j * rng.standard_normal((3, 64))).astype(np.complex64)
+backward = dict(a=a, u=u, reset=reset, h0=h0, dh=dh)
+try:
+    import jax
+    import jax.numpy as jnp
+
+    def forward(a, u, h0):
+        def step(h, x):
+            u_t, r_t = x
+            h = jnp.where(r_t[:, None] != 0, u_t, a * h + u_t)
+            return h, h
+        _, hs = jax.lax.scan(step, h0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(jnp.asarray(reset), 0, 1)))
+        return jnp.swapaxes(hs, 0, 1)
+
+    _, vjp = jax.vjp(forward, jnp.asarray(a), jnp.asarray(u), jnp.asarray(h0))
+    da, du, dh0 = (np.asarray(x) for x in vjp(jnp.asarray(dh)))
+    backward.update(expect_du=du, expect_da=da, expect_dh0=dh0)
+except ImportError:
+    print("no JAX here: scan_backward.npz without JAX's expectations")
+np.savez(f"{out}/scan_backward.npz", **backward)
 q = rng.standard_normal((2, 300, 8, 128)).astype(np.float16)
 k = rng.standard_normal((2, 777, 2, 128)).astype(np.float16)
 v = rng.standard_normal((2, 777, 2, 128)).astype(np.float16)
@@ -119,6 +142,9 @@ PY
     limit 120 "$cli" check --input "$cases/attention.npz" || fail "check --input attention.npz"
     limit 120 "$cli" run scan --input "$cases/scan.npz" --output "$cases/out.npz" --backend cuda \
       || fail "run scan --backend cuda"
+    limit 180 "$cli" check --input "$cases/scan_backward.npz" --expect || fail "check --input scan_backward.npz"
+    limit 120 "$cli" run scan-backward --input "$cases/scan_backward.npz" --output "$cases/out.npz" \
+      --backend cuda || fail "run scan-backward --backend cuda"
   else
     echo "no numpy here: NumPy case files skipped"
   fi
@@ -177,7 +203,8 @@ for op in ${ops//,/ }; do
   op_args+=(--op "$op")
   # attention's TFLOP/s are drawn against the measured mma.sync rate
   [[ "$op" == attention && ",$ops," != *",peak,"* ]] && op_args+=(--op peak)
-  [[ "$op" == copy || "$op" == spmm || "$op" == scan || "$op" == attention ]] && peer_ops+=("$op")
+  [[ "$op" == copy || "$op" == spmm || "$op" == scan || "$op" == scan-backward || "$op" == attention ]] \
+    && peer_ops+=("$op")
 done
 selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
 peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"

@@ -194,6 +194,60 @@ def peer_scan(torch, device):
         del u
 
 
+def peer_scan_backward(torch, device):
+    """jax.vjp through peer_scan's associative scan (tilefuse's op "scan-backward"): du, da
+    (summed over the batch: a is shared) and the cotangent of h0 from every state's
+    cotangent, complex64, 1% resets."""
+    import os
+
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        print(f"peer_scan_backward: JAX unavailable ({e}); skipped", flush=True)
+        return
+    torch.cuda.empty_cache()
+
+    def binary_operator_reset(q_i, q_j):
+        a_i, b_i, c_i = q_i
+        a_j, b_j, c_j = q_j
+        return (
+            (a_j * a_i) * (1 - c_j) + a_j * c_j,
+            (a_j * b_i + b_j) * (1 - c_j) + b_j * c_j,
+            c_i * (1 - c_j) + c_j,
+        )
+
+    def one_row(decay, u, reset, h0):
+        steps = u.shape[0]
+        a = jnp.concatenate([jnp.ones((1,) + decay.shape, decay.dtype), jnp.broadcast_to(decay, (steps,) + decay.shape)])
+        b = jnp.concatenate([h0[None], u])
+        c = jnp.concatenate([jnp.zeros((1, 1), u.real.dtype), reset[:, None].astype(u.real.dtype)])
+        _, h, _ = jax.lax.associative_scan(binary_operator_reset, (a, b, c))
+        return h[1:]
+
+    forward = jax.vmap(one_row, in_axes=(None, 0, 0, 0))
+
+    @jax.jit
+    def backward(decay, u, reset, h0, dh):
+        _, vjp = jax.vjp(lambda decay, u, h0: forward(decay, u, reset, h0), decay, u, h0)
+        return vjp(dh)
+
+    key = jax.random.PRNGKey(1)
+    for b, t, p in SCAN_SHAPES:
+        k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+        decay = (0.9 * jnp.exp(1j * jax.random.uniform(k1, (p,)))).astype(jnp.complex64)
+        u = (jax.random.normal(k2, (b, t, p)) + 1j * jax.random.normal(k3, (b, t, p))).astype(jnp.complex64)
+        dh = (jax.random.normal(k5, (b, t, p)) + 1j).astype(jnp.complex64)
+        reset = jax.random.uniform(k4, (b, t)) < 0.01
+        h0 = jnp.zeros((b, p), jnp.complex64)
+        timing = time_host(lambda: jax.block_until_ready(backward(decay, u, reset, h0, dh)))
+        # As tilefuse counts its backward from kept states: dh and h read, du written.
+        moved = 3 * b * t * p * 8 + b * t
+        yield record("scan-backward", f"c64 b={b} t={t} p={p} resets=1% backward", "jax-vjp-associative-scan", device, timing, moved, 14 * b * t * p)
+        del u, dh
+
+
 ATTENTION_LENGTHS = [8192, 32768]
 ATTENTION_MASKS = ["causal", "causal window 4096", "streaming 128+4096", "random 10%"]
 
@@ -265,7 +319,13 @@ def peer_attention(torch, device):
 
 
 # tilefuse op -> its peers
-PEERS = {"copy": peer_copy, "spmm": peer_gemm, "scan": peer_scan, "attention": peer_attention}
+PEERS = {
+    "copy": peer_copy,
+    "spmm": peer_gemm,
+    "scan": peer_scan,
+    "scan-backward": peer_scan_backward,
+    "attention": peer_attention,
+}
 
 
 def main():

@@ -13,7 +13,7 @@ use half::f16;
 use npyz::WriterBuilder;
 use num_complex::Complex32;
 use tilefuse::harness::{Backend, Rng, Tolerance, compare};
-use tilefuse::scan::{Decay, Layout, Scan, ScanShape};
+use tilefuse::scan::{Decay, Layout, Scan, ScanElement, ScanShape};
 use tilefuse::spmm::TiledCsl;
 
 /// One array of a case file, as np.savez writes it.
@@ -335,6 +335,150 @@ fn scan_round_trips_through_run() {
             std::fs::remove_file(&output).unwrap();
         }
     }
+}
+
+/// A backward case file (the scan's arrays, `dh` and, when asked, `dh_last`) of `T` elements,
+/// and the reference's du, da and dh0 (zeros without h0).
+fn scan_backward_case<T: ScanElement>(
+    seed: u64,
+    varying: bool,
+    with_h0: bool,
+    with_dh_last: bool,
+    values: fn(Vec<T>) -> Values,
+) -> (Npz, [Vec<f64>; 3]) {
+    let (b, t, p) = (2usize, 300usize, 5usize);
+    let decay = if varying {
+        Decay::TimeVarying
+    } else {
+        Decay::TimeInvariant
+    };
+    let case = tilefuse::scan::Case {
+        complex: T::LANES == 2,
+        decay,
+        h0: with_h0,
+        resets: tilefuse::scan::ResetPattern::Random(0.05),
+        ..tilefuse::scan::Case::new(b, t, p)
+    };
+    let scan = Scan::<T>::new(ScanShape::new(b, t, p).unwrap(), Layout::BatchMajor, decay);
+    let inputs = tilefuse::scan::Inputs::random(&case, &scan, seed);
+    let cotangents = tilefuse::scan::random_cotangents(&scan, with_dh_last, seed ^ 3);
+    let grads = tilefuse::scan::reference_backward(&scan, &inputs, &cotangents).unwrap();
+    let dh0 = grads.dh0.unwrap_or_else(|| vec![0.0; b * p * T::LANES]);
+    let shape_u = [b as u64, t as u64, p as u64];
+    let shape_a: Vec<u64> = if varying {
+        shape_u.to_vec()
+    } else {
+        vec![p as u64]
+    };
+    let mut npz = Npz(vec![])
+        .with("a", &shape_a, values(inputs.a))
+        .with("u", &shape_u, values(inputs.u))
+        .with("reset", &[b as u64, t as u64], Values::U8(inputs.reset))
+        .with("dh", &shape_u, values(cotangents.dh));
+    if let Some(h0) = inputs.h0 {
+        npz = npz.with("h0", &[b as u64, p as u64], values(h0));
+    }
+    if let Some(dh_last) = cotangents.dh_last {
+        npz = npz.with("dh_last", &[b as u64, p as u64], values(dh_last));
+    }
+    (npz, [grads.du, grads.da, dh0])
+}
+
+/// `tilefuse run scan-backward`: du [b, t, p], da as a and dh0 [b, p] in the input's type,
+/// against the reference, for f32 and complex64, both decays, with and without h0 and
+/// dh_last; `check --input` tells such a file from a forward case by its `dh`.
+#[test]
+fn scan_backward_round_trips_through_run() {
+    let seed = common::seed();
+    let dir = Scratch::new("scan-backward");
+    let (input, output) = (dir.join("case.npz"), dir.join("out.npz"));
+    let cases = [
+        (false, false, true, true),
+        (true, true, false, false),
+        (true, false, true, false),
+        (false, true, false, true),
+    ];
+    for (complex, varying, with_h0, with_dh_last) in cases {
+        let (npz, want) = if complex {
+            scan_backward_case::<Complex32>(seed, varying, with_h0, with_dh_last, Values::C64)
+        } else {
+            scan_backward_case::<f32>(seed, varying, with_h0, with_dh_last, Values::F32)
+        };
+        npz.save(&input);
+        run_ok("scan-backward", &input, &output, "cpu");
+        let what = format!(
+            "complex={complex} varying={varying} h0={with_h0} dh_last={with_dh_last} (seed {seed})"
+        );
+        let a_shape: Vec<u64> = if varying { vec![2, 300, 5] } else { vec![5] };
+        for ((name, shape), want) in [
+            ("du", vec![2, 300, 5]),
+            ("da", a_shape),
+            ("dh0", vec![2, 5]),
+        ]
+        .into_iter()
+        .zip(&want)
+        {
+            let (got_shape, got) = load(&output, name);
+            assert_eq!(got_shape, shape, "{name}, {what}");
+            assert_eq!(
+                got.len(),
+                want.len(),
+                "{name} is complex64 exactly when u is, {what}"
+            );
+            let c = compare(&got, want, Tolerance::F32);
+            assert!(c.passed(), "{name}, {what}: {c}");
+        }
+        std::fs::remove_file(&output).unwrap();
+        let out = tilefuse(&["check", "--input", input.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{what}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("scan-backward") && stdout.contains("du"),
+            "{what}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn bad_scan_backward_files_get_one_line_and_exit_code_2() {
+    let (case, _) = scan_backward_case::<f32>(1, false, true, true, Values::F32);
+    let case = || {
+        Npz(case
+            .0
+            .iter()
+            .map(|(n, s, v)| (*n, s.clone(), clone(v)))
+            .collect())
+    };
+    assert_rejected("scan-backward", &case().without("dh"), "dh");
+    assert_rejected(
+        "scan-backward",
+        &case().with("dh", &[2, 299, 5], Values::F32(vec![0.0; 2 * 299 * 5])),
+        "dh",
+    );
+    assert_rejected(
+        "scan-backward",
+        &case().with("dh", &[2, 300, 5], Values::C64(vec![Complex32::ONE; 3000])),
+        "dh",
+    );
+    assert_rejected(
+        "scan-backward",
+        &case().with("dh_last", &[2, 4], Values::F32(vec![0.0; 8])),
+        "dh_last",
+    );
+    assert_rejected(
+        "scan-backward",
+        &case().with("dh_last", &[2, 5], Values::U8(vec![0; 10])),
+        "dh_last",
+    );
+    assert_rejected(
+        "scan-backward",
+        &case().with("reset", &[2, 300], Values::F32(vec![0.0; 600])),
+        "reset",
+    );
 }
 
 #[test]

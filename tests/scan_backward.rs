@@ -1,15 +1,168 @@
 //! The scan's backward pass: the f64 reference against finite differences of the forward
-//! reference, against an independent algorithm, and at its edges (resets, h0, dh_last).
+//! reference, against an independent algorithm, and at its edges (resets, h0, dh_last); the
+//! device kernels against the reference (the CPU backend checks the independent algorithm).
+// Built without CUDA, the per-backend bodies have nothing to run.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code, unused_imports))]
 
 mod common;
 
 use num_complex::{Complex32, Complex64};
 use tilefuse::Error;
-use tilefuse::harness::{Rng, Tolerance, compare};
+use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
 use tilefuse::scan::{
-    Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, associative_backward,
-    reference, reference_backward,
+    BackwardCase, Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement,
+    associative_backward, check_backward, random_cotangents, reference, reference_backward,
+    run_backward,
 };
+
+on_backends!([cpu, cuda] => [
+    lengths_of_time,
+    resets_decays_layouts_and_h0,
+    states_kept_or_recomputed,
+    long_memory_stays_within_its_bound,
+    every_registered_case_passes,
+]);
+/// Properties of the GPU kernels alone.
+mod gpu {
+    use super::*;
+    on_backends!([cuda] => [
+        runs_are_bitwise_deterministic,
+        millions_of_steps,
+    ]);
+}
+
+fn assert_case(backends: &Backends, backend: Backend, case: BackwardCase) {
+    common::assert_seeded(&case.to_string(), |seed| {
+        check_backward(backends, backend, &case, seed)
+    });
+}
+
+fn lengths_of_time(backends: &Backends, backend: Backend) {
+    // One step; less than, exactly and just past a chunk; many chunks.
+    for time in [1, 100, 128, 129, 5000] {
+        assert_case(backends, backend, BackwardCase::new(Case::new(2, time, 33)));
+    }
+}
+
+fn resets_decays_layouts_and_h0(backends: &Backends, backend: Backend) {
+    let patterns = [
+        ResetPattern::Never,
+        ResetPattern::EveryStep,
+        ResetPattern::AtStart,
+        ResetPattern::ChunkBoundaries,
+        ResetPattern::Random(0.3),
+    ];
+    for (i, resets) in patterns.into_iter().enumerate() {
+        let forward = Case {
+            complex: i % 2 == 1,
+            decay: if i % 3 == 0 {
+                Decay::TimeVarying
+            } else {
+                Decay::TimeInvariant
+            },
+            layout: if i % 2 == 0 {
+                Layout::TimeMajor
+            } else {
+                Layout::BatchMajor
+            },
+            h0: i % 3 != 1,
+            resets,
+            ..Case::new(3, 700, 40)
+        };
+        let case = BackwardCase {
+            dh_last: i % 2 == 0,
+            ..BackwardCase::new(forward)
+        };
+        assert_case(backends, backend, case);
+    }
+}
+
+fn states_kept_or_recomputed(backends: &Backends, backend: Backend) {
+    for recompute in [false, true] {
+        for complex in [false, true] {
+            let forward = Case {
+                complex,
+                resets: ResetPattern::Random(0.05),
+                ..Case::new(2, 3000, 70)
+            };
+            assert_case(
+                backends,
+                backend,
+                BackwardCase {
+                    recompute,
+                    ..BackwardCase::new(forward)
+                },
+            );
+        }
+    }
+}
+
+fn long_memory_stays_within_its_bound(backends: &Backends, backend: Backend) {
+    let forward = Case {
+        complex: true,
+        a_magnitude: (0.999, 0.9999),
+        resets: ResetPattern::Never,
+        ..Case::new(2, 20_000, 5)
+    };
+    assert_case(
+        backends,
+        backend,
+        BackwardCase {
+            recompute: true,
+            ..BackwardCase::new(forward)
+        },
+    );
+}
+
+fn every_registered_case_passes(backends: &Backends, backend: Backend) {
+    common::assert_registered_cases("scan-backward", backends, backend);
+}
+
+fn runs_are_bitwise_deterministic(backends: &Backends, backend: Backend) {
+    let seed = common::seed();
+    // Many chunks per row, so the look-back meets its predecessors in different states; a
+    // time-invariant a, so da is the fixed-order sum.
+    let forward = Case {
+        complex: true,
+        ..Case::new(2, 65536, 64)
+    };
+    let scan = forward.scan::<Complex32>().unwrap();
+    let inputs = Inputs::random(&forward, &scan, seed);
+    let cotangents = random_cotangents(&scan, true, seed ^ 1);
+    let run = |recompute| {
+        let g = run_backward(backends, backend, &scan, &inputs, &cotangents, recompute)
+            .unwrap()
+            .expect("a device path");
+        [g.du, g.da, g.dh0.unwrap_or_default()]
+            .concat()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect::<Vec<_>>()
+    };
+    let first = run(false);
+    for recompute in [false, true, true] {
+        assert!(
+            run(recompute) == first,
+            "seed {seed}: recompute {recompute} differs"
+        );
+    }
+}
+
+fn millions_of_steps(backends: &Backends, backend: Backend) {
+    // More chunks than one dispatch may hold (65535 · 128 steps).
+    let forward = Case {
+        resets: ResetPattern::Random(0.001),
+        ..Case::new(1, 9_000_000, 1)
+    };
+    assert_case(
+        backends,
+        backend,
+        BackwardCase {
+            recompute: true,
+            ..BackwardCase::new(forward)
+        },
+    );
+}
 
 /// Random cotangents for `scan`: every state's, and the final state's when asked.
 fn cotangents<T: ScanElement>(scan: &Scan<T>, dh_last: bool, rng: &mut Rng) -> Cotangents<T> {

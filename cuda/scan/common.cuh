@@ -19,6 +19,7 @@ struct Real {
     using T = float;
     static __device__ __forceinline__ T zero() { return 0.0f; }
     static __device__ __forceinline__ T one() { return 1.0f; }
+    static __device__ __forceinline__ T add(T a, T b) { return __fadd_rn(a, b); }
     static __device__ __forceinline__ T mul(T a, T b) { return __fmul_rn(a, b); }
     static __device__ __forceinline__ T mul_add(T a, T x, T b) { return __fmaf_rn(a, x, b); }
 };
@@ -27,6 +28,9 @@ struct Complex {
     using T = float2;
     static __device__ __forceinline__ T zero() { return make_float2(0.0f, 0.0f); }
     static __device__ __forceinline__ T one() { return make_float2(1.0f, 0.0f); }
+    static __device__ __forceinline__ T add(T a, T b) {
+        return make_float2(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y));
+    }
     static __device__ __forceinline__ T mul(T a, T b) {
         return make_float2(__fmaf_rn(a.x, b.x, -__fmul_rn(a.y, b.y)),
                            __fmaf_rn(a.x, b.y, __fmul_rn(a.y, b.x)));

@@ -127,6 +127,84 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct TfScanBackwardParams {
+    pub a: tf_dptr,
+    pub u: tf_dptr,
+    pub reset: tf_dptr,
+    pub h0: tf_dptr,
+    pub h: tf_dptr,
+    pub checkpoints: tf_dptr,
+    pub dh: tf_dptr,
+    pub dh_last: tf_dptr,
+    pub du: tf_dptr,
+    pub da: tf_dptr,
+    pub dh0: tf_dptr,
+    pub workspace: tf_dptr,
+    pub counters: tf_dptr,
+    pub stride_batch: u64,
+    pub stride_time: u64,
+    pub reset_stride_batch: u64,
+    pub reset_stride_time: u64,
+    pub batch: u32,
+    pub time: u32,
+    pub channels: u32,
+    pub chunks: u32,
+    pub groups: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TfScanBackwardParams"][::core::mem::size_of::<TfScanBackwardParams>() - 160usize];
+    ["Alignment of TfScanBackwardParams"][::core::mem::align_of::<TfScanBackwardParams>() - 8usize];
+    ["Offset of field: TfScanBackwardParams::a"]
+        [::core::mem::offset_of!(TfScanBackwardParams, a) - 0usize];
+    ["Offset of field: TfScanBackwardParams::u"]
+        [::core::mem::offset_of!(TfScanBackwardParams, u) - 8usize];
+    ["Offset of field: TfScanBackwardParams::reset"]
+        [::core::mem::offset_of!(TfScanBackwardParams, reset) - 16usize];
+    ["Offset of field: TfScanBackwardParams::h0"]
+        [::core::mem::offset_of!(TfScanBackwardParams, h0) - 24usize];
+    ["Offset of field: TfScanBackwardParams::h"]
+        [::core::mem::offset_of!(TfScanBackwardParams, h) - 32usize];
+    ["Offset of field: TfScanBackwardParams::checkpoints"]
+        [::core::mem::offset_of!(TfScanBackwardParams, checkpoints) - 40usize];
+    ["Offset of field: TfScanBackwardParams::dh"]
+        [::core::mem::offset_of!(TfScanBackwardParams, dh) - 48usize];
+    ["Offset of field: TfScanBackwardParams::dh_last"]
+        [::core::mem::offset_of!(TfScanBackwardParams, dh_last) - 56usize];
+    ["Offset of field: TfScanBackwardParams::du"]
+        [::core::mem::offset_of!(TfScanBackwardParams, du) - 64usize];
+    ["Offset of field: TfScanBackwardParams::da"]
+        [::core::mem::offset_of!(TfScanBackwardParams, da) - 72usize];
+    ["Offset of field: TfScanBackwardParams::dh0"]
+        [::core::mem::offset_of!(TfScanBackwardParams, dh0) - 80usize];
+    ["Offset of field: TfScanBackwardParams::workspace"]
+        [::core::mem::offset_of!(TfScanBackwardParams, workspace) - 88usize];
+    ["Offset of field: TfScanBackwardParams::counters"]
+        [::core::mem::offset_of!(TfScanBackwardParams, counters) - 96usize];
+    ["Offset of field: TfScanBackwardParams::stride_batch"]
+        [::core::mem::offset_of!(TfScanBackwardParams, stride_batch) - 104usize];
+    ["Offset of field: TfScanBackwardParams::stride_time"]
+        [::core::mem::offset_of!(TfScanBackwardParams, stride_time) - 112usize];
+    ["Offset of field: TfScanBackwardParams::reset_stride_batch"]
+        [::core::mem::offset_of!(TfScanBackwardParams, reset_stride_batch) - 120usize];
+    ["Offset of field: TfScanBackwardParams::reset_stride_time"]
+        [::core::mem::offset_of!(TfScanBackwardParams, reset_stride_time) - 128usize];
+    ["Offset of field: TfScanBackwardParams::batch"]
+        [::core::mem::offset_of!(TfScanBackwardParams, batch) - 136usize];
+    ["Offset of field: TfScanBackwardParams::time"]
+        [::core::mem::offset_of!(TfScanBackwardParams, time) - 140usize];
+    ["Offset of field: TfScanBackwardParams::channels"]
+        [::core::mem::offset_of!(TfScanBackwardParams, channels) - 144usize];
+    ["Offset of field: TfScanBackwardParams::chunks"]
+        [::core::mem::offset_of!(TfScanBackwardParams, chunks) - 148usize];
+    ["Offset of field: TfScanBackwardParams::groups"]
+        [::core::mem::offset_of!(TfScanBackwardParams, groups) - 152usize];
+    ["Offset of field: TfScanBackwardParams::reserved"]
+        [::core::mem::offset_of!(TfScanBackwardParams, reserved) - 156usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct TfSpmmParams {
     pub entries: tf_dptr,
     pub tile_offsets: tf_dptr,

@@ -431,20 +431,20 @@ impl Cuda {
         }
     }
 
-    /// A kernel's scratch memory of `len` u32 words, enqueued on this stream, with the words
-    /// in `zeroed` set to zero and the rest left as they come. Only for memory that the
-    /// kernel writes before it reads (look-back records, split-K partials) beside counters
-    /// or flags it needs zero.
-    pub(crate) fn scratch(
+    /// A kernel's scratch memory of `len` values (u32 words, f32s), enqueued on this stream,
+    /// with the values in `zeroed` set to zero and the rest left as they come. Only for memory
+    /// that the kernel writes before it reads (look-back records, split-K partials, an output
+    /// nobody reads) beside counters or flags it needs zero.
+    pub(crate) fn scratch<T: DeviceRepr + cudarc::driver::ValidAsZeroBits + bytemuck::Pod>(
         &self,
         len: usize,
         zeroed: std::ops::Range<usize>,
-    ) -> Result<CudaSlice<u32>> {
-        let during = || format!("allocating {len} words of kernel scratch memory");
-        // SAFETY: u32 is valid for any bits, and only kernels see this memory; this
-        // function's contract (callers pass the ranges their kernel reads before writing as
-        // `zeroed`) keeps them from reading what was never written.
-        let mut scratch = unsafe { self.stream.alloc::<u32>(len.max(1)) }.during(during)?;
+    ) -> Result<CudaSlice<T>> {
+        let during = || format!("allocating {len} values of kernel scratch memory");
+        // SAFETY: T is plain old data, valid for any bits, and only kernels see this memory;
+        // this function's contract (callers pass the ranges their kernel reads before writing
+        // as `zeroed`) keeps them from reading what was never written.
+        let mut scratch = unsafe { self.stream.alloc::<T>(len.max(1)) }.during(during)?;
         if !zeroed.is_empty() {
             let mut zeros = scratch.slice_mut(zeroed);
             self.stream.memset_zeros(&mut zeros).during(during)?;
@@ -705,6 +705,7 @@ macro_rules! kernel_params {
 kernel_params!(
     super::abi::TfSmokeMmaParams,
     super::abi::TfScanParams,
+    super::abi::TfScanBackwardParams,
     super::abi::TfSpmmParams,
     super::abi::TfSpmmBitmapParams,
     super::abi::TfAttentionParams,

@@ -68,6 +68,10 @@ pub trait CaseFile {
     fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String>;
     /// The error bound against the reference.
     fn tolerance(&self) -> Tolerance;
+    /// The error bound of the output `output` (by default [`tolerance`](Self::tolerance)).
+    fn tolerance_of(&self, _output: &str) -> Tolerance {
+        self.tolerance()
+    }
     /// What the run on `backend` uses where the op chooses (spmm: its sparse format).
     fn variant(&self, _backend: Backend) -> Option<&'static str> {
         None

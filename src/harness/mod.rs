@@ -51,6 +51,8 @@ pub fn ops() -> &'static [OpEntry] {
         peak::ENTRY,
         crate::smoke::ENTRY,
         crate::spmm::ENTRY,
+        // Before the scan: a backward case file also holds the forward's arrays.
+        crate::scan::BACKWARD_ENTRY,
         crate::scan::ENTRY,
         crate::attention::ENTRY,
     ]

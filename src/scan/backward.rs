@@ -1,11 +1,16 @@
 //! The scan's backward pass (the module docs of [`crate::scan`] state it): the f64 reference
 //! and an independent CPU algorithm.
 
+use std::fmt;
+
 use num_complex::Complex64;
 
 use super::reference::flatten;
-use super::{BufferLengths, Decay, Inputs, Layout, Scan, ScanElement, associative_scan, reference};
+use super::{
+    BufferLengths, Case, Decay, Inputs, Layout, Scan, ScanElement, associative_scan, reference,
+};
 use crate::error::{Error, Result};
+use crate::harness::{Comparison, Rng, Tolerance, compare};
 
 /// The cotangents a backward pass starts from.
 #[derive(Debug, Clone)]
@@ -239,4 +244,176 @@ fn complex<T: ScanElement>(values: &[f64]) -> Vec<Complex64> {
             .map(|pair| Complex64::new(pair[0], pair[1]))
             .collect(),
     }
+}
+
+/// One check configuration of the backward pass: a forward case, whether the loss has a
+/// `dh_last`, and whether a device recomputes the states (else it is given the forward's h).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackwardCase {
+    /// The forward problem (its `final_only` is ignored).
+    pub forward: Case,
+    /// Whether the cotangent of the final state is given.
+    pub dh_last: bool,
+    /// Whether the states are recomputed from `u` (a final-state-only forward).
+    pub recompute: bool,
+}
+
+impl BackwardCase {
+    /// `forward`'s backward with a `dh_last`, from the forward's states.
+    pub fn new(forward: Case) -> BackwardCase {
+        BackwardCase {
+            forward,
+            dh_last: true,
+            recompute: false,
+        }
+    }
+}
+
+impl fmt::Display for BackwardCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let forward = Case {
+            final_only: false,
+            ..self.forward
+        };
+        write!(f, "backward {forward}")?;
+        if self.dh_last {
+            f.write_str(" dh_last")?;
+        }
+        if self.recompute {
+            f.write_str(" recompute")?;
+        }
+        Ok(())
+    }
+}
+
+/// Random cotangents of `scan`'s states, from `seed`: every state's, and the final state's
+/// when asked.
+pub fn random_cotangents<T: ScanElement>(
+    scan: &Scan<T>,
+    dh_last: bool,
+    seed: u64,
+) -> Cotangents<T> {
+    let mut rng = Rng::new(seed);
+    let mut value = || {
+        T::narrow(Complex64::new(
+            rng.uniform(-1.0, 1.0),
+            rng.uniform(-1.0, 1.0),
+        ))
+    };
+    Cotangents {
+        dh: (0..scan.states_len()).map(|_| value()).collect(),
+        dh_last: dh_last.then(|| (0..scan.final_len()).map(|_| value()).collect()),
+    }
+}
+
+/// What a device's backward pass returns, as f32s (complex values interleaved).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceGradients {
+    /// Of `u`.
+    pub du: Vec<f32>,
+    /// Of `a`.
+    pub da: Vec<f32>,
+    /// Of `h0`, when the case has one.
+    pub dh0: Option<Vec<f32>>,
+}
+
+/// Checks a device's backward pass of `case` with inputs and cotangents from `seed`, run by
+/// `runner`, against [`reference_backward`]: du and dh0 within the forward's bound (g
+/// accumulates its roundings as h does), a time-varying da within twice it (a product of g
+/// and h), and a time-invariant da, a sum over b and t whose terms may cancel, within twice
+/// it relative to the sum of its terms' magnitudes.
+pub(crate) fn check_backward_with<T: ScanElement>(
+    case: &BackwardCase,
+    seed: u64,
+    runner: impl FnOnce(&Scan<T>, &Inputs<T>, &Cotangents<T>) -> Result<Option<DeviceGradients>>,
+) -> Result<Option<Comparison>> {
+    let scan = case.forward.scan::<T>()?;
+    let inputs = Inputs::random(&case.forward, &scan, seed);
+    let cotangents = random_cotangents(&scan, case.dh_last, seed ^ 0x6ad);
+    let want = reference_backward(&scan, &inputs, &cotangents)?;
+    let Some(got) = runner(&scan, &inputs, &cotangents)? else {
+        return Ok(None);
+    };
+    let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+    let (mut da_got, mut da_want) = (wide(&got.da), want.da.clone());
+    let bound = case.forward.tolerance();
+    let twice = Tolerance {
+        rel_l2: 2.0 * bound.rel_l2,
+        element: 2.0 * bound.element,
+    };
+    if scan.decay == Decay::TimeInvariant {
+        let magnitudes = da_term_magnitudes(&scan, &inputs, &want)?;
+        for (i, value) in da_got.iter_mut().chain(da_want.iter_mut()).enumerate() {
+            let scale = magnitudes[(i % want.da.len()) / T::LANES];
+            *value /= if scale > 0.0 { scale } else { 1.0 };
+        }
+    }
+    let comparisons = [
+        compare(&wide(&got.du), &want.du, bound),
+        compare(&da_got, &da_want, twice),
+        compare(
+            &got.dh0.as_deref().map(wide).unwrap_or_default(),
+            &want.dh0.clone().unwrap_or_default(),
+            bound,
+        ),
+    ];
+    if got.dh0.is_some() != want.dh0.is_some() {
+        return Err(crate::Error::invalid(
+            "dh0",
+            format!(
+                "dh0 {}",
+                if want.dh0.is_some() {
+                    "written"
+                } else {
+                    "absent"
+                }
+            ),
+            "the other",
+        ));
+    }
+    // The comparison that fails, or the one nearest its bounds.
+    let margin = |c: &Comparison| {
+        c.worst
+            .map_or(0.0, |(_, ratio)| ratio)
+            .max(c.rel_l2 / c.tolerance.rel_l2)
+    };
+    Ok(comparisons.into_iter().max_by(|a, b| {
+        (!a.passed(), margin(a))
+            .partial_cmp(&(!b.passed(), margin(b)))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }))
+}
+
+/// For a time-invariant `a`: per channel, the sum over b and t of |g[t]·h[t−1]| (the terms of
+/// da), from the reference's g (= du) and states.
+fn da_term_magnitudes<T: ScanElement>(
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    reference_grads: &Gradients,
+) -> Result<Vec<f64>> {
+    let forward = reference(
+        scan,
+        &inputs.a,
+        &inputs.u,
+        &inputs.reset,
+        inputs.h0.as_deref(),
+    )?;
+    let (h, g) = (complex::<T>(&forward.h), complex::<T>(&reference_grads.du));
+    let (batch, time, channels) = (scan.shape.batch(), scan.shape.time(), scan.shape.channels());
+    let mut sums = vec![0.0; channels];
+    for b in 0..batch {
+        for p in 0..channels {
+            let h0 = inputs
+                .h0
+                .as_ref()
+                .map_or(Complex64::default(), |h0| h0[b * channels + p].widen());
+            for t in 0..time {
+                if inputs.reset[scan.reset_at(b, t)] == 0 {
+                    let before = if t == 0 { h0 } else { h[scan.at(b, t - 1, p)] };
+                    sums[p] += (g[scan.at(b, t, p)] * before).norm();
+                }
+            }
+        }
+    }
+    Ok(sums)
 }

@@ -5,6 +5,8 @@ use num_complex::Complex32;
 
 use super::check::{Case, Inputs, Problem};
 use crate::error::Result;
+#[cfg(feature = "cuda")]
+use crate::harness::Clock;
 use crate::harness::device::{Device, on_device};
 use crate::harness::{Backend, Backends, BenchCase, Runner};
 
@@ -75,4 +77,120 @@ fn prepare<'a>(
             problem.run(device, &scan, final_only)
         }))
     })
+}
+
+/// The backward pass on the same shapes (dh_last given, h0 absent): from the forward's kept
+/// states (reads dh and h, writes du) and recomputing them (a forward pass reading u, then
+/// dh and u read and du written), each beside a copy that moves as many bytes.
+pub(super) fn backward_bench_cases() -> Vec<BenchCase> {
+    let mut cases = Vec::new();
+    for (b, t, p) in BENCH_SHAPES {
+        let forward = Case {
+            complex: true,
+            h0: false,
+            ..Case::new(b, t, p)
+        };
+        let states_bytes = b * t * p * 8;
+        let reset_bytes = b * t;
+        for recompute in [false, true] {
+            let name = format!(
+                "c64 b={b} t={t} p={p} resets=1% backward{}",
+                if recompute { " recompute" } else { "" }
+            );
+            let passes = if recompute { 4 } else { 3 };
+            let moved = passes * states_bytes + reset_bytes * (1 + usize::from(recompute));
+            // A complex multiply-add for g and a complex product for da per element.
+            let flops = (14 * b * t * p) as u64;
+            let case = super::BackwardCase {
+                recompute,
+                ..super::BackwardCase::new(forward)
+            };
+            cases.push(BenchCase::new(
+                "scan-backward",
+                name.clone(),
+                moved as u64,
+                flops,
+                move |backends, backend| prepare_backward(backends, backend, &case),
+            ));
+            cases.push(
+                BenchCase::new(
+                    "scan-backward",
+                    name,
+                    (passes * states_bytes) as u64,
+                    0,
+                    move |backends, backend| {
+                        crate::harness::prepare_copy(backends, backend, passes * states_bytes / 2)
+                    },
+                )
+                .by("copy"),
+            );
+        }
+    }
+    cases
+}
+
+#[cfg(feature = "cuda")]
+fn prepare_backward<'a>(
+    backends: &'a Backends,
+    backend: Backend,
+    case: &super::BackwardCase,
+) -> Result<Option<Runner<'a>>> {
+    use super::cuda::{ScanCotangents, ScanGradients, ScanInputs, scan, scan_backward};
+    if backend != Backend::Cuda {
+        return Ok(None);
+    }
+    let cuda = backends.cuda()?;
+    let problem = case.forward.scan::<Complex32>()?;
+    let inputs = Inputs::random(&case.forward, &problem, 1);
+    let cotangents = super::random_cotangents(&problem, case.dh_last, 2);
+    let upload = |values: &[Complex32]| cuda.upload(bytemuck::cast_slice::<Complex32, f32>(values));
+    let (a, u, reset) = (
+        upload(&inputs.a)?,
+        upload(&inputs.u)?,
+        cuda.upload(&inputs.reset)?,
+    );
+    let dh = upload(&cotangents.dh)?;
+    let dh_last = cotangents.dh_last.as_deref().map(upload).transpose()?;
+    let zeros = |len: usize| cuda.upload(&vec![0.0f32; 2 * len]);
+    let (mut du, mut da) = (zeros(problem.states_len())?, zeros(problem.a_len())?);
+    let h = if case.recompute {
+        None
+    } else {
+        let (mut h, mut h_last) = (zeros(problem.states_len())?, zeros(problem.final_len())?);
+        let forward = ScanInputs {
+            a: &a,
+            u: &u,
+            reset: &reset,
+            h0: None,
+        };
+        scan(cuda, &problem, forward, &mut h, &mut h_last)?;
+        Some(h)
+    };
+    Ok(Some(Runner::new(Clock::Cuda(cuda), move || {
+        let inputs = ScanInputs {
+            a: &a,
+            u: &u,
+            reset: &reset,
+            h0: None,
+        };
+        let cotangents = ScanCotangents {
+            dh: &dh,
+            dh_last: dh_last.as_ref(),
+        };
+        let gradients = ScanGradients {
+            du: &mut du,
+            da: &mut da,
+            dh0: None,
+        };
+        scan_backward(cuda, &problem, inputs, h.as_ref(), cotangents, gradients)
+    })))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn prepare_backward<'a>(
+    _: &'a Backends,
+    _: Backend,
+    _: &super::BackwardCase,
+) -> Result<Option<Runner<'a>>> {
+    Ok(None)
 }

@@ -182,6 +182,176 @@ impl<T: ScanElement> CaseFile for ScanFile<T> {
     }
 }
 
+/// The backward pass's case files.
+pub(crate) const BACKWARD_FILE: FileEntry = FileEntry {
+    marks: &["u", "reset", "dh"],
+    needs: BACKWARD_NEEDS,
+    load: load_backward,
+};
+
+const BACKWARD_NEEDS: &str = "scan-backward needs the scan's a, u, reset (optional h0), dh [b, t, p] (as u), optional dh_last [b, p]";
+
+fn load_backward(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+    options.no_format("scan-backward")?;
+    if options.dtype.is_some_and(|d| d != Dtype::F32) {
+        return Err("--dtype: scan-backward computes in f32 (float32 or complex64 arrays)".into());
+    }
+    match required(arrays, "u", BACKWARD_NEEDS)?.element {
+        Element::C64 => Ok(Box::new(BackwardFile::<Complex32>::load(arrays)?)),
+        _ => Ok(Box::new(BackwardFile::<f32>::load(arrays)?)),
+    }
+}
+
+/// A backward case: the forward's arrays and the cotangents.
+struct BackwardFile<T: ScanElement> {
+    forward: ScanFile<T>,
+    cotangents: super::Cotangents<T>,
+}
+
+impl<T: ScanElement> BackwardFile<T> {
+    fn load(arrays: &Npz) -> Result<Self, String> {
+        let dh_array = required(arrays, "dh", BACKWARD_NEEDS)?;
+        let dh_last_array = optional(arrays, "dh_last")?;
+        let u_array = required(arrays, "u", BACKWARD_NEEDS)?;
+        if dh_array.shape != u_array.shape {
+            return Err(mismatch(
+                "dh",
+                format!("{} (as u)", u_array.shape_text()),
+                dh_array,
+            ));
+        }
+        holds::<T>("dh", dh_array)?;
+        if let Some(array) = dh_last_array {
+            let (b, p) = (u_array.shape[0], u_array.shape.get(2).copied().unwrap_or(0));
+            if array.shape != [b, p] {
+                return Err(mismatch(
+                    "dh_last",
+                    format!("({b}, {p}) ([b, p] of u)"),
+                    array,
+                ));
+            }
+            holds::<T>("dh_last", array)?;
+        }
+        let forward = ScanFile::<T>::load(arrays)?;
+        let cotangents = super::Cotangents {
+            dh: elements::<T>("dh", dh_array)?,
+            dh_last: dh_last_array
+                .map(|d| elements::<T>("dh_last", d))
+                .transpose()?,
+        };
+        Ok(BackwardFile {
+            forward,
+            cotangents,
+        })
+    }
+
+    /// The output arrays: du [b, t, p], da as a, dh0 [b, p] (zeros without h0).
+    fn arrays(&self, du: Vec<f32>, da: Vec<f32>, dh0: Option<Vec<f32>>) -> Vec<(String, Array)> {
+        let scan = &self.forward.scan;
+        let shape = scan.shape;
+        let data = |v: Vec<f32>| match T::LANES {
+            1 => Data::F32(v),
+            _ => Data::C64(bytemuck::cast_slice(&v).to_vec()),
+        };
+        let a_shape = match scan.decay {
+            Decay::TimeInvariant => vec![shape.channels()],
+            Decay::TimeVarying => vec![shape.batch(), shape.time(), shape.channels()],
+        };
+        let final_shape = vec![shape.batch(), shape.channels()];
+        let dh0 = dh0.unwrap_or_else(|| vec![0.0; scan.final_len() * T::LANES]);
+        vec![
+            (
+                "du".into(),
+                Array {
+                    shape: vec![shape.batch(), shape.time(), shape.channels()],
+                    data: data(du),
+                },
+            ),
+            (
+                "da".into(),
+                Array {
+                    shape: a_shape,
+                    data: data(da),
+                },
+            ),
+            (
+                "dh0".into(),
+                Array {
+                    shape: final_shape,
+                    data: data(dh0),
+                },
+            ),
+        ]
+    }
+}
+
+impl<T: ScanElement> CaseFile for BackwardFile<T> {
+    fn backends(&self) -> &'static [Backend] {
+        super::check_backward::BACKWARD_BACKENDS
+    }
+
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        if backend == Backend::Cpu {
+            let mut reference = self.reference()?.into_iter().map(|(_, v)| narrow(v));
+            let (du, da, dh0) = (reference.next(), reference.next(), reference.next());
+            return match (du, da, dh0) {
+                (Some(du), Some(da), Some(dh0)) => Ok(self.arrays(du, da, Some(dh0))),
+                _ => Err("the reference gave fewer outputs than du, da, dh0".into()),
+            };
+        }
+        let scan = &self.forward.scan;
+        let ran = super::check_backward::run_backward(
+            backends,
+            backend,
+            scan,
+            &self.forward.inputs,
+            &self.cotangents,
+            true,
+        );
+        match ran.map_err(|e| e.to_string())? {
+            Some(g) => Ok(self.arrays(g.du, g.da, g.dh0)),
+            None => Err(format!("scan-backward has no {backend} path")),
+        }
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        let scan = &self.forward.scan;
+        let grads = super::reference_backward(scan, &self.forward.inputs, &self.cotangents)
+            .map_err(|e| e.to_string())?;
+        let dh0 = grads
+            .dh0
+            .unwrap_or_else(|| vec![0.0; scan.final_len() * T::LANES]);
+        Ok(vec![
+            ("du".into(), grads.du),
+            ("da".into(), grads.da),
+            ("dh0".into(), dh0),
+        ])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        self.forward.tolerance()
+    }
+
+    fn tolerance_of(&self, output: &str) -> Tolerance {
+        let bound = self.forward.tolerance();
+        let scan = &self.forward.scan;
+        // da is g·h[t−1]: twice the bound of each; a time-invariant da also sums b·t such
+        // terms, whose errors may add up while the terms cancel.
+        let factor = match (output, scan.decay) {
+            ("da", Decay::TimeInvariant) => {
+                2.0 * ((scan.shape.batch() * scan.shape.time()) as f64).sqrt()
+            }
+            ("da", Decay::TimeVarying) => 2.0,
+            _ => 1.0,
+        };
+        Tolerance {
+            rel_l2: bound.rel_l2 * factor,
+            element: bound.element * factor,
+        }
+    }
+}
+
 /// `tilefuse profile scan`: 1% resets, time-invariant a, every state written.
 #[cfg(feature = "cuda")]
 pub(crate) const PROFILE: ProfileEntry = ProfileEntry {

@@ -79,7 +79,7 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     cuda: &Cuda,
     scan: &Scan<T>,
     inputs: ScanInputs<'_, F, R>,
-    mut h: Option<&mut impl DevicePtrMut<f32>>,
+    h: Option<&mut impl DevicePtrMut<f32>>,
     h_last: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
     scan.check_lengths(BufferLengths {
@@ -107,10 +107,22 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     cuda.check_device("h_last", h_last)?;
 
     let grid = Grid::new(scan)?;
+    let mut workspace = grid.workspace::<T>(cuda, 0)?;
+    enqueue(cuda, scan, &grid, inputs, h, h_last, &mut workspace)
+}
+
+/// Enqueues the forward kernel on buffers checked by the caller, with `workspace` (at least
+/// the grid's words, flags zeroed).
+fn enqueue<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    grid: &Grid,
+    inputs: ScanInputs<'_, F, R>,
+    mut h: Option<&mut impl DevicePtrMut<f32>>,
+    h_last: &mut impl DevicePtrMut<f32>,
+    workspace: &mut CudaSlice<u32>,
+) -> Result<()> {
     let kernel = kernel::<T>(scan.decay, h.is_some());
-    // The kernel reads a record only after seeing the flag its writer set afterwards.
-    let flags = grid.records.next_multiple_of(4);
-    let mut workspace = cuda.scratch(grid.workspace_words::<T>(), 0..flags)?;
     let mut args = cuda.args();
     let params = grid.params(
         scan,
@@ -121,7 +133,7 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
             h0: inputs.h0.map_or(0, |h0| args.read(h0)),
             h: h.as_mut().map_or(0, |h| args.write(*h)),
             h_last: args.write(h_last),
-            workspace: args.write(&mut workspace),
+            workspace: args.write(workspace),
         },
     );
     // SAFETY: TfScanParams is the parameter struct of every scan kernel; its addresses come
@@ -129,7 +141,8 @@ fn launch<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
     // are the layout's own, so every index the kernel forms (b < batch, t < time, channel <
     // channels, all guarded) is inside its buffer. The workspace has the size abi.h asks for
-    // the grid (Grid::workspace_words) and its flags are zero (scratch). Grid::new keeps
+    // the grid (Grid::workspace_words, or more) and its flags are zero (scratch, as
+    // Grid::workspace makes it; the callers pass a fresh one). Grid::new keeps
     // the block count (= record count) under 2^31. The kernel writes h
     // only when h != 0, and h is absent exactly for the `_final` kernels.
     unsafe { cuda.launch(kernel, grid.shape(), &params, args) }
@@ -209,7 +222,23 @@ impl Grid {
 
     /// u32 words of the look-back workspace (layout in abi.h).
     fn workspace_words<T: ScanElement>(&self) -> usize {
-        self.records.next_multiple_of(4) + 3 * self.records * TF_SCAN_LANES as usize * T::LANES
+        self.flag_words() + 3 * self.record_words::<T>()
+    }
+
+    /// u32 words of the workspace's flags (the kernel reads a record only after seeing the
+    /// flag its writer set afterwards, so only these need zeroing).
+    fn flag_words(&self) -> usize {
+        self.records.next_multiple_of(4)
+    }
+
+    /// u32 words of one array of records: an element per record and lane.
+    fn record_words<T: ScanElement>(&self) -> usize {
+        self.records * TF_SCAN_LANES as usize * T::LANES
+    }
+
+    /// A fresh workspace of the grid's look-back and `extra` words after it, flags zeroed.
+    fn workspace<T: ScanElement>(&self, cuda: &Cuda, extra: usize) -> Result<CudaSlice<u32>> {
+        cuda.scratch(self.workspace_words::<T>() + extra, 0..self.flag_words())
     }
 }
 
@@ -219,5 +248,8 @@ fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {
     ids::scan::SCAN[element][varying][usize::from(!states)]
 }
 
+mod backward;
 #[cfg(test)]
 mod emulated;
+
+pub use backward::{ScanCotangents, ScanGradients, scan_backward};

@@ -59,6 +59,7 @@
 mod backward;
 mod bench;
 mod check;
+mod check_backward;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cuda")]
@@ -69,9 +70,13 @@ pub mod wgpu;
 
 use std::marker::PhantomData;
 
-pub use backward::{Cotangents, Gradients, associative_backward, reference_backward};
+pub use backward::{
+    BackwardCase, Cotangents, DeviceGradients, Gradients, associative_backward, random_cotangents,
+    reference_backward,
+};
 pub use bench::BENCH_SHAPES;
 pub use check::{Case, ENTRY, Inputs, Outputs, ResetPattern, check, run};
+pub use check_backward::{BACKWARD_ENTRY, check_backward, run_backward};
 use num_complex::{Complex32, Complex64};
 pub use reference::{States, associative_scan, reference};
 

@@ -83,7 +83,6 @@ pub fn check_case(
     expect: bool,
 ) -> Result<Vec<FileCheck>, String> {
     let reference = case.reference()?;
-    let tolerance = case.tolerance();
     let mut rows = Vec::new();
     for &backend in runnable.iter().filter(|b| case.backends().contains(b)) {
         let outputs = case.run(backends, backend);
@@ -104,6 +103,7 @@ pub fn check_case(
                 }
             };
             let Some(got) = got else { continue };
+            let tolerance = case.tolerance_of(name);
             let compare = |want: &[f64]| harness::compare(&got, want, tolerance);
             rows.push(FileCheck {
                 backend,

@@ -1,0 +1,195 @@
+//! The scan backward's cases for `tilefuse check`, the CLI (`tilefuse run scan-backward`) and
+//! the integration tests.
+
+use num_complex::Complex32;
+
+use super::backward::{BackwardCase, DeviceGradients, check_backward_with, random_cotangents};
+use super::{
+    Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, associative_backward,
+    reference_backward,
+};
+use crate::error::Result;
+use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, compare};
+
+/// The registry entry of the backward pass.
+pub const BACKWARD_ENTRY: OpEntry = OpEntry {
+    name: "scan-backward",
+    about: "the scan's backward pass: du, da, dh0 from dh, dh_last (CUDA: one pass in reverse)",
+    kernel_modules: &["scan", "scan_backward"],
+    check_cases,
+    bench_cases: super::bench::backward_bench_cases,
+    #[cfg(feature = "cli")]
+    file: Some(&super::cli::BACKWARD_FILE),
+    #[cfg(all(feature = "cli", feature = "cuda"))]
+    profile: None,
+};
+
+/// The backends with a backward path (WGSL's is to come).
+pub(crate) const BACKWARD_BACKENDS: &[Backend] = &[Backend::Cpu, Backend::Cuda];
+
+/// Runs `case`'s backward pass on `backend` with inputs and cotangents from `seed` (outputs
+/// poisoned with NaN first) and compares du, da and dh0 with the f64 reference. On the CPU it
+/// checks [`associative_backward`]; `Ok(None)` on a backend without a backward path.
+pub fn check_backward(
+    backends: &Backends,
+    backend: Backend,
+    case: &BackwardCase,
+    seed: u64,
+) -> Result<Option<Comparison>> {
+    if case.forward.complex {
+        check_typed::<Complex32>(backends, backend, case, seed)
+    } else {
+        check_typed::<f32>(backends, backend, case, seed)
+    }
+}
+
+fn check_typed<T: ScanElement>(
+    backends: &Backends,
+    backend: Backend,
+    case: &BackwardCase,
+    seed: u64,
+) -> Result<Option<Comparison>> {
+    if backend == Backend::Cpu {
+        let scan = case.forward.scan::<T>()?;
+        let inputs = Inputs::random(&case.forward, &scan, seed);
+        let cotangents = random_cotangents(&scan, case.dh_last, seed ^ 0x6ad);
+        let want = reference_backward(&scan, &inputs, &cotangents)?;
+        let got = associative_backward(&scan, &inputs, &cotangents)?;
+        let flat = |g: super::Gradients| [g.du, g.da, g.dh0.unwrap_or_default()].concat();
+        // Two f64 algorithms: the forward's CPU check holds them to its f32 bound too.
+        let bound = case.forward.tolerance();
+        return Ok(Some(compare(&flat(got), &flat(want), bound)));
+    }
+    check_backward_with::<T>(case, seed, |scan, inputs, cotangents| {
+        run_backward(backends, backend, scan, inputs, cotangents, case.recompute)
+    })
+}
+
+/// Runs the backward pass on a GPU backend with du, da and dh0 poisoned with NaN, and reads
+/// them back: from the states of a forward run on the device, or (`recompute`) from its
+/// chunks' end states. `Ok(None)` on the CPU and on backends without a backward path.
+pub fn run_backward<T: ScanElement>(
+    backends: &Backends,
+    backend: Backend,
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    cotangents: &Cotangents<T>,
+    recompute: bool,
+) -> Result<Option<DeviceGradients>> {
+    match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let cuda = backends.cuda()?;
+            cuda_backward(cuda, scan, inputs, cotangents, recompute).map(Some)
+        }
+        _ => {
+            let _ = (backends, scan, inputs, cotangents, recompute);
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backward<T: ScanElement>(
+    cuda: &crate::backend::cuda::Cuda,
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    cotangents: &Cotangents<T>,
+    recompute: bool,
+) -> Result<DeviceGradients> {
+    use super::cuda::{ScanCotangents, ScanGradients, ScanInputs, scan_backward};
+    let upload = |values: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(values));
+    let poison = |len: usize| cuda.upload(&vec![f32::NAN; len * T::LANES]);
+    let (a, u, reset) = (
+        upload(&inputs.a)?,
+        upload(&inputs.u)?,
+        cuda.upload(&inputs.reset)?,
+    );
+    let h0 = inputs.h0.as_deref().map(upload).transpose()?;
+    let (dh, dh_last) = (
+        upload(&cotangents.dh)?,
+        cotangents.dh_last.as_deref().map(upload).transpose()?,
+    );
+    let scan_inputs = ScanInputs {
+        a: &a,
+        u: &u,
+        reset: &reset,
+        h0: h0.as_ref(),
+    };
+    let h = if recompute {
+        None
+    } else {
+        let mut h = poison(scan.states_len())?;
+        let mut h_last = poison(scan.final_len())?;
+        super::cuda::scan(cuda, scan, scan_inputs, &mut h, &mut h_last)?;
+        Some(h)
+    };
+    let (mut du, mut da) = (poison(scan.states_len())?, poison(scan.a_len())?);
+    let mut dh0 = inputs
+        .h0
+        .as_ref()
+        .map(|_| poison(scan.final_len()))
+        .transpose()?;
+    let cotangents = ScanCotangents {
+        dh: &dh,
+        dh_last: dh_last.as_ref(),
+    };
+    let gradients = ScanGradients {
+        du: &mut du,
+        da: &mut da,
+        dh0: dh0.as_mut(),
+    };
+    scan_backward(cuda, scan, scan_inputs, h.as_ref(), cotangents, gradients)?;
+    Ok(DeviceGradients {
+        du: cuda.download(&du)?,
+        da: cuda.download(&da)?,
+        dh0: dh0.map(|d| cuda.download(&d)).transpose()?,
+    })
+}
+
+fn check_cases() -> Vec<CheckCase> {
+    let cases = [
+        BackwardCase::new(Case::new(3, 1000, 40)),
+        BackwardCase {
+            recompute: true,
+            dh_last: false,
+            ..BackwardCase::new(Case {
+                complex: true,
+                layout: Layout::TimeMajor,
+                decay: Decay::TimeVarying,
+                resets: ResetPattern::Random(0.2),
+                h0: false,
+                ..Case::new(2, 4097, 33)
+            })
+        },
+        BackwardCase::new(Case {
+            complex: true,
+            resets: ResetPattern::ChunkBoundaries,
+            ..Case::new(2, 1024, 70)
+        }),
+        BackwardCase::new(Case {
+            resets: ResetPattern::EveryStep,
+            decay: Decay::TimeVarying,
+            ..Case::new(1, 1, 1)
+        }),
+        BackwardCase {
+            recompute: true,
+            ..BackwardCase::new(Case {
+                complex: true,
+                a_magnitude: (0.999, 0.9999),
+                resets: ResetPattern::Never,
+                ..Case::new(2, 20_000, 5)
+            })
+        },
+    ];
+    cases
+        .into_iter()
+        .map(|case| {
+            CheckCase::new(
+                "scan-backward",
+                case.to_string(),
+                move |backends, backend| check_backward(backends, backend, &case, 0x5eed),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,302 @@
+//! The scan's backward pass on CUDA (`cuda/scan_backward.cu`): one pass over time in reverse
+//! with the forward's decoupled look-back, and for a time-invariant `a` a fixed-order sum.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use super::{Grid, ScanInputs, enqueue};
+use crate::backend::abi::{TF_SCAN_WARPS, TfScanBackwardParams};
+use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
+use crate::error::{Error, Result};
+use crate::scan::{BufferLengths, Decay, Scan, ScanElement, elements_of};
+
+/// The cotangents a backward pass starts from, as f32 buffers (complex interleaved).
+#[derive(Debug)]
+pub struct ScanCotangents<'a, F> {
+    /// Of every state, laid out like `u` (zeros allowed).
+    pub dh: &'a F,
+    /// Of the final state, `[b, p]`, when the loss depends on it.
+    pub dh_last: Option<&'a F>,
+}
+
+/// Where a backward pass writes the cotangents of the scan's inputs.
+#[derive(Debug)]
+pub struct ScanGradients<'a, G> {
+    /// Of `u`, laid out like `u`.
+    pub du: &'a mut G,
+    /// Of `a`, laid out like `a` (`[p]` for a time-invariant `a`: summed over b and t).
+    pub da: &'a mut G,
+    /// Of `h0`, `[b, p]`, when wanted.
+    pub dh0: Option<&'a mut G>,
+}
+
+/// Enqueues the scan's backward pass on `cuda`'s stream (the [`scan`](crate::scan) module
+/// states it): `du`, `da` and, when asked, `dh0` from the cotangents `dh` and `dh_last`.
+/// `h` is the forward's every state when the caller kept it; without it each chunk
+/// recomputes its states from `u`, after a forward pass that keeps only the chunks' end
+/// states (for a final-state-only forward). Results are bitwise the same either way, and from
+/// run to run: the time-invariant `da` is a sum in a fixed order.
+///
+/// ```no_run
+/// # fn main() -> tilefuse::Result<()> {
+/// use tilefuse::backend::cuda::Cuda;
+/// use tilefuse::scan::{Decay, Layout, Scan, ScanShape};
+/// use tilefuse::scan::cuda::{ScanCotangents, ScanGradients, ScanInputs, scan_backward};
+///
+/// let cuda = Cuda::new(0)?;
+/// let problem = Scan::<f32>::new(ScanShape::new(8, 4096, 64)?, Layout::BatchMajor, Decay::TimeInvariant);
+/// let a = cuda.upload(&vec![0.9f32; 64])?;
+/// let u = cuda.upload(&vec![1.0f32; problem.states_len()])?;
+/// let reset = cuda.upload(&vec![0u8; problem.reset_len()])?;
+/// let dh = cuda.upload(&vec![1.0f32; problem.states_len()])?;
+/// let (mut du, mut da) = (cuda.upload(&vec![0.0f32; problem.states_len()])?, cuda.upload(&vec![0.0f32; 64])?);
+/// let inputs = ScanInputs { a: &a, u: &u, reset: &reset, h0: None };
+/// let cotangents = ScanCotangents { dh: &dh, dh_last: None };
+/// let gradients = ScanGradients { du: &mut du, da: &mut da, dh0: None };
+/// scan_backward(&cuda, &problem, inputs, None, cotangents, gradients)?; // h recomputed
+/// # Ok(())
+/// # }
+/// ```
+pub fn scan_backward<T, F, R, G>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, F, R>,
+    h: Option<&F>,
+    cotangents: ScanCotangents<'_, F>,
+    gradients: ScanGradients<'_, G>,
+) -> Result<()>
+where
+    T: ScanElement,
+    F: DevicePtr<f32>,
+    R: DevicePtr<u8>,
+    G: DevicePtrMut<f32>,
+{
+    check(cuda, scan, inputs, h, &cotangents, &gradients)?;
+    let grid = Grid::new(scan)?;
+    // Without h, a forward pass leaves every chunk's end state in its workspace.
+    let mut forward = None;
+    if h.is_none() {
+        let mut workspace = grid.workspace::<T>(cuda, 0)?;
+        let mut h_last = cuda.scratch::<f32>(scan.final_len() * T::LANES, 0..0)?;
+        let no_states = None::<&mut CudaSlice<f32>>;
+        enqueue(
+            cuda,
+            scan,
+            &grid,
+            inputs,
+            no_states,
+            &mut h_last,
+            &mut workspace,
+        )?;
+        forward = Some(workspace);
+    }
+    let invariant = scan.decay == Decay::TimeInvariant;
+    let partials = if invariant {
+        grid.record_words::<T>()
+    } else {
+        0
+    };
+    let mut workspace = grid.workspace::<T>(cuda, partials)?;
+    let groups = grid.groups as usize;
+    let mut counters = cuda.scratch::<u32>(groups, 0..groups)?;
+    let ScanGradients { du, da, dh0 } = gradients;
+    let mut args = cuda.args();
+    let checkpoints = forward.as_ref().map_or(0, |workspace| {
+        // The state array, after the flags and two arrays of records (abi.h).
+        let offset = grid.flag_words() + 2 * grid.record_words::<T>();
+        args.read(workspace) + 4 * offset as u64
+    });
+    let params = params(
+        scan,
+        &grid,
+        [
+            args.read(inputs.a),
+            args.read(inputs.u),
+            args.read(inputs.reset),
+            inputs.h0.map_or(0, |h0| args.read(h0)),
+            h.map_or(0, |h| args.read(h)),
+            checkpoints,
+            args.read(cotangents.dh),
+            cotangents.dh_last.map_or(0, |d| args.read(d)),
+            args.write(du),
+            args.write(da),
+            dh0.map_or(0, |d| args.write(d)),
+            args.write(&mut workspace),
+            args.write(&mut counters),
+        ],
+    );
+    let kernel = kernel::<T>(scan.decay, h.is_none());
+    // SAFETY: TfScanBackwardParams is the parameter struct of every scan_backward kernel; its
+    // addresses come from `args`. `check` matched every length to the shape (a and da: p or
+    // b·t·p elements; u, h, dh, du: b·t·p; reset: b·t bytes; h0, dh_last, dh0: b·p; each
+    // element T::LANES f32s) and the strides are the layout's own, so every index the kernel
+    // forms (b < batch, t < time, channel < channels, all guarded) is inside its buffer. The
+    // "_states" kernel reads h (present), the "_recompute" one `checkpoints`: the state array
+    // of the forward workspace enqueued above on the same grid, whose every record the forward
+    // writes. The workspace has the grid's look-back words and, time-invariant, its partials;
+    // its flags and the counters are zero (fresh scratch). Grid::new keeps the block count
+    // under 2^31.
+    unsafe { cuda.launch(kernel, grid.shape(), &params, args) }?;
+    if !invariant {
+        return Ok(());
+    }
+    let mut args = cuda.args();
+    let params = params_for_da(
+        &params,
+        [
+            args.write(da),
+            args.write(&mut workspace),
+            args.write(&mut counters),
+        ],
+    );
+    let shape = LaunchShape::linear(grid.groups * scan.shape.batch() as u32, TF_SCAN_WARPS * 32);
+    // SAFETY: the da kernel takes the backward launch's parameters and reads its workspace
+    // (partials of every record, written by that launch, enqueued before on this stream) and
+    // writes da [p] (checked) and the counters, `groups` words that are zero (fresh scratch).
+    // The addresses of du, dh0 and the inputs in `params` are not used by it.
+    unsafe { cuda.launch(da_kernel::<T>(), shape, &params, args) }
+}
+
+/// An error unless every buffer has the length `scan` gives it and is on `cuda`'s device.
+fn check<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>, G: DevicePtrMut<f32>>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, F, R>,
+    h: Option<&F>,
+    cotangents: &ScanCotangents<'_, F>,
+    gradients: &ScanGradients<'_, G>,
+) -> Result<()> {
+    let len = |what, floats: usize| elements_of::<T>(what, floats);
+    scan.check_lengths(BufferLengths {
+        a: len("a", inputs.a.len())?,
+        u: len("u", inputs.u.len())?,
+        reset: inputs.reset.len(),
+        h0: inputs.h0.map(|h0| len("h0", h0.len())).transpose()?,
+        h: h.map(|h| len("h", h.len())).transpose()?,
+        h_last: scan.final_len(),
+    })?;
+    let expected = [
+        ("dh", scan.states_len(), Some(cotangents.dh.len())),
+        (
+            "dh_last",
+            scan.final_len(),
+            cotangents.dh_last.map(|d| d.len()),
+        ),
+        ("du", scan.states_len(), Some(gradients.du.len())),
+        ("da", scan.a_len(), Some(gradients.da.len())),
+        (
+            "dh0",
+            scan.final_len(),
+            gradients.dh0.as_ref().map(|d| d.len()),
+        ),
+    ];
+    for (what, expected, floats) in expected {
+        if let Some(floats) = floats {
+            let got = len(what, floats)?;
+            if got != expected {
+                return Err(Error::Length {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+    }
+    cuda.check_device("a", inputs.a)?;
+    cuda.check_device("u", inputs.u)?;
+    cuda.check_device("reset", inputs.reset)?;
+    if let Some(h0) = inputs.h0 {
+        cuda.check_device("h0", h0)?;
+    }
+    if let Some(h) = h {
+        cuda.check_device("h", h)?;
+    }
+    cuda.check_device("dh", cotangents.dh)?;
+    if let Some(dh_last) = cotangents.dh_last {
+        cuda.check_device("dh_last", dh_last)?;
+    }
+    cuda.check_device("du", gradients.du)?;
+    cuda.check_device("da", gradients.da)?;
+    if let Some(dh0) = &gradients.dh0 {
+        cuda.check_device("dh0", *dh0)?;
+    }
+    Ok(())
+}
+
+/// The backward kernels' parameters for `scan` on `grid`, with the buffers a, u, reset, h0,
+/// h, checkpoints, dh, dh_last, du, da, dh0, workspace and counters (0: absent).
+pub(super) fn params<T: ScanElement>(
+    scan: &Scan<T>,
+    grid: &Grid,
+    [
+        a,
+        u,
+        reset,
+        h0,
+        h,
+        checkpoints,
+        dh,
+        dh_last,
+        du,
+        da,
+        dh0,
+        workspace,
+        counters,
+    ]: [u64; 13],
+) -> TfScanBackwardParams {
+    let (stride_batch, stride_time) = scan.strides();
+    let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
+    TfScanBackwardParams {
+        a,
+        u,
+        reset,
+        h0,
+        h,
+        checkpoints,
+        dh,
+        dh_last,
+        du,
+        da,
+        dh0,
+        workspace,
+        counters,
+        stride_batch: stride_batch as u64,
+        stride_time: stride_time as u64,
+        reset_stride_batch: reset_stride_batch as u64,
+        reset_stride_time: reset_stride_time as u64,
+        batch: scan.shape.batch() as u32,
+        time: scan.shape.time() as u32,
+        channels: scan.shape.channels() as u32,
+        chunks: grid.chunks,
+        groups: grid.groups,
+        reserved: 0,
+    }
+}
+
+/// The da kernel's parameters: the backward launch's, with da, the workspace and the counters
+/// at the addresses of the da launch's own arguments.
+pub(super) fn params_for_da(
+    backward: &TfScanBackwardParams,
+    [da, workspace, counters]: [u64; 3],
+) -> TfScanBackwardParams {
+    TfScanBackwardParams {
+        da,
+        workspace,
+        counters,
+        ..*backward
+    }
+}
+
+/// The backward kernel for `T`, the decay, and whether it recomputes the states.
+pub(super) fn kernel<T: ScanElement>(decay: Decay, recompute: bool) -> Kernel {
+    let element = usize::from(T::LANES == 2);
+    let varying = usize::from(decay == Decay::TimeVarying);
+    ids::scan_backward::SCAN_BACKWARD[element][varying][usize::from(recompute)]
+}
+
+/// The kernel that adds up a time-invariant da.
+pub(super) fn da_kernel<T: ScanElement>() -> Kernel {
+    ids::scan_backward::DA[usize::from(T::LANES == 2)]
+}
+
+#[cfg(test)]
+mod emulated;
