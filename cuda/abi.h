@@ -230,7 +230,8 @@ typedef struct TfSpmmBitmapParams {
  * mask is shared by all heads (mask_heads 1).
  * Split-KV: with splits > 1, split s of a block takes tiles [s * tiles_per_split, ..) of its
  * listed key tiles (64 keys each, partial blocks' first). Each split writes its normalised o
- * (f32) to partial_o [splits, b, hq, lq, d] and its base-2 log-sum-exp to partial_lse
+ * (f32; for a row it saw no key of, the sum 0 · v: 0, or NaN) to partial_o [splits, b, hq,
+ * lq, d] and its base-2 log-sum-exp to partial_lse
  * [splits, b, hq, lq]; the last split of a block to finish (counters [b, grid y, row blocks],
  * zero before a launch and left zero after it) merges them in split order into o and lse.
  * With splits 1 those three are never read (0 allowed).

@@ -27,14 +27,14 @@ using tf::F16;
 using tf::swizzled;
 
 // Starts copying Rows rows of D values into a swizzled tile: row r from source(r), or zeros
-// where that is null.
+// where that is null (a zero-filling copy still names a valid address: `base`).
 template <int D, int Rows, int Threads, class Source>
-__device__ __forceinline__ void load_rows(uint32_t tile, Source source) {
+__device__ __forceinline__ void load_rows(uint32_t tile, const uint16_t *base, Source source) {
     for (uint32_t c = threadIdx.x; c < Rows * (D / 8); c += Threads) {
         const uint32_t row = c / (D / 8), chunk = c % (D / 8);
         const uint16_t *src = source(row);
-        tf::cp_async_16(tile + swizzled<D>(row, chunk), src != nullptr ? src + chunk * 8 : src,
-                        src != nullptr);
+        const bool valid = src != nullptr;
+        tf::cp_async_16(tile + swizzled<D>(row, chunk), valid ? src + chunk * 8 : base, valid);
     }
 }
 
@@ -155,9 +155,10 @@ __device__ __forceinline__ void merge_splits(const TfAttentionParams &p, const R
         const float *w = weights + r * (splits + 1);
         float lo = 0.0f, hi = 0.0f;
         for (uint32_t s = 0; s < splits; ++s) {
-            const float *part = partial_o + split_row(p, s, batch, head, query) * D + col;
-            lo += w[s] * __ldcg(part);
-            hi += w[s] * __ldcg(part + 1);
+            const float2 part = __ldcg(reinterpret_cast<const float2 *>(
+                partial_o + split_row(p, s, batch, head, query) * D + col));
+            lo += w[s] * part.x;
+            hi += w[s] * part.y;
         }
         const float total = w[splits];
         *reinterpret_cast<uint32_t *>(o + head * p.o_stride_h + query * p.o_stride_l + col) =
@@ -219,20 +220,20 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     // has the same groups in flight: Q, then K and V of each tile.
     const auto load_kv = [&](uint32_t t, const Tile &tile, int stage) {
         const auto keys = [&](const uint16_t *slice, uint64_t stride) {
-            return [=](uint32_t row) {
-                const uint32_t key = tile.key0 + row;
-                return key < p.lk ? slice + key * stride : nullptr;
+            return [slice, stride, key0 = tile.key0, lk = p.lk](uint32_t row) {
+                const uint32_t key = key0 + row;
+                return key < lk ? slice + key * stride : nullptr;
             };
         };
-        if (t < tiles) load_rows<D, kKv, kThreads>(k_tile(stage), keys(k, p.k_stride_l));
+        if (t < tiles) load_rows<D, kKv, kThreads>(k_tile(stage), k, keys(k, p.k_stride_l));
         tf::cp_async_commit();
-        if (t < tiles) load_rows<D, kKv, kThreads>(v_tile(stage), keys(v, p.v_stride_l));
+        if (t < tiles) load_rows<D, kKv, kThreads>(v_tile(stage), v, keys(v, p.v_stride_l));
         tf::cp_async_commit();
     };
 
     const auto tile_or_none = [&](uint32_t t) { return t < tiles ? tile_at(t) : Tile{0, false}; };
 
-    load_rows<D, BM, kThreads>(q_tile, [&](uint32_t row) -> const uint16_t * {
+    load_rows<D, BM, kThreads>(q_tile, q, [&](uint32_t row) -> const uint16_t * {
         const uint32_t r = first_row + row;
         if (r >= rows.count) return nullptr;
         return q + rows.head(r) * p.q_stride_h + rows.query(r) * p.q_stride_l;
@@ -421,8 +422,9 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
 #pragma unroll
             for (int n = 0; n < D / 8; ++n) {
                 const uint32_t col = n * 8 + (lane % 4) * 2;
-                partial_o[at * D + col] = seen ? out[mt][n][2 * r] * inverse : out[mt][n][2 * r];
-                partial_o[at * D + col + 1] = seen ? out[mt][n][2 * r + 1] * inverse : out[mt][n][2 * r + 1];
+                const float lo = out[mt][n][2 * r], hi = out[mt][n][2 * r + 1];
+                *reinterpret_cast<float2 *>(&partial_o[at * D + col]) =
+                    seen ? make_float2(lo * inverse, hi * inverse) : make_float2(lo, hi);
             }
             if (lane % 4 == 0) partial_lse[at] = lse2;
             continue;

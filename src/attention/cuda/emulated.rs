@@ -338,23 +338,29 @@ fn split_keys() {
 
 /// Decode: with each head's queries in one query block and one mask for all heads, a block
 /// covers the rows of the query heads that share a key/value head (rows cross from head to
-/// head inside a warp where lq is not a multiple of 16), with and without splits.
+/// head inside a warp where lq is not a multiple of 16, and a block may start inside a
+/// head), with and without splits, on packed and strided tensors.
 #[test]
 fn decode_packs_the_heads_of_a_group() {
+    // lq = 40: 160 rows of a group in 3 blocks of 64, the second starting at query 24 of
+    // head 1, the third at query 8 of head 3. Strided: the heads' rows far apart in memory.
     let cases = [
-        (1, MaskKind::Dense, 3, false),
-        (5, MaskKind::Causal, 1, true),
-        (16, MaskKind::Window(100, true), 2, false),
-        (7, MaskKind::Window(70, false), 4, true),
-        (64, MaskKind::Causal, 2, false),
+        (1, MaskKind::Dense, 3, false, false),
+        (5, MaskKind::Causal, 1, true, false),
+        (16, MaskKind::Window(100, true), 2, false, true),
+        (7, MaskKind::Window(70, false), 4, true, false),
+        (64, MaskKind::Causal, 2, false, false),
+        (40, MaskKind::Window(100, true), 1, false, true),
+        (40, MaskKind::Causal, 3, false, false),
     ];
-    for (i, (lq, mask, splits, non_finite)) in cases.into_iter().enumerate() {
+    for (i, (lq, mask, splits, non_finite, strided)) in cases.into_iter().enumerate() {
         let case = Case {
             mask,
             heads_q: 8,
             heads_kv: 2,
             batch: 2,
             non_finite,
+            strided,
             ..Case::new(lq, 300)
         };
         let shape = AttentionShape::new(2, lq, 300, 8, 2, 64).unwrap();
@@ -414,7 +420,8 @@ fn stages_follow_the_device() {
 
 /// The keys are split where the blocks would leave SMs idle: decode (one query against 32k
 /// keys, GQA 32/8: 8 blocks) fills an H100's 132 SMs with 16 splits of 32 tiles; a prefill of
-/// 8k queries (2048 blocks), and a short row (8 tiles), are not split.
+/// 8k queries (2048 blocks) is not split, and a short row (8 tiles) only in 2 (each split
+/// keeps at least 4 tiles).
 #[test]
 fn splits_fill_the_device() {
     let h100 = CudaDeviceInfo::planned(132, 227 * 1024);
