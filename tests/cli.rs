@@ -405,30 +405,42 @@ fn scan_backward_round_trips_through_run() {
             scan_backward_case::<f32>(seed, varying, with_h0, with_dh_last, Values::F32)
         };
         npz.save(&input);
-        run_ok("scan-backward", &input, &output, "cpu");
         let what = format!(
             "complex={complex} varying={varying} h0={with_h0} dh_last={with_dh_last} (seed {seed})"
         );
-        let a_shape: Vec<u64> = if varying { vec![2, 300, 5] } else { vec![5] };
-        for ((name, shape), want) in [
-            ("du", vec![2, 300, 5]),
-            ("da", a_shape),
-            ("dh0", vec![2, 5]),
-        ]
-        .into_iter()
-        .zip(&want)
-        {
-            let (got_shape, got) = load(&output, name);
-            assert_eq!(got_shape, shape, "{name}, {what}");
-            assert_eq!(
-                got.len(),
-                want.len(),
-                "{name} is complex64 exactly when u is, {what}"
-            );
-            let c = compare(&got, want, Tolerance::F32);
-            assert!(c.passed(), "{name}, {what}: {c}");
+        for backend in backends() {
+            run_ok("scan-backward", &input, &output, backend);
+            let a_shape: Vec<u64> = if varying { vec![2, 300, 5] } else { vec![5] };
+            let shapes = [
+                ("du", vec![2, 300, 5]),
+                ("da", a_shape),
+                ("dh0", vec![2, 5]),
+            ];
+            for ((name, shape), want) in shapes.into_iter().zip(&want) {
+                let (got_shape, got) = load(&output, name);
+                assert_eq!(got_shape, shape, "{backend} {name}, {what}");
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{name} is complex64 exactly when u is"
+                );
+                // As `check --input` bounds them: a time-invariant da sums b·t = 600
+                // products per channel, whose roundings may add up while they cancel.
+                let bound = match (name, varying) {
+                    ("da", false) => {
+                        let factor = 2.0 * 600f64.sqrt();
+                        Tolerance {
+                            rel_l2: factor * Tolerance::F32.rel_l2,
+                            element: factor * Tolerance::F32.element,
+                        }
+                    }
+                    _ => Tolerance::F32,
+                };
+                let c = compare(&got, want, bound);
+                assert!(c.passed(), "{backend} {name}, {what}: {c}");
+            }
+            std::fs::remove_file(&output).unwrap();
         }
-        std::fs::remove_file(&output).unwrap();
         let out = tilefuse(&["check", "--input", input.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(

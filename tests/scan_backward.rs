@@ -2,7 +2,10 @@
 //! reference, against an independent algorithm, and at its edges (resets, h0, dh_last); the
 //! device kernels against the reference (the CPU backend checks the independent algorithm).
 // Built without CUDA, the per-backend bodies have nothing to run.
-#![cfg_attr(not(feature = "cuda"), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    not(all(feature = "cuda", feature = "wgpu")),
+    allow(dead_code, unused_imports)
+)]
 
 mod common;
 
@@ -15,7 +18,7 @@ use tilefuse::scan::{
     run_backward,
 };
 
-on_backends!([cpu, cuda] => [
+on_backends!([cpu, cuda, wgpu] => [
     lengths_of_time,
     resets_decays_layouts_and_h0,
     states_kept_or_recomputed,
@@ -25,7 +28,7 @@ on_backends!([cpu, cuda] => [
 /// Properties of the GPU kernels alone.
 mod gpu {
     use super::*;
-    on_backends!([cuda] => [
+    on_backends!([cuda, wgpu] => [
         runs_are_bitwise_deterministic,
         millions_of_steps,
     ]);
@@ -422,5 +425,24 @@ fn wrong_cotangent_lengths_are_errors() {
             what: "dh_last", ..
         }) => {}
         other => panic!("expected a dh_last length error, got {other:?}"),
+    }
+}
+
+/// On a device whose bindings hold 64 KiB, dh, du, h and a time-varying a and da of several
+/// windows each.
+#[cfg(feature = "wgpu")]
+#[test]
+fn tensors_past_one_binding_run_in_windows() {
+    let Some(backends) = common::capped_wgpu() else {
+        return;
+    };
+    for decay in [Decay::TimeVarying, Decay::TimeInvariant] {
+        let forward = Case {
+            complex: true,
+            decay,
+            ..Case::new(2, 1000, 12)
+        };
+        assert!(2 * 1000 * 12 * 8 > common::CAPPED_BINDING as usize);
+        assert_case(backends, Backend::Wgpu, BackwardCase::new(forward));
     }
 }

@@ -7,6 +7,9 @@
 // Invocation (lane, warp) of a workgroup owns channel group·32 + lane and STEPS consecutive
 // steps. Values are vec2<f32> (re, im); real scans (COMPLEX = false) keep im = 0 and read
 // and write one f32 per element. reset holds u8 flags, four per u32.
+// REVERSED runs the backward pass's recurrence instead (src/scan/mod.rs): step s is time
+// t = T − 1 − s, with g = reset[t+1] ? dh[t] : a[t+1]·g + dh[t] (a' = 1, no reset at t = T −
+// 1), u bound to dh, h0 to dh_last and h to du: every state written is g.
 
 struct Params {
     batch: u32,
@@ -29,6 +32,7 @@ struct Params {
 
 override COMPLEX: bool = false;
 override VARYING: bool = false;
+override REVERSED: bool = false;
 
 const LANES: u32 = 32u;
 const WARPS: u32 = 8u;
@@ -129,21 +133,38 @@ fn place(lane: u32, warp: u32, chunk: u32, group: u32, batch: u32) -> Place {
                  (batch * params.groups + group) * params.chunks + chunk);
 }
 
-// The step at offset i of this invocation: its a, u and reset.
+// The time step that scan step s stands for.
+fn time_of(s: u32) -> u32 {
+    if (REVERSED) {
+        return params.time - 1u - s;
+    }
+    return s;
+}
+
+// The step at offset i of this invocation: its a, u and reset (REVERSED: those of the
+// backward recurrence at its time step).
 fn step_map(p: Place, batch: u32, i: u32) -> Map {
-    let t = p.t0 + i;
+    let t = time_of(p.t0 + i);
     let at = p.row + t * params.stride_time;
+    // The forward step reads a[t] and reset[t]; the backward step a[t+1] and reset[t+1].
+    var source = t;
+    if (REVERSED) {
+        source = t + 1u;
+    }
+    let last = REVERSED && source == params.time;
     var decay = vec2<f32>(0.0, 0.0);
     var input = vec2<f32>(0.0, 0.0);
     if (p.live) {
         input = load_u(at);
-        if (VARYING) {
-            decay = load_a(at);
+        if (last) {
+            decay = vec2<f32>(1.0, 0.0);
+        } else if (VARYING) {
+            decay = load_a(p.row + source * params.stride_time);
         } else {
             decay = load_a(p.channel);
         }
     }
-    return Map(decay, input, is_reset(batch, t));
+    return Map(decay, input, !last && is_reset(batch, source));
 }
 
 fn own_map(p: Place, batch: u32) -> Map {
@@ -239,7 +260,7 @@ fn states(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id)
         if (local.y * STEPS + i == chunk_last) {
             out = ends[p.record * LANES + local.x];
         }
-        let at = p.row + (p.t0 + i) * params.stride_time;
+        let at = p.row + time_of(p.t0 + i) * params.stride_time;
         if (COMPLEX) {
             h_set(2u * at, out.x);
             h_set(2u * at + 1u, out.y);

@@ -24,8 +24,8 @@ pub const BACKWARD_ENTRY: OpEntry = OpEntry {
     profile: None,
 };
 
-/// The backends with a backward path (WGSL's is to come).
-pub(crate) const BACKWARD_BACKENDS: &[Backend] = &[Backend::Cpu, Backend::Cuda];
+/// The backends with a backward path.
+pub(crate) const BACKWARD_BACKENDS: &[Backend] = &[Backend::Cpu, Backend::Cuda, Backend::Wgpu];
 
 /// Runs `case`'s backward pass on `backend` with inputs and cotangents from `seed` (outputs
 /// poisoned with NaN first) and compares du, da and dh0 with the f64 reference. On the CPU it
@@ -81,6 +81,11 @@ pub fn run_backward<T: ScanElement>(
         Backend::Cuda => {
             let cuda = backends.cuda()?;
             cuda_backward(cuda, scan, inputs, cotangents, recompute).map(Some)
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            let gpu = backends.wgpu()?;
+            wgpu_backward(gpu, scan, inputs, cotangents, recompute).map(Some)
         }
         _ => {
             let _ = (backends, scan, inputs, cotangents, recompute);
@@ -144,6 +149,70 @@ fn cuda_backward<T: ScanElement>(
         du: cuda.download(&du)?,
         da: cuda.download(&da)?,
         dh0: dh0.map(|d| cuda.download(&d)).transpose()?,
+    })
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_backward<T: ScanElement>(
+    gpu: &crate::backend::wgpu::Wgpu,
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    cotangents: &Cotangents<T>,
+    recompute: bool,
+) -> Result<DeviceGradients> {
+    use super::wgpu::{ScanCotangents, ScanGradients, ScanInputs, scan_backward};
+    let poison = |len: usize| {
+        let nan = vec![f32::NAN; len * T::LANES];
+        gpu.upload(bytemuck::cast_slice::<f32, T>(&nan))
+    };
+    let (a, u, reset) = (
+        gpu.upload(&inputs.a)?,
+        gpu.upload(&inputs.u)?,
+        gpu.upload(&inputs.reset)?,
+    );
+    let h0 = inputs.h0.as_deref().map(|h0| gpu.upload(h0)).transpose()?;
+    let dh = gpu.upload(&cotangents.dh)?;
+    let dh_last = cotangents
+        .dh_last
+        .as_deref()
+        .map(|d| gpu.upload(d))
+        .transpose()?;
+    let scan_inputs = ScanInputs {
+        a: &a,
+        u: &u,
+        reset: &reset,
+        h0: h0.as_ref(),
+    };
+    let h = if recompute {
+        None
+    } else {
+        let (mut h, mut h_last) = (poison(scan.states_len())?, poison(scan.final_len())?);
+        super::wgpu::scan(gpu, scan, scan_inputs, &mut h, &mut h_last)?;
+        Some(h)
+    };
+    let (mut du, mut da) = (poison(scan.states_len())?, poison(scan.a_len())?);
+    let mut dh0 = inputs
+        .h0
+        .as_ref()
+        .map(|_| poison(scan.final_len()))
+        .transpose()?;
+    let cotangents = ScanCotangents {
+        dh: &dh,
+        dh_last: dh_last.as_ref(),
+    };
+    let gradients = ScanGradients {
+        du: &mut du,
+        da: &mut da,
+        dh0: dh0.as_mut(),
+    };
+    scan_backward(gpu, scan, scan_inputs, h.as_ref(), cotangents, gradients)?;
+    let download = |buffer: &crate::backend::wgpu::GpuBuffer<T>| -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice::<T, f32>(&gpu.download(buffer)?).to_vec())
+    };
+    Ok(DeviceGradients {
+        du: download(&du)?,
+        da: download(&da)?,
+        dh0: dh0.as_ref().map(download).transpose()?,
     })
 }
 

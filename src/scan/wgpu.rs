@@ -59,6 +59,15 @@ pub fn scan<T: ScanElement>(
     run(gpu, scan, inputs, Some(h), h_last)
 }
 
+/// Which recurrence the passes of scan.wgsl run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// The scan.
+    Forward,
+    /// The backward pass's recurrence of g (REVERSED), from the last step to the first.
+    Backward,
+}
+
 /// Submits the scan, writing only the final state `h_last`.
 pub fn scan_final<T: ScanElement>(
     gpu: &Wgpu,
@@ -76,6 +85,18 @@ fn run<'a, T: ScanElement>(
     h: Option<&mut GpuBuffer<T>>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
+    check(gpu, scan, inputs, h.as_deref(), h_last)?;
+    passes(gpu, scan, inputs, h, h_last, Direction::Forward)
+}
+
+/// An error unless the buffers have the lengths `scan` gives them and belong to `gpu`.
+fn check<T: ScanElement>(
+    gpu: &Wgpu,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, T>,
+    h: Option<&GpuBuffer<T>>,
+    h_last: &GpuBuffer<T>,
+) -> Result<()> {
     scan.check_lengths(BufferLengths {
         a: inputs.a.len(),
         u: inputs.u.len(),
@@ -90,11 +111,22 @@ fn run<'a, T: ScanElement>(
     if let Some(h0) = inputs.h0 {
         gpu.check_buffer("h0", h0)?;
     }
-    if let Some(h) = &h {
+    if let Some(h) = h {
         gpu.check_buffer("h", h)?;
     }
-    gpu.check_buffer("h_last", h_last)?;
+    gpu.check_buffer("h_last", h_last)
+}
 
+/// Submits scan.wgsl's passes on checked buffers: the scan, or (Backward, with `u` the
+/// cotangents dh, `h0` dh_last and `h` du) the recurrence of g.
+fn passes<'a, T: ScanElement>(
+    gpu: &'a Wgpu,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'a, T>,
+    h: Option<&mut GpuBuffer<T>>,
+    h_last: &mut GpuBuffer<T>,
+    direction: Direction,
+) -> Result<()> {
     let params = params(scan, inputs.h0.is_some())?;
     let records = (params.batch * params.groups * params.chunks) as usize;
     let slots = records * TF_SCAN_LANES as usize;
@@ -108,16 +140,11 @@ fn run<'a, T: ScanElement>(
         None => &gpu.placeholders()?[0],
     };
 
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let constants = [
-        ("COMPLEX", if T::LANES == 2 { 1.0 } else { 0.0 }),
-        (
-            "VARYING",
-            if scan.decay == Decay::TimeVarying {
-                1.0
-            } else {
-                0.0
-            },
-        ),
+        ("COMPLEX", flag(T::LANES == 2)),
+        ("VARYING", flag(scan.decay == Decay::TimeVarying)),
+        ("REVERSED", flag(direction == Direction::Backward)),
     ];
     // a, u, reset (and h) may span several bindings (wgsl/scan.wgsl).
     let read = || -> Result<Bindings> {
@@ -213,6 +240,10 @@ fn params<T: ScanElement>(scan: &Scan<T>, has_h0: bool) -> Result<Params> {
         chunk_count: chunks as u32,
     })
 }
+
+mod backward;
+
+pub use backward::{ScanCotangents, ScanGradients, scan_backward};
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,7 @@ pub struct ScanGradients<'a, G> {
     pub du: &'a mut G,
     /// Of `a`, laid out like `a` (`[p]` for a time-invariant `a`: summed over b and t).
     pub da: &'a mut G,
-    /// Of `h0`, `[b, p]`, when wanted.
+    /// Of `h0`, `[b, p]`, when wanted; written only when the scan has an `h0`.
     pub dh0: Option<&'a mut G>,
 }
 
@@ -119,7 +119,9 @@ where
             cotangents.dh_last.map_or(0, |d| args.read(d)),
             args.write(du),
             args.write(da),
-            dh0.map_or(0, |d| args.write(d)),
+            // The cotangent of an h0 the scan was not given is not asked for.
+            dh0.filter(|_| inputs.h0.is_some())
+                .map_or(0, |d| args.write(d)),
             args.write(&mut workspace),
             args.write(&mut counters),
         ],

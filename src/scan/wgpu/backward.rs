@@ -1,0 +1,218 @@
+//! The scan's backward pass through WGSL: scan.wgsl's passes run the recurrence of g in
+//! reverse (writing du), then `wgsl/scan_backward.wgsl` forms da and dh0.
+
+use super::{Direction, Params, ScanInputs, params, passes};
+use crate::backend::abi::TF_SCAN_LANES;
+use crate::backend::wgpu::{Binding, Bindings, GpuBuffer, Shader, Wgpu};
+use crate::error::{Error, Result};
+use crate::scan::{BufferLengths, Decay, Scan, ScanElement};
+
+const SHADER: Shader = Shader {
+    name: "scan_backward.wgsl",
+    source: include_str!("../../../wgsl/scan_backward.wgsl"),
+};
+
+/// Warps of a workgroup (the shader's WARPS).
+const WARPS: usize = 8;
+
+/// The cotangents a backward pass starts from.
+#[derive(Debug)]
+pub struct ScanCotangents<'a, T> {
+    /// Of every state, laid out like `u` (zeros allowed).
+    pub dh: &'a GpuBuffer<T>,
+    /// Of the final state, `[b, p]`, when the loss depends on it.
+    pub dh_last: Option<&'a GpuBuffer<T>>,
+}
+
+/// Where a backward pass writes the cotangents of the scan's inputs.
+#[derive(Debug)]
+pub struct ScanGradients<'a, T> {
+    /// Of `u`, laid out like `u`.
+    pub du: &'a mut GpuBuffer<T>,
+    /// Of `a`, laid out like `a` (`[p]` for a time-invariant `a`: summed over b and t).
+    pub da: &'a mut GpuBuffer<T>,
+    /// Of `h0`, `[b, p]`, when wanted (written only when the scan has an `h0`).
+    pub dh0: Option<&'a mut GpuBuffer<T>>,
+}
+
+/// Submits the scan's backward pass (the [`scan`](crate::scan) module states it): `du`, `da`
+/// and `dh0` from `dh` and `dh_last`, with `h` the forward's every state, or (without it) a
+/// forward pass first that writes them to a scratch buffer. The time-invariant `da` is a sum
+/// in a fixed order, so results are the same run after run.
+pub fn scan_backward<T: ScanElement>(
+    gpu: &Wgpu,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, T>,
+    h: Option<&GpuBuffer<T>>,
+    cotangents: ScanCotangents<'_, T>,
+    gradients: ScanGradients<'_, T>,
+) -> Result<()> {
+    check_gradients(gpu, scan, inputs, h, &cotangents, &gradients)?;
+    let ScanGradients { du, da, dh0 } = gradients;
+    let params = params(scan, inputs.h0.is_some())?;
+    let mut scratch_last = gpu.zeros::<T>(scan.final_len())?;
+    let kept;
+    let h = match h {
+        Some(h) => h,
+        None => {
+            let mut states = gpu.zeros::<T>(scan.states_len())?;
+            let forward = Direction::Forward;
+            passes(
+                gpu,
+                scan,
+                inputs,
+                Some(&mut states),
+                &mut scratch_last,
+                forward,
+            )?;
+            kept = states;
+            &kept
+        }
+    };
+    let reversed = ScanInputs {
+        a: inputs.a,
+        u: cotangents.dh,
+        reset: inputs.reset,
+        h0: cotangents.dh_last,
+    };
+    passes(
+        gpu,
+        scan,
+        reversed,
+        Some(du),
+        &mut scratch_last,
+        Direction::Backward,
+    )?;
+
+    let invariant = scan.decay == Decay::TimeInvariant;
+    let records = (params.batch * params.groups * params.chunks) as usize;
+    let partials =
+        gpu.zeros::<[f32; 2]>(if invariant { records } else { 1 } * TF_SCAN_LANES as usize)?;
+    let sums = gpu.zeros::<[f32; 2]>(params.groups as usize * WARPS * TF_SCAN_LANES as usize)?;
+    let placeholders = gpu.placeholders()?;
+    let h0 = inputs.h0.map_or(&placeholders[0], GpuBuffer::raw);
+    let dh0_buffer = match &dh0 {
+        Some(dh0) if inputs.h0.is_some() => dh0.raw(),
+        _ => &placeholders[1],
+    };
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    let constants = [
+        ("COMPLEX", flag(T::LANES == 2)),
+        ("VARYING", flag(!invariant)),
+    ];
+    // Each entry point binds what it uses.
+    let gradients = Bindings::new(gpu, SHADER)
+        .windowed([1, 11, 12, 13], inputs.a.raw(), false)?
+        .windowed([2, 14, 15, 16], du.raw(), false)?
+        .windowed([3, 17, 18, 19], inputs.reset.raw(), false)?
+        .windowed([4, 20, 21, 22], h.raw(), false)?
+        .windowed([5, 23, 24, 25], da.raw(), true)?
+        .whole(6, h0)
+        .whole(7, dh0_buffer)
+        .whole(8, partials.raw());
+    gradients_dispatches(gpu, &constants, params, gradients.list())?;
+    if invariant {
+        let total = Bindings::new(gpu, SHADER)
+            .windowed([5, 23, 24, 25], da.raw(), true)?
+            .whole(8, partials.raw())
+            .whole(9, sums.raw());
+        da_total_dispatches(gpu, &constants, params, total.list())?;
+    }
+    Ok(())
+}
+
+/// The gradients entry over every chunk, at most the grid's limit of chunks per dispatch.
+fn gradients_dispatches(
+    gpu: &Wgpu,
+    constants: &[(&str, f64)],
+    params: Params,
+    buffers: &[Binding],
+) -> Result<()> {
+    let pipeline = gpu.pipeline(SHADER, "gradients", constants)?;
+    let chunks = params.chunks as usize;
+    let grid_limit = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    for first in (0..chunks).step_by(grid_limit.max(1)) {
+        let params = Params {
+            chunk_first: first as u32,
+            ..params
+        };
+        let grid = [
+            (chunks - first).min(grid_limit) as u32,
+            params.groups,
+            params.batch,
+        ];
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), buffers, grid)?;
+    }
+    Ok(())
+}
+
+/// da_total over each group's batch · chunks records, in passes where the driver cuts long
+/// loops short (one iteration per WARPS records).
+fn da_total_dispatches(
+    gpu: &Wgpu,
+    constants: &[(&str, f64)],
+    params: Params,
+    buffers: &[Binding],
+) -> Result<()> {
+    let pipeline = gpu.pipeline(SHADER, "da_total", constants)?;
+    let records = (params.batch * params.chunks) as usize;
+    for range in gpu.loop_passes(records.div_ceil(WARPS), 1, 16) {
+        let first = range.start * WARPS;
+        let params = Params {
+            chunk_first: first as u32,
+            chunk_count: (range.len() * WARPS) as u32,
+            ..params
+        };
+        let grid = [params.groups, 1, 1];
+        gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), buffers, grid)?;
+    }
+    Ok(())
+}
+
+/// An error unless every buffer of a backward pass has the length `scan` gives it and
+/// belongs to `gpu`.
+fn check_gradients<T: ScanElement>(
+    gpu: &Wgpu,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, T>,
+    h: Option<&GpuBuffer<T>>,
+    cotangents: &ScanCotangents<'_, T>,
+    gradients: &ScanGradients<'_, T>,
+) -> Result<()> {
+    scan.check_lengths(BufferLengths {
+        a: inputs.a.len(),
+        u: inputs.u.len(),
+        reset: inputs.reset.len(),
+        h0: inputs.h0.map(GpuBuffer::len),
+        h: h.map(GpuBuffer::len),
+        h_last: scan.final_len(),
+    })?;
+    let buffers = [
+        ("dh", scan.states_len(), Some(cotangents.dh)),
+        ("dh_last", scan.final_len(), cotangents.dh_last),
+        ("du", scan.states_len(), Some(&*gradients.du)),
+        ("da", scan.a_len(), Some(&*gradients.da)),
+        ("dh0", scan.final_len(), gradients.dh0.as_deref()),
+    ];
+    for (what, expected, buffer) in buffers {
+        let Some(buffer) = buffer else { continue };
+        if buffer.len() != expected {
+            return Err(Error::Length {
+                what,
+                expected,
+                got: buffer.len(),
+            });
+        }
+        gpu.check_buffer(what, buffer)?;
+    }
+    gpu.check_buffer("a", inputs.a)?;
+    gpu.check_buffer("u", inputs.u)?;
+    gpu.check_buffer("reset", inputs.reset)?;
+    if let Some(h0) = inputs.h0 {
+        gpu.check_buffer("h0", h0)?;
+    }
+    if let Some(h) = h {
+        gpu.check_buffer("h", h)?;
+    }
+    Ok(())
+}
