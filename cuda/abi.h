@@ -55,16 +55,21 @@ typedef struct TfPeakMmaParams {
  * like u ("varying"); u and h are addressed b * stride_batch + t * stride_time + p (in
  * elements), reset b * reset_stride_batch + t * reset_stride_time (bytes). h0 and h_last are
  * [b, p]. "_final" kernels do not write h (h == 0).
+ * h_last may be 0 (not written).
  * Grid: chunks * groups * b blocks in x, chunk-major (block = (chunk * b + batch) * groups +
  * group), with groups = ceil(p / TF_SCAN_LANES); TF_SCAN_WARPS * 32 threads; a chunk is
  * TF_SCAN_WARPS * TF_SCAN_STEPS time steps. workspace, with n = batch * groups * chunks:
- * round_up(n, 4) u32 chunk flags, zero at launch, then three arrays of n * TF_SCAN_LANES
- * elements (chunk products, chunk offsets, chunk end states) for the look-back.
+ * a header of TF_SCAN_HEADER_WORDS u32 (the launches it has served, the blocks of this launch
+ * done with the flags: zero when first used, kept by every launch), round_up(n, 4) u32 chunk
+ * flags (each tagged with the launch that set it: any values a launch of this workspace left,
+ * or zero), then three arrays of n * TF_SCAN_LANES elements (chunk products, chunk offsets,
+ * chunk end states) for the look-back. A workspace serves one launch at a time.
  */
 #define TF_SCAN_LANES 32
 #define TF_SCAN_WARPS 8
 #define TF_SCAN_STEPS 16
 #define TF_SCAN_CHUNK (TF_SCAN_WARPS * TF_SCAN_STEPS)
+#define TF_SCAN_HEADER_WORDS 4
 typedef struct TfScanParams {
     tf_dptr a;
     tf_dptr u;

@@ -91,7 +91,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
         const T carry = chained.carry, end = chained.end;
         chunk_in[lane] = carry;
         chunk_out[lane] = end;
-        if (chunk + 1 == p.chunks && active)
+        if (chunk + 1 == p.chunks && active && p.h_last != 0)
             store<F>(reinterpret_cast<float *>(p.h_last), size_t(batch) * p.channels + channel,
                      end);
     }

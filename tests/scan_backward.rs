@@ -212,9 +212,10 @@ fn loss<T: ScanElement>(scan: &Scan<T>, inputs: &Inputs<T>, ct: &Cotangents<T>) 
 /// One input of a scan, picked out of its inputs.
 type Pick<T> = fn(&mut Inputs<T>) -> &mut Vec<T>;
 
-/// The derivative of `loss` along element `i` of one input (selected by `pick`), by central
-/// differences over the real and (complex) imaginary parts, each divided by the step the f32
-/// input really took.
+/// The derivative of `loss` along element `i` of one input (selected by `pick`): central
+/// differences, each divided by the step the f32 input really took, at two steps combined by
+/// Richardson extrapolation (the loss is a polynomial of high degree in `a`, whose central
+/// differences alone are off by the step squared times its third derivative).
 fn finite_difference<T: ScanElement>(
     scan: &Scan<T>,
     inputs: &Inputs<T>,
@@ -223,18 +224,21 @@ fn finite_difference<T: ScanElement>(
     i: usize,
     direction: Complex64,
 ) -> Complex64 {
-    let step = 1.0 / 4096.0;
-    let moved = |sign: f64| {
-        let mut moved = inputs.clone();
-        let value = &mut pick(&mut moved)[i];
-        *value = T::narrow(value.widen() + direction * (sign * step));
-        let taken = value.widen();
-        (loss(scan, &moved, ct), taken)
+    let central = |step: f64| {
+        let moved = |sign: f64| {
+            let mut moved = inputs.clone();
+            let value = &mut pick(&mut moved)[i];
+            *value = T::narrow(value.widen() + direction * (sign * step));
+            let taken = value.widen();
+            (loss(scan, &moved, ct), taken)
+        };
+        let ((plus, at_plus), (minus, at_minus)) = (moved(1.0), moved(-1.0));
+        // The step along `direction` that the rounded inputs took.
+        let taken = ((at_plus - at_minus) / direction).re;
+        (plus - minus) / taken
     };
-    let ((plus, at_plus), (minus, at_minus)) = (moved(1.0), moved(-1.0));
-    // The step along `direction` that the rounded inputs took.
-    let taken = ((at_plus - at_minus) / direction).re;
-    (plus - minus) / taken
+    let (coarse, fine) = (central(1.0 / 1024.0), central(1.0 / 2048.0));
+    (4.0 * fine - coarse) / 3.0
 }
 
 /// The gradient element `i` of `grads` (interleaved f64) as a complex number.
@@ -445,4 +449,111 @@ fn tensors_past_one_binding_run_in_windows() {
         assert!(2 * 1000 * 12 * 8 > common::CAPPED_BINDING as usize);
         assert_case(backends, Backend::Wgpu, BackwardCase::new(forward));
     }
+}
+
+/// One workspace serves forward and backward calls of different shapes, layout after layout:
+/// each result is bitwise that of a call with a fresh workspace, and a reserved workspace
+/// does not grow.
+#[cfg(feature = "cuda")]
+#[test]
+fn a_kept_workspace_serves_forward_and_backward_calls() {
+    use tilefuse::scan::cuda::{
+        ScanCotangents, ScanGradients, ScanInputs, ScanWorkspace, scan_backward,
+        scan_backward_with_workspace, scan_final, scan_with_workspace,
+    };
+    let Some(cuda) = common::cuda() else {
+        return;
+    };
+    let seed = common::seed();
+    let cases = [
+        Case {
+            complex: true,
+            ..Case::new(2, 5000, 40)
+        },
+        Case {
+            complex: true,
+            decay: Decay::TimeVarying,
+            ..Case::new(3, 1000, 70)
+        },
+    ];
+    let mut workspace = ScanWorkspace::new();
+    for case in &cases {
+        let scan = case.scan::<Complex32>().unwrap();
+        workspace.reserve(cuda, &scan).unwrap();
+        for recompute in [false, true] {
+            workspace.reserve_backward(cuda, &scan, recompute).unwrap();
+        }
+    }
+    let reserved = workspace.bytes();
+    let floats = |v: &[Complex32]| {
+        cuda.upload(bytemuck::cast_slice::<Complex32, f32>(v))
+            .unwrap()
+    };
+    for round in 0..3 {
+        for case in &cases {
+            let scan = case.scan::<Complex32>().unwrap();
+            let inputs = Inputs::random(case, &scan, seed + round);
+            let cotangents = random_cotangents(&scan, true, seed ^ round);
+            let (a, u, reset) = (
+                floats(&inputs.a),
+                floats(&inputs.u),
+                cuda.upload(&inputs.reset).unwrap(),
+            );
+            let h0 = inputs.h0.as_deref().map(floats);
+            let (dh, dh_last) = (
+                floats(&cotangents.dh),
+                cotangents.dh_last.as_deref().map(floats),
+            );
+            let device = ScanInputs {
+                a: &a,
+                u: &u,
+                reset: &reset,
+                h0: h0.as_ref(),
+            };
+            let zeros = |len: usize| cuda.upload(&vec![0.0f32; 2 * len]).unwrap();
+            // Forward, kept against fresh.
+            let (mut h_last, mut fresh_last) = (zeros(scan.final_len()), zeros(scan.final_len()));
+            let no_states = None::<&mut cudarc::driver::CudaSlice<f32>>;
+            scan_with_workspace(cuda, &scan, device, no_states, &mut h_last, &mut workspace)
+                .unwrap();
+            scan_final(cuda, &scan, device, &mut fresh_last).unwrap();
+            let what = format!("{case}, round {round} (seed {seed})");
+            assert_eq!(
+                bits(&cuda.download(&h_last).unwrap()),
+                bits(&cuda.download(&fresh_last).unwrap()),
+                "forward, {what}"
+            );
+            // Backward (states recomputed), kept against fresh.
+            let run = |kept: Option<&mut ScanWorkspace>| {
+                let (mut du, mut da, mut dh0) = (
+                    zeros(scan.states_len()),
+                    zeros(scan.a_len()),
+                    zeros(scan.final_len()),
+                );
+                let cts = ScanCotangents {
+                    dh: &dh,
+                    dh_last: dh_last.as_ref(),
+                };
+                let grads = ScanGradients {
+                    du: &mut du,
+                    da: &mut da,
+                    dh0: Some(&mut dh0),
+                };
+                match kept {
+                    Some(w) => {
+                        scan_backward_with_workspace(cuda, &scan, device, None, cts, grads, w)
+                    }
+                    None => scan_backward(cuda, &scan, device, None, cts, grads),
+                }
+                .unwrap();
+                [du, da, dh0].map(|b| bits(&cuda.download(&b).unwrap()))
+            };
+            assert!(run(Some(&mut workspace)) == run(None), "backward, {what}");
+        }
+    }
+    assert_eq!(workspace.bytes(), reserved, "a reserved workspace grew");
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
 }

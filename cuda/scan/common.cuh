@@ -10,8 +10,11 @@
 
 namespace scan_common {
 
+// A chunk's flag: what it has published (below) in its low two bits, above them the tag of
+// the launch that published it, so a workspace kept from launch to launch needs no clearing.
 constexpr uint32_t kFlagAggregate = 1;  // the chunk's map (A, B) is published
 constexpr uint32_t kFlagState = 2;      // the chunk's end state is published
+constexpr uint32_t kTags = (1u << 30) - 1;  // tags 1 .. kTags; a zeroed flag has tag 0
 
 // Real or complex arithmetic with explicit roundings, so that every path that must agree
 // bit for bit compiles to the same operations.
@@ -60,20 +63,38 @@ struct Map {
     }
 };
 
-// The look-back records of one launch (layout in abi.h).
+// The look-back records of one launch (layout in abi.h): a header (the launch count, and the
+// blocks of this launch that are done with the flags), the flags, the records.
 template <class F>
 struct Workspace {
-    uint32_t *flags;
+    uint32_t *header, *flags;
     typename F::T *map_a, *map_b, *state;
 
     __device__ Workspace(tf_dptr workspace, uint32_t records) {
-        flags = reinterpret_cast<uint32_t *>(workspace);
+        header = reinterpret_cast<uint32_t *>(workspace);
+        flags = header + TF_SCAN_HEADER_WORDS;
         const uint32_t flag_words = (records + 3) / 4 * 4;
         map_a = reinterpret_cast<typename F::T *>(flags + flag_words);
         map_b = map_a + size_t(records) * TF_SCAN_LANES;
         state = map_b + size_t(records) * TF_SCAN_LANES;
     }
 };
+
+// This launch's count of the workspace's launches (read before the block counts itself done,
+// which every block does before the count moves on), and the tag its flags carry.
+__device__ __forceinline__ uint32_t launch_count(const uint32_t *header) { return __ldcg(header); }
+__device__ __forceinline__ uint32_t launch_tag(uint32_t count) { return count % kTags + 1; }
+
+// Called once per block, by one thread, when the block is done with the flags: the last block
+// of the launch moves the launch count on, so the next launch's flags carry a new tag.
+__device__ __forceinline__ void count_block_done(uint32_t *header, uint32_t count) {
+    __threadfence();
+    if (atomicAdd(&header[1], 1u) == gridDim.x - 1) {
+        header[1] = 0;
+        header[0] = count + 1;
+        __threadfence();
+    }
+}
 
 template <class F>
 __device__ __forceinline__ typename F::T load(const float *base, size_t element) {
@@ -89,12 +110,12 @@ __device__ __forceinline__ void store(float *base, size_t element, typename F::T
 // between has published at least its map. Lane i polls chunk (top - 1 - i), so one round trip
 // covers 32 predecessors. Chunk 0 always publishes its state, so this ends.
 __device__ __forceinline__ uint32_t nearest_known_chunk(const uint32_t *flags, uint32_t chunk,
-                                                        uint32_t lane) {
+                                                        uint32_t lane, uint32_t tag) {
     for (uint32_t top = chunk;; top -= 32) {
         const bool exists = top > lane;
         uint32_t flag = 0;
         if (exists) {
-            while ((flag = tf::load_acquire(&flags[top - 1 - lane])) == 0) {
+            while (((flag = tf::load_acquire(&flags[top - 1 - lane])) >> 2) != tag) {
             }
         }
         const uint32_t known = __ballot_sync(0xffffffffu, exists && (flag & kFlagState));
@@ -121,6 +142,8 @@ __device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t fir
                                             uint32_t chunk, const Map<F> &chunk_map, First first,
                                             bool look_back, uint32_t lane) {
     using T = typename F::T;
+    const uint32_t count = launch_count(ws.header);
+    const uint32_t tag = launch_tag(count) << 2;
     uint32_t *flag = &ws.flags[first_record + chunk];
     const size_t me = size_t(first_record + chunk) * TF_SCAN_LANES + lane;
     // Publish what later chunks can use before looking back: a chunk with a reset knows its
@@ -128,18 +151,18 @@ __device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t fir
     if (chunk_map.reset) {
         ws.state[me] = chunk_map.b;  // == chunk_map.apply(anything)
         __syncwarp();
-        if (lane == 0) tf::store_release(flag, kFlagState);
+        if (lane == 0) tf::store_release(flag, tag | kFlagState);
     } else if (chunk > 0) {
         ws.map_a[me] = chunk_map.a;
         ws.map_b[me] = chunk_map.b;
         __syncwarp();
-        if (lane == 0) tf::store_release(flag, kFlagAggregate);
+        if (lane == 0) tf::store_release(flag, tag | kFlagAggregate);
     }
     T carry = F::zero();
     if (chunk == 0) {
         carry = first();
     } else if (look_back) {
-        const uint32_t known = nearest_known_chunk(ws.flags + first_record, chunk, lane);
+        const uint32_t known = nearest_known_chunk(ws.flags + first_record, chunk, lane, tag >> 2);
         carry = ws.state[size_t(first_record + known) * TF_SCAN_LANES + lane];
 #pragma unroll 8
         for (uint32_t c = known + 1; c < chunk; ++c) {
@@ -151,8 +174,9 @@ __device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t fir
     if (!chunk_map.reset) {
         ws.state[me] = end;
         __syncwarp();
-        if (lane == 0) tf::store_release(flag, kFlagState);
+        if (lane == 0) tf::store_release(flag, tag | kFlagState);
     }
+    if (lane == 0) count_block_done(ws.header, count);
     return {carry, end};
 }
 

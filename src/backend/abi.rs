@@ -10,6 +10,7 @@ pub const TF_SCAN_LANES: u32 = 32;
 pub const TF_SCAN_WARPS: u32 = 8;
 pub const TF_SCAN_STEPS: u32 = 16;
 pub const TF_SCAN_CHUNK: u32 = 128;
+pub const TF_SCAN_HEADER_WORDS: u32 = 4;
 pub const TF_SPMM_TILE_M: u32 = 128;
 pub const TF_SPMM_TILE_K: u32 = 64;
 pub const TF_SPMM_WARPS: u32 = 4;

@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use super::{Grid, ScanInputs, enqueue};
+use super::{Grid, ScanInputs, ScanWorkspace, enqueue};
 use crate::backend::abi::{TF_SCAN_WARPS, TfScanBackwardParams};
 use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
@@ -70,41 +70,48 @@ where
     R: DevicePtr<u8>,
     G: DevicePtrMut<f32>,
 {
+    let mut workspace = ScanWorkspace::new();
+    scan_backward_with_workspace(cuda, scan, inputs, h, cotangents, gradients, &mut workspace)
+}
+
+/// [`scan_backward`] with its memory taken from `workspace` (see [`ScanWorkspace`]).
+pub fn scan_backward_with_workspace<T, F, R, G>(
+    cuda: &Cuda,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, F, R>,
+    h: Option<&F>,
+    cotangents: ScanCotangents<'_, F>,
+    gradients: ScanGradients<'_, G>,
+    workspace: &mut ScanWorkspace,
+) -> Result<()>
+where
+    T: ScanElement,
+    F: DevicePtr<f32>,
+    R: DevicePtr<u8>,
+    G: DevicePtrMut<f32>,
+{
     check(cuda, scan, inputs, h, &cotangents, &gradients)?;
     let grid = Grid::new(scan)?;
-    // Without h, a forward pass leaves every chunk's end state in its workspace.
-    let mut forward = None;
-    if h.is_none() {
-        let mut workspace = grid.workspace::<T>(cuda, 0)?;
-        let mut h_last = cuda.scratch::<f32>(scan.final_len() * T::LANES, 0..0)?;
+    let recompute = h.is_none();
+    let words = workspace.prepare(cuda, grid.backward_layout::<T>(scan.decay, recompute))?;
+    let (backward, counters) = grid.backward_offsets::<T>(scan.decay, recompute);
+    if recompute {
+        // A forward pass leaves every chunk's end state in its region, at 0.
         let no_states = None::<&mut CudaSlice<f32>>;
-        enqueue(
-            cuda,
-            scan,
-            &grid,
-            inputs,
-            no_states,
-            &mut h_last,
-            &mut workspace,
-        )?;
-        forward = Some(workspace);
+        let no_last = None::<&mut CudaSlice<f32>>;
+        enqueue(cuda, scan, &grid, inputs, no_states, no_last, words, 0)?;
     }
     let invariant = scan.decay == Decay::TimeInvariant;
-    let partials = if invariant {
-        grid.record_words::<T>()
+    let ScanGradients { du, da, dh0 } = gradients;
+    let mut args = cuda.args();
+    let base = args.write(words);
+    let word = |offset: usize| base + 4 * offset as u64;
+    // The forward's state array, after its header and flags and two arrays of records.
+    let checkpoints = if recompute {
+        word(grid.flag_words() + 2 * grid.record_words::<T>())
     } else {
         0
     };
-    let mut workspace = grid.workspace::<T>(cuda, partials)?;
-    let groups = grid.groups as usize;
-    let mut counters = cuda.scratch::<u32>(groups, 0..groups)?;
-    let ScanGradients { du, da, dh0 } = gradients;
-    let mut args = cuda.args();
-    let checkpoints = forward.as_ref().map_or(0, |workspace| {
-        // The state array, after the flags and two arrays of records (abi.h).
-        let offset = grid.flag_words() + 2 * grid.record_words::<T>();
-        args.read(workspace) + 4 * offset as u64
-    });
     let params = params(
         scan,
         &grid,
@@ -122,38 +129,35 @@ where
             // The cotangent of an h0 the scan was not given is not asked for.
             dh0.filter(|_| inputs.h0.is_some())
                 .map_or(0, |d| args.write(d)),
-            args.write(&mut workspace),
-            args.write(&mut counters),
+            word(backward),
+            word(counters),
         ],
     );
-    let kernel = kernel::<T>(scan.decay, h.is_none());
+    let kernel = kernel::<T>(scan.decay, recompute);
     // SAFETY: TfScanBackwardParams is the parameter struct of every scan_backward kernel; its
     // addresses come from `args`. `check` matched every length to the shape (a and da: p or
     // b·t·p elements; u, h, dh, du: b·t·p; reset: b·t bytes; h0, dh_last, dh0: b·p; each
     // element T::LANES f32s) and the strides are the layout's own, so every index the kernel
     // forms (b < batch, t < time, channel < channels, all guarded) is inside its buffer. The
     // "_states" kernel reads h (present), the "_recompute" one `checkpoints`: the state array
-    // of the forward workspace enqueued above on the same grid, whose every record the forward
-    // writes. The workspace has the grid's look-back words and, time-invariant, its partials;
-    // its flags and the counters are zero (fresh scratch). Grid::new keeps the block count
-    // under 2^31.
+    // of the forward's region, enqueued above on the same grid, whose every record the
+    // forward writes. The workspace holds the backward layout (ScanWorkspace::prepare): the
+    // backward's region from `backward` (the grid's look-back words and, time-invariant, its
+    // partials) with a header and flags as abi.h allows (cleared when allocated or when the
+    // last launch had another layout, else left by launches of this one), and zero counters
+    // (the da kernel leaves them so). Grid::new keeps the block count under 2^31.
     unsafe { cuda.launch(kernel, grid.shape(), &params, args) }?;
     if !invariant {
         return Ok(());
     }
     let mut args = cuda.args();
-    let params = params_for_da(
-        &params,
-        [
-            args.write(da),
-            args.write(&mut workspace),
-            args.write(&mut counters),
-        ],
-    );
+    let base = args.write(words);
+    let word = |offset: usize| base + 4 * offset as u64;
+    let params = params_for_da(&params, [args.write(da), word(backward), word(counters)]);
     let shape = LaunchShape::linear(grid.groups * scan.shape.batch() as u32, TF_SCAN_WARPS * 32);
     // SAFETY: the da kernel takes the backward launch's parameters and reads its workspace
-    // (partials of every record, written by that launch, enqueued before on this stream) and
-    // writes da [p] (checked) and the counters, `groups` words that are zero (fresh scratch).
+    // region (partials of every record, written by that launch, enqueued before on this
+    // stream) and writes da [p] (checked) and the counters, `groups` words that are zero.
     // The addresses of du, dh0 and the inputs in `params` are not used by it.
     unsafe { cuda.launch(da_kernel::<T>(), shape, &params, args) }
 }

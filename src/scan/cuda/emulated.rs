@@ -5,6 +5,7 @@
 use num_complex::Complex32;
 
 use super::{Addresses, Grid, kernel};
+use crate::backend::abi::TF_SCAN_HEADER_WORDS;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
 use crate::scan::check::check_with;
@@ -20,16 +21,37 @@ fn run<T: ScanElement>(
     final_only: bool,
 ) -> Result<Option<Outputs>> {
     let grid = Grid::new(scan)?;
+    // A fresh workspace as ScanWorkspace clears it: header and flags zeroed, records never
+    // written.
+    let mut workspace = fresh_workspace::<T>(&grid);
+    run_in(emulator, order, scan, inputs, final_only, &mut workspace)
+}
+
+/// A workspace for `grid`'s launch as a first launch finds it: header and flags zero, the
+/// rest never written.
+fn fresh_workspace<T: ScanElement>(grid: &Grid) -> Guarded<u32> {
+    let mut words = vec![u32::MAX; grid.workspace_words::<T>()];
+    words[..grid.flag_words()].fill(0);
+    Guarded::new(&words)
+}
+
+/// [`run`] on `workspace`, which holds at least the grid's words, as a kept workspace holds
+/// them.
+fn run_in<T: ScanElement>(
+    emulator: &Emulator,
+    order: Order,
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    final_only: bool,
+    workspace: &mut Guarded<u32>,
+) -> Result<Option<Outputs>> {
+    let grid = Grid::new(scan)?;
     let floats = |values: &[T]| Guarded::<f32>::new(bytemuck::cast_slice(values));
     let (mut a, mut u) = (floats(&inputs.a), floats(&inputs.u));
     let mut reset = Guarded::new(&inputs.reset);
     let mut h0 = inputs.h0.as_deref().map(floats);
     let mut h = Guarded::new(&vec![f32::NAN; scan.states_len() * T::LANES]);
     let mut h_last = Guarded::new(&vec![f32::NAN; scan.final_len() * T::LANES]);
-    // The workspace as Cuda::scratch leaves it: flags zeroed, records never written.
-    let mut words = vec![u32::MAX; grid.workspace_words::<T>()];
-    words[..grid.records.next_multiple_of(4)].fill(0);
-    let mut workspace = Guarded::new(&words);
     let params = grid.params(
         scan,
         Addresses {
@@ -46,8 +68,9 @@ fn run<T: ScanElement>(
     let kernel = kernel::<T>(scan.decay, !final_only);
     // SAFETY: the parameters follow abi.h's scan contract as the CUDA launcher's do: buffers
     // of the scan's lengths (the inputs come from Inputs::random for this scan), h only when
-    // states are written, and a workspace of the grid's size with zeroed flags; all live
-    // until the launch returns.
+    // states are written, and a workspace of at least the grid's size whose header and flags
+    // are zero or left by launches of this layout (the callers'); all live until the launch
+    // returns.
     let ran = unsafe { emulator.launch(kernel, &params, &launch) };
     let read = ran.and_then(|()| {
         workspace.read("workspace")?;
@@ -127,5 +150,72 @@ fn chunks_resets_layouts_and_modes() {
     let orders = [Order::Threads, Order::Reverse, Order::Shuffled(11)];
     for (i, case) in cases.into_iter().enumerate() {
         check_case(&case, orders[i % 3]);
+    }
+}
+
+/// One workspace serves launch after launch: while the layout stays, nothing is cleared and
+/// each launch's tag tells its flags from those the launch before left (which would
+/// otherwise pass for this launch's: same records, stale values); a launch of another layout
+/// finds its header and flags cleared, as ScanWorkspace clears them.
+#[test]
+fn a_kept_workspace_serves_launch_after_launch() {
+    let Some(emulator) = crate::backend::emulator::Emulator::get() else {
+        return;
+    };
+    let seed = crate::harness::Rng::fresh_seed();
+    let long = Case {
+        complex: true,
+        resets: ResetPattern::Random(0.02),
+        ..Case::new(2, 3000, 40)
+    };
+    let short = Case {
+        complex: true,
+        final_only: true,
+        ..Case::new(3, 700, 33)
+    };
+    let words = |case: &Case| Grid::new(&case.scan::<Complex32>().unwrap()).unwrap();
+    let len = [long, short]
+        .iter()
+        .map(|c| words(c).workspace_words::<Complex32>())
+        .max();
+    let mut memory = vec![0u32; len.unwrap()];
+    let mut last_layout = None;
+    let mut launches = 0;
+    for (i, case) in [long, long, long, short, long, long]
+        .into_iter()
+        .enumerate()
+    {
+        let grid = words(&case);
+        let layout = grid.forward_layout::<Complex32>();
+        if last_layout.as_ref() != Some(&layout) {
+            for range in &layout.cleared {
+                memory[range.clone()].fill(0);
+            }
+            launches = 0;
+        }
+        last_layout = Some(layout);
+        let order = [Order::Threads, Order::Reverse, Order::Shuffled(2)][i % 3];
+        let comparison = check_with::<Complex32>(&case, seed + i as u64, |s, inputs, f| {
+            let mut workspace = Guarded::new(&memory);
+            let out = run_in(emulator, order, s, inputs, f, &mut workspace);
+            memory = workspace.read("workspace").unwrap();
+            out
+        });
+        let comparison = comparison.unwrap().expect("an emulated run");
+        assert!(
+            comparison.passed(),
+            "launch {i}, {case} (seed {seed}): {comparison}"
+        );
+        // The launch counted itself and tagged every flag it set with its count.
+        launches += 1;
+        let header = TF_SCAN_HEADER_WORDS as usize;
+        assert_eq!(memory[..2], [launches, 0], "launch {i}: header");
+        let flags = &memory[header..header + grid.records];
+        assert!(
+            flags
+                .iter()
+                .all(|&flag| flag >> 2 == launches && flag & 3 != 0),
+            "launch {i}: a flag without this launch's tag {launches}"
+        );
     }
 }
