@@ -5,7 +5,7 @@ use num_complex::Complex32;
 
 use super::check::{Case, Inputs, Problem};
 use crate::error::Result;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 use crate::harness::Clock;
 use crate::harness::device::{Device, on_device};
 use crate::harness::{Backend, Backends, BenchCase, Runner};
@@ -129,20 +129,54 @@ pub(super) fn backward_bench_cases() -> Vec<BenchCase> {
     cases
 }
 
-#[cfg(feature = "cuda")]
 fn prepare_backward<'a>(
     backends: &'a Backends,
     backend: Backend,
     case: &super::BackwardCase,
 ) -> Result<Option<Runner<'a>>> {
-    use super::cuda::{ScanCotangents, ScanGradients, ScanInputs, scan, scan_backward};
-    if backend != Backend::Cuda {
-        return Ok(None);
-    }
-    let cuda = backends.cuda()?;
     let problem = case.forward.scan::<Complex32>()?;
     let inputs = Inputs::random(&case.forward, &problem, 1);
     let cotangents = super::random_cotangents(&problem, case.dh_last, 2);
+    match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => cuda_backward_runner(
+            backends.cuda()?,
+            problem,
+            inputs,
+            cotangents,
+            case.recompute,
+        )
+        .map(Some),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => wgpu_backward_runner(
+            backends.wgpu()?,
+            problem,
+            inputs,
+            cotangents,
+            case.recompute,
+        )
+        .map(Some),
+        _ => {
+            let _ = (backends, problem, inputs, cotangents);
+            Ok(None)
+        }
+    }
+}
+
+/// One backward pass per run on CUDA, with the buffers (and the forward's states unless they
+/// are recomputed) prepared once and a workspace kept from run to run.
+#[cfg(feature = "cuda")]
+fn cuda_backward_runner(
+    cuda: &crate::backend::cuda::Cuda,
+    problem: super::Scan<Complex32>,
+    inputs: Inputs<Complex32>,
+    cotangents: super::Cotangents<Complex32>,
+    recompute: bool,
+) -> Result<Runner<'_>> {
+    use super::cuda::{
+        ScanCotangents, ScanGradients, ScanInputs, ScanWorkspace, scan,
+        scan_backward_with_workspace,
+    };
     let upload = |values: &[Complex32]| cuda.upload(bytemuck::cast_slice::<Complex32, f32>(values));
     let (a, u, reset) = (
         upload(&inputs.a)?,
@@ -153,7 +187,7 @@ fn prepare_backward<'a>(
     let dh_last = cotangents.dh_last.as_deref().map(upload).transpose()?;
     let zeros = |len: usize| cuda.upload(&vec![0.0f32; 2 * len]);
     let (mut du, mut da) = (zeros(problem.states_len())?, zeros(problem.a_len())?);
-    let h = if case.recompute {
+    let h = if recompute {
         None
     } else {
         let (mut h, mut h_last) = (zeros(problem.states_len())?, zeros(problem.final_len())?);
@@ -166,7 +200,8 @@ fn prepare_backward<'a>(
         scan(cuda, &problem, forward, &mut h, &mut h_last)?;
         Some(h)
     };
-    Ok(Some(Runner::new(Clock::Cuda(cuda), move || {
+    let mut workspace = ScanWorkspace::new();
+    Ok(Runner::new(Clock::Cuda(cuda), move || {
         let inputs = ScanInputs {
             a: &a,
             u: &u,
@@ -182,15 +217,76 @@ fn prepare_backward<'a>(
             da: &mut da,
             dh0: None,
         };
-        scan_backward(cuda, &problem, inputs, h.as_ref(), cotangents, gradients)
-    })))
+        scan_backward_with_workspace(
+            cuda,
+            &problem,
+            inputs,
+            h.as_ref(),
+            cotangents,
+            gradients,
+            &mut workspace,
+        )
+    }))
 }
 
-#[cfg(not(feature = "cuda"))]
-fn prepare_backward<'a>(
-    _: &'a Backends,
-    _: Backend,
-    _: &super::BackwardCase,
-) -> Result<Option<Runner<'a>>> {
-    Ok(None)
+/// One backward pass per run through WGSL, the buffers (and the forward's states unless they
+/// are recomputed) prepared once.
+#[cfg(feature = "wgpu")]
+fn wgpu_backward_runner(
+    gpu: &crate::backend::wgpu::Wgpu,
+    problem: super::Scan<Complex32>,
+    inputs: Inputs<Complex32>,
+    cotangents: super::Cotangents<Complex32>,
+    recompute: bool,
+) -> Result<Runner<'_>> {
+    use super::wgpu::{ScanCotangents, ScanGradients, ScanInputs, scan, scan_backward};
+    let (a, u, reset) = (
+        gpu.upload(&inputs.a)?,
+        gpu.upload(&inputs.u)?,
+        gpu.upload(&inputs.reset)?,
+    );
+    let dh = gpu.upload(&cotangents.dh)?;
+    let dh_last = cotangents
+        .dh_last
+        .as_deref()
+        .map(|d| gpu.upload(d))
+        .transpose()?;
+    let (mut du, mut da) = (
+        gpu.zeros(problem.states_len())?,
+        gpu.zeros(problem.a_len())?,
+    );
+    let h = if recompute {
+        None
+    } else {
+        let (mut h, mut h_last) = (
+            gpu.zeros(problem.states_len())?,
+            gpu.zeros(problem.final_len())?,
+        );
+        let forward = ScanInputs {
+            a: &a,
+            u: &u,
+            reset: &reset,
+            h0: None,
+        };
+        scan(gpu, &problem, forward, &mut h, &mut h_last)?;
+        Some(h)
+    };
+    Ok(Runner::new(Clock::Wgpu(gpu), move || {
+        let inputs = ScanInputs {
+            a: &a,
+            u: &u,
+            reset: &reset,
+            h0: None,
+        };
+        let cotangents = ScanCotangents {
+            dh: &dh,
+            dh_last: dh_last.as_ref(),
+        };
+        let gradients = ScanGradients {
+            du: &mut du,
+            da: &mut da,
+            dh0: None,
+        };
+        scan_backward(gpu, &problem, inputs, h.as_ref(), cotangents, gradients)
+    }))
 }

@@ -25,6 +25,7 @@ pub const BACKWARD_ENTRY: OpEntry = OpEntry {
 };
 
 /// The backends with a backward path.
+#[cfg(feature = "cli")]
 pub(crate) const BACKWARD_BACKENDS: &[Backend] = &[Backend::Cpu, Backend::Cuda, Backend::Wgpu];
 
 /// Runs `case`'s backward pass on `backend` with inputs and cotangents from `seed` (outputs
