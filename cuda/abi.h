@@ -58,12 +58,14 @@ typedef struct TfPeakMmaParams {
  * h_last may be 0 (not written).
  * Grid: chunks * groups * b blocks in x, chunk-major (block = (chunk * b + batch) * groups +
  * group), with groups = ceil(p / TF_SCAN_LANES); TF_SCAN_WARPS * 32 threads; a chunk is
- * TF_SCAN_WARPS * TF_SCAN_STEPS time steps. workspace, with n = batch * groups * chunks:
- * a header of TF_SCAN_HEADER_WORDS u32 (the launches it has served, the blocks of this launch
- * done with the flags: zero when first used, kept by every launch), round_up(n, 4) u32 chunk
- * flags (each tagged with the launch that set it: any values a launch of this workspace left,
- * or zero), then three arrays of n * TF_SCAN_LANES elements (chunk products, chunk offsets,
- * chunk end states) for the look-back. A workspace serves one launch at a time.
+ * TF_SCAN_WARPS * TF_SCAN_STEPS time steps. workspace: a look-back region laid out for
+ * `capacity` >= n = batch * groups * chunks records: a header of TF_SCAN_HEADER_WORDS u32
+ * (the last launch's tag, 0 before the first; the blocks of this launch done with the flags,
+ * 0), round_up(capacity, 4) u32 chunk flags (what a chunk published in the low two bits, the
+ * tag of the launch that published it above; zero when first used, else as launches of this
+ * region left them), then three arrays of capacity * TF_SCAN_LANES elements (chunk products,
+ * chunk offsets, chunk end states) of which the first n * TF_SCAN_LANES are used. A region
+ * serves one launch at a time; tags run 1 .. 2^30 - 1 and then again.
  */
 #define TF_SCAN_LANES 32
 #define TF_SCAN_WARPS 8
@@ -87,7 +89,7 @@ typedef struct TfScanParams {
     uint32_t channels;
     uint32_t chunks;
     uint32_t groups;
-    uint32_t reserved;
+    uint32_t capacity;
 } TfScanParams;
 
 /*
@@ -103,16 +105,17 @@ typedef struct TfScanParams {
  * written when dh0 != 0. A time-invariant ("const") da is not written here: each block leaves
  * the sum of g[t] · h[t-1] over its steps, per channel, in the workspace's partials.
  * Grid and block as the forward's, with the chunks in reverse: block = (k * b + batch) *
- * groups + group covers time chunk chunks - 1 - k. workspace: the forward's layout for n =
- * batch * groups * chunks records (look-back over k), then for "const" n * TF_SCAN_LANES
- * elements of partials [record][lane].
+ * groups + group covers time chunk chunks - 1 - k. workspace: a region as the forward's for
+ * `capacity` records (look-back over k; record (batch * groups + group) * chunks + k), with a
+ * fourth array of capacity * TF_SCAN_LANES elements after the three: for "const", the
+ * partials [record][lane].
  *
  * tilefuse_scan_backward_da_{f32,c64}: a time-invariant da [p], the sum of a backward launch's
  * partials (same parameters and workspace), in a fixed order: block x = group * b + batch adds
- * the chunks of its batch row (warp w takes chunks w, w + TF_SCAN_WARPS, ..., then the warps
- * in order), and the last block of a group to finish adds the rows in batch order. counters:
- * `groups` u32, zero at launch and left zero. Grid: groups * b blocks; TF_SCAN_WARPS * 32
- * threads.
+ * the partials of its batch row (warp w takes look-back orders w, w + TF_SCAN_WARPS, ..., then
+ * the warps in order) and leaves the row's sum in the region's first record array, and the
+ * last block of a group to finish adds the rows in batch order. counters: `groups` u32, zero
+ * at launch and left zero. Grid: groups * b blocks; TF_SCAN_WARPS * 32 threads.
  */
 typedef struct TfScanBackwardParams {
     tf_dptr a;
@@ -137,7 +140,7 @@ typedef struct TfScanBackwardParams {
     uint32_t channels;
     uint32_t chunks;
     uint32_t groups;
-    uint32_t reserved;
+    uint32_t capacity;
 } TfScanBackwardParams;
 
 /*

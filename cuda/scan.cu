@@ -74,7 +74,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     warp_maps[warp][lane] = mine;
     __syncthreads();
 
-    Workspace<F> ws(p.workspace, rows * p.chunks);
+    Workspace<F> ws(p.workspace, p.capacity);
     const uint32_t first_record = row_index * p.chunks;
 
     if (warp == 0) {

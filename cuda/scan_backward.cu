@@ -101,8 +101,7 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
     }
     __syncthreads();
 
-    const uint32_t records = rows * p.chunks;
-    Workspace<F> ws(p.workspace, records);
+    Workspace<F> ws(p.workspace, p.capacity);
     const uint32_t first_record = row_index * p.chunks;
     if (warp == 0) {
         Map<F> chunk_map = Map<F>::identity();
@@ -169,8 +168,7 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
         T block_sum = F::zero();
 #pragma unroll
         for (uint32_t w = 0; w < TF_SCAN_WARPS; ++w) block_sum = F::add(block_sum, warp_sums[w][lane]);
-        T *partials = ws.state + size_t(records) * TF_SCAN_LANES;
-        partials[size_t(first_record + order) * TF_SCAN_LANES + lane] = block_sum;
+        ws.partials[size_t(first_record + order) * TF_SCAN_LANES + lane] = block_sum;
     }
 }
 
@@ -184,9 +182,8 @@ __device__ __forceinline__ void da_sum(const TfScanBackwardParams &p) {
     const uint32_t warp = threadIdx.x / 32;
     const uint32_t group = blockIdx.x / p.batch;
     const uint32_t batch = blockIdx.x % p.batch;
-    const uint32_t records = p.batch * p.groups * p.chunks;
-    Workspace<F> ws(p.workspace, records);
-    const T *partials = ws.state + size_t(records) * TF_SCAN_LANES;
+    Workspace<F> ws(p.workspace, p.capacity);
+    const T *partials = ws.partials;
     uint32_t *counter = reinterpret_cast<uint32_t *>(p.counters) + group;
     T *row_sums = ws.map_a;  // the look-back's maps are no longer needed: [batch, group][lane]
 

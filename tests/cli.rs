@@ -424,8 +424,8 @@ fn scan_backward_round_trips_through_run() {
                     want.len(),
                     "{name} is complex64 exactly when u is"
                 );
-                // As `check --input` bounds them: a time-invariant da sums b·t = 600
-                // products per channel, whose roundings may add up while they cancel.
+                // A time-invariant da sums b·t = 600 products per channel, whose roundings
+                // may add up (√600 of them, at random) while the products cancel.
                 let bound = match (name, varying) {
                     ("da", false) => {
                         let factor = 2.0 * 600f64.sqrt();
@@ -490,6 +490,14 @@ fn bad_scan_backward_files_get_one_line_and_exit_code_2() {
         "scan-backward",
         &case().with("reset", &[2, 300], Values::F32(vec![0.0; 600])),
         "reset",
+    );
+    // u and dh of rank 0 (equal shapes), with a dh_last.
+    assert_rejected(
+        "scan-backward",
+        &case()
+            .with("u", &[], Values::F32(vec![1.0]))
+            .with("dh", &[], Values::F32(vec![1.0])),
+        "u",
     );
 }
 

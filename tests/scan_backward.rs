@@ -557,3 +557,72 @@ fn a_kept_workspace_serves_forward_and_backward_calls() {
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
+
+/// dh0 is the cotangent of a given h0: asked for without one, the caller's buffer is left as
+/// it was; with an h0 but not asked for, nothing else changes (WGSL writes it elsewhere).
+#[cfg(feature = "wgpu")]
+#[test]
+fn dh0_follows_h0() {
+    use tilefuse::scan::wgpu::{ScanCotangents, ScanGradients, ScanInputs, scan_backward};
+    let Some(gpu) = common::wgpu() else {
+        return;
+    };
+    let seed = common::seed();
+    for with_h0 in [false, true] {
+        let case = Case {
+            h0: with_h0,
+            ..Case::new(2, 300, 5)
+        };
+        let scan = case.scan::<f32>().unwrap();
+        let inputs = Inputs::random(&case, &scan, seed);
+        let cotangents = random_cotangents(&scan, true, seed ^ 1);
+        let (a, u, reset) = (
+            gpu.upload(&inputs.a).unwrap(),
+            gpu.upload(&inputs.u).unwrap(),
+            gpu.upload(&inputs.reset).unwrap(),
+        );
+        let h0 = inputs.h0.as_deref().map(|h0| gpu.upload(h0).unwrap());
+        let dh = gpu.upload(&cotangents.dh).unwrap();
+        let dh_last = gpu.upload(cotangents.dh_last.as_deref().unwrap()).unwrap();
+        let run = |ask_dh0: bool| {
+            let (mut du, mut da) = (
+                gpu.zeros(scan.states_len()).unwrap(),
+                gpu.zeros(scan.a_len()).unwrap(),
+            );
+            let mut dh0 = gpu.upload(&vec![7.0f32; scan.final_len()]).unwrap();
+            let inputs = ScanInputs {
+                a: &a,
+                u: &u,
+                reset: &reset,
+                h0: h0.as_ref(),
+            };
+            let cotangents = ScanCotangents {
+                dh: &dh,
+                dh_last: Some(&dh_last),
+            };
+            let gradients = ScanGradients {
+                du: &mut du,
+                da: &mut da,
+                dh0: ask_dh0.then_some(&mut dh0),
+            };
+            scan_backward(gpu, &scan, inputs, None, cotangents, gradients).unwrap();
+            [du, da, dh0].map(|b| gpu.download(&b).unwrap())
+        };
+        let [du, da, dh0] = run(true);
+        let [du_without, da_without, untouched] = run(false);
+        assert!(
+            du == du_without && da == da_without,
+            "h0 {with_h0} (seed {seed})"
+        );
+        assert!(
+            untouched.iter().all(|&x| x == 7.0),
+            "a dh0 not asked for was written"
+        );
+        if !with_h0 {
+            assert!(
+                dh0.iter().all(|&x| x == 7.0),
+                "dh0 written without an h0 (seed {seed})"
+            );
+        }
+    }
+}

@@ -63,35 +63,38 @@ struct Map {
     }
 };
 
-// The look-back records of one launch (layout in abi.h): a header (the launch count, and the
-// blocks of this launch that are done with the flags), the flags, the records.
+// A look-back region laid out for `capacity` records (abi.h): a header (the last launch's tag,
+// and the blocks of this launch that are done with the flags), the flags, the record arrays
+// (chunk products, chunk offsets, end states, and after them the backward's partials).
 template <class F>
 struct Workspace {
     uint32_t *header, *flags;
-    typename F::T *map_a, *map_b, *state;
+    typename F::T *map_a, *map_b, *state, *partials;
 
-    __device__ Workspace(tf_dptr workspace, uint32_t records) {
+    __device__ Workspace(tf_dptr workspace, uint32_t capacity) {
         header = reinterpret_cast<uint32_t *>(workspace);
         flags = header + TF_SCAN_HEADER_WORDS;
-        const uint32_t flag_words = (records + 3) / 4 * 4;
+        const uint32_t flag_words = (capacity + 3) / 4 * 4;
         map_a = reinterpret_cast<typename F::T *>(flags + flag_words);
-        map_b = map_a + size_t(records) * TF_SCAN_LANES;
-        state = map_b + size_t(records) * TF_SCAN_LANES;
+        map_b = map_a + size_t(capacity) * TF_SCAN_LANES;
+        state = map_b + size_t(capacity) * TF_SCAN_LANES;
+        partials = state + size_t(capacity) * TF_SCAN_LANES;
     }
 };
 
-// This launch's count of the workspace's launches (read before the block counts itself done,
-// which every block does before the count moves on), and the tag its flags carry.
-__device__ __forceinline__ uint32_t launch_count(const uint32_t *header) { return __ldcg(header); }
-__device__ __forceinline__ uint32_t launch_tag(uint32_t count) { return count % kTags + 1; }
+// This launch's tag: the one after the last launch's, which the header keeps (0 before the
+// first). Every block reads it before it counts itself done, which every block does before
+// the last one stores it.
+__device__ __forceinline__ uint32_t launch_tag(const uint32_t *header) { return __ldcg(header) % kTags + 1; }
 
 // Called once per block, by one thread, when the block is done with the flags: the last block
-// of the launch moves the launch count on, so the next launch's flags carry a new tag.
-__device__ __forceinline__ void count_block_done(uint32_t *header, uint32_t count) {
+// of the launch keeps the launch's tag in the header, so the next launch's flags carry the
+// next one.
+__device__ __forceinline__ void count_block_done(uint32_t *header, uint32_t tag) {
     __threadfence();
     if (atomicAdd(&header[1], 1u) == gridDim.x - 1) {
         header[1] = 0;
-        header[0] = count + 1;
+        header[0] = tag;
         __threadfence();
     }
 }
@@ -142,8 +145,8 @@ __device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t fir
                                             uint32_t chunk, const Map<F> &chunk_map, First first,
                                             bool look_back, uint32_t lane) {
     using T = typename F::T;
-    const uint32_t count = launch_count(ws.header);
-    const uint32_t tag = launch_tag(count) << 2;
+    const uint32_t launch = launch_tag(ws.header);
+    const uint32_t tag = launch << 2;
     uint32_t *flag = &ws.flags[first_record + chunk];
     const size_t me = size_t(first_record + chunk) * TF_SCAN_LANES + lane;
     // Publish what later chunks can use before looking back: a chunk with a reset knows its
@@ -176,7 +179,7 @@ __device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t fir
         __syncwarp();
         if (lane == 0) tf::store_release(flag, tag | kFlagState);
     }
-    if (lane == 0) count_block_done(ws.header, count);
+    if (lane == 0) count_block_done(ws.header, launch);
     return {carry, end};
 }
 

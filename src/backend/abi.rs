@@ -90,7 +90,7 @@ pub struct TfScanParams {
     pub channels: u32,
     pub chunks: u32,
     pub groups: u32,
-    pub reserved: u32,
+    pub capacity: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -123,8 +123,8 @@ const _: () = {
         [::core::mem::offset_of!(TfScanParams, chunks) - 100usize];
     ["Offset of field: TfScanParams::groups"]
         [::core::mem::offset_of!(TfScanParams, groups) - 104usize];
-    ["Offset of field: TfScanParams::reserved"]
-        [::core::mem::offset_of!(TfScanParams, reserved) - 108usize];
+    ["Offset of field: TfScanParams::capacity"]
+        [::core::mem::offset_of!(TfScanParams, capacity) - 108usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub struct TfScanBackwardParams {
     pub channels: u32,
     pub chunks: u32,
     pub groups: u32,
-    pub reserved: u32,
+    pub capacity: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -201,8 +201,8 @@ const _: () = {
         [::core::mem::offset_of!(TfScanBackwardParams, chunks) - 148usize];
     ["Offset of field: TfScanBackwardParams::groups"]
         [::core::mem::offset_of!(TfScanBackwardParams, groups) - 152usize];
-    ["Offset of field: TfScanBackwardParams::reserved"]
-        [::core::mem::offset_of!(TfScanBackwardParams, reserved) - 156usize];
+    ["Offset of field: TfScanBackwardParams::capacity"]
+        [::core::mem::offset_of!(TfScanBackwardParams, capacity) - 156usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]

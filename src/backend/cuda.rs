@@ -452,18 +452,6 @@ impl Cuda {
         Ok(scratch)
     }
 
-    /// Sets the words `range` of `words` to zero (enqueued on this stream).
-    pub(crate) fn clear(
-        &self,
-        words: &mut CudaSlice<u32>,
-        range: std::ops::Range<usize>,
-    ) -> Result<()> {
-        let mut zeros = words.slice_mut(range);
-        self.stream
-            .memset_zeros(&mut zeros)
-            .during(|| "clearing kernel scratch memory".into())
-    }
-
     /// Collects device addresses for a kernel's parameter struct; see [`LaunchArgs`].
     pub(crate) fn args(&self) -> LaunchArgs<'_> {
         LaunchArgs {

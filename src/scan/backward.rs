@@ -342,7 +342,7 @@ pub(crate) fn check_backward_with<T: ScanElement>(
         element: 2.0 * bound.element,
     };
     if scan.decay == Decay::TimeInvariant {
-        let magnitudes = da_term_magnitudes(&scan, &inputs, &want)?;
+        let magnitudes = da_term_magnitudes(&scan, &inputs, &cotangents)?;
         for (i, value) in da_got.iter_mut().chain(da_want.iter_mut()).enumerate() {
             let scale = magnitudes[(i % want.da.len()) / T::LANES];
             *value /= if scale > 0.0 { scale } else { 1.0 };
@@ -385,12 +385,13 @@ pub(crate) fn check_backward_with<T: ScanElement>(
 }
 
 /// For a time-invariant `a`: per channel, the sum over b and t of |g[t]·h[t−1]| (the terms of
-/// da), from the reference's g (= du) and states.
-fn da_term_magnitudes<T: ScanElement>(
+/// da), from the reference's g and states.
+pub(crate) fn da_term_magnitudes<T: ScanElement>(
     scan: &Scan<T>,
     inputs: &Inputs<T>,
-    reference_grads: &Gradients,
+    cotangents: &Cotangents<T>,
 ) -> Result<Vec<f64>> {
+    let reference_grads = reference_backward(scan, inputs, cotangents)?;
     let forward = reference(
         scan,
         &inputs.a,

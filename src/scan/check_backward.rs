@@ -57,8 +57,12 @@ fn check_typed<T: ScanElement>(
         let want = reference_backward(&scan, &inputs, &cotangents)?;
         let got = associative_backward(&scan, &inputs, &cotangents)?;
         let flat = |g: super::Gradients| [g.du, g.da, g.dh0.unwrap_or_default()].concat();
-        // Two f64 algorithms: the forward's CPU check holds them to its f32 bound too.
-        let bound = case.forward.tolerance();
+        // Two f64 algorithms, apart by f64 roundings that the recurrence's memory carries
+        // (up to 1e4 steps here): far below any f32 bound.
+        let bound = crate::harness::Tolerance {
+            rel_l2: 1e-10,
+            element: 1e-10,
+        };
         return Ok(Some(compare(&flat(got), &flat(want), bound)));
     }
     check_backward_with::<T>(case, seed, |scan, inputs, cotangents| {

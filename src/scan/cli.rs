@@ -213,6 +213,7 @@ impl<T: ScanElement> BackwardFile<T> {
         let dh_array = required(arrays, "dh", BACKWARD_NEEDS)?;
         let dh_last_array = optional(arrays, "dh_last")?;
         let u_array = required(arrays, "u", BACKWARD_NEEDS)?;
+        rank(u_array, "u", &["b", "t", "p"])?;
         if dh_array.shape != u_array.shape {
             return Err(mismatch(
                 "dh",
@@ -222,7 +223,7 @@ impl<T: ScanElement> BackwardFile<T> {
         }
         holds::<T>("dh", dh_array)?;
         if let Some(array) = dh_last_array {
-            let (b, p) = (u_array.shape[0], u_array.shape.get(2).copied().unwrap_or(0));
+            let (b, p) = (u_array.shape[0], u_array.shape[2]);
             if array.shape != [b, p] {
                 return Err(mismatch(
                     "dh_last",
@@ -336,18 +337,45 @@ impl<T: ScanElement> CaseFile for BackwardFile<T> {
     fn tolerance_of(&self, output: &str) -> Tolerance {
         let bound = self.forward.tolerance();
         let scan = &self.forward.scan;
-        // da is g·h[t−1]: twice the bound of each; a time-invariant da also sums b·t such
-        // terms, whose errors may add up while the terms cancel.
-        let factor = match (output, scan.decay) {
-            ("da", Decay::TimeInvariant) => {
-                2.0 * ((scan.shape.batch() * scan.shape.time()) as f64).sqrt()
-            }
-            ("da", Decay::TimeVarying) => 2.0,
-            _ => 1.0,
-        };
-        Tolerance {
+        let times = |factor: f64| Tolerance {
             rel_l2: bound.rel_l2 * factor,
             element: bound.element * factor,
+        };
+        match (output, scan.decay) {
+            // g·h[t−1]: twice the bound of each.
+            ("da", Decay::TimeVarying) => times(2.0),
+            // A sum of b·t such products per channel, which may cancel: each channel's error
+            // is bounded by twice the bound times the sum of its terms' magnitudes, here
+            // relative to the norm of da (as the check of the registered cases bounds it).
+            ("da", Decay::TimeInvariant) => {
+                let magnitudes = super::backward::da_term_magnitudes(
+                    scan,
+                    &self.forward.inputs,
+                    &self.cotangents,
+                );
+                let reference = self.reference().ok().and_then(|outputs| {
+                    outputs
+                        .into_iter()
+                        .find(|(name, _)| name == "da")
+                        .map(|(_, v)| v)
+                });
+                match (magnitudes, reference) {
+                    (Ok(magnitudes), Some(da)) => {
+                        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                        let rms = norm(&da) / (da.len() as f64).sqrt();
+                        let largest = magnitudes.iter().copied().fold(0.0, f64::max);
+                        // Each complex channel's magnitude bounds both its parts.
+                        let terms = norm(&magnitudes) * (T::LANES as f64).sqrt();
+                        let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { 1.0 };
+                        Tolerance {
+                            rel_l2: 2.0 * bound.rel_l2 * ratio(terms, norm(&da)).max(1.0),
+                            element: 2.0 * bound.element * ratio(largest, rms).max(1.0),
+                        }
+                    }
+                    _ => times(2.0 * ((scan.shape.batch() * scan.shape.time()) as f64).sqrt()),
+                }
+            }
+            _ => bound,
         }
     }
 }

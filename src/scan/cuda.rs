@@ -132,30 +132,33 @@ where
 {
     check_forward(cuda, scan, inputs, h.as_deref(), h_last)?;
     let grid = Grid::new(scan)?;
-    let words = workspace.prepare(cuda, grid.forward_layout::<T>())?;
-    enqueue(cuda, scan, &grid, inputs, h, Some(h_last), words, 0)
+    let region = workspace
+        .forward
+        .prepare(cuda, grid.records, FORWARD_ARRAYS)?;
+    enqueue(cuda, scan, &grid, inputs, h, Some(h_last), region)
 }
 
 /// Device memory for the scan's look-back (and the backward pass's), kept from call to call:
-/// [`scan_with_workspace`] and
-/// [`scan_backward_with_workspace`](crate::scan::cuda::scan_backward_with_workspace) then
-/// allocate nothing, and clear nothing while the shape stays the same (each launch tags its
-/// flags with a count of the workspace's launches, which the kernels keep on the device), so
-/// a loop of them can be captured into a CUDA graph. It grows to the largest launch it has
-/// served, and belongs to the device it was first used on (passing it to another is an
-/// error).
+/// [`scan_with_workspace`] and [`scan_backward_with_workspace`] then allocate nothing and
+/// clear nothing, so a loop of them can be captured into a CUDA graph.
+/// Each launch tags its look-back flags with a count the kernels keep on the device, so the
+/// flags an earlier launch left never pass for this one's. It grows to the largest launch it
+/// has served (clearing only then), and belongs to the device it was first used on (passing
+/// it to another is an error).
 ///
 /// Launches that share a workspace must run one after another: on one stream, or on several
 /// with cudarc's event tracking on (its default), which orders them. Launches captured into a
 /// CUDA graph keep the memory the workspace had at capture: [`reserve`](Self::reserve) it for
 /// their shapes before capture, keep it alive, and don't let a larger launch grow it, while
-/// the graph may run; a capture of launches of different shapes also captures the memsets
-/// that a change of shape takes.
+/// the graph may run.
 #[derive(Debug, Default)]
 pub struct ScanWorkspace {
-    words: Option<CudaSlice<u32>>,
-    /// The ranges the last launch needed cleared (its headers, flags and counters).
-    cleared_for: Vec<std::ops::Range<usize>>,
+    /// The forward's look-back (also the backward's recomputing pass).
+    forward: Region,
+    /// The backward's look-back and the partials of a time-invariant da.
+    backward: Region,
+    /// The da kernel's counters, zero between launches.
+    counters: Option<CudaSlice<u32>>,
 }
 
 impl ScanWorkspace {
@@ -166,13 +169,16 @@ impl ScanWorkspace {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        self.words.as_ref().map_or(0, |words| words.len() * 4)
+        let words = |w: &Option<CudaSlice<u32>>| w.as_ref().map_or(0, |w| w.len());
+        4 * (words(&self.forward.words) + words(&self.backward.words) + words(&self.counters))
     }
 
     /// Grows the workspace to what a forward scan of `scan` needs on `cuda`.
     pub fn reserve<T: ScanElement>(&mut self, cuda: &Cuda, scan: &Scan<T>) -> Result<()> {
         let grid = Grid::new(scan)?;
-        self.prepare(cuda, grid.forward_layout::<T>()).map(|_| ())
+        self.forward
+            .prepare(cuda, grid.records, FORWARD_ARRAYS)
+            .map(|_| ())
     }
 
     /// Grows the workspace to what a backward pass of `scan` needs on `cuda`, with the
@@ -184,38 +190,74 @@ impl ScanWorkspace {
         recompute: bool,
     ) -> Result<()> {
         let grid = Grid::new(scan)?;
-        let layout = grid.backward_layout::<T>(scan.decay, recompute);
-        self.prepare(cuda, layout).map(|_| ())
+        if recompute {
+            self.forward.prepare(cuda, grid.records, FORWARD_ARRAYS)?;
+        }
+        self.backward.prepare(cuda, grid.records, BACKWARD_ARRAYS)?;
+        self.counters(cuda, grid.groups as usize).map(|_| ())
     }
 
-    /// The memory for a launch of `layout`: grown (and cleared) if too small, else with the
-    /// ranges it needs cleared cleared when they differ from the last launch's.
-    fn prepare(&mut self, cuda: &Cuda, layout: WorkspaceLayout) -> Result<&mut CudaSlice<u32>> {
-        if let Some(words) = &self.words {
-            cuda.check_device("workspace", words)?;
+    /// At least `groups` zero counters (zeroed when allocated; the da kernel leaves them so).
+    fn counters(&mut self, cuda: &Cuda, groups: usize) -> Result<&mut CudaSlice<u32>> {
+        if let Some(counters) = &self.counters {
+            cuda.check_device("workspace", counters)?;
         }
-        match &mut self.words {
-            Some(words) if words.len() >= layout.len => {
-                if self.cleared_for != layout.cleared {
-                    for range in &layout.cleared {
-                        cuda.clear(words, range.clone())?;
-                    }
-                }
-            }
-            _ => self.words = Some(cuda.scratch(layout.len, 0..layout.len)?),
+        if self.counters.as_ref().is_none_or(|c| c.len() < groups) {
+            self.counters = Some(cuda.scratch(groups, 0..groups)?);
         }
-        self.cleared_for = layout.cleared;
-        Ok(self.words.as_mut().expect("allocated above"))
+        Ok(self.counters.as_mut().expect("allocated above"))
     }
 }
 
-/// Where one launch's look-back regions lie in a workspace, in u32 words: its length, and
-/// the ranges that must be zero when a launch of another layout used the memory before
-/// (headers, flags, counters).
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct WorkspaceLayout {
-    pub(super) len: usize,
-    pub(super) cleared: Vec<std::ops::Range<usize>>,
+/// The forward's record arrays (abi.h), and the backward's (one more: da's partials).
+const FORWARD_ARRAYS: usize = 3;
+const BACKWARD_ARRAYS: usize = 4;
+
+/// One look-back region of a workspace (abi.h), laid out for `capacity` records: arrays of
+/// complex elements, which hold as many f32 ones.
+#[derive(Debug, Default)]
+pub(super) struct Region {
+    words: Option<CudaSlice<u32>>,
+    capacity: usize,
+}
+
+/// A region's memory and the capacity it is laid out for, for one launch.
+pub(super) struct RegionRef<'a> {
+    pub(super) words: &'a mut CudaSlice<u32>,
+    pub(super) capacity: usize,
+}
+
+impl Region {
+    /// u32 words of a region for `capacity` records and `arrays` record arrays.
+    pub(super) fn words(capacity: usize, arrays: usize) -> usize {
+        Self::flag_words(capacity) + arrays * Self::array_words(capacity, 2)
+    }
+
+    /// u32 words of the header and flags of a region for `capacity` records.
+    pub(super) fn flag_words(capacity: usize) -> usize {
+        TF_SCAN_HEADER_WORDS as usize + capacity.next_multiple_of(4)
+    }
+
+    /// u32 words of one record array of `lanes`-word elements.
+    pub(super) fn array_words(capacity: usize, lanes: usize) -> usize {
+        capacity * TF_SCAN_LANES as usize * lanes
+    }
+
+    /// The region for a launch of `records` records: grown (and cleared) when too small.
+    fn prepare(&mut self, cuda: &Cuda, records: usize, arrays: usize) -> Result<RegionRef<'_>> {
+        if let Some(words) = &self.words {
+            cuda.check_device("workspace", words)?;
+        }
+        let needed = Self::words(records.max(self.capacity), arrays);
+        if records > self.capacity || self.words.as_ref().is_none_or(|w| w.len() < needed) {
+            self.capacity = records.max(self.capacity);
+            self.words = Some(cuda.scratch(needed, 0..Self::flag_words(self.capacity))?);
+        }
+        Ok(RegionRef {
+            words: self.words.as_mut().expect("allocated above"),
+            capacity: self.capacity,
+        })
+    }
 }
 
 /// An error unless the forward's buffers have the lengths `scan` gives them and are on
@@ -252,9 +294,8 @@ fn check_forward<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     cuda.check_device("h_last", h_last)
 }
 
-/// Enqueues the forward kernel on buffers checked by the caller, with its look-back region
-/// at word `offset` of `workspace` (prepared for a layout that places it there).
-#[allow(clippy::too_many_arguments)]
+/// Enqueues the forward kernel on buffers checked by the caller, with its look-back in
+/// `region` (prepared for at least the grid's records).
 fn enqueue<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     cuda: &Cuda,
     scan: &Scan<T>,
@@ -262,8 +303,7 @@ fn enqueue<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     inputs: ScanInputs<'_, F, R>,
     mut h: Option<&mut impl DevicePtrMut<f32>>,
     h_last: Option<&mut impl DevicePtrMut<f32>>,
-    workspace: &mut CudaSlice<u32>,
-    offset: usize,
+    region: RegionRef<'_>,
 ) -> Result<()> {
     let kernel = kernel::<T>(scan.decay, h.is_some());
     let mut args = cuda.args();
@@ -276,18 +316,18 @@ fn enqueue<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
             h0: inputs.h0.map_or(0, |h0| args.read(h0)),
             h: h.as_mut().map_or(0, |h| args.write(*h)),
             h_last: h_last.map_or(0, |h_last| args.write(h_last)),
-            workspace: args.write(workspace) + 4 * offset as u64,
+            workspace: args.write(region.words),
         },
+        region.capacity,
     );
     // SAFETY: TfScanParams is the parameter struct of every scan kernel; its addresses come
     // from `args`. Lengths were checked against the shape (a: p or b·t·p elements; u, h:
     // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
     // are the layout's own, so every index the kernel forms (b < batch, t < time, channel <
-    // channels, all guarded) is inside its buffer. From `offset` the workspace holds the
-    // words abi.h asks for the grid (ScanWorkspace::prepare grew it to a layout that places
-    // the region there), and its header and flags are as abi.h allows: zeroed when
-    // allocated or when the last launch on this memory had another layout, else left by the
-    // launches of this layout, one after another (ScanWorkspace asks this of its callers).
+    // channels, all guarded) is inside its buffer. The region is laid out for its capacity,
+    // at least the grid's records (Region::prepare), with the words abi.h asks for it, and
+    // its header and flags are as abi.h allows: zeroed when allocated, else as the launches
+    // of this region left them, one after another (ScanWorkspace asks this of its callers).
     // Grid::new keeps the block count (= record count) under 2^31. The kernel writes h only
     // when h != 0, and h is absent exactly for the `_final` kernels; h_last only when given.
     unsafe { cuda.launch(kernel, grid.shape(), &params, args) }
@@ -335,8 +375,14 @@ impl Grid {
         })
     }
 
-    /// The kernel's parameters for `scan` with these buffers.
-    fn params<T: ScanElement>(&self, scan: &Scan<T>, buffers: Addresses) -> TfScanParams {
+    /// The kernel's parameters for `scan` with these buffers, the workspace's region laid out
+    /// for `capacity` records.
+    fn params<T: ScanElement>(
+        &self,
+        scan: &Scan<T>,
+        buffers: Addresses,
+        capacity: usize,
+    ) -> TfScanParams {
         let (stride_batch, stride_time) = scan.strides();
         let (reset_stride_batch, reset_stride_time) = scan.reset_strides();
         TfScanParams {
@@ -356,72 +402,13 @@ impl Grid {
             channels: scan.shape.channels() as u32,
             chunks: self.chunks,
             groups: self.groups,
-            reserved: 0,
+            capacity: capacity as u32,
         }
     }
 
     /// abi.h's grid: one block per record.
     fn shape(&self) -> LaunchShape {
         LaunchShape::linear(self.records as u32, TF_SCAN_WARPS * 32)
-    }
-
-    /// u32 words of the look-back region (layout in abi.h).
-    fn workspace_words<T: ScanElement>(&self) -> usize {
-        self.flag_words() + 3 * self.record_words::<T>()
-    }
-
-    /// u32 words of the region's header and flags (the kernel reads a record only after
-    /// seeing the flag its writer set afterwards, so only these need clearing).
-    fn flag_words(&self) -> usize {
-        TF_SCAN_HEADER_WORDS as usize + self.records.next_multiple_of(4)
-    }
-
-    /// u32 words of one array of records: an element per record and lane.
-    fn record_words<T: ScanElement>(&self) -> usize {
-        self.records * TF_SCAN_LANES as usize * T::LANES
-    }
-
-    /// A forward launch's workspace: its look-back region at 0.
-    fn forward_layout<T: ScanElement>(&self) -> WorkspaceLayout {
-        WorkspaceLayout {
-            len: self.workspace_words::<T>(),
-            cleared: std::iter::once(0..self.flag_words()).collect(),
-        }
-    }
-
-    /// A backward launch's workspace: the forward's region at 0 when the states are
-    /// recomputed, then the backward's region (with, time-invariant, the partials of da),
-    /// then the da kernel's counters.
-    fn backward_layout<T: ScanElement>(&self, decay: Decay, recompute: bool) -> WorkspaceLayout {
-        let forward = if recompute {
-            self.workspace_words::<T>()
-        } else {
-            0
-        };
-        let partials = match decay {
-            Decay::TimeInvariant => self.record_words::<T>(),
-            Decay::TimeVarying => 0,
-        };
-        let counters = forward + self.workspace_words::<T>() + partials;
-        let forward_flags = recompute.then(|| 0..self.flag_words());
-        let cleared = forward_flags
-            .into_iter()
-            .chain([
-                forward..forward + self.flag_words(),
-                counters..counters + self.groups as usize,
-            ])
-            .collect();
-        WorkspaceLayout {
-            len: counters + self.groups as usize,
-            cleared,
-        }
-    }
-
-    /// Where the backward layout places the backward's region and the counters.
-    fn backward_offsets<T: ScanElement>(&self, decay: Decay, recompute: bool) -> (usize, usize) {
-        let layout = self.backward_layout::<T>(decay, recompute);
-        let backward = layout.cleared[usize::from(recompute)].start;
-        (backward, layout.len - self.groups as usize)
     }
 }
 

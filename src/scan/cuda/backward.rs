@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use super::{Grid, ScanInputs, ScanWorkspace, enqueue};
+use super::{BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, ScanInputs, ScanWorkspace, enqueue};
 use crate::backend::abi::{TF_SCAN_WARPS, TfScanBackwardParams};
 use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
@@ -93,28 +93,40 @@ where
     check(cuda, scan, inputs, h, &cotangents, &gradients)?;
     let grid = Grid::new(scan)?;
     let recompute = h.is_none();
-    let words = workspace.prepare(cuda, grid.backward_layout::<T>(scan.decay, recompute))?;
-    let (backward, counters) = grid.backward_offsets::<T>(scan.decay, recompute);
+    let mut checkpoints = None;
     if recompute {
-        // A forward pass leaves every chunk's end state in its region, at 0.
+        // A forward pass leaves every chunk's end state in the forward's region.
+        let region = workspace
+            .forward
+            .prepare(cuda, grid.records, FORWARD_ARRAYS)?;
+        let capacity = region.capacity;
         let no_states = None::<&mut CudaSlice<f32>>;
         let no_last = None::<&mut CudaSlice<f32>>;
-        enqueue(cuda, scan, &grid, inputs, no_states, no_last, words, 0)?;
+        enqueue(cuda, scan, &grid, inputs, no_states, no_last, region)?;
+        // Its state array: after the header, the flags and two record arrays (abi.h).
+        let offset = Region::flag_words(capacity) + 2 * Region::array_words(capacity, T::LANES);
+        checkpoints = Some(offset);
     }
+    workspace.counters(cuda, grid.groups as usize)?;
+    let ScanWorkspace {
+        forward,
+        backward,
+        counters,
+    } = workspace;
+    let counters = counters.as_mut().expect("allocated above");
+    let region = backward.prepare(cuda, grid.records, BACKWARD_ARRAYS)?;
+    let capacity = region.capacity;
     let invariant = scan.decay == Decay::TimeInvariant;
     let ScanGradients { du, da, dh0 } = gradients;
     let mut args = cuda.args();
-    let base = args.write(words);
-    let word = |offset: usize| base + 4 * offset as u64;
-    // The forward's state array, after its header and flags and two arrays of records.
-    let checkpoints = if recompute {
-        word(grid.flag_words() + 2 * grid.record_words::<T>())
-    } else {
-        0
+    let checkpoints = match (checkpoints, forward.words.as_ref()) {
+        (Some(offset), Some(words)) => args.read(words) + 4 * offset as u64,
+        _ => 0,
     };
     let params = params(
         scan,
         &grid,
+        capacity,
         [
             args.read(inputs.a),
             args.read(inputs.u),
@@ -129,8 +141,8 @@ where
             // The cotangent of an h0 the scan was not given is not asked for.
             dh0.filter(|_| inputs.h0.is_some())
                 .map_or(0, |d| args.write(d)),
-            word(backward),
-            word(counters),
+            args.write(region.words),
+            args.write(counters),
         ],
     );
     let kernel = kernel::<T>(scan.decay, recompute);
@@ -141,24 +153,26 @@ where
     // forms (b < batch, t < time, channel < channels, all guarded) is inside its buffer. The
     // "_states" kernel reads h (present), the "_recompute" one `checkpoints`: the state array
     // of the forward's region, enqueued above on the same grid, whose every record the
-    // forward writes. The workspace holds the backward layout (ScanWorkspace::prepare): the
-    // backward's region from `backward` (the grid's look-back words and, time-invariant, its
-    // partials) with a header and flags as abi.h allows (cleared when allocated or when the
-    // last launch had another layout, else left by launches of this one), and zero counters
-    // (the da kernel leaves them so). Grid::new keeps the block count under 2^31.
+    // forward writes. The backward's region is laid out for its capacity, at least the grid's
+    // records, with four record arrays (Region::prepare), its header and flags zeroed when
+    // allocated or as launches of this region left them; the counters are zero (zeroed when
+    // allocated; the da kernel leaves them so). Grid::new keeps the block count under 2^31.
     unsafe { cuda.launch(kernel, grid.shape(), &params, args) }?;
     if !invariant {
         return Ok(());
     }
     let mut args = cuda.args();
-    let base = args.write(words);
-    let word = |offset: usize| base + 4 * offset as u64;
-    let params = params_for_da(&params, [args.write(da), word(backward), word(counters)]);
+    let region = backward.words.as_mut().expect("prepared above");
+    let params = params_for_da(
+        &params,
+        [args.write(da), args.write(region), args.write(counters)],
+    );
     let shape = LaunchShape::linear(grid.groups * scan.shape.batch() as u32, TF_SCAN_WARPS * 32);
-    // SAFETY: the da kernel takes the backward launch's parameters and reads its workspace
-    // region (partials of every record, written by that launch, enqueued before on this
-    // stream) and writes da [p] (checked) and the counters, `groups` words that are zero.
-    // The addresses of du, dh0 and the inputs in `params` are not used by it.
+    // SAFETY: the da kernel takes the backward launch's parameters: it reads the partials of
+    // every record from the backward's region (written by that launch, enqueued before on
+    // this stream), leaves each row's sum in the region's first record array, writes da [p]
+    // (checked) and the counters, `groups` words that are zero. The addresses of du, dh0 and
+    // the inputs in `params` are not used by it.
     unsafe { cuda.launch(da_kernel::<T>(), shape, &params, args) }
 }
 
@@ -228,11 +242,13 @@ fn check<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>, G: DevicePtrMut<f3
     Ok(())
 }
 
-/// The backward kernels' parameters for `scan` on `grid`, with the buffers a, u, reset, h0,
-/// h, checkpoints, dh, dh_last, du, da, dh0, workspace and counters (0: absent).
+/// The backward kernels' parameters for `scan` on `grid`, the workspace's region laid out for
+/// `capacity` records, with the buffers a, u, reset, h0, h, checkpoints, dh, dh_last, du, da,
+/// dh0, workspace and counters (0: absent).
 pub(super) fn params<T: ScanElement>(
     scan: &Scan<T>,
     grid: &Grid,
+    capacity: usize,
     [
         a,
         u,
@@ -274,7 +290,7 @@ pub(super) fn params<T: ScanElement>(
         channels: scan.shape.channels() as u32,
         chunks: grid.chunks,
         groups: grid.groups,
-        reserved: 0,
+        capacity: capacity as u32,
     }
 }
 

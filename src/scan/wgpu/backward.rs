@@ -91,9 +91,16 @@ pub fn scan_backward<T: ScanElement>(
     let sums = gpu.zeros::<[f32; 2]>(params.groups as usize * WARPS * TF_SCAN_LANES as usize)?;
     let placeholders = gpu.placeholders()?;
     let h0 = inputs.h0.map_or(&placeholders[0], GpuBuffer::raw);
-    let dh0_buffer = match &dh0 {
-        Some(dh0) if inputs.h0.is_some() => dh0.raw(),
-        _ => &placeholders[1],
+    // The shader writes dh0 whenever the scan has an h0: into the caller's buffer, or one
+    // that nobody reads (never the shared placeholders, which no shader may write).
+    let unread;
+    let dh0_buffer = match (&dh0, inputs.h0) {
+        (Some(dh0), Some(_)) => dh0.raw(),
+        (None, Some(_)) => {
+            unread = gpu.zeros::<T>(scan.final_len())?;
+            unread.raw()
+        }
+        (_, None) => &placeholders[1],
     };
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let constants = [

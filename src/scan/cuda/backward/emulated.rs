@@ -4,7 +4,9 @@
 
 use num_complex::Complex32;
 
-use super::super::{Addresses, Grid, kernel as forward_kernel};
+use super::super::{
+    Addresses, BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, kernel as forward_kernel,
+};
 use super::{da_kernel, kernel, params, params_for_da};
 use crate::backend::abi::TF_SCAN_WARPS;
 use crate::backend::cuda::LaunchShape;
@@ -21,12 +23,12 @@ fn floats<T: ScanElement>(values: &[T]) -> Guarded<f32> {
     Guarded::new(bytemuck::cast_slice(values))
 }
 
-/// A look-back workspace as `Cuda::scratch` leaves it, with `extra` words after the grid's:
-/// flags zeroed, everything else never written.
-fn workspace<T: ScanElement>(grid: &Grid, extra: usize) -> Guarded<u32> {
-    let mut words = vec![u32::MAX; grid.workspace_words::<T>() + extra];
-    words[..grid.flag_words()].fill(0);
-    Guarded::new(&words)
+/// A region of `arrays` record arrays for `grid`'s records, as a first launch finds it:
+/// header and flags zero, everything else never written.
+fn fresh_region(grid: &Grid, arrays: usize) -> Vec<u32> {
+    let mut words = vec![u32::MAX; Region::words(grid.records, arrays)];
+    words[..Region::flag_words(grid.records)].fill(0);
+    words
 }
 
 /// The forward kernel, emulated: every state (`states`) or the final state only, with its
@@ -44,7 +46,7 @@ fn forward<T: ScanElement>(
     let mut h0 = inputs.h0.as_deref().map(floats);
     let mut h = Guarded::new(&vec![f32::NAN; scan.states_len() * T::LANES]);
     let mut h_last = Guarded::new(&vec![f32::NAN; scan.final_len() * T::LANES]);
-    let mut workspace = workspace::<T>(&grid, 0);
+    let mut workspace = Guarded::new(&fresh_region(&grid, FORWARD_ARRAYS));
     let params = grid.params(
         scan,
         Addresses {
@@ -56,6 +58,7 @@ fn forward<T: ScanElement>(
             h_last: h_last.address(),
             workspace: workspace.address(),
         },
+        grid.records,
     );
     let kernel = forward_kernel::<T>(scan.decay, states);
     // SAFETY: abi.h's scan contract, as the CUDA launcher keeps it: buffers of the scan's
@@ -77,6 +80,30 @@ fn run<T: ScanElement>(
     cotangents: &Cotangents<T>,
 ) -> Result<DeviceGradients, String> {
     let grid = Grid::new(scan).map_err(|e| e.to_string())?;
+    let mut region = fresh_region(&grid, BACKWARD_ARRAYS);
+    run_in(
+        emulator,
+        order,
+        recompute,
+        scan,
+        inputs,
+        cotangents,
+        &mut region,
+    )
+}
+
+/// [`run`] with the backward's region in `region` (laid out for the grid's records), kept
+/// from launch to launch as a workspace keeps it.
+fn run_in<T: ScanElement>(
+    emulator: &Emulator,
+    order: Order,
+    recompute: bool,
+    scan: &Scan<T>,
+    inputs: &Inputs<T>,
+    cotangents: &Cotangents<T>,
+    region: &mut Vec<u32>,
+) -> Result<DeviceGradients, String> {
+    let grid = Grid::new(scan).map_err(|e| e.to_string())?;
     let (states, mut forward_workspace) = forward(emulator, order, scan, inputs, !recompute)?;
     let mut h = Guarded::new(&states);
     let (mut a, mut u) = (floats(&inputs.a), floats(&inputs.u));
@@ -88,20 +115,15 @@ fn run<T: ScanElement>(
     let (mut du, mut da) = (nan(scan.states_len()), nan(scan.a_len()));
     let mut dh0 = inputs.h0.as_ref().map(|_| nan(scan.final_len()));
     let invariant = scan.decay == Decay::TimeInvariant;
-    let mut workspace = workspace::<T>(
-        &grid,
-        if invariant {
-            grid.record_words::<T>()
-        } else {
-            0
-        },
-    );
+    let mut workspace = Guarded::new(region);
+    let capacity = grid.records;
     let mut counters = Guarded::new(&vec![0u32; grid.groups as usize]);
-    let checkpoints =
-        forward_workspace.address() + 4 * (grid.flag_words() + 2 * grid.record_words::<T>()) as u64;
+    let checkpoints = forward_workspace.address()
+        + 4 * (Region::flag_words(capacity) + 2 * Region::array_words(capacity, T::LANES)) as u64;
     let params = params(
         scan,
         &grid,
+        capacity,
         [
             a.address(),
             u.address(),
@@ -144,7 +166,7 @@ fn run<T: ScanElement>(
         buffer.read(what)?;
     }
     forward_workspace.read("forward workspace")?;
-    workspace.read("workspace")?;
+    *region = workspace.read("workspace")?;
     if counters.read("counters")?.iter().any(|&c| c != 0) {
         return Err("a da counter was left nonzero".into());
     }
@@ -310,4 +332,43 @@ fn bits<T: ScanElement>(
         .unwrap_or_else(|e| panic!("{case} (seed {seed}): {e}"));
     let all = [g.du, g.da, g.dh0.unwrap_or_default()].concat();
     all.into_iter().map(f32::to_bits).collect()
+}
+
+/// One backward region serves pass after pass with nothing cleared: the flags and records
+/// the pass before left never pass for this one's (each pass tags its flags), time-invariant
+/// and time-varying, states kept and recomputed.
+#[test]
+fn a_kept_region_serves_pass_after_pass() {
+    let Some(emulator) = Emulator::get() else {
+        return;
+    };
+    let seed = crate::harness::Rng::fresh_seed();
+    let forward = Case {
+        complex: true,
+        resets: ResetPattern::Random(0.02),
+        ..Case::new(2, 2000, 40)
+    };
+    for decay in [Decay::TimeInvariant, Decay::TimeVarying] {
+        let forward = Case { decay, ..forward };
+        let scan = forward.scan::<Complex32>().unwrap();
+        let grid = Grid::new(&scan).unwrap();
+        let mut region = fresh_region(&grid, BACKWARD_ARRAYS);
+        for pass in 0..4u64 {
+            let case = BackwardCase {
+                recompute: pass % 2 == 1,
+                ..BackwardCase::new(forward)
+            };
+            let order = ORDERS[pass as usize % 3];
+            let checked = check_backward_with::<Complex32>(&case, seed + pass, |s, i, c| {
+                let ran = run_in(emulator, order, case.recompute, s, i, c, &mut region);
+                Ok(Some(ran.unwrap_or_else(|e| panic!("{case}: {e}"))))
+            });
+            let comparison = checked.unwrap().expect("an emulated run");
+            assert!(
+                comparison.passed(),
+                "pass {pass}, {case} (seed {seed}): {comparison}"
+            );
+            assert_eq!(region[..2], [pass as u32 + 1, 0], "pass {pass}: the header");
+        }
+    }
 }
