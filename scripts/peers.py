@@ -147,6 +147,31 @@ def time_host(run, warmup=3, samples=11, min_sample_ms=2.0):
     return statistics.median(times), min(times), len(times)
 
 
+def jax_scan_row(jax, jnp):
+    """One batch row of the scan through JAX's lax.associative_scan with popjaxrl's reset
+    operator, the carried state prepended as (1, h0, 0) and the decay materialised per step,
+    as popjaxrl does."""
+
+    def binary_operator_reset(q_i, q_j):
+        a_i, b_i, c_i = q_i
+        a_j, b_j, c_j = q_j
+        return (
+            (a_j * a_i) * (1 - c_j) + a_j * c_j,
+            (a_j * b_i + b_j) * (1 - c_j) + b_j * c_j,
+            c_i * (1 - c_j) + c_j,
+        )
+
+    def one_row(decay, u, reset, h0):
+        steps = u.shape[0]
+        a = jnp.concatenate([jnp.ones((1,) + decay.shape, decay.dtype), jnp.broadcast_to(decay, (steps,) + decay.shape)])
+        b = jnp.concatenate([h0[None], u])
+        c = jnp.concatenate([jnp.zeros((1, 1), u.real.dtype), reset[:, None].astype(u.real.dtype)])
+        _, h, _ = jax.lax.associative_scan(binary_operator_reset, (a, b, c))
+        return h[1:]
+
+    return one_row
+
+
 def peer_scan(torch, device):
     """JAX's lax.associative_scan with popjaxrl's reset operator and the carried state
     prepended as (1, h0, 0), complex64, 1% resets (tilefuse's op "scan")."""
@@ -161,25 +186,7 @@ def peer_scan(torch, device):
         return
     torch.cuda.empty_cache()
 
-    def binary_operator_reset(q_i, q_j):
-        a_i, b_i, c_i = q_i
-        a_j, b_j, c_j = q_j
-        return (
-            (a_j * a_i) * (1 - c_j) + a_j * c_j,
-            (a_j * b_i + b_j) * (1 - c_j) + b_j * c_j,
-            c_i * (1 - c_j) + c_j,
-        )
-
-    def one_row(decay, u, reset, h0):
-        # popjaxrl materialises the decay per step and prepends the carried state.
-        steps = u.shape[0]
-        a = jnp.concatenate([jnp.ones((1,) + decay.shape, decay.dtype), jnp.broadcast_to(decay, (steps,) + decay.shape)])
-        b = jnp.concatenate([h0[None], u])
-        c = jnp.concatenate([jnp.zeros((1, 1), u.real.dtype), reset[:, None].astype(u.real.dtype)])
-        _, h, _ = jax.lax.associative_scan(binary_operator_reset, (a, b, c))
-        return h[1:]
-
-    scan = jax.jit(jax.vmap(one_row, in_axes=(None, 0, 0, 0)))
+    scan = jax.jit(jax.vmap(jax_scan_row(jax, jnp), in_axes=(None, 0, 0, 0)))
     key = jax.random.PRNGKey(0)
     for b, t, p in SCAN_SHAPES:
         k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -209,24 +216,7 @@ def peer_scan_backward(torch, device):
         return
     torch.cuda.empty_cache()
 
-    def binary_operator_reset(q_i, q_j):
-        a_i, b_i, c_i = q_i
-        a_j, b_j, c_j = q_j
-        return (
-            (a_j * a_i) * (1 - c_j) + a_j * c_j,
-            (a_j * b_i + b_j) * (1 - c_j) + b_j * c_j,
-            c_i * (1 - c_j) + c_j,
-        )
-
-    def one_row(decay, u, reset, h0):
-        steps = u.shape[0]
-        a = jnp.concatenate([jnp.ones((1,) + decay.shape, decay.dtype), jnp.broadcast_to(decay, (steps,) + decay.shape)])
-        b = jnp.concatenate([h0[None], u])
-        c = jnp.concatenate([jnp.zeros((1, 1), u.real.dtype), reset[:, None].astype(u.real.dtype)])
-        _, h, _ = jax.lax.associative_scan(binary_operator_reset, (a, b, c))
-        return h[1:]
-
-    forward = jax.vmap(one_row, in_axes=(None, 0, 0, 0))
+    forward = jax.vmap(jax_scan_row(jax, jnp), in_axes=(None, 0, 0, 0))
 
     @jax.jit
     def backward(decay, u, reset, h0, dh):

@@ -167,20 +167,6 @@ fn millions_of_steps(backends: &Backends, backend: Backend) {
     );
 }
 
-/// Random cotangents for `scan`: every state's, and the final state's when asked.
-fn cotangents<T: ScanElement>(scan: &Scan<T>, dh_last: bool, rng: &mut Rng) -> Cotangents<T> {
-    let mut value = || {
-        T::narrow(Complex64::new(
-            rng.uniform(-1.0, 1.0),
-            rng.uniform(-1.0, 1.0),
-        ))
-    };
-    Cotangents {
-        dh: (0..scan.states_len()).map(|_| value()).collect(),
-        dh_last: dh_last.then(|| (0..scan.final_len()).map(|_| value()).collect()),
-    }
-}
-
 /// `L = Σ dh·h + Σ dh_last·h_last` in f64 (plain products: the bilinear pairing whose
 /// holomorphic derivatives are JAX's cotangents).
 fn loss<T: ScanElement>(scan: &Scan<T>, inputs: &Inputs<T>, ct: &Cotangents<T>) -> Complex64 {
@@ -264,7 +250,7 @@ fn matches_finite_differences<T: ScanElement>(case: Case, seed: u64) {
     let scan = case.scan::<T>().unwrap();
     let inputs = Inputs::random(&case, &scan, seed);
     let mut rng = Rng::new(seed ^ 1);
-    let ct = cotangents(&scan, true, &mut rng);
+    let ct = random_cotangents(&scan, true, seed ^ 3);
     let grads = reference_backward(&scan, &inputs, &ct).unwrap();
     let directions: &[Complex64] = match T::LANES {
         1 => &[Complex64::new(1.0, 0.0)],
@@ -364,7 +350,7 @@ fn associative_backward_agrees_with_the_reference() {
 fn agree<T: ScanElement>(case: &Case, dh_last: bool, seed: u64) -> tilefuse::harness::Comparison {
     let scan = case.scan::<T>().unwrap();
     let inputs = Inputs::random(case, &scan, seed);
-    let ct = cotangents(&scan, dh_last, &mut Rng::new(seed ^ 2));
+    let ct = random_cotangents(&scan, dh_last, seed ^ 2);
     let want = reference_backward(&scan, &inputs, &ct).unwrap();
     let got = associative_backward(&scan, &inputs, &ct).unwrap();
     assert_eq!(got.dh0.is_some(), case.h0);

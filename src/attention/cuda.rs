@@ -8,7 +8,7 @@ use crate::backend::abi::{
     TF_ATTENTION_KV_TILE, TF_ATTENTION_MAX_SPLITS, TF_ATTENTION_WARP_ROWS_D64,
     TF_ATTENTION_WARP_ROWS_D128, TfAttentionParams,
 };
-use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel, LaunchShape, ids};
+use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel, LaunchShape, SplitScratch, ids};
 use crate::element::Float16;
 use crate::error::{Error, Result};
 
@@ -220,8 +220,7 @@ where
 /// the graph may run.
 #[derive(Debug, Default)]
 pub struct AttentionWorkspace {
-    partials: Option<CudaSlice<u32>>,
-    counters: Option<CudaSlice<u32>>,
+    scratch: SplitScratch,
 }
 
 impl AttentionWorkspace {
@@ -232,11 +231,7 @@ impl AttentionWorkspace {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        [&self.partials, &self.counters]
-            .into_iter()
-            .flatten()
-            .map(|words| words.len() * 4)
-            .sum()
+        self.scratch.bytes()
     }
 
     /// Grows the workspace to what [`attention_with_workspace`] needs for `shape` and `mask`
@@ -280,23 +275,8 @@ impl AttentionWorkspace {
         cuda: &Cuda,
         plan: &Plan,
     ) -> Result<(&mut CudaSlice<u32>, &mut CudaSlice<u32>)> {
-        for slice in [&self.partials, &self.counters].into_iter().flatten() {
-            cuda.check_device("workspace", slice)?;
-        }
-        let fits = |slice: &Option<CudaSlice<u32>>, words| {
-            slice.as_ref().is_some_and(|s| s.len() >= words)
-        };
         let (partial_words, counter_words) = plan.workspace_words();
-        if !fits(&self.partials, partial_words) {
-            self.partials = Some(cuda.scratch(partial_words, 0..0)?);
-        }
-        if !fits(&self.counters, counter_words) {
-            self.counters = Some(cuda.scratch(counter_words, 0..counter_words)?);
-        }
-        match (&mut self.partials, &mut self.counters) {
-            (Some(partials), Some(counters)) => Ok((partials, counters)),
-            _ => unreachable!("both were allocated above"),
-        }
+        self.scratch.grow(cuda, partial_words, counter_words)
     }
 }
 

@@ -500,6 +500,52 @@ impl Cuda {
     }
 }
 
+/// Split scratch kept from launch to launch (split-K's and split-KV's): partial results that
+/// a launch writes before it reads them, and counters that every launch leaves at zero. It
+/// grows to the largest launch served and belongs to the device it was first used on.
+#[derive(Debug, Default)]
+pub(crate) struct SplitScratch {
+    partials: Option<CudaSlice<u32>>,
+    counters: Option<CudaSlice<u32>>,
+}
+
+impl SplitScratch {
+    /// Device bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        [&self.partials, &self.counters]
+            .into_iter()
+            .flatten()
+            .map(|words| words.len() * 4)
+            .sum()
+    }
+
+    /// At least `partial_words` words of partials and `counter_words` zero counters, grown
+    /// on `cuda`'s stream if needed (counters are zeroed when allocated).
+    pub(crate) fn grow(
+        &mut self,
+        cuda: &Cuda,
+        partial_words: usize,
+        counter_words: usize,
+    ) -> Result<(&mut CudaSlice<u32>, &mut CudaSlice<u32>)> {
+        for slice in [&self.partials, &self.counters].into_iter().flatten() {
+            cuda.check_device("workspace", slice)?;
+        }
+        let fits = |slice: &Option<CudaSlice<u32>>, words| {
+            slice.as_ref().is_some_and(|s| s.len() >= words)
+        };
+        if !fits(&self.partials, partial_words) {
+            self.partials = Some(cuda.scratch(partial_words, 0..0)?);
+        }
+        if !fits(&self.counters, counter_words) {
+            self.counters = Some(cuda.scratch(counter_words, 0..counter_words)?);
+        }
+        match (&mut self.partials, &mut self.counters) {
+            (Some(partials), Some(counters)) => Ok((partials, counters)),
+            _ => unreachable!("both were allocated above"),
+        }
+    }
+}
+
 /// The device addresses of one launch, with cudarc's guards that order the buffers' other
 /// uses (other streams, frees) after the kernel. Dropped by [`Cuda::launch`] after enqueueing.
 pub(crate) struct LaunchArgs<'a> {

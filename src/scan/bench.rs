@@ -3,10 +3,8 @@
 
 use num_complex::Complex32;
 
-use super::check::{Case, Inputs, Problem};
+use super::check::{BackwardProblem, Case, Inputs, OnDevice, Problem};
 use crate::error::Result;
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-use crate::harness::Clock;
 use crate::harness::device::{Device, on_device};
 use crate::harness::{Backend, Backends, BenchCase, Runner};
 
@@ -134,159 +132,18 @@ fn prepare_backward<'a>(
     backend: Backend,
     case: &super::BackwardCase,
 ) -> Result<Option<Runner<'a>>> {
-    let problem = case.forward.scan::<Complex32>()?;
-    let inputs = Inputs::random(&case.forward, &problem, 1);
-    let cotangents = super::random_cotangents(&problem, case.dh_last, 2);
-    match backend {
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => cuda_backward_runner(
-            backends.cuda()?,
-            problem,
-            inputs,
-            cotangents,
-            case.recompute,
-        )
-        .map(Some),
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => wgpu_backward_runner(
-            backends.wgpu()?,
-            problem,
-            inputs,
-            cotangents,
-            case.recompute,
-        )
-        .map(Some),
-        _ => {
-            let _ = (backends, problem, inputs, cotangents);
-            Ok(None)
+    let scan = case.forward.scan::<Complex32>()?;
+    let inputs = Inputs::random(&case.forward, &scan, 1);
+    let cotangents = super::random_cotangents(&scan, case.dh_last, 2);
+    let recompute = case.recompute;
+    on_device!(backends, backend, |device| {
+        // The forward's states, when kept, are the caller's: computed once, not timed.
+        let mut problem = BackwardProblem::upload(device, &scan, &inputs, &cotangents)?;
+        if !recompute {
+            problem.forward.run(device, &scan, false)?;
         }
-    }
-}
-
-/// One backward pass per run on CUDA, with the buffers (and the forward's states unless they
-/// are recomputed) prepared once and a workspace kept from run to run.
-#[cfg(feature = "cuda")]
-fn cuda_backward_runner(
-    cuda: &crate::backend::cuda::Cuda,
-    problem: super::Scan<Complex32>,
-    inputs: Inputs<Complex32>,
-    cotangents: super::Cotangents<Complex32>,
-    recompute: bool,
-) -> Result<Runner<'_>> {
-    use super::cuda::{
-        ScanCotangents, ScanGradients, ScanInputs, ScanWorkspace, scan,
-        scan_backward_with_workspace,
-    };
-    let upload = |values: &[Complex32]| cuda.upload(bytemuck::cast_slice::<Complex32, f32>(values));
-    let (a, u, reset) = (
-        upload(&inputs.a)?,
-        upload(&inputs.u)?,
-        cuda.upload(&inputs.reset)?,
-    );
-    let dh = upload(&cotangents.dh)?;
-    let dh_last = cotangents.dh_last.as_deref().map(upload).transpose()?;
-    let zeros = |len: usize| cuda.upload(&vec![0.0f32; 2 * len]);
-    let (mut du, mut da) = (zeros(problem.states_len())?, zeros(problem.a_len())?);
-    let h = if recompute {
-        None
-    } else {
-        let (mut h, mut h_last) = (zeros(problem.states_len())?, zeros(problem.final_len())?);
-        let forward = ScanInputs {
-            a: &a,
-            u: &u,
-            reset: &reset,
-            h0: None,
-        };
-        scan(cuda, &problem, forward, &mut h, &mut h_last)?;
-        Some(h)
-    };
-    let mut workspace = ScanWorkspace::new();
-    Ok(Runner::new(Clock::Cuda(cuda), move || {
-        let inputs = ScanInputs {
-            a: &a,
-            u: &u,
-            reset: &reset,
-            h0: None,
-        };
-        let cotangents = ScanCotangents {
-            dh: &dh,
-            dh_last: dh_last.as_ref(),
-        };
-        let gradients = ScanGradients {
-            du: &mut du,
-            da: &mut da,
-            dh0: None,
-        };
-        scan_backward_with_workspace(
-            cuda,
-            &problem,
-            inputs,
-            h.as_ref(),
-            cotangents,
-            gradients,
-            &mut workspace,
-        )
-    }))
-}
-
-/// One backward pass per run through WGSL, the buffers (and the forward's states unless they
-/// are recomputed) prepared once.
-#[cfg(feature = "wgpu")]
-fn wgpu_backward_runner(
-    gpu: &crate::backend::wgpu::Wgpu,
-    problem: super::Scan<Complex32>,
-    inputs: Inputs<Complex32>,
-    cotangents: super::Cotangents<Complex32>,
-    recompute: bool,
-) -> Result<Runner<'_>> {
-    use super::wgpu::{ScanCotangents, ScanGradients, ScanInputs, scan, scan_backward};
-    let (a, u, reset) = (
-        gpu.upload(&inputs.a)?,
-        gpu.upload(&inputs.u)?,
-        gpu.upload(&inputs.reset)?,
-    );
-    let dh = gpu.upload(&cotangents.dh)?;
-    let dh_last = cotangents
-        .dh_last
-        .as_deref()
-        .map(|d| gpu.upload(d))
-        .transpose()?;
-    let (mut du, mut da) = (
-        gpu.zeros(problem.states_len())?,
-        gpu.zeros(problem.a_len())?,
-    );
-    let h = if recompute {
-        None
-    } else {
-        let (mut h, mut h_last) = (
-            gpu.zeros(problem.states_len())?,
-            gpu.zeros(problem.final_len())?,
-        );
-        let forward = ScanInputs {
-            a: &a,
-            u: &u,
-            reset: &reset,
-            h0: None,
-        };
-        scan(gpu, &problem, forward, &mut h, &mut h_last)?;
-        Some(h)
-    };
-    Ok(Runner::new(Clock::Wgpu(gpu), move || {
-        let inputs = ScanInputs {
-            a: &a,
-            u: &u,
-            reset: &reset,
-            h0: None,
-        };
-        let cotangents = ScanCotangents {
-            dh: &dh,
-            dh_last: dh_last.as_ref(),
-        };
-        let gradients = ScanGradients {
-            du: &mut du,
-            da: &mut da,
-            dh0: None,
-        };
-        scan_backward(gpu, &problem, inputs, h.as_ref(), cotangents, gradients)
-    }))
+        Ok(Runner::new(device.clock(), move || {
+            device.scan_backward(&scan, &mut problem, recompute)
+        }))
+    })
 }

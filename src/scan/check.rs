@@ -347,12 +347,12 @@ fn check_cases() -> Vec<CheckCase> {
 
 /// One problem's buffers on a device, ready to run.
 pub(super) struct Problem<D: OnDevice, T: ScanElement> {
-    a: D::Values<T>,
-    u: D::Values<T>,
-    reset: D::Buffer<u8>,
-    h0: Option<D::Values<T>>,
-    h: D::Values<T>,
-    h_last: D::Values<T>,
+    pub(super) a: D::Values<T>,
+    pub(super) u: D::Values<T>,
+    pub(super) reset: D::Buffer<u8>,
+    pub(super) h0: Option<D::Values<T>>,
+    pub(super) h: D::Values<T>,
+    pub(super) h_last: D::Values<T>,
 }
 
 impl<D: OnDevice, T: ScanElement> Problem<D, T> {
@@ -414,10 +414,88 @@ pub(super) trait OnDevice: Device {
         h: Option<&mut Self::Values<T>>,
         h_last: &mut Self::Values<T>,
     ) -> Result<()>;
+    /// Scratch memory the backward pass keeps from call to call.
+    type Workspace: Default;
+    /// Enqueues the backward pass of `problem`'s scan: from its states `h` unless `recompute`.
+    fn scan_backward<T: ScanElement>(
+        &self,
+        scan: &Scan<T>,
+        problem: &mut BackwardProblem<Self, T>,
+        recompute: bool,
+    ) -> Result<()>
+    where
+        Self: Sized;
 }
 
-/// `OnDevice` for a backend's handle: its module's `scan` and `scan_final`, and the
-/// backend's own buffers of values.
+/// A backward pass's buffers on a device: the forward's problem, the cotangents, the
+/// gradients (poisoned with NaN) and the kept workspace.
+pub(super) struct BackwardProblem<D: OnDevice, T: ScanElement> {
+    pub(super) forward: Problem<D, T>,
+    pub(super) dh: D::Values<T>,
+    pub(super) dh_last: Option<D::Values<T>>,
+    pub(super) du: D::Values<T>,
+    pub(super) da: D::Values<T>,
+    pub(super) dh0: Option<D::Values<T>>,
+    // Only CUDA's backward keeps one.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) workspace: D::Workspace,
+}
+
+impl<D: OnDevice, T: ScanElement> BackwardProblem<D, T> {
+    /// Uploads the inputs and cotangents, and NaN-filled outputs (dh0 with an h0).
+    pub(super) fn upload(
+        device: &D,
+        scan: &Scan<T>,
+        inputs: &Inputs<T>,
+        cotangents: &super::Cotangents<T>,
+    ) -> Result<Self> {
+        let poison = |len: usize| {
+            let nan = vec![f32::NAN; len * T::LANES];
+            device.upload_values(bytemuck::cast_slice::<f32, T>(&nan))
+        };
+        Ok(BackwardProblem {
+            forward: Problem::upload(device, scan, inputs)?,
+            dh: device.upload_values(&cotangents.dh)?,
+            dh_last: cotangents
+                .dh_last
+                .as_deref()
+                .map(|d| device.upload_values(d))
+                .transpose()?,
+            du: poison(scan.states_len())?,
+            da: poison(scan.a_len())?,
+            dh0: inputs
+                .h0
+                .as_ref()
+                .map(|_| poison(scan.final_len()))
+                .transpose()?,
+            workspace: D::Workspace::default(),
+        })
+    }
+
+    /// Enqueues the backward pass: after the forward (every state) unless `recompute`.
+    pub(super) fn run(&mut self, device: &D, scan: &Scan<T>, recompute: bool) -> Result<()> {
+        if !recompute {
+            self.forward.run(device, scan, false)?;
+        }
+        device.scan_backward(scan, self, recompute)
+    }
+
+    /// The gradients, as f32s.
+    pub(super) fn read(&self, device: &D) -> Result<super::DeviceGradients> {
+        Ok(super::DeviceGradients {
+            du: device.download_values(&self.du)?,
+            da: device.download_values(&self.da)?,
+            dh0: self
+                .dh0
+                .as_ref()
+                .map(|d| device.download_values(d))
+                .transpose()?,
+        })
+    }
+}
+
+/// `OnDevice` for a backend's handle: its module's `scan` and `scan_final`, the backend's
+/// own buffers of values, and its backward pass.
 macro_rules! forward_to {
     ($feature:literal, $handle:ty, $module:ident, { $($values:item)* }) => {
         #[cfg(feature = $feature)]
@@ -444,19 +522,77 @@ macro_rules! forward_to {
 // CUDA's buffers hold f32s (complex values interleaved).
 forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
     type Values<T: ScanElement> = cudarc::driver::CudaSlice<f32>;
+    type Workspace = super::cuda::ScanWorkspace;
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
         self.upload(bytemuck::cast_slice::<T, f32>(values))
     }
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
         self.download(values)
     }
+    fn scan_backward<T: ScanElement>(
+        &self,
+        scan: &Scan<T>,
+        p: &mut BackwardProblem<Self, T>,
+        recompute: bool,
+    ) -> Result<()> {
+        use super::cuda::{ScanCotangents, ScanGradients, ScanInputs};
+        let f = &p.forward;
+        let inputs = ScanInputs {
+            a: &f.a,
+            u: &f.u,
+            reset: &f.reset,
+            h0: f.h0.as_ref(),
+        };
+        let cotangents = ScanCotangents {
+            dh: &p.dh,
+            dh_last: p.dh_last.as_ref(),
+        };
+        let gradients = ScanGradients {
+            du: &mut p.du,
+            da: &mut p.da,
+            dh0: p.dh0.as_mut(),
+        };
+        let h = (!recompute).then_some(&f.h);
+        let workspace = &mut p.workspace;
+        super::cuda::scan_backward_with_workspace(
+            self, scan, inputs, h, cotangents, gradients, workspace,
+        )
+    }
 });
 forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
     type Values<T: ScanElement> = crate::backend::wgpu::GpuBuffer<T>;
+    // WGSL's backward keeps nothing from call to call.
+    type Workspace = ();
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
         self.upload(values)
     }
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
         Ok(bytemuck::cast_slice::<T, f32>(&self.download(values)?).to_vec())
+    }
+    fn scan_backward<T: ScanElement>(
+        &self,
+        scan: &Scan<T>,
+        p: &mut BackwardProblem<Self, T>,
+        recompute: bool,
+    ) -> Result<()> {
+        use super::wgpu::{ScanCotangents, ScanGradients, ScanInputs};
+        let f = &p.forward;
+        let inputs = ScanInputs {
+            a: &f.a,
+            u: &f.u,
+            reset: &f.reset,
+            h0: f.h0.as_ref(),
+        };
+        let cotangents = ScanCotangents {
+            dh: &p.dh,
+            dh_last: p.dh_last.as_ref(),
+        };
+        let gradients = ScanGradients {
+            du: &mut p.du,
+            da: &mut p.da,
+            dh0: p.dh0.as_mut(),
+        };
+        let h = (!recompute).then_some(&f.h);
+        super::wgpu::scan_backward(self, scan, inputs, h, cotangents, gradients)
     }
 });

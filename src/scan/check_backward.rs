@@ -4,11 +4,13 @@
 use num_complex::Complex32;
 
 use super::backward::{BackwardCase, DeviceGradients, check_backward_with, random_cotangents};
+use super::check::BackwardProblem;
 use super::{
     Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, associative_backward,
     reference_backward,
 };
 use crate::error::Result;
+use crate::harness::device::on_device;
 use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, compare};
 
 /// The registry entry of the backward pass.
@@ -71,8 +73,8 @@ fn check_typed<T: ScanElement>(
 }
 
 /// Runs the backward pass on a GPU backend with du, da and dh0 poisoned with NaN, and reads
-/// them back: from the states of a forward run on the device, or (`recompute`) from its
-/// chunks' end states. `Ok(None)` on the CPU and on backends without a backward path.
+/// them back: from the states of a forward run on the device, or (`recompute`) recomputing
+/// them. `Ok(None)` on the CPU.
 pub fn run_backward<T: ScanElement>(
     backends: &Backends,
     backend: Backend,
@@ -81,143 +83,10 @@ pub fn run_backward<T: ScanElement>(
     cotangents: &Cotangents<T>,
     recompute: bool,
 ) -> Result<Option<DeviceGradients>> {
-    match backend {
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            let cuda = backends.cuda()?;
-            cuda_backward(cuda, scan, inputs, cotangents, recompute).map(Some)
-        }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            let gpu = backends.wgpu()?;
-            wgpu_backward(gpu, scan, inputs, cotangents, recompute).map(Some)
-        }
-        _ => {
-            let _ = (backends, scan, inputs, cotangents, recompute);
-            Ok(None)
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_backward<T: ScanElement>(
-    cuda: &crate::backend::cuda::Cuda,
-    scan: &Scan<T>,
-    inputs: &Inputs<T>,
-    cotangents: &Cotangents<T>,
-    recompute: bool,
-) -> Result<DeviceGradients> {
-    use super::cuda::{ScanCotangents, ScanGradients, ScanInputs, scan_backward};
-    let upload = |values: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(values));
-    let poison = |len: usize| cuda.upload(&vec![f32::NAN; len * T::LANES]);
-    let (a, u, reset) = (
-        upload(&inputs.a)?,
-        upload(&inputs.u)?,
-        cuda.upload(&inputs.reset)?,
-    );
-    let h0 = inputs.h0.as_deref().map(upload).transpose()?;
-    let (dh, dh_last) = (
-        upload(&cotangents.dh)?,
-        cotangents.dh_last.as_deref().map(upload).transpose()?,
-    );
-    let scan_inputs = ScanInputs {
-        a: &a,
-        u: &u,
-        reset: &reset,
-        h0: h0.as_ref(),
-    };
-    let h = if recompute {
-        None
-    } else {
-        let mut h = poison(scan.states_len())?;
-        let mut h_last = poison(scan.final_len())?;
-        super::cuda::scan(cuda, scan, scan_inputs, &mut h, &mut h_last)?;
-        Some(h)
-    };
-    let (mut du, mut da) = (poison(scan.states_len())?, poison(scan.a_len())?);
-    let mut dh0 = inputs
-        .h0
-        .as_ref()
-        .map(|_| poison(scan.final_len()))
-        .transpose()?;
-    let cotangents = ScanCotangents {
-        dh: &dh,
-        dh_last: dh_last.as_ref(),
-    };
-    let gradients = ScanGradients {
-        du: &mut du,
-        da: &mut da,
-        dh0: dh0.as_mut(),
-    };
-    scan_backward(cuda, scan, scan_inputs, h.as_ref(), cotangents, gradients)?;
-    Ok(DeviceGradients {
-        du: cuda.download(&du)?,
-        da: cuda.download(&da)?,
-        dh0: dh0.map(|d| cuda.download(&d)).transpose()?,
-    })
-}
-
-#[cfg(feature = "wgpu")]
-fn wgpu_backward<T: ScanElement>(
-    gpu: &crate::backend::wgpu::Wgpu,
-    scan: &Scan<T>,
-    inputs: &Inputs<T>,
-    cotangents: &Cotangents<T>,
-    recompute: bool,
-) -> Result<DeviceGradients> {
-    use super::wgpu::{ScanCotangents, ScanGradients, ScanInputs, scan_backward};
-    let poison = |len: usize| {
-        let nan = vec![f32::NAN; len * T::LANES];
-        gpu.upload(bytemuck::cast_slice::<f32, T>(&nan))
-    };
-    let (a, u, reset) = (
-        gpu.upload(&inputs.a)?,
-        gpu.upload(&inputs.u)?,
-        gpu.upload(&inputs.reset)?,
-    );
-    let h0 = inputs.h0.as_deref().map(|h0| gpu.upload(h0)).transpose()?;
-    let dh = gpu.upload(&cotangents.dh)?;
-    let dh_last = cotangents
-        .dh_last
-        .as_deref()
-        .map(|d| gpu.upload(d))
-        .transpose()?;
-    let scan_inputs = ScanInputs {
-        a: &a,
-        u: &u,
-        reset: &reset,
-        h0: h0.as_ref(),
-    };
-    let h = if recompute {
-        None
-    } else {
-        let (mut h, mut h_last) = (poison(scan.states_len())?, poison(scan.final_len())?);
-        super::wgpu::scan(gpu, scan, scan_inputs, &mut h, &mut h_last)?;
-        Some(h)
-    };
-    let (mut du, mut da) = (poison(scan.states_len())?, poison(scan.a_len())?);
-    let mut dh0 = inputs
-        .h0
-        .as_ref()
-        .map(|_| poison(scan.final_len()))
-        .transpose()?;
-    let cotangents = ScanCotangents {
-        dh: &dh,
-        dh_last: dh_last.as_ref(),
-    };
-    let gradients = ScanGradients {
-        du: &mut du,
-        da: &mut da,
-        dh0: dh0.as_mut(),
-    };
-    scan_backward(gpu, scan, scan_inputs, h.as_ref(), cotangents, gradients)?;
-    let download = |buffer: &crate::backend::wgpu::GpuBuffer<T>| -> Result<Vec<f32>> {
-        Ok(bytemuck::cast_slice::<T, f32>(&gpu.download(buffer)?).to_vec())
-    };
-    Ok(DeviceGradients {
-        du: download(&du)?,
-        da: download(&da)?,
-        dh0: dh0.as_ref().map(download).transpose()?,
+    on_device!(backends, backend, |device| {
+        let mut problem = BackwardProblem::upload(device, scan, inputs, cotangents)?;
+        problem.run(device, scan, recompute)?;
+        problem.read(device)
     })
 }
 

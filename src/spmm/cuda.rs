@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use super::bitmap::Bitmap;
 use super::format::TiledCsl;
 use super::reference::output_tokens;
-use crate::backend::cuda::{Cuda, Kernel, ids};
+use crate::backend::cuda::{Cuda, Kernel, SplitScratch, ids};
 use crate::element::{Float16, OutputElement};
 use crate::error::Result;
 use plan::{BitmapBuffers, BitmapSize, Buffers, Plan, SpmmLaunch, WeightSize};
@@ -317,8 +317,7 @@ impl<T: Float16> DeviceTiledCsl<T> {
 /// the graph may run.
 #[derive(Debug, Default)]
 pub struct SpmmWorkspace {
-    partials: Option<CudaSlice<u32>>,
-    counters: Option<CudaSlice<u32>>,
+    scratch: SplitScratch,
 }
 
 impl SpmmWorkspace {
@@ -329,11 +328,7 @@ impl SpmmWorkspace {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        [&self.partials, &self.counters]
-            .into_iter()
-            .flatten()
-            .map(|words| words.len() * 4)
-            .sum()
+        self.scratch.bytes()
     }
 
     /// Grows the workspace to what [`spmm_with_workspace`] needs for `w` and `n` tokens on
@@ -397,23 +392,8 @@ impl SpmmWorkspace {
         cuda: &Cuda,
         plan: &Plan,
     ) -> Result<(&mut CudaSlice<u32>, &mut CudaSlice<u32>)> {
-        for slice in [&self.partials, &self.counters].into_iter().flatten() {
-            cuda.check_device("workspace", slice)?;
-        }
-        let fits = |slice: &Option<CudaSlice<u32>>, words| {
-            slice.as_ref().is_some_and(|s| s.len() >= words)
-        };
         let (partial_words, counter_words) = (plan.partials(), plan.counters());
-        if !fits(&self.partials, partial_words) {
-            self.partials = Some(cuda.scratch(partial_words, 0..0)?);
-        }
-        if !fits(&self.counters, counter_words) {
-            self.counters = Some(cuda.scratch(counter_words, 0..counter_words)?);
-        }
-        match (&mut self.partials, &mut self.counters) {
-            (Some(partials), Some(counters)) => Ok((partials, counters)),
-            _ => unreachable!("both were allocated above"),
-        }
+        self.scratch.grow(cuda, partial_words, counter_words)
     }
 }
 
