@@ -93,7 +93,7 @@ pub fn scan_final<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
 }
 
 /// [`scan`] (with `h`) or [`scan_final`] (without), with the look-back's memory taken from
-/// `workspace`: no allocation and no memset once it has served a launch of the same shape.
+/// `workspace`: no allocation and no memset once it has served a launch as large.
 ///
 /// ```no_run
 /// # fn main() -> tilefuse::Result<()> {
