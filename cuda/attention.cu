@@ -274,8 +274,10 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
         query[mt][1] = rows.query(row0 + 16 * mt + 8);
         tile_queries[mt] = queries_of(rows, warp_row0 + 16 * mt);
     }
-    // A warp without rows (decode: fewer rows than the block) only helps with the copies.
+    // A warp without rows (decode: fewer rows than the block) only helps with the copies,
+    // and a warp skips the work of an m tile without rows.
     const bool has_rows = warp_row0 < rows.count;
+    const auto tile_has_rows = [&](int mt) { return warp_row0 + 16 * mt < rows.count; };
     const Allowed allowed = allowed_distances(p);
 
     for (uint32_t t = 0, stage = 0; t < tiles; ++t, stage = stage + 1 == stages ? 0 : stage + 1) {
@@ -311,14 +313,17 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
                     b[2 * jj + 1][1] = r[3];
                 }
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
+                for (int mt = 0; mt < MT; ++mt) {
+                    if (!tile_has_rows(mt)) continue;
 #pragma unroll
                     for (int j = 0; j < kKv / 8; ++j) In::mma(s[mt][j], q_frag[mt][kk], b[j]);
+                }
             }
 
             // Mask, scale to base 2, and the online softmax of each of the thread's rows.
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
+                if (!tile_has_rows(mt)) continue;
                 const Coverage covered = coverage(p, allowed, tile.partial, tile_queries[mt], tile.key0);
 #pragma unroll
                 for (int j = 0; j < kKv / 8; ++j)
@@ -383,6 +388,7 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
                 }
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
+                    if (!tile_has_rows(mt)) continue;
                     const uint32_t a[4] = {In::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]),
                                            In::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]),
                                            In::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]),

@@ -287,6 +287,9 @@ namespace tf {
 inline uint8_t *dynamic_shared() { return tf_emu::shared_base(); }
 
 inline uint32_t load_acquire(const uint32_t *flag) { return tf_emu::acquire(flag); }
+// The emulator's loads see the same values relaxed or not; the fence orders nothing more.
+inline uint32_t load_relaxed(const uint32_t *flag) { return tf_emu::acquire(flag); }
+inline void fence_acquire() {}
 inline void store_release(uint32_t *flag, uint32_t value) { tf_emu::release(flag, value); }
 inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { tf_emu::ldmatrix<4, false>(r, addr, "ldmatrix.x4"); }
 inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { tf_emu::ldmatrix<2, false>(r, addr, "ldmatrix.x2"); }

@@ -110,19 +110,21 @@ __device__ __forceinline__ void store(float *base, size_t element, typename F::T
 }
 
 // The latest chunk before `chunk` whose end state is published, waiting until every chunk in
-// between has published at least its map. Lane i polls chunk (top - 1 - i), so one round trip
-// covers 32 predecessors. Chunk 0 always publishes its state, so this ends.
+// between has published at least its map (flags of this launch's tag). Lane i polls chunk
+// (top - 1 - i), so one round trip covers 32 predecessors. Chunk 0 always publishes its
+// state, so this ends.
 __device__ __forceinline__ uint32_t nearest_known_chunk(const uint32_t *flags, uint32_t chunk,
                                                         uint32_t lane, uint32_t tag) {
     for (uint32_t top = chunk;; top -= 32) {
         const bool exists = top > lane;
         uint32_t flag = 0;
         if (exists) {
-            while (((flag = tf::load_acquire(&flags[top - 1 - lane])) >> 2) != tag) {
+            while (((flag = tf::load_relaxed(&flags[top - 1 - lane])) >> 2) != tag) {
             }
+            tf::fence_acquire();  // what the flag's writer published is seen from here on
         }
         const uint32_t known = __ballot_sync(0xffffffffu, exists && (flag & kFlagState));
-        // Orders the lanes' acquires before every lane's reads of the published records.
+        // Orders the lanes' fences before every lane's reads of the published records.
         __syncwarp();
         if (known != 0) return top - uint32_t(__ffs(known));
     }
