@@ -47,11 +47,13 @@ typedef struct TfPeakMmaParams {
 } TfPeakMmaParams;
 
 /*
- * tilefuse_scan_{f32,c64}_{const,varying}_{states,final}: the diagonal linear recurrence with
- * resets, one pass, decoupled look-back across time chunks.
+ * tilefuse_scan_{f32,c64}_{f32,f16,bf16}_{const,varying}_{states,final}: the diagonal linear
+ * recurrence with resets, one pass, decoupled look-back across time chunks.
  *   h[b,t,p] = u[b,t,p]                   if reset[b,t]
  *   h[b,t,p] = a · h[b,t-1,p] + u[b,t,p]  otherwise, h[b,-1,p] = h0[b,p] (0 when h0 == 0)
- * Elements are f32 or interleaved complex (re, im) f32 pairs. a is [p] ("const") or strided
+ * Elements are f32 or interleaved complex (re, im) pairs. u and h are stored as the second
+ * name part says (f32, f16 or bf16; read as f32, states rounded to nearest even when
+ * written); a, h0, h_last and every carry are f32. a is [p] ("const") or strided
  * like u ("varying"); u and h are addressed b * stride_batch + t * stride_time + p (in
  * elements), reset b * reset_stride_batch + t * reset_stride_time (bytes). h0 and h_last are
  * [b, p]. "_final" kernels do not write h (h == 0).
@@ -93,15 +95,18 @@ typedef struct TfScanParams {
 } TfScanParams;
 
 /*
- * tilefuse_scan_backward_{f32,c64}_{const,varying}_{states,recompute}: the scan's backward
- * pass (src/scan/mod.rs states it) in one pass over time in reverse, decoupled look-back:
+ * tilefuse_scan_backward_{f32,c64}_{f32,f16,bf16}_{const,varying}_{states,recompute}: the
+ * scan's backward pass (src/scan/mod.rs states it) in one pass over time in reverse, decoupled
+ * look-back:
  *   g[t] = dh[t] + (reset[t+1] ? 0 : a[t+1] · g[t+1]),  g[T-1] = dh[T-1] + dh_last
  *   du[t] = g[t],  da[t] = reset[t] ? 0 : g[t] · h[t-1],  dh0 = reset[0] ? 0 : a[0] · g[0]
  * with h[-1] = h0; plain products (no conjugation). dh_last and h0 are [b, p], 0 when absent.
  * "_states" reads h[t-1] from the forward's every state h; "_recompute" recomputes it inside
  * each chunk from u, starting from `checkpoints`: the end states of the forward's chunks, the
  * state array of a "_final" forward launch's workspace on the same grid. dh, du, h, u and a
- * time-varying a and da are addressed like the forward's u, reset likewise; dh0 [b, p] is
+ * time-varying a and da are addressed like the forward's u, reset likewise; dh, du, h and u are
+ * stored as the second name part says (as the forward's u and h), everything else is f32
+ * (recomputed states are the forward's f32 carries, before rounding); dh0 [b, p] is
  * written when dh0 != 0. A time-invariant ("const") da is not written here: each block leaves
  * the sum of g[t] · h[t-1] over its steps, per channel, in the workspace's partials.
  * Grid and block as the forward's, with the chunks in reverse: block = (k * b + batch) *

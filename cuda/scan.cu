@@ -18,7 +18,7 @@ namespace {
 
 using namespace scan_common;
 
-template <class F, bool VaryingA, bool WriteStates>
+template <class F, class S, bool VaryingA, bool WriteStates>
 __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     using T = typename F::T;
     __shared__ Map<F> warp_maps[TF_SCAN_WARPS][TF_SCAN_LANES];
@@ -42,7 +42,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     const uint32_t steps = t0 >= p.time ? 0 : min(uint32_t(TF_SCAN_STEPS), p.time - t0);
 
     const float *a_ptr = reinterpret_cast<const float *>(p.a);
-    const float *u_ptr = reinterpret_cast<const float *>(p.u);
+    const void *u_ptr = reinterpret_cast<const void *>(p.u);
     const uint8_t *reset_ptr = reinterpret_cast<const uint8_t *>(p.reset);
     const size_t row = size_t(batch) * p.stride_batch + channel;
 
@@ -61,7 +61,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
         const bool in = active && i < steps;
         const size_t at = row + size_t(t0 + i) * p.stride_time;
-        u[i] = in ? load<F>(u_ptr, at) : F::zero();
+        u[i] = in ? load<F, S>(u_ptr, at) : F::zero();
         if (VaryingA) a[VaryingA ? i : 0] = in ? load<F>(a_ptr, at) : F::zero();
     }
 
@@ -101,7 +101,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
     // This warp's carry-in, then every state of its steps.
     T h = chunk_in[lane];
     for (uint32_t w = 0; w < warp; ++w) h = warp_maps[w][lane].apply(h);
-    float *h_ptr = reinterpret_cast<float *>(p.h);
+    void *h_ptr = reinterpret_cast<void *>(p.h);
     const uint32_t chunk_last = min(p.time - chunk * TF_SCAN_CHUNK, uint32_t(TF_SCAN_CHUNK)) - 1;
 #pragma unroll
     for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
@@ -109,23 +109,28 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
         // The chunk's last state is the published one, so h_last and the look-back agree
         // with h bit for bit.
         const T out = (warp * TF_SCAN_STEPS + i == chunk_last) ? chunk_out[lane] : h;
-        if (active && i < steps) store<F>(h_ptr, row + size_t(t0 + i) * p.stride_time, out);
+        if (active && i < steps) store_streaming<F, S>(h_ptr, row + size_t(t0 + i) * p.stride_time, out);
     }
 }
 
 }  // namespace
 
-#define TF_SCAN_KERNEL(name, F, varying, write)                                                 \
+#define TF_SCAN_KERNEL(name, F, S, varying, write)                                              \
     extern "C" __global__ void __launch_bounds__(TF_SCAN_WARPS * 32)                           \
         name(const __grid_constant__ TfScanParams p) {                                        \
-        scan_chunk<F, varying, write>(p);                                                      \
+        scan_chunk<F, S, varying, write>(p);                                                   \
     }
 
-TF_SCAN_KERNEL(tilefuse_scan_f32_const_states, Real, false, true)
-TF_SCAN_KERNEL(tilefuse_scan_f32_const_final, Real, false, false)
-TF_SCAN_KERNEL(tilefuse_scan_f32_varying_states, Real, true, true)
-TF_SCAN_KERNEL(tilefuse_scan_f32_varying_final, Real, true, false)
-TF_SCAN_KERNEL(tilefuse_scan_c64_const_states, Complex, false, true)
-TF_SCAN_KERNEL(tilefuse_scan_c64_const_final, Complex, false, false)
-TF_SCAN_KERNEL(tilefuse_scan_c64_varying_states, Complex, true, true)
-TF_SCAN_KERNEL(tilefuse_scan_c64_varying_final, Complex, true, false)
+// Every (element, storage) pair, time-invariant and time-varying, every state or the last.
+#define TF_SCAN_KERNELS(element, F, storage, S)                                                 \
+    TF_SCAN_KERNEL(tilefuse_scan_##element##_##storage##_const_states, F, S, false, true)       \
+    TF_SCAN_KERNEL(tilefuse_scan_##element##_##storage##_const_final, F, S, false, false)      \
+    TF_SCAN_KERNEL(tilefuse_scan_##element##_##storage##_varying_states, F, S, true, true)     \
+    TF_SCAN_KERNEL(tilefuse_scan_##element##_##storage##_varying_final, F, S, true, false)
+
+TF_SCAN_KERNELS(f32, Real, f32, StoreF32)
+TF_SCAN_KERNELS(f32, Real, f16, StoreF16)
+TF_SCAN_KERNELS(f32, Real, bf16, StoreBF16)
+TF_SCAN_KERNELS(c64, Complex, f32, StoreF32)
+TF_SCAN_KERNELS(c64, Complex, f16, StoreF16)
+TF_SCAN_KERNELS(c64, Complex, bf16, StoreBF16)

@@ -19,7 +19,7 @@ namespace {
 
 using namespace scan_common;
 
-template <class F, bool VaryingA, bool Recompute>
+template <class F, class S, bool VaryingA, bool Recompute>
 __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
     using T = typename F::T;
     constexpr uint32_t kSteps = TF_SCAN_STEPS;
@@ -70,11 +70,11 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
 #pragma unroll
     for (uint32_t i = 0; i < kSteps; ++i) {
         const bool in = active && i < steps;
-        dh[i] = in ? load<F>(reinterpret_cast<const float *>(p.dh), at(t0 + i)) : F::zero();
+        dh[i] = in ? load<F, S>(reinterpret_cast<const void *>(p.dh), at(t0 + i)) : F::zero();
         if (Recompute) {
-            before[i] = in ? load<F>(reinterpret_cast<const float *>(p.u), at(t0 + i)) : F::zero();
+            before[i] = in ? load<F, S>(reinterpret_cast<const void *>(p.u), at(t0 + i)) : F::zero();
         } else if (in && t0 + i > 0) {
-            before[i] = load<F>(reinterpret_cast<const float *>(p.h), at(t0 + i - 1));
+            before[i] = load<F, S>(reinterpret_cast<const void *>(p.h), at(t0 + i - 1));
         } else {
             before[i] = in && p.h0 != 0 ? load<F>(reinterpret_cast<const float *>(p.h0), final_at) : F::zero();
         }
@@ -143,7 +143,7 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
     T g = chunk_in[lane];
     for (uint32_t w = TF_SCAN_WARPS - 1; w > warp; --w) g = warp_maps[w][lane].apply(g);
     T sum = F::zero();
-    float *du = reinterpret_cast<float *>(p.du);
+    void *du = reinterpret_cast<void *>(p.du);
     float *da = reinterpret_cast<float *>(p.da);
 #pragma unroll
     for (int i = kSteps - 1; i >= 0; --i) {
@@ -157,7 +157,7 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
         } else {
             sum = F::add(sum, product);
         }
-        if (active) store<F>(du, at(t0 + i), g);
+        if (active) store_streaming<F, S>(du, at(t0 + i), g);
         if (t0 + i == 0 && p.dh0 != 0 && active)
             store<F>(reinterpret_cast<float *>(p.dh0), final_at, reset ? F::zero() : F::mul(a_of(0), g));
     }
@@ -217,20 +217,25 @@ __device__ __forceinline__ void da_sum(const TfScanBackwardParams &p) {
 }  // namespace
 
 // One block an SM at least: without it ptxas spills the f32 recompute kernel at 80 registers.
-#define TF_SCAN_BACKWARD_KERNEL(name, F, varying, recompute)                                    \
+#define TF_SCAN_BACKWARD_KERNEL(name, F, S, varying, recompute)                                 \
     extern "C" __global__ void __launch_bounds__(TF_SCAN_WARPS * 32, 1)                        \
         name(const __grid_constant__ TfScanBackwardParams p) {                                \
-        backward_chunk<F, varying, recompute>(p);                                              \
+        backward_chunk<F, S, varying, recompute>(p);                                           \
     }
 
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_f32_const_states, Real, false, false)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_f32_const_recompute, Real, false, true)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_f32_varying_states, Real, true, false)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_f32_varying_recompute, Real, true, true)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_c64_const_states, Complex, false, false)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_c64_const_recompute, Complex, false, true)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_c64_varying_states, Complex, true, false)
-TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_c64_varying_recompute, Complex, true, true)
+// Every (element, storage) pair, time-invariant and time-varying, from states or recomputing.
+#define TF_SCAN_BACKWARD_KERNELS(element, F, storage, S)                                         \
+    TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_##element##_##storage##_const_states, F, S, false, false)     \
+    TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_##element##_##storage##_const_recompute, F, S, false, true)   \
+    TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_##element##_##storage##_varying_states, F, S, true, false)    \
+    TF_SCAN_BACKWARD_KERNEL(tilefuse_scan_backward_##element##_##storage##_varying_recompute, F, S, true, true)
+
+TF_SCAN_BACKWARD_KERNELS(f32, Real, f32, StoreF32)
+TF_SCAN_BACKWARD_KERNELS(f32, Real, f16, StoreF16)
+TF_SCAN_BACKWARD_KERNELS(f32, Real, bf16, StoreBF16)
+TF_SCAN_BACKWARD_KERNELS(c64, Complex, f32, StoreF32)
+TF_SCAN_BACKWARD_KERNELS(c64, Complex, f16, StoreF16)
+TF_SCAN_BACKWARD_KERNELS(c64, Complex, bf16, StoreBF16)
 
 extern "C" __global__ void __launch_bounds__(TF_SCAN_WARPS * 32)
     tilefuse_scan_backward_da_f32(const __grid_constant__ TfScanBackwardParams p) {

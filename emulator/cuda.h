@@ -128,6 +128,10 @@ inline T __ldcs(const T *address) {
     return *address;
 }
 template <class T>
+inline void __stcs(T *address, T value) {
+    *address = value;
+}
+template <class T>
 inline T min(T a, T b) {
     return std::min(a, b);
 }
@@ -201,6 +205,19 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
     return {uint16_t(bits >> 16)};
 }
 inline __half __float2half(float v) { return __float2half_rn(v); }
+inline __half __ushort_as_half(unsigned short bits) { return {bits}; }
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
+inline float __uint_as_float(uint32_t bits) {
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+inline float __half2float(__half h) {
+    _Float16 v;
+    std::memcpy(&v, &h.bits, 2);
+    return float(v);
+}
 inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
     return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};

@@ -174,10 +174,10 @@ fn final_state_is_the_last_row_bit_for_bit(backends: &Backends, backend: Backend
     };
     let scan = case.scan::<Complex32>().unwrap();
     let inputs = Inputs::random(&case, &scan, seed);
-    let full = run(backends, backend, &scan, &inputs, false)
+    let full = run::<_, f32>(backends, backend, &scan, &inputs, false)
         .unwrap()
         .unwrap();
-    let last = run(backends, backend, &scan, &inputs, true)
+    let last = run::<_, f32>(backends, backend, &scan, &inputs, true)
         .unwrap()
         .unwrap();
     assert!(last.h.is_none());
@@ -211,11 +211,11 @@ fn runs_are_bitwise_deterministic(backends: &Backends, backend: Backend) {
     };
     let scan = case.scan::<Complex32>().unwrap();
     let inputs = Inputs::random(&case, &scan, seed);
-    let first = run(backends, backend, &scan, &inputs, false)
+    let first = run::<_, f32>(backends, backend, &scan, &inputs, false)
         .unwrap()
         .unwrap();
     for _ in 0..3 {
-        let again = run(backends, backend, &scan, &inputs, false)
+        let again = run::<_, f32>(backends, backend, &scan, &inputs, false)
             .unwrap()
             .unwrap();
         assert_eq!(

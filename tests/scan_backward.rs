@@ -133,7 +133,7 @@ fn runs_are_bitwise_deterministic(backends: &Backends, backend: Backend) {
     let inputs = Inputs::random(&forward, &scan, seed);
     let cotangents = random_cotangents(&scan, true, seed ^ 1);
     let run = |recompute| {
-        let g = run_backward(backends, backend, &scan, &inputs, &cotangents, recompute)
+        let g = run_backward::<_, f32>(backends, backend, &scan, &inputs, &cotangents, recompute)
             .unwrap()
             .expect("a device path");
         [g.du, g.da, g.dh0.unwrap_or_default()]

@@ -6,7 +6,11 @@
 #include "abi.h"
 #include "common/sync.cuh"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 namespace scan_common {
 
@@ -99,14 +103,71 @@ __device__ __forceinline__ void count_block_done(uint32_t *header, uint32_t tag)
     }
 }
 
-template <class F>
-__device__ __forceinline__ typename F::T load(const float *base, size_t element) {
-    return reinterpret_cast<const typename F::T *>(base)[element];
+// How u and h (the backward's dh, du and h) are stored: f32, or 16 bits with the arithmetic
+// and the carry in f32. A value is widened when loaded and rounded to nearest even when
+// stored; a complex value is an interleaved (re, im) pair, loaded and stored as one word.
+struct StoreF32 {
+    using Word = float;   // one real value
+    using Pair = float2;  // one complex value
+    static __device__ __forceinline__ float widen(float v) { return v; }
+    static __device__ __forceinline__ float narrow(float v) { return v; }
+    static __device__ __forceinline__ float2 widen(float2 v) { return v; }
+    static __device__ __forceinline__ float2 narrow(float2 v) { return v; }
+};
+
+struct StoreF16 {
+    using Word = unsigned short;
+    using Pair = unsigned int;  // re in the low half
+    static __device__ __forceinline__ float widen(unsigned short bits) {
+        return __half2float(__ushort_as_half(bits));
+    }
+    static __device__ __forceinline__ unsigned short narrow(float v) {
+        return __half_as_ushort(__float2half_rn(v));
+    }
+    static __device__ __forceinline__ float2 widen(unsigned int bits) {
+        return make_float2(widen((unsigned short)(bits & 0xffffu)), widen((unsigned short)(bits >> 16)));
+    }
+    static __device__ __forceinline__ unsigned int narrow(float2 v) {
+        return (unsigned int)(narrow(v.x)) | (unsigned int)(narrow(v.y)) << 16;
+    }
+};
+
+struct StoreBF16 {
+    using Word = unsigned short;
+    using Pair = unsigned int;  // re in the low half
+    static __device__ __forceinline__ float widen(unsigned short bits) {
+        return __uint_as_float((unsigned int)(bits) << 16);
+    }
+    static __device__ __forceinline__ unsigned short narrow(float v) {
+        return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    }
+    static __device__ __forceinline__ float2 widen(unsigned int bits) {
+        return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+    }
+    static __device__ __forceinline__ unsigned int narrow(float2 v) {
+        return (unsigned int)(narrow(v.x)) | (unsigned int)(narrow(v.y)) << 16;
+    }
+};
+
+// The word type of one element of F stored as S.
+template <class F, class S>
+using Stored = typename std::conditional<sizeof(typename F::T) == 4, typename S::Word, typename S::Pair>::type;
+
+template <class F, class S = StoreF32>
+__device__ __forceinline__ typename F::T load(const void *base, size_t element) {
+    return S::widen(static_cast<const Stored<F, S> *>(base)[element]);
 }
 
-template <class F>
-__device__ __forceinline__ void store(float *base, size_t element, typename F::T value) {
-    reinterpret_cast<typename F::T *>(base)[element] = value;
+template <class F, class S = StoreF32>
+__device__ __forceinline__ void store(void *base, size_t element, typename F::T value) {
+    static_cast<Stored<F, S> *>(base)[element] = S::narrow(value);
+}
+
+// A store of data the kernel writes once: st.global.cs, evicted first. (Loads stay plain:
+// ld.global.cs on u made ptxas spill the complex time-varying kernel for sm_80.)
+template <class F, class S>
+__device__ __forceinline__ void store_streaming(void *base, size_t element, typename F::T value) {
+    __stcs(static_cast<Stored<F, S> *>(base) + element, S::narrow(value));
 }
 
 // The latest chunk before `chunk` whose end state is published, waiting until every chunk in

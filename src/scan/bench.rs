@@ -70,7 +70,7 @@ fn prepare<'a>(
     let inputs = Inputs::random(case, &scan, 1);
     let final_only = case.final_only;
     on_device!(backends, backend, |device| {
-        let mut problem = Problem::upload(device, &scan, &inputs)?;
+        let mut problem = Problem::<_, _, f32>::upload(device, &scan, &inputs)?;
         Ok(Runner::new(device.clock(), move || {
             problem.run(device, &scan, final_only)
         }))
@@ -138,7 +138,8 @@ fn prepare_backward<'a>(
     let recompute = case.recompute;
     on_device!(backends, backend, |device| {
         // The forward's states, when kept, are the caller's: computed once, not timed.
-        let mut problem = BackwardProblem::upload(device, &scan, &inputs, &cotangents)?;
+        let mut problem =
+            BackwardProblem::<_, _, f32>::upload(device, &scan, &inputs, &cotangents)?;
         if !recompute {
             problem.forward.run(device, &scan, false)?;
         }

@@ -4,7 +4,9 @@ use std::fmt;
 
 use num_complex::Complex32;
 
-use super::{Decay, Layout, Scan, ScanElement, ScanShape, associative_scan, reference};
+use super::{
+    Decay, Layout, Scan, ScanElement, ScanShape, StateStorage, Storage, associative_scan, reference,
+};
 use crate::error::Result;
 use crate::harness::device::{Device, on_device};
 use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
@@ -92,6 +94,8 @@ pub struct Case {
     pub a_magnitude: (f64, f64),
     /// Final-state-only mode: compare h_last alone, h is not written.
     pub final_only: bool,
+    /// How `u` and `h` (the backward's `dh`, `du`) are stored; `u` is drawn as values of it.
+    pub storage: Storage,
 }
 
 impl Case {
@@ -109,6 +113,7 @@ impl Case {
             h0: true,
             a_magnitude: (0.5, 0.99),
             final_only: false,
+            storage: Storage::F32,
         }
     }
 
@@ -123,7 +128,8 @@ impl Case {
     /// recurrence's memory `M = min(t, 1 / (1 − |a|max))`, not by t. Up to M = 100 steps the
     /// f32 bounds hold (1e-5); beyond, the per-element bound grows like M (the worst case,
     /// every rounding in the same direction) and the L2 bound like √M (independent
-    /// roundings), relative to those at M = 100.
+    /// roundings), relative to those at M = 100. 16-bit states add one rounding of each
+    /// stored value (the carry stays f32, so roundings do not accumulate).
     pub fn tolerance(&self) -> Tolerance {
         let max_a = self.a_magnitude.1;
         let time = self.time as f64;
@@ -133,9 +139,13 @@ impl Case {
             time
         };
         let growth = (memory / 100.0).max(1.0);
+        let stored = match self.storage {
+            Storage::F32 => 0.0,
+            storage => storage.unit_roundoff(),
+        };
         Tolerance {
-            rel_l2: Tolerance::F32.rel_l2 * growth.sqrt(),
-            element: Tolerance::F32.element * growth,
+            rel_l2: Tolerance::F32.rel_l2 * growth.sqrt() + stored,
+            element: Tolerance::F32.element * growth + stored,
         }
     }
 }
@@ -143,6 +153,10 @@ impl Case {
 impl fmt::Display for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let element = if self.complex { "c64" } else { "f32" };
+        let stored = match self.storage {
+            Storage::F32 => String::new(),
+            storage => format!(" in {}", storage.name()),
+        };
         let layout = match self.layout {
             Layout::BatchMajor => "batch-major",
             Layout::TimeMajor => "time-major",
@@ -153,7 +167,7 @@ impl fmt::Display for Case {
         };
         write!(
             f,
-            "{element} b={} t={} p={} {layout} {decay} resets {}{} |a|≤{}{}",
+            "{element}{stored} b={} t={} p={} {layout} {decay} resets {}{} |a|≤{}{}",
             self.batch,
             self.time,
             self.channels,
@@ -201,7 +215,8 @@ impl<T: ScanElement> Inputs<T> {
                 rng.uniform(-1.0, 1.0),
             ))
         };
-        let u = (0..scan.states_len()).map(|_| value(&mut rng)).collect();
+        let mut u: Vec<T> = (0..scan.states_len()).map(|_| value(&mut rng)).collect();
+        round_to(case.storage, &mut u);
         let mut reset = vec![0u8; scan.reset_len()];
         for b in 0..case.batch {
             for t in 0..case.time {
@@ -212,6 +227,14 @@ impl<T: ScanElement> Inputs<T> {
             .h0
             .then(|| (0..scan.final_len()).map(|_| value(&mut rng)).collect());
         Inputs { a, u, reset, h0 }
+    }
+}
+
+/// Rounds every value of `values` to `storage` (complex parts one by one), so that the
+/// values a device stores are exactly the ones the reference reads.
+pub(crate) fn round_to<T: ScanElement>(storage: Storage, values: &mut [T]) {
+    for value in bytemuck::cast_slice_mut::<T, f32>(values) {
+        *value = storage.round(*value);
     }
 }
 
@@ -227,21 +250,26 @@ pub struct Outputs {
 
 /// Runs `case` on `backend` with inputs from `seed` (outputs poisoned with NaN first) and
 /// compares `h` and `h_last` with the f64 reference. On the CPU it checks the associative
-/// scan.
+/// scan; `Ok(None)` where the backend has no path for the case's storage.
 pub fn check(
     backends: &Backends,
     backend: Backend,
     case: &Case,
     seed: u64,
 ) -> Result<Option<Comparison>> {
-    if case.complex {
-        check_typed::<Complex32>(backends, backend, case, seed)
-    } else {
-        check_typed::<f32>(backends, backend, case, seed)
+    match (case.complex, case.storage) {
+        (false, Storage::F32) => check_typed::<f32, f32>(backends, backend, case, seed),
+        (false, Storage::F16) => check_typed::<f32, half::f16>(backends, backend, case, seed),
+        (false, Storage::Bf16) => check_typed::<f32, half::bf16>(backends, backend, case, seed),
+        (true, Storage::F32) => check_typed::<Complex32, f32>(backends, backend, case, seed),
+        (true, Storage::F16) => check_typed::<Complex32, half::f16>(backends, backend, case, seed),
+        (true, Storage::Bf16) => {
+            check_typed::<Complex32, half::bf16>(backends, backend, case, seed)
+        }
     }
 }
 
-fn check_typed<T: ScanElement>(
+fn check_typed<T: ScanElement, S: StateStorage>(
     backends: &Backends,
     backend: Backend,
     case: &Case,
@@ -259,9 +287,17 @@ fn check_typed<T: ScanElement>(
             case.tolerance(),
         )));
     }
+    if !backend_stores(backend, case.storage) {
+        return Ok(None);
+    }
     check_with::<T>(case, seed, |scan, inputs, final_only| {
-        run(backends, backend, scan, inputs, final_only)
+        run::<T, S>(backends, backend, scan, inputs, final_only)
     })
+}
+
+/// Whether `backend` runs the scan on states stored as `storage`: the WGSL path stores f32.
+pub(crate) fn backend_stores(backend: Backend, storage: Storage) -> bool {
+    backend != Backend::Wgpu || storage == Storage::F32
 }
 
 /// [`check`] on a device, with the run done by `runner`, which takes the arguments of [`run`]
@@ -289,9 +325,9 @@ pub(crate) fn check_with<T: ScanElement>(
     Ok(Some(compare(&out, &want, case.tolerance())))
 }
 
-/// Runs one scan on a GPU backend (`Ok(None)` on the CPU) with `h` and `h_last` poisoned
-/// with NaN, and reads the outputs back.
-pub fn run<T: ScanElement>(
+/// Runs one scan on a GPU backend (`Ok(None)` on the CPU) with `u` and `h` stored as `S`, `h`
+/// and `h_last` poisoned with NaN, and reads the outputs back (widened to f32).
+pub fn run<T: ScanElement, S: StateStorage>(
     backends: &Backends,
     backend: Backend,
     scan: &Scan<T>,
@@ -299,7 +335,7 @@ pub fn run<T: ScanElement>(
     final_only: bool,
 ) -> Result<Option<Outputs>> {
     on_device!(backends, backend, |device| {
-        let mut problem = Problem::upload(device, scan, inputs)?;
+        let mut problem = Problem::<_, T, S>::upload(device, scan, inputs)?;
         problem.run(device, scan, final_only)?;
         problem.read(device, final_only)
     })
@@ -345,34 +381,35 @@ fn check_cases() -> Vec<CheckCase> {
         .collect()
 }
 
-/// One problem's buffers on a device, ready to run.
-pub(super) struct Problem<D: OnDevice, T: ScanElement> {
+/// One problem's buffers on a device, ready to run: `u` and `h` stored as `S`.
+pub(super) struct Problem<D: OnDevice, T: ScanElement, S: StateStorage = f32> {
     pub(super) a: D::Values<T>,
-    pub(super) u: D::Values<T>,
+    pub(super) u: D::States<T, S>,
     pub(super) reset: D::Buffer<u8>,
     pub(super) h0: Option<D::Values<T>>,
-    pub(super) h: D::Values<T>,
+    pub(super) h: D::States<T, S>,
     pub(super) h_last: D::Values<T>,
 }
 
-impl<D: OnDevice, T: ScanElement> Problem<D, T> {
+/// NaN in every value of `len` elements of `T`.
+fn poison<T: ScanElement>(len: usize) -> Vec<T> {
+    bytemuck::cast_slice::<f32, T>(&vec![f32::NAN; len * T::LANES]).to_vec()
+}
+
+impl<D: OnDevice, T: ScanElement, S: StateStorage> Problem<D, T, S> {
     /// Uploads the inputs and NaN-filled outputs.
     pub(super) fn upload(device: &D, scan: &Scan<T>, inputs: &Inputs<T>) -> Result<Self> {
-        let poison = |len: usize| {
-            let nan = vec![f32::NAN; len * T::LANES];
-            device.upload_values(bytemuck::cast_slice::<f32, T>(&nan))
-        };
         Ok(Problem {
             a: device.upload_values(&inputs.a)?,
-            u: device.upload_values(&inputs.u)?,
+            u: device.upload_states::<T, S>(&inputs.u)?,
             reset: device.upload(&inputs.reset)?,
             h0: inputs
                 .h0
                 .as_deref()
                 .map(|h0| device.upload_values(h0))
                 .transpose()?,
-            h: poison(scan.states_len())?,
-            h_last: poison(scan.final_len())?,
+            h: device.upload_states::<T, S>(&poison(scan.states_len()))?,
+            h_last: device.upload_values(&poison::<T>(scan.final_len()))?,
         })
     }
 
@@ -382,13 +419,13 @@ impl<D: OnDevice, T: ScanElement> Problem<D, T> {
         let Problem {
             a, u, reset, h0, ..
         } = self;
-        device.scan(scan, [&*a, &*u], reset, h0.as_ref(), h, &mut self.h_last)
+        device.scan(scan, (&*a, &*u), reset, h0.as_ref(), h, &mut self.h_last)
     }
 
     fn read(&self, device: &D, final_only: bool) -> Result<Outputs> {
         Ok(Outputs {
             h: (!final_only)
-                .then(|| device.download_values(&self.h))
+                .then(|| device.download_states(&self.h))
                 .transpose()?,
             h_last: device.download_values(&self.h_last)?,
         })
@@ -399,28 +436,40 @@ impl<D: OnDevice, T: ScanElement> Problem<D, T> {
 pub(super) trait OnDevice: Device {
     /// Values of `T` on the device.
     type Values<T: ScanElement>;
+    /// Values of `T` stored as `S` (`u` and `h`, the backward's `dh` and `du`).
+    type States<T: ScanElement, S: StateStorage>;
     /// Uploads `values`.
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>>;
     /// A buffer's values as f32s (complex values interleaved).
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>>;
+    /// Uploads `values` stored as `S` (each rounded to it).
+    fn upload_states<T: ScanElement, S: StateStorage>(
+        &self,
+        values: &[T],
+    ) -> Result<Self::States<T, S>>;
+    /// A buffer's stored values, widened to f32s (complex values interleaved).
+    fn download_states<T: ScanElement, S: StateStorage>(
+        &self,
+        values: &Self::States<T, S>,
+    ) -> Result<Vec<f32>>;
     /// Enqueues `scan` of `a` and `u`: every state into `h`, or (without `h`) the final
     /// state alone.
-    fn scan<T: ScanElement>(
+    fn scan<T: ScanElement, S: StateStorage>(
         &self,
         scan: &Scan<T>,
-        a_u: [&Self::Values<T>; 2],
+        a_u: (&Self::Values<T>, &Self::States<T, S>),
         reset: &Self::Buffer<u8>,
         h0: Option<&Self::Values<T>>,
-        h: Option<&mut Self::Values<T>>,
+        h: Option<&mut Self::States<T, S>>,
         h_last: &mut Self::Values<T>,
     ) -> Result<()>;
     /// Scratch memory the backward pass keeps from call to call.
     type Workspace: Default;
     /// Enqueues the backward pass of `problem`'s scan: from its states `h` unless `recompute`.
-    fn scan_backward<T: ScanElement>(
+    fn scan_backward<T: ScanElement, S: StateStorage>(
         &self,
         scan: &Scan<T>,
-        problem: &mut BackwardProblem<Self, T>,
+        problem: &mut BackwardProblem<Self, T, S>,
         recompute: bool,
     ) -> Result<()>
     where
@@ -428,12 +477,12 @@ pub(super) trait OnDevice: Device {
 }
 
 /// A backward pass's buffers on a device: the forward's problem, the cotangents, the
-/// gradients (poisoned with NaN) and the kept workspace.
-pub(super) struct BackwardProblem<D: OnDevice, T: ScanElement> {
-    pub(super) forward: Problem<D, T>,
-    pub(super) dh: D::Values<T>,
+/// gradients (poisoned with NaN) and the kept workspace; `dh` and `du` stored as `S`.
+pub(super) struct BackwardProblem<D: OnDevice, T: ScanElement, S: StateStorage = f32> {
+    pub(super) forward: Problem<D, T, S>,
+    pub(super) dh: D::States<T, S>,
     pub(super) dh_last: Option<D::Values<T>>,
-    pub(super) du: D::Values<T>,
+    pub(super) du: D::States<T, S>,
     pub(super) da: D::Values<T>,
     pub(super) dh0: Option<D::Values<T>>,
     // Only CUDA's backward keeps one.
@@ -441,7 +490,7 @@ pub(super) struct BackwardProblem<D: OnDevice, T: ScanElement> {
     pub(super) workspace: D::Workspace,
 }
 
-impl<D: OnDevice, T: ScanElement> BackwardProblem<D, T> {
+impl<D: OnDevice, T: ScanElement, S: StateStorage> BackwardProblem<D, T, S> {
     /// Uploads the inputs and cotangents, and NaN-filled outputs (dh0 with an h0).
     pub(super) fn upload(
         device: &D,
@@ -449,24 +498,20 @@ impl<D: OnDevice, T: ScanElement> BackwardProblem<D, T> {
         inputs: &Inputs<T>,
         cotangents: &super::Cotangents<T>,
     ) -> Result<Self> {
-        let poison = |len: usize| {
-            let nan = vec![f32::NAN; len * T::LANES];
-            device.upload_values(bytemuck::cast_slice::<f32, T>(&nan))
-        };
         Ok(BackwardProblem {
             forward: Problem::upload(device, scan, inputs)?,
-            dh: device.upload_values(&cotangents.dh)?,
+            dh: device.upload_states::<T, S>(&cotangents.dh)?,
             dh_last: cotangents
                 .dh_last
                 .as_deref()
                 .map(|d| device.upload_values(d))
                 .transpose()?,
-            du: poison(scan.states_len())?,
-            da: poison(scan.a_len())?,
+            du: device.upload_states::<T, S>(&poison(scan.states_len()))?,
+            da: device.upload_values(&poison::<T>(scan.a_len()))?,
             dh0: inputs
                 .h0
                 .as_ref()
-                .map(|_| poison(scan.final_len()))
+                .map(|_| device.upload_values(&poison::<T>(scan.final_len())))
                 .transpose()?,
             workspace: D::Workspace::default(),
         })
@@ -483,7 +528,7 @@ impl<D: OnDevice, T: ScanElement> BackwardProblem<D, T> {
     /// The gradients, as f32s.
     pub(super) fn read(&self, device: &D) -> Result<super::DeviceGradients> {
         Ok(super::DeviceGradients {
-            du: device.download_values(&self.du)?,
+            du: device.download_states(&self.du)?,
             da: device.download_values(&self.da)?,
             dh0: self
                 .dh0
@@ -501,13 +546,13 @@ macro_rules! forward_to {
         #[cfg(feature = $feature)]
         impl OnDevice for $handle {
             $($values)*
-            fn scan<T: ScanElement>(
+            fn scan<T: ScanElement, S: StateStorage>(
                 &self,
                 scan: &Scan<T>,
-                [a, u]: [&Self::Values<T>; 2],
+                (a, u): (&Self::Values<T>, &Self::States<T, S>),
                 reset: &Self::Buffer<u8>,
                 h0: Option<&Self::Values<T>>,
-                h: Option<&mut Self::Values<T>>,
+                h: Option<&mut Self::States<T, S>>,
                 h_last: &mut Self::Values<T>,
             ) -> Result<()> {
                 let inputs = super::$module::ScanInputs { a, u, reset, h0 };
@@ -519,9 +564,10 @@ macro_rules! forward_to {
         }
     };
 }
-// CUDA's buffers hold f32s (complex values interleaved).
+// CUDA's buffers hold f32s (complex values interleaved), u and h their storage type.
 forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
     type Values<T: ScanElement> = cudarc::driver::CudaSlice<f32>;
+    type States<T: ScanElement, S: StateStorage> = cudarc::driver::CudaSlice<S>;
     type Workspace = super::cuda::ScanWorkspace;
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
         self.upload(bytemuck::cast_slice::<T, f32>(values))
@@ -529,10 +575,26 @@ forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
         self.download(values)
     }
-    fn scan_backward<T: ScanElement>(
+    fn upload_states<T: ScanElement, S: StateStorage>(
+        &self,
+        values: &[T],
+    ) -> Result<Self::States<T, S>> {
+        let stored: Vec<S> = bytemuck::cast_slice::<T, f32>(values)
+            .iter()
+            .map(|&v| S::from_f32(v))
+            .collect();
+        self.upload(&stored)
+    }
+    fn download_states<T: ScanElement, S: StateStorage>(
+        &self,
+        values: &Self::States<T, S>,
+    ) -> Result<Vec<f32>> {
+        Ok(self.download(values)?.into_iter().map(S::to_f32).collect())
+    }
+    fn scan_backward<T: ScanElement, S: StateStorage>(
         &self,
         scan: &Scan<T>,
-        p: &mut BackwardProblem<Self, T>,
+        p: &mut BackwardProblem<Self, T, S>,
         recompute: bool,
     ) -> Result<()> {
         use super::cuda::{ScanCotangents, ScanGradients, ScanInputs};
@@ -559,8 +621,10 @@ forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
         )
     }
 });
+// WGSL stores f32 states only (`backend_stores`): its states are buffers of T.
 forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
     type Values<T: ScanElement> = crate::backend::wgpu::GpuBuffer<T>;
+    type States<T: ScanElement, S: StateStorage> = crate::backend::wgpu::GpuBuffer<T>;
     // WGSL's backward keeps nothing from call to call.
     type Workspace = ();
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
@@ -569,10 +633,29 @@ forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
     fn download_values<T: ScanElement>(&self, values: &Self::Values<T>) -> Result<Vec<f32>> {
         Ok(bytemuck::cast_slice::<T, f32>(&self.download(values)?).to_vec())
     }
-    fn scan_backward<T: ScanElement>(
+    fn upload_states<T: ScanElement, S: StateStorage>(
+        &self,
+        values: &[T],
+    ) -> Result<Self::States<T, S>> {
+        if S::STORAGE != Storage::F32 {
+            return Err(crate::Error::invalid(
+                "u",
+                "f32 states on the wgpu backend (16-bit states run on CUDA)",
+                format!("{} states", S::STORAGE.name()),
+            ));
+        }
+        self.upload(values)
+    }
+    fn download_states<T: ScanElement, S: StateStorage>(
+        &self,
+        values: &Self::States<T, S>,
+    ) -> Result<Vec<f32>> {
+        self.download_values(values)
+    }
+    fn scan_backward<T: ScanElement, S: StateStorage>(
         &self,
         scan: &Scan<T>,
-        p: &mut BackwardProblem<Self, T>,
+        p: &mut BackwardProblem<Self, T, S>,
         recompute: bool,
     ) -> Result<()> {
         use super::wgpu::{ScanCotangents, ScanGradients, ScanInputs};

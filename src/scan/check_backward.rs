@@ -4,10 +4,10 @@
 use num_complex::Complex32;
 
 use super::backward::{BackwardCase, DeviceGradients, check_backward_with, random_cotangents};
-use super::check::BackwardProblem;
+use super::check::{BackwardProblem, backend_stores};
 use super::{
-    Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, associative_backward,
-    reference_backward,
+    Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, StateStorage,
+    Storage, associative_backward, reference_backward,
 };
 use crate::error::Result;
 use crate::harness::device::on_device;
@@ -39,14 +39,18 @@ pub fn check_backward(
     case: &BackwardCase,
     seed: u64,
 ) -> Result<Option<Comparison>> {
-    if case.forward.complex {
-        check_typed::<Complex32>(backends, backend, case, seed)
-    } else {
-        check_typed::<f32>(backends, backend, case, seed)
-    }
+    let run = match (case.forward.complex, case.forward.storage) {
+        (false, Storage::F32) => check_typed::<f32, f32>,
+        (false, Storage::F16) => check_typed::<f32, half::f16>,
+        (false, Storage::Bf16) => check_typed::<f32, half::bf16>,
+        (true, Storage::F32) => check_typed::<Complex32, f32>,
+        (true, Storage::F16) => check_typed::<Complex32, half::f16>,
+        (true, Storage::Bf16) => check_typed::<Complex32, half::bf16>,
+    };
+    run(backends, backend, case, seed)
 }
 
-fn check_typed<T: ScanElement>(
+fn check_typed<T: ScanElement, S: StateStorage>(
     backends: &Backends,
     backend: Backend,
     case: &BackwardCase,
@@ -67,15 +71,18 @@ fn check_typed<T: ScanElement>(
         };
         return Ok(Some(compare(&flat(got), &flat(want), bound)));
     }
+    if !backend_stores(backend, case.forward.storage) {
+        return Ok(None);
+    }
     check_backward_with::<T>(case, seed, |scan, inputs, cotangents| {
-        run_backward(backends, backend, scan, inputs, cotangents, case.recompute)
+        run_backward::<T, S>(backends, backend, scan, inputs, cotangents, case.recompute)
     })
 }
 
-/// Runs the backward pass on a GPU backend with du, da and dh0 poisoned with NaN, and reads
-/// them back: from the states of a forward run on the device, or (`recompute`) recomputing
-/// them. `Ok(None)` on the CPU.
-pub fn run_backward<T: ScanElement>(
+/// Runs the backward pass on a GPU backend with `u`, `h`, `dh` and `du` stored as `S`, du, da
+/// and dh0 poisoned with NaN, and reads them back (widened to f32): from the states of a
+/// forward run on the device, or (`recompute`) recomputing them. `Ok(None)` on the CPU.
+pub fn run_backward<T: ScanElement, S: StateStorage>(
     backends: &Backends,
     backend: Backend,
     scan: &Scan<T>,
@@ -84,7 +91,7 @@ pub fn run_backward<T: ScanElement>(
     recompute: bool,
 ) -> Result<Option<DeviceGradients>> {
     on_device!(backends, backend, |device| {
-        let mut problem = BackwardProblem::upload(device, scan, inputs, cotangents)?;
+        let mut problem = BackwardProblem::<_, T, S>::upload(device, scan, inputs, cotangents)?;
         problem.run(device, scan, recompute)?;
         problem.read(device)
     })

@@ -147,7 +147,7 @@ impl<T: ScanElement> CaseFile for ScanFile<T> {
             let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
             return Ok(self.arrays(Some(narrow(h)), narrow(h_last)));
         }
-        match super::run(backends, backend, &self.scan, &self.inputs, false)
+        match super::run::<T, f32>(backends, backend, &self.scan, &self.inputs, false)
             .map_err(|e| e.to_string())?
         {
             Some(out) => Ok(self.arrays(out.h, out.h_last)),
@@ -302,7 +302,7 @@ impl<T: ScanElement> CaseFile for BackwardFile<T> {
             };
         }
         let scan = &self.forward.scan;
-        let ran = super::check_backward::run_backward(
+        let ran = super::check_backward::run_backward::<T, f32>(
             backends,
             backend,
             scan,

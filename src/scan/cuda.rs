@@ -2,11 +2,13 @@
 //!
 //! Complex buffers are f32 buffers holding interleaved `(re, im)` pairs (the layout of
 //! [`Complex32`](num_complex::Complex32) and cuComplex); upload host data with
-//! `bytemuck::cast_slice`.
+//! `bytemuck::cast_slice`. `u` and `h` may also be 16-bit ([`StateStorage`]: the type of
+//! their buffers chooses), complex values as pairs of 16-bit values, with `a`, `h0`, `h_last`
+//! and the arithmetic in f32.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use super::{BufferLengths, Decay, Scan, ScanElement, elements_of};
+use super::{BufferLengths, Decay, Scan, ScanElement, StateStorage, elements_of};
 use crate::backend::abi::{
     TF_SCAN_CHUNK, TF_SCAN_HEADER_WORDS, TF_SCAN_LANES, TF_SCAN_WARPS, TfScanParams,
 };
@@ -14,28 +16,29 @@ use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
 
 /// The inputs of one scan on the device; `F` is an f32 buffer type (`CudaSlice<f32>`,
-/// `CudaView<f32>`), `R` a u8 one.
+/// `CudaView<f32>`), `R` a u8 one, `U` a buffer of the [`StateStorage`] of `u` (f32 unless
+/// said).
 #[derive(Debug)]
-pub struct ScanInputs<'a, F, R> {
+pub struct ScanInputs<'a, F, R, U = F> {
     /// `a [p]` or, time-varying, laid out like `u`.
     pub a: &'a F,
     /// The inputs `u`.
-    pub u: &'a F,
+    pub u: &'a U,
     /// The reset flags, u8, non-zero = reset.
     pub reset: &'a R,
     /// The state before the first step, `[b, p]`; `None` starts from zero.
     pub h0: Option<&'a F>,
 }
 
-impl<F, R> Clone for ScanInputs<'_, F, R> {
+impl<F, R, U> Clone for ScanInputs<'_, F, R, U> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<F, R> Copy for ScanInputs<'_, F, R> {}
+impl<F, R, U> Copy for ScanInputs<'_, F, R, U> {}
 
 /// Enqueues the scan on `cuda`'s stream, writing every state to `h` and the final state to
-/// `h_last`.
+/// `h_last`. `u` and `h` are stored as `S` (f32, or 16-bit with an f32 carry).
 ///
 /// ```no_run
 /// # fn main() -> tilefuse::Result<()> {
@@ -56,13 +59,20 @@ impl<F, R> Copy for ScanInputs<'_, F, R> {}
 /// # Ok(())
 /// # }
 /// ```
-pub fn scan<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+pub fn scan<T, S, F, R, U>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
-    h: &mut impl DevicePtrMut<f32>,
+    inputs: ScanInputs<'_, F, R, U>,
+    h: &mut impl DevicePtrMut<S>,
     h_last: &mut impl DevicePtrMut<f32>,
-) -> Result<()> {
+) -> Result<()>
+where
+    T: ScanElement,
+    S: StateStorage,
+    F: DevicePtr<f32>,
+    R: DevicePtr<u8>,
+    U: DevicePtr<S>,
+{
     scan_with_workspace(
         cuda,
         scan,
@@ -75,13 +85,20 @@ pub fn scan<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
 
 /// Enqueues the scan on `cuda`'s stream, writing only the final state `h_last` (for carrying
 /// a rollout's state into the next call without storing every step).
-pub fn scan_final<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+pub fn scan_final<T, S, F, R, U>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
+    inputs: ScanInputs<'_, F, R, U>,
     h_last: &mut impl DevicePtrMut<f32>,
-) -> Result<()> {
-    let no_states = None::<&mut CudaSlice<f32>>;
+) -> Result<()>
+where
+    T: ScanElement,
+    S: StateStorage,
+    F: DevicePtr<f32>,
+    R: DevicePtr<u8>,
+    U: DevicePtr<S>,
+{
+    let no_states = None::<&mut CudaSlice<S>>;
     scan_with_workspace(
         cuda,
         scan,
@@ -116,19 +133,21 @@ pub fn scan_final<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
 /// # Ok(())
 /// # }
 /// ```
-pub fn scan_with_workspace<T, F, R, G>(
+pub fn scan_with_workspace<T, S, F, R, U, G>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
+    inputs: ScanInputs<'_, F, R, U>,
     h: Option<&mut G>,
     h_last: &mut impl DevicePtrMut<f32>,
     workspace: &mut ScanWorkspace,
 ) -> Result<()>
 where
     T: ScanElement,
+    S: StateStorage,
     F: DevicePtr<f32>,
     R: DevicePtr<u8>,
-    G: DevicePtrMut<f32>,
+    U: DevicePtr<S>,
+    G: DevicePtrMut<S>,
 {
     check_forward(cuda, scan, inputs, h.as_deref(), h_last)?;
     let grid = Grid::new(scan)?;
@@ -262,11 +281,11 @@ impl Region {
 
 /// An error unless the forward's buffers have the lengths `scan` gives them and are on
 /// `cuda`'s device.
-fn check_forward<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+fn check_forward<T: ScanElement, S: StateStorage, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
-    h: Option<&impl DevicePtrMut<f32>>,
+    inputs: ScanInputs<'_, F, R, impl DevicePtr<S>>,
+    h: Option<&impl DevicePtrMut<S>>,
     h_last: &impl DevicePtrMut<f32>,
 ) -> Result<()> {
     scan.check_lengths(BufferLengths {
@@ -296,16 +315,16 @@ fn check_forward<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
 
 /// Enqueues the forward kernel on buffers checked by the caller, with its look-back in
 /// `region` (prepared for at least the grid's records).
-fn enqueue<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
+fn enqueue<T: ScanElement, S: StateStorage, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     cuda: &Cuda,
     scan: &Scan<T>,
     grid: &Grid,
-    inputs: ScanInputs<'_, F, R>,
-    mut h: Option<&mut impl DevicePtrMut<f32>>,
+    inputs: ScanInputs<'_, F, R, impl DevicePtr<S>>,
+    mut h: Option<&mut impl DevicePtrMut<S>>,
     h_last: Option<&mut impl DevicePtrMut<f32>>,
     region: RegionRef<'_>,
 ) -> Result<()> {
-    let kernel = kernel::<T>(scan.decay, h.is_some());
+    let kernel = kernel::<T, S>(scan.decay, h.is_some());
     let mut args = cuda.args();
     let params = grid.params(
         scan,
@@ -322,7 +341,8 @@ fn enqueue<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>>(
     );
     // SAFETY: TfScanParams is the parameter struct of every scan kernel; its addresses come
     // from `args`. Lengths were checked against the shape (a: p or b·t·p elements; u, h:
-    // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES f32s), and the strides
+    // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES values, f32 or, for u
+    // and h, of S as the kernel's name says), and the strides
     // are the layout's own, so every index the kernel forms (b < batch, t < time, channel <
     // channels, all guarded) is inside its buffer. The region is laid out for its capacity,
     // at least the grid's records (Region::prepare), with the words abi.h asks for it, and
@@ -412,10 +432,10 @@ impl Grid {
     }
 }
 
-fn kernel<T: ScanElement>(decay: Decay, states: bool) -> Kernel {
+fn kernel<T: ScanElement, S: StateStorage>(decay: Decay, states: bool) -> Kernel {
     let element = usize::from(T::LANES == 2);
     let varying = usize::from(decay == Decay::TimeVarying);
-    ids::scan::SCAN[element][varying][usize::from(!states)]
+    ids::scan::SCAN[element][S::STORAGE as usize][varying][usize::from(!states)]
 }
 
 mod backward;

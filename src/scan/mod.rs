@@ -118,10 +118,121 @@ impl ScanElement for Complex32 {
     }
 }
 
+/// How `u` and `h` (and the backward's `dh`, `du`) are stored on the GPU backends: `f32`, or
+/// 16-bit ([`struct@half::f16`], [`half::bf16`]) with the arithmetic and every carry in f32.
+/// A complex value is an interleaved `(re, im)` pair of the storage type. `a`, `h0`, `h_last`
+/// and the backward's `da`, `dh0`, `dh_last` stay f32 whatever the storage.
+pub trait StateStorage:
+    sealed::SealedStorage
+    + Copy
+    + Default
+    + PartialEq
+    + bytemuck::Pod
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+{
+    /// Which one it is.
+    const STORAGE: Storage;
+    /// The nearest stored value to `value` (round to nearest even).
+    fn from_f32(value: f32) -> Self;
+    /// The stored value, exactly.
+    fn to_f32(self) -> f32;
+}
+
+/// The storage types of [`StateStorage`], by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Storage {
+    /// f32: the storage of the arithmetic itself.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Storage {
+    /// `"f32"`, `"f16"` or `"bf16"`, as kernel names and case names spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::F16 => "f16",
+            Storage::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes of one real value.
+    pub const fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 | Storage::Bf16 => 2,
+        }
+    }
+
+    /// `value` rounded to this storage and widened back: what a stored f32 reads as.
+    pub fn round(self, value: f32) -> f32 {
+        match self {
+            Storage::F32 => value,
+            Storage::F16 => half::f16::from_f32(value).to_f32(),
+            Storage::Bf16 => half::bf16::from_f32(value).to_f32(),
+        }
+    }
+
+    /// The relative rounding error of one stored value (the unit roundoff, 2^−p).
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Storage::F32 => f64::from(f32::EPSILON) / 2.0,
+            Storage::F16 => 2f64.powi(-11),
+            Storage::Bf16 => 2f64.powi(-8),
+        }
+    }
+}
+
+impl StateStorage for f32 {
+    const STORAGE: Storage = Storage::F32;
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl StateStorage for half::f16 {
+    const STORAGE: Storage = Storage::F16;
+    fn from_f32(value: f32) -> Self {
+        half::f16::from_f32(value)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl StateStorage for half::bf16 {
+    const STORAGE: Storage = Storage::Bf16;
+    fn from_f32(value: f32) -> Self {
+        half::bf16::from_f32(value)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
     impl Sealed for num_complex::Complex32 {}
+
+    /// On CUDA a stored value also crosses into kernels (cudarc's `DeviceRepr`).
+    #[cfg(feature = "cuda")]
+    pub trait SealedStorage: cudarc::driver::DeviceRepr {}
+    #[cfg(not(feature = "cuda"))]
+    pub trait SealedStorage {}
+    impl SealedStorage for f32 {}
+    impl SealedStorage for half::f16 {}
+    impl SealedStorage for half::bf16 {}
 }
 
 /// How `u`, `h`, a time-varying `a` and `reset` are laid out in memory (p is contiguous).
@@ -331,20 +442,21 @@ pub(crate) struct BufferLengths {
     pub h_last: usize,
 }
 
-/// An f32 buffer length as a count of `T` elements, or the error naming `what`.
+/// A buffer length in f32 (or stored 16-bit) values as a count of `T` elements, or the error
+/// naming `what`.
 #[cfg(feature = "cuda")]
-pub(crate) fn elements_of<T: ScanElement>(what: &'static str, floats: usize) -> Result<usize> {
-    if floats.is_multiple_of(T::LANES) {
-        Ok(floats / T::LANES)
+pub(crate) fn elements_of<T: ScanElement>(what: &'static str, values: usize) -> Result<usize> {
+    if values.is_multiple_of(T::LANES) {
+        Ok(values / T::LANES)
     } else {
         Err(Error::invalid(
             what,
             format!(
-                "a whole number of {} elements ({} f32 each)",
+                "a whole number of {} elements ({} values each)",
                 T::NAME,
                 T::LANES
             ),
-            format!("{floats} f32 values"),
+            format!("{values} values"),
         ))
     }
 }

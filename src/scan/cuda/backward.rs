@@ -7,22 +7,24 @@ use super::{BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, ScanInputs, ScanWorks
 use crate::backend::abi::{TF_SCAN_WARPS, TfScanBackwardParams};
 use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
-use crate::scan::{BufferLengths, Decay, Scan, ScanElement, elements_of};
+use crate::scan::{BufferLengths, Decay, Scan, ScanElement, StateStorage, elements_of};
 
-/// The cotangents a backward pass starts from, as f32 buffers (complex interleaved).
+/// The cotangents a backward pass starts from (complex interleaved): `dh` stored as `u` is,
+/// `dh_last` in f32.
 #[derive(Debug)]
-pub struct ScanCotangents<'a, F> {
+pub struct ScanCotangents<'a, F, D = F> {
     /// Of every state, laid out like `u` (zeros allowed).
-    pub dh: &'a F,
+    pub dh: &'a D,
     /// Of the final state, `[b, p]`, when the loss depends on it.
     pub dh_last: Option<&'a F>,
 }
 
-/// Where a backward pass writes the cotangents of the scan's inputs.
+/// Where a backward pass writes the cotangents of the scan's inputs: `du` stored as `u` is,
+/// `da` and `dh0` in f32.
 #[derive(Debug)]
-pub struct ScanGradients<'a, G> {
+pub struct ScanGradients<'a, G, D = G> {
     /// Of `u`, laid out like `u`.
-    pub du: &'a mut G,
+    pub du: &'a mut D,
     /// Of `a`, laid out like `a` (`[p]` for a time-invariant `a`: summed over b and t).
     pub da: &'a mut G,
     /// Of `h0`, `[b, p]`, when wanted; written only when the scan has an `h0`.
@@ -33,8 +35,10 @@ pub struct ScanGradients<'a, G> {
 /// states it): `du`, `da` and, when asked, `dh0` from the cotangents `dh` and `dh_last`.
 /// `h` is the forward's every state when the caller kept it; without it each chunk
 /// recomputes its states from `u`, after a forward pass that keeps only the chunks' end
-/// states (for a final-state-only forward). Results are bitwise the same either way, and from
-/// run to run: the time-invariant `da` is a sum in a fixed order.
+/// states (for a final-state-only forward). With f32 storage results are bitwise the same
+/// either way (16-bit states are the forward's rounded f32 carries, which a recomputation
+/// uses unrounded), and from run to run: the time-invariant `da` is a sum in a fixed order.
+/// `u`, `h`, `dh` and `du` are stored as `S`.
 ///
 /// ```no_run
 /// # fn main() -> tilefuse::Result<()> {
@@ -56,39 +60,45 @@ pub struct ScanGradients<'a, G> {
 /// # Ok(())
 /// # }
 /// ```
-pub fn scan_backward<T, F, R, G>(
+pub fn scan_backward<T, S, F, R, U, G, D>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
-    h: Option<&F>,
-    cotangents: ScanCotangents<'_, F>,
-    gradients: ScanGradients<'_, G>,
+    inputs: ScanInputs<'_, F, R, U>,
+    h: Option<&U>,
+    cotangents: ScanCotangents<'_, F, U>,
+    gradients: ScanGradients<'_, G, D>,
 ) -> Result<()>
 where
     T: ScanElement,
+    S: StateStorage,
     F: DevicePtr<f32>,
     R: DevicePtr<u8>,
+    U: DevicePtr<S>,
     G: DevicePtrMut<f32>,
+    D: DevicePtrMut<S>,
 {
     let mut workspace = ScanWorkspace::new();
     scan_backward_with_workspace(cuda, scan, inputs, h, cotangents, gradients, &mut workspace)
 }
 
 /// [`scan_backward`] with its memory taken from `workspace` (see [`ScanWorkspace`]).
-pub fn scan_backward_with_workspace<T, F, R, G>(
+pub fn scan_backward_with_workspace<T, S, F, R, U, G, D>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
-    h: Option<&F>,
-    cotangents: ScanCotangents<'_, F>,
-    gradients: ScanGradients<'_, G>,
+    inputs: ScanInputs<'_, F, R, U>,
+    h: Option<&U>,
+    cotangents: ScanCotangents<'_, F, U>,
+    gradients: ScanGradients<'_, G, D>,
     workspace: &mut ScanWorkspace,
 ) -> Result<()>
 where
     T: ScanElement,
+    S: StateStorage,
     F: DevicePtr<f32>,
     R: DevicePtr<u8>,
+    U: DevicePtr<S>,
     G: DevicePtrMut<f32>,
+    D: DevicePtrMut<S>,
 {
     check(cuda, scan, inputs, h, &cotangents, &gradients)?;
     let grid = Grid::new(scan)?;
@@ -100,7 +110,7 @@ where
             .forward
             .prepare(cuda, grid.records, FORWARD_ARRAYS)?;
         let capacity = region.capacity;
-        let no_states = None::<&mut CudaSlice<f32>>;
+        let no_states = None::<&mut CudaSlice<S>>;
         let no_last = None::<&mut CudaSlice<f32>>;
         enqueue(cuda, scan, &grid, inputs, no_states, no_last, region)?;
         // Its state array: after the header, the flags and two record arrays (abi.h).
@@ -145,11 +155,12 @@ where
             args.write(counters),
         ],
     );
-    let kernel = kernel::<T>(scan.decay, recompute);
+    let kernel = kernel::<T, S>(scan.decay, recompute);
     // SAFETY: TfScanBackwardParams is the parameter struct of every scan_backward kernel; its
     // addresses come from `args`. `check` matched every length to the shape (a and da: p or
     // b·t·p elements; u, h, dh, du: b·t·p; reset: b·t bytes; h0, dh_last, dh0: b·p; each
-    // element T::LANES f32s) and the strides are the layout's own, so every index the kernel
+    // element T::LANES values, f32 or, for u, h, dh and du, of S as the kernel's name says)
+    // and the strides are the layout's own, so every index the kernel
     // forms (b < batch, t < time, channel < channels, all guarded) is inside its buffer. The
     // "_states" kernel reads h (present), the "_recompute" one `checkpoints`: the state array
     // of the forward's region, enqueued above on the same grid, whose every record the
@@ -177,14 +188,23 @@ where
 }
 
 /// An error unless every buffer has the length `scan` gives it and is on `cuda`'s device.
-fn check<T: ScanElement, F: DevicePtr<f32>, R: DevicePtr<u8>, G: DevicePtrMut<f32>>(
+fn check<T, S, F, R, U, G, D>(
     cuda: &Cuda,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, F, R>,
-    h: Option<&F>,
-    cotangents: &ScanCotangents<'_, F>,
-    gradients: &ScanGradients<'_, G>,
-) -> Result<()> {
+    inputs: ScanInputs<'_, F, R, U>,
+    h: Option<&U>,
+    cotangents: &ScanCotangents<'_, F, U>,
+    gradients: &ScanGradients<'_, G, D>,
+) -> Result<()>
+where
+    T: ScanElement,
+    S: StateStorage,
+    F: DevicePtr<f32>,
+    R: DevicePtr<u8>,
+    U: DevicePtr<S>,
+    G: DevicePtrMut<f32>,
+    D: DevicePtrMut<S>,
+{
     let len = |what, floats: usize| elements_of::<T>(what, floats);
     scan.check_lengths(BufferLengths {
         a: len("a", inputs.a.len())?,
@@ -309,10 +329,10 @@ pub(super) fn params_for_da(
 }
 
 /// The backward kernel for `T`, the decay, and whether it recomputes the states.
-pub(super) fn kernel<T: ScanElement>(decay: Decay, recompute: bool) -> Kernel {
+pub(super) fn kernel<T: ScanElement, S: StateStorage>(decay: Decay, recompute: bool) -> Kernel {
     let element = usize::from(T::LANES == 2);
     let varying = usize::from(decay == Decay::TimeVarying);
-    ids::scan_backward::SCAN_BACKWARD[element][varying][usize::from(recompute)]
+    ids::scan_backward::SCAN_BACKWARD[element][S::STORAGE as usize][varying][usize::from(recompute)]
 }
 
 /// The kernel that adds up a time-invariant da.

@@ -9,11 +9,30 @@ use crate::backend::abi::TF_SCAN_HEADER_WORDS;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
 use crate::scan::check::check_with;
-use crate::scan::{Case, Decay, Inputs, Layout, Outputs, ResetPattern, Scan, ScanElement};
+use crate::scan::{
+    Case, Decay, Inputs, Layout, Outputs, ResetPattern, Scan, ScanElement, StateStorage, Storage,
+};
 
-/// One emulated launch with `check`'s arguments; panics with the emulator's message when the
-/// kernel fails.
-fn run<T: ScanElement>(
+/// `values`' f32s stored as `S`, in a guarded buffer.
+pub(super) fn stored<T: ScanElement, S: StateStorage>(values: &[T]) -> Guarded<S> {
+    let values: Vec<S> = bytemuck::cast_slice::<T, f32>(values)
+        .iter()
+        .map(|&v| S::from_f32(v))
+        .collect();
+    Guarded::new(&values)
+}
+
+/// A guarded buffer of `S`, read back and widened to f32s.
+pub(super) fn widened<S: StateStorage>(
+    buffer: &Guarded<S>,
+    what: &str,
+) -> Result<Vec<f32>, String> {
+    Ok(buffer.read(what)?.into_iter().map(S::to_f32).collect())
+}
+
+/// One emulated launch with `check`'s arguments, `u` and `h` stored as `S`; panics with the
+/// emulator's message when the kernel fails.
+fn run<T: ScanElement, S: StateStorage>(
     emulator: &Emulator,
     order: Order,
     scan: &Scan<T>,
@@ -24,7 +43,7 @@ fn run<T: ScanElement>(
     // A fresh workspace as ScanWorkspace clears it: header and flags zeroed, records never
     // written.
     let mut workspace = fresh_workspace(&grid);
-    run_in(emulator, order, scan, inputs, final_only, &mut workspace)
+    run_in::<T, S>(emulator, order, scan, inputs, final_only, &mut workspace)
 }
 
 /// A forward region for `grid`'s launch as a first launch finds it: header and flags zero,
@@ -37,7 +56,7 @@ fn fresh_workspace(grid: &Grid) -> Guarded<u32> {
 
 /// [`run`] on `workspace`, a forward region laid out for the grid's records or (the length
 /// tells) as many more as it holds, as a kept workspace holds it.
-fn run_in<T: ScanElement>(
+fn run_in<T: ScanElement, S: StateStorage>(
     emulator: &Emulator,
     order: Order,
     scan: &Scan<T>,
@@ -47,10 +66,10 @@ fn run_in<T: ScanElement>(
 ) -> Result<Option<Outputs>> {
     let grid = Grid::new(scan)?;
     let floats = |values: &[T]| Guarded::<f32>::new(bytemuck::cast_slice(values));
-    let (mut a, mut u) = (floats(&inputs.a), floats(&inputs.u));
+    let (mut a, mut u) = (floats(&inputs.a), stored::<T, S>(&inputs.u));
     let mut reset = Guarded::new(&inputs.reset);
     let mut h0 = inputs.h0.as_deref().map(floats);
-    let mut h = Guarded::new(&vec![f32::NAN; scan.states_len() * T::LANES]);
+    let mut h = Guarded::new(&vec![S::from_f32(f32::NAN); scan.states_len() * T::LANES]);
     let mut h_last = Guarded::new(&vec![f32::NAN; scan.final_len() * T::LANES]);
     let capacity = capacity_of(&workspace.read("workspace").unwrap(), FORWARD_ARRAYS);
     let params = grid.params(
@@ -67,7 +86,7 @@ fn run_in<T: ScanElement>(
         capacity,
     );
     let launch = Launch::new(grid.shape(), order);
-    let kernel = kernel::<T>(scan.decay, !final_only);
+    let kernel = kernel::<T, S>(scan.decay, !final_only);
     // SAFETY: the parameters follow abi.h's scan contract as the CUDA launcher's do: buffers
     // of the scan's lengths (the inputs come from Inputs::random for this scan), h only when
     // states are written, and a workspace of at least the grid's size whose header and flags
@@ -77,7 +96,11 @@ fn run_in<T: ScanElement>(
     let read = ran.and_then(|()| {
         workspace.read("workspace")?;
         Ok(Outputs {
-            h: if final_only { None } else { Some(h.read("h")?) },
+            h: if final_only {
+                None
+            } else {
+                Some(widened(&h, "h")?)
+            },
             h_last: h_last.read("h_last")?,
         })
     });
@@ -97,37 +120,92 @@ fn capacity_of(words: &[u32], arrays: usize) -> usize {
 
 fn check_case(case: &Case, order: Order) {
     assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
-        if case.complex {
-            check_with::<Complex32>(case, seed, |s, i, f| run(emulator, order, s, i, f))
-        } else {
-            check_with::<f32>(case, seed, |s, i, f| run(emulator, order, s, i, f))
-        }
+        let run = match (case.complex, case.storage) {
+            (false, Storage::F32) => check_typed::<f32, f32>,
+            (false, Storage::F16) => check_typed::<f32, half::f16>,
+            (false, Storage::Bf16) => check_typed::<f32, half::bf16>,
+            (true, Storage::F32) => check_typed::<Complex32, f32>,
+            (true, Storage::F16) => check_typed::<Complex32, half::f16>,
+            (true, Storage::Bf16) => check_typed::<Complex32, half::bf16>,
+        };
+        run(emulator, case, order, seed)
     });
 }
 
-/// The generated ids pick the kernel named for the element, decay and outputs.
+fn check_typed<T: ScanElement, S: StateStorage>(
+    emulator: &Emulator,
+    case: &Case,
+    order: Order,
+    seed: u64,
+) -> Result<Option<crate::harness::Comparison>> {
+    check_with::<T>(case, seed, |s, i, f| run::<T, S>(emulator, order, s, i, f))
+}
+
+/// The generated ids pick the kernel named for the element, storage, decay and outputs.
 #[test]
 fn kernel_ids_follow_the_names() {
-    let name = |complex: bool, decay, states| match complex {
-        true => kernel::<Complex32>(decay, states).name,
-        false => kernel::<f32>(decay, states).name,
-    };
     assert_eq!(
-        name(false, Decay::TimeInvariant, true),
-        "tilefuse_scan_f32_const_states"
+        kernel::<f32, f32>(Decay::TimeInvariant, true).name,
+        "tilefuse_scan_f32_f32_const_states"
     );
     assert_eq!(
-        name(true, Decay::TimeVarying, false),
-        "tilefuse_scan_c64_varying_final"
+        kernel::<Complex32, half::bf16>(Decay::TimeVarying, false).name,
+        "tilefuse_scan_c64_bf16_varying_final"
     );
     assert_eq!(
-        name(true, Decay::TimeInvariant, false),
-        "tilefuse_scan_c64_const_final"
+        kernel::<Complex32, f32>(Decay::TimeInvariant, false).name,
+        "tilefuse_scan_c64_f32_const_final"
     );
     assert_eq!(
-        name(false, Decay::TimeVarying, true),
-        "tilefuse_scan_f32_varying_states"
+        kernel::<f32, half::f16>(Decay::TimeVarying, true).name,
+        "tilefuse_scan_f32_f16_varying_states"
     );
+}
+
+/// u and h in f16 or bf16 (complex as pairs), the carry in f32: within one rounding of the
+/// stored value of the reference on the same (16-bit) inputs, over many chunks, so that a
+/// carry rounded to 16 bits between chunks or warps would fail the bound.
+#[test]
+fn sixteen_bit_states_with_an_f32_carry() {
+    let cases = [
+        Case {
+            storage: Storage::Bf16,
+            resets: ResetPattern::ChunkBoundaries,
+            ..Case::new(2, 1500, 40)
+        },
+        Case {
+            storage: Storage::F16,
+            complex: true,
+            layout: Layout::TimeMajor,
+            decay: Decay::TimeVarying,
+            ..Case::new(3, 900, 33)
+        },
+        Case {
+            storage: Storage::Bf16,
+            complex: true,
+            final_only: true,
+            a_magnitude: (0.999, 0.9999),
+            resets: ResetPattern::Never,
+            ..Case::new(1, 5000, 5)
+        },
+        Case {
+            storage: Storage::F16,
+            decay: Decay::TimeVarying,
+            h0: false,
+            resets: ResetPattern::Random(0.1),
+            ..Case::new(2, 700, 64)
+        },
+        Case {
+            storage: Storage::Bf16,
+            complex: true,
+            resets: ResetPattern::EveryStep,
+            ..Case::new(1, 1, 1)
+        },
+    ];
+    let orders = [Order::Threads, Order::Reverse, Order::Shuffled(3)];
+    for (i, case) in cases.into_iter().enumerate() {
+        check_case(&case, orders[i % 3]);
+    }
 }
 
 #[test]
@@ -195,7 +273,7 @@ fn a_kept_workspace_serves_launch_after_launch() {
         let order = [Order::Threads, Order::Reverse, Order::Shuffled(2)][i % 3];
         let comparison = check_with::<Complex32>(&case, seed + i as u64, |s, inputs, f| {
             let mut workspace = Guarded::new(&memory);
-            let out = run_in(emulator, order, s, inputs, f, &mut workspace);
+            let out = run_in::<Complex32, f32>(emulator, order, s, inputs, f, &mut workspace);
             memory = workspace.read("workspace").unwrap();
             out
         });

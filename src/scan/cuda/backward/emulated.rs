@@ -4,6 +4,7 @@
 
 use num_complex::Complex32;
 
+use super::super::emulated::{stored, widened};
 use super::super::{
     Addresses, BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, kernel as forward_kernel,
 };
@@ -15,7 +16,7 @@ use crate::error::Result;
 use crate::scan::backward::check_backward_with;
 use crate::scan::{
     BackwardCase, Case, Cotangents, Decay, DeviceGradients, Inputs, Layout, ResetPattern, Scan,
-    ScanElement,
+    ScanElement, StateStorage, Storage,
 };
 
 /// f32 values of `values` in a guarded buffer.
@@ -31,20 +32,20 @@ fn fresh_region(grid: &Grid, arrays: usize) -> Vec<u32> {
     words
 }
 
-/// The forward kernel, emulated: every state (`states`) or the final state only, with its
-/// workspace returned for the chunks' end states.
-fn forward<T: ScanElement>(
+/// The forward kernel, emulated: every state (`states`, stored as `S`) or the final state
+/// only, with its workspace returned for the chunks' end states.
+fn forward<T: ScanElement, S: StateStorage>(
     emulator: &Emulator,
     order: Order,
     scan: &Scan<T>,
     inputs: &Inputs<T>,
     states: bool,
-) -> Result<(Vec<f32>, Guarded<u32>), String> {
+) -> Result<(Vec<S>, Guarded<u32>), String> {
     let grid = Grid::new(scan).map_err(|e| e.to_string())?;
-    let (mut a, mut u) = (floats(&inputs.a), floats(&inputs.u));
+    let (mut a, mut u) = (floats(&inputs.a), stored::<T, S>(&inputs.u));
     let mut reset = Guarded::new(&inputs.reset);
     let mut h0 = inputs.h0.as_deref().map(floats);
-    let mut h = Guarded::new(&vec![f32::NAN; scan.states_len() * T::LANES]);
+    let mut h = Guarded::new(&vec![S::from_f32(f32::NAN); scan.states_len() * T::LANES]);
     let mut h_last = Guarded::new(&vec![f32::NAN; scan.final_len() * T::LANES]);
     let mut workspace = Guarded::new(&fresh_region(&grid, FORWARD_ARRAYS));
     let params = grid.params(
@@ -60,7 +61,7 @@ fn forward<T: ScanElement>(
         },
         grid.records,
     );
-    let kernel = forward_kernel::<T>(scan.decay, states);
+    let kernel = forward_kernel::<T, S>(scan.decay, states);
     // SAFETY: abi.h's scan contract, as the CUDA launcher keeps it: buffers of the scan's
     // lengths, h only when states are written, a workspace of the grid's size with zeroed
     // flags; all live until the launch returns.
@@ -69,9 +70,10 @@ fn forward<T: ScanElement>(
     Ok((h.read("h")?, workspace))
 }
 
-/// The backward pass, emulated: the forward first (states, or end states to recompute from),
-/// then the backward kernel and, time-invariant, the da kernel. Outputs poisoned with NaN.
-fn run<T: ScanElement>(
+/// The backward pass, emulated with `u`, `h`, `dh` and `du` stored as `S`: the forward first
+/// (states, or end states to recompute from), then the backward kernel and, time-invariant,
+/// the da kernel. Outputs poisoned with NaN.
+fn run<T: ScanElement, S: StateStorage>(
     emulator: &Emulator,
     order: Order,
     recompute: bool,
@@ -81,7 +83,7 @@ fn run<T: ScanElement>(
 ) -> Result<DeviceGradients, String> {
     let grid = Grid::new(scan).map_err(|e| e.to_string())?;
     let mut region = fresh_region(&grid, BACKWARD_ARRAYS);
-    run_in(
+    run_in::<T, S>(
         emulator,
         order,
         recompute,
@@ -94,7 +96,7 @@ fn run<T: ScanElement>(
 
 /// [`run`] with the backward's region in `region` (laid out for the grid's records), kept
 /// from launch to launch as a workspace keeps it.
-fn run_in<T: ScanElement>(
+fn run_in<T: ScanElement, S: StateStorage>(
     emulator: &Emulator,
     order: Order,
     recompute: bool,
@@ -104,15 +106,17 @@ fn run_in<T: ScanElement>(
     region: &mut Vec<u32>,
 ) -> Result<DeviceGradients, String> {
     let grid = Grid::new(scan).map_err(|e| e.to_string())?;
-    let (states, mut forward_workspace) = forward(emulator, order, scan, inputs, !recompute)?;
+    let (states, mut forward_workspace) =
+        forward::<T, S>(emulator, order, scan, inputs, !recompute)?;
     let mut h = Guarded::new(&states);
-    let (mut a, mut u) = (floats(&inputs.a), floats(&inputs.u));
+    let (mut a, mut u) = (floats(&inputs.a), stored::<T, S>(&inputs.u));
     let mut reset = Guarded::new(&inputs.reset);
     let mut h0 = inputs.h0.as_deref().map(floats);
-    let mut dh = floats(&cotangents.dh);
+    let mut dh = stored::<T, S>(&cotangents.dh);
     let mut dh_last = cotangents.dh_last.as_deref().map(floats);
     let nan = |len: usize| Guarded::new(&vec![f32::NAN; len * T::LANES]);
-    let (mut du, mut da) = (nan(scan.states_len()), nan(scan.a_len()));
+    let mut du = Guarded::new(&vec![S::from_f32(f32::NAN); scan.states_len() * T::LANES]);
+    let mut da = nan(scan.a_len());
     let mut dh0 = inputs.h0.as_ref().map(|_| nan(scan.final_len()));
     let invariant = scan.decay == Decay::TimeInvariant;
     let mut workspace = Guarded::new(region);
@@ -140,7 +144,7 @@ fn run_in<T: ScanElement>(
             counters.address(),
         ],
     );
-    let kernel = kernel::<T>(scan.decay, recompute);
+    let kernel = kernel::<T, S>(scan.decay, recompute);
     // SAFETY: abi.h's scan_backward contract, as the CUDA launcher keeps it: buffers of the
     // scan's lengths, h (the forward's states) or the checkpoints (the state array of the
     // forward's workspace on this grid), a workspace of the grid's size plus partials with
@@ -162,7 +166,8 @@ fn run_in<T: ScanElement>(
         // wrote) and counters, as the CUDA launcher passes them.
         unsafe { emulator.launch(da_kernel::<T>(), &params, &launch) }?;
     }
-    for (buffer, what) in [(&a, "a"), (&u, "u"), (&h, "h"), (&dh, "dh")] {
+    a.read("a")?;
+    for (buffer, what) in [(&u, "u"), (&h, "h"), (&dh, "dh")] {
         buffer.read(what)?;
     }
     forward_workspace.read("forward workspace")?;
@@ -171,7 +176,7 @@ fn run_in<T: ScanElement>(
         return Err("a da counter was left nonzero".into());
     }
     Ok(DeviceGradients {
-        du: du.read("du")?,
+        du: widened(&du, "du")?,
         da: da.read("da")?,
         dh0: dh0.map(|d| d.read("dh0")).transpose()?,
     })
@@ -179,38 +184,47 @@ fn run_in<T: ScanElement>(
 
 fn check_case(case: &BackwardCase, order: Order) {
     assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
-        if case.forward.complex {
-            check_typed::<Complex32>(emulator, case, order, seed)
-        } else {
-            check_typed::<f32>(emulator, case, order, seed)
-        }
+        let run = match (case.forward.complex, case.forward.storage) {
+            (false, Storage::F32) => check_typed::<f32, f32>,
+            (false, Storage::F16) => check_typed::<f32, half::f16>,
+            (false, Storage::Bf16) => check_typed::<f32, half::bf16>,
+            (true, Storage::F32) => check_typed::<Complex32, f32>,
+            (true, Storage::F16) => check_typed::<Complex32, half::f16>,
+            (true, Storage::Bf16) => check_typed::<Complex32, half::bf16>,
+        };
+        run(emulator, case, order, seed)
     });
 }
 
-fn check_typed<T: ScanElement>(
+fn check_typed<T: ScanElement, S: StateStorage>(
     emulator: &Emulator,
     case: &BackwardCase,
     order: Order,
     seed: u64,
 ) -> Result<Option<crate::harness::Comparison>> {
     check_backward_with::<T>(case, seed, |scan, inputs, cotangents| {
-        let ran = run(emulator, order, case.recompute, scan, inputs, cotangents);
+        let ran = run::<T, S>(emulator, order, case.recompute, scan, inputs, cotangents);
         Ok(Some(ran.unwrap_or_else(|e| panic!("{case}: {e}"))))
     })
 }
 
 const ORDERS: [Order; 3] = [Order::Threads, Order::Reverse, Order::Shuffled(5)];
 
-/// The generated ids pick the kernel named for the element, decay and source of the states.
+/// The generated ids pick the kernel named for the element, storage, decay and source of
+/// the states.
 #[test]
 fn kernel_ids_follow_the_names() {
     assert_eq!(
-        kernel::<f32>(Decay::TimeInvariant, false).name,
-        "tilefuse_scan_backward_f32_const_states"
+        kernel::<f32, f32>(Decay::TimeInvariant, false).name,
+        "tilefuse_scan_backward_f32_f32_const_states"
     );
     assert_eq!(
-        kernel::<Complex32>(Decay::TimeVarying, true).name,
-        "tilefuse_scan_backward_c64_varying_recompute"
+        kernel::<Complex32, half::bf16>(Decay::TimeVarying, true).name,
+        "tilefuse_scan_backward_c64_bf16_varying_recompute"
+    );
+    assert_eq!(
+        kernel::<f32, half::f16>(Decay::TimeVarying, false).name,
+        "tilefuse_scan_backward_f32_f16_varying_states"
     );
     assert_eq!(
         da_kernel::<Complex32>().name,
@@ -291,6 +305,50 @@ fn states_recomputed_from_the_chunks_end_states() {
     }
 }
 
+/// dh, du, u and h in f16 or bf16 (complex as pairs), g and the recomputed states in f32:
+/// from the forward's stored states and recomputed, within one rounding of the stored value
+/// (and of the stored h in each da term) of the reference on the same 16-bit inputs.
+#[test]
+fn sixteen_bit_cotangents_and_states() {
+    let cases = [
+        BackwardCase::new(Case {
+            storage: Storage::Bf16,
+            resets: ResetPattern::ChunkBoundaries,
+            ..Case::new(2, 1000, 40)
+        }),
+        BackwardCase {
+            recompute: true,
+            ..BackwardCase::new(Case {
+                storage: Storage::F16,
+                complex: true,
+                decay: Decay::TimeVarying,
+                layout: Layout::TimeMajor,
+                ..Case::new(3, 600, 7)
+            })
+        },
+        BackwardCase {
+            recompute: true,
+            dh_last: false,
+            ..BackwardCase::new(Case {
+                storage: Storage::Bf16,
+                complex: true,
+                a_magnitude: (0.99, 0.999),
+                ..Case::new(2, 3000, 5)
+            })
+        },
+        BackwardCase::new(Case {
+            storage: Storage::F16,
+            decay: Decay::TimeVarying,
+            h0: false,
+            resets: ResetPattern::Random(0.1),
+            ..Case::new(2, 500, 64)
+        }),
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        check_case(&case, ORDERS[i % 3]);
+    }
+}
+
 /// Recomputed states give the same bits as the forward's, and runs the same bits as runs.
 #[test]
 fn recomputing_and_reading_the_states_agree_bit_for_bit() {
@@ -328,7 +386,7 @@ fn bits<T: ScanElement>(
     let scan = case.scan::<T>().unwrap();
     let inputs = Inputs::random(case, &scan, seed);
     let cotangents = crate::scan::random_cotangents(&scan, true, seed ^ 1);
-    let g = run(emulator, order, recompute, &scan, &inputs, &cotangents)
+    let g = run::<T, f32>(emulator, order, recompute, &scan, &inputs, &cotangents)
         .unwrap_or_else(|e| panic!("{case} (seed {seed}): {e}"));
     let all = [g.du, g.da, g.dh0.unwrap_or_default()].concat();
     all.into_iter().map(f32::to_bits).collect()
@@ -360,7 +418,8 @@ fn a_kept_region_serves_pass_after_pass() {
             };
             let order = ORDERS[pass as usize % 3];
             let checked = check_backward_with::<Complex32>(&case, seed + pass, |s, i, c| {
-                let ran = run_in(emulator, order, case.recompute, s, i, c, &mut region);
+                let ran =
+                    run_in::<Complex32, f32>(emulator, order, case.recompute, s, i, c, &mut region);
                 Ok(Some(ran.unwrap_or_else(|e| panic!("{case}: {e}"))))
             });
             let comparison = checked.unwrap().expect("an emulated run");
