@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use tilefuse::Error;
 use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
 use tilefuse::scan::{
-    Case, Decay, Inputs, Layout, ResetPattern, Scan, ScanShape, associative_scan, check, reference,
-    run,
+    Case, Decay, Inputs, Layout, ResetPattern, Scan, ScanShape, Storage, associative_scan, check,
+    reference, run,
 };
 
 on_backends!([cpu, cuda, wgpu] => [
@@ -24,6 +24,7 @@ on_backends!([cpu, cuda, wgpu] => [
     wide_and_ragged_channels,
     long_memory_stays_within_its_bound,
     final_only_mode,
+    sixteen_bit_states,
     every_registered_case_passes,
 ]);
 /// Properties of the GPU kernels alone.
@@ -47,6 +48,49 @@ fn assert_case(backends: &Backends, backend: Backend, case: Case) {
     common::assert_seeded(&case.to_string(), |seed| {
         check(backends, backend, &case, seed)
     });
+}
+
+/// u and h in f16 and bf16 (complex as pairs) with an f32 carry: within one rounding of each
+/// stored value of the reference on the same inputs, with an odd count of 16-bit values (a
+/// last word half used), long memory, both decays and layouts, every state or the last.
+fn sixteen_bit_states(backends: &Backends, backend: Backend) {
+    for (i, storage) in [Storage::F16, Storage::Bf16].into_iter().enumerate() {
+        let cases = [
+            Case {
+                storage,
+                resets: ResetPattern::ChunkBoundaries,
+                ..Case::new(3, 1031, 37)
+            },
+            Case {
+                storage,
+                complex: true,
+                decay: Decay::TimeVarying,
+                layout: Layout::TimeMajor,
+                ..Case::new(2, 700, 33)
+            },
+            Case {
+                storage,
+                complex: i == 0,
+                a_magnitude: (0.999, 0.9999),
+                resets: ResetPattern::Never,
+                ..Case::new(1, 20_000, 5)
+            },
+            Case {
+                storage,
+                final_only: true,
+                h0: false,
+                ..Case::new(2, 3000, 64)
+            },
+            Case {
+                storage,
+                resets: ResetPattern::EveryStep,
+                ..Case::new(1, 1, 1)
+            },
+        ];
+        for case in cases {
+            assert_case(backends, backend, case);
+        }
+    }
 }
 
 fn lengths_of_time(backends: &Backends, backend: Backend) {

@@ -14,8 +14,8 @@ use tilefuse::Error;
 use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
 use tilefuse::scan::{
     BackwardCase, Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement,
-    associative_backward, check_backward, random_cotangents, reference, reference_backward,
-    run_backward,
+    Storage, associative_backward, check_backward, random_cotangents, reference,
+    reference_backward, run_backward,
 };
 
 on_backends!([cpu, cuda, wgpu] => [
@@ -23,6 +23,7 @@ on_backends!([cpu, cuda, wgpu] => [
     resets_decays_layouts_and_h0,
     states_kept_or_recomputed,
     long_memory_stays_within_its_bound,
+    sixteen_bit_cotangents_and_states,
     every_registered_case_passes,
 ]);
 /// Properties of the GPU kernels alone.
@@ -38,6 +39,32 @@ fn assert_case(backends: &Backends, backend: Backend, case: BackwardCase) {
     common::assert_seeded(&case.to_string(), |seed| {
         check_backward(backends, backend, &case, seed)
     });
+}
+
+/// u, h, dh and du in f16 and bf16 (complex as pairs), g in f32: states kept and recomputed,
+/// both decays, with and without dh_last, an odd count of 16-bit values.
+fn sixteen_bit_cotangents_and_states(backends: &Backends, backend: Backend) {
+    for storage in [Storage::F16, Storage::Bf16] {
+        for (i, recompute) in [false, true].into_iter().enumerate() {
+            let forward = Case {
+                storage,
+                complex: i == 1,
+                decay: if i == 0 {
+                    Decay::TimeVarying
+                } else {
+                    Decay::TimeInvariant
+                },
+                resets: ResetPattern::Random(0.05),
+                ..Case::new(3, 1500, 37)
+            };
+            let case = BackwardCase {
+                recompute,
+                dh_last: i == 0,
+                ..BackwardCase::new(forward)
+            };
+            assert_case(backends, backend, case);
+        }
+    }
 }
 
 fn lengths_of_time(backends: &Backends, backend: Backend) {

@@ -250,7 +250,7 @@ pub struct Outputs {
 
 /// Runs `case` on `backend` with inputs from `seed` (outputs poisoned with NaN first) and
 /// compares `h` and `h_last` with the f64 reference. On the CPU it checks the associative
-/// scan; `Ok(None)` where the backend has no path for the case's storage.
+/// scan.
 pub fn check(
     backends: &Backends,
     backend: Backend,
@@ -287,17 +287,9 @@ fn check_typed<T: ScanElement, S: StateStorage>(
             case.tolerance(),
         )));
     }
-    if !backend_stores(backend, case.storage) {
-        return Ok(None);
-    }
     check_with::<T>(case, seed, |scan, inputs, final_only| {
         run::<T, S>(backends, backend, scan, inputs, final_only)
     })
-}
-
-/// Whether `backend` runs the scan on states stored as `storage`: the WGSL path stores f32.
-pub(crate) fn backend_stores(backend: Backend, storage: Storage) -> bool {
-    backend != Backend::Wgpu || storage == Storage::F32
 }
 
 /// [`check`] on a device, with the run done by `runner`, which takes the arguments of [`run`]
@@ -539,6 +531,14 @@ impl<D: OnDevice, T: ScanElement, S: StateStorage> BackwardProblem<D, T, S> {
     }
 }
 
+/// The f32 values of `values`, each rounded to `S`.
+fn stored<T: ScanElement, S: StateStorage>(values: &[T]) -> Vec<S> {
+    bytemuck::cast_slice::<T, f32>(values)
+        .iter()
+        .map(|&v| S::from_f32(v))
+        .collect()
+}
+
 /// `OnDevice` for a backend's handle: its module's `scan` and `scan_final`, the backend's
 /// own buffers of values, and its backward pass.
 macro_rules! forward_to {
@@ -579,11 +579,7 @@ forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
         &self,
         values: &[T],
     ) -> Result<Self::States<T, S>> {
-        let stored: Vec<S> = bytemuck::cast_slice::<T, f32>(values)
-            .iter()
-            .map(|&v| S::from_f32(v))
-            .collect();
-        self.upload(&stored)
+        self.upload(&stored::<T, S>(values))
     }
     fn download_states<T: ScanElement, S: StateStorage>(
         &self,
@@ -621,10 +617,10 @@ forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
         )
     }
 });
-// WGSL stores f32 states only (`backend_stores`): its states are buffers of T.
+// WGSL's buffers hold T, u and h their storage type.
 forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
     type Values<T: ScanElement> = crate::backend::wgpu::GpuBuffer<T>;
-    type States<T: ScanElement, S: StateStorage> = crate::backend::wgpu::GpuBuffer<T>;
+    type States<T: ScanElement, S: StateStorage> = crate::backend::wgpu::GpuBuffer<S>;
     // WGSL's backward keeps nothing from call to call.
     type Workspace = ();
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
@@ -637,20 +633,13 @@ forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
         &self,
         values: &[T],
     ) -> Result<Self::States<T, S>> {
-        if S::STORAGE != Storage::F32 {
-            return Err(crate::Error::invalid(
-                "u",
-                "f32 states on the wgpu backend (16-bit states run on CUDA)",
-                format!("{} states", S::STORAGE.name()),
-            ));
-        }
-        self.upload(values)
+        self.upload(&stored::<T, S>(values))
     }
     fn download_states<T: ScanElement, S: StateStorage>(
         &self,
         values: &Self::States<T, S>,
     ) -> Result<Vec<f32>> {
-        self.download_values(values)
+        Ok(self.download(values)?.into_iter().map(S::to_f32).collect())
     }
     fn scan_backward<T: ScanElement, S: StateStorage>(
         &self,

@@ -444,7 +444,7 @@ pub(crate) struct BufferLengths {
 
 /// A buffer length in f32 (or stored 16-bit) values as a count of `T` elements, or the error
 /// naming `what`.
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub(crate) fn elements_of<T: ScanElement>(what: &'static str, values: usize) -> Result<usize> {
     if values.is_multiple_of(T::LANES) {
         Ok(values / T::LANES)

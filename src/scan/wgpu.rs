@@ -1,7 +1,9 @@
 //! The scan through WGSL (`wgsl/scan.wgsl`): chunk maps, a carry pass over the chunks, and
 //! a pass that writes every state (skipped in final-state-only mode).
 
-use super::{BufferLengths, Decay, Scan, ScanElement};
+use num_complex::Complex32;
+
+use super::{BufferLengths, Decay, Scan, ScanElement, StateStorage, Storage, elements_of};
 use crate::backend::abi::{TF_SCAN_CHUNK, TF_SCAN_LANES};
 use crate::backend::wgpu::{Binding, Bindings, GpuBuffer, Shader, Wgpu, wgsl_uniform};
 use crate::error::{Error, Result};
@@ -11,25 +13,83 @@ const SHADER: Shader = Shader {
     source: include_str!("../../wgsl/scan.wgsl"),
 };
 
-/// The inputs of one scan on a wgpu device.
+const CONVERT: Shader = Shader {
+    name: "scan_convert.wgsl",
+    source: include_str!("../../wgsl/scan_convert.wgsl"),
+};
+
+/// What the states of a scan of `T` (`u` and `h`, the backward's `dh` and `du`) may be stored
+/// as through WGSL: `f32` values (complex ones interleaved), `T` itself, or 16-bit values
+/// ([`struct@half::f16`], [`half::bf16`]; complex ones as pairs), which the passes widen to
+/// f32 copies first and round back last (the carry and every operation stay f32).
+pub trait StatesOf<T: ScanElement>: bytemuck::Pod {
+    /// How the values are stored.
+    const STORAGE: Storage;
+    /// Values of this type per element of `T`.
+    const PER_ELEMENT: usize;
+}
+
+impl<T: ScanElement, S: StateStorage> StatesOf<T> for S {
+    const STORAGE: Storage = S::STORAGE;
+    const PER_ELEMENT: usize = T::LANES;
+}
+
+impl StatesOf<Complex32> for Complex32 {
+    const STORAGE: Storage = Storage::F32;
+    const PER_ELEMENT: usize = 1;
+}
+
+/// The elements of `T` that a buffer of states holds, or why it holds no whole number.
+fn states_len<T: ScanElement, U: StatesOf<T>>(
+    what: &'static str,
+    buffer: &GpuBuffer<U>,
+) -> Result<usize> {
+    match U::PER_ELEMENT {
+        1 => Ok(buffer.len()),
+        _ => elements_of::<T>(what, buffer.len()),
+    }
+}
+
+/// The inputs of one scan on a wgpu device; `u` is stored as `U` ([`StatesOf`]).
 #[derive(Debug)]
-pub struct ScanInputs<'a, T> {
+pub struct ScanInputs<'a, T, U = T> {
     /// `a [p]` or, time-varying, laid out like `u`.
     pub a: &'a GpuBuffer<T>,
     /// The inputs `u`.
-    pub u: &'a GpuBuffer<T>,
+    pub u: &'a GpuBuffer<U>,
     /// The reset flags, u8, non-zero = reset.
     pub reset: &'a GpuBuffer<u8>,
     /// The state before the first step, `[b, p]`; `None` starts from zero.
     pub h0: Option<&'a GpuBuffer<T>>,
 }
 
-impl<T> Clone for ScanInputs<'_, T> {
+impl<T, U> Clone for ScanInputs<'_, T, U> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for ScanInputs<'_, T> {}
+impl<T, U> Copy for ScanInputs<'_, T, U> {}
+
+impl<'a, T, U> ScanInputs<'a, T, U> {
+    /// The device buffers, untyped.
+    fn raw(&self) -> RawInputs<'a> {
+        RawInputs {
+            a: self.a.raw(),
+            u: self.u.raw(),
+            reset: self.reset.raw(),
+            h0: self.h0.map(GpuBuffer::raw),
+        }
+    }
+}
+
+/// A scan's input buffers once their lengths are checked.
+#[derive(Clone, Copy)]
+struct RawInputs<'a> {
+    a: &'a wgpu::Buffer,
+    u: &'a wgpu::Buffer,
+    reset: &'a wgpu::Buffer,
+    h0: Option<&'a wgpu::Buffer>,
+}
 
 wgsl_uniform! {
     struct Params {
@@ -48,12 +108,20 @@ wgsl_uniform! {
     }
 }
 
-/// Submits the scan, writing every state to `h` and the final state to `h_last`.
-pub fn scan<T: ScanElement>(
+wgsl_uniform! {
+    struct ConvertParams {
+        count: u32,
+        row_words: u32,
+    }
+}
+
+/// Submits the scan, writing every state to `h` and the final state to `h_last`; `u` and
+/// `h` are stored as `U` ([`StatesOf`]).
+pub fn scan<T: ScanElement, U: StatesOf<T>>(
     gpu: &Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, T>,
-    h: &mut GpuBuffer<T>,
+    inputs: ScanInputs<'_, T, U>,
+    h: &mut GpuBuffer<U>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
     run(gpu, scan, inputs, Some(h), h_last)
@@ -69,40 +137,134 @@ enum Direction {
 }
 
 /// Submits the scan, writing only the final state `h_last`.
-pub fn scan_final<T: ScanElement>(
+pub fn scan_final<T: ScanElement, U: StatesOf<T>>(
     gpu: &Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, T>,
+    inputs: ScanInputs<'_, T, U>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
     run(gpu, scan, inputs, None, h_last)
 }
 
-fn run<'a, T: ScanElement>(
+fn run<'a, T: ScanElement, U: StatesOf<T>>(
     gpu: &'a Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'a, T>,
-    h: Option<&mut GpuBuffer<T>>,
+    inputs: ScanInputs<'a, T, U>,
+    h: Option<&mut GpuBuffer<U>>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
     check(gpu, scan, inputs, h.as_deref(), h_last)?;
-    passes(gpu, scan, inputs, h, h_last, Direction::Forward)
+    let raw = inputs.raw();
+    if U::STORAGE == Storage::F32 {
+        let h = h.map(|h| h.raw());
+        return passes(gpu, scan, raw, h, h_last.raw(), Direction::Forward);
+    }
+    let u = widened::<T>(gpu, U::STORAGE, inputs.u.raw(), scan.states_len())?;
+    let wide_h = match h {
+        Some(_) => Some(gpu.zeros::<T>(scan.states_len())?),
+        None => None,
+    };
+    let wide = RawInputs { u: u.raw(), ..raw };
+    let states = wide_h.as_ref().map(GpuBuffer::raw);
+    passes(gpu, scan, wide, states, h_last.raw(), Direction::Forward)?;
+    match (h, wide_h) {
+        (Some(h), Some(wide_h)) => {
+            narrow_into::<T>(gpu, U::STORAGE, wide_h.raw(), h.raw(), scan.states_len())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `elements` elements of `T` stored as 16-bit `storage` values in `packed`, widened into a
+/// new f32 buffer.
+fn widened<T: ScanElement>(
+    gpu: &Wgpu,
+    storage: Storage,
+    packed: &wgpu::Buffer,
+    elements: usize,
+) -> Result<GpuBuffer<T>> {
+    let wide = gpu.zeros::<T>(elements)?;
+    convert(
+        gpu,
+        storage,
+        "widen",
+        packed,
+        wide.raw(),
+        elements * T::LANES,
+    )?;
+    Ok(wide)
+}
+
+/// `elements` elements of `T` in the f32 buffer `wide`, rounded into `packed` as 16-bit
+/// `storage` values.
+fn narrow_into<T: ScanElement>(
+    gpu: &Wgpu,
+    storage: Storage,
+    wide: &wgpu::Buffer,
+    packed: &wgpu::Buffer,
+    elements: usize,
+) -> Result<()> {
+    convert(
+        gpu,
+        storage,
+        "narrow_states",
+        packed,
+        wide,
+        elements * T::LANES,
+    )
+}
+
+/// One entry of scan_convert.wgsl over `count` 16-bit values: a word of `packed` per
+/// invocation, in rows of at most the grid's limit of workgroups.
+fn convert(
+    gpu: &Wgpu,
+    storage: Storage,
+    entry: &'static str,
+    packed: &wgpu::Buffer,
+    wide: &wgpu::Buffer,
+    count: usize,
+) -> Result<()> {
+    const WORKGROUP: usize = 256;
+    let words = count.div_ceil(2);
+    let workgroups = words.div_ceil(WORKGROUP);
+    let grid_limit = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let columns = workgroups.clamp(1, grid_limit.max(1));
+    let rows = workgroups.div_ceil(columns);
+    if count > u32::MAX as usize || rows > grid_limit {
+        return Err(Error::DeviceLimit {
+            what: "wgsl scan states",
+            limit_name: "32-bit indices of 16-bit values",
+            needed: count as u64,
+            limit: u32::MAX.into(),
+        });
+    }
+    let constants = [("BF16", if storage == Storage::Bf16 { 1.0 } else { 0.0 })];
+    let pipeline = gpu.pipeline(CONVERT, entry, &constants)?;
+    let params = ConvertParams {
+        count: count as u32,
+        row_words: (columns * WORKGROUP) as u32,
+    };
+    let buffers = Bindings::new(gpu, CONVERT)
+        .windowed([1, 3, 4, 5], packed, true)?
+        .windowed([2, 6, 7, 8], wide, true)?;
+    let grid = [columns as u32, rows as u32, 1];
+    gpu.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), buffers.list(), grid)
 }
 
 /// An error unless the buffers have the lengths `scan` gives them and belong to `gpu`.
-fn check<T: ScanElement>(
+fn check<T: ScanElement, U: StatesOf<T>>(
     gpu: &Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, T>,
-    h: Option<&GpuBuffer<T>>,
+    inputs: ScanInputs<'_, T, U>,
+    h: Option<&GpuBuffer<U>>,
     h_last: &GpuBuffer<T>,
 ) -> Result<()> {
     scan.check_lengths(BufferLengths {
         a: inputs.a.len(),
-        u: inputs.u.len(),
+        u: states_len::<T, U>("u", inputs.u)?,
         reset: inputs.reset.len(),
         h0: inputs.h0.map(GpuBuffer::len),
-        h: h.as_ref().map(|h| h.len()),
+        h: h.map(|h| states_len::<T, U>("h", h)).transpose()?,
         h_last: h_last.len(),
     })?;
     gpu.check_buffer("a", inputs.a)?;
@@ -118,13 +280,13 @@ fn check<T: ScanElement>(
 }
 
 /// Submits scan.wgsl's passes on checked buffers: the scan, or (Backward, with `u` the
-/// cotangents dh, `h0` dh_last and `h` du) the recurrence of g.
+/// cotangents dh, `h0` dh_last and `h` du) the recurrence of g. `u` and `h` hold f32s.
 fn passes<'a, T: ScanElement>(
     gpu: &'a Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'a, T>,
-    h: Option<&mut GpuBuffer<T>>,
-    h_last: &mut GpuBuffer<T>,
+    inputs: RawInputs<'a>,
+    h: Option<&'a wgpu::Buffer>,
+    h_last: &'a wgpu::Buffer,
     direction: Direction,
 ) -> Result<()> {
     let params = params(scan, inputs.h0.is_some())?;
@@ -136,7 +298,7 @@ fn passes<'a, T: ScanElement>(
     let ends = gpu.zeros::<[f32; 2]>(slots)?;
     // A bound buffer that is never read stands in for an absent h0.
     let h0 = match inputs.h0 {
-        Some(h0) => h0.raw(),
+        Some(h0) => h0,
         None => &gpu.placeholders()?[0],
     };
 
@@ -149,9 +311,9 @@ fn passes<'a, T: ScanElement>(
     // a, u, reset (and h) may span several bindings (wgsl/scan.wgsl).
     let read = || -> Result<Bindings> {
         Bindings::new(gpu, SHADER)
-            .windowed([1, 11, 12, 13], inputs.a.raw(), false)?
-            .windowed([2, 14, 15, 16], inputs.u.raw(), false)?
-            .windowed([3, 17, 18, 19], inputs.reset.raw(), false)
+            .windowed([1, 11, 12, 13], inputs.a, false)?
+            .windowed([2, 14, 15, 16], inputs.u, false)?
+            .windowed([3, 17, 18, 19], inputs.reset, false)
     };
     let maps = |bindings: Bindings<'a>| {
         bindings
@@ -186,7 +348,7 @@ fn passes<'a, T: ScanElement>(
     let carry = maps(Bindings::new(gpu, SHADER))
         .whole(7, ends.raw())
         .whole(8, h0)
-        .whole(9, h_last.raw());
+        .whole(9, h_last);
     for range in gpu.loop_passes(chunks, 1, 16) {
         let params = Params {
             chunk_first: range.start as u32,
@@ -202,7 +364,7 @@ fn passes<'a, T: ScanElement>(
             read()?
                 .whole(7, ends.raw())
                 .whole(8, h0)
-                .windowed([10, 20, 21, 22], h.raw(), true)?;
+                .windowed([10, 20, 21, 22], h, true)?;
         per_chunk_dispatches("states", write.list())?;
     }
     Ok(())
@@ -244,6 +406,13 @@ fn params<T: ScanElement>(scan: &Scan<T>, has_h0: bool) -> Result<Params> {
 mod backward;
 
 pub use backward::{ScanCotangents, ScanGradients, scan_backward};
+
+/// The convert shader's uniform struct is laid out as it reads it.
+#[cfg(test)]
+#[test]
+fn convert_params_match_the_shader() {
+    CONVERT.assert_uniform("Params", ConvertParams::LAYOUT, size_of::<ConvertParams>());
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,14 @@
 //! The scan's backward pass through WGSL: scan.wgsl's passes run the recurrence of g in
 //! reverse (writing du), then `wgsl/scan_backward.wgsl` forms da and dh0.
 
-use super::{Direction, Params, ScanInputs, params, passes};
+use super::{
+    Direction, Params, RawInputs, ScanInputs, StatesOf, narrow_into, params, passes, states_len,
+    widened,
+};
 use crate::backend::abi::TF_SCAN_LANES;
 use crate::backend::wgpu::{Binding, Bindings, GpuBuffer, Shader, Wgpu};
 use crate::error::{Error, Result};
-use crate::scan::{BufferLengths, Decay, Scan, ScanElement};
+use crate::scan::{BufferLengths, Decay, Scan, ScanElement, Storage};
 
 const SHADER: Shader = Shader {
     name: "scan_backward.wgsl",
@@ -15,20 +18,21 @@ const SHADER: Shader = Shader {
 /// Warps of a workgroup (the shader's WARPS).
 const WARPS: usize = 8;
 
-/// The cotangents a backward pass starts from.
+/// The cotangents a backward pass starts from: `dh` stored as `U` ([`StatesOf`]), as `u` is.
 #[derive(Debug)]
-pub struct ScanCotangents<'a, T> {
+pub struct ScanCotangents<'a, T, U = T> {
     /// Of every state, laid out like `u` (zeros allowed).
-    pub dh: &'a GpuBuffer<T>,
+    pub dh: &'a GpuBuffer<U>,
     /// Of the final state, `[b, p]`, when the loss depends on it.
     pub dh_last: Option<&'a GpuBuffer<T>>,
 }
 
-/// Where a backward pass writes the cotangents of the scan's inputs.
+/// Where a backward pass writes the cotangents of the scan's inputs: `du` stored as `U`
+/// ([`StatesOf`]), as `u` is.
 #[derive(Debug)]
-pub struct ScanGradients<'a, T> {
+pub struct ScanGradients<'a, T, U = T> {
     /// Of `u`, laid out like `u`.
-    pub du: &'a mut GpuBuffer<T>,
+    pub du: &'a mut GpuBuffer<U>,
     /// Of `a`, laid out like `a` (`[p]` for a time-invariant `a`: summed over b and t).
     pub da: &'a mut GpuBuffer<T>,
     /// Of `h0`, `[b, p]`, when wanted (written only when the scan has an `h0`).
@@ -38,49 +42,91 @@ pub struct ScanGradients<'a, T> {
 /// Submits the scan's backward pass (the [`scan`](crate::scan) module states it): `du`, `da`
 /// and `dh0` from `dh` and `dh_last`, with `h` the forward's every state, or (without it) a
 /// forward pass first that writes them to a scratch buffer. The time-invariant `da` is a sum
-/// in a fixed order, so results are the same run after run.
-pub fn scan_backward<T: ScanElement>(
+/// in a fixed order, so results are the same run after run. `u`, `h`, `dh` and `du` are
+/// stored as `U` ([`StatesOf`]).
+pub fn scan_backward<T: ScanElement, U: StatesOf<T>>(
     gpu: &Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, T>,
-    h: Option<&GpuBuffer<T>>,
-    cotangents: ScanCotangents<'_, T>,
-    gradients: ScanGradients<'_, T>,
+    inputs: ScanInputs<'_, T, U>,
+    h: Option<&GpuBuffer<U>>,
+    cotangents: ScanCotangents<'_, T, U>,
+    gradients: ScanGradients<'_, T, U>,
 ) -> Result<()> {
     check_gradients(gpu, scan, inputs, h, &cotangents, &gradients)?;
     let ScanGradients { du, da, dh0 } = gradients;
+    let raw = inputs.raw();
+    let dh_last = cotangents.dh_last.map(GpuBuffer::raw);
+    let dh0 = dh0.map(|d| d.raw());
+    if U::STORAGE == Storage::F32 {
+        let states = h.map(GpuBuffer::raw);
+        let (dh, du) = (cotangents.dh.raw(), du.raw());
+        return backward(gpu, scan, raw, states, [dh, du], dh_last, da.raw(), dh0);
+    }
+    let elements = scan.states_len();
+    let widen = |packed: &GpuBuffer<U>| widened::<T>(gpu, U::STORAGE, packed.raw(), elements);
+    let u = widen(inputs.u)?;
+    let states = h.map(widen).transpose()?;
+    let dh = widen(cotangents.dh)?;
+    let wide_du = gpu.zeros::<T>(elements)?;
+    let wide = RawInputs { u: u.raw(), ..raw };
+    let states = states.as_ref().map(GpuBuffer::raw);
+    let cotangent_and_gradient = [dh.raw(), wide_du.raw()];
+    backward(
+        gpu,
+        scan,
+        wide,
+        states,
+        cotangent_and_gradient,
+        dh_last,
+        da.raw(),
+        dh0,
+    )?;
+    narrow_into::<T>(gpu, U::STORAGE, wide_du.raw(), du.raw(), elements)
+}
+
+/// The backward pass on checked f32 buffers: `dh` and `du`, `h` when kept.
+#[allow(clippy::too_many_arguments)]
+fn backward<T: ScanElement>(
+    gpu: &Wgpu,
+    scan: &Scan<T>,
+    inputs: RawInputs<'_>,
+    h: Option<&wgpu::Buffer>,
+    [dh, du]: [&wgpu::Buffer; 2],
+    dh_last: Option<&wgpu::Buffer>,
+    da: &wgpu::Buffer,
+    dh0: Option<&wgpu::Buffer>,
+) -> Result<()> {
     let params = params(scan, inputs.h0.is_some())?;
-    let mut scratch_last = gpu.zeros::<T>(scan.final_len())?;
+    let scratch_last = gpu.zeros::<T>(scan.final_len())?;
     let kept;
     let h = match h {
         Some(h) => h,
         None => {
-            let mut states = gpu.zeros::<T>(scan.states_len())?;
+            kept = gpu.zeros::<T>(scan.states_len())?;
             let forward = Direction::Forward;
             passes(
                 gpu,
                 scan,
                 inputs,
-                Some(&mut states),
-                &mut scratch_last,
+                Some(kept.raw()),
+                scratch_last.raw(),
                 forward,
             )?;
-            kept = states;
-            &kept
+            kept.raw()
         }
     };
-    let reversed = ScanInputs {
+    let reversed = RawInputs {
         a: inputs.a,
-        u: cotangents.dh,
+        u: dh,
         reset: inputs.reset,
-        h0: cotangents.dh_last,
+        h0: dh_last,
     };
     passes(
         gpu,
         scan,
         reversed,
         Some(du),
-        &mut scratch_last,
+        scratch_last.raw(),
         Direction::Backward,
     )?;
 
@@ -90,12 +136,12 @@ pub fn scan_backward<T: ScanElement>(
         gpu.zeros::<[f32; 2]>(if invariant { records } else { 1 } * TF_SCAN_LANES as usize)?;
     let sums = gpu.zeros::<[f32; 2]>(params.groups as usize * WARPS * TF_SCAN_LANES as usize)?;
     let placeholders = gpu.placeholders()?;
-    let h0 = inputs.h0.map_or(&placeholders[0], GpuBuffer::raw);
+    let h0 = inputs.h0.unwrap_or(&placeholders[0]);
     // The shader writes dh0 whenever the scan has an h0: into the caller's buffer, or one
     // that nobody reads (never the shared placeholders, which no shader may write).
     let unread;
-    let dh0_buffer = match (&dh0, inputs.h0) {
-        (Some(dh0), Some(_)) => dh0.raw(),
+    let dh0_buffer = match (dh0, inputs.h0) {
+        (Some(dh0), Some(_)) => dh0,
         (None, Some(_)) => {
             unread = gpu.zeros::<T>(scan.final_len())?;
             unread.raw()
@@ -109,18 +155,18 @@ pub fn scan_backward<T: ScanElement>(
     ];
     // Each entry point binds what it uses.
     let gradients = Bindings::new(gpu, SHADER)
-        .windowed([1, 11, 12, 13], inputs.a.raw(), false)?
-        .windowed([2, 14, 15, 16], du.raw(), false)?
-        .windowed([3, 17, 18, 19], inputs.reset.raw(), false)?
-        .windowed([4, 20, 21, 22], h.raw(), false)?
-        .windowed([5, 23, 24, 25], da.raw(), true)?
+        .windowed([1, 11, 12, 13], inputs.a, false)?
+        .windowed([2, 14, 15, 16], du, false)?
+        .windowed([3, 17, 18, 19], inputs.reset, false)?
+        .windowed([4, 20, 21, 22], h, false)?
+        .windowed([5, 23, 24, 25], da, true)?
         .whole(6, h0)
         .whole(7, dh0_buffer)
         .whole(8, partials.raw());
     gradients_dispatches(gpu, &constants, params, gradients.list())?;
     if invariant {
         let total = Bindings::new(gpu, SHADER)
-            .windowed([5, 23, 24, 25], da.raw(), true)?
+            .windowed([5, 23, 24, 25], da, true)?
             .whole(8, partials.raw())
             .whole(9, sums.raw());
         da_total_dispatches(gpu, &constants, params, total.list())?;
@@ -178,26 +224,36 @@ fn da_total_dispatches(
 
 /// An error unless every buffer of a backward pass has the length `scan` gives it and
 /// belongs to `gpu`.
-fn check_gradients<T: ScanElement>(
+fn check_gradients<T: ScanElement, U: StatesOf<T>>(
     gpu: &Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'_, T>,
-    h: Option<&GpuBuffer<T>>,
-    cotangents: &ScanCotangents<'_, T>,
-    gradients: &ScanGradients<'_, T>,
+    inputs: ScanInputs<'_, T, U>,
+    h: Option<&GpuBuffer<U>>,
+    cotangents: &ScanCotangents<'_, T, U>,
+    gradients: &ScanGradients<'_, T, U>,
 ) -> Result<()> {
     scan.check_lengths(BufferLengths {
         a: inputs.a.len(),
-        u: inputs.u.len(),
+        u: states_len::<T, U>("u", inputs.u)?,
         reset: inputs.reset.len(),
         h0: inputs.h0.map(GpuBuffer::len),
-        h: h.map(GpuBuffer::len),
+        h: h.map(|h| states_len::<T, U>("h", h)).transpose()?,
         h_last: scan.final_len(),
     })?;
+    let states = [("dh", cotangents.dh), ("du", &*gradients.du)];
+    for (what, buffer) in states {
+        let got = states_len::<T, U>(what, buffer)?;
+        if got != scan.states_len() {
+            return Err(Error::Length {
+                what,
+                expected: scan.states_len(),
+                got,
+            });
+        }
+        gpu.check_buffer(what, buffer)?;
+    }
     let buffers = [
-        ("dh", scan.states_len(), Some(cotangents.dh)),
         ("dh_last", scan.final_len(), cotangents.dh_last),
-        ("du", scan.states_len(), Some(&*gradients.du)),
         ("da", scan.a_len(), Some(&*gradients.da)),
         ("dh0", scan.final_len(), gradients.dh0.as_deref()),
     ];
