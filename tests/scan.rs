@@ -534,6 +534,13 @@ fn tensors_past_one_binding_run_in_windows() {
     };
     assert!(2 * 1000 * 12 * 8 > common::CAPPED_BINDING as usize);
     assert_case(backends, Backend::Wgpu, windowed);
+    // 16-bit states: their f32 copies span windows, and so do the packed ones.
+    let packed = Case {
+        storage: Storage::Bf16,
+        ..Case::new(2, 2000, 12)
+    };
+    assert!(2 * 2000 * 12 * 2 > common::CAPPED_BINDING as usize);
+    assert_case(backends, Backend::Wgpu, packed);
     let too_large = Case {
         complex: true,
         ..Case::new(2, 2000, 40)

@@ -320,10 +320,14 @@ mod tests {
             include_str!("../../../wgsl/spmm.wgsl"),
             include_str!("../../../wgsl/spmm_bitmap.wgsl"),
             include_str!("../../../wgsl/scan.wgsl"),
+            include_str!("../../../wgsl/scan_backward.wgsl"),
             include_str!("../../../wgsl/attention.wgsl"),
         ] {
             assert_eq!(windows_for(source, 32), WINDOWS);
             assert_eq!(windows_for(source, 8), 1);
         }
+        // Two windowed arrays and nothing else: four windows each even at WebGPU's default.
+        let convert = include_str!("../../../wgsl/scan_convert.wgsl");
+        assert_eq!(windows_for(convert, 8), WINDOWS);
     }
 }
