@@ -13,7 +13,7 @@ use half::f16;
 use npyz::WriterBuilder;
 use num_complex::Complex32;
 use tilefuse::harness::{Backend, Rng, Tolerance, compare};
-use tilefuse::scan::{Decay, Layout, Scan, ScanElement, ScanShape};
+use tilefuse::scan::{Decay, Layout, Scan, ScanElement, ScanShape, reference};
 use tilefuse::spmm::TiledCsl;
 
 /// One array of a case file, as np.savez writes it.
@@ -71,8 +71,14 @@ impl Npz {
     }
 }
 
-/// Reads one float32 or complex64 array of an output file as f64s (complex interleaved).
+/// Reads one float16, float32 or complex64 array of an output file as f64s (complex
+/// interleaved).
 fn load(path: &Path, name: &str) -> (Vec<u64>, Vec<f64>) {
+    load_typed(path, name).1
+}
+
+/// [`load`], with the array's dtype (`<f2`, `<f4`, `<c8`).
+fn load_typed(path: &Path, name: &str) -> (String, (Vec<u64>, Vec<f64>)) {
     let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
     let mut bytes = Vec::new();
     archive
@@ -82,7 +88,14 @@ fn load(path: &Path, name: &str) -> (Vec<u64>, Vec<f64>) {
         .unwrap();
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape = npy.shape().to_vec();
+    let dtype = npy.dtype().descr().trim_matches('\'').to_string();
     let values = match npy.dtype() {
+        npyz::DType::Plain(t) if t.to_string() == "<f2" => npy
+            .into_vec::<f16>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         npyz::DType::Plain(t) if t.to_string() == "<c8" => npy
             .into_vec::<Complex32>()
             .unwrap()
@@ -96,7 +109,7 @@ fn load(path: &Path, name: &str) -> (Vec<u64>, Vec<f64>) {
             .map(f64::from)
             .collect(),
     };
-    (shape, values)
+    (dtype, (shape, values))
 }
 
 /// A scratch folder for one test, removed when dropped.
@@ -455,6 +468,111 @@ fn scan_backward_round_trips_through_run() {
     }
 }
 
+/// 16-bit states through the CLI: a float16 `u` (`[b, t, p, 2]` for complex values) runs
+/// the scan and its backward with u, h, dh and du in f16 and writes h and du as float16 (a, h0,
+/// h_last, da, dh0 stay float32 or complex64); `--dtype bf16` stores them in bf16 and writes
+/// them as float32 (or complex64). Against the reference on the values as stored, within one
+/// rounding of each stored value; `check --input` passes such a file.
+#[test]
+fn sixteen_bit_scans_round_trip_through_run() {
+    let seed = common::seed();
+    let dir = Scratch::new("scan-16");
+    sixteen_bit_round_trip::<f32>(&dir, seed, Values::F32);
+    sixteen_bit_round_trip::<Complex32>(&dir, seed, Values::C64);
+}
+
+fn sixteen_bit_round_trip<T: ScanElement>(dir: &Scratch, seed: u64, values: fn(Vec<T>) -> Values) {
+    use tilefuse::scan::{Case, ResetPattern, Storage, random_cotangents, reference_backward};
+    let (input, output) = (dir.join("case.npz"), dir.join("out.npz"));
+    let complex = T::LANES == 2;
+    let case = Case {
+        complex,
+        storage: Storage::F16,
+        resets: ResetPattern::Random(0.05),
+        ..Case::new(2, 300, 5)
+    };
+    let scan = case.scan::<T>().unwrap();
+    let inputs = tilefuse::scan::Inputs::random(&case, &scan, seed);
+    let mut cotangents = random_cotangents(&scan, true, seed ^ 3);
+    let round = |v: &mut [T], storage: Storage| {
+        for x in bytemuck::cast_slice_mut::<T, f32>(v) {
+            *x = storage.round(*x);
+        }
+    };
+    round(&mut cotangents.dh, Storage::F16);
+    let (b, t, p) = (2u64, 300u64, 5u64);
+    let shape_u: Vec<u64> = if complex {
+        vec![b, t, p, 2]
+    } else {
+        vec![b, t, p]
+    };
+    let half = |v: &[T]| {
+        let floats: &[f32] = bytemuck::cast_slice(v);
+        Values::F16(floats.iter().map(|&x| f16::from_f32(x)).collect())
+    };
+    let h0 = inputs.h0.clone().unwrap();
+    Npz(vec![])
+        .with("a", &[p], values(inputs.a.clone()))
+        .with("u", &shape_u, half(&inputs.u))
+        .with("reset", &[b, t], Values::U8(inputs.reset.clone()))
+        .with("h0", &[b, p], values(h0.clone()))
+        .with("dh", &shape_u, half(&cotangents.dh))
+        .with(
+            "dh_last",
+            &[b, p],
+            values(cotangents.dh_last.clone().unwrap()),
+        )
+        .save(&input);
+    for (dtype, storage, stored) in [
+        (None, Storage::F16, "<f2"),
+        (
+            Some("bf16"),
+            Storage::Bf16,
+            if complex { "<c8" } else { "<f4" },
+        ),
+    ] {
+        let what = format!("complex={complex} --dtype {dtype:?} (seed {seed})");
+        // The values as the run stores them: f16's, rounded again to bf16.
+        let (mut inputs, mut cotangents) = (inputs.clone(), cotangents.clone());
+        round(&mut inputs.u, storage);
+        round(&mut cotangents.dh, storage);
+        let states = reference(&scan, &inputs.a, &inputs.u, &inputs.reset, Some(&h0)).unwrap();
+        let grads = reference_backward(&scan, &inputs, &cotangents).unwrap();
+        let bound = Case { storage, ..case }.tolerance();
+        let wide = if complex { "<c8" } else { "<f4" };
+        let expected = [
+            ("scan", "h", stored, states.h),
+            ("scan", "h_last", wide, states.h_last),
+            ("scan-backward", "du", stored, grads.du),
+            ("scan-backward", "dh0", wide, grads.dh0.unwrap()),
+        ];
+        for backend in backends() {
+            for (op, name, dtype_out, want) in &expected {
+                let mut args = vec!["run", op, "--input", input.to_str().unwrap()];
+                args.extend(["--output", output.to_str().unwrap(), "--backend", backend]);
+                args.extend(dtype.map(|d| ["--dtype", d]).into_iter().flatten());
+                let out = tilefuse(&args);
+                assert!(out.status.success(), "{op} {backend} {what}: {out:?}");
+                let (got_dtype, (_, got)) = load_typed(&output, name);
+                assert_eq!(&got_dtype, dtype_out, "{op} {backend} {name}, {what}");
+                let c = compare(&got, want, bound);
+                assert!(c.passed(), "{op} {backend} {name}, {what}: {c}");
+                std::fs::remove_file(&output).unwrap();
+            }
+        }
+        if dtype.is_some() {
+            continue; // `check --input` runs a file as it holds its arrays
+        }
+        let out = tilefuse(&["check", "--input", input.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn bad_scan_backward_files_get_one_line_and_exit_code_2() {
     let (case, _) = scan_backward_case::<f32>(1, false, true, true, Values::F32);
@@ -474,6 +592,12 @@ fn bad_scan_backward_files_get_one_line_and_exit_code_2() {
     assert_rejected(
         "scan-backward",
         &case().with("dh", &[2, 300, 5], Values::C64(vec![Complex32::ONE; 3000])),
+        "dh",
+    );
+    // dh as u: float16 when u is.
+    assert_rejected(
+        "scan-backward",
+        &case().with("u", &[2, 300, 5], Values::F16(vec![f16::ONE; 3000])),
         "dh",
     );
     assert_rejected(
@@ -722,6 +846,12 @@ fn bad_files_get_one_line_and_exit_code_2() {
     assert_rejected(
         "scan",
         &scan().with("u", &[2, 300], Values::C64(vec![Complex32::ONE; 600])),
+        "u",
+    );
+    // Complex 16-bit states are float16 pairs in a last dimension of 2, nothing else.
+    assert_rejected(
+        "scan",
+        &scan().with("u", &[2, 300, 5, 3], Values::F16(vec![f16::ONE; 9000])),
         "u",
     );
 

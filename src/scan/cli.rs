@@ -1,14 +1,18 @@
 //! The scan's case files (`tilefuse run scan`, `tilefuse check --input`): `a [p]` or
-//! `[b, t, p]`, `u [b, t, p]` (float32 or complex64), `reset [b, t]` uint8, optional
-//! `h0 [b, p]`; out `h [b, t, p]` and `h_last [b, p]`.
+//! `[b, t, p]`, `u [b, t, p]` (float32 or complex64; or float16, `[b, t, p, 2]` for complex
+//! values, with a complex64 `a`), `reset [b, t]` uint8, optional `h0 [b, p]`; out
+//! `h [b, t, p]` (as `u`) and `h_last [b, p]`. `a`, `h0` and `h_last` are float32 or
+//! complex64 whatever `u` is: the carry is f32. `--dtype` stores `u` and `h` as f32, f16 or
+//! bf16 (default: as the file holds `u`); bf16 states are written as float32, which holds them
+//! exactly.
 
 use num_complex::Complex32;
 
-use super::{Decay, Layout, Scan, ScanElement, ScanShape};
+use super::{Decay, Layout, Scan, ScanElement, ScanShape, StateStorage, Storage};
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
 use crate::harness::file::{
-    CaseFile, Dtype, FileEntry, FileOptions, data, mismatch, optional, rank, required, wrong_dtype,
+    CaseFile, Dtype, FileEntry, FileOptions, data, mismatch, optional, required, wrong_dtype,
 };
 use crate::harness::npz::{Array, Data, Element, Entry, Npz};
 #[cfg(feature = "cuda")]
@@ -22,30 +26,52 @@ pub(crate) const FILE: FileEntry = FileEntry {
     load,
 };
 
-const SCAN_NEEDS: &str = "scan needs a [p] or [b, t, p], u [b, t, p] (float32 or complex64), reset [b, t] uint8, optional h0 [b, p]";
+const SCAN_NEEDS: &str = "scan needs a [p] or [b, t, p], u [b, t, p] (float32 or complex64, or float16; [b, t, p, 2] float16 with a complex64 a), reset [b, t] uint8, optional h0 [b, p]";
 
 fn load(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
     options.no_format("scan")?;
-    if options.dtype.is_some_and(|d| d != Dtype::F32) {
-        return Err("--dtype: scan computes in f32 (float32 or complex64 arrays)".into());
+    let u = required(arrays, "u", SCAN_NEEDS)?;
+    let storage = storage_of(options, u);
+    if holds_complex(u) {
+        Ok(Box::new(ScanFile::<Complex32>::load(
+            arrays, storage, SCAN_NEEDS,
+        )?))
+    } else {
+        Ok(Box::new(ScanFile::<f32>::load(
+            arrays, storage, SCAN_NEEDS,
+        )?))
     }
-    match required(arrays, "u", SCAN_NEEDS)?.element {
-        Element::C64 => Ok(Box::new(ScanFile::<Complex32>::load(arrays)?)),
-        _ => Ok(Box::new(ScanFile::<f32>::load(arrays)?)),
+}
+
+/// Whether `u` holds complex values: complex64, or float16 pairs in a last dimension of 2.
+fn holds_complex(u: &Entry) -> bool {
+    u.element == Element::C64 || (u.element == Element::F16 && u.shape.len() == 4)
+}
+
+/// How the states are stored: as `--dtype` says, else as the file holds `u`.
+fn storage_of(options: FileOptions, u: &Entry) -> Storage {
+    match (options.dtype, &u.element) {
+        (Some(Dtype::F32), _) => Storage::F32,
+        (Some(Dtype::F16), _) | (None, Element::F16) => Storage::F16,
+        (Some(Dtype::Bf16), _) => Storage::Bf16,
+        (None, _) => Storage::F32,
     }
 }
 
 struct ScanFile<T: ScanElement> {
     scan: Scan<T>,
     inputs: super::Inputs<T>,
+    storage: Storage,
+    /// Whether the states came (and go) as float16 (`[b, t, p, 2]` for complex values).
+    half: bool,
 }
 
-/// An error unless `array` holds `T`s (float32 for f32, complex64 for Complex32).
+/// An error unless `array` holds `T`s in f32 (float32 for f32, complex64 for Complex32).
 fn holds<T: ScanElement>(name: &str, array: &Entry) -> Result<(), String> {
     match (&array.element, T::LANES) {
         (Element::F32, 1) | (Element::C64, 2) => Ok(()),
-        (_, 1) => Err(wrong_dtype(name, "float32 (as u)", array)),
-        _ => Err(wrong_dtype(name, "complex64 (as u)", array)),
+        (_, 1) => Err(wrong_dtype(name, "float32", array)),
+        _ => Err(wrong_dtype(name, "complex64", array)),
     }
 }
 
@@ -58,28 +84,58 @@ fn elements<T: ScanElement>(name: &str, array: &Entry) -> Result<Vec<T>, String>
     }
 }
 
-impl<T: ScanElement> ScanFile<T> {
-    fn load(arrays: &Npz) -> Result<Self, String> {
-        let u_array = required(arrays, "u", SCAN_NEEDS)?;
-        rank(u_array, "u", &["b", "t", "p"])?;
-        if !matches!(u_array.element, Element::F32 | Element::C64) {
-            return Err(wrong_dtype("u", "float32 or complex64", u_array));
+/// The sizes `[b, t, p]` of a states array (`u`, and `dh` as u): `[b, t, p]` of `T`s in f32,
+/// or float16 `[b, t, p]` (real) or `[b, t, p, 2]` (complex); and whether it is float16.
+fn states_dims<T: ScanElement>(name: &str, array: &Entry) -> Result<([usize; 3], bool), String> {
+    let half = array.element == Element::F16;
+    let expected = match (half, T::LANES) {
+        (false, 1) => "float32 [b, t, p]",
+        (false, _) => "complex64 [b, t, p]",
+        (true, 1) => "float16 [b, t, p]",
+        (true, _) => "float16 [b, t, p, 2]",
+    };
+    let rank = if half && T::LANES == 2 { 4 } else { 3 };
+    if !half {
+        holds::<T>(name, array).map_err(|_| wrong_dtype(name, expected, array))?;
+    }
+    match *array.shape.as_slice() {
+        [b, t, p] if rank == 3 => Ok(([b, t, p], half)),
+        [b, t, p, 2] if rank == 4 => Ok(([b, t, p], half)),
+        _ => Err(mismatch(name, expected.into(), array)),
+    }
+}
+
+/// The elements of a states array checked by [`states_dims`], rounded to `storage`.
+fn states<T: ScanElement>(name: &str, array: &Entry, storage: Storage) -> Result<Vec<T>, String> {
+    let mut values = match data(array, name)? {
+        Data::F16(values) => {
+            let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+            bytemuck::cast_slice::<f32, T>(&wide).to_vec()
         }
-        let (b, t, p) = (u_array.shape[0], u_array.shape[1], u_array.shape[2]);
+        _ => elements::<T>(name, array)?,
+    };
+    super::check::round_to(storage, &mut values);
+    Ok(values)
+}
+
+impl<T: ScanElement> ScanFile<T> {
+    fn load(arrays: &Npz, storage: Storage, needs: &str) -> Result<Self, String> {
+        let u_array = required(arrays, "u", needs)?;
+        let ([b, t, p], half) = states_dims::<T>("u", u_array)?;
         let shape = ScanShape::new(b, t, p).map_err(|e| format!("`u`: {e}"))?;
-        let a_array = required(arrays, "a", SCAN_NEEDS)?;
+        let a_array = required(arrays, "a", needs)?;
         let decay = match a_array.shape.as_slice() {
             [q] if *q == p => Decay::TimeInvariant,
-            dims if dims == u_array.shape.as_slice() => Decay::TimeVarying,
+            &[ab, at, ap] if [ab, at, ap] == [b, t, p] => Decay::TimeVarying,
             _ => {
                 return Err(mismatch(
                     "a",
-                    format!("({p},) or {} (as u)", u_array.shape_text()),
+                    format!("({p},) or ({b}, {t}, {p}) ([b, t, p] of u)"),
                     a_array,
                 ));
             }
         };
-        let reset_array = required(arrays, "reset", SCAN_NEEDS)?;
+        let reset_array = required(arrays, "reset", needs)?;
         if reset_array.shape != [b, t] {
             return Err(mismatch(
                 "reset",
@@ -103,40 +159,77 @@ impl<T: ScanElement> ScanFile<T> {
         };
         let inputs = super::Inputs {
             a: elements::<T>("a", a_array)?,
-            u: elements::<T>("u", u_array)?,
+            u: states::<T>("u", u_array, storage)?,
             reset: reset.clone(),
             h0: h0_array.map(|h0| elements::<T>("h0", h0)).transpose()?,
         };
         Ok(ScanFile {
             scan: Scan::new(shape, Layout::BatchMajor, decay),
             inputs,
+            storage,
+            half,
         })
+    }
+
+    /// f32 values as an array of `T`s in f32 (float32 or complex64) of `dims`.
+    fn wide_array(dims: Vec<usize>, values: Vec<f32>) -> Array {
+        let data = match T::LANES {
+            1 => Data::F32(values),
+            _ => Data::C64(bytemuck::cast_slice(&values).to_vec()),
+        };
+        Array { shape: dims, data }
+    }
+
+    /// States `[b, t, p]` (h, du) as the file held u: float16 when it came so and is stored
+    /// so (complex values in a last dimension of 2), else float32 or complex64.
+    fn states_array(&self, values: Vec<f32>) -> Array {
+        let shape = self.scan.shape;
+        let dims = vec![shape.batch(), shape.time(), shape.channels()];
+        if self.half && self.storage == Storage::F16 {
+            let data = Data::F16(values.into_iter().map(half::f16::from_f32).collect());
+            let dims = match T::LANES {
+                1 => dims,
+                _ => [dims, vec![2]].concat(),
+            };
+            return Array { shape: dims, data };
+        }
+        Self::wide_array(dims, values)
     }
 
     fn arrays(&self, h: Option<Vec<f32>>, h_last: Vec<f32>) -> Vec<(String, Array)> {
         let shape = self.scan.shape;
-        let data = |v: Vec<f32>| match T::LANES {
-            1 => Data::F32(v),
-            _ => Data::C64(bytemuck::cast_slice(&v).to_vec()),
-        };
         let mut out = Vec::new();
         if let Some(h) = h {
-            out.push((
-                "h".into(),
-                Array {
-                    shape: vec![shape.batch(), shape.time(), shape.channels()],
-                    data: data(h),
-                },
-            ));
+            out.push(("h".into(), self.states_array(h)));
         }
-        out.push((
-            "h_last".into(),
-            Array {
-                shape: vec![shape.batch(), shape.channels()],
-                data: data(h_last),
-            },
-        ));
+        let dims = vec![shape.batch(), shape.channels()];
+        out.push(("h_last".into(), Self::wide_array(dims, h_last)));
         out
+    }
+
+    /// The scan on `backend` with the states stored as `S`.
+    fn run_stored<S: StateStorage>(
+        &self,
+        backends: &Backends,
+        backend: Backend,
+    ) -> crate::Result<Option<super::Outputs>> {
+        super::run::<T, S>(backends, backend, &self.scan, &self.inputs, false)
+    }
+
+    /// The bound of a scan whose |a| may reach its largest value in the file.
+    fn case(&self) -> super::Case {
+        let max_a = self
+            .inputs
+            .a
+            .iter()
+            .map(|a| a.widen().norm())
+            .fold(0.0, f64::max);
+        let shape = self.scan.shape;
+        super::Case {
+            a_magnitude: (0.0, max_a),
+            storage: self.storage,
+            ..super::Case::new(shape.batch(), shape.time(), shape.channels())
+        }
     }
 }
 
@@ -147,9 +240,12 @@ impl<T: ScanElement> CaseFile for ScanFile<T> {
             let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
             return Ok(self.arrays(Some(narrow(h)), narrow(h_last)));
         }
-        match super::run::<T, f32>(backends, backend, &self.scan, &self.inputs, false)
-            .map_err(|e| e.to_string())?
-        {
+        let ran = match self.storage {
+            Storage::F32 => self.run_stored::<f32>(backends, backend),
+            Storage::F16 => self.run_stored::<half::f16>(backends, backend),
+            Storage::Bf16 => self.run_stored::<half::bf16>(backends, backend),
+        };
+        match ran.map_err(|e| e.to_string())? {
             Some(out) => Ok(self.arrays(out.h, out.h_last)),
             None => Err(format!("scan has no {backend} path")),
         }
@@ -166,19 +262,7 @@ impl<T: ScanElement> CaseFile for ScanFile<T> {
     }
 
     fn tolerance(&self) -> Tolerance {
-        // The bound of a scan whose |a| may reach its largest value in the file.
-        let max_a = self
-            .inputs
-            .a
-            .iter()
-            .map(|a| a.widen().norm())
-            .fold(0.0, f64::max);
-        let shape = self.scan.shape;
-        super::Case {
-            a_magnitude: (0.0, max_a),
-            ..super::Case::new(shape.batch(), shape.time(), shape.channels())
-        }
-        .tolerance()
+        self.case().tolerance()
     }
 }
 
@@ -189,16 +273,16 @@ pub(crate) const BACKWARD_FILE: FileEntry = FileEntry {
     load: load_backward,
 };
 
-const BACKWARD_NEEDS: &str = "scan-backward needs the scan's a, u, reset (optional h0), dh [b, t, p] (as u), optional dh_last [b, p]";
+const BACKWARD_NEEDS: &str = "scan-backward needs the scan's a, u, reset (optional h0), dh (as u), optional dh_last [b, p] (as a)";
 
 fn load_backward(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
     options.no_format("scan-backward")?;
-    if options.dtype.is_some_and(|d| d != Dtype::F32) {
-        return Err("--dtype: scan-backward computes in f32 (float32 or complex64 arrays)".into());
-    }
-    match required(arrays, "u", BACKWARD_NEEDS)?.element {
-        Element::C64 => Ok(Box::new(BackwardFile::<Complex32>::load(arrays)?)),
-        _ => Ok(Box::new(BackwardFile::<f32>::load(arrays)?)),
+    let u = required(arrays, "u", BACKWARD_NEEDS)?;
+    let storage = storage_of(options, u);
+    if holds_complex(u) {
+        Ok(Box::new(BackwardFile::<Complex32>::load(arrays, storage)?))
+    } else {
+        Ok(Box::new(BackwardFile::<f32>::load(arrays, storage)?))
     }
 }
 
@@ -209,21 +293,21 @@ struct BackwardFile<T: ScanElement> {
 }
 
 impl<T: ScanElement> BackwardFile<T> {
-    fn load(arrays: &Npz) -> Result<Self, String> {
+    fn load(arrays: &Npz, storage: Storage) -> Result<Self, String> {
         let dh_array = required(arrays, "dh", BACKWARD_NEEDS)?;
         let dh_last_array = optional(arrays, "dh_last")?;
         let u_array = required(arrays, "u", BACKWARD_NEEDS)?;
-        rank(u_array, "u", &["b", "t", "p"])?;
-        if dh_array.shape != u_array.shape {
-            return Err(mismatch(
-                "dh",
-                format!("{} (as u)", u_array.shape_text()),
-                dh_array,
+        let ([b, _, p], _) = states_dims::<T>("u", u_array)?;
+        if dh_array.shape != u_array.shape || dh_array.element != u_array.element {
+            return Err(format!(
+                "`dh`: expected {} {} (as u), got {} {}",
+                u_array.element.name(),
+                u_array.shape_text(),
+                dh_array.element.name(),
+                dh_array.shape_text()
             ));
         }
-        holds::<T>("dh", dh_array)?;
         if let Some(array) = dh_last_array {
-            let (b, p) = (u_array.shape[0], u_array.shape[2]);
             if array.shape != [b, p] {
                 return Err(mismatch(
                     "dh_last",
@@ -233,9 +317,9 @@ impl<T: ScanElement> BackwardFile<T> {
             }
             holds::<T>("dh_last", array)?;
         }
-        let forward = ScanFile::<T>::load(arrays)?;
+        let forward = ScanFile::<T>::load(arrays, storage, BACKWARD_NEEDS)?;
         let cotangents = super::Cotangents {
-            dh: elements::<T>("dh", dh_array)?,
+            dh: states::<T>("dh", dh_array, storage)?,
             dh_last: dh_last_array
                 .map(|d| elements::<T>("dh_last", d))
                 .transpose()?,
@@ -246,14 +330,27 @@ impl<T: ScanElement> BackwardFile<T> {
         })
     }
 
+    /// The backward pass on `backend` with the states stored as `S`, recomputing them.
+    fn run_stored<S: StateStorage>(
+        &self,
+        backends: &Backends,
+        backend: Backend,
+    ) -> crate::Result<Option<super::DeviceGradients>> {
+        let (scan, inputs) = (&self.forward.scan, &self.forward.inputs);
+        super::check_backward::run_backward::<T, S>(
+            backends,
+            backend,
+            scan,
+            inputs,
+            &self.cotangents,
+            true,
+        )
+    }
+
     /// The output arrays: du [b, t, p], da as a, dh0 [b, p] (zeros without h0).
     fn arrays(&self, du: Vec<f32>, da: Vec<f32>, dh0: Option<Vec<f32>>) -> Vec<(String, Array)> {
         let scan = &self.forward.scan;
         let shape = scan.shape;
-        let data = |v: Vec<f32>| match T::LANES {
-            1 => Data::F32(v),
-            _ => Data::C64(bytemuck::cast_slice(&v).to_vec()),
-        };
         let a_shape = match scan.decay {
             Decay::TimeInvariant => vec![shape.channels()],
             Decay::TimeVarying => vec![shape.batch(), shape.time(), shape.channels()],
@@ -261,27 +358,9 @@ impl<T: ScanElement> BackwardFile<T> {
         let final_shape = vec![shape.batch(), shape.channels()];
         let dh0 = dh0.unwrap_or_else(|| vec![0.0; scan.final_len() * T::LANES]);
         vec![
-            (
-                "du".into(),
-                Array {
-                    shape: vec![shape.batch(), shape.time(), shape.channels()],
-                    data: data(du),
-                },
-            ),
-            (
-                "da".into(),
-                Array {
-                    shape: a_shape,
-                    data: data(da),
-                },
-            ),
-            (
-                "dh0".into(),
-                Array {
-                    shape: final_shape,
-                    data: data(dh0),
-                },
-            ),
+            ("du".into(), self.forward.states_array(du)),
+            ("da".into(), ScanFile::<T>::wide_array(a_shape, da)),
+            ("dh0".into(), ScanFile::<T>::wide_array(final_shape, dh0)),
         ]
     }
 }
@@ -301,15 +380,11 @@ impl<T: ScanElement> CaseFile for BackwardFile<T> {
                 _ => Err("the reference gave fewer outputs than du, da, dh0".into()),
             };
         }
-        let scan = &self.forward.scan;
-        let ran = super::check_backward::run_backward::<T, f32>(
-            backends,
-            backend,
-            scan,
-            &self.forward.inputs,
-            &self.cotangents,
-            true,
-        );
+        let ran = match self.forward.storage {
+            Storage::F32 => self.run_stored::<f32>(backends, backend),
+            Storage::F16 => self.run_stored::<half::f16>(backends, backend),
+            Storage::Bf16 => self.run_stored::<half::bf16>(backends, backend),
+        };
         match ran.map_err(|e| e.to_string())? {
             Some(g) => Ok(self.arrays(g.du, g.da, g.dh0)),
             None => Err(format!("scan-backward has no {backend} path")),

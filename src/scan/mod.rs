@@ -15,7 +15,11 @@
 //!
 //! - `a` is time-invariant `[p]` (S5's Λ̄, never materialised per step) or time-varying
 //!   `[b, t, p]` (selective, Mamba-like), see [`Decay`].
-//! - Elements are `f32` or [`Complex32`] ([`ScanElement`]).
+//! - Elements are `f32` or [`Complex32`] ([`ScanElement`]). On the GPU backends `u` and `h`
+//!   (and the backward's `dh` and `du`) may be stored in f16 or bf16 ([`StateStorage`],
+//!   complex values as pairs), as Mamba's kernels take bf16: every operation and every carry
+//!   stays f32, and the error is one rounding of each stored value (the carry is never
+//!   rounded, so it does not accumulate). The CPU functions take the values as f32s.
 //! - `u`, `h` and a time-varying `a` are `[b, t, p]` batch-major or `[t, b, p]` time-major
 //!   ([`Layout`]), p contiguous; `reset` is u8 `[b, t]` or `[t, b]` in the same order
 //!   (non-zero = reset); `h0` and `h_last` are `[b, p]`.
