@@ -1,9 +1,11 @@
 //! The scan's benchmark cases for `tilefuse bench` and `benches/scan.rs`: complex64 with 1%
-//! resets, every state and the final state only, beside a copy of the same bytes.
+//! resets, every state and the final state only, and with u and h stored in bf16, each beside
+//! a copy of the same bytes.
 
 use num_complex::Complex32;
 
 use super::check::{BackwardProblem, Case, Inputs, OnDevice, Problem};
+use super::{StateStorage, Storage};
 use crate::error::Result;
 use crate::harness::device::{Device, on_device};
 use crate::harness::{Backend, Backends, BenchCase, Runner};
@@ -57,6 +59,31 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
             flops,
             move |backends, backend| prepare(backends, backend, &final_case),
         ));
+        // u and h in bf16 (4 bytes a complex value), the carry in f32.
+        let stored_case = Case {
+            storage: Storage::Bf16,
+            ..case
+        };
+        let stored_name = format!("c64 in bf16 b={b} t={t} p={p} resets=1%");
+        cases.push(BenchCase::new(
+            "scan",
+            stored_name.clone(),
+            states_bytes + reset_bytes + final_bytes,
+            flops,
+            move |backends, backend| prepare(backends, backend, &stored_case),
+        ));
+        cases.push(
+            BenchCase::new(
+                "scan",
+                stored_name,
+                states_bytes,
+                0,
+                move |backends, backend| {
+                    crate::harness::prepare_copy(backends, backend, b * t * p * 4)
+                },
+            )
+            .by("copy"),
+        );
     }
     cases
 }
@@ -66,11 +93,23 @@ fn prepare<'a>(
     backend: Backend,
     case: &Case,
 ) -> Result<Option<Runner<'a>>> {
+    match case.storage {
+        Storage::F32 => prepare_stored::<f32>(backends, backend, case),
+        Storage::F16 => prepare_stored::<half::f16>(backends, backend, case),
+        Storage::Bf16 => prepare_stored::<half::bf16>(backends, backend, case),
+    }
+}
+
+fn prepare_stored<'a, S: StateStorage>(
+    backends: &'a Backends,
+    backend: Backend,
+    case: &Case,
+) -> Result<Option<Runner<'a>>> {
     let scan = case.scan::<Complex32>()?;
     let inputs = Inputs::random(case, &scan, 1);
     let final_only = case.final_only;
     on_device!(backends, backend, |device| {
-        let mut problem = Problem::<_, _, f32>::upload(device, &scan, &inputs)?;
+        let mut problem = Problem::<_, _, S>::upload(device, &scan, &inputs)?;
         Ok(Runner::new(device.clock(), move || {
             problem.run(device, &scan, final_only)
         }))
