@@ -8,6 +8,11 @@
 //! `i' = i + lk − lq` (bottom-right alignment): causal allows key `j` iff `j ≤ i'`, sliding
 //! window iff `|i' − j| < w`, causal + window iff `0 ≤ i' − j < w`. Keys past `lk` and
 //! queries past `lq` (the ragged ends) are never attended, whatever the lists say.
+//!
+//! Beside the lists by query block, a mask keeps their transpose, built once from them (as
+//! FlexAttention keeps `q_indices` beside `kv_indices`): for every (batch, head, key block),
+//! sorted, the query blocks whose lists hold it as partial and as full
+//! ([`BlockMask::q_blocks_of`]), which a backward pass walks key block by key block.
 
 use crate::error::{Error, Result};
 use crate::harness::Rng;
@@ -175,6 +180,55 @@ pub struct BlockMask {
     partial: Vec<u32>,
     full_offsets: Vec<u32>,
     full: Vec<u32>,
+    /// The transposed lists, by (batch, head, key block).
+    transposed: Transposed,
+}
+
+/// The lists of a mask by key block: offsets per (batch, head, key block) plus the end, and
+/// query blocks.
+#[derive(Debug, Clone, PartialEq)]
+struct Transposed {
+    partial_offsets: Vec<u32>,
+    partial: Vec<u32>,
+    full_offsets: Vec<u32>,
+    full: Vec<u32>,
+}
+
+impl Transposed {
+    /// The transpose of validated lists by (batch, head, query block): a counting sort by
+    /// column, which keeps each column's query blocks increasing.
+    fn of(shape: MaskShape, lists: [(&[u32], &[u32]); 2]) -> Transposed {
+        let (q_blocks, kv_blocks) = (shape.q_blocks(), shape.kv_blocks());
+        let columns = shape.batch * shape.heads * kv_blocks;
+        let [partial, full] = lists.map(|(offsets, blocks)| {
+            let column = |row: usize, kv: u32| (row / q_blocks) * kv_blocks + kv as usize;
+            let mut counts = vec![0u32; columns + 1];
+            for row in 0..offsets.len() - 1 {
+                for &kv in &blocks[offsets[row] as usize..offsets[row + 1] as usize] {
+                    counts[column(row, kv) + 1] += 1;
+                }
+            }
+            for c in 0..columns {
+                counts[c + 1] += counts[c];
+            }
+            let mut next = counts.clone();
+            let mut q_list = vec![0u32; blocks.len()];
+            for row in 0..offsets.len() - 1 {
+                for &kv in &blocks[offsets[row] as usize..offsets[row + 1] as usize] {
+                    let slot = &mut next[column(row, kv)];
+                    q_list[*slot as usize] = (row % q_blocks) as u32;
+                    *slot += 1;
+                }
+            }
+            (counts, q_list)
+        });
+        Transposed {
+            partial_offsets: partial.0,
+            partial: partial.1,
+            full_offsets: full.0,
+            full: full.1,
+        }
+    }
 }
 
 /// How many key blocks the query blocks visit.
@@ -456,6 +510,10 @@ impl BlockMask {
                 ));
             }
         }
+        let transposed = Transposed::of(
+            shape,
+            [(&partial_offsets, &partial), (&full_offsets, &full)],
+        );
         Ok(BlockMask {
             shape,
             element,
@@ -463,6 +521,7 @@ impl BlockMask {
             partial,
             full_offsets,
             full,
+            transposed,
         })
     }
 
@@ -551,6 +610,35 @@ impl BlockMask {
             BlockKind::Full => true,
             BlockKind::Partial => self.element.allows(i, j, s.lq, s.lk),
         }
+    }
+
+    /// The query blocks whose lists hold key block `kv` of (batch, head), as partial and as
+    /// full, each increasing; an error for a batch, head or key block the mask does not have.
+    /// Batch and head broadcast as in [`Self::blocks`].
+    pub fn q_blocks_of(&self, b: usize, h: usize, kv: usize) -> Result<(&[u32], &[u32])> {
+        self.check_row(b, h, 0)?;
+        let kv_blocks = self.shape.kv_blocks();
+        if kv >= kv_blocks {
+            return Err(Error::invalid(
+                "key block",
+                format!("below {kv_blocks}"),
+                kv,
+            ));
+        }
+        let column = self.row(b, h, 0) / self.shape.q_blocks() * kv_blocks + kv;
+        let t = &self.transposed;
+        let range = |offsets: &[u32]| offsets[column] as usize..offsets[column + 1] as usize;
+        Ok((
+            &t.partial[range(&t.partial_offsets)],
+            &t.full[range(&t.full_offsets)],
+        ))
+    }
+
+    /// The transposed CSR parts, by (batch, head, key block) of the mask's own batch and
+    /// heads: partial offsets, partial query blocks, full offsets, full query blocks.
+    pub fn transposed_parts(&self) -> (&[u32], &[u32], &[u32], &[u32]) {
+        let t = &self.transposed;
+        (&t.partial_offsets, &t.partial, &t.full_offsets, &t.full)
     }
 
     /// The CSR parts: partial offsets, partial blocks, full offsets, full blocks.

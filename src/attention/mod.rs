@@ -34,6 +34,7 @@
 //! A finite input never gives NaN, except where an f32 score overflows (bf16 inputs near
 //! its largest values).
 
+mod backward;
 mod bench;
 mod check;
 #[cfg(feature = "cli")]
@@ -45,6 +46,7 @@ mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+pub use backward::{Gradients, blockwise_backward, reference_backward};
 pub use check::{Case, ENTRY, MaskKind, Output, check, run};
 pub use mask::{BlockKind, BlockMask, ElementMask, MaskShape, MaskStats};
 pub use reference::{Outputs, reference};
