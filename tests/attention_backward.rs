@@ -11,7 +11,7 @@ use tilefuse::attention::{
     AttentionShape, BlockKind, BlockMask, Case, ElementMask, Gradients, MaskKind, MaskShape,
     blockwise_backward, reference, reference_backward,
 };
-use tilefuse::harness::{Rng, Tolerance, compare};
+use tilefuse::harness::{Backend, Rng, Tolerance, compare};
 
 /// Random values in [-2, 2) for a buffer of `len`.
 fn random(rng: &mut Rng, len: usize) -> Vec<f64> {
@@ -270,4 +270,12 @@ fn wrong_lengths_are_errors() {
     assert!(matches!(error, Error::Length { what: "k", .. }), "{error}");
     let error = reference_backward(&shape, [&x, &x, &x], &x, &mask, f64::NAN).unwrap_err();
     assert!(matches!(error, Error::InvalidArgument { .. }), "{error}");
+}
+
+/// `tilefuse check`'s cases of the backward pass pass on the CPU (the blockwise algorithm
+/// against the reference).
+#[test]
+fn every_registered_case_passes_on_the_cpu() {
+    let backends = common::available(Backend::Cpu).expect("the CPU is always there");
+    common::assert_registered_cases("attention-backward", backends, Backend::Cpu);
 }

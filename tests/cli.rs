@@ -936,6 +936,87 @@ fn attention_case(seed: u64) -> (Npz, Vec<f64>, Vec<f64>) {
     (npz, out.o, out.lse)
 }
 
+/// `tilefuse run attention-backward`: dq [b, lq, hq, d], dk and dv [b, lk, hkv, d] float32
+/// against the reference backward (GQA, a causal window, a query block that sees nothing);
+/// `check --input` tells such a file from a forward case by its `do`; a GPU backend says it
+/// has no path yet; a `do` of the wrong shape gets one line.
+#[test]
+fn attention_backward_round_trips_through_run() {
+    use tilefuse::attention::{AttentionShape, BlockMask, ElementMask, MaskShape};
+    let seed = common::seed();
+    let (npz, _, _) = attention_case(seed);
+    let mut rng = Rng::new(seed ^ 9);
+    let d_o: Vec<f16> = (0..150 * 4 * 64)
+        .map(|_| f16::from_f64(rng.uniform(-1.0, 1.0)))
+        .collect();
+    let npz = npz.with("do", &[1, 150, 4, 64], Values::F16(d_o.clone()));
+    let dir = Scratch::new("attention-backward");
+    let (input, output) = (dir.join("case.npz"), dir.join("out.npz"));
+    npz.save(&input);
+    // The same case, through the library.
+    let half = |name: &str| match &npz.0.iter().find(|(n, _, _)| *n == name).unwrap().2 {
+        Values::F16(v) => v.clone(),
+        _ => unreachable!("q, k and v are float16"),
+    };
+    let (q, k, v) = (half("q"), half("k"), half("v"));
+    let layout = match &npz.0.iter().find(|(n, _, _)| *n == "layout").unwrap().2 {
+        Values::U8(v) => v.clone(),
+        _ => unreachable!("the layout is uint8"),
+    };
+    let mask_shape = MaskShape {
+        heads: 4,
+        block_m: 64,
+        block_n: 64,
+        ..MaskShape::new(150, 200)
+    };
+    let mask = BlockMask::from_layout(mask_shape, ElementMask::CausalWindow(90), &layout).unwrap();
+    let shape = AttentionShape::new(1, 150, 200, 4, 2, 64).unwrap();
+    let want =
+        tilefuse::attention::reference_backward(&shape, [&q, &k, &v], &d_o, &mask, 0.3f32 as f64)
+            .unwrap();
+    run_ok("attention-backward", &input, &output, "cpu");
+    for (name, dims, want) in [
+        ("dq", [1, 150, 4, 64], &want.dq),
+        ("dk", [1, 200, 2, 64], &want.dk),
+        ("dv", [1, 200, 2, 64], &want.dv),
+    ] {
+        let (got_dtype, (got_dims, got)) = load_typed(&output, name);
+        assert_eq!(
+            (got_dtype.as_str(), got_dims),
+            ("<f4", dims.to_vec()),
+            "{name}"
+        );
+        let c = compare(&got, want, Tolerance::F32);
+        assert!(c.passed(), "{name} (seed {seed}): {c}");
+    }
+    let out = tilefuse(&["check", "--input", input.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("attention-backward") && stdout.contains("dq"),
+        "{stdout}"
+    );
+    if backends().contains(&"wgpu") {
+        let out = tilefuse(&[
+            "run",
+            "attention-backward",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--backend",
+            "wgpu",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+    let wrong = npz.with(
+        "do",
+        &[1, 150, 4, 32],
+        Values::F16(vec![f16::ZERO; 150 * 4 * 32]),
+    );
+    assert_rejected("attention-backward", &wrong, "do");
+}
+
 #[test]
 fn attention_round_trips_through_run_and_checks_its_files() {
     let seed = common::seed();

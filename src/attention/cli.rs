@@ -241,6 +241,92 @@ where
     }
 }
 
+/// The backward pass's case files: the forward's arrays and `do`; out `dq`, `dk`, `dv`.
+pub(crate) const BACKWARD_FILE: FileEntry = FileEntry {
+    marks: &["q", "k", "v", "do"],
+    needs: BACKWARD_NEEDS,
+    load: load_backward,
+};
+
+const BACKWARD_NEEDS: &str = "attention-backward needs attention's arrays (q, k, v, block_m, block_n, \
+mask_mod, window, layout, scale) and do [b, lq, hq, d] float16 (as q)";
+
+fn load_backward(arrays: &Npz, options: FileOptions) -> Result<Box<dyn CaseFile>, String> {
+    options.no_format("attention-backward")?;
+    match options.dtype.unwrap_or(Dtype::F16) {
+        Dtype::F16 => Ok(Box::new(BackwardFile::<f16>::load(arrays)?)),
+        Dtype::Bf16 => Ok(Box::new(BackwardFile::<bf16>::load(arrays)?)),
+        Dtype::F32 => Err("--dtype f32: attention computes on f16 or bf16 inputs".into()),
+    }
+}
+
+/// A backward case: the forward's and dO, the cotangent of o.
+struct BackwardFile<T> {
+    forward: AttentionFile<T>,
+    d_o: Vec<T>,
+}
+
+impl<T: Float16> BackwardFile<T> {
+    /// `do`'s header is checked against q's before anything is read.
+    fn load(arrays: &Npz) -> Result<Self, String> {
+        let d_o = float16_entry(arrays, "do", &["b", "lq", "hq", "d"], BACKWARD_NEEDS)?;
+        let q = required(arrays, "q", BACKWARD_NEEDS)?;
+        if d_o.shape != q.shape {
+            return Err(mismatch("do", q.shape_text() + " (as q)", d_o));
+        }
+        let forward = AttentionFile::<T>::load(arrays)?;
+        Ok(BackwardFile {
+            forward,
+            d_o: float16(d_o, "do")?,
+        })
+    }
+}
+
+impl<T: DeviceFloat16> CaseFile for BackwardFile<T>
+where
+    f64: From<T>,
+{
+    fn backends(&self) -> &'static [Backend] {
+        &[Backend::Cpu]
+    }
+
+    fn run(&self, _backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
+        if backend != Backend::Cpu {
+            return Err(format!("attention-backward has no {backend} path yet"));
+        }
+        let s = self.forward.shape;
+        let q_dims = vec![s.batch, s.lq, s.heads_q, s.d];
+        let kv_dims = vec![s.batch, s.lk, s.heads_kv, s.d];
+        let narrow = |v: Vec<f64>| Data::F32(v.into_iter().map(|x| x as f32).collect());
+        let outputs = self
+            .reference()?
+            .into_iter()
+            .zip([q_dims, kv_dims.clone(), kv_dims]);
+        Ok(outputs
+            .map(|((name, values), shape)| {
+                let data = narrow(values);
+                (name, Array { shape, data })
+            })
+            .collect())
+    }
+
+    fn reference(&self) -> Result<Vec<(String, Vec<f64>)>, String> {
+        let f = &self.forward;
+        let inputs = [f.q.as_slice(), &f.k, &f.v];
+        let g = super::reference_backward(&f.shape, inputs, &self.d_o, &f.mask, f.scale)
+            .map_err(|e| e.to_string())?;
+        Ok(vec![
+            ("dq".into(), g.dq),
+            ("dk".into(), g.dk),
+            ("dv".into(), g.dv),
+        ])
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        self.forward.tolerance()
+    }
+}
+
 /// `tilefuse profile attention`: b = 1, causal, 128-blocks, f16, as many key/value heads as
 /// query heads.
 #[cfg(feature = "cuda")]

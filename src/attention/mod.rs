@@ -37,6 +37,7 @@
 mod backward;
 mod bench;
 mod check;
+mod check_backward;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cuda")]
@@ -48,6 +49,7 @@ pub mod wgpu;
 
 pub use backward::{Gradients, blockwise_backward, reference_backward};
 pub use check::{Case, ENTRY, MaskKind, Output, check, run};
+pub use check_backward::{BACKWARD_ENTRY, check_backward};
 pub use mask::{BlockKind, BlockMask, ElementMask, MaskShape, MaskStats};
 pub use reference::{Outputs, reference};
 

@@ -54,6 +54,8 @@ pub fn ops() -> &'static [OpEntry] {
         // Before the scan: a backward case file also holds the forward's arrays.
         crate::scan::BACKWARD_ENTRY,
         crate::scan::ENTRY,
+        // Before the forward: a backward case file also holds the forward's arrays.
+        crate::attention::BACKWARD_ENTRY,
         crate::attention::ENTRY,
     ]
 }

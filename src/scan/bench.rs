@@ -100,6 +100,11 @@ fn prepare<'a>(
     }
 }
 
+// Without a GPU backend in the build, `S` has no device to choose a kernel on.
+#[cfg_attr(
+    not(any(feature = "cuda", feature = "wgpu")),
+    allow(clippy::extra_unused_type_parameters)
+)]
 fn prepare_stored<'a, S: StateStorage>(
     backends: &'a Backends,
     backend: Backend,
