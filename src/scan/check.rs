@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use num_complex::Complex32;
-
 use super::{
     Decay, Layout, Scan, ScanElement, ScanShape, StateStorage, Storage, associative_scan, reference,
 };
@@ -257,16 +255,8 @@ pub fn check(
     case: &Case,
     seed: u64,
 ) -> Result<Option<Comparison>> {
-    match (case.complex, case.storage) {
-        (false, Storage::F32) => check_typed::<f32, f32>(backends, backend, case, seed),
-        (false, Storage::F16) => check_typed::<f32, half::f16>(backends, backend, case, seed),
-        (false, Storage::Bf16) => check_typed::<f32, half::bf16>(backends, backend, case, seed),
-        (true, Storage::F32) => check_typed::<Complex32, f32>(backends, backend, case, seed),
-        (true, Storage::F16) => check_typed::<Complex32, half::f16>(backends, backend, case, seed),
-        (true, Storage::Bf16) => {
-            check_typed::<Complex32, half::bf16>(backends, backend, case, seed)
-        }
-    }
+    let check = super::typed_for!(check_typed, case.complex, case.storage);
+    check(backends, backend, case, seed)
 }
 
 fn check_typed<T: ScanElement, S: StateStorage>(

@@ -1,13 +1,11 @@
 //! The scan backward's cases for `tilefuse check`, the CLI (`tilefuse run scan-backward`) and
 //! the integration tests.
 
-use num_complex::Complex32;
-
 use super::backward::{BackwardCase, DeviceGradients, check_backward_with, random_cotangents};
 use super::check::BackwardProblem;
 use super::{
     Case, Cotangents, Decay, Inputs, Layout, ResetPattern, Scan, ScanElement, StateStorage,
-    Storage, associative_backward, reference_backward,
+    associative_backward, reference_backward,
 };
 use crate::error::Result;
 use crate::harness::device::on_device;
@@ -39,14 +37,7 @@ pub fn check_backward(
     case: &BackwardCase,
     seed: u64,
 ) -> Result<Option<Comparison>> {
-    let run = match (case.forward.complex, case.forward.storage) {
-        (false, Storage::F32) => check_typed::<f32, f32>,
-        (false, Storage::F16) => check_typed::<f32, half::f16>,
-        (false, Storage::Bf16) => check_typed::<f32, half::bf16>,
-        (true, Storage::F32) => check_typed::<Complex32, f32>,
-        (true, Storage::F16) => check_typed::<Complex32, half::f16>,
-        (true, Storage::Bf16) => check_typed::<Complex32, half::bf16>,
-    };
+    let run = super::typed_for!(check_typed, case.forward.complex, case.forward.storage);
     run(backends, backend, case, seed)
 }
 

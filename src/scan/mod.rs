@@ -60,6 +60,23 @@
 //! and `dh' = ct·a`); PyTorch's convention for complex gradients is the conjugate of this one.
 //! [`reference_backward`] is the specification.
 
+/// `$f::<T, S>`, the instance of a function generic over the element type `T` (f32, or
+/// Complex32 when `$complex`) and the states' storage `S` that `$storage` names, as a fn
+/// pointer: one place that turns a case's flags into types.
+macro_rules! typed_for {
+    ($f:ident, $complex:expr, $storage:expr) => {
+        match ($complex, $storage) {
+            (false, $crate::scan::Storage::F32) => $f::<f32, f32>,
+            (false, $crate::scan::Storage::F16) => $f::<f32, half::f16>,
+            (false, $crate::scan::Storage::Bf16) => $f::<f32, half::bf16>,
+            (true, $crate::scan::Storage::F32) => $f::<num_complex::Complex32, f32>,
+            (true, $crate::scan::Storage::F16) => $f::<num_complex::Complex32, half::f16>,
+            (true, $crate::scan::Storage::Bf16) => $f::<num_complex::Complex32, half::bf16>,
+        }
+    };
+}
+pub(crate) use typed_for;
+
 mod backward;
 mod bench;
 mod check;

@@ -120,14 +120,7 @@ fn capacity_of(words: &[u32], arrays: usize) -> usize {
 
 fn check_case(case: &Case, order: Order) {
     assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
-        let run = match (case.complex, case.storage) {
-            (false, Storage::F32) => check_typed::<f32, f32>,
-            (false, Storage::F16) => check_typed::<f32, half::f16>,
-            (false, Storage::Bf16) => check_typed::<f32, half::bf16>,
-            (true, Storage::F32) => check_typed::<Complex32, f32>,
-            (true, Storage::F16) => check_typed::<Complex32, half::f16>,
-            (true, Storage::Bf16) => check_typed::<Complex32, half::bf16>,
-        };
+        let run = crate::scan::typed_for!(check_typed, case.complex, case.storage);
         run(emulator, case, order, seed)
     });
 }

@@ -184,14 +184,7 @@ fn run_in<T: ScanElement, S: StateStorage>(
 
 fn check_case(case: &BackwardCase, order: Order) {
     assert_emulated(&format!("{case}, {order:?}"), |emulator, seed| {
-        let run = match (case.forward.complex, case.forward.storage) {
-            (false, Storage::F32) => check_typed::<f32, f32>,
-            (false, Storage::F16) => check_typed::<f32, half::f16>,
-            (false, Storage::Bf16) => check_typed::<f32, half::bf16>,
-            (true, Storage::F32) => check_typed::<Complex32, f32>,
-            (true, Storage::F16) => check_typed::<Complex32, half::f16>,
-            (true, Storage::Bf16) => check_typed::<Complex32, half::bf16>,
-        };
+        let run = crate::scan::typed_for!(check_typed, case.forward.complex, case.forward.storage);
         run(emulator, case, order, seed)
     });
 }
