@@ -348,6 +348,12 @@ pub(crate) fn check_backward_with<T: ScanElement>(
             let scale = magnitudes[(i % want.da.len()) / T::LANES];
             *value /= if scale > 0.0 { scale } else { 1.0 };
         }
+        // Beside each part of da over its magnitudes, a 1 (the magnitudes over themselves) in
+        // both: the comparison's norms and its per-element scale then measure the error
+        // against the terms' magnitudes, not against a da whose terms cancelled.
+        let ones = std::iter::repeat_n(1.0, want.da.len());
+        da_got.extend(ones.clone());
+        da_want.extend(ones);
     }
     let comparisons = [
         compare(&wide(&got.du), &want.du, bound),
@@ -418,4 +424,45 @@ pub(crate) fn da_term_magnitudes<T: ScanElement>(
         }
     }
     Ok(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::ResetPattern;
+
+    /// A time-invariant da is checked relative to the sum of its terms' magnitudes, as
+    /// `check_backward_with` states: where the terms cancel, an error far below that sum
+    /// passes even when it is large against da itself, and one above it fails.
+    #[test]
+    fn a_time_invariant_da_is_bounded_by_its_terms_magnitudes() {
+        let case = BackwardCase::new(Case {
+            resets: ResetPattern::Never,
+            ..Case::new(1, 3000, 1)
+        });
+        let seed = 7;
+        let check = |error_over_magnitude: f64| {
+            check_backward_with::<f32>(&case, seed, |scan, inputs, cotangents| {
+                let want = reference_backward(scan, inputs, cotangents)?;
+                let magnitude = da_term_magnitudes(scan, inputs, cotangents)?[0];
+                // Cancelling terms: da far below the sum of their magnitudes.
+                assert!(
+                    want.da[0].abs() < 0.2 * magnitude,
+                    "{} vs {magnitude}",
+                    want.da[0]
+                );
+                let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+                Ok(Some(DeviceGradients {
+                    du: narrow(&want.du),
+                    da: vec![(want.da[0] + error_over_magnitude * magnitude) as f32],
+                    dh0: want.dh0.as_deref().map(narrow),
+                }))
+            })
+            .unwrap()
+            .unwrap()
+        };
+        // f32 rounding of da alone is about 6e-8 of it.
+        assert!(check(2e-6).passed(), "{}", check(2e-6));
+        assert!(!check(1e-4).passed(), "{}", check(1e-4));
+    }
 }
