@@ -567,6 +567,122 @@ fn a_kept_workspace_serves_forward_and_backward_calls() {
     assert_eq!(workspace.bytes(), reserved, "a reserved workspace grew");
 }
 
+/// The WGSL scan's workspace: one serves forward and backward calls (bf16 states) of
+/// different shapes and decays, round after round; each result is bitwise that of a call
+/// with a fresh one, and after the first round it no longer grows.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_kept_wgsl_workspace_serves_forward_and_backward_calls() {
+    use tilefuse::scan::wgpu::ScanWorkspace;
+    let Some(gpu) = common::wgpu() else {
+        return;
+    };
+    let seed = common::seed();
+    let cases = [
+        Case {
+            complex: true,
+            storage: tilefuse::scan::Storage::Bf16,
+            ..Case::new(2, 3000, 40)
+        },
+        Case {
+            complex: true,
+            decay: Decay::TimeVarying,
+            storage: tilefuse::scan::Storage::Bf16,
+            ..Case::new(3, 700, 33)
+        },
+    ];
+    let mut workspace = ScanWorkspace::new();
+    let mut after_first_round = 0;
+    for round in 0..3 {
+        for case in &cases {
+            let what = format!("{case}, round {round} (seed {seed})");
+            let kept = wgsl_calls(gpu, case, seed + round, Some(&mut workspace));
+            assert!(kept == wgsl_calls(gpu, case, seed + round, None), "{what}");
+        }
+        if round == 0 {
+            after_first_round = workspace.bytes();
+        }
+    }
+    assert_eq!(workspace.bytes(), after_first_round, "the workspace grew");
+}
+
+/// The bits of h_last, du, da and dh0 of a final-state-only forward and a backward pass
+/// (recomputing the states) of `case` through WGSL with u, dh and du in bf16, on
+/// `workspace` or a fresh one.
+#[cfg(feature = "wgpu")]
+fn wgsl_calls(
+    gpu: &tilefuse::backend::wgpu::Wgpu,
+    case: &Case,
+    seed: u64,
+    workspace: Option<&mut tilefuse::scan::wgpu::ScanWorkspace>,
+) -> Vec<Vec<u32>> {
+    use tilefuse::scan::wgpu::{
+        ScanCotangents, ScanGradients, ScanInputs, ScanWorkspace, scan_backward_with_workspace,
+        scan_with_workspace,
+    };
+    let scan = case.scan::<Complex32>().unwrap();
+    let inputs = Inputs::random(case, &scan, seed);
+    let cotangents = random_cotangents(&scan, true, seed ^ 1);
+    let bf16 = |v: &[Complex32]| {
+        let floats: &[f32] = bytemuck::cast_slice(v);
+        let values: Vec<half::bf16> = floats.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        gpu.upload(&values).unwrap()
+    };
+    let (a, u, reset) = (
+        gpu.upload(&inputs.a).unwrap(),
+        bf16(&inputs.u),
+        gpu.upload(&inputs.reset).unwrap(),
+    );
+    let h0 = inputs.h0.as_deref().map(|h0| gpu.upload(h0).unwrap());
+    let (dh, dh_last) = (
+        bf16(&cotangents.dh),
+        gpu.upload(cotangents.dh_last.as_deref().unwrap()).unwrap(),
+    );
+    let device = ScanInputs {
+        a: &a,
+        u: &u,
+        reset: &reset,
+        h0: h0.as_ref(),
+    };
+    let mut fresh = ScanWorkspace::new();
+    let ws: &mut ScanWorkspace = match workspace {
+        Some(kept) => kept,
+        None => &mut fresh,
+    };
+    let mut h_last = gpu.zeros::<Complex32>(scan.final_len()).unwrap();
+    let no_states = None::<&mut tilefuse::backend::wgpu::GpuBuffer<half::bf16>>;
+    scan_with_workspace(gpu, &scan, device, no_states, &mut h_last, ws).unwrap();
+    let mut du = gpu.zeros::<half::bf16>(2 * scan.states_len()).unwrap();
+    let mut da = gpu.zeros::<Complex32>(scan.a_len()).unwrap();
+    let mut dh0 = gpu.zeros::<Complex32>(scan.final_len()).unwrap();
+    let cts = ScanCotangents {
+        dh: &dh,
+        dh_last: Some(&dh_last),
+    };
+    let grads = ScanGradients {
+        du: &mut du,
+        da: &mut da,
+        dh0: Some(&mut dh0),
+    };
+    scan_backward_with_workspace(gpu, &scan, device, None, cts, grads, ws).unwrap();
+    let complex_bits = |b: &tilefuse::backend::wgpu::GpuBuffer<Complex32>| {
+        let values = gpu.download(b).unwrap();
+        bits(bytemuck::cast_slice(&values))
+    };
+    let du_bits = gpu
+        .download(&du)
+        .unwrap()
+        .iter()
+        .map(|x| u32::from(x.to_bits()))
+        .collect();
+    vec![
+        complex_bits(&h_last),
+        du_bits,
+        complex_bits(&da),
+        complex_bits(&dh0),
+    ]
+}
+
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }

@@ -467,8 +467,8 @@ pub(super) struct BackwardProblem<D: OnDevice, T: ScanElement, S: StateStorage =
     pub(super) du: D::States<T, S>,
     pub(super) da: D::Values<T>,
     pub(super) dh0: Option<D::Values<T>>,
-    // Only CUDA's backward keeps one.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    // Only the GPU backends' backward passes use it.
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
     pub(super) workspace: D::Workspace,
 }
 
@@ -611,8 +611,7 @@ forward_to!("cuda", crate::backend::cuda::Cuda, cuda, {
 forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
     type Values<T: ScanElement> = crate::backend::wgpu::GpuBuffer<T>;
     type States<T: ScanElement, S: StateStorage> = crate::backend::wgpu::GpuBuffer<S>;
-    // WGSL's backward keeps nothing from call to call.
-    type Workspace = ();
+    type Workspace = super::wgpu::ScanWorkspace;
     fn upload_values<T: ScanElement>(&self, values: &[T]) -> Result<Self::Values<T>> {
         self.upload(values)
     }
@@ -655,6 +654,9 @@ forward_to!("wgpu", crate::backend::wgpu::Wgpu, wgpu, {
             dh0: p.dh0.as_mut(),
         };
         let h = (!recompute).then_some(&f.h);
-        super::wgpu::scan_backward(self, scan, inputs, h, cotangents, gradients)
+        let workspace = &mut p.workspace;
+        super::wgpu::scan_backward_with_workspace(
+            self, scan, inputs, h, cotangents, gradients, workspace,
+        )
     }
 });

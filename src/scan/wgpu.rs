@@ -124,7 +124,14 @@ pub fn scan<T: ScanElement, U: StatesOf<T>>(
     h: &mut GpuBuffer<U>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
-    run(gpu, scan, inputs, Some(h), h_last)
+    scan_with_workspace(
+        gpu,
+        scan,
+        inputs,
+        Some(h),
+        h_last,
+        &mut ScanWorkspace::new(),
+    )
 }
 
 /// Which recurrence the passes of scan.wgsl run.
@@ -143,56 +150,88 @@ pub fn scan_final<T: ScanElement, U: StatesOf<T>>(
     inputs: ScanInputs<'_, T, U>,
     h_last: &mut GpuBuffer<T>,
 ) -> Result<()> {
-    run(gpu, scan, inputs, None, h_last)
+    let no_states = None::<&mut GpuBuffer<U>>;
+    scan_with_workspace(
+        gpu,
+        scan,
+        inputs,
+        no_states,
+        h_last,
+        &mut ScanWorkspace::new(),
+    )
 }
 
-fn run<'a, T: ScanElement, U: StatesOf<T>>(
-    gpu: &'a Wgpu,
+/// [`scan`] (with `h`) or [`scan_final`] (without), with its scratch memory taken from
+/// `workspace`: no allocation once it has served a call as large.
+pub fn scan_with_workspace<T: ScanElement, U: StatesOf<T>>(
+    gpu: &Wgpu,
     scan: &Scan<T>,
-    inputs: ScanInputs<'a, T, U>,
+    inputs: ScanInputs<'_, T, U>,
     h: Option<&mut GpuBuffer<U>>,
     h_last: &mut GpuBuffer<T>,
+    workspace: &mut ScanWorkspace,
 ) -> Result<()> {
     check(gpu, scan, inputs, h.as_deref(), h_last)?;
     let raw = inputs.raw();
-    if U::STORAGE == Storage::F32 {
-        let h = h.map(|h| h.raw());
-        return passes(gpu, scan, raw, h, h_last.raw(), Direction::Forward);
+    let mut needs = pass_needs(scan)?.to_vec();
+    let stored = U::STORAGE != Storage::F32;
+    let wide_bytes = 4 * scan.states_len() * T::LANES;
+    if stored {
+        needs.push((Role::WideU, wide_bytes));
+        if h.is_some() {
+            needs.push((Role::WideH, wide_bytes));
+        }
     }
-    let u = widened::<T>(gpu, U::STORAGE, inputs.u.raw(), scan.states_len())?;
-    let wide_h = match h {
-        Some(_) => Some(gpu.zeros::<T>(scan.states_len())?),
-        None => None,
-    };
-    let wide = RawInputs { u: u.raw(), ..raw };
-    let states = wide_h.as_ref().map(GpuBuffer::raw);
-    passes(gpu, scan, wide, states, h_last.raw(), Direction::Forward)?;
-    match (h, wide_h) {
+    workspace.prepare(gpu, &needs)?;
+    let ws = &*workspace;
+    if !stored {
+        let h = h.map(|h| h.raw());
+        return passes(gpu, scan, raw, h, h_last.raw(), Direction::Forward, ws);
+    }
+    let u = ws.buffer(Role::WideU);
+    widen_into::<T>(gpu, U::STORAGE, inputs.u.raw(), u, scan.states_len())?;
+    let wide = RawInputs { u, ..raw };
+    let states = h.is_some().then(|| ws.buffer(Role::WideH));
+    passes(
+        gpu,
+        scan,
+        wide,
+        states,
+        h_last.raw(),
+        Direction::Forward,
+        ws,
+    )?;
+    match (h, states) {
         (Some(h), Some(wide_h)) => {
-            narrow_into::<T>(gpu, U::STORAGE, wide_h.raw(), h.raw(), scan.states_len())
+            narrow_into::<T>(gpu, U::STORAGE, wide_h, h.raw(), scan.states_len())
         }
         _ => Ok(()),
     }
 }
 
-/// `elements` elements of `T` stored as 16-bit `storage` values in `packed`, widened into a
-/// new f32 buffer.
-fn widened<T: ScanElement>(
+/// What scan.wgsl's passes use of a workspace for `scan`: the chunk maps and end states.
+fn pass_needs<T: ScanElement>(scan: &Scan<T>) -> Result<[(Role, usize); 4]> {
+    let params = params(scan, false)?;
+    let records = (params.batch * params.groups * params.chunks) as usize;
+    let slots = 8 * records * TF_SCAN_LANES as usize; // vec2<f32> each
+    Ok([
+        (Role::MapA, slots),
+        (Role::MapB, slots),
+        (Role::MapReset, 4 * records),
+        (Role::Ends, slots),
+    ])
+}
+
+/// `elements` elements of `T` stored as 16-bit `storage` values in `packed`, widened into the
+/// f32 buffer `wide`.
+fn widen_into<T: ScanElement>(
     gpu: &Wgpu,
     storage: Storage,
     packed: &wgpu::Buffer,
+    wide: &wgpu::Buffer,
     elements: usize,
-) -> Result<GpuBuffer<T>> {
-    let wide = gpu.zeros::<T>(elements)?;
-    convert(
-        gpu,
-        storage,
-        "widen",
-        packed,
-        wide.raw(),
-        elements * T::LANES,
-    )?;
-    Ok(wide)
+) -> Result<()> {
+    convert(gpu, storage, "widen", packed, wide, elements * T::LANES)
 }
 
 /// `elements` elements of `T` in the f32 buffer `wide`, rounded into `packed` as 16-bit
@@ -280,7 +319,8 @@ fn check<T: ScanElement, U: StatesOf<T>>(
 }
 
 /// Submits scan.wgsl's passes on checked buffers: the scan, or (Backward, with `u` the
-/// cotangents dh, `h0` dh_last and `h` du) the recurrence of g. `u` and `h` hold f32s.
+/// cotangents dh, `h0` dh_last and `h` du) the recurrence of g. `u` and `h` hold f32s; the
+/// chunk maps live in `workspace`, prepared with [`pass_needs`].
 fn passes<'a, T: ScanElement>(
     gpu: &'a Wgpu,
     scan: &Scan<T>,
@@ -288,14 +328,13 @@ fn passes<'a, T: ScanElement>(
     h: Option<&'a wgpu::Buffer>,
     h_last: &'a wgpu::Buffer,
     direction: Direction,
+    workspace: &'a ScanWorkspace,
 ) -> Result<()> {
     let params = params(scan, inputs.h0.is_some())?;
-    let records = (params.batch * params.groups * params.chunks) as usize;
-    let slots = records * TF_SCAN_LANES as usize;
-    let map_a = gpu.zeros::<[f32; 2]>(slots)?;
-    let map_b = gpu.zeros::<[f32; 2]>(slots)?;
-    let map_reset = gpu.zeros::<u32>(records)?;
-    let ends = gpu.zeros::<[f32; 2]>(slots)?;
+    let map_a = workspace.buffer(Role::MapA);
+    let map_b = workspace.buffer(Role::MapB);
+    let map_reset = workspace.buffer(Role::MapReset);
+    let ends = workspace.buffer(Role::Ends);
     // A bound buffer that is never read stands in for an absent h0.
     let h0 = match inputs.h0 {
         Some(h0) => h0,
@@ -315,12 +354,8 @@ fn passes<'a, T: ScanElement>(
             .windowed([2, 14, 15, 16], inputs.u, false)?
             .windowed([3, 17, 18, 19], inputs.reset, false)
     };
-    let maps = |bindings: Bindings<'a>| {
-        bindings
-            .whole(4, map_a.raw())
-            .whole(5, map_b.raw())
-            .whole(6, map_reset.raw())
-    };
+    let maps =
+        |bindings: Bindings<'a>| bindings.whole(4, map_a).whole(5, map_b).whole(6, map_reset);
     // One workgroup per chunk, at most the grid's limit of chunks per dispatch.
     let chunks = params.chunks as usize;
     let grid_limit = gpu.limits().max_compute_workgroups_per_dimension as usize;
@@ -346,7 +381,7 @@ fn passes<'a, T: ScanElement>(
     // (one loop iteration per chunk).
     let pipeline = gpu.pipeline(SHADER, "chunk_ends", &constants)?;
     let carry = maps(Bindings::new(gpu, SHADER))
-        .whole(7, ends.raw())
+        .whole(7, ends)
         .whole(8, h0)
         .whole(9, h_last);
     for range in gpu.loop_passes(chunks, 1, 16) {
@@ -360,11 +395,10 @@ fn passes<'a, T: ScanElement>(
     }
 
     if let Some(h) = h {
-        let write =
-            read()?
-                .whole(7, ends.raw())
-                .whole(8, h0)
-                .windowed([10, 20, 21, 22], h, true)?;
+        let write = read()?
+            .whole(7, ends)
+            .whole(8, h0)
+            .windowed([10, 20, 21, 22], h, true)?;
         per_chunk_dispatches("states", write.list())?;
     }
     Ok(())
@@ -404,8 +438,11 @@ fn params<T: ScanElement>(scan: &Scan<T>, has_h0: bool) -> Result<Params> {
 }
 
 mod backward;
+mod workspace;
 
-pub use backward::{ScanCotangents, ScanGradients, scan_backward};
+pub use backward::{ScanCotangents, ScanGradients, scan_backward, scan_backward_with_workspace};
+use workspace::Role;
+pub use workspace::ScanWorkspace;
 
 /// The convert shader's uniform struct is laid out as it reads it.
 #[cfg(test)]

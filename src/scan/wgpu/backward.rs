@@ -2,8 +2,8 @@
 //! reverse (writing du), then `wgsl/scan_backward.wgsl` forms da and dh0.
 
 use super::{
-    Direction, Params, RawInputs, ScanInputs, StatesOf, narrow_into, params, passes, states_len,
-    widened,
+    Direction, Params, RawInputs, Role, ScanInputs, ScanWorkspace, StatesOf, narrow_into, params,
+    pass_needs, passes, states_len, widen_into,
 };
 use crate::backend::abi::TF_SCAN_LANES;
 use crate::backend::wgpu::{Binding, Bindings, GpuBuffer, Shader, Wgpu};
@@ -52,67 +52,141 @@ pub fn scan_backward<T: ScanElement, U: StatesOf<T>>(
     cotangents: ScanCotangents<'_, T, U>,
     gradients: ScanGradients<'_, T, U>,
 ) -> Result<()> {
+    let mut workspace = ScanWorkspace::new();
+    scan_backward_with_workspace(gpu, scan, inputs, h, cotangents, gradients, &mut workspace)
+}
+
+/// [`scan_backward`] with its scratch memory taken from `workspace` (see [`ScanWorkspace`]).
+pub fn scan_backward_with_workspace<T: ScanElement, U: StatesOf<T>>(
+    gpu: &Wgpu,
+    scan: &Scan<T>,
+    inputs: ScanInputs<'_, T, U>,
+    h: Option<&GpuBuffer<U>>,
+    cotangents: ScanCotangents<'_, T, U>,
+    gradients: ScanGradients<'_, T, U>,
+    workspace: &mut ScanWorkspace,
+) -> Result<()> {
     check_gradients(gpu, scan, inputs, h, &cotangents, &gradients)?;
     let ScanGradients { du, da, dh0 } = gradients;
+    let stored = U::STORAGE != Storage::F32;
+    workspace.prepare(
+        gpu,
+        &needs(
+            scan,
+            inputs.h0.is_some(),
+            h.is_some(),
+            dh0.is_some(),
+            stored,
+        )?,
+    )?;
+    let ws = &*workspace;
     let raw = inputs.raw();
     let dh_last = cotangents.dh_last.map(GpuBuffer::raw);
     let dh0 = dh0.map(|d| d.raw());
-    if U::STORAGE == Storage::F32 {
+    if !stored {
         let states = h.map(GpuBuffer::raw);
         let (dh, du) = (cotangents.dh.raw(), du.raw());
-        return backward(gpu, scan, raw, states, [dh, du], dh_last, da.raw(), dh0);
+        return backward(gpu, scan, raw, states, [dh, du], dh_last, da.raw(), dh0, ws);
     }
     let elements = scan.states_len();
-    let widen = |packed: &GpuBuffer<U>| widened::<T>(gpu, U::STORAGE, packed.raw(), elements);
-    let u = widen(inputs.u)?;
-    let states = h.map(widen).transpose()?;
-    let dh = widen(cotangents.dh)?;
-    let wide_du = gpu.zeros::<T>(elements)?;
-    let wide = RawInputs { u: u.raw(), ..raw };
-    let states = states.as_ref().map(GpuBuffer::raw);
-    let cotangent_and_gradient = [dh.raw(), wide_du.raw()];
+    let widen = |packed: &GpuBuffer<U>, role| {
+        let wide = ws.buffer(role);
+        widen_into::<T>(gpu, U::STORAGE, packed.raw(), wide, elements).map(|()| wide)
+    };
+    let u = widen(inputs.u, Role::WideU)?;
+    let states = h.map(|h| widen(h, Role::WideH)).transpose()?;
+    let dh = widen(cotangents.dh, Role::WideDh)?;
+    let wide_du = ws.buffer(Role::WideDu);
+    let wide = RawInputs { u, ..raw };
     backward(
         gpu,
         scan,
         wide,
         states,
-        cotangent_and_gradient,
+        [dh, wide_du],
         dh_last,
         da.raw(),
         dh0,
+        ws,
     )?;
-    narrow_into::<T>(gpu, U::STORAGE, wide_du.raw(), du.raw(), elements)
+    narrow_into::<T>(gpu, U::STORAGE, wide_du, du.raw(), elements)
 }
 
-/// The backward pass on checked f32 buffers: `dh` and `du`, `h` when kept.
-#[allow(clippy::too_many_arguments)]
-fn backward<T: ScanElement>(
-    gpu: &Wgpu,
+/// What a backward pass of `scan` uses of a workspace: the passes' maps, its scratch (the
+/// forward's states when not given, dh0 when not wanted but written), and f32 copies of
+/// 16-bit states (`stored`).
+fn needs<T: ScanElement>(
     scan: &Scan<T>,
-    inputs: RawInputs<'_>,
-    h: Option<&wgpu::Buffer>,
-    [dh, du]: [&wgpu::Buffer; 2],
-    dh_last: Option<&wgpu::Buffer>,
-    da: &wgpu::Buffer,
-    dh0: Option<&wgpu::Buffer>,
+    has_h0: bool,
+    has_states: bool,
+    wants_dh0: bool,
+    stored: bool,
+) -> Result<Vec<(Role, usize)>> {
+    let params = params(scan, has_h0)?;
+    let records = (params.batch * params.groups * params.chunks) as usize;
+    let lanes = TF_SCAN_LANES as usize;
+    let states = 4 * scan.states_len() * T::LANES;
+    let finals = 4 * scan.final_len() * T::LANES;
+    let invariant = scan.decay == Decay::TimeInvariant;
+    let mut needs = pass_needs(scan)?.to_vec();
+    needs.extend([
+        (Role::Last, finals),
+        (
+            Role::Partials,
+            8 * lanes * if invariant { records } else { 1 },
+        ),
+        (Role::Sums, 8 * lanes * params.groups as usize * WARPS),
+    ]);
+    if !has_states {
+        needs.push((Role::States, states));
+    }
+    if has_h0 && !wants_dh0 {
+        needs.push((Role::Unread, finals));
+    }
+    if stored {
+        needs.extend([
+            (Role::WideU, states),
+            (Role::WideDh, states),
+            (Role::WideDu, states),
+        ]);
+        if has_states {
+            needs.push((Role::WideH, states));
+        }
+    }
+    Ok(needs)
+}
+
+/// The backward pass on checked f32 buffers: `dh` and `du`, `h` when kept; its scratch in
+/// `workspace`, prepared with [`needs`].
+#[allow(clippy::too_many_arguments)]
+fn backward<'a, T: ScanElement>(
+    gpu: &'a Wgpu,
+    scan: &Scan<T>,
+    inputs: RawInputs<'a>,
+    h: Option<&'a wgpu::Buffer>,
+    [dh, du]: [&'a wgpu::Buffer; 2],
+    dh_last: Option<&'a wgpu::Buffer>,
+    da: &'a wgpu::Buffer,
+    dh0: Option<&'a wgpu::Buffer>,
+    workspace: &'a ScanWorkspace,
 ) -> Result<()> {
     let params = params(scan, inputs.h0.is_some())?;
-    let scratch_last = gpu.zeros::<T>(scan.final_len())?;
-    let kept;
+    let scratch_last = workspace.buffer(Role::Last);
     let h = match h {
         Some(h) => h,
         None => {
-            kept = gpu.zeros::<T>(scan.states_len())?;
+            let states = workspace.buffer(Role::States);
             let forward = Direction::Forward;
             passes(
                 gpu,
                 scan,
                 inputs,
-                Some(kept.raw()),
-                scratch_last.raw(),
+                Some(states),
+                scratch_last,
                 forward,
+                workspace,
             )?;
-            kept.raw()
+            states
         }
     };
     let reversed = RawInputs {
@@ -121,31 +195,27 @@ fn backward<T: ScanElement>(
         reset: inputs.reset,
         h0: dh_last,
     };
+    let backward = Direction::Backward;
     passes(
         gpu,
         scan,
         reversed,
         Some(du),
-        scratch_last.raw(),
-        Direction::Backward,
+        scratch_last,
+        backward,
+        workspace,
     )?;
 
     let invariant = scan.decay == Decay::TimeInvariant;
-    let records = (params.batch * params.groups * params.chunks) as usize;
-    let partials =
-        gpu.zeros::<[f32; 2]>(if invariant { records } else { 1 } * TF_SCAN_LANES as usize)?;
-    let sums = gpu.zeros::<[f32; 2]>(params.groups as usize * WARPS * TF_SCAN_LANES as usize)?;
+    let partials = workspace.buffer(Role::Partials);
+    let sums = workspace.buffer(Role::Sums);
     let placeholders = gpu.placeholders()?;
     let h0 = inputs.h0.unwrap_or(&placeholders[0]);
     // The shader writes dh0 whenever the scan has an h0: into the caller's buffer, or one
     // that nobody reads (never the shared placeholders, which no shader may write).
-    let unread;
     let dh0_buffer = match (dh0, inputs.h0) {
         (Some(dh0), Some(_)) => dh0,
-        (None, Some(_)) => {
-            unread = gpu.zeros::<T>(scan.final_len())?;
-            unread.raw()
-        }
+        (None, Some(_)) => workspace.buffer(Role::Unread),
         (_, None) => &placeholders[1],
     };
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
@@ -162,13 +232,13 @@ fn backward<T: ScanElement>(
         .windowed([5, 23, 24, 25], da, true)?
         .whole(6, h0)
         .whole(7, dh0_buffer)
-        .whole(8, partials.raw());
+        .whole(8, partials);
     gradients_dispatches(gpu, &constants, params, gradients.list())?;
     if invariant {
         let total = Bindings::new(gpu, SHADER)
             .windowed([5, 23, 24, 25], da, true)?
-            .whole(8, partials.raw())
-            .whole(9, sums.raw());
+            .whole(8, partials)
+            .whole(9, sums);
         da_total_dispatches(gpu, &constants, params, total.list())?;
     }
     Ok(())
