@@ -522,7 +522,7 @@ impl<D: OnDevice, T: ScanElement, S: StateStorage> BackwardProblem<D, T, S> {
 }
 
 /// The f32 values of `values`, each rounded to `S`.
-fn stored<T: ScanElement, S: StateStorage>(values: &[T]) -> Vec<S> {
+pub(super) fn stored<T: ScanElement, S: StateStorage>(values: &[T]) -> Vec<S> {
     bytemuck::cast_slice::<T, f32>(values)
         .iter()
         .map(|&v| S::from_f32(v))

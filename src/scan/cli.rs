@@ -479,27 +479,34 @@ pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
             help: "scan: f32 instead of complex64",
             kind: ParamKind::Switch,
         },
+        ProfileParam {
+            name: "bf16",
+            help: "scan: u and h stored in bf16 (the carry in f32)",
+            kind: ParamKind::Switch,
+        },
     ],
     prepare: prepare_profile,
 };
 
 #[cfg(feature = "cuda")]
 fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
-    if values.switch("real")? {
-        prepare_typed::<f32>(cuda, values)
-    } else {
-        prepare_typed::<Complex32>(cuda, values)
-    }
+    let storage = match values.switch("bf16")? {
+        true => Storage::Bf16,
+        false => Storage::F32,
+    };
+    let prepare = super::typed_for!(prepare_typed, !values.switch("real")?, storage);
+    prepare(cuda, values)
 }
 
 #[cfg(feature = "cuda")]
-fn prepare_typed<'a, T: ScanElement>(
+fn prepare_typed<'a, T: ScanElement, S: StateStorage>(
     cuda: &'a Cuda,
     values: &ProfileValues,
 ) -> crate::Result<Prepared<'a>> {
     let case = super::Case {
         complex: T::LANES == 2,
         h0: false,
+        storage: S::STORAGE,
         ..super::Case::new(
             values.count("batch")?,
             values.count("time")?,
@@ -508,10 +515,10 @@ fn prepare_typed<'a, T: ScanElement>(
     };
     let problem = case.scan::<T>()?;
     let inputs = super::Inputs::random(&case, &problem, 1);
-    let upload = |v: &[T]| cuda.upload(bytemuck::cast_slice::<T, f32>(v));
-    let (a, u) = (upload(&inputs.a)?, upload(&inputs.u)?);
+    let a = cuda.upload(bytemuck::cast_slice::<T, f32>(&inputs.a))?;
+    let u = cuda.upload(&super::check::stored::<T, S>(&inputs.u))?;
     let reset = cuda.upload(&inputs.reset)?;
-    let mut h = cuda.upload(&vec![0.0f32; problem.states_len() * T::LANES])?;
+    let mut h = cuda.upload(&vec![S::from_f32(0.0); problem.states_len() * T::LANES])?;
     let mut h_last = cuda.upload(&vec![0.0f32; problem.final_len() * T::LANES])?;
     Ok(Prepared {
         label: format!("scan {case}"),
