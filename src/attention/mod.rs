@@ -19,6 +19,27 @@
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
 //!
+//! # Backward
+//!
+//! [`reference_backward`] gives the cotangents of q, k and v from `dO`, the cotangent of `o`
+//! (its docs state the formulas); [`blockwise_backward`] computes the same as the kernels
+//! will, key block by key block over the mask's transposed lists ([`BlockMask::q_blocks_of`]).
+//! So far only the CPU has them (`tilefuse run attention-backward`).
+//!
+//! ```
+//! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference_backward};
+//!
+//! // The causal example above with dO = 1: the second query weighs both keys by 1/2.
+//! let shape = AttentionShape::new(1, 2, 2, 1, 1, 1)?;
+//! let mask = BlockMask::causal(MaskShape { block_m: 64, block_n: 64, ..MaskShape::new(2, 2) })?;
+//! let (q, k, v, d_o) = ([1.0f32, 1.0], [0.0, 0.0], [1.0, 3.0], [1.0, 1.0]);
+//! let g = reference_backward(&shape, [&q[..], &k[..], &v[..]], &d_o, &mask, 1.0)?;
+//! assert_eq!(g.dv, vec![1.5, 0.5]);
+//! assert_eq!(g.dk, vec![-0.5, 0.5]);
+//! assert_eq!(g.dq, vec![0.0, 0.0]);
+//! # Ok::<(), tilefuse::Error>(())
+//! ```
+//!
 //! # Non-finite inputs
 //!
 //! The same on every backend (the reference, CUDA, WGSL), and never mistaken for "masked":

@@ -5,6 +5,27 @@
 //! `bytemuck::cast_slice`. `u` and `h` may also be 16-bit ([`StateStorage`]: the type of
 //! their buffers chooses), complex values as pairs of 16-bit values, with `a`, `h0`, `h_last`
 //! and the arithmetic in f32.
+//!
+//! ```no_run
+//! # fn main() -> tilefuse::Result<()> {
+//! use half::bf16;
+//! use num_complex::Complex32;
+//! use tilefuse::backend::cuda::Cuda;
+//! use tilefuse::scan::{Decay, Layout, Scan, ScanShape, cuda::{ScanInputs, scan}};
+//!
+//! // u and h in bf16 (a complex value as two), a, h_last and the carry in f32.
+//! let cuda = Cuda::new(0)?;
+//! let problem = Scan::<Complex32>::new(ScanShape::new(8, 4096, 128)?, Layout::BatchMajor, Decay::TimeInvariant);
+//! let a = cuda.upload(&vec![0.9f32; 2 * 128])?;
+//! let u = cuda.upload(&vec![bf16::ONE; 2 * problem.states_len()])?;
+//! let reset = cuda.upload(&vec![0u8; problem.reset_len()])?;
+//! let mut h = cuda.upload(&vec![bf16::ZERO; 2 * problem.states_len()])?;
+//! let mut h_last = cuda.upload(&vec![0.0f32; 2 * problem.final_len()])?;
+//! let inputs = ScanInputs { a: &a, u: &u, reset: &reset, h0: None };
+//! scan(&cuda, &problem, inputs, &mut h, &mut h_last)?;
+//! # Ok(())
+//! # }
+//! ```
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
