@@ -129,6 +129,36 @@ try:
 except ImportError:
     print("no JAX here: scan_backward.npz without JAX's expectations")
 np.savez(f"{out}/scan_backward.npz", **backward)
+# The scan with u in float16, complex values as pairs in a last dimension of 2.
+u16 = np.stack([u.real, u.imag], axis=-1).astype(np.float16)
+np.savez(f"{out}/scan16.npz", a=a, u=u16, reset=reset)
+# The attention backward (CPU so far) with PyTorch's autograd gradients as expect_: causal
+# (bottom-right, lq < lk), GQA 4/2, every block partial.
+qb = rng.standard_normal((1, 200, 4, 64)).astype(np.float16)
+kb = rng.standard_normal((1, 260, 2, 64)).astype(np.float16)
+vb = rng.standard_normal((1, 260, 2, 64)).astype(np.float16)
+dob = rng.standard_normal((1, 200, 4, 64)).astype(np.float16)
+attention_backward = dict(q=qb, k=kb, v=vb, do=dob, block_m=np.int32(64), block_n=np.int32(64),
+                          layout=np.full((1, 4, 5), 1, dtype=np.uint8), mask_mod=np.int32(1),
+                          window=np.int32(1), scale=np.float32(0.125))
+try:
+    import torch
+
+    q_, k_, v_ = (torch.tensor(x.astype(np.float64), requires_grad=True) for x in (qb, kb, vb))
+    # [b, l, h, d] -> [b, h, l, d], each key/value head serving two query heads.
+    qh = q_.transpose(1, 2)
+    kh, vh = (x.transpose(1, 2).repeat_interleave(2, dim=1) for x in (k_, v_))
+    s = (qh @ kh.transpose(-1, -2)) * float(np.float32(0.125))
+    i = torch.arange(200)[:, None] + 260 - 200
+    s = s.masked_fill(torch.arange(260)[None, :] > i, float("-inf"))
+    o = (torch.softmax(s, dim=-1) @ vh).transpose(1, 2)
+    o.backward(torch.tensor(dob.astype(np.float64)))
+    attention_backward.update(expect_dq=q_.grad.numpy().astype(np.float32),
+                              expect_dk=k_.grad.numpy().astype(np.float32),
+                              expect_dv=v_.grad.numpy().astype(np.float32))
+except ImportError:
+    print("no PyTorch here: attention_backward.npz without its expectations")
+np.savez(f"{out}/attention_backward.npz", **attention_backward)
 q = rng.standard_normal((2, 300, 8, 128)).astype(np.float16)
 k = rng.standard_normal((2, 777, 2, 128)).astype(np.float16)
 v = rng.standard_normal((2, 777, 2, 128)).astype(np.float16)
@@ -145,6 +175,9 @@ PY
     limit 180 "$cli" check --input "$cases/scan_backward.npz" --expect || fail "check --input scan_backward.npz"
     limit 120 "$cli" run scan-backward --input "$cases/scan_backward.npz" --output "$cases/out.npz" \
       --backend cuda || fail "run scan-backward --backend cuda"
+    limit 180 "$cli" check --input "$cases/scan16.npz" || fail "check --input scan16.npz"
+    limit 120 "$cli" check --input "$cases/attention_backward.npz" --expect \
+      || fail "check --input attention_backward.npz"
   else
     echo "no numpy here: NumPy case files skipped"
   fi
