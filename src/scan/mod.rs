@@ -184,14 +184,6 @@ impl Storage {
         }
     }
 
-    /// Bytes of one real value.
-    pub const fn bytes(self) -> usize {
-        match self {
-            Storage::F32 => 4,
-            Storage::F16 | Storage::Bf16 => 2,
-        }
-    }
-
     /// `value` rounded to this storage and widened back: what a stored f32 reads as.
     pub fn round(self, value: f32) -> f32 {
         match self {
