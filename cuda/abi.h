@@ -302,4 +302,77 @@ typedef struct TfAttentionParams {
     tf_dptr counters;
 } TfAttentionParams;
 
+/*
+ * The attention backward: dq, dk, dv of tilefuse_attention's o given do (its cotangent), the
+ * forward's o and lse, in two launches on one stream, dq's first. With P = exp(scale·q·kᵀ −
+ * lse) on the mask's allowed positions (0 elsewhere and for rows with lse = −inf), D =
+ * rowsum(do ∘ o), dS = P ∘ (do·vᵀ − D): dq = scale·dS·k, dk = scale·dSᵀ·q, dv = Pᵀ·do, each
+ * kv head's dk and dv summed over the query heads of its group in head order (no atomics:
+ * every launch gives the same bits).
+ *   q, k, v, o as in tilefuse_attention (strides in elements); do laid out as o (o's strides);
+ *   lse [b, hq, lq] f32 (natural log); delta [b, hq, lq] f32, D, written by the dq launch and
+ *   read by the dk/dv launch; dq [b, lq, hq, d], dk, dv [b, lk, hkv, d], packed ("same": the
+ *   input type, "f32": f32).
+ * The mask's forward lists (as tilefuse_attention's) and its transposed lists (per (batch,
+ * head, kv block) of the mask's own batch and heads: the q blocks that list the kv block,
+ * partial and full), both CSR.
+ * tilefuse_attention_backward_dq_{f16,bf16}_d{64,128}_{same,f32}: grid (ceil(lq / 64), hq, b),
+ * block x taking query rows [64 x, 64 x + 64) of head y, batch z, and the key blocks its q
+ * block lists, in tiles of 64 keys; it writes those rows' D to delta.
+ * tilefuse_attention_backward_dkdv_{f16,bf16}_d{64,128}_{same,f32}: grid (ceil(lk / 64), hkv,
+ * b), block x taking keys [64 x, 64 x + 64) of kv head y, batch z, and for each query head of
+ * the group the q blocks that list its kv block, in tiles of 64 query rows.
+ * Both: TF_ATTENTION_BACKWARD_THREADS threads; scale_log2 = scale * log2(e). Dynamic shared
+ * memory: 6 * 64 * d * 2 + 64 * 4 bytes (dq), 6 * 64 * d * 2 + 4 * 64 * 4 (dk/dv).
+ */
+#define TF_ATTENTION_BACKWARD_THREADS 128
+typedef struct TfAttentionBackwardParams {
+    tf_dptr q;
+    tf_dptr k;
+    tf_dptr v;
+    tf_dptr o;
+    tf_dptr d_o;
+    tf_dptr lse;
+    tf_dptr delta;
+    tf_dptr dq;
+    tf_dptr dk;
+    tf_dptr dv;
+    tf_dptr partial_offsets;
+    tf_dptr partial;
+    tf_dptr full_offsets;
+    tf_dptr full;
+    tf_dptr t_partial_offsets;
+    tf_dptr t_partial;
+    tf_dptr t_full_offsets;
+    tf_dptr t_full;
+    uint64_t q_stride_b;
+    uint64_t q_stride_l;
+    uint64_t q_stride_h;
+    uint64_t k_stride_b;
+    uint64_t k_stride_l;
+    uint64_t k_stride_h;
+    uint64_t v_stride_b;
+    uint64_t v_stride_l;
+    uint64_t v_stride_h;
+    uint64_t o_stride_b;
+    uint64_t o_stride_l;
+    uint64_t o_stride_h;
+    uint32_t batch;
+    uint32_t lq;
+    uint32_t lk;
+    uint32_t heads_q;
+    uint32_t heads_kv;
+    uint32_t block_m;
+    uint32_t block_n;
+    uint32_t q_blocks;
+    uint32_t kv_blocks;
+    uint32_t mask_batch;
+    uint32_t mask_heads;
+    uint32_t element;
+    uint32_t window;
+    float scale_log2;
+    float scale;
+    uint32_t reserved;
+} TfAttentionBackwardParams;
+
 #endif /* TILEFUSE_ABI_H */

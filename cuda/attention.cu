@@ -12,6 +12,7 @@
 // tile crosses its edge or lk. Split-KV (decode: too few blocks to fill the GPU) merges the
 // splits' results in the last split to finish.
 #include "abi.h"
+#include "attention/common.cuh"
 #include "common/mma.cuh"
 #include "common/types.cuh"
 
@@ -25,18 +26,7 @@ using tf::BF16;
 using tf::F16;
 
 using tf::swizzled;
-
-// Starts copying Rows rows of D values into a swizzled tile: row r from source(r), or zeros
-// where that is null (a zero-filling copy still names a valid address: `base`).
-template <int D, int Rows, int Threads, class Source>
-__device__ __forceinline__ void load_rows(uint32_t tile, const uint16_t *base, Source source) {
-    for (uint32_t c = threadIdx.x; c < Rows * (D / 8); c += Threads) {
-        const uint32_t row = c / (D / 8), chunk = c % (D / 8);
-        const uint16_t *src = source(row);
-        const bool valid = src != nullptr;
-        tf::cp_async_16(tile + swizzled<D>(row, chunk), valid ? src + chunk * 8 : base, valid);
-    }
-}
+using namespace attention_common;
 
 // The rows of a block's batch row, numbered v = 0 .. count - 1 (abi.h): row v is query v % lq
 // of head first_head + v / lq.
@@ -45,30 +35,6 @@ struct Rows {
     __device__ uint32_t head(uint32_t v) const { return first_head + v / lq; }
     __device__ uint32_t query(uint32_t v) const { return v % lq; }
 };
-
-// x, or NaN for ±inf (and NaN): x·0 is NaN exactly when x is not finite. One FFMA; IEEE
-// arithmetic (no fast math) keeps it from being folded away.
-__device__ __forceinline__ float nan_unless_finite(float x) { return fmaf(x, 0.0f, x); }
-
-// The distances i' - j (i' = i + lk - lq: rows aligned bottom-right) that the element mask
-// allows, an interval: causal i' >= j, sliding window |i' - j| < window, both, or all.
-struct Allowed {
-    int64_t lo, hi;
-    __device__ bool contains(int64_t distance) const { return lo <= distance && distance <= hi; }
-};
-__device__ __forceinline__ Allowed allowed_distances(const TfAttentionParams &p) {
-    constexpr int64_t kAll = int64_t(1) << 40;  // past any distance of 32-bit rows and keys
-    const int64_t window = p.window;
-    switch (p.element) {
-        case 1: return {0, kAll};
-        case 2: return {1 - window, window - 1};
-        case 3: return {0, window - 1};
-        default: return {-kAll, kAll};
-    }
-}
-
-// Which of a warp's 16 x kKv scores of a tile the mask allows.
-enum class Coverage { kAll, kNone, kSome };
 
 // The queries [first, last] of the 16 rows from v (those past the rows' count aside: their
 // results are never stored): one run of queries, or all of them where the rows cross from
@@ -89,10 +55,7 @@ __device__ __forceinline__ Coverage coverage(const TfAttentionParams &p, const A
     const int64_t shift = int64_t(p.lk) - p.lq;
     const int64_t nearest = int64_t(queries.first) + shift - (key0 + kKv - 1);  // the least i' - j
     const int64_t farthest = int64_t(queries.last) + shift - key0;              // the most
-    const bool past_lk = key0 + kKv > p.lk;
-    if (partial && (farthest < allowed.lo || nearest > allowed.hi)) return Coverage::kNone;
-    const bool inside = !partial || (allowed.contains(nearest) && allowed.contains(farthest));
-    return inside && !past_lk ? Coverage::kAll : Coverage::kSome;
+    return coverage_of(allowed, partial, nearest, farthest, key0 + kKv > p.lk);
 }
 
 // Where split-KV keeps a split's results for query `query` of (batch, head): its row of
@@ -278,7 +241,7 @@ __device__ __forceinline__ void attention(const TfAttentionParams &p) {
     // and a warp skips the work of an m tile without rows.
     const bool has_rows = warp_row0 < rows.count;
     const auto tile_has_rows = [&](int mt) { return warp_row0 + 16 * mt < rows.count; };
-    const Allowed allowed = allowed_distances(p);
+    const Allowed allowed = allowed_distances(p.element, p.window);
 
     for (uint32_t t = 0, stage = 0; t < tiles; ++t, stage = stage + 1 == stages ? 0 : stage + 1) {
         const Tile tile = current;

@@ -2,16 +2,16 @@
 //! the forward reference, the blockwise algorithm (FlashAttention-2's structure, over the
 //! transposed lists) against the reference on every mask builder, GQA, ragged and unequal
 //! lengths, both head dims and block sizes and strided tensors, and the transposed lists
-//! against the forward ones.
+//! against the forward ones; on CUDA, the kernels against the reference.
 
 mod common;
 
 use tilefuse::Error;
 use tilefuse::attention::{
     AttentionShape, BlockKind, BlockMask, Case, ElementMask, Gradients, MaskKind, MaskShape,
-    blockwise_backward, reference, reference_backward,
+    Output, blockwise_backward, check_backward, reference, reference_backward,
 };
-use tilefuse::harness::{Backend, Rng, Tolerance, compare};
+use tilefuse::harness::{Backend, Backends, Rng, Tolerance, compare};
 
 /// Random values in [-2, 2) for a buffer of `len`.
 fn random(rng: &mut Rng, len: usize) -> Vec<f64> {
@@ -272,10 +272,46 @@ fn wrong_lengths_are_errors() {
     assert!(matches!(error, Error::InvalidArgument { .. }), "{error}");
 }
 
-/// `tilefuse check`'s cases of the backward pass pass on the CPU (the blockwise algorithm
-/// against the reference).
-#[test]
-fn every_registered_case_passes_on_the_cpu() {
-    let backends = common::available(Backend::Cpu).expect("the CPU is always there");
-    common::assert_registered_cases("attention-backward", backends, Backend::Cpu);
+/// `tilefuse check`'s cases of the backward pass pass: on the CPU the blockwise algorithm
+/// against the reference, on CUDA the kernels.
+fn every_registered_case_passes(backends: &Backends, backend: Backend) {
+    common::assert_registered_cases("attention-backward", backends, backend);
 }
+
+/// [`check_backward`] on every mask builder, GQA, ragged and unequal lengths, both types,
+/// head dims, block sizes and gradient types, strided tensors; on a device each case runs
+/// twice and must repeat its bits.
+fn every_mask_type_and_layout(backends: &Backends, backend: Backend) {
+    let seed = common::seed();
+    let masks = [
+        MaskKind::Dense,
+        MaskKind::Causal,
+        MaskKind::Window(300, true),
+        MaskKind::Window(200, false),
+        MaskKind::Streaming(64, 128),
+        MaskKind::BigBird(1, 1, 2),
+        MaskKind::VerticalSlash,
+        MaskKind::EmptyRows,
+    ];
+    for (i, mask) in masks.into_iter().enumerate() {
+        let case = Case {
+            mask,
+            batch: 1 + i % 2,
+            heads_q: 4,
+            heads_kv: [4, 2, 1][i % 3],
+            d: [64, 128][i % 2],
+            block: [64, 128][i / 4],
+            bf16: i % 3 == 1,
+            strided: i % 4 == 3,
+            output: [Output::F32, Output::Input][i % 2],
+            ..Case::new(333 + 61 * i, 517 - 45 * i)
+        };
+        let comparison = check_backward(backends, backend, &case, seed)
+            .unwrap_or_else(|e| panic!("{case}, seed {seed}: {e}"));
+        if let Some(c) = comparison {
+            assert!(c.passed(), "{case}, seed {seed}: {c}");
+        }
+    }
+}
+
+on_backends!([cpu, cuda] => [every_registered_case_passes, every_mask_type_and_layout]);

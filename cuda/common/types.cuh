@@ -1,5 +1,5 @@
 // The 16-bit element types the kernels are instantiated for: the mma.sync that takes them and
-// the conversions from f32 (one value, or a pair packed into one 32-bit register).
+// the conversions from f32 (one value, or a pair packed into one 32-bit register) and back.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,6 +18,9 @@ struct F16 {
         mma_m16n8k16_f16_f32(d, a, b);
     }
     static __device__ __forceinline__ T from_float(float v) { return __float2half_rn(v); }
+    static __device__ __forceinline__ float to_float(uint16_t bits) {
+        return __half2float(__ushort_as_half(bits));
+    }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
         __half2 h = __floats2half2_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&h);
@@ -31,6 +34,9 @@ struct BF16 {
         mma_m16n8k16_bf16_f32(d, a, b);
     }
     static __device__ __forceinline__ T from_float(float v) { return __float2bfloat16_rn(v); }
+    static __device__ __forceinline__ float to_float(uint16_t bits) {
+        return __uint_as_float(uint32_t(bits) << 16);
+    }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
         __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&h);

@@ -153,6 +153,29 @@ where
     Ok(g)
 }
 
+/// dO is laid out as o: its rows must lie in its buffer of `len` elements (as a packed o,
+/// exactly).
+pub(crate) fn check_d_o(shape: &AttentionShape, len: usize) -> Result<()> {
+    let o = shape.layout().o;
+    let sizes = [shape.batch, shape.lq, shape.heads_q];
+    let end = o.end(sizes, shape.d).unwrap_or(usize::MAX);
+    let packed = o == Strides::packed(shape.lq, shape.heads_q, shape.d);
+    if len < end || (packed && len != end) {
+        return Err(Error::Length {
+            what: "do",
+            expected: end,
+            got: len,
+        });
+    }
+    Ok(())
+}
+
+/// The lengths of packed gradients: dq `b·lq·hq·d`, dk and dv `b·lk·hkv·d`.
+pub(crate) fn gradient_lens(s: &AttentionShape) -> [usize; 3] {
+    let kv = s.batch * s.lk * s.heads_kv * s.d;
+    [s.batch * s.lq * s.heads_q * s.d, kv, kv]
+}
+
 /// The inputs of a backward pass, checked and widened to f64.
 struct Inputs<'a> {
     shape: &'a AttentionShape,
@@ -182,18 +205,7 @@ impl<'a> Inputs<'a> {
         f64: From<T>,
     {
         shape.check_lengths([q.len(), k.len(), v.len()], None)?;
-        // dO is laid out as o: its rows must lie in its buffer (as a packed o, exactly).
-        let o = shape.layout().o;
-        let sizes = [shape.batch, shape.lq, shape.heads_q];
-        let end = o.end(sizes, shape.d).unwrap_or(usize::MAX);
-        let packed = o == Strides::packed(shape.lq, shape.heads_q, shape.d);
-        if d_o.len() < end || (packed && d_o.len() != end) {
-            return Err(Error::Length {
-                what: "do",
-                expected: end,
-                got: d_o.len(),
-            });
-        }
+        check_d_o(shape, d_o.len())?;
         shape.check_mask(mask)?;
         if !scale.is_finite() {
             return Err(Error::invalid("scale", "a finite number", scale));
@@ -270,12 +282,8 @@ impl<'a> Inputs<'a> {
 
 impl Gradients {
     fn zeros(s: &AttentionShape) -> Gradients {
-        let kv = s.batch * s.lk * s.heads_kv * s.d;
-        Gradients {
-            dq: vec![0.0; s.batch * s.lq * s.heads_q * s.d],
-            dk: vec![0.0; kv],
-            dv: vec![0.0; kv],
-        }
+        let [dq, dk, dv] = gradient_lens(s).map(|len| vec![0.0; len]);
+        Gradients { dq, dk, dv }
     }
 
     /// dq[b, i, h] += factor · row.

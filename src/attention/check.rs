@@ -278,16 +278,7 @@ pub(crate) fn check_with<T: Float16 + OutputElement<T>>(
     let mask = case.block_mask()?;
     let [q_len, k_len, v_len, _] = shape.min_lens();
     let mut rng = Rng::new(seed);
-    // Rows random in [-2, 2); the gaps between them NaN, so that reading one shows.
-    let mut random = |len: usize, strides: Strides, sizes: [usize; 3]| -> Vec<T> {
-        let mut values = vec![T::from_f64(f64::NAN); len];
-        for at in row_starts(strides, sizes) {
-            for value in &mut values[at..at + shape.d] {
-                *value = T::from_f64(rng.uniform(-2.0, 2.0));
-            }
-        }
-        values
-    };
+    let mut random = |len, strides, sizes| random_rows::<T>(&mut rng, len, strides, sizes, shape.d);
     let (l, (b, lq, lk)) = (shape.layout(), (shape.batch, shape.lq, shape.lk));
     let mut q = random(q_len, l.q, [b, lq, shape.heads_q]);
     let mut k = random(k_len, l.k, [b, lk, shape.heads_kv]);
@@ -340,7 +331,28 @@ pub(crate) fn check_with<T: Float16 + OutputElement<T>>(
 
 /// The first element of each `d`-row of a tensor of (batch, length, heads) `sizes`, in
 /// packed order.
-fn row_starts(strides: Strides, [batch, len, heads]: [usize; 3]) -> impl Iterator<Item = usize> {
+/// A buffer of `len` values whose rows (`d` values at each of `strides`' row starts for
+/// `sizes`) are random in [-2, 2); the gaps between them NaN, so that reading one shows.
+pub(super) fn random_rows<T: Float16>(
+    rng: &mut Rng,
+    len: usize,
+    strides: Strides,
+    sizes: [usize; 3],
+    d: usize,
+) -> Vec<T> {
+    let mut values = vec![T::from_f64(f64::NAN); len];
+    for at in row_starts(strides, sizes) {
+        for value in &mut values[at..at + d] {
+            *value = T::from_f64(rng.uniform(-2.0, 2.0));
+        }
+    }
+    values
+}
+
+pub(super) fn row_starts(
+    strides: Strides,
+    [batch, len, heads]: [usize; 3],
+) -> impl Iterator<Item = usize> {
     (0..batch).flat_map(move |b| {
         (0..len).flat_map(move |l| (0..heads).map(move |h| strides.offset(b, l, h)))
     })

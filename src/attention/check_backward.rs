@@ -1,18 +1,23 @@
 //! The attention backward's cases for `tilefuse check` and its case files (`tilefuse run
-//! attention-backward`). Only the CPU has a path so far: it checks [`blockwise_backward`]
-//! against [`reference_backward`].
+//! attention-backward`): on the CPU, [`blockwise_backward`] against [`reference_backward`];
+//! on CUDA (and its emulator), the kernels against the reference.
 
-use half::f16;
+use half::{bf16, f16};
 
-use super::{Case, MaskKind, blockwise_backward, reference_backward};
+use super::check::{random_rows, row_starts};
+use super::{
+    AttentionShape, BlockMask, Case, MaskKind, Output, blockwise_backward, reference,
+    reference_backward,
+};
+use crate::element::{DeviceFloat16, Float16};
 use crate::error::Result;
 use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
 
 /// The registry entry of the backward pass.
 pub const BACKWARD_ENTRY: OpEntry = OpEntry {
     name: "attention-backward",
-    about: "block-sparse attention backward: dq, dk, dv from do (CPU: reference and blockwise algorithm)",
-    kernel_modules: &[],
+    about: "block-sparse attention backward: dq, dk, dv from do (CUDA: FlashAttention-2's two passes, no atomics)",
+    kernel_modules: &["attention_backward"],
     check_cases,
     bench_cases: Vec::new,
     #[cfg(feature = "cli")]
@@ -21,18 +26,45 @@ pub const BACKWARD_ENTRY: OpEntry = OpEntry {
     profile: None,
 };
 
-/// Runs `case`'s backward pass on `backend` with f16 inputs and dO from `seed`: on the CPU,
+/// What a device run of the backward gets: the forward's inputs and outputs (o in the
+/// inputs' type and laid out as `shape.layout().o` says, as is `d_o`; lse packed f32), and
+/// the gradients' type.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA paths
+pub(crate) struct BackwardArgs<'a, T> {
+    pub(crate) shape: &'a AttentionShape,
+    pub(crate) qkv: [&'a [T]; 3],
+    pub(crate) o: &'a [T],
+    pub(crate) d_o: &'a [T],
+    pub(crate) lse: &'a [f32],
+    pub(crate) mask: &'a BlockMask,
+    pub(crate) scale: f32,
+    pub(crate) output: Output,
+}
+
+/// A device run's gradients, packed and widened to f32 (dq, dk, dv); `None` where the backend
+/// has no path.
+pub(crate) type BackwardRun = Option<[Vec<f32>; 3]>;
+
+/// Runs `case`'s backward pass on `backend` with inputs and dO from `seed`: on the CPU,
 /// [`blockwise_backward`] against [`reference_backward`] (two f64 algorithms, within 1e-12);
-/// `Ok(None)` on a backend without a backward path (every GPU backend, so far).
+/// on CUDA the kernels, given the reference forward's o (rounded to the inputs' type) and
+/// lse, against the reference; `Ok(None)` on a backend without a backward path (WGSL, so far).
 pub fn check_backward(
-    _backends: &Backends,
+    backends: &Backends,
     backend: Backend,
     case: &Case,
     seed: u64,
 ) -> Result<Option<Comparison>> {
-    if backend != Backend::Cpu {
-        return Ok(None);
+    match backend {
+        Backend::Cpu => check_cpu(case, seed).map(Some),
+        _ if case.bf16 => {
+            check_backward_with::<bf16>(case, seed, |args| run_backward(backends, backend, args))
+        }
+        _ => check_backward_with::<f16>(case, seed, |args| run_backward(backends, backend, args)),
     }
+}
+
+fn check_cpu(case: &Case, seed: u64) -> Result<Comparison> {
     let shape = case.shape()?;
     let mask = case.block_mask()?;
     let mut rng = Rng::new(seed);
@@ -51,7 +83,154 @@ pub fn check_backward(
         element: 1e-12,
     };
     let all = |g: super::Gradients| [g.dq, g.dk, g.dv].concat();
-    Ok(Some(compare(&all(got), &all(want), bound)))
+    Ok(compare(&all(got), &all(want), bound))
+}
+
+/// The bound of a device backward against the f64 reference: P and dS enter their products
+/// rounded to the inputs' type and D comes from o as rounded, so an element carries a few of
+/// the type's roundings relative to the sums of its terms' magnitudes, which exceed the
+/// gradient itself (the rows of dS sum to zero): the forward's bound over the whole, three
+/// times it per element.
+pub(crate) fn backward_tolerance(bf16: bool) -> Tolerance {
+    let forward = if bf16 {
+        Tolerance::BF16
+    } else {
+        Tolerance::F16
+    };
+    Tolerance {
+        rel_l2: forward.rel_l2,
+        element: 3.0 * forward.element,
+    }
+}
+
+/// [`check_backward`] on a device, the run done by `runner` (twice: the second call must give
+/// the same bits): q, k, v and dO random (NaN in the gaps of strided layouts), o and lse from
+/// the f64 reference forward, gradients compared with [`reference_backward`] within
+/// [`backward_tolerance`].
+pub(crate) fn check_backward_with<T: Float16>(
+    case: &Case,
+    seed: u64,
+    mut runner: impl FnMut(&BackwardArgs<'_, T>) -> Result<BackwardRun>,
+) -> Result<Option<Comparison>> {
+    let shape = case.shape()?;
+    let mask = case.block_mask()?;
+    let [q_len, k_len, v_len, o_len] = shape.min_lens();
+    let (l, (b, lq, lk)) = (shape.layout(), (shape.batch, shape.lq, shape.lk));
+    let mut rng = Rng::new(seed);
+    let mut random = |len, strides, sizes| random_rows::<T>(&mut rng, len, strides, sizes, shape.d);
+    let q = random(q_len, l.q, [b, lq, shape.heads_q]);
+    let k = random(k_len, l.k, [b, lk, shape.heads_kv]);
+    let v = random(v_len, l.v, [b, lk, shape.heads_kv]);
+    let d_o = random(o_len, l.o, [b, lq, shape.heads_q]);
+    let wide = |x: &[T]| x.iter().map(|&v| v.to_f64()).collect::<Vec<f64>>();
+    let scale = 1.0 / (shape.d as f32).sqrt();
+    let forward = reference(&shape, &wide(&q), &wide(&k), &wide(&v), &mask, scale.into())?;
+    let mut o = vec![T::from_f64(f64::NAN); o_len];
+    let rows = row_starts(l.o, [b, lq, shape.heads_q]);
+    for (at, row) in rows.zip(forward.o.chunks(shape.d)) {
+        for (o, &x) in o[at..at + shape.d].iter_mut().zip(row) {
+            *o = T::from_f64(x);
+        }
+    }
+    let lse: Vec<f32> = forward.lse.iter().map(|&x| x as f32).collect();
+    let args = BackwardArgs {
+        shape: &shape,
+        qkv: [&q, &k, &v],
+        o: &o,
+        d_o: &d_o,
+        lse: &lse,
+        mask: &mask,
+        scale,
+        output: case.output,
+    };
+    let Some(got) = runner(&args)? else {
+        return Ok(None);
+    };
+    // A second call must give the same bits (f16 and bf16 widen to f32 exactly).
+    let again = runner(&args)?.unwrap_or_default();
+    let bits = |g: &[Vec<f32>]| {
+        g.iter()
+            .flatten()
+            .map(|x| x.to_bits())
+            .collect::<Vec<u32>>()
+    };
+    let repeated = bits(&got) == bits(&again);
+    let [qw, kw, vw, dow] = [&q, &k, &v, &d_o].map(|x| wide(x));
+    let want = reference_backward(&shape, [&qw, &kw, &vw], &dow, &mask, scale.into())?;
+    // The gradients, then a 0 that is 1 where the second call differed.
+    let mut got: Vec<f64> = got.concat().into_iter().map(f64::from).collect();
+    got.push(f64::from(u8::from(!repeated)));
+    let want = [want.dq, want.dk, want.dv, vec![0.0]].concat();
+    Ok(Some(compare(&got, &want, backward_tolerance(case.bf16))))
+}
+
+/// One backward run on a GPU backend, gradients poisoned with NaN before it; `None` where the
+/// backend has no path.
+pub(crate) fn run_backward<T: DeviceFloat16>(
+    backends: &Backends,
+    backend: Backend,
+    args: &BackwardArgs<'_, T>,
+) -> Result<BackwardRun> {
+    match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => match args.output {
+            Output::Input => on_cuda::<T, T>(backends.cuda()?, args).map(Some),
+            Output::F32 => on_cuda::<T, f32>(backends.cuda()?, args).map(Some),
+        },
+        _ => {
+            let _ = (backends, args);
+            Ok(None)
+        }
+    }
+}
+
+/// `len` values of `G` with every bit set: NaN in f32, f16 and bf16.
+#[cfg(feature = "cuda")]
+pub(crate) fn poisoned<G: bytemuck::Pod>(len: usize) -> Vec<G> {
+    let mut values = vec![G::zeroed(); len];
+    bytemuck::cast_slice_mut::<G, u8>(&mut values).fill(0xff);
+    values
+}
+
+#[cfg(feature = "cuda")]
+fn on_cuda<T: DeviceFloat16, G: crate::element::DeviceOutput<T>>(
+    cuda: &crate::backend::cuda::Cuda,
+    args: &BackwardArgs<'_, T>,
+) -> Result<[Vec<f32>; 3]> {
+    use super::cuda::{BackwardInputs, BackwardOutputs, DeviceBlockMask, attention_backward};
+    let [q, k, v] = args.qkv.map(|x| cuda.upload(x));
+    let (q, k, v) = (q?, k?, v?);
+    let (o, d_o, lse) = (
+        cuda.upload(args.o)?,
+        cuda.upload(args.d_o)?,
+        cuda.upload(args.lse)?,
+    );
+    let mask = DeviceBlockMask::upload(cuda, args.mask)?;
+    let [dq, dk, dv] =
+        super::backward::gradient_lens(args.shape).map(|len| cuda.upload(&poisoned::<G>(len)));
+    let (mut dq, mut dk, mut dv) = (dq?, dk?, dv?);
+    let inputs = BackwardInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        o: &o,
+        d_o: &d_o,
+        lse: &lse,
+    };
+    let outputs = BackwardOutputs {
+        dq: &mut dq,
+        dk: &mut dk,
+        dv: &mut dv,
+    };
+    attention_backward::<T, G, _, _, _, _, _, _>(
+        cuda, args.shape, inputs, &mask, outputs, args.scale,
+    )?;
+    let widened = |g: Vec<G>| g.into_iter().map(|x| x.to_f64() as f32).collect();
+    Ok([
+        widened(cuda.download(&dq)?),
+        widened(cuda.download(&dk)?),
+        widened(cuda.download(&dv)?),
+    ])
 }
 
 fn check_cases() -> Vec<CheckCase> {

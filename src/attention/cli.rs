@@ -287,24 +287,29 @@ where
     f64: From<T>,
 {
     fn backends(&self) -> &'static [Backend] {
-        &[Backend::Cpu]
+        &[Backend::Cpu, Backend::Cuda]
     }
 
-    fn run(&self, _backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
-        if backend != Backend::Cpu {
-            return Err(format!("attention-backward has no {backend} path yet"));
-        }
+    /// On CUDA: the forward (its o and lse), then the backward with f32 gradients.
+    fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         let s = self.forward.shape;
         let q_dims = vec![s.batch, s.lq, s.heads_q, s.d];
         let kv_dims = vec![s.batch, s.lk, s.heads_kv, s.d];
-        let narrow = |v: Vec<f64>| Data::F32(v.into_iter().map(|x| x as f32).collect());
-        let outputs = self
-            .reference()?
+        let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let gradients: Vec<(String, Vec<f32>)> = match backend {
+            Backend::Cpu => (self.reference()?.into_iter())
+                .map(|(name, values)| (name, narrow(values)))
+                .collect(),
+            _ => self
+                .on_device(backends, backend)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("attention-backward has no {backend} path in this build"))?,
+        };
+        Ok(gradients
             .into_iter()
-            .zip([q_dims, kv_dims.clone(), kv_dims]);
-        Ok(outputs
+            .zip([q_dims, kv_dims.clone(), kv_dims])
             .map(|((name, values), shape)| {
-                let data = narrow(values);
+                let data = Data::F32(values);
                 (name, Array { shape, data })
             })
             .collect())
@@ -323,7 +328,48 @@ where
     }
 
     fn tolerance(&self) -> Tolerance {
-        self.forward.tolerance()
+        super::check_backward::backward_tolerance(T::DTYPE == Dtype16::Bf16)
+    }
+}
+
+/// Output arrays by name, in f32.
+type Named = Vec<(String, Vec<f32>)>;
+
+impl<T: DeviceFloat16> BackwardFile<T> {
+    /// The forward on `backend` (o in the inputs' type, and lse), then the backward with f32
+    /// gradients, named; `None` where the backend has no backward path.
+    fn on_device(&self, backends: &Backends, backend: Backend) -> crate::Result<Option<Named>> {
+        let f = &self.forward;
+        if !cfg!(feature = "cuda") || backend != Backend::Cuda {
+            return Ok(None); // the only device with a backward path so far
+        }
+        let (scale, output) = (f.scale as f32, super::Output::Input);
+        let inputs = [f.q.as_slice(), &f.k, &f.v];
+        let Some((o, lse)) =
+            super::run(backends, backend, &f.shape, inputs, &f.mask, scale, output)?
+        else {
+            return Ok(None);
+        };
+        // o came back widened from the inputs' type: narrowing it again is exact.
+        let o: Vec<T> = o.into_iter().map(|x| T::from_f64(x.into())).collect();
+        let args = super::check_backward::BackwardArgs {
+            shape: &f.shape,
+            qkv: inputs,
+            o: &o,
+            d_o: &self.d_o,
+            lse: &lse,
+            mask: &f.mask,
+            scale,
+            output: super::Output::F32,
+        };
+        let gradients = super::check_backward::run_backward(backends, backend, &args)?;
+        Ok(gradients.map(|g| {
+            ["dq", "dk", "dv"]
+                .into_iter()
+                .map(String::from)
+                .zip(g)
+                .collect()
+        }))
     }
 }
 

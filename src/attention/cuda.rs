@@ -21,17 +21,28 @@ pub struct DeviceBlockMask {
     partial: CudaSlice<u32>,
     full_offsets: CudaSlice<u32>,
     full: CudaSlice<u32>,
+    /// The transposed lists, which the backward pass walks: partial offsets, partial, full
+    /// offsets, full.
+    transposed: [CudaSlice<u32>; 4],
     /// The most key blocks one query block visits.
     longest_row: usize,
 }
 
 impl DeviceBlockMask {
-    /// Copies `mask` to `cuda`'s device (enqueued on its stream).
+    /// Copies `mask` (its lists and their transposes) to `cuda`'s device (enqueued on its
+    /// stream).
     pub fn upload(cuda: &Cuda, mask: &BlockMask) -> Result<Self> {
         let (partial_offsets, partial, full_offsets, full) = mask.parts();
         // Empty lists are never read, but their buffers must exist.
         let list = |values: &[u32]| cuda.upload(if values.is_empty() { &[0] } else { values });
+        let (t_partial_offsets, t_partial, t_full_offsets, t_full) = mask.transposed_parts();
         Ok(DeviceBlockMask {
+            transposed: [
+                cuda.upload(t_partial_offsets)?,
+                list(t_partial)?,
+                cuda.upload(t_full_offsets)?,
+                list(t_full)?,
+            ],
             shape: mask.shape(),
             element: mask.element(),
             partial_offsets: cuda.upload(partial_offsets)?,
@@ -209,9 +220,10 @@ where
 
 /// Device memory for split-KV, kept from one [`attention_with_workspace`] to the next: each
 /// split's f32 results, and the counters that find each block's last split, which every
-/// launch leaves at zero. Reusing one saves each split launch an allocation and a memset. It
-/// grows to the largest launch it has served, and belongs to the device it was first used on
-/// (passing it to another is an error).
+/// launch leaves at zero; and the backward pass's row sums D
+/// ([`attention_backward_with_workspace`]). Reusing one saves each call an allocation and a
+/// memset. It grows to the largest launch it has served, and belongs to the device it was
+/// first used on (passing it to another is an error).
 ///
 /// Launches that share a workspace must run one after another: on one stream, or on several
 /// with cudarc's event tracking on (its default), which orders them. Launches captured into a
@@ -221,17 +233,19 @@ where
 #[derive(Debug, Default)]
 pub struct AttentionWorkspace {
     scratch: SplitScratch,
+    /// The backward pass's D = rowsum(dO ∘ O), one f32 per query row.
+    delta: Option<CudaSlice<f32>>,
 }
 
 impl AttentionWorkspace {
-    /// An empty workspace; the first launch that splits the keys allocates it.
+    /// An empty workspace; the first launch that needs memory allocates it.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        self.scratch.bytes()
+        self.scratch.bytes() + self.delta.as_ref().map_or(0, |delta| delta.len() * 4)
     }
 
     /// Grows the workspace to what [`attention_with_workspace`] needs for `shape` and `mask`
@@ -247,6 +261,26 @@ impl AttentionWorkspace {
             self.grow(cuda, &plan)?;
         }
         Ok(())
+    }
+
+    /// Grows the workspace to what [`attention_backward_with_workspace`] needs for `shape`,
+    /// so that those calls allocate nothing.
+    pub fn reserve_backward(&mut self, cuda: &Cuda, shape: &AttentionShape) -> Result<()> {
+        self.delta(cuda, shape).map(|_| ())
+    }
+
+    /// The backward pass's D rows for `shape` (`b·hq·lq` f32), grown on `cuda`'s stream if
+    /// needed.
+    fn delta(&mut self, cuda: &Cuda, shape: &AttentionShape) -> Result<&mut CudaSlice<f32>> {
+        let rows = shape.batch * shape.heads_q * shape.lq;
+        if let Some(delta) = &self.delta {
+            cuda.check_device("workspace", delta)?;
+        }
+        let delta = match self.delta.take() {
+            Some(delta) if delta.len() >= rows => delta,
+            _ => cuda.scratch(rows, 0..0)?,
+        };
+        Ok(self.delta.insert(delta))
     }
 
     /// The addresses of split-KV's partial o, partial lse and counters for `plan` (grown if
@@ -551,5 +585,10 @@ fn warp_rows(d: usize) -> usize {
     }
 }
 
+mod backward;
 #[cfg(test)]
 mod emulated;
+
+pub use backward::{
+    BackwardInputs, BackwardOutputs, attention_backward, attention_backward_with_workspace,
+};

@@ -21,6 +21,7 @@ pub const TF_ATTENTION_KV_TILE: u32 = 64;
 pub const TF_ATTENTION_WARP_ROWS_D64: u32 = 32;
 pub const TF_ATTENTION_WARP_ROWS_D128: u32 = 16;
 pub const TF_ATTENTION_MAX_SPLITS: u32 = 64;
+pub const TF_ATTENTION_BACKWARD_THREADS: u32 = 128;
 pub type tf_dptr = u64;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -426,4 +427,153 @@ const _: () = {
         [::core::mem::offset_of!(TfAttentionParams, partial_lse) - 240usize];
     ["Offset of field: TfAttentionParams::counters"]
         [::core::mem::offset_of!(TfAttentionParams, counters) - 248usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct TfAttentionBackwardParams {
+    pub q: tf_dptr,
+    pub k: tf_dptr,
+    pub v: tf_dptr,
+    pub o: tf_dptr,
+    pub d_o: tf_dptr,
+    pub lse: tf_dptr,
+    pub delta: tf_dptr,
+    pub dq: tf_dptr,
+    pub dk: tf_dptr,
+    pub dv: tf_dptr,
+    pub partial_offsets: tf_dptr,
+    pub partial: tf_dptr,
+    pub full_offsets: tf_dptr,
+    pub full: tf_dptr,
+    pub t_partial_offsets: tf_dptr,
+    pub t_partial: tf_dptr,
+    pub t_full_offsets: tf_dptr,
+    pub t_full: tf_dptr,
+    pub q_stride_b: u64,
+    pub q_stride_l: u64,
+    pub q_stride_h: u64,
+    pub k_stride_b: u64,
+    pub k_stride_l: u64,
+    pub k_stride_h: u64,
+    pub v_stride_b: u64,
+    pub v_stride_l: u64,
+    pub v_stride_h: u64,
+    pub o_stride_b: u64,
+    pub o_stride_l: u64,
+    pub o_stride_h: u64,
+    pub batch: u32,
+    pub lq: u32,
+    pub lk: u32,
+    pub heads_q: u32,
+    pub heads_kv: u32,
+    pub block_m: u32,
+    pub block_n: u32,
+    pub q_blocks: u32,
+    pub kv_blocks: u32,
+    pub mask_batch: u32,
+    pub mask_heads: u32,
+    pub element: u32,
+    pub window: u32,
+    pub scale_log2: f32,
+    pub scale: f32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TfAttentionBackwardParams"]
+        [::core::mem::size_of::<TfAttentionBackwardParams>() - 304usize];
+    ["Alignment of TfAttentionBackwardParams"]
+        [::core::mem::align_of::<TfAttentionBackwardParams>() - 8usize];
+    ["Offset of field: TfAttentionBackwardParams::q"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, q) - 0usize];
+    ["Offset of field: TfAttentionBackwardParams::k"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, k) - 8usize];
+    ["Offset of field: TfAttentionBackwardParams::v"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, v) - 16usize];
+    ["Offset of field: TfAttentionBackwardParams::o"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, o) - 24usize];
+    ["Offset of field: TfAttentionBackwardParams::d_o"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, d_o) - 32usize];
+    ["Offset of field: TfAttentionBackwardParams::lse"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, lse) - 40usize];
+    ["Offset of field: TfAttentionBackwardParams::delta"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, delta) - 48usize];
+    ["Offset of field: TfAttentionBackwardParams::dq"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, dq) - 56usize];
+    ["Offset of field: TfAttentionBackwardParams::dk"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, dk) - 64usize];
+    ["Offset of field: TfAttentionBackwardParams::dv"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, dv) - 72usize];
+    ["Offset of field: TfAttentionBackwardParams::partial_offsets"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, partial_offsets) - 80usize];
+    ["Offset of field: TfAttentionBackwardParams::partial"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, partial) - 88usize];
+    ["Offset of field: TfAttentionBackwardParams::full_offsets"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, full_offsets) - 96usize];
+    ["Offset of field: TfAttentionBackwardParams::full"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, full) - 104usize];
+    ["Offset of field: TfAttentionBackwardParams::t_partial_offsets"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, t_partial_offsets) - 112usize];
+    ["Offset of field: TfAttentionBackwardParams::t_partial"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, t_partial) - 120usize];
+    ["Offset of field: TfAttentionBackwardParams::t_full_offsets"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, t_full_offsets) - 128usize];
+    ["Offset of field: TfAttentionBackwardParams::t_full"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, t_full) - 136usize];
+    ["Offset of field: TfAttentionBackwardParams::q_stride_b"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, q_stride_b) - 144usize];
+    ["Offset of field: TfAttentionBackwardParams::q_stride_l"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, q_stride_l) - 152usize];
+    ["Offset of field: TfAttentionBackwardParams::q_stride_h"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, q_stride_h) - 160usize];
+    ["Offset of field: TfAttentionBackwardParams::k_stride_b"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, k_stride_b) - 168usize];
+    ["Offset of field: TfAttentionBackwardParams::k_stride_l"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, k_stride_l) - 176usize];
+    ["Offset of field: TfAttentionBackwardParams::k_stride_h"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, k_stride_h) - 184usize];
+    ["Offset of field: TfAttentionBackwardParams::v_stride_b"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, v_stride_b) - 192usize];
+    ["Offset of field: TfAttentionBackwardParams::v_stride_l"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, v_stride_l) - 200usize];
+    ["Offset of field: TfAttentionBackwardParams::v_stride_h"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, v_stride_h) - 208usize];
+    ["Offset of field: TfAttentionBackwardParams::o_stride_b"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, o_stride_b) - 216usize];
+    ["Offset of field: TfAttentionBackwardParams::o_stride_l"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, o_stride_l) - 224usize];
+    ["Offset of field: TfAttentionBackwardParams::o_stride_h"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, o_stride_h) - 232usize];
+    ["Offset of field: TfAttentionBackwardParams::batch"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, batch) - 240usize];
+    ["Offset of field: TfAttentionBackwardParams::lq"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, lq) - 244usize];
+    ["Offset of field: TfAttentionBackwardParams::lk"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, lk) - 248usize];
+    ["Offset of field: TfAttentionBackwardParams::heads_q"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, heads_q) - 252usize];
+    ["Offset of field: TfAttentionBackwardParams::heads_kv"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, heads_kv) - 256usize];
+    ["Offset of field: TfAttentionBackwardParams::block_m"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, block_m) - 260usize];
+    ["Offset of field: TfAttentionBackwardParams::block_n"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, block_n) - 264usize];
+    ["Offset of field: TfAttentionBackwardParams::q_blocks"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, q_blocks) - 268usize];
+    ["Offset of field: TfAttentionBackwardParams::kv_blocks"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, kv_blocks) - 272usize];
+    ["Offset of field: TfAttentionBackwardParams::mask_batch"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, mask_batch) - 276usize];
+    ["Offset of field: TfAttentionBackwardParams::mask_heads"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, mask_heads) - 280usize];
+    ["Offset of field: TfAttentionBackwardParams::element"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, element) - 284usize];
+    ["Offset of field: TfAttentionBackwardParams::window"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, window) - 288usize];
+    ["Offset of field: TfAttentionBackwardParams::scale_log2"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, scale_log2) - 292usize];
+    ["Offset of field: TfAttentionBackwardParams::scale"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, scale) - 296usize];
+    ["Offset of field: TfAttentionBackwardParams::reserved"]
+        [::core::mem::offset_of!(TfAttentionBackwardParams, reserved) - 300usize];
 };

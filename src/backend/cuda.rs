@@ -755,5 +755,6 @@ kernel_params!(
     super::abi::TfSpmmParams,
     super::abi::TfSpmmBitmapParams,
     super::abi::TfAttentionParams,
+    super::abi::TfAttentionBackwardParams,
     super::abi::TfPeakMmaParams,
 );
