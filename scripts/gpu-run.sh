@@ -132,7 +132,7 @@ np.savez(f"{out}/scan_backward.npz", **backward)
 # The scan with u in float16, complex values as pairs in a last dimension of 2.
 u16 = np.stack([u.real, u.imag], axis=-1).astype(np.float16)
 np.savez(f"{out}/scan16.npz", a=a, u=u16, reset=reset)
-# The attention backward (CPU so far) with PyTorch's autograd gradients as expect_: causal
+# The attention backward (CPU and CUDA) with PyTorch's autograd gradients as expect_: causal
 # (bottom-right, lq < lk), GQA 4/2, every block partial.
 qb = rng.standard_normal((1, 200, 4, 64)).astype(np.float16)
 kb = rng.standard_normal((1, 260, 2, 64)).astype(np.float16)
@@ -178,6 +178,8 @@ PY
     limit 180 "$cli" check --input "$cases/scan16.npz" || fail "check --input scan16.npz"
     limit 120 "$cli" check --input "$cases/attention_backward.npz" --expect \
       || fail "check --input attention_backward.npz"
+    limit 120 "$cli" run attention-backward --input "$cases/attention_backward.npz" \
+      --output "$cases/out.npz" --backend cuda || fail "run attention-backward --backend cuda"
   else
     echo "no numpy here: NumPy case files skipped"
   fi
@@ -236,8 +238,8 @@ for op in ${ops//,/ }; do
   op_args+=(--op "$op")
   # attention's TFLOP/s are drawn against the measured mma.sync rate
   [[ "$op" == attention && ",$ops," != *",peak,"* ]] && op_args+=(--op peak)
-  [[ "$op" == copy || "$op" == spmm || "$op" == scan || "$op" == scan-backward || "$op" == attention ]] \
-    && peer_ops+=("$op")
+  [[ "$op" == copy || "$op" == spmm || "$op" == scan || "$op" == scan-backward || "$op" == attention \
+    || "$op" == attention-backward ]] && peer_ops+=("$op")
 done
 selected() { [[ -z "$ops" || ",$ops," == *",$1,"* ]]; }
 peers_list="$(IFS=,; echo "${peer_ops[*]:-}")"
@@ -281,6 +283,11 @@ rm -f "$out/bench.json" "$out/peers.json"
     if selected attention; then
       limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \
         --len 8192 --iters 1 || echo "ncu on attention failed"
+    fi
+    if selected attention-backward; then
+      limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention_backward -c 2 "$cli" bench \
+        --op attention-backward --backend cuda --quick --case "l=8192 causal" \
+        || echo "ncu on the attention backward failed"
     fi
   else
     echo "no ncu here"

@@ -310,6 +310,63 @@ def peer_attention(torch, device):
     torch.cuda.empty_cache()
 
 
+def peer_attention_backward(torch, device):
+    """tilefuse's op "attention-backward" (b=1, hq=32, d=128, f16, the forward's masks): the
+    backward alone (torch.autograd.grad on a kept graph) of PyTorch SDPA with the flash and
+    cuDNN backends on dense causal attention, and of FlexAttention (torch.compile'd,
+    128-blocks) on each mask. FLOPs count the computed blocks at 2.5 times the forward's
+    4·d per (query, key), as FlashAttention counts them."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError as e:
+        print(f"peer_attention_backward: {e}; skipped", flush=True)
+        return
+    heads, d = 32, 128
+    flex = torch.compile(flex_attention)
+
+    def backward_timing(forward, inputs):
+        out = forward()
+        grad = torch.randn_like(out)
+        return time_cuda(torch, lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True))
+
+    for l in ATTENTION_LENGTHS:
+        q, k, v = (torch.randn(1, heads, l, d, dtype=torch.float16, device="cuda", requires_grad=True)
+                   for _ in range(3))
+        moved = 2 * 8 * l * heads * d
+        name = lambda mask: f"b=1 hq={heads} d={d} l={l} {mask}"  # noqa: E731
+        causal_flops = int(2.5 * 4 * d * heads * l * (l + 1) // 2)
+        for backend, label in [(SDPBackend.FLASH_ATTENTION, "torch-sdpa-flash"),
+                               (SDPBackend.CUDNN_ATTENTION, "torch-sdpa-cudnn")]:
+            try:
+                with sdpa_kernel(backend):
+                    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+                    timing = backward_timing(sdpa, (q, k, v))
+                yield record("attention-backward", name("causal"), label, device, timing, moved, causal_flops)
+            except Exception as e:  # noqa: BLE001
+                print(f"peer_attention_backward: {label} l={l}: {e}", flush=True)
+        blocks = l // 128
+        picks = torch.rand(blocks, blocks, generator=torch.Generator().manual_seed(10)) < 0.1
+        picks = picks.to("cuda")
+        mask_mods = {
+            "causal": lambda b, h, qi, ki: qi >= ki,
+            "causal window 4096": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < 4096),
+            "streaming 128+4096": lambda b, h, qi, ki: (ki < 128) | ((qi >= ki) & (qi - ki < 4096)),
+            "random 10%": lambda b, h, qi, ki: picks[qi // 128, ki // 128],
+        }
+        for mask in ATTENTION_MASKS:
+            try:
+                block_mask = create_block_mask(mask_mods[mask], None, None, l, l, device="cuda", BLOCK_SIZE=128)
+                density = 1.0 - float(block_mask.sparsity()) / 100.0
+                timing = backward_timing(lambda: flex(q, k, v, block_mask=block_mask), (q, k, v))
+                flops = int(2.5 * 4 * d * heads * l * l * density)
+                yield record("attention-backward", name(mask), "flexattention", device, timing, moved, flops)
+            except Exception as e:  # noqa: BLE001
+                print(f"peer_attention_backward: FlexAttention {mask} l={l}: {e}", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+
+
 # tilefuse op -> its peers
 PEERS = {
     "copy": peer_copy,
@@ -317,6 +374,7 @@ PEERS = {
     "scan": peer_scan,
     "scan-backward": peer_scan_backward,
     "attention": peer_attention,
+    "attention-backward": peer_attention_backward,
 }
 
 

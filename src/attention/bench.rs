@@ -1,6 +1,7 @@
 //! Attention's benchmark cases for `tilefuse bench` and `benches/attention.rs`: b = 1,
 //! hq = 32, d = 128 at 8k and 32k keys, for the masks of docs/design.md, and decode-shaped
-//! calls (1 and 16 queries against 32k keys, GQA 32/8).
+//! calls (1 and 16 queries against 32k keys, GQA 32/8); the backward pass's on the same
+//! masks and lengths.
 
 use half::f16;
 
@@ -143,6 +144,110 @@ fn run_shape(
     })
 }
 
+/// The backward pass on the forward's masks and shapes (b = 1, hq = 32, d = 128 at 8k and
+/// 32k), CUDA only, gradients in f16. FLOPs count the visited blocks at 2.5 times the
+/// forward's, as FlashAttention counts them; bytes are q, k, v, o, dO in and dq, dk, dv out.
+pub(super) fn backward_bench_cases() -> Vec<BenchCase> {
+    let (heads, d) = (32, 128);
+    let mut cases = Vec::new();
+    for l in [8192, 32768] {
+        for &name in &BENCH_MASKS {
+            let blocks = bench_mask(name, l)
+                .map(|m| m.stats().mean_blocks_per_row)
+                .unwrap_or(0.0);
+            let pairs = blocks * (l / 128) as f64 * 128.0 * 128.0;
+            let flops = (2.5 * 4.0 * d as f64 * pairs * heads as f64) as u64;
+            let bytes = (2 * 8 * l * heads * d) as u64;
+            let case = format!("b=1 hq={heads} d={d} l={l} {name}");
+            cases.push(BenchCase::new(
+                "attention-backward",
+                case,
+                bytes,
+                flops,
+                move |backends, backend| {
+                    let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
+                    run_backward(backends, backend, shape, bench_mask(name, l)?)
+                },
+            ));
+        }
+    }
+    cases
+}
+
+/// A runner of the backward pass of `shape` with `mask` on CUDA (`None` elsewhere): the
+/// forward runs once first, for its o and lse.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn run_backward(
+    backends: &Backends,
+    backend: Backend,
+    shape: AttentionShape,
+    mask: BlockMask,
+) -> Result<Option<Runner<'_>>> {
+    #[cfg(feature = "cuda")]
+    if backend == Backend::Cuda {
+        use super::cuda::{
+            AttentionWorkspace, BackwardInputs, BackwardOutputs, DeviceBlockMask, Inputs, Outputs,
+            attention_backward_with_workspace, attention_with_workspace,
+        };
+        let cuda = backends.cuda()?;
+        let [q_len, k_len, ..] = shape.min_lens();
+        let (queries, keys) = (
+            vec![f16::from_f32(0.01); q_len],
+            vec![f16::from_f32(0.01); k_len],
+        );
+        let (q, k, v) = (
+            cuda.upload(&queries)?,
+            cuda.upload(&keys)?,
+            cuda.upload(&keys)?,
+        );
+        let (d_o, mut o) = (cuda.upload(&queries)?, cuda.upload(&queries)?);
+        let mut lse = cuda.upload(&vec![0.0f32; shape.lq * shape.heads_q])?;
+        let (mut dq, mut dk, mut dv) = (
+            cuda.upload(&queries)?,
+            cuda.upload(&keys)?,
+            cuda.upload(&keys)?,
+        );
+        let mask = DeviceBlockMask::upload(cuda, &mask)?;
+        let scale = 1.0 / (shape.d as f32).sqrt();
+        let mut workspace = AttentionWorkspace::new();
+        let outputs = Outputs {
+            o: &mut o,
+            lse: Some(&mut lse),
+        };
+        let inputs = Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        attention_with_workspace(cuda, &shape, inputs, &mask, outputs, scale, &mut workspace)?;
+        return Ok(Some(Runner::new(cuda.clock(), move || {
+            let inputs = BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &o,
+                d_o: &d_o,
+                lse: &lse,
+            };
+            let outputs = BackwardOutputs {
+                dq: &mut dq,
+                dk: &mut dk,
+                dv: &mut dv,
+            };
+            attention_backward_with_workspace::<f16, f16, _, _, _, _, _, _>(
+                cuda,
+                &shape,
+                inputs,
+                &mask,
+                outputs,
+                scale,
+                &mut workspace,
+            )
+        })));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +258,8 @@ mod tests {
     fn every_case_is_named_as_the_peers_name_it() {
         let names: Vec<String> = bench_cases().into_iter().map(|c| c.name).collect();
         assert_eq!(names.len(), 2 * BENCH_MASKS.len() + DECODE_QUERIES.len());
+        let backward: Vec<String> = backward_bench_cases().into_iter().map(|c| c.name).collect();
+        assert_eq!(backward, names[..2 * BENCH_MASKS.len()]);
         for expected in [
             "b=1 hq=32 d=128 l=32768 random 10%",
             "b=1 hq=32 hkv=8 d=128 lq=1 lk=32768 dense",

@@ -19,7 +19,7 @@ pub const BACKWARD_ENTRY: OpEntry = OpEntry {
     about: "block-sparse attention backward: dq, dk, dv from do (CUDA: FlashAttention-2's two passes, no atomics)",
     kernel_modules: &["attention_backward"],
     check_cases,
-    bench_cases: Vec::new,
+    bench_cases: super::bench::backward_bench_cases,
     #[cfg(feature = "cli")]
     file: Some(&super::cli::BACKWARD_FILE),
     #[cfg(all(feature = "cli", feature = "cuda"))]

@@ -23,8 +23,10 @@
 //!
 //! [`reference_backward`] gives the cotangents of q, k and v from `dO`, the cotangent of `o`
 //! (its docs state the formulas); [`blockwise_backward`] computes the same as the kernels
-//! will, key block by key block over the mask's transposed lists ([`BlockMask::q_blocks_of`]).
-//! So far only the CPU has them (`tilefuse run attention-backward`).
+//! do, key block by key block over the mask's transposed lists ([`BlockMask::q_blocks_of`]).
+//! On CUDA, [`cuda::attention_backward`] takes the forward's `o` and `lse` and writes the
+//! gradients in f32 or the inputs' type, the same bits call after call (no atomics); WGSL has
+//! no backward yet. `tilefuse run attention-backward` runs either of them on a case file.
 //!
 //! ```
 //! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference_backward};
