@@ -3,7 +3,7 @@
 //! first, then `dK`, `dV` key block by key block over the transposed lists, and `dQ` query
 //! block by query block over the forward lists), which must agree with it.
 
-use super::{AttentionShape, BlockKind, BlockMask, Strides, reference};
+use super::{AttentionShape, BlockKind, BlockMask, MaskShape, Strides, reference};
 use crate::error::{Error, Result};
 
 /// The cotangents of q, k and v in f64, packed: `dq [b, lq, hq, d]`, `dk` and `dv`
@@ -170,6 +170,30 @@ pub(crate) fn check_d_o(shape: &AttentionShape, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Every length and shape a device backward depends on: the forward's rules for q, k, v, o
+/// and the mask (d 64 or 128, starts and strides multiples of 8), `do` laid out as o, `lse`
+/// `b·hq·lq`, and packed gradients.
+pub(crate) fn check_call(
+    shape: &AttentionShape,
+    [q, k, v, o, d_o, lse]: [usize; 6],
+    gradients: [usize; 3],
+    mask: MaskShape,
+) -> Result<()> {
+    shape.check_call([q, k, v], mask, o, Some(lse))?;
+    check_d_o(shape, d_o)?;
+    let names = ["dq", "dk", "dv"];
+    for ((what, got), expected) in names.into_iter().zip(gradients).zip(gradient_lens(shape)) {
+        if got != expected {
+            return Err(Error::Length {
+                what,
+                expected,
+                got,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The lengths of packed gradients: dq `b·lq·hq·d`, dk and dv `b·lk·hkv·d`.
 pub(crate) fn gradient_lens(s: &AttentionShape) -> [usize; 3] {
     let kv = s.batch * s.lk * s.heads_kv * s.d;
@@ -321,4 +345,37 @@ impl Gradients {
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    /// Each buffer of a call is checked before anything is enqueued, with a typed error that
+    /// names it.
+    #[test]
+    fn wrong_lengths_name_the_buffer() {
+        let shape = AttentionShape::new(1, 100, 70, 2, 1, 64).unwrap();
+        let mask = MaskShape::new(100, 70);
+        let (q, kv) = (100 * 2 * 64, 70 * 64);
+        let lens = [q, kv, kv, q, q, 200];
+        let gradients = [q, kv, kv];
+        check_call(&shape, lens, gradients, mask).unwrap();
+        let named = |lens: [usize; 6], gradients: [usize; 3]| match check_call(
+            &shape, lens, gradients, mask,
+        ) {
+            Err(Error::Length { what, .. }) => what,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(named([q, kv, kv, q, q - 1, 200], gradients), "do");
+        assert_eq!(named([q, kv, kv, q, q, 199], gradients), "lse");
+        assert_eq!(named(lens, [q + 1, kv, kv]), "dq");
+        assert_eq!(named(lens, [q, kv, kv - 64]), "dv");
+        let other = MaskShape::new(100, 71);
+        assert!(matches!(
+            check_call(&shape, lens, gradients, other),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
 }

@@ -145,7 +145,7 @@ fn run_shape(
 }
 
 /// The backward pass on the forward's masks and shapes (b = 1, hq = 32, d = 128 at 8k and
-/// 32k), CUDA only, gradients in f16. FLOPs count the visited blocks at 2.5 times the
+/// 32k; CUDA), gradients in f16. FLOPs count the visited blocks at 2.5 times the
 /// forward's, as FlashAttention counts them; bytes are q, k, v, o, dO in and dq, dk, dv out.
 pub(super) fn backward_bench_cases() -> Vec<BenchCase> {
     let (heads, d) = (32, 128);
@@ -174,78 +174,48 @@ pub(super) fn backward_bench_cases() -> Vec<BenchCase> {
     cases
 }
 
-/// A runner of the backward pass of `shape` with `mask` on CUDA (`None` elsewhere): the
+/// A runner of the backward pass of `shape` with `mask` on `backend` (not WGSL, whose
+/// invocation-per-row backward would take minutes of the GPU bundle's bench time): the
 /// forward runs once first, for its o and lse.
-#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn run_backward(
     backends: &Backends,
     backend: Backend,
     shape: AttentionShape,
     mask: BlockMask,
 ) -> Result<Option<Runner<'_>>> {
-    #[cfg(feature = "cuda")]
-    if backend == Backend::Cuda {
-        use super::cuda::{
-            AttentionWorkspace, BackwardInputs, BackwardOutputs, DeviceBlockMask, Inputs, Outputs,
-            attention_backward_with_workspace, attention_with_workspace,
-        };
-        let cuda = backends.cuda()?;
-        let [q_len, k_len, ..] = shape.min_lens();
-        let (queries, keys) = (
-            vec![f16::from_f32(0.01); q_len],
-            vec![f16::from_f32(0.01); k_len],
-        );
-        let (q, k, v) = (
-            cuda.upload(&queries)?,
-            cuda.upload(&keys)?,
-            cuda.upload(&keys)?,
-        );
-        let (d_o, mut o) = (cuda.upload(&queries)?, cuda.upload(&queries)?);
-        let mut lse = cuda.upload(&vec![0.0f32; shape.lq * shape.heads_q])?;
-        let (mut dq, mut dk, mut dv) = (
-            cuda.upload(&queries)?,
-            cuda.upload(&keys)?,
-            cuda.upload(&keys)?,
-        );
-        let mask = DeviceBlockMask::upload(cuda, &mask)?;
-        let scale = 1.0 / (shape.d as f32).sqrt();
-        let mut workspace = AttentionWorkspace::new();
-        let outputs = Outputs {
-            o: &mut o,
-            lse: Some(&mut lse),
-        };
-        let inputs = Inputs {
-            q: &q,
-            k: &k,
-            v: &v,
-        };
-        attention_with_workspace(cuda, &shape, inputs, &mask, outputs, scale, &mut workspace)?;
-        return Ok(Some(Runner::new(cuda.clock(), move || {
-            let inputs = BackwardInputs {
-                q: &q,
-                k: &k,
-                v: &v,
-                o: &o,
-                d_o: &d_o,
-                lse: &lse,
-            };
-            let outputs = BackwardOutputs {
-                dq: &mut dq,
-                dk: &mut dk,
-                dv: &mut dv,
-            };
-            attention_backward_with_workspace::<f16, f16, _, _, _, _, _, _>(
-                cuda,
+    if backend == Backend::Wgpu {
+        return Ok(None);
+    }
+    let [q_len, k_len, ..] = shape.min_lens();
+    let (queries, keys) = (
+        vec![f16::from_f32(0.01); q_len],
+        vec![f16::from_f32(0.01); k_len],
+    );
+    let scale = 1.0 / (shape.d as f32).sqrt();
+    on_device!(backends, backend, |device| {
+        let [q, k, v] = [&queries, &keys, &keys].map(|x| device.upload(x));
+        let (q, k, v) = (q?, k?, v?);
+        let (d_o, mut o) = (device.upload(&queries)?, device.upload(&queries)?);
+        let mut lse = device.zeros::<f32>(shape.lq * shape.heads_q)?;
+        let [dq, dk, dv] = [&queries, &keys, &keys].map(|x| device.upload(x));
+        let (mut dq, mut dk, mut dv) = (dq?, dk?, dv?);
+        let mask = device.upload_mask(&mask)?;
+        let mut workspace = Default::default();
+        let outputs = (&mut o, Some(&mut lse));
+        device.attention(&shape, [&q, &k, &v], &mask, outputs, scale, &mut workspace)?;
+        Ok(Runner::new(device.clock(), move || {
+            let forward = ([&q, &k, &v, &o, &d_o], &lse);
+            let gradients = [&mut dq, &mut dk, &mut dv];
+            device.attention_backward::<f16, f16>(
                 &shape,
-                inputs,
+                forward,
                 &mask,
-                outputs,
+                gradients,
                 scale,
                 &mut workspace,
             )
-        })));
-    }
-    Ok(None)
+        }))
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::fmt;
 use half::{bf16, f16};
 
 use super::{AttentionShape, BlockMask, Layout, MaskShape, Strides, reference};
-use crate::element::{DeviceFloat16, Float16, OutputElement};
+use crate::element::{DeviceFloat16, DeviceOutput, Float16, OutputElement};
 use crate::error::Result;
 use crate::harness::device::{Device, on_device};
 use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
@@ -433,13 +433,26 @@ pub(super) trait OnDevice: Device {
         outputs: Outputs<'_, Self::Buffer<f32>, Self::Buffer<f32>>,
         scale: f32,
     ) -> Result<()>;
+    /// Enqueues the backward pass from the forward's `o` and `lse`, gradients in `G`.
+    fn attention_backward<T: DeviceFloat16, G: DeviceOutput<T>>(
+        &self,
+        shape: &AttentionShape,
+        forward: BackwardTensors<'_, Self::Buffer<T>, Self::Buffer<f32>>,
+        mask: &Self::Mask,
+        gradients: [&mut Self::Buffer<G>; 3],
+        scale: f32,
+        workspace: &mut Self::Workspace,
+    ) -> Result<()>;
 }
+
+/// What the backward reads: q, k, v, o and do, and lse.
+pub(super) type BackwardTensors<'a, B, L> = ([&'a B; 5], &'a L);
 
 /// `OnDevice` for a backend's handle: its module's mask type, workspace and `attention`, and
 /// the backend's own `attention_f32`.
 macro_rules! forward_to {
     ($feature:literal, $handle:ty, $module:ident, $mask:ident, $workspace:ty,
-     $attention:item, $attention_f32:item) => {
+     $attention:item, $attention_f32:item, $backward:item) => {
         #[cfg(feature = $feature)]
         impl OnDevice for $handle {
             type Mask = super::$module::$mask;
@@ -449,6 +462,7 @@ macro_rules! forward_to {
             }
             $attention
             $attention_f32
+            $backward
         }
     };
 }
@@ -485,6 +499,28 @@ forward_to!(
             "the inputs' type",
             "f32",
         ))
+    },
+    fn attention_backward<T: DeviceFloat16, G: DeviceOutput<T>>(
+        &self,
+        shape: &AttentionShape,
+        ([q, k, v, o, d_o], lse): BackwardTensors<'_, Self::Buffer<T>, Self::Buffer<f32>>,
+        mask: &Self::Mask,
+        [dq, dk, dv]: [&mut Self::Buffer<G>; 3],
+        scale: f32,
+        workspace: &mut Self::Workspace,
+    ) -> Result<()> {
+        let inputs = super::cuda::BackwardInputs {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+        };
+        let outputs = super::cuda::BackwardOutputs { dq, dk, dv };
+        super::cuda::attention_backward_with_workspace::<T, G, _, _, _, _, _, _>(
+            self, shape, inputs, mask, outputs, scale, workspace,
+        )
     }
 );
 forward_to!(
@@ -515,6 +551,26 @@ forward_to!(
     ) -> Result<()> {
         let inputs = super::wgpu::Inputs { q, k, v };
         super::wgpu::attention(self, shape, inputs, mask, o, lse, scale)
+    },
+    fn attention_backward<T: DeviceFloat16, G: DeviceOutput<T>>(
+        &self,
+        shape: &AttentionShape,
+        ([q, k, v, o, d_o], lse): BackwardTensors<'_, Self::Buffer<T>, Self::Buffer<f32>>,
+        mask: &Self::Mask,
+        [dq, dk, dv]: [&mut Self::Buffer<G>; 3],
+        scale: f32,
+        _: &mut Self::Workspace,
+    ) -> Result<()> {
+        let inputs = super::wgpu::BackwardInputs {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+        };
+        let outputs = super::wgpu::BackwardOutputs { dq, dk, dv };
+        super::wgpu::attention_backward(self, shape, inputs, mask, outputs, scale)
     }
 );
 

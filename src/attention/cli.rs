@@ -286,11 +286,7 @@ impl<T: DeviceFloat16> CaseFile for BackwardFile<T>
 where
     f64: From<T>,
 {
-    fn backends(&self) -> &'static [Backend] {
-        &[Backend::Cpu, Backend::Cuda]
-    }
-
-    /// On CUDA: the forward (its o and lse), then the backward with f32 gradients.
+    /// On a GPU: the forward (its o and lse), then the backward with f32 gradients.
     fn run(&self, backends: &Backends, backend: Backend) -> Result<Vec<(String, Array)>, String> {
         let s = self.forward.shape;
         let q_dims = vec![s.batch, s.lq, s.heads_q, s.d];
@@ -337,12 +333,9 @@ type Named = Vec<(String, Vec<f32>)>;
 
 impl<T: DeviceFloat16> BackwardFile<T> {
     /// The forward on `backend` (o in the inputs' type, and lse), then the backward with f32
-    /// gradients, named; `None` where the backend has no backward path.
+    /// gradients, named; `None` where this build has no such backend.
     fn on_device(&self, backends: &Backends, backend: Backend) -> crate::Result<Option<Named>> {
         let f = &self.forward;
-        if !cfg!(feature = "cuda") || backend != Backend::Cuda {
-            return Ok(None); // the only device with a backward path so far
-        }
         let (scale, output) = (f.scale as f32, super::Output::Input);
         let inputs = [f.q.as_slice(), &f.k, &f.v];
         let Some((o, lse)) =

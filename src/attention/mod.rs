@@ -24,9 +24,9 @@
 //! [`reference_backward`] gives the cotangents of q, k and v from `dO`, the cotangent of `o`
 //! (its docs state the formulas); [`blockwise_backward`] computes the same as the kernels
 //! do, key block by key block over the mask's transposed lists ([`BlockMask::q_blocks_of`]).
-//! On CUDA, [`cuda::attention_backward`] takes the forward's `o` and `lse` and writes the
-//! gradients in f32 or the inputs' type, the same bits call after call (no atomics); WGSL has
-//! no backward yet. `tilefuse run attention-backward` runs either of them on a case file.
+//! [`cuda::attention_backward`] and [`wgpu::attention_backward`] take the forward's `o` and
+//! `lse` and write the gradients in f32 or the inputs' type, the same values call after call
+//! (no atomics). `tilefuse run attention-backward` runs any of them on a case file.
 //!
 //! ```
 //! use tilefuse::attention::{AttentionShape, BlockMask, MaskShape, reference_backward};

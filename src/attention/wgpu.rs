@@ -23,15 +23,33 @@ pub struct GpuBlockMask {
     partial: GpuBuffer<u32>,
     full_offsets: GpuBuffer<u32>,
     full: GpuBuffer<u32>,
+    /// The transposed lists, which the backward pass walks: partial offsets, partial, full
+    /// offsets, full.
+    transposed: [GpuBuffer<u32>; 4],
     /// The most blocks (partial and full) any row lists.
     max_row_blocks: usize,
+    /// The most q blocks (partial and full) that list one key block of one head.
+    max_column_blocks: usize,
 }
 
 impl GpuBlockMask {
-    /// Copies `mask` to `gpu`'s device.
+    /// Copies `mask` (its lists and their transposes) to `gpu`'s device.
     pub fn upload(gpu: &Wgpu, mask: &BlockMask) -> Result<Self> {
         let (partial_offsets, partial, full_offsets, full) = mask.parts();
+        let (t_partial_offsets, t_partial, t_full_offsets, t_full) = mask.transposed_parts();
+        let column = |c: usize| {
+            let count = |offsets: &[u32]| (offsets[c + 1] - offsets[c]) as usize;
+            count(t_partial_offsets) + count(t_full_offsets)
+        };
+        let columns = t_partial_offsets.len() - 1;
         Ok(GpuBlockMask {
+            transposed: [
+                gpu.upload(t_partial_offsets)?,
+                gpu.upload(t_partial)?,
+                gpu.upload(t_full_offsets)?,
+                gpu.upload(t_full)?,
+            ],
+            max_column_blocks: (0..columns).map(column).max().unwrap_or(0),
             shape: mask.shape(),
             element: mask.element(),
             partial_offsets: gpu.upload(partial_offsets)?,
@@ -258,6 +276,10 @@ fn iterations_per_block(d: usize, block_n: usize) -> usize {
     const STAGING: usize = 4; // CHUNK * MAX_D4 / THREADS
     block_n.div_ceil(CHUNK) * (1 + STAGING + CHUNK * (1 + 2 * (d / 4))) + 1
 }
+
+mod backward;
+
+pub use backward::{BackwardInputs, BackwardOutputs, attention_backward};
 
 #[cfg(test)]
 mod tests {

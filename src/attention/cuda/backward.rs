@@ -6,7 +6,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::{AttentionWorkspace, DeviceBlockMask};
-use crate::attention::backward::{check_d_o, gradient_lens};
+use crate::attention::backward::check_call;
 use crate::attention::{AttentionShape, ElementMask, MaskShape};
 use crate::backend::abi::{
     TF_ATTENTION_BACKWARD_THREADS, TF_ATTENTION_KV_TILE, TfAttentionBackwardParams,
@@ -229,29 +229,6 @@ where
     Ok(())
 }
 
-/// Every length and shape the backward's launches depend on: the forward's rules for q, k,
-/// v, o (`lens[..4]`) and the mask, `do` laid out as o, `lse` `b·hq·lq`, and packed gradients.
-pub(crate) fn check_call(
-    shape: &AttentionShape,
-    [q, k, v, o, d_o, lse]: [usize; 6],
-    gradients: [usize; 3],
-    mask: MaskShape,
-) -> Result<()> {
-    shape.check_call([q, k, v], mask, o, Some(lse))?;
-    check_d_o(shape, d_o)?;
-    let names = ["dq", "dk", "dv"];
-    for ((what, got), expected) in names.into_iter().zip(gradients).zip(gradient_lens(shape)) {
-        if got != expected {
-            return Err(Error::Length {
-                what,
-                expected,
-                got,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// The two launches of one backward call but for their buffers.
 #[derive(Clone, Debug)]
 pub(crate) struct BackwardPlan {
@@ -404,35 +381,3 @@ impl BackwardPlan {
 
 #[cfg(test)]
 mod emulated;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each buffer of a call is checked before anything is enqueued, with a typed error that
-    /// names it.
-    #[test]
-    fn wrong_lengths_name_the_buffer() {
-        let shape = AttentionShape::new(1, 100, 70, 2, 1, 64).unwrap();
-        let mask = MaskShape::new(100, 70);
-        let (q, kv) = (100 * 2 * 64, 70 * 64);
-        let lens = [q, kv, kv, q, q, 200];
-        let gradients = [q, kv, kv];
-        check_call(&shape, lens, gradients, mask).unwrap();
-        let named = |lens: [usize; 6], gradients: [usize; 3]| match check_call(
-            &shape, lens, gradients, mask,
-        ) {
-            Err(Error::Length { what, .. }) => what,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(named([q, kv, kv, q, q - 1, 200], gradients), "do");
-        assert_eq!(named([q, kv, kv, q, q, 199], gradients), "lse");
-        assert_eq!(named(lens, [q + 1, kv, kv]), "dq");
-        assert_eq!(named(lens, [q, kv, kv - 64]), "dv");
-        let other = MaskShape::new(100, 71);
-        assert!(matches!(
-            check_call(&shape, lens, gradients, other),
-            Err(Error::InvalidArgument { .. })
-        ));
-    }
-}

@@ -4,8 +4,8 @@
 
 use half::{bf16, f16};
 
-use super::{BackwardPlan, check_call};
-use crate::attention::backward::gradient_lens;
+use super::BackwardPlan;
+use crate::attention::backward::{check_call, gradient_lens};
 use crate::attention::check_backward::{BackwardArgs, BackwardRun, check_backward_with, poisoned};
 use crate::attention::{Case, MaskKind, Output};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
