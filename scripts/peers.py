@@ -244,6 +244,19 @@ ATTENTION_LENGTHS = [8192, 32768]
 ATTENTION_MASKS = ["causal", "causal window 4096", "streaming 128+4096", "random 10%"]
 
 
+def attention_mask_mods(torch, l):
+    """FlexAttention mask_mods of ATTENTION_MASKS at length l (src/attention/bench.rs)."""
+    blocks = l // 128
+    picks = torch.rand(blocks, blocks, generator=torch.Generator().manual_seed(10)) < 0.1
+    picks = picks.to("cuda")
+    return {
+        "causal": lambda b, h, qi, ki: qi >= ki,
+        "causal window 4096": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < 4096),
+        "streaming 128+4096": lambda b, h, qi, ki: (ki < 128) | ((qi >= ki) & (qi - ki < 4096)),
+        "random 10%": lambda b, h, qi, ki: picks[qi // 128, ki // 128],
+    }
+
+
 def peer_attention(torch, device):
     """tilefuse's op "attention" (b=1, hq=32, d=128, f16): PyTorch SDPA with the flash
     backend on dense causal attention, and FlexAttention (torch.compile'd, create_block_mask
@@ -266,15 +279,7 @@ def peer_attention(torch, device):
             yield record("attention", name("causal"), "torch-sdpa-flash", device, timing, moved, 4 * d * heads * l * (l + 1) // 2)
         except Exception as e:  # noqa: BLE001
             print(f"peer_attention: SDPA flash l={l}: {e}", flush=True)
-        blocks = l // 128
-        picks = torch.rand(blocks, blocks, generator=torch.Generator().manual_seed(10)) < 0.1
-        picks = picks.to("cuda")
-        mask_mods = {
-            "causal": lambda b, h, qi, ki: qi >= ki,
-            "causal window 4096": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < 4096),
-            "streaming 128+4096": lambda b, h, qi, ki: (ki < 128) | ((qi >= ki) & (qi - ki < 4096)),
-            "random 10%": lambda b, h, qi, ki: picks[qi // 128, ki // 128],
-        }
+        mask_mods = attention_mask_mods(torch, l)
         for mask in ATTENTION_MASKS:
             try:
                 block_mask = create_block_mask(mask_mods[mask], None, None, l, l, device="cuda", BLOCK_SIZE=128)
@@ -345,15 +350,7 @@ def peer_attention_backward(torch, device):
                 yield record("attention-backward", name("causal"), label, device, timing, moved, causal_flops)
             except Exception as e:  # noqa: BLE001
                 print(f"peer_attention_backward: {label} l={l}: {e}", flush=True)
-        blocks = l // 128
-        picks = torch.rand(blocks, blocks, generator=torch.Generator().manual_seed(10)) < 0.1
-        picks = picks.to("cuda")
-        mask_mods = {
-            "causal": lambda b, h, qi, ki: qi >= ki,
-            "causal window 4096": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < 4096),
-            "streaming 128+4096": lambda b, h, qi, ki: (ki < 128) | ((qi >= ki) & (qi - ki < 4096)),
-            "random 10%": lambda b, h, qi, ki: picks[qi // 128, ki // 128],
-        }
+        mask_mods = attention_mask_mods(torch, l)
         for mask in ATTENTION_MASKS:
             try:
                 block_mask = create_block_mask(mask_mods[mask], None, None, l, l, device="cuda", BLOCK_SIZE=128)

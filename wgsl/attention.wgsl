@@ -77,28 +77,9 @@ fn is_finite(x: f32) -> bool {
 // A quiet NaN, made at run time (a constant expression may not be NaN).
 var<private> nan_bits: u32 = 0x7fc00000u;
 
-fn to_f32(h: u32) -> f32 {
-    if (BF16) {
-        return bitcast<f32>(h << 16u);
-    }
-    return unpack2x16float(h).x;
-}
-
-// Values 4c .. 4c+3 of a row starting at element `base` (even: strides are multiples of 8).
-fn load4(buffer_word0: u32, buffer_word1: u32) -> vec4<f32> {
-    return vec4<f32>(to_f32(buffer_word0 & 0xffffu), to_f32(buffer_word0 >> 16u),
-                     to_f32(buffer_word1 & 0xffffu), to_f32(buffer_word1 >> 16u));
-}
-
 fn q4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(q_at(w), q_at(w + 1u)); }
 fn k4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(k_at(w), k_at(w + 1u)); }
 fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(v_at(w), v_at(w + 1u)); }
-
-// Element (batch, position, head, 0) of tensor `t` (0 q, 1 k, 2 v, 3 o).
-fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
-    let s = params.strides[t];
-    return s.w + batch * s.x + position * s.y + head * s.z;
-}
 
 // Stores values at..at+3 of o (at a multiple of 4).
 fn store4(at: u32, value: vec4<f32>) {
@@ -110,17 +91,6 @@ fn store4(at: u32, value: vec4<f32>) {
     } else {
         o_set(at / 2u, to_bits(value.x) | (to_bits(value.y) << 16u));
         o_set(at / 2u + 1u, to_bits(value.z) | (to_bits(value.w) << 16u));
-    }
-}
-
-// Whether the element mask lets query i see key j (bottom-right aligned).
-fn element_allows(i: u32, j: u32) -> bool {
-    let distance = i32(i) + i32(params.lk) - i32(params.lq) - i32(j);  // i' - j
-    switch params.element {
-        case 1u: { return distance >= 0; }
-        case 2u: { return u32(abs(distance)) < params.window; }
-        case 3u: { return distance >= 0 && u32(distance) < params.window; }
-        default: { return true; }
     }
 }
 

@@ -68,40 +68,11 @@ var<workgroup> tile_b: array<array<vec4<f32>, MAX_D4>, CHUNK>;
 var<workgroup> row_lse: array<f32, CHUNK>;
 var<workgroup> row_delta: array<f32, CHUNK>;
 
-fn to_f32(h: u32) -> f32 {
-    if (BF16) {
-        return bitcast<f32>(h << 16u);
-    }
-    return unpack2x16float(h).x;
-}
-
-fn load4(word0: u32, word1: u32) -> vec4<f32> {
-    return vec4<f32>(to_f32(word0 & 0xffffu), to_f32(word0 >> 16u),
-                     to_f32(word1 & 0xffffu), to_f32(word1 >> 16u));
-}
-
 // Values 4c .. 4c+3 of the row starting at element `base` (even: strides are multiples of 8).
 fn q4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(q_at(w), q_at(w + 1u)); }
 fn k4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(k_at(w), k_at(w + 1u)); }
 fn v4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(v_at(w), v_at(w + 1u)); }
 fn do4(base: u32, c: u32) -> vec4<f32> { let w = (base >> 1u) + 2u * c; return load4(d_o_at(w), d_o_at(w + 1u)); }
-
-// Element (batch, position, head, 0) of tensor `t` (0 q, 1 k, 2 v, 3 o and do).
-fn row_start(t: u32, batch: u32, position: u32, head: u32) -> u32 {
-    let s = params.strides[t];
-    return s.w + batch * s.x + position * s.y + head * s.z;
-}
-
-// Whether the element mask lets query i see key j (bottom-right aligned).
-fn element_allows(i: u32, j: u32) -> bool {
-    let distance = i32(i) + i32(params.lk) - i32(params.lq) - i32(j);  // i' - j
-    switch params.element {
-        case 1u: { return distance >= 0; }
-        case 2u: { return u32(abs(distance)) < params.window; }
-        case 3u: { return distance >= 0 && u32(distance) < params.window; }
-        default: { return true; }
-    }
-}
 
 // Query (batch, head, i)'s lse, or +inf for a query without keys (lse = −inf: its P is 0).
 fn lse_of(batch: u32, head: u32, i: u32) -> f32 {

@@ -398,11 +398,6 @@ pub fn run<T: DeviceFloat16>(
     })
 }
 
-/// The workspace of a backend whose attention keeps nothing from call to call (WGSL).
-#[cfg(feature = "wgpu")]
-#[derive(Debug, Default)]
-pub(super) struct NoWorkspace;
-
 /// Attention's outputs: `o` and, when given, `lse`.
 pub(super) type Outputs<'a, O, L> = (&'a mut O, Option<&'a mut L>);
 
@@ -528,7 +523,7 @@ forward_to!(
     crate::backend::wgpu::Wgpu,
     wgpu,
     GpuBlockMask,
-    NoWorkspace,
+    super::wgpu::BackwardWorkspace,
     fn attention<T: DeviceFloat16>(
         &self,
         shape: &AttentionShape,
@@ -559,7 +554,7 @@ forward_to!(
         mask: &Self::Mask,
         [dq, dk, dv]: [&mut Self::Buffer<G>; 3],
         scale: f32,
-        _: &mut Self::Workspace,
+        workspace: &mut Self::Workspace,
     ) -> Result<()> {
         let inputs = super::wgpu::BackwardInputs {
             q,
@@ -570,7 +565,9 @@ forward_to!(
             lse,
         };
         let outputs = super::wgpu::BackwardOutputs { dq, dk, dv };
-        super::wgpu::attention_backward(self, shape, inputs, mask, outputs, scale)
+        super::wgpu::attention_backward_with_workspace(
+            self, shape, inputs, mask, outputs, scale, workspace,
+        )
     }
 );
 

@@ -10,6 +10,7 @@ const SHADER: Shader = Shader {
     name: "attention.wgsl",
     source: concat!(
         include_str!("../../wgsl/common/to_bits.wgsl"),
+        include_str!("../../wgsl/common/attention_rows.wgsl"),
         include_str!("../../wgsl/attention.wgsl")
     ),
 };
@@ -279,7 +280,10 @@ fn iterations_per_block(d: usize, block_n: usize) -> usize {
 
 mod backward;
 
-pub use backward::{BackwardInputs, BackwardOutputs, attention_backward};
+pub use backward::{
+    BackwardInputs, BackwardOutputs, BackwardWorkspace, attention_backward,
+    attention_backward_with_workspace,
+};
 
 #[cfg(test)]
 mod tests {

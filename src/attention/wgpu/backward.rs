@@ -14,6 +14,7 @@ const DQ_SHADER: Shader = Shader {
     name: "attention_backward_dq.wgsl",
     source: concat!(
         include_str!("../../../wgsl/common/to_bits.wgsl"),
+        include_str!("../../../wgsl/common/attention_rows.wgsl"),
         include_str!("../../../wgsl/attention_backward_common.wgsl"),
         include_str!("../../../wgsl/attention_backward_dq.wgsl")
     ),
@@ -22,6 +23,7 @@ const DKDV_SHADER: Shader = Shader {
     name: "attention_backward_dkdv.wgsl",
     source: concat!(
         include_str!("../../../wgsl/common/to_bits.wgsl"),
+        include_str!("../../../wgsl/common/attention_rows.wgsl"),
         include_str!("../../../wgsl/attention_backward_common.wgsl"),
         include_str!("../../../wgsl/attention_backward_dkdv.wgsl")
     ),
@@ -90,9 +92,8 @@ pub struct BackwardOutputs<'a, G> {
 /// of q, k and v as [`reference_backward`](crate::attention::reference_backward) defines them,
 /// in `G` (f32, or the inputs' type `T`), every element of the three written, the same values
 /// call after call. The forward's `o` and `lse` are inputs (P is recomputed from `lse`, D =
-/// rowsum(dO ∘ O) from `o` as stored); `d_o` has o's strides. Each call allocates its scratch
-/// (one f32 per query row, and on drivers with a loop budget the accumulators carried between
-/// passes). Inputs must be finite.
+/// rowsum(dO ∘ O) from `o` as stored); `d_o` has o's strides. Inputs must be finite. It
+/// allocates its scratch each time: [`attention_backward_with_workspace`] keeps it.
 pub fn attention_backward<T: Float16, G: OutputElement<T>>(
     gpu: &Wgpu,
     shape: &AttentionShape,
@@ -100,6 +101,62 @@ pub fn attention_backward<T: Float16, G: OutputElement<T>>(
     mask: &GpuBlockMask,
     outputs: BackwardOutputs<'_, G>,
     scale: f32,
+) -> Result<()> {
+    let mut workspace = BackwardWorkspace::new();
+    attention_backward_with_workspace(gpu, shape, inputs, mask, outputs, scale, &mut workspace)
+}
+
+/// Scratch memory of [`attention_backward_with_workspace`] kept from call to call: D, one f32
+/// per query row, and on drivers with a loop budget (lavapipe) the accumulators carried from
+/// pass to pass. It grows to the largest call it has served and belongs to the device it was
+/// first used on (passing it to another is an error).
+#[derive(Debug, Default)]
+pub struct BackwardWorkspace {
+    delta: Option<GpuBuffer<f32>>,
+    state: Option<GpuBuffer<f32>>,
+}
+
+impl BackwardWorkspace {
+    /// An empty workspace; the first call allocates it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        let bytes = |b: &Option<GpuBuffer<f32>>| b.as_ref().map_or(0, |b| b.len() * 4);
+        bytes(&self.delta) + bytes(&self.state)
+    }
+}
+
+/// At least `len` f32 values in `slot` on `gpu`'s device (none asked: nothing allocated).
+fn grown<'a>(
+    slot: &'a mut Option<GpuBuffer<f32>>,
+    gpu: &Wgpu,
+    len: usize,
+) -> Result<Option<&'a GpuBuffer<f32>>> {
+    if let Some(buffer) = slot.as_ref() {
+        gpu.check_buffer("workspace", buffer)?;
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    if slot.as_ref().is_none_or(|buffer| buffer.len() < len) {
+        *slot = Some(gpu.zeros(len)?);
+    }
+    Ok(slot.as_ref())
+}
+
+/// [`attention_backward`] with its scratch taken from `workspace` (grown there when too
+/// small), as a training loop calls it layer after layer.
+pub fn attention_backward_with_workspace<T: Float16, G: OutputElement<T>>(
+    gpu: &Wgpu,
+    shape: &AttentionShape,
+    inputs: BackwardInputs<'_, T>,
+    mask: &GpuBlockMask,
+    outputs: BackwardOutputs<'_, G>,
+    scale: f32,
+    workspace: &mut BackwardWorkspace,
 ) -> Result<()> {
     let BackwardInputs {
         q,
@@ -161,16 +218,34 @@ pub fn attention_backward<T: Float16, G: OutputElement<T>>(
         ("D", shape.d as f64),
         ("G_F32", if G::F32 { 1.0 } else { 0.0 }),
     ];
-    let delta = gpu.zeros::<f32>(shape.batch * shape.heads_q * shape.lq)?;
     let [t_partial_offsets, t_partial, t_full_offsets, t_full] = &mask.transposed;
-
-    // dq (and D), over each query block's lists.
     let group = shape.heads_q / shape.heads_kv;
     let dq_passes = gpu.loop_passes(
         mask.max_row_blocks,
         iterations_per_block(shape.d, m.block_n),
         2 * shape.d + 64,
     );
+    let dkdv_passes = gpu.loop_passes(
+        group * mask.max_column_blocks,
+        iterations_per_block(shape.d, m.block_m),
+        2 * shape.d + 64 + group,
+    );
+    // The accumulators of a kernel that takes several passes: dq rows, or dk and dv rows.
+    let state_len = |passes: &[std::ops::Range<usize>], rows: usize| match passes.len() {
+        1 => 0,
+        _ => rows * shape.d,
+    };
+    let state = state_len(&dq_passes, shape.batch * shape.heads_q * shape.lq).max(state_len(
+        &dkdv_passes,
+        shape.batch * shape.heads_kv * shape.lk * 2,
+    ));
+    let BackwardWorkspace { delta, state: kept } = workspace;
+    let rows = shape.batch * shape.heads_q * shape.lq;
+    let delta = grown(delta, gpu, rows)?.expect("every shape has a row");
+    let [_, no_state] = gpu.placeholders()?;
+    let state = grown(kept, gpu, state)?.map_or(no_state, |state| state.raw());
+
+    // dq (and D), over each query block's lists.
     let bindings = Bindings::new(gpu, DQ_SHADER)
         .windowed([1, 20, 21, 22], q.raw(), false)?
         .windowed([2, 23, 24, 25], k.raw(), false)?
@@ -183,23 +258,18 @@ pub fn attention_backward<T: Float16, G: OutputElement<T>>(
         .whole(9, mask.full.raw())
         .whole(14, lse.raw())
         .whole(15, delta.raw())
-        .windowed([16, 35, 36, 37], dq.raw(), true)?;
+        .windowed([16, 35, 36, 37], dq.raw(), true)?
+        .whole(STATE, state);
     Dispatch {
         shader: DQ_SHADER,
         entry: "backward_dq",
         bindings,
         groups: [params.q_blocks, params.heads_q, params.batch],
         passes: dq_passes,
-        state_words: shape.batch * shape.heads_q * shape.lq * shape.d,
     }
     .run(gpu, &constants, params)?;
 
     // dk and dv, over each key block's transposed lists, the group's heads one after another.
-    let dkdv_passes = gpu.loop_passes(
-        group * mask.max_column_blocks,
-        iterations_per_block(shape.d, m.block_m),
-        2 * shape.d + 64 + group,
-    );
     let bindings = Bindings::new(gpu, DKDV_SHADER)
         .windowed([1, 20, 21, 22], q.raw(), false)?
         .windowed([2, 23, 24, 25], k.raw(), false)?
@@ -212,41 +282,33 @@ pub fn attention_backward<T: Float16, G: OutputElement<T>>(
         .whole(14, lse.raw())
         .whole(15, delta.raw())
         .windowed([17, 38, 39, 40], dk.raw(), true)?
-        .windowed([18, 41, 42, 43], dv.raw(), true)?;
+        .windowed([18, 41, 42, 43], dv.raw(), true)?
+        .whole(STATE, state);
     Dispatch {
         shader: DKDV_SHADER,
         entry: "backward_dkdv",
         bindings,
         groups: [params.kv_blocks, params.heads_kv, params.batch],
         passes: dkdv_passes,
-        state_words: shape.batch * shape.heads_kv * shape.lk * 2 * shape.d,
     }
     .run(gpu, &constants, params)
 }
 
 /// One kernel's dispatches: `entry` of `shader` over `groups`, once per pass of `passes`
-/// (ranges of each row's list), the accumulators (`state_words` f32) carried between passes in
-/// a scratch buffer.
+/// (ranges of each row's list; the accumulators carried between passes in the state that
+/// `bindings` holds).
 struct Dispatch<'a> {
     shader: Shader,
     entry: &'static str,
     bindings: Bindings<'a>,
     groups: [u32; 3],
     passes: Vec<std::ops::Range<usize>>,
-    state_words: usize,
 }
 
 impl Dispatch<'_> {
     fn run(self, gpu: &Wgpu, constants: &[(&str, f64)], mut params: Params) -> Result<()> {
         let pipeline = gpu.pipeline(self.shader, self.entry, constants)?;
-        let [_, no_state] = gpu.placeholders()?;
         let passes = &self.passes;
-        let state = match passes.len() {
-            1 => None,
-            _ => Some(gpu.zeros::<f32>(self.state_words)?),
-        };
-        let state_raw = state.as_ref().map_or(no_state, |state| state.raw());
-        let bindings = self.bindings.whole(STATE, state_raw);
         for (pass, entries) in passes.iter().enumerate() {
             if passes.len() > 1 {
                 params.pass_first = entries.start as u32;
@@ -255,7 +317,7 @@ impl Dispatch<'_> {
             params.pass_flags =
                 u32::from(pass == 0) * FIRST_PASS + u32::from(pass + 1 == passes.len()) * LAST_PASS;
             let bytes = bytemuck::bytes_of(&params);
-            gpu.dispatch_bound(&pipeline, bytes, bindings.list(), self.groups)?;
+            gpu.dispatch_bound(&pipeline, bytes, self.bindings.list(), self.groups)?;
         }
         Ok(())
     }
@@ -280,7 +342,60 @@ fn iterations_per_block(d: usize, rows: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
+    use crate::attention::{BlockMask, MaskShape};
+    use crate::harness::Rng;
+
+    /// A kept workspace gives the bits a fresh one gives, call after call, and grows only on
+    /// the first call; the case is long enough for passes on lavapipe, so the state is kept
+    /// too.
+    #[test]
+    fn a_kept_workspace_gives_the_same_bits_and_stops_growing() {
+        let Some(gpu) = crate::backend::wgpu::tests::gpu() else {
+            return;
+        };
+        let (lq, lk, hq, d) = (70, 1500, 2, 128);
+        let shape = AttentionShape::new(1, lq, lk, hq, 1, d).unwrap();
+        let mut rng = Rng::new(Rng::fresh_seed());
+        let mut random = |n: usize| gpu.upload(&rng.fill(n, -1.0, 1.0, f16::from_f64)).unwrap();
+        let (q, k, v) = (random(lq * hq * d), random(lk * d), random(lk * d));
+        let (o, d_o) = (random(lq * hq * d), random(lq * hq * d));
+        let lse = gpu.upload(&vec![3.0f32; lq * hq]).unwrap();
+        let mask = BlockMask::dense(MaskShape::new(lq, lk)).unwrap();
+        let mask = GpuBlockMask::upload(&gpu, &mask).unwrap();
+        let run = |workspace: &mut BackwardWorkspace| {
+            let [mut dq, mut dk, mut dv] =
+                [lq * hq * d, lk * d, lk * d].map(|n| gpu.upload(&vec![f32::NAN; n]).unwrap());
+            let inputs = BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &o,
+                d_o: &d_o,
+                lse: &lse,
+            };
+            let outputs = BackwardOutputs {
+                dq: &mut dq,
+                dk: &mut dk,
+                dv: &mut dv,
+            };
+            attention_backward_with_workspace(&gpu, &shape, inputs, &mask, outputs, 0.1, workspace)
+                .unwrap();
+            [dq, dk, dv].map(|g| gpu.download(&g).unwrap())
+        };
+        let fresh = run(&mut BackwardWorkspace::new());
+        let mut kept = BackwardWorkspace::new();
+        let first = run(&mut kept);
+        let bytes = kept.bytes();
+        let second = run(&mut kept);
+        let bits = |g: &[Vec<f32>; 3]| g.concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&first), bits(&fresh));
+        assert_eq!(bits(&second), bits(&fresh));
+        assert_eq!(kept.bytes(), bytes);
+        assert!(bits(&fresh).iter().all(|&b| f32::from_bits(b).is_finite()));
+    }
 
     /// The uniform struct is laid out as the shader reads it.
     #[test]
