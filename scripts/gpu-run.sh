@@ -285,9 +285,8 @@ rm -f "$out/bench.json" "$out/peers.json"
         --len 8192 --iters 1 || echo "ncu on attention failed"
     fi
     if selected attention-backward; then
-      limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention_backward -c 2 "$cli" bench \
-        --op attention-backward --backend cuda --quick --case "l=8192 causal" \
-        || echo "ncu on the attention backward failed"
+      limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention_backward -c 2 "$cli" profile \
+        attention-backward --len 8192 --iters 1 || echo "ncu on the attention backward failed"
     fi
   else
     echo "no ncu here"

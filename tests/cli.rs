@@ -1242,3 +1242,30 @@ fn summary_draws_the_roofline_and_writes_the_markdown_table() {
         "{table}"
     );
 }
+
+/// `tilefuse profile` offers every op with a profile entry, the attention forward and
+/// backward sharing their flags; where CUDA cannot run, profiling is one line and exit code 2.
+#[cfg(feature = "cuda")]
+#[test]
+fn profile_offers_the_attention_backward() {
+    let out = tilefuse(&["profile", "--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("attention-backward") && stdout.contains("--head-dim"),
+        "{stdout}"
+    );
+    if common::available(Backend::Cuda).is_none() {
+        let out = tilefuse(&[
+            "profile",
+            "attention-backward",
+            "--len",
+            "256",
+            "--iters",
+            "1",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

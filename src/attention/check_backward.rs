@@ -25,7 +25,7 @@ pub const BACKWARD_ENTRY: OpEntry = OpEntry {
     #[cfg(feature = "cli")]
     file: Some(&super::cli::BACKWARD_FILE),
     #[cfg(all(feature = "cli", feature = "cuda"))]
-    profile: None,
+    profile: Some(&super::cli::BACKWARD_PROFILE),
 };
 
 /// What a device run of the backward gets: the forward's inputs and outputs (o in the

@@ -370,36 +370,115 @@ impl<T: DeviceFloat16> BackwardFile<T> {
 /// query heads.
 #[cfg(feature = "cuda")]
 pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
-    params: &[
-        ProfileParam {
-            name: "len",
-            help: "attention: query and key length",
-            kind: ParamKind::Count(8192),
-        },
-        ProfileParam {
-            name: "heads",
-            help: "attention: query heads (as many key/value heads)",
-            kind: ParamKind::Count(32),
-        },
-        ProfileParam {
-            name: "head-dim",
-            help: "attention: head dimension (64 or 128)",
-            kind: ParamKind::Count(128),
-        },
-    ],
+    params: PROFILE_PARAMS,
     prepare: prepare_profile,
 };
 
+/// `tilefuse profile attention-backward`: the forward's configuration, the forward run once
+/// for o and lse, then the backward (both kernels each launch) with f16 gradients.
 #[cfg(feature = "cuda")]
-fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
-    use super::cuda::{DeviceBlockMask, Inputs, attention};
+pub(crate) const BACKWARD_PROFILE: ProfileEntry = ProfileEntry {
+    params: PROFILE_PARAMS,
+    prepare: prepare_backward_profile,
+};
+
+#[cfg(feature = "cuda")]
+const PROFILE_PARAMS: &[ProfileParam] = &[
+    ProfileParam {
+        name: "len",
+        help: "attention: query and key length",
+        kind: ParamKind::Count(8192),
+    },
+    ProfileParam {
+        name: "heads",
+        help: "attention: query heads (as many key/value heads)",
+        kind: ParamKind::Count(32),
+    },
+    ProfileParam {
+        name: "head-dim",
+        help: "attention: head dimension (64 or 128)",
+        kind: ParamKind::Count(128),
+    },
+];
+
+/// The profiled shape (b = 1, hq = hkv) and its causal mask on `cuda`.
+#[cfg(feature = "cuda")]
+fn profile_shape(
+    cuda: &Cuda,
+    values: &ProfileValues,
+) -> crate::Result<(AttentionShape, super::cuda::DeviceBlockMask)> {
     let (l, heads, d) = (
         values.count("len")?,
         values.count("heads")?,
         values.count("head-dim")?,
     );
     let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
-    let mask = DeviceBlockMask::upload(cuda, &BlockMask::causal(MaskShape::new(l, l))?)?;
+    let mask = BlockMask::causal(MaskShape::new(l, l))?;
+    Ok((shape, super::cuda::DeviceBlockMask::upload(cuda, &mask)?))
+}
+
+#[cfg(feature = "cuda")]
+fn prepare_backward_profile<'a>(
+    cuda: &'a Cuda,
+    values: &ProfileValues,
+) -> crate::Result<Prepared<'a>> {
+    use super::cuda::{
+        AttentionWorkspace, BackwardInputs, BackwardOutputs, Inputs, Outputs,
+        attention_backward_with_workspace, attention_with_workspace,
+    };
+    let (shape, mask) = profile_shape(cuda, values)?;
+    let (l, heads, d) = (shape.lq, shape.heads_q, shape.d);
+    let values = vec![f16::from_f32(0.01); l * heads * d];
+    let [q, k, v, d_o, o, dq, dk, dv] = [0; 8].map(|_| cuda.upload(&values));
+    let (q, k, v, d_o, mut o) = (q?, k?, v?, d_o?, o?);
+    let (mut dq, mut dk, mut dv) = (dq?, dk?, dv?);
+    let mut lse = cuda.upload(&vec![0.0f32; l * heads])?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut workspace = AttentionWorkspace::new();
+    let inputs = Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+    };
+    let outputs = Outputs {
+        o: &mut o,
+        lse: Some(&mut lse),
+    };
+    attention_with_workspace(cuda, &shape, inputs, &mask, outputs, scale, &mut workspace)?;
+    Ok(Prepared {
+        label: format!("attention-backward causal b=1 l={l} hq={heads} d={d}"),
+        launch: Box::new(move || {
+            let inputs = BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &o,
+                d_o: &d_o,
+                lse: &lse,
+            };
+            let outputs = BackwardOutputs {
+                dq: &mut dq,
+                dk: &mut dk,
+                dv: &mut dv,
+            };
+            attention_backward_with_workspace::<f16, f16, _, _, _, _, _, _>(
+                cuda,
+                &shape,
+                inputs,
+                &mask,
+                outputs,
+                scale,
+                &mut workspace,
+            )
+        }),
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
+    use super::cuda::{Inputs, attention};
+    let (shape, mask) = profile_shape(cuda, values)?;
+    let (l, heads, d) = (shape.lq, shape.heads_q, shape.d);
     let values = vec![f16::from_f32(0.01); l * heads * d];
     let (q, k, v) = (
         cuda.upload(&values)?,

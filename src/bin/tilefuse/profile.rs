@@ -48,8 +48,13 @@ impl Args for ProfileArgs {
                     .default_value("cuda")
                     .help("The backend: cuda (Nsight profiles CUDA kernels)"),
             );
+        // Ops may share a flag (the attention forward and backward: --len, --heads, ...).
+        let mut added = std::collections::HashSet::new();
         for (_, entry) in profiled() {
             for param in entry.params {
+                if !added.insert(param.name) {
+                    continue;
+                }
                 let arg = Arg::new(param.name).long(param.name).help(param.help);
                 command = command.arg(match param.kind {
                     ParamKind::Count(default) => arg
