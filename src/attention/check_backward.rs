@@ -14,6 +14,7 @@ use crate::element::{DeviceFloat16, DeviceOutput, Float16};
 use crate::error::Result;
 use crate::harness::device::on_device;
 use crate::harness::{Backend, Backends, CheckCase, Comparison, OpEntry, Rng, Tolerance, compare};
+use crate::spmm::check::nan_bits;
 
 /// The registry entry of the backward pass.
 pub const BACKWARD_ENTRY: OpEntry = OpEntry {
@@ -193,7 +194,7 @@ fn run_typed<T: DeviceFloat16, G: DeviceOutput<T>>(
         let lse = device.upload(args.lse)?;
         let mask = device.upload_mask(args.mask)?;
         let lens = super::backward::gradient_lens(args.shape);
-        let [dq, dk, dv] = lens.map(|len| device.upload(&poisoned::<G>(len)));
+        let [dq, dk, dv] = lens.map(|len| device.upload(&vec![nan_bits::<G>(); len]));
         let (mut dq, mut dk, mut dv) = (dq?, dk?, dv?);
         let gradients = [&mut dq, &mut dk, &mut dv];
         let mut workspace = Default::default();
@@ -210,13 +211,6 @@ fn run_typed<T: DeviceFloat16, G: DeviceOutput<T>>(
         let [dq, dk, dv] = [&dq, &dk, &dv].map(|g| device.download(g));
         Ok([widened(dq?), widened(dk?), widened(dv?)])
     })
-}
-
-/// `len` values of `G` with every bit set: NaN in f32, f16 and bf16.
-pub(crate) fn poisoned<G: bytemuck::Pod>(len: usize) -> Vec<G> {
-    let mut values = vec![G::zeroed(); len];
-    bytemuck::cast_slice_mut::<G, u8>(&mut values).fill(0xff);
-    values
 }
 
 fn check_cases() -> Vec<CheckCase> {

@@ -176,15 +176,7 @@ where
         ("v", args.read(v)),
         ("o", args.write(o)),
     ];
-    for (what, address) in buffers {
-        if address % 16 != 0 {
-            return Err(Error::invalid(
-                what,
-                "a 16-byte aligned buffer",
-                format!("address {address:#x}"),
-            ));
-        }
-    }
+    check_aligned(&buffers)?;
     let split_kv = workspace.args(cuda, &plan, &mut args)?;
     let params = plan.params::<T>(
         shape,
@@ -216,6 +208,19 @@ where
     // AttentionWorkspace asks of its callers); with one split the kernel never touches it.
     // Shared memory was checked against the device's limit and holds the merge's weights.
     unsafe { cuda.launch(plan.kernel, plan.shape(), &params, args) }
+}
+
+/// An error naming the first of the `(name, device address)` pairs that is not 16-byte
+/// aligned, as cp.async and the kernels' 16-byte accesses need.
+fn check_aligned(buffers: &[(&'static str, u64)]) -> Result<()> {
+    match buffers.iter().find(|(_, address)| address % 16 != 0) {
+        Some(&(what, address)) => Err(Error::invalid(
+            what,
+            "a 16-byte aligned buffer",
+            format!("address {address:#x}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Device memory for split-KV, kept from one [`attention_with_workspace`] to the next: each

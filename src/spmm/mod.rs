@@ -24,7 +24,7 @@
 
 mod bench;
 mod bitmap;
-mod check;
+pub(crate) mod check;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(all(feature = "cuda", feature = "cli"))]

@@ -5,7 +5,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
-use super::{AttentionWorkspace, DeviceBlockMask};
+use super::{AttentionWorkspace, DeviceBlockMask, check_aligned};
 use crate::attention::backward::check_call;
 use crate::attention::{AttentionShape, ElementMask, MaskShape};
 use crate::backend::abi::{
@@ -178,15 +178,7 @@ where
             ("o", args.read(o)),
             ("do", args.read(d_o)),
         ];
-        for (what, address) in tensors {
-            if address % 16 != 0 {
-                return Err(Error::invalid(
-                    what,
-                    "a 16-byte aligned buffer",
-                    format!("address {address:#x}"),
-                ));
-            }
-        }
+        check_aligned(&tensors)?;
         let gradients = [
             args.write(&mut *dq),
             args.write(&mut *dk),

@@ -6,11 +6,12 @@ use half::{bf16, f16};
 
 use super::BackwardPlan;
 use crate::attention::backward::{check_call, gradient_lens};
-use crate::attention::check_backward::{BackwardArgs, BackwardRun, check_backward_with, poisoned};
+use crate::attention::check_backward::{BackwardArgs, BackwardRun, check_backward_with};
 use crate::attention::{Case, MaskKind, Output};
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::element::{Float16, OutputElement};
 use crate::error::Result;
+use crate::spmm::check::nan_bits;
 
 /// Both launches of one backward call on the emulator, gradients in `G`; panics with the
 /// emulator's message when a kernel fails (an access out of bounds, a deadlock).
@@ -37,7 +38,7 @@ fn run<T: Float16, G: OutputElement<T>>(
     let mut tensors = [q, k, v, args.o, args.d_o].map(Guarded::new);
     let mut lse = Guarded::new(args.lse);
     let mut delta = Guarded::new(&vec![f32::NAN; args.lse.len()]);
-    let mut gradients = lens.map(|len| Guarded::new(&poisoned::<G>(len)));
+    let mut gradients = lens.map(|len| Guarded::new(&vec![nan_bits::<G>(); len]));
     let (po, p, fo, f) = mask.parts();
     let (tpo, tp, tfo, tf) = mask.transposed_parts();
     let list = |values: &[u32]| Guarded::new(if values.is_empty() { &[0] } else { values });
