@@ -58,12 +58,17 @@ typedef struct TfPeakMmaParams {
  * elements), reset b * reset_stride_batch + t * reset_stride_time (bytes). h0 and h_last are
  * [b, p]. "_final" kernels do not write h (h == 0).
  * h_last may be 0 (not written).
- * Grid: chunks * groups * b blocks in x, chunk-major (block = (chunk * b + batch) * groups +
- * group), with groups = ceil(p / TF_SCAN_LANES); TF_SCAN_WARPS * 32 threads; a chunk is
- * TF_SCAN_WARPS * TF_SCAN_STEPS time steps. workspace: a look-back region laid out for
- * `capacity` >= n = batch * groups * chunks records: a header of TF_SCAN_HEADER_WORDS u32
- * (the last launch's tag, 0 before the first; the blocks of this launch done with the flags,
- * 0), round_up(capacity, 4) u32 chunk flags (what a chunk published in the low two bits, the
+ * Work: n = chunks * groups * b chunks of TF_SCAN_WARPS * TF_SCAN_STEPS time steps and
+ * TF_SCAN_LANES channels, with groups = ceil(p / TF_SCAN_LANES), handed out by tickets in
+ * chunk-major order (ticket = (chunk * b + batch) * groups + group). Grid: any number of
+ * blocks in x from 1 to n (persistent: each takes tickets until they run out; all of them must
+ * be able to run at once), TF_SCAN_WARPS * 32 threads; dynamic shared memory (the staging of
+ * u and a time-varying a): none when u's elements are 16-bit reals, else TF_SCAN_CHUNK *
+ * TF_SCAN_LANES * (bytes of one stored u element + 8 bytes a complex or 4 a real element if
+ * "varying"). workspace: a look-back region laid out for `capacity` >= n records: a header of
+ * TF_SCAN_HEADER_WORDS u32 (the last launch's tag, 0 before the first; the blocks of this
+ * launch done with the flags, 0; the tickets handed out in this launch, 0), round_up(capacity,
+ * 4) u32 chunk flags (what a chunk published in the low two bits, the
  * tag of the launch that published it above; zero when first used, else as launches of this
  * region left them), then three arrays of capacity * TF_SCAN_LANES elements (chunk products,
  * chunk offsets, chunk end states) of which the first n * TF_SCAN_LANES are used. A region
@@ -109,8 +114,8 @@ typedef struct TfScanParams {
  * (recomputed states are the forward's f32 carries, before rounding); dh0 [b, p] is
  * written when dh0 != 0. A time-invariant ("const") da is not written here: each block leaves
  * the sum of g[t] · h[t-1] over its steps, per channel, in the workspace's partials.
- * Grid and block as the forward's, with the chunks in reverse: block = (k * b + batch) *
- * groups + group covers time chunk chunks - 1 - k. workspace: a region as the forward's for
+ * Grid and block as the forward's, no dynamic shared memory, with the chunks in reverse:
+ * ticket (k * b + batch) * groups + group covers time chunk chunks - 1 - k. workspace: a region as the forward's for
  * `capacity` records (look-back over k; record (batch * groups + group) * chunks + k), with a
  * fourth array of capacity * TF_SCAN_LANES elements after the three: for "const", the
  * partials [record][lane].

@@ -2,14 +2,23 @@
 // u is read once and h written once.
 //
 // A block owns one chunk of TF_SCAN_CHUNK time steps for TF_SCAN_LANES channels of one batch
-// row: lane = channel (coalesced over p), warp = TF_SCAN_STEPS consecutive steps held in
-// registers. Each step is the affine map h -> r ? u : a·h + u; a chunk composes its steps into
-// one map (A, B, r) (thread-sequential, then across warps through shared memory), publishes
-// it, and finds its carry-in by decoupled look-back over the chunks before it. Look-back
-// applies the published maps one at a time, oldest first, starting at the nearest published
-// end state (or h0), which is exactly how each of those end states was computed: the result
-// does not depend on which predecessors had finished, so runs are bitwise deterministic.
+// row at a time: lane = channel (coalesced over p), warp = TF_SCAN_STEPS consecutive steps
+// held in registers. Each step is the affine map h -> r ? u : a·h + u; a chunk composes its
+// steps into one map (A, B, r) (thread-sequential, then across warps through shared memory),
+// publishes it, and finds its carry-in by decoupled look-back over the chunks before it.
+// Look-back applies the published maps one at a time, oldest first, starting at the nearest
+// published end state (or h0), which is exactly how each of those end states was computed: the
+// result does not depend on which predecessors had finished, so runs are bitwise
+// deterministic.
+//
+// The grid is persistent (as many blocks as the GPU holds at once): a block takes chunks from
+// a ticket counter in the workspace's header, so a look-back waits only on chunks that running
+// blocks hold. It takes its next chunk before looking back on the current one and copies that
+// chunk's u (and a time-varying a) into shared memory with cp.async, so those loads are in
+// flight during the look-back and the writes of the states. (16-bit real u, two bytes an
+// element, is below cp.async's four: those kernels load from global memory directly.)
 #include "abi.h"
+#include "common/mma.cuh"
 #include "scan/common.cuh"
 
 #include <cstdint>
@@ -18,99 +27,179 @@ namespace {
 
 using namespace scan_common;
 
+// The staging area in dynamic shared memory: u as stored, then a time-varying a, each
+// [TF_SCAN_CHUNK][TF_SCAN_LANES] (abi.h gives its size); thread (warp, lane) copies and reads
+// only its own steps' slots, so its cp.async wait is all the synchronisation they need.
+template <class F, class S, bool VaryingA>
+struct Staging {
+    using T = typename F::T;
+    using Word = Stored<F, S>;
+    static constexpr bool kStaged = sizeof(Word) >= 4;
+
+    Word *u;
+    T *a;
+
+    __device__ __forceinline__ Staging() {
+        u = reinterpret_cast<Word *>(tf::dynamic_shared());
+        a = reinterpret_cast<T *>(u + TF_SCAN_CHUNK * TF_SCAN_LANES);
+    }
+
+    static __device__ __forceinline__ uint32_t slot(uint32_t warp, uint32_t i, uint32_t lane) {
+        return (warp * TF_SCAN_STEPS + i) * TF_SCAN_LANES + lane;
+    }
+
+    // Issues the copies of this thread's steps at `pl` (zeros outside the sequence).
+    __device__ __forceinline__ void issue(const TfScanParams &p, const Place &pl, uint32_t warp,
+                                          uint32_t lane, uint64_t policy) const {
+        if constexpr (kStaged) {
+        const Word *u_ptr = reinterpret_cast<const Word *>(p.u);
+        const T *a_ptr = reinterpret_cast<const T *>(p.a);
+#pragma unroll
+        for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
+            const bool in = pl.active && i < pl.steps;
+            const size_t at = in ? pl.row + size_t(pl.t0 + i) * p.stride_time : 0;
+            tf::cp_async_small<sizeof(Word)>(tf::smem_addr(&u[slot(warp, i, lane)]), u_ptr + at, in, policy);
+            if (VaryingA)
+                tf::cp_async_small<sizeof(T)>(tf::smem_addr(&a[slot(warp, i, lane)]), a_ptr + at, in, policy);
+        }
+        tf::cp_async_commit();
+        }
+    }
+};
+
+// One chunk's inputs for one thread: its steps' u and a, and the warp's reset flags.
+template <class F, bool VaryingA>
+struct StepInputs {
+    typename F::T u[TF_SCAN_STEPS];
+    typename F::T a[VaryingA ? TF_SCAN_STEPS : 1];
+    uint32_t resets;  // bit i: a reset at step t0 + i
+};
+
+// This lane's reset flag of the warp's steps at `pl` (lane i: step i).
+__device__ __forceinline__ bool lane_reset(const TfScanParams &p, const Place &pl, uint32_t lane) {
+    return lane < pl.steps && reinterpret_cast<const uint8_t *>(p.reset)[size_t(pl.batch) * p.reset_stride_batch +
+                                                                        size_t(pl.t0 + lane) * p.reset_stride_time] != 0;
+}
+
+// The inputs of this thread's steps at `pl`: from the staging area once its copies have
+// landed, else (16-bit real u) from global memory.
+template <class F, class S, bool VaryingA>
+__device__ __forceinline__ StepInputs<F, VaryingA> read_inputs(const TfScanParams &p, const Place &pl,
+                                                               const Staging<F, S, VaryingA> &staged,
+                                                               uint32_t warp, uint32_t lane,
+                                                               bool my_reset) {
+    using Staged = Staging<F, S, VaryingA>;
+    StepInputs<F, VaryingA> in;
+    in.resets = __ballot_sync(0xffffffffu, my_reset);
+    const float *a_ptr = reinterpret_cast<const float *>(p.a);
+    if (!VaryingA) in.a[0] = pl.active ? load<F>(a_ptr, pl.channel) : F::zero();
+    if constexpr (Staged::kStaged) {
+        tf::cp_async_wait<0>();
+#pragma unroll
+        for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
+            in.u[i] = S::widen(staged.u[Staged::slot(warp, i, lane)]);
+            if (VaryingA) in.a[VaryingA ? i : 0] = staged.a[Staged::slot(warp, i, lane)];
+        }
+    } else {
+#pragma unroll
+        for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
+            const bool inside = pl.active && i < pl.steps;
+            const size_t at = pl.row + size_t(pl.t0 + i) * p.stride_time;
+            in.u[i] = inside ? load<F, S>(reinterpret_cast<const void *>(p.u), at) : F::zero();
+            if (VaryingA) in.a[VaryingA ? i : 0] = inside ? load<F>(a_ptr, at) : F::zero();
+        }
+    }
+    return in;
+}
+
 template <class F, class S, bool VaryingA, bool WriteStates>
-__device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
+__device__ __forceinline__ void scan_chunks(const TfScanParams &p) {
     using T = typename F::T;
     __shared__ Map<F> warp_maps[TF_SCAN_WARPS][TF_SCAN_LANES];
     __shared__ T chunk_in[TF_SCAN_LANES];
     __shared__ T chunk_out[TF_SCAN_LANES];
+    __shared__ uint32_t ticket_slots[2];
 
     const uint32_t lane = threadIdx.x % 32;
     const uint32_t warp = threadIdx.x / 32;
-    // Block order is chunk-major, so the blocks resident together work on many rows and
-    // a chunk's predecessor in its row usually finished long ago; look-back waits only on
-    // lower block indices, which the hardware starts first.
-    const uint32_t rows = p.batch * p.groups;
-    const uint32_t chunk = blockIdx.x / rows;
-    const uint32_t row_index = blockIdx.x % rows;
-    const uint32_t group = row_index % p.groups;
-    const uint32_t batch = row_index / p.groups;
-    const uint32_t channel = group * TF_SCAN_LANES + lane;
-    const bool active = channel < p.channels;
-    const uint32_t t0 = chunk * TF_SCAN_CHUNK + warp * TF_SCAN_STEPS;
-    // Steps of this warp inside the sequence (0 for a warp past the end).
-    const uint32_t steps = t0 >= p.time ? 0 : min(uint32_t(TF_SCAN_STEPS), p.time - t0);
+    const uint32_t total = p.batch * p.groups * p.chunks;
+    const Workspace<F> ws(p.workspace, p.capacity);
+    Tickets tickets{ticket_slots, ws.header};
+    const Staging<F, S, VaryingA> staged;
+    const uint64_t policy = tf::l2_evict_first_policy();
+    const uint32_t launch = launch_tag(ws.header);
 
-    const float *a_ptr = reinterpret_cast<const float *>(p.a);
-    const void *u_ptr = reinterpret_cast<const void *>(p.u);
-    const uint8_t *reset_ptr = reinterpret_cast<const uint8_t *>(p.reset);
-    const size_t row = size_t(batch) * p.stride_batch + channel;
-
-    // Lane i reads the reset flag of step i; the warp shares them as one mask.
+    tickets.take();
+    __syncthreads();
+    uint32_t ticket = tickets.taken();
+    Place pl = place_of<false>(p, ticket, warp, lane);
     bool my_reset = false;
-    if (lane < steps)
-        my_reset = reset_ptr[size_t(batch) * p.reset_stride_batch +
-                             size_t(t0 + lane) * p.reset_stride_time] != 0;
-    const uint32_t resets = __ballot_sync(0xffffffffu, my_reset);
-
-    // Issue every load of the warp's steps before using any of them.
-    T u[TF_SCAN_STEPS];
-    T a[VaryingA ? TF_SCAN_STEPS : 1];
-    if (!VaryingA) a[0] = active ? load<F>(a_ptr, channel) : F::zero();
-#pragma unroll
-    for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
-        const bool in = active && i < steps;
-        const size_t at = row + size_t(t0 + i) * p.stride_time;
-        u[i] = in ? load<F, S>(u_ptr, at) : F::zero();
-        if (VaryingA) a[VaryingA ? i : 0] = in ? load<F>(a_ptr, at) : F::zero();
+    if (ticket < total) {
+        staged.issue(p, pl, warp, lane, policy);
+        my_reset = lane_reset(p, pl, lane);
     }
+    while (ticket < total) {
+        const StepInputs<F, VaryingA> in = read_inputs<F, S, VaryingA>(p, pl, staged, warp, lane, my_reset);
+        const auto a_of = [&](uint32_t i) { return in.a[VaryingA ? i : 0]; };
 
-    // This warp's steps as one map.
-    Map<F> mine = Map<F>::identity();
+        // This warp's steps as one map.
+        Map<F> mine = Map<F>::identity();
 #pragma unroll
-    for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
-        if (i < steps) mine = mine.then({a[VaryingA ? i : 0], u[i], ((resets >> i) & 1u) != 0});
-    }
-    warp_maps[warp][lane] = mine;
-    __syncthreads();
+        for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
+            if (i < pl.steps) mine = mine.then({a_of(i), in.u[i], ((in.resets >> i) & 1u) != 0});
+        }
+        warp_maps[warp][lane] = mine;
+        tickets.take();
+        __syncthreads();
 
-    Workspace<F> ws(p.workspace, p.capacity);
-    const uint32_t first_record = row_index * p.chunks;
+        // The next chunk's loads, in flight from here on.
+        const uint32_t next = tickets.taken();
+        const Place next_pl = place_of<false>(p, next, warp, lane);
+        if (next < total) {
+            staged.issue(p, next_pl, warp, lane, policy);
+            my_reset = lane_reset(p, next_pl, lane);
+        }
 
-    if (warp == 0) {
-        Map<F> chunk_map = Map<F>::identity();
+        if (warp == 0) {
+            const uint32_t first_record = pl.row_index * p.chunks;
+            Map<F> chunk_map = Map<F>::identity();
 #pragma unroll
-        for (uint32_t w = 0; w < TF_SCAN_WARPS; ++w) chunk_map = chunk_map.then(warp_maps[w][lane]);
-        const auto h0 = [&] {
-            return p.h0 != 0 && active
-                       ? load<F>(reinterpret_cast<const float *>(p.h0), size_t(batch) * p.channels + channel)
-                       : F::zero();
-        };
-        const Chained<F> chained =
-            chain(ws, first_record, chunk, chunk_map, h0, WriteStates || !chunk_map.reset, lane);
-        const T carry = chained.carry, end = chained.end;
-        chunk_in[lane] = carry;
-        chunk_out[lane] = end;
-        if (chunk + 1 == p.chunks && active && p.h_last != 0)
-            store<F>(reinterpret_cast<float *>(p.h_last), size_t(batch) * p.channels + channel,
-                     end);
-    }
-    if (!WriteStates) return;
-    __syncthreads();
-
-    // This warp's carry-in, then every state of its steps.
-    T h = chunk_in[lane];
-    for (uint32_t w = 0; w < warp; ++w) h = warp_maps[w][lane].apply(h);
-    void *h_ptr = reinterpret_cast<void *>(p.h);
-    const uint32_t chunk_last = min(p.time - chunk * TF_SCAN_CHUNK, uint32_t(TF_SCAN_CHUNK)) - 1;
+            for (uint32_t w = 0; w < TF_SCAN_WARPS; ++w) chunk_map = chunk_map.then(warp_maps[w][lane]);
+            const size_t final_at = size_t(pl.batch) * p.channels + pl.channel;  // in [b, p] arrays
+            const auto h0 = [&] {
+                return p.h0 != 0 && pl.active ? load<F>(reinterpret_cast<const float *>(p.h0), final_at)
+                                              : F::zero();
+            };
+            const Chained<F> chained = chain(ws, launch, first_record, pl.chunk, chunk_map, h0,
+                                             WriteStates || !chunk_map.reset, lane);
+            chunk_in[lane] = chained.carry;
+            chunk_out[lane] = chained.end;
+            if (pl.chunk + 1 == p.chunks && pl.active && p.h_last != 0)
+                store<F>(reinterpret_cast<float *>(p.h_last), final_at, chained.end);
+        }
+        if (WriteStates) {
+            __syncthreads();
+            // This warp's carry-in, then every state of its steps.
+            T h = chunk_in[lane];
+            for (uint32_t w = 0; w < warp; ++w) h = warp_maps[w][lane].apply(h);
+            void *h_ptr = reinterpret_cast<void *>(p.h);
+            const uint32_t chunk_last = min(p.time - pl.chunk * TF_SCAN_CHUNK, uint32_t(TF_SCAN_CHUNK)) - 1;
 #pragma unroll
-    for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
-        h = ((resets >> i) & 1u) ? u[i] : F::mul_add(a[VaryingA ? i : 0], h, u[i]);
-        // The chunk's last state is the published one, so h_last and the look-back agree
-        // with h bit for bit.
-        const T out = (warp * TF_SCAN_STEPS + i == chunk_last) ? chunk_out[lane] : h;
-        if (active && i < steps) store_streaming<F, S>(h_ptr, row + size_t(t0 + i) * p.stride_time, out);
+            for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
+                h = ((in.resets >> i) & 1u) ? in.u[i] : F::mul_add(a_of(i), h, in.u[i]);
+                // The chunk's last state is the published one, so h_last and the look-back
+                // agree with h bit for bit.
+                const T out = (warp * TF_SCAN_STEPS + i == chunk_last) ? chunk_out[lane] : h;
+                if (pl.active && i < pl.steps)
+                    store_streaming<F, S>(h_ptr, pl.row + size_t(pl.t0 + i) * p.stride_time, out);
+            }
+        }
+        // warp_maps, chunk_in, chunk_out and the ticket slot are rewritten in the next round.
+        __syncthreads();
+        ticket = next;
+        pl = next_pl;
     }
+    if (threadIdx.x == 0) count_block_done(ws.header, launch);
 }
 
 }  // namespace
@@ -118,7 +207,7 @@ __device__ __forceinline__ void scan_chunk(const TfScanParams &p) {
 #define TF_SCAN_KERNEL(name, F, S, varying, write)                                              \
     extern "C" __global__ void __launch_bounds__(TF_SCAN_WARPS * 32)                           \
         name(const __grid_constant__ TfScanParams p) {                                        \
-        scan_chunk<F, S, varying, write>(p);                                                   \
+        scan_chunks<F, S, varying, write>(p);                                                   \
     }
 
 // Every (element, storage) pair, time-invariant and time-varying, every state or the last.

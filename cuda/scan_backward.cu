@@ -19,8 +19,12 @@ namespace {
 
 using namespace scan_common;
 
+// One chunk (the ticket's) of the backward pass; takes the block's next ticket on the way and
+// returns it (the block's threads have all read it before they return).
 template <class F, class S, bool VaryingA, bool Recompute>
-__device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
+__device__ __forceinline__ uint32_t backward_chunk(const TfScanBackwardParams &p, const Place &pl,
+                                                   const Workspace<F> &ws, uint32_t launch,
+                                                   Tickets &tickets) {
     using T = typename F::T;
     constexpr uint32_t kSteps = TF_SCAN_STEPS;
     __shared__ Map<F> warp_maps[TF_SCAN_WARPS][TF_SCAN_LANES];
@@ -32,17 +36,15 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
 
     const uint32_t lane = threadIdx.x % 32;
     const uint32_t warp = threadIdx.x / 32;
-    const uint32_t rows = p.batch * p.groups;
-    const uint32_t order = blockIdx.x / rows;  // look-back order: 0 is the last time chunk
-    const uint32_t chunk = p.chunks - 1 - order;
-    const uint32_t row_index = blockIdx.x % rows;
-    const uint32_t group = row_index % p.groups;
-    const uint32_t batch = row_index / p.groups;
-    const uint32_t channel = group * TF_SCAN_LANES + lane;
-    const bool active = channel < p.channels;
-    const uint32_t t0 = chunk * TF_SCAN_CHUNK + warp * kSteps;
-    const uint32_t steps = t0 >= p.time ? 0 : min(kSteps, p.time - t0);
-    const size_t row = size_t(batch) * p.stride_batch + channel;
+    const uint32_t order = pl.order;  // look-back order: 0 is the last time chunk
+    const uint32_t chunk = pl.chunk;
+    const uint32_t row_index = pl.row_index;
+    const uint32_t batch = pl.batch;
+    const uint32_t channel = pl.channel;
+    const bool active = pl.active;
+    const uint32_t t0 = pl.t0;
+    const uint32_t steps = pl.steps;
+    const size_t row = pl.row;
     const auto at = [&](uint32_t t) { return row + size_t(t) * p.stride_time; };
     const size_t final_at = size_t(batch) * p.channels + channel;  // in [b, p] arrays
 
@@ -99,9 +101,10 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
         }
         forward_maps[Recompute ? warp : 0][lane] = forward;
     }
+    tickets.take();
     __syncthreads();
+    const uint32_t next = tickets.taken();
 
-    Workspace<F> ws(p.workspace, p.capacity);
     const uint32_t first_record = row_index * p.chunks;
     if (warp == 0) {
         Map<F> chunk_map = Map<F>::identity();
@@ -111,7 +114,7 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
             return p.dh_last != 0 && active ? load<F>(reinterpret_cast<const float *>(p.dh_last), final_at)
                                             : F::zero();
         };
-        const Chained<F> chained = chain(ws, first_record, order, chunk_map, dh_last, true, lane);
+        const Chained<F> chained = chain(ws, launch, first_record, order, chunk_map, dh_last, true, lane);
         chunk_in[lane] = chained.carry;
         chunk_out[lane] = chained.end;
     }
@@ -161,7 +164,7 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
         if (t0 + i == 0 && p.dh0 != 0 && active)
             store<F>(reinterpret_cast<float *>(p.dh0), final_at, reset ? F::zero() : F::mul(a_of(0), g));
     }
-    if (VaryingA) return;
+    if (VaryingA) return next;
     warp_sums[VaryingA ? 0 : warp][lane] = sum;
     __syncthreads();
     if (warp == 0) {
@@ -170,6 +173,26 @@ __device__ __forceinline__ void backward_chunk(const TfScanBackwardParams &p) {
         for (uint32_t w = 0; w < TF_SCAN_WARPS; ++w) block_sum = F::add(block_sum, warp_sums[w][lane]);
         ws.partials[size_t(first_record + order) * TF_SCAN_LANES + lane] = block_sum;
     }
+    return next;
+}
+
+// The block's chunks, one ticket after another (see cuda/scan.cu: a persistent grid).
+template <class F, class S, bool VaryingA, bool Recompute>
+__device__ __forceinline__ void backward_chunks(const TfScanBackwardParams &p) {
+    __shared__ uint32_t ticket_slots[2];
+    const uint32_t total = p.batch * p.groups * p.chunks;
+    const Workspace<F> ws(p.workspace, p.capacity);
+    Tickets tickets{ticket_slots, ws.header};
+    const uint32_t launch = launch_tag(ws.header);
+    tickets.take();
+    __syncthreads();
+    for (uint32_t ticket = tickets.taken(); ticket < total;) {
+        const Place pl = place_of<true>(p, ticket, threadIdx.x / 32, threadIdx.x % 32);
+        ticket = backward_chunk<F, S, VaryingA, Recompute>(p, pl, ws, launch, tickets);
+        // The chunk's shared arrays and the ticket slot are rewritten in the next round.
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) count_block_done(ws.header, launch);
 }
 
 // abi.h's tilefuse_scan_backward_da_*: the partials of a time-invariant da, added up.
@@ -220,7 +243,7 @@ __device__ __forceinline__ void da_sum(const TfScanBackwardParams &p) {
 #define TF_SCAN_BACKWARD_KERNEL(name, F, S, varying, recompute)                                 \
     extern "C" __global__ void __launch_bounds__(TF_SCAN_WARPS * 32, 1)                        \
         name(const __grid_constant__ TfScanBackwardParams p) {                                \
-        backward_chunk<F, S, varying, recompute>(p);                                           \
+        backward_chunks<F, S, varying, recompute>(p);                                           \
     }
 
 // Every (element, storage) pair, time-invariant and time-varying, from states or recomputing.

@@ -75,8 +75,9 @@ uint32_t lane_id();
 uint32_t acquire(const uint32_t *flag);
 void release(uint32_t *flag, uint32_t value);
 
-// cp.async: a 16-byte copy of the calling thread, landing when a wait covers its group.
-void async_copy(uint32_t shared_offset, const void *src, bool valid);
+// cp.async: a copy of `bytes` (4, 8 or 16) of the calling thread, landing when a wait covers
+// its group; `valid` false zero-fills the destination instead.
+void async_copy(uint32_t shared_offset, const void *src, bool valid, uint32_t bytes = 16);
 void async_commit();
 void async_wait(int pending);
 
@@ -339,6 +340,13 @@ inline void mma_m16n8k16_bf16_f32(float (&d)[4], const uint32_t (&a)[4], const u
     tf_emu::mma_m16n8k16(d, a, b, tf_emu::bf16_bits_to_float);
 }
 inline void cp_async_16(uint32_t dst, const void *src, bool valid) { tf_emu::async_copy(dst, src, valid); }
+template <uint32_t Bytes>
+inline void cp_async_small(uint32_t dst, const void *src, bool valid, uint64_t) {
+    static_assert(Bytes == 4 || Bytes == 8, "cp.async.ca copies 4 or 8 bytes here");
+    tf_emu::async_copy(dst, src, valid, Bytes);
+}
+// The emulator has no L2 cache; the policy is a placeholder.
+inline uint64_t l2_evict_first_policy() { return 0; }
 inline void cp_async_commit() { tf_emu::async_commit(); }
 template <int Pending>
 inline void cp_async_wait() {

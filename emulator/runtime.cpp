@@ -303,11 +303,12 @@ void release(uint32_t *flag, uint32_t value) {
     *flag = value;
 }
 
-void async_copy(uint32_t dst, const void *src, bool valid) {
-    if (dst % 16 != 0) fail("cp.async destination not 16-byte aligned");
-    if (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source not 16-byte aligned");
-    std::memset(shared_pointer(dst, 16, "cp.async"), kPoisonByte, 16);  // until it lands
-    me().open_group.push_back({dst, src, valid});
+void async_copy(uint32_t dst, const void *src, bool valid, uint32_t bytes) {
+    if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of a size other than 4, 8 or 16 bytes");
+    if (dst % bytes != 0) fail("cp.async destination not aligned to its size");
+    if (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0) fail("cp.async source not aligned to its size");
+    std::memset(shared_pointer(dst, bytes, "cp.async"), kPoisonByte, bytes);  // until it lands
+    me().open_group.push_back({dst, src, valid, bytes});
 }
 
 void async_commit() {

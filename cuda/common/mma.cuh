@@ -96,6 +96,25 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void *src, bool 
                  : "memory");
 }
 
+// An L2 cache policy for data read once: its lines are the first evicted.
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+
+// `Bytes` (4 or 8) from global to shared memory without passing through registers, with the
+// L2 policy `policy` (l2_evict_first_policy); with valid == false nothing is read and the
+// destination is zero-filled.
+template <uint32_t Bytes>
+__device__ __forceinline__ void cp_async_small(uint32_t dst, const void *src, bool valid,
+                                               uint64_t policy) {
+    static_assert(Bytes == 4 || Bytes == 8, "cp.async.ca copies 4 or 8 bytes here");
+    asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], %2, %3, %4;\n" ::"r"(dst),
+                 "l"(src), "n"(Bytes), "r"(valid ? Bytes : 0u), "l"(policy)
+                 : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }

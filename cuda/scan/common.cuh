@@ -91,17 +91,70 @@ struct Workspace {
 // the last one stores it.
 __device__ __forceinline__ uint32_t launch_tag(const uint32_t *header) { return __ldcg(header) % kTags + 1; }
 
-// Called once per block, by one thread, when the block is done with the flags: the last block
-// of the launch keeps the launch's tag in the header, so the next launch's flags carry the
-// next one.
+// The next chunk to work on, in the order chunks are handed out (the header's ticket
+// counter): a chunk's look-back waits only on chunks handed out before it, to blocks that are
+// running, whatever order the hardware starts blocks in. Called by one thread of the block.
+__device__ __forceinline__ uint32_t take_ticket(uint32_t *header) { return atomicAdd(&header[2], 1u); }
+
+// Called once per block, by one thread, when the block has taken its last ticket and is done
+// with the flags: the last block of the launch keeps the launch's tag in the header, so the
+// next launch's flags carry the next one, and leaves the counters zero for it.
 __device__ __forceinline__ void count_block_done(uint32_t *header, uint32_t tag) {
     __threadfence();
     if (atomicAdd(&header[1], 1u) == gridDim.x - 1) {
         header[1] = 0;
+        header[2] = 0;
         header[0] = tag;
         __threadfence();
     }
 }
+
+// Where one thread (lane = channel, warp = TF_SCAN_STEPS consecutive steps) works on the chunk
+// of a ticket: tickets are chunk-major (chunk order, then batch row, then group of channels),
+// so the blocks at work together cover many rows and a chunk's predecessor in its row was
+// handed out `rows` tickets earlier. `Reversed` (the backward) takes time chunks from the
+// last: chunk order k is time chunk chunks - 1 - k.
+struct Place {
+    uint32_t order;      // the chunk's place in its row's look-back
+    uint32_t chunk;      // its time chunk
+    uint32_t row_index;  // batch * groups + group
+    uint32_t batch;
+    uint32_t channel;
+    bool active;     // channel < channels
+    uint32_t t0;     // the thread's first step
+    uint32_t steps;  // its steps inside the sequence (0 past the end)
+    size_t row;      // element index of (batch, t = 0, channel)
+};
+
+template <bool Reversed, class P>
+__device__ __forceinline__ Place place_of(const P &p, uint32_t ticket, uint32_t warp, uint32_t lane) {
+    Place pl;
+    const uint32_t rows = p.batch * p.groups;
+    pl.order = ticket / rows;
+    pl.chunk = Reversed ? p.chunks - 1 - pl.order : pl.order;
+    pl.row_index = ticket % rows;
+    pl.batch = pl.row_index / p.groups;
+    pl.channel = (pl.row_index % p.groups) * TF_SCAN_LANES + lane;
+    pl.active = pl.channel < p.channels;
+    pl.t0 = pl.chunk * TF_SCAN_CHUNK + warp * TF_SCAN_STEPS;
+    pl.steps = pl.t0 >= p.time ? 0 : min(uint32_t(TF_SCAN_STEPS), p.time - pl.t0);
+    pl.row = size_t(pl.batch) * p.stride_batch + pl.channel;
+    return pl;
+}
+
+// Hands out the block's tickets: thread 0 takes each, and every thread reads it (once) after
+// the next __syncthreads. Takes alternate between two shared slots, so that a take cannot
+// overwrite the ticket that slower threads have yet to read since the last barrier.
+struct Tickets {
+    uint32_t *slots;  // two, shared
+    uint32_t *header;
+    uint32_t round = 0;  // this thread's reads so far
+
+    __device__ __forceinline__ void take() const {
+        if (threadIdx.x == 0) slots[round % 2] = take_ticket(header);
+    }
+    __device__ __forceinline__ uint32_t taken() { return slots[round++ % 2]; }
+};
 
 // How u and h (the backward's dh, du and h) are stored: f32, or 16 bits with the arithmetic
 // and the carry in f32. A value is widened when loaded and rounded to nearest even when
@@ -197,18 +250,18 @@ struct Chained {
     typename F::T carry, end;
 };
 
-// Warp 0's part of chunk `chunk` (records from first_record): publishes what later chunks can
-// use, finds the carry-in, publishes the end state. Chunk 0's carry-in is `first()`; a later
-// chunk's is the end of the nearest earlier chunk whose end is known without its past (a
-// published end state or a chunk with a reset), then the maps of the chunks in between,
-// oldest first. Without `look_back` (a chunk with a reset whose carry-in nobody needs) the
+// Warp 0's part of chunk `chunk` (records from first_record) in the launch tagged `launch`
+// (launch_tag): publishes what later chunks can use, finds the carry-in, publishes the end
+// state. Chunk 0's carry-in is `first()`; a later chunk's is the end of the nearest earlier
+// chunk whose end is known without its past (a published end state or a chunk with a reset),
+// then the maps of the chunks in between, oldest first. Without `look_back` (a chunk with a reset whose carry-in nobody needs) the
 // carry-in is left at zero.
 template <class F, class First>
-__device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t first_record,
-                                            uint32_t chunk, const Map<F> &chunk_map, First first,
-                                            bool look_back, uint32_t lane) {
+__device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t launch,
+                                            uint32_t first_record, uint32_t chunk,
+                                            const Map<F> &chunk_map, First first, bool look_back,
+                                            uint32_t lane) {
     using T = typename F::T;
-    const uint32_t launch = launch_tag(ws.header);
     const uint32_t tag = launch << 2;
     uint32_t *flag = &ws.flags[first_record + chunk];
     const size_t me = size_t(first_record + chunk) * TF_SCAN_LANES + lane;
@@ -242,7 +295,6 @@ __device__ __forceinline__ Chained<F> chain(const Workspace<F> &ws, uint32_t fir
         __syncwarp();
         if (lane == 0) tf::store_release(flag, tag | kFlagState);
     }
-    if (lane == 0) count_block_done(ws.header, launch);
     return {carry, end};
 }
 

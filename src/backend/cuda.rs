@@ -381,6 +381,37 @@ impl Cuda {
         Ok(self.loaded(kernel)?.function)
     }
 
+    /// The loaded function for `kernel`, allowed `shared_bytes` of dynamic shared memory (the
+    /// driver asks for that above 48 KiB).
+    fn function_with_shared(&self, kernel: Kernel, shared_bytes: u32) -> Result<CudaFunction> {
+        let function = self.function(kernel)?;
+        if shared_bytes > 48 * 1024 {
+            function
+                .set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes as i32,
+                )
+                .during(|| format!("raising the shared-memory limit of {}", kernel.name))?;
+        }
+        Ok(function)
+    }
+
+    /// Blocks of `kernel` (of `threads` threads and `shared_bytes` of dynamic shared memory)
+    /// that the device holds at once: what the driver's occupancy calculator gives one SM,
+    /// times the SMs; at least one.
+    pub(crate) fn device_wave(
+        &self,
+        kernel: Kernel,
+        threads: u32,
+        shared_bytes: u32,
+    ) -> Result<usize> {
+        let function = self.function_with_shared(kernel, shared_bytes)?;
+        let per_sm = function
+            .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
+            .during(|| format!("asking the occupancy of {}", kernel.name))?;
+        Ok((per_sm as usize * self.info().sm_count as usize).max(1))
+    }
+
     /// Registers per thread of `kernel`, as the driver loaded it for this device.
     pub(crate) fn registers(&self, kernel: Kernel) -> Result<u32> {
         Ok(self.loaded(kernel)?.registers)
@@ -478,15 +509,7 @@ impl Cuda {
         args: LaunchArgs<'_>,
     ) -> Result<()> {
         let config = shape.config();
-        let function = self.function(kernel)?;
-        if config.shared_mem_bytes > 48 * 1024 {
-            function
-                .set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    config.shared_mem_bytes as i32,
-                )
-                .during(|| format!("raising the shared-memory limit of {}", kernel.name))?;
-        }
+        let function = self.function_with_shared(kernel, config.shared_mem_bytes)?;
         let mut builder = self.stream.launch_builder(&function);
         builder.arg(params);
         // SAFETY: this function's contract: `params` is the kernel's own parameter struct

@@ -346,6 +346,7 @@ fn enqueue<T: ScanElement, S: StateStorage, F: DevicePtr<f32>, R: DevicePtr<u8>>
     region: RegionRef<'_>,
 ) -> Result<()> {
     let kernel = kernel::<T, S>(scan.decay, h.is_some());
+    let shape = grid.shape_on(cuda, kernel, forward_staging::<T, S>(scan.decay))?;
     let mut args = cuda.args();
     let params = grid.params(
         scan,
@@ -369,9 +370,11 @@ fn enqueue<T: ScanElement, S: StateStorage, F: DevicePtr<f32>, R: DevicePtr<u8>>
     // at least the grid's records (Region::prepare), with the words abi.h asks for it, and
     // its header and flags are as abi.h allows: zeroed when allocated, else as the launches
     // of this region left them, one after another (ScanWorkspace asks this of its callers).
-    // Grid::new keeps the block count (= record count) under 2^31. The kernel writes h only
+    // Grid::new keeps the record count under 2^31, so the tickets the blocks take (at most
+    // records + blocks) stay below 2^32; the launch has the staging bytes abi.h asks for this
+    // kernel (forward_staging). The kernel writes h only
     // when h != 0, and h is absent exactly for the `_final` kernels; h_last only when given.
-    unsafe { cuda.launch(kernel, grid.shape(), &params, args) }
+    unsafe { cuda.launch(kernel, shape, &params, args) }
 }
 
 /// The buffers of one launch (0: absent).
@@ -385,7 +388,8 @@ struct Addresses {
     workspace: u64,
 }
 
-/// The launch grid: one block per (time chunk, batch row, group of 32 channels), chunk-major.
+/// The launch's work: a record (a chunk of the look-back) per (time chunk, batch row, group of
+/// 32 channels), handed out chunk-major by tickets to persistent blocks.
 struct Grid {
     chunks: u32,
     groups: u32,
@@ -447,9 +451,34 @@ impl Grid {
         }
     }
 
-    /// abi.h's grid: one block per record.
-    fn shape(&self) -> LaunchShape {
-        LaunchShape::linear(self.records as u32, TF_SCAN_WARPS * 32)
+    /// abi.h's grid: persistent blocks, `wave` of them (those the device holds at once) or
+    /// one per record where there are fewer, each with `staging` bytes of dynamic shared
+    /// memory.
+    fn shape(&self, wave: usize, staging: u32) -> LaunchShape {
+        LaunchShape {
+            shared_bytes: staging,
+            ..LaunchShape::linear(self.records.min(wave.max(1)) as u32, TF_SCAN_WARPS * 32)
+        }
+    }
+
+    /// [`Grid::shape`] for `kernel` on `cuda`'s device.
+    fn shape_on(&self, cuda: &Cuda, kernel: Kernel, staging: u32) -> Result<LaunchShape> {
+        let wave = cuda.device_wave(kernel, TF_SCAN_WARPS * 32, staging)?;
+        Ok(self.shape(wave, staging))
+    }
+}
+
+/// Bytes of the forward kernel's staging area (abi.h): `u` as stored, and a time-varying `a`,
+/// for one chunk; none where `u`'s elements are 16-bit reals (they are loaded directly).
+fn forward_staging<T: ScanElement, S: StateStorage>(decay: Decay) -> u32 {
+    let values = TF_SCAN_CHUNK * TF_SCAN_LANES * T::LANES as u32;
+    let stored = values * size_of::<S>() as u32;
+    if stored / (TF_SCAN_CHUNK * TF_SCAN_LANES) < 4 {
+        return 0;
+    }
+    match decay {
+        Decay::TimeInvariant => stored,
+        Decay::TimeVarying => stored + values * 4,
     }
 }
 

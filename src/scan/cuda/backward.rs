@@ -156,6 +156,7 @@ where
         ],
     );
     let kernel = kernel::<T, S>(scan.decay, recompute);
+    let shape = grid.shape_on(cuda, kernel, 0)?;
     // SAFETY: TfScanBackwardParams is the parameter struct of every scan_backward kernel; its
     // addresses come from `args`. `check` matched every length to the shape (a and da: p or
     // b·t·p elements; u, h, dh, du: b·t·p; reset: b·t bytes; h0, dh_last, dh0: b·p; each
@@ -167,8 +168,9 @@ where
     // forward writes. The backward's region is laid out for its capacity, at least the grid's
     // records, with four record arrays (Region::prepare), its header and flags zeroed when
     // allocated or as launches of this region left them; the counters are zero (zeroed when
-    // allocated; the da kernel leaves them so). Grid::new keeps the block count under 2^31.
-    unsafe { cuda.launch(kernel, grid.shape(), &params, args) }?;
+    // allocated; the da kernel leaves them so). Grid::new keeps the record count under 2^31,
+    // so the tickets the blocks take (at most records + blocks) stay below 2^32.
+    unsafe { cuda.launch(kernel, shape, &params, args) }?;
     if !invariant {
         return Ok(());
     }

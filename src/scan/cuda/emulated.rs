@@ -1,10 +1,12 @@
 //! cuda/scan.cu run by the CPU emulator ([`crate::backend::emulator`]) with the launcher's own
-//! grid and parameters, against the f64 reference. Blocks run one after another in index
-//! order, so every look-back finds its predecessors finished.
+//! grid and parameters, against the f64 reference. Blocks run one after another, so the first
+//! to run takes every ticket and every look-back finds its predecessors finished; with one
+//! block per record started last to first, a look-back that trusted block indices rather than
+//! tickets would wait forever (the emulator reports that as a failure).
 
 use num_complex::Complex32;
 
-use super::{Addresses, FORWARD_ARRAYS, Grid, Region, kernel};
+use super::{Addresses, FORWARD_ARRAYS, Grid, Region, forward_staging, kernel};
 use crate::backend::abi::TF_SCAN_HEADER_WORDS;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
@@ -85,7 +87,7 @@ fn run_in<T: ScanElement, S: StateStorage>(
         },
         capacity,
     );
-    let launch = Launch::new(grid.shape(), order);
+    let launch = emulated_launch(&grid, forward_staging::<T, S>(scan.decay), order);
     let kernel = kernel::<T, S>(scan.decay, !final_only);
     // SAFETY: the parameters follow abi.h's scan contract as the CUDA launcher's do: buffers
     // of the scan's lengths (the inputs come from Inputs::random for this scan), h only when
@@ -107,6 +109,17 @@ fn run_in<T: ScanElement, S: StateStorage>(
     Ok(Some(
         read.unwrap_or_else(|e| panic!("{}: {e}", kernel.name)),
     ))
+}
+
+/// The emulated launch of `grid` in `order` with `staging` bytes of dynamic shared memory: in
+/// thread order one block per record, started last to first; in reverse order three blocks;
+/// shuffled, one.
+pub(super) fn emulated_launch(grid: &Grid, staging: u32, order: Order) -> Launch {
+    match order {
+        Order::Threads => Launch::new(grid.shape(usize::MAX, staging), order).blocks_reversed(),
+        Order::Reverse => Launch::new(grid.shape(3, staging), order),
+        Order::Shuffled(_) => Launch::new(grid.shape(1, staging), order),
+    }
 }
 
 /// The records a region of `words` is laid out for (the largest capacity it holds).
@@ -277,7 +290,7 @@ fn a_kept_workspace_serves_launch_after_launch() {
         );
         // The launch kept its tag (launch i + 1) and tagged every flag it set with it.
         let tag = i as u32 + 1;
-        assert_eq!(memory[..2], [tag, 0], "launch {i}: header");
+        assert_eq!(memory[..3], [tag, 0, 0], "launch {i}: header");
         let header = TF_SCAN_HEADER_WORDS as usize;
         let flags = &memory[header..header + grid(&case).records];
         assert!(

@@ -4,9 +4,10 @@
 
 use num_complex::Complex32;
 
-use super::super::emulated::{stored, widened};
+use super::super::emulated::{emulated_launch, stored, widened};
 use super::super::{
-    Addresses, BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, kernel as forward_kernel,
+    Addresses, BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, forward_staging,
+    kernel as forward_kernel,
 };
 use super::{da_kernel, kernel, params, params_for_da};
 use crate::backend::abi::TF_SCAN_WARPS;
@@ -64,8 +65,9 @@ fn forward<T: ScanElement, S: StateStorage>(
     let kernel = forward_kernel::<T, S>(scan.decay, states);
     // SAFETY: abi.h's scan contract, as the CUDA launcher keeps it: buffers of the scan's
     // lengths, h only when states are written, a workspace of the grid's size with zeroed
-    // flags; all live until the launch returns.
-    unsafe { emulator.launch(kernel, &params, &Launch::new(grid.shape(), order)) }?;
+    // flags, the staging the kernel asks; all live until the launch returns.
+    let launch = emulated_launch(&grid, forward_staging::<T, S>(scan.decay), order);
+    unsafe { emulator.launch(kernel, &params, &launch) }?;
     h_last.read("h_last")?;
     Ok((h.read("h")?, workspace))
 }
@@ -149,7 +151,7 @@ fn run_in<T: ScanElement, S: StateStorage>(
     // scan's lengths, h (the forward's states) or the checkpoints (the state array of the
     // forward's workspace on this grid), a workspace of the grid's size plus partials with
     // zeroed flags, zeroed counters; all live until the launch returns.
-    unsafe { emulator.launch(kernel, &params, &Launch::new(grid.shape(), order)) }?;
+    unsafe { emulator.launch(kernel, &params, &emulated_launch(&grid, 0, order)) }?;
     if invariant {
         let shape =
             LaunchShape::linear(grid.groups * scan.shape.batch() as u32, TF_SCAN_WARPS * 32);
@@ -420,7 +422,12 @@ fn a_kept_region_serves_pass_after_pass() {
                 comparison.passed(),
                 "pass {pass}, {case} (seed {seed}): {comparison}"
             );
-            assert_eq!(region[..2], [pass as u32 + 1, 0], "pass {pass}: the header");
+            // The tag of this pass; no block counted done, no ticket handed out.
+            assert_eq!(
+                region[..3],
+                [pass as u32 + 1, 0, 0],
+                "pass {pass}: the header"
+            );
         }
     }
 }
