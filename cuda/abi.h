@@ -61,8 +61,9 @@ typedef struct TfPeakMmaParams {
  * Work: n = chunks * groups * b chunks of TF_SCAN_WARPS * TF_SCAN_STEPS time steps and
  * TF_SCAN_LANES channels, with groups = ceil(p / TF_SCAN_LANES), handed out by tickets in
  * chunk-major order (ticket = (chunk * b + batch) * groups + group). Grid: any number of
- * blocks in x from 1 to n (persistent: each takes tickets until they run out; all of them must
- * be able to run at once), TF_SCAN_WARPS * 32 threads; dynamic shared memory (the staging of
+ * blocks in x from 1 to n (persistent: each takes tickets until they run out; a block holds
+ * tickets only while it runs, so no block waits for another to start), TF_SCAN_WARPS * 32
+ * threads; dynamic shared memory (the staging of
  * u and a time-varying a): none when u's elements are 16-bit reals, else TF_SCAN_CHUNK *
  * TF_SCAN_LANES * (bytes of one stored u element + 8 bytes a complex or 4 a real element if
  * "varying"). workspace: a look-back region laid out for `capacity` >= n records: a header of
