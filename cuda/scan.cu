@@ -16,7 +16,8 @@
 // blocks hold. It takes its next chunk before looking back on the current one and copies that
 // chunk's u (and a time-varying a) into shared memory with cp.async, so those loads are in
 // flight during the look-back and the writes of the states. (16-bit real u, two bytes an
-// element, is below cp.async's four: those kernels load from global memory directly.)
+// element, is below cp.async's four: those kernels load it from global memory directly.) u
+// is read and h written with the L2's evict-first policy: each is touched once.
 #include "abi.h"
 #include "common/mma.cuh"
 #include "scan/common.cuh"
@@ -105,7 +106,7 @@ __device__ __forceinline__ StepInputs<F, VaryingA> read_inputs(const TfScanParam
         for (uint32_t i = 0; i < TF_SCAN_STEPS; ++i) {
             const bool inside = pl.active && i < pl.steps;
             const size_t at = pl.row + size_t(pl.t0 + i) * p.stride_time;
-            in.u[i] = inside ? load<F, S>(reinterpret_cast<const void *>(p.u), at) : F::zero();
+            in.u[i] = inside ? load_streaming<F, S>(reinterpret_cast<const void *>(p.u), at) : F::zero();
             if (VaryingA) in.a[VaryingA ? i : 0] = inside ? load<F>(a_ptr, at) : F::zero();
         }
     }

@@ -72,11 +72,11 @@ __device__ __forceinline__ uint32_t backward_chunk(const TfScanBackwardParams &p
 #pragma unroll
     for (uint32_t i = 0; i < kSteps; ++i) {
         const bool in = active && i < steps;
-        dh[i] = in ? load<F, S>(reinterpret_cast<const void *>(p.dh), at(t0 + i)) : F::zero();
+        dh[i] = in ? load_streaming<F, S>(reinterpret_cast<const void *>(p.dh), at(t0 + i)) : F::zero();
         if (Recompute) {
-            before[i] = in ? load<F, S>(reinterpret_cast<const void *>(p.u), at(t0 + i)) : F::zero();
+            before[i] = in ? load_streaming<F, S>(reinterpret_cast<const void *>(p.u), at(t0 + i)) : F::zero();
         } else if (in && t0 + i > 0) {
-            before[i] = load<F, S>(reinterpret_cast<const void *>(p.h), at(t0 + i - 1));
+            before[i] = load_streaming<F, S>(reinterpret_cast<const void *>(p.h), at(t0 + i - 1));
         } else {
             before[i] = in && p.h0 != 0 ? load<F>(reinterpret_cast<const float *>(p.h0), final_at) : F::zero();
         }

@@ -2,7 +2,8 @@
 // three passes over chunks of CHUNK time steps (WGSL has no forward-progress guarantee
 // between workgroups, so the CUDA kernel's look-back is replaced by a carry pass):
 //   chunk_maps   each chunk's steps composed into one affine map h -> r ? B : A·h + B
-//   chunk_ends   per (batch, channel), the maps applied in order: the state at each chunk's end
+//   chunk_ends   per (batch, channel), the maps applied in order (a row's chunks shared by
+//                the 8 warps of a workgroup): the state at each chunk's end
 //   states       each chunk re-run from its carry-in, every state written
 // Invocation (lane, warp) of a workgroup owns channel group·32 + lane and STEPS consecutive
 // steps. Values are vec2<f32> (re, im); real scans (COMPLEX = false) keep im = 0 and read
@@ -141,36 +142,75 @@ fn time_of(s: u32) -> u32 {
     return s;
 }
 
-// The step at offset i of this invocation: its a, u and reset (REVERSED: those of the
-// backward recurrence at its time step).
-fn step_map(p: Place, batch: u32, i: u32) -> Map {
+// The time step whose a and reset step s of this invocation's recurrence reads: the forward
+// reads a[t] and reset[t]; the backward a[t+1] and reset[t+1].
+fn source_of(p: Place, i: u32) -> u32 {
     let t = time_of(p.t0 + i);
-    let at = p.row + t * params.stride_time;
-    // The forward step reads a[t] and reset[t]; the backward step a[t+1] and reset[t+1].
-    var source = t;
     if (REVERSED) {
-        source = t + 1u;
+        return t + 1u;
     }
-    let last = REVERSED && source == params.time;
-    var decay = vec2<f32>(0.0, 0.0);
-    var input = vec2<f32>(0.0, 0.0);
-    if (p.live) {
-        input = load_u(at);
-        if (last) {
-            decay = vec2<f32>(1.0, 0.0);
-        } else if (VARYING) {
-            decay = load_a(p.row + source * params.stride_time);
-        } else {
-            decay = load_a(p.channel);
-        }
-    }
-    return Map(decay, input, !last && is_reset(batch, source));
+    return t;
 }
 
+// The decay of this invocation's step i: a[source] (time-varying), `constant_a`, or 1 for the
+// backward's last step, whose g has no successor.
+fn decay_of(p: Place, i: u32, constant_a: vec2<f32>) -> vec2<f32> {
+    let source = source_of(p, i);
+    if (!p.live) {
+        return vec2<f32>(0.0, 0.0);
+    }
+    if (REVERSED && source == params.time) {
+        return vec2<f32>(1.0, 0.0);
+    }
+    if (VARYING) {
+        return load_a(p.row + source * params.stride_time);
+    }
+    return constant_a;
+}
+
+// The time-invariant a of this invocation's channel (unused when VARYING).
+fn constant_decay(p: Place) -> vec2<f32> {
+    if (VARYING || !p.live) {
+        return vec2<f32>(0.0, 0.0);
+    }
+    return load_a(p.channel);
+}
+
+// Bit i: a reset at this invocation's step i (REVERSED: at its time step + 1; none past the
+// end).
+fn reset_bits(p: Place, batch: u32) -> u32 {
+    var bits = 0u;
+    for (var i = 0u; i < STEPS; i++) {
+        let source = source_of(p, i);
+        if (i < p.steps && source < params.time && is_reset(batch, source)) {
+            bits |= 1u << i;
+        }
+    }
+    return bits;
+}
+
+// The input u (REVERSED: dh) of this invocation's step i.
+fn input_of(p: Place, i: u32) -> vec2<f32> {
+    if (!p.live) {
+        return vec2<f32>(0.0, 0.0);
+    }
+    return load_u(p.row + time_of(p.t0 + i) * params.stride_time);
+}
+
+fn step_map(p: Place, i: u32, input: vec2<f32>, constant_a: vec2<f32>, resets: u32) -> Map {
+    return Map(decay_of(p, i, constant_a), input, ((resets >> i) & 1u) != 0u);
+}
+
+// Loops run over all STEPS steps (a constant trip count the compiler can unroll, keeping the
+// per-step values in registers), each step guarded.
 fn own_map(p: Place, batch: u32) -> Map {
+    let constant_a = constant_decay(p);
+    let resets = reset_bits(p, batch);
     var m = identity();
-    for (var i = 0u; i < p.steps; i++) {
-        m = then(m, step_map(p, batch, i));
+    for (var i = 0u; i < STEPS; i++) {
+        if (i < p.steps) {
+            m = then(m, step_map(p, i, input_of(p, i), constant_a, resets));
+        }
     }
     return m;
 }
@@ -194,25 +234,49 @@ fn chunk_maps(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup
     }
 }
 
-@compute @workgroup_size(32)
+fn chunk_map(record: u32, lane: u32) -> Map {
+    let slot = record * LANES + lane;
+    return Map(map_a[slot], map_b[slot], map_reset[record] != 0u);
+}
+
+// A workgroup per (batch, channel group): warp w composes the maps of its share of this
+// dispatch's chunks, the warps' maps give each warp its carry-in, and each applies its chunks'
+// maps in order from there, writing every chunk's end state.
+@compute @workgroup_size(32, 8)
 fn chunk_ends(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
     let batch = group.y;
-    let channel = group.x * LANES + local.x;
+    let lane = local.x;
+    let warp = local.y;
+    let channel = group.x * LANES + lane;
     let live = channel < params.channels;
-    var state = vec2<f32>(0.0, 0.0);
     let first = (batch * params.groups + group.x) * params.chunks;
+    let end = min(params.chunks, params.chunk_first + min(params.chunk_count, params.chunks));
+    let count = end - min(params.chunk_first, end);
+    let share = (count + WARPS - 1u) / WARPS;
+    let lo = params.chunk_first + min(warp * share, count);
+    let hi = params.chunk_first + min((warp + 1u) * share, count);
+
+    var m = identity();
+    for (var c = lo; c < hi; c++) {
+        m = then(m, chunk_map(first + c, lane));
+    }
+    warp_maps[warp][lane] = m;
+    workgroupBarrier();
+
+    var state = vec2<f32>(0.0, 0.0);
     if (params.chunk_first > 0u) {
-        state = ends[(first + params.chunk_first - 1u) * LANES + local.x];
+        state = ends[(first + params.chunk_first - 1u) * LANES + lane];
     } else if (params.has_h0 != 0u && live) {
         state = load_h0(batch * params.channels + channel);
     }
-    let end = min(params.chunks, params.chunk_first + min(params.chunk_count, params.chunks));
-    for (var c = params.chunk_first; c < end; c++) {
-        let slot = (first + c) * LANES + local.x;
-        state = apply(Map(map_a[slot], map_b[slot], map_reset[first + c] != 0u), state);
-        ends[slot] = state;
+    for (var w = 0u; w < warp; w++) {
+        state = apply(warp_maps[w][lane], state);
     }
-    if (live && end == params.chunks) {
+    for (var c = lo; c < hi; c++) {
+        state = apply(chunk_map(first + c, lane), state);
+        ends[(first + c) * LANES + lane] = state;
+    }
+    if (live && lo < hi && hi == params.chunks) {
         let at = batch * params.channels + channel;
         if (COMPLEX) {
             h_last[2u * at] = state.x;
@@ -228,11 +292,15 @@ fn states(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id)
     let batch = group.z;
     let chunk = params.chunk_first + group.x;
     let p = place(local.x, local.y, chunk, group.y, batch);
-    var steps: array<Map, STEPS>;
+    let constant_a = constant_decay(p);
+    let resets = reset_bits(p, batch);
+    var inputs: array<vec2<f32>, STEPS>;
     var mine = identity();
-    for (var i = 0u; i < p.steps; i++) {
-        steps[i] = step_map(p, batch, i);
-        mine = then(mine, steps[i]);
+    for (var i = 0u; i < STEPS; i++) {
+        if (i < p.steps) {
+            inputs[i] = input_of(p, i);
+            mine = then(mine, step_map(p, i, inputs[i], constant_a, resets));
+        }
     }
     warp_maps[local.y][local.x] = mine;
     if (local.y == 0u) {
@@ -254,18 +322,20 @@ fn states(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id)
     }
     // The chunk's last state is the one chunk_ends computed, so h and h_last agree exactly.
     let chunk_last = min(params.time - chunk * CHUNK, CHUNK) - 1u;
-    for (var i = 0u; i < p.steps; i++) {
-        state = apply(steps[i], state);
-        var out = state;
-        if (local.y * STEPS + i == chunk_last) {
-            out = ends[p.record * LANES + local.x];
-        }
-        let at = p.row + time_of(p.t0 + i) * params.stride_time;
-        if (COMPLEX) {
-            h_set(2u * at, out.x);
-            h_set(2u * at + 1u, out.y);
-        } else {
-            h_set(at, out.x);
+    for (var i = 0u; i < STEPS; i++) {
+        if (i < p.steps) {
+            state = apply(step_map(p, i, inputs[i], constant_a, resets), state);
+            var out = state;
+            if (local.y * STEPS + i == chunk_last) {
+                out = ends[p.record * LANES + local.x];
+            }
+            let at = p.row + time_of(p.t0 + i) * params.stride_time;
+            if (COMPLEX) {
+                h_set(2u * at, out.x);
+                h_set(2u * at + 1u, out.y);
+            } else {
+                h_set(at, out.x);
+            }
         }
     }
 }

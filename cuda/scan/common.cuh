@@ -216,8 +216,13 @@ __device__ __forceinline__ void store(void *base, size_t element, typename F::T 
     static_cast<Stored<F, S> *>(base)[element] = S::narrow(value);
 }
 
-// A store of data the kernel writes once: st.global.cs, evicted first. (Loads stay plain:
-// ld.global.cs on u made ptxas spill the complex time-varying kernel for sm_80.)
+// A load of data the kernel reads once: ld.global.cs, evicted first.
+template <class F, class S>
+__device__ __forceinline__ typename F::T load_streaming(const void *base, size_t element) {
+    return S::widen(__ldcs(static_cast<const Stored<F, S> *>(base) + element));
+}
+
+// A store of data the kernel writes once: st.global.cs, evicted first.
 template <class F, class S>
 __device__ __forceinline__ void store_streaming(void *base, size_t element, typename F::T value) {
     __stcs(static_cast<Stored<F, S> *>(base) + element, S::narrow(value));
