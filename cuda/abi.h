@@ -12,6 +12,34 @@
 typedef uint64_t tf_dptr;
 
 /*
+ * A TMA tensor map (CUtensorMap, 128 bytes) that the host encodes for an sm_90a kernel: on a
+ * GPU by cuTensorMapEncodeTiled (opaque), for the CPU emulator as a TfEmulatedTensorMap.
+ */
+typedef struct __attribute__((aligned(64))) TfTensorMap {
+    uint64_t opaque[16];
+} TfTensorMap;
+
+/*
+ * What the CPU emulator reads from a TfTensorMap: the tensor at `address` of `rank` (1 to 5)
+ * dimensions of `dims` elements of `element_bytes` each, dimension 0 innermost and contiguous,
+ * dimension i (from 1) `strides[i - 1]` bytes apart; boxes of `box` elements; `swizzle` as
+ * CUtensorMapSwizzle (0 none, 1 32B, 2 64B, 3 128B); `magic` TF_EMULATED_TENSOR_MAP_MAGIC.
+ */
+#define TF_EMULATED_TENSOR_MAP_MAGIC 0x746d61705f656d75ull
+typedef struct TfEmulatedTensorMap {
+    uint64_t magic;
+    uint64_t address;
+    uint32_t rank;
+    uint32_t element_bytes;
+    uint32_t swizzle;
+    uint32_t reserved;
+    uint64_t dims[5];
+    uint64_t strides[4];
+    uint32_t box[5];
+    uint32_t reserved_tail;
+} TfEmulatedTensorMap;
+
+/*
  * tilefuse_smoke_mma_f16_f32: the plumbing test. c = a · bᵀ with
  *   a [m, k] f16 row-major, b [n, k] f16 row-major, c [m, n] f32 row-major;
  * one warp per 16x8 tile of c, ldmatrix + mma.sync.m16n8k16, f32 accumulation.

@@ -75,6 +75,21 @@ uint32_t lane_id();
 uint32_t acquire(const uint32_t *flag);
 void release(uint32_t *flag, uint32_t value);
 
+// bar.sync (wait) or bar.arrive with barrier `id` (1 to 15) and a round of `count` threads (a
+// multiple of 32): a round completes when `count` threads have arrived; bar.sync waits for it.
+void named_barrier(uint32_t id, uint32_t count, bool wait);
+
+// wgmma's asynchrony, per thread: mma_issue records a result that lands in `dst` (its
+// registers hold NaN until then) when mma_wait covers its group; mma_current gives the newest
+// pending result for `dst` (a chain of wgmmas on one accumulator reads it); mma_fence marks a
+// wgmma.fence, which a wgmma needs since the thread's last wait (mma_check_fenced).
+void mma_fence();
+bool mma_check_fenced();
+void mma_issue(float *dst, const float *values, uint32_t count);
+bool mma_current(const float *dst, float *out, uint32_t count);
+void mma_commit();
+void mma_wait(int pending);
+
 // cp.async: a copy of `bytes` (4, 8 or 16) of the calling thread, landing when a wait covers
 // its group; `valid` false zero-fills the destination instead.
 void async_copy(uint32_t shared_offset, const void *src, bool valid, uint32_t bytes = 16);
@@ -397,3 +412,5 @@ const char *run(const Launch &launch, const std::function<void()> &thread);
         const char *error = tf_emu::run(*launch, [&] { kernel(copy); });                        \
         return *error ? error : nullptr;                                                        \
     }
+
+#include "hopper.h"  // emulator/hopper.h: the sm_90a instructions

@@ -4,6 +4,7 @@
 #include <ucontext.h>
 
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -26,10 +27,23 @@ struct Copy {
     const void *src;
     bool valid;
     uint32_t bytes = 16;
+    std::shared_ptr<const std::vector<uint8_t>> owned;  // what src points into, if the copy holds it
 };
 
 // Ready: runs when its warp's turn comes; Yielded: runs once the other warps had theirs.
-enum class State { Ready, Yielded, AtBarrier, AtWarp, AtMbarrier, Done };
+enum class State { Ready, Yielded, AtBarrier, AtWarp, AtMbarrier, AtNamed, Done };
+
+// A named barrier (bar.sync / bar.arrive with an id and a thread count).
+struct NamedBarrier {
+    uint32_t count = 0;    // threads a round waits for
+    uint32_t arrived = 0;  // threads of the current round so far
+};
+
+// A wgmma whose result is not yet the thread's: it lands in `dst` when a wait covers its group.
+struct PendingMma {
+    float *dst;
+    std::vector<float> values;
+};
 
 struct Mbarrier {
     uint32_t expected = 0;  // arrivals a phase
@@ -51,6 +65,10 @@ struct Fiber {
     std::vector<Copy> open_group;
     std::vector<std::vector<Copy>> groups;
     uint32_t wait_bar = 0, wait_parity = 0;  // AtMbarrier: the phase it waits for
+    uint32_t named = 0;                      // AtNamed: the barrier's id
+    std::vector<PendingMma> mma_open;                // wgmmas since the last commit
+    std::vector<std::vector<PendingMma>> mma_groups;  // committed, oldest first
+    bool mma_fenced = false;                          // a wgmma.fence since the last wait
 };
 
 struct Block {
@@ -59,6 +77,7 @@ struct Block {
     std::vector<uint8_t> shared;  // dynamic shared memory + guard
     uint32_t shared_bytes = 0;
     std::map<uint32_t, Mbarrier> barriers;  // by shared address
+    std::map<uint32_t, NamedBarrier> named;  // by id
 };
 
 struct Emulator {
@@ -93,6 +112,8 @@ void land(const Copy &c) {
 void fiber_main() {
     (*emu->thread)();
     Fiber &f = me();
+    if (!f.mma_open.empty() || !f.mma_groups.empty())
+        fail("the thread ended with wgmma results never waited for (wgmma.commit_group, wgmma.wait_group)");
     for (auto &group : f.groups)
         for (const Copy &c : group) land(c);
     for (const Copy &c : f.open_group) land(c);
@@ -303,6 +324,65 @@ void release(uint32_t *flag, uint32_t value) {
     *flag = value;
 }
 
+void named_barrier(uint32_t id, uint32_t count, bool wait) {
+    const char *op = wait ? "bar.sync" : "bar.arrive";
+    if (id == 0 || id > 15) fail((std::string(op) + ": a barrier id other than 1 to 15 (0 is __syncthreads')").c_str());
+    if (count == 0 || count % 32 != 0 || count > emu->block->fibers.size())
+        fail((std::string(op) + ": a thread count that is not a multiple of 32 up to the block's threads").c_str());
+    NamedBarrier &n = emu->block->named[id];
+    if (n.arrived == 0) n.count = count;
+    if (n.count != count) fail((std::string(op) + ": threads of one barrier round give different counts").c_str());
+    if (++n.arrived == n.count) {
+        n.arrived = 0;
+        for (Fiber &f : emu->block->fibers)
+            if (f.state == State::AtNamed && f.named == id) f.state = State::Ready;
+        return;
+    }
+    if (!wait) return;
+    me().state = State::AtNamed;
+    me().named = id;
+    yield_to_scheduler();
+}
+
+void mma_fence() { me().mma_fenced = true; }
+
+bool mma_check_fenced() { return me().mma_fenced; }
+
+void mma_issue(float *dst, const float *values, uint32_t count) {
+    // A later wgmma of the chain reads this accumulator as the pending value (mma_current).
+    me().mma_open.push_back({dst, std::vector<float>(values, values + count)});
+    for (uint32_t i = 0; i < count; ++i) dst[i] = std::numeric_limits<float>::quiet_NaN();
+}
+
+bool mma_current(const float *dst, float *out, uint32_t count) {
+    const Fiber &f = me();
+    const PendingMma *latest = nullptr;
+    for (const auto &group : f.mma_groups)
+        for (const PendingMma &m : group)
+            if (m.dst == dst) latest = &m;
+    for (const PendingMma &m : f.mma_open)
+        if (m.dst == dst) latest = &m;
+    if (!latest) return false;
+    if (latest->values.size() != count) fail("wgmma: an accumulator pending with another shape");
+    std::copy(latest->values.begin(), latest->values.end(), out);
+    return true;
+}
+
+void mma_commit() {
+    Fiber &f = me();
+    f.mma_groups.push_back(std::move(f.mma_open));
+    f.mma_open.clear();
+}
+
+void mma_wait(int pending) {
+    Fiber &f = me();
+    while (f.mma_groups.size() > size_t(pending)) {
+        for (const PendingMma &m : f.mma_groups.front()) std::copy(m.values.begin(), m.values.end(), m.dst);
+        f.mma_groups.erase(f.mma_groups.begin());
+    }
+    f.mma_fenced = false;
+}
+
 void async_copy(uint32_t dst, const void *src, bool valid, uint32_t bytes) {
     if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of a size other than 4, 8 or 16 bytes");
     if (dst % bytes != 0) fail("cp.async destination not aligned to its size");
@@ -410,6 +490,53 @@ void bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
     if (bytes == 0 || bytes % 16 != 0) fail("cp.async.bulk: a size that is not a positive multiple of 16");
     std::memset(shared_pointer(dst, bytes, "cp.async.bulk"), kPoisonByte, bytes);  // until it lands
     m.landing.push_back({dst, src, true, bytes});
+    m.tx -= bytes;
+    settle(bar, m);
+}
+
+uint32_t warp_in_warpgroup(const char *op) {
+    if (emu->block->fibers.size() % 128 != 0) fail((std::string(op) + " in a block that is not whole warpgroups").c_str());
+    return me().linear / 32 % 4;
+}
+
+void tma_load(uint32_t dst, const void *map_ptr, const int32_t *coords, uint32_t rank, uint32_t bar) {
+    const char *op = "cp.async.bulk.tensor";
+    Mbarrier &m = barrier_at(bar, op);
+    TfEmulatedTensorMap map;
+    std::memcpy(&map, map_ptr, sizeof map);
+    if (map.magic != TF_EMULATED_TENSOR_MAP_MAGIC) fail("cp.async.bulk.tensor: not a tensor map the emulator's encoder wrote");
+    if (map.rank != rank) fail("cp.async.bulk.tensor: a load of another rank than its tensor map's");
+    const uint32_t elem = map.element_bytes;
+    const uint32_t inner = map.box[0] * elem;
+    if (inner % 16 != 0) fail("cp.async.bulk.tensor: a box whose rows are not a multiple of 16 bytes");
+    if (map.swizzle > 3) fail("cp.async.bulk.tensor: a swizzle mode the emulator does not model");
+    const uint32_t span = map.swizzle == 0 ? 0 : 256u >> (map.swizzle == 3 ? 1 : map.swizzle == 2 ? 2 : 3);
+    if (span != 0 && inner != span) fail("cp.async.bulk.tensor: a swizzled box whose rows are not the swizzle's span");
+    const uint32_t pattern = span * 8;  // the swizzle pattern repeats every 8 rows
+    if (dst % (span != 0 ? pattern : 16) != 0)
+        fail("cp.async.bulk.tensor: a destination not aligned to its swizzle pattern (16 bytes unswizzled)");
+    uint64_t elements = 1;
+    for (uint32_t i = 0; i < rank; ++i) elements *= map.box[i];
+    const uint32_t bytes = uint32_t(elements * elem);
+    auto data = std::make_shared<std::vector<uint8_t>>(bytes, 0);
+    // The box packed with dimension 0 fastest; elements outside the tensor stay zero.
+    for (uint64_t e = 0; e < elements; ++e) {
+        uint64_t rest = e, offset = 0;
+        bool inside = true;
+        for (uint32_t i = 0; i < rank; ++i) {
+            const int64_t c = int64_t(coords[i]) + int64_t(rest % map.box[i]);
+            rest /= map.box[i];
+            inside = inside && c >= 0 && uint64_t(c) < map.dims[i];
+            offset += uint64_t(c) * (i == 0 ? elem : map.strides[i - 1]);
+        }
+        if (inside) std::memcpy(data->data() + e * elem, reinterpret_cast<const uint8_t *>(map.address) + offset, elem);
+    }
+    // Each 16-byte chunk lands at its swizzled place.
+    for (uint32_t chunk = 0; chunk < bytes; chunk += 16) {
+        const uint32_t to = swizzle_address(dst + chunk, map.swizzle == 3 ? 1 : map.swizzle == 2 ? 2 : map.swizzle == 1 ? 3 : 0);
+        std::memset(shared_pointer(to, 16, op), kPoisonByte, 16);  // until it lands
+        m.landing.push_back({to, data->data() + chunk, true, 16, data});
+    }
     m.tx -= bytes;
     settle(bar, m);
 }

@@ -392,3 +392,181 @@ mod mbarrier_model {
         }
     }
 }
+
+/// A tensor map as the emulator reads it (abi.h's `TfEmulatedTensorMap`) for a tensor at
+/// `address` of `dims` elements of `element_bytes` (innermost first), dimension i from 1
+/// `strides[i - 1]` bytes apart, loaded in boxes of `boxes` elements with the
+/// `CUtensorMapSwizzle` mode `swizzle`.
+#[cfg(test)]
+pub(crate) fn emulated_tensor_map(
+    address: u64,
+    element_bytes: u32,
+    dims: &[u64],
+    strides: &[u64],
+    boxes: &[u32],
+    swizzle: u32,
+) -> crate::backend::abi::TfTensorMap {
+    use crate::backend::abi::TF_EMULATED_TENSOR_MAP_MAGIC;
+    assert!(!dims.is_empty() && dims.len() <= 5, "rank 1 to 5");
+    assert!(strides.len() + 1 == dims.len() && boxes.len() == dims.len());
+    let mut words = [0u64; 16];
+    words[0] = TF_EMULATED_TENSOR_MAP_MAGIC;
+    words[1] = address;
+    words[2] = dims.len() as u64 | u64::from(element_bytes) << 32;
+    words[3] = u64::from(swizzle);
+    words[4..4 + dims.len()].copy_from_slice(dims);
+    words[9..9 + strides.len()].copy_from_slice(strides);
+    let mut box_words = [0u32; 6];
+    box_words[..boxes.len()].copy_from_slice(boxes);
+    for (i, pair) in box_words.chunks(2).enumerate() {
+        words[13 + i] = u64::from(pair[0]) | u64::from(pair[1]) << 32;
+    }
+    crate::backend::abi::TfTensorMap { opaque: words }
+}
+
+/// The emulator's own model of the sm_90a instructions (emulator/hopper_model.cpp): wgmma
+/// reads the elements its descriptors name, in every layout the kernels use, TMA boxes land
+/// swizzled where wgmma reads them, results wait for their group, and misuse is reported.
+#[cfg(test)]
+mod hopper_model {
+    use super::*;
+    use crate::backend::abi::TfTensorMap;
+    use half::f16;
+
+    #[repr(C)]
+    struct Params {
+        a_map: TfTensorMap,
+        b_map: TfTensorMap,
+        a: u64,
+        out: u64,
+        mode: u32,
+        reserved: [u32; 13],
+    }
+
+    const KERNEL: Kernel = Kernel {
+        module: "hopper_model",
+        name: "tf_hopper_model",
+    };
+
+    /// What one mode wrote to out [64][64], or the emulator's error; A and B are [64][64] f16
+    /// row-major.
+    fn run(emulator: &Emulator, mode: u32, a: &[f16], b: &[f16]) -> Result<Vec<f32>, String> {
+        let mut a = Guarded::new(a);
+        let mut b = Guarded::new(b);
+        let mut out = Guarded::new(&[0.0f32; 64 * 64]);
+        let map = |address: u64| {
+            if mode == 5 {
+                // [k / 8][row][8]: the core matrices of the unswizzled layout.
+                emulated_tensor_map(address, 2, &[8, 64, 8], &[128, 16], &[8, 64, 8], 0)
+            } else {
+                emulated_tensor_map(address, 2, &[64, 64], &[128], &[64, 64], 3)
+            }
+        };
+        let params = Params {
+            a_map: map(a.address()),
+            b_map: map(b.address()),
+            a: a.address(),
+            out: out.address(),
+            mode,
+            reserved: [0; 13],
+        };
+        let shape = LaunchShape {
+            grid: [1, 1, 1],
+            block: [128, 1, 1],
+            shared_bytes: 1024 + 2 * 8192,
+        };
+        // SAFETY: Params is the kernel's parameter struct; the maps describe the 64 x 64 f16
+        // buffers a and b, which with out (64 x 64 f32) the guarded buffers hold until the
+        // launch returns; the shared memory holds the barrier and both tiles.
+        // In thread order warps 0 and 1 reach the named barrier first (mode 6).
+        let order = if mode == 6 {
+            Order::Threads
+        } else {
+            Order::Shuffled(7)
+        };
+        unsafe { emulator.launch(KERNEL, &params, &Launch::new(shape, order))? };
+        out.read("out")
+    }
+
+    /// A·Bᵀ (`transposed`: A·B) in f64 from the f16 values.
+    fn product(a: &[f16], b: &[f16], transposed: bool) -> Vec<f64> {
+        let mut out = vec![0.0; 64 * 64];
+        for (i, row) in out.chunks_mut(64).enumerate() {
+            for (j, value) in row.iter_mut().enumerate() {
+                *value = (0..64)
+                    .map(|k| {
+                        let b = if transposed {
+                            b[k * 64 + j]
+                        } else {
+                            b[j * 64 + k]
+                        };
+                        a[i * 64 + k].to_f64() * b.to_f64()
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// The largest difference from `expected` relative to its largest magnitude.
+    fn error(got: &[f32], expected: &[f64]) -> f64 {
+        let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(expected)
+            .fold(0.0f64, |m, (&g, &e)| m.max((f64::from(g) - e).abs()));
+        if got.iter().any(|g| g.is_nan()) {
+            f64::INFINITY
+        } else {
+            worst / scale
+        }
+    }
+
+    #[test]
+    fn wgmma_reads_what_its_descriptors_name() {
+        let Some(emulator) = Emulator::get() else {
+            return;
+        };
+        let seed = Rng::fresh_seed();
+        let mut rng = Rng::new(seed);
+        let a = rng.fill(64 * 64, -1.0, 1.0, f16::from_f64);
+        let b = rng.fill(64 * 64, -1.0, 1.0, f16::from_f64);
+        let a_bt = product(&a, &b, false);
+        let a_b = product(&a, &b, true);
+        for (mode, expected, what) in [
+            (0, &a_bt, "K-major, 128-byte swizzle"),
+            (1, &a_b, "A in registers, B N-major, 128-byte swizzle"),
+            (5, &a_bt, "K-major core matrices, no swizzle"),
+        ] {
+            let out = run(emulator, mode, &a, &b).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let error = error(&out, expected);
+            assert!(error < 1e-6, "{what} (seed {seed}): error {error:e}");
+        }
+        // B swizzled but described as unswizzled: other elements, another product.
+        let out = run(emulator, 2, &a, &b).unwrap();
+        assert!(
+            error(&out, &a_bt) > 1e-2,
+            "a wrong descriptor passed (seed {seed})"
+        );
+    }
+
+    #[test]
+    fn results_wait_for_their_group_and_misuse_is_reported() {
+        let Some(emulator) = Emulator::get() else {
+            return;
+        };
+        let values = vec![f16::ONE; 64 * 64];
+        let early = run(emulator, 3, &values, &values).unwrap();
+        assert!(
+            early.iter().all(|v| v.is_nan()),
+            "accumulators read before the wait"
+        );
+        let error = run(emulator, 4, &values, &values).expect_err("a wgmma without a fence");
+        assert!(error.contains("wgmma.fence"), "{error}");
+        let error = run(emulator, 7, &values, &values).expect_err("setmaxnreg 100");
+        assert!(error.contains("24 to 256 by 8"), "{error}");
+        // Warps 0 and 1 wait at the named barrier until warps 2 and 3 have written and arrived.
+        let out = run(emulator, 6, &values, &values).unwrap();
+        assert_eq!(out[0], 2.0);
+    }
+}
