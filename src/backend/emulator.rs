@@ -393,37 +393,6 @@ mod mbarrier_model {
     }
 }
 
-/// A tensor map as the emulator reads it (abi.h's `TfEmulatedTensorMap`) for a tensor at
-/// `address` of `dims` elements of `element_bytes` (innermost first), dimension i from 1
-/// `strides[i - 1]` bytes apart, loaded in boxes of `boxes` elements with the
-/// `CUtensorMapSwizzle` mode `swizzle`.
-#[cfg(test)]
-pub(crate) fn emulated_tensor_map(
-    address: u64,
-    element_bytes: u32,
-    dims: &[u64],
-    strides: &[u64],
-    boxes: &[u32],
-    swizzle: u32,
-) -> crate::backend::abi::TfTensorMap {
-    use crate::backend::abi::TF_EMULATED_TENSOR_MAP_MAGIC;
-    assert!(!dims.is_empty() && dims.len() <= 5, "rank 1 to 5");
-    assert!(strides.len() + 1 == dims.len() && boxes.len() == dims.len());
-    let mut words = [0u64; 16];
-    words[0] = TF_EMULATED_TENSOR_MAP_MAGIC;
-    words[1] = address;
-    words[2] = dims.len() as u64 | u64::from(element_bytes) << 32;
-    words[3] = u64::from(swizzle);
-    words[4..4 + dims.len()].copy_from_slice(dims);
-    words[9..9 + strides.len()].copy_from_slice(strides);
-    let mut box_words = [0u32; 6];
-    box_words[..boxes.len()].copy_from_slice(boxes);
-    for (i, pair) in box_words.chunks(2).enumerate() {
-        words[13 + i] = u64::from(pair[0]) | u64::from(pair[1]) << 32;
-    }
-    crate::backend::abi::TfTensorMap { opaque: words }
-}
-
 /// The emulator's own model of the sm_90a instructions (emulator/hopper_model.cpp): wgmma
 /// reads the elements its descriptors name, in every layout the kernels use, TMA boxes land
 /// swizzled where wgmma reads them, results wait for their group, and misuse is reported.
@@ -431,6 +400,7 @@ pub(crate) fn emulated_tensor_map(
 mod hopper_model {
     use super::*;
     use crate::backend::abi::TfTensorMap;
+    use crate::backend::cuda::tma::{TensorMap, TmaElement, TmaSwizzle};
     use half::f16;
 
     #[repr(C)]
@@ -455,12 +425,26 @@ mod hopper_model {
         let mut b = Guarded::new(b);
         let mut out = Guarded::new(&[0.0f32; 64 * 64]);
         let map = |address: u64| {
-            if mode == 5 {
+            let (dims, strides, boxes, swizzle) = if mode == 5 {
                 // [k / 8][row][8]: the core matrices of the unswizzled layout.
-                emulated_tensor_map(address, 2, &[8, 64, 8], &[128, 16], &[8, 64, 8], 0)
+                (
+                    vec![8, 64, 8],
+                    vec![128, 16],
+                    vec![8, 64, 8],
+                    TmaSwizzle::None,
+                )
             } else {
-                emulated_tensor_map(address, 2, &[64, 64], &[128], &[64, 64], 3)
-            }
+                (vec![64, 64], vec![128], vec![64, 64], TmaSwizzle::B128)
+            };
+            let map = TensorMap {
+                element: TmaElement::F16,
+                address,
+                dims,
+                strides,
+                boxes,
+                swizzle,
+            };
+            map.emulated().expect("a valid map")
         };
         let params = Params {
             a_map: map(a.address()),
