@@ -337,6 +337,25 @@ typedef struct TfAttentionParams {
 } TfAttentionParams;
 
 /*
+ * tilefuse_attention_sm90a_{f16,bf16}_d{64,128}_bm{64,128}: the forward above for Hopper
+ * (cuda/attention_sm90a.cu, sm_90a only): the same o and lse for `base`'s shapes, mask and
+ * strides, with packed_heads 1 and splits 1 (base's q, k, v addresses and the split-KV fields
+ * unused). Q, K and V are read through q_map, k_map, v_map: tensor maps of the 4-D tensors
+ * (d, l, h, b) (innermost first; dimension sizes d, lq or lk, heads, batch; byte strides of l,
+ * h and b), 16-bit elements, boxes of (64, 64, 1, 1), 128-byte swizzle, out-of-bounds elements
+ * zero. Grid: (ceil(lq / BM), hq, b); (BM / 64 + 1) * 128 threads: a producer warpgroup and
+ * BM / 64 consumer warpgroups. `stages` (2 or 3) K/V tiles in flight. Dynamic shared memory:
+ * 2048 + (BM + 2 * stages * 64) * d * 2 bytes (1 KiB of mbarriers, and up to 1 KiB to align
+ * the tiles to 1024 bytes).
+ */
+typedef struct TfAttentionSm90aParams {
+    TfTensorMap q_map;
+    TfTensorMap k_map;
+    TfTensorMap v_map;
+    TfAttentionParams base;
+} TfAttentionSm90aParams;
+
+/*
  * The attention backward: dq, dk, dv of tilefuse_attention's o given do (its cotangent), the
  * forward's o and lse, in two launches on one stream, dq's first. With P = exp(scale·q·kᵀ −
  * lse) on the mask's allowed positions (0 elsewhere and for rows with lse = −inf), D =

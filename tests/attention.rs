@@ -275,6 +275,69 @@ fn decode_shapes(backends: &Backends, backend: Backend) {
     }
 }
 
+/// Each forward kernel forced: the portable one on any GPU, and on a GPU of compute
+/// capability 9.0 the Hopper one (which the launcher picks there by itself), on every mask
+/// builder, GQA, both head dimensions and query blocks, bf16 and strided tensors; elsewhere
+/// the Hopper kernel is a typed error, and so is a decode plan it does not take.
+#[cfg(feature = "cuda")]
+#[test]
+fn each_forward_kernel_forced() {
+    use tilefuse::attention::check_cuda_kernel;
+    use tilefuse::attention::cuda::ForwardKernel;
+    let Some(cuda) = common::cuda() else {
+        return;
+    };
+    let hopper = cuda.info().compute_capability == (9, 0);
+    let mut cases: Vec<Case> = [
+        MaskKind::Dense,
+        MaskKind::Causal,
+        MaskKind::Window(300, true),
+        MaskKind::Streaming(64, 256),
+        MaskKind::BigBird(1, 1, 2),
+        MaskKind::EmptyRows,
+    ]
+    .into_iter()
+    .map(|mask| Case {
+        mask,
+        heads_q: 4,
+        heads_kv: 2,
+        ..Case::new(700, 900)
+    })
+    .collect();
+    cases.push(Case {
+        bf16: true,
+        d: 128,
+        block: 128,
+        strided: true,
+        ..Case::new(513, 1000)
+    });
+    for case in &cases {
+        for kernel in [ForwardKernel::Portable, ForwardKernel::Hopper] {
+            let what = format!("{case}, {kernel:?}");
+            if kernel == ForwardKernel::Hopper && !hopper {
+                let error = check_cuda_kernel(cuda, case, 1, kernel).expect_err(&what);
+                assert!(
+                    error.to_string().contains("compute capability 9.0"),
+                    "{what}: {error}"
+                );
+                continue;
+            }
+            common::assert_seeded(&what, |seed| check_cuda_kernel(cuda, case, seed, kernel));
+        }
+    }
+    if hopper {
+        // One query of a GQA group against a long row: the launcher packs the heads and
+        // splits the keys, which only the portable kernel does.
+        let decode = Case {
+            heads_q: 8,
+            heads_kv: 2,
+            ..Case::new(1, 8200)
+        };
+        let error = check_cuda_kernel(cuda, &decode, 1, ForwardKernel::Hopper).expect_err("decode");
+        assert!(error.to_string().contains("not a decode shape"), "{error}");
+    }
+}
+
 /// One split-KV workspace serves decode calls of different shapes: each call's results are
 /// bitwise those of a call with a fresh workspace, and a reserved workspace does not grow.
 #[cfg(feature = "cuda")]

@@ -57,11 +57,21 @@ pub(super) fn bench_cases() -> Vec<BenchCase> {
             let case = format!("b=1 hq={heads} d={d} l={l} {name}");
             cases.push(BenchCase::new(
                 "attention",
-                case,
+                case.clone(),
                 bytes,
                 flops,
                 move |backends, backend| prepare(backends, backend, name, l, heads, d),
             ));
+            // On a GPU of compute capability 9.0 the case above runs the Hopper kernel; this
+            // one the portable kernel, beside it.
+            #[cfg(feature = "cuda")]
+            cases.push(
+                BenchCase::new("attention", case, bytes, flops, move |backends, backend| {
+                    let shape = AttentionShape::new(1, l, l, heads, heads, d)?;
+                    run_portable(backends, backend, shape, bench_mask(name, l)?)
+                })
+                .by("tilefuse portable"),
+            );
         }
     }
     for lq in DECODE_QUERIES {
@@ -144,6 +154,46 @@ fn run_shape(
     })
 }
 
+/// [`run_shape`] on CUDA with the portable kernel forced; none on other backends.
+#[cfg(feature = "cuda")]
+fn run_portable(
+    backends: &Backends,
+    backend: Backend,
+    shape: AttentionShape,
+    mask: BlockMask,
+) -> Result<Option<Runner<'_>>> {
+    use super::cuda::{
+        AttentionWorkspace, DeviceBlockMask, ForwardKernel, Inputs, Outputs,
+        attention_with_workspace,
+    };
+    if backend != Backend::Cuda {
+        return Ok(None);
+    }
+    let cuda = backends.cuda()?;
+    let [q_len, k_len, ..] = shape.min_lens();
+    let queries = vec![f16::from_f32(0.01); q_len];
+    let keys = vec![f16::from_f32(0.01); k_len];
+    let [q, k, v] = [&queries, &keys, &keys].map(|x| cuda.upload(x));
+    let (q, k, v) = (q?, k?, v?);
+    let mask = DeviceBlockMask::upload(cuda, &mask)?;
+    let mut o = cuda.upload(&queries)?;
+    let mut lse = cuda.upload(&vec![0.0f32; shape.lq * shape.heads_q])?;
+    let mut workspace = AttentionWorkspace::new().with_forward_kernel(ForwardKernel::Portable);
+    let scale = 1.0 / (shape.d as f32).sqrt();
+    Ok(Some(Runner::new(cuda.clock(), move || {
+        let inputs = Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        let outputs = Outputs {
+            o: &mut o,
+            lse: Some(&mut lse),
+        };
+        attention_with_workspace(cuda, &shape, inputs, &mask, outputs, scale, &mut workspace)
+    })))
+}
+
 /// The backward pass on the forward's masks and shapes (b = 1, hq = 32, d = 128 at 8k and
 /// 32k; CUDA), gradients in f16. FLOPs count the visited blocks at 2.5 times the
 /// forward's, as FlashAttention counts them; bytes are q, k, v, o, dO in and dq, dk, dv out.
@@ -223,10 +273,25 @@ mod tests {
     use super::*;
 
     /// Every mask at both lengths, and the decode shapes under the names peers.py gives its
-    /// SDPA rows.
+    /// SDPA rows; with CUDA, each mask's case also run by the portable kernel.
     #[test]
     fn every_case_is_named_as_the_peers_name_it() {
-        let names: Vec<String> = bench_cases().into_iter().map(|c| c.name).collect();
+        let cases = bench_cases();
+        let portable = cases
+            .iter()
+            .filter(|c| c.implementation == "tilefuse portable")
+            .count();
+        let expected = if cfg!(feature = "cuda") {
+            2 * BENCH_MASKS.len()
+        } else {
+            0
+        };
+        assert_eq!(portable, expected);
+        let names: Vec<String> = cases
+            .into_iter()
+            .filter(|c| c.implementation == "tilefuse")
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names.len(), 2 * BENCH_MASKS.len() + DECODE_QUERIES.len());
         let backward: Vec<String> = backward_bench_cases().into_iter().map(|c| c.name).collect();
         assert_eq!(backward, names[..2 * BENCH_MASKS.len()]);

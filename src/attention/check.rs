@@ -263,6 +263,65 @@ fn check_typed<T: DeviceFloat16 + OutputElement<T>>(
     })
 }
 
+/// [`check`] on CUDA with the forward's `kernel` forced (the portable kernel, or the Hopper
+/// kernel, an error on other GPUs); `Ok(None)` for f32 outputs, which CUDA does not write.
+#[cfg(feature = "cuda")]
+pub fn check_cuda_kernel(
+    cuda: &crate::backend::cuda::Cuda,
+    case: &Case,
+    seed: u64,
+    kernel: super::cuda::ForwardKernel,
+) -> Result<Option<Comparison>> {
+    fn typed<T: DeviceFloat16 + OutputElement<T>>(
+        cuda: &crate::backend::cuda::Cuda,
+        case: &Case,
+        seed: u64,
+        kernel: super::cuda::ForwardKernel,
+    ) -> Result<Option<Comparison>> {
+        check_with::<T>(case, seed, |shape, [q, k, v], mask, scale, output| {
+            if output == Output::F32 {
+                return Ok(None);
+            }
+            let [q, k, v] = [q, k, v].map(|x| cuda.upload(x));
+            let (q, k, v) = (q?, k?, v?);
+            let mask = super::cuda::DeviceBlockMask::upload(cuda, mask)?;
+            let lse_len = shape.batch * shape.lq * shape.heads_q;
+            let mut lse = cuda.upload(&vec![f32::NAN; lse_len])?;
+            let mut o = cuda.upload(&vec![T::from_f64(f64::NAN); shape.min_lens()[3]])?;
+            let mut workspace = super::cuda::AttentionWorkspace::new().with_forward_kernel(kernel);
+            let inputs = super::cuda::Inputs {
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            let outputs = super::cuda::Outputs {
+                o: &mut o,
+                lse: Some(&mut lse),
+            };
+            super::cuda::attention_with_workspace(
+                cuda,
+                shape,
+                inputs,
+                &mask,
+                outputs,
+                scale,
+                &mut workspace,
+            )?;
+            let o = cuda
+                .download(&o)?
+                .into_iter()
+                .map(|x| x.to_f64() as f32)
+                .collect();
+            Ok(Some((o, cuda.download(&lse)?)))
+        })
+    }
+    if case.bf16 {
+        typed::<bf16>(cuda, case, seed, kernel)
+    } else {
+        typed::<f16>(cuda, case, seed, kernel)
+    }
+}
+
 /// The result of one device run of [`run`]: the whole buffer of `o`, widened to f32, and
 /// `lse`; `None` where there is no such path.
 pub(crate) type RunOutput = Option<(Vec<f32>, Vec<f32>)>;

@@ -8,6 +8,7 @@ use crate::backend::abi::{
     TF_ATTENTION_KV_TILE, TF_ATTENTION_MAX_SPLITS, TF_ATTENTION_WARP_ROWS_D64,
     TF_ATTENTION_WARP_ROWS_D128, TfAttentionParams,
 };
+use crate::backend::cuda::tma::TensorMap;
 use crate::backend::cuda::{Cuda, CudaDeviceInfo, Kernel, LaunchShape, SplitScratch, ids};
 use crate::element::Float16;
 use crate::error::{Error, Result};
@@ -167,8 +168,12 @@ where
         cuda.check_device("lse", *lse)?;
     }
     let plan = Plan::for_mask::<T>(cuda, shape, mask, scale)?;
+    let hopper = HopperPlan::choose::<T>(cuda, &plan, workspace.kernel)?;
+    let shared = hopper
+        .as_ref()
+        .map_or(plan.shared_bytes, |h| h.shape().shared_bytes as usize);
     cuda.info()
-        .shared_memory("attention shared memory", plan.shared_bytes)?;
+        .shared_memory("attention shared memory", shared)?;
     let mut args = cuda.args();
     let buffers = [
         ("q", args.read(q)),
@@ -177,17 +182,30 @@ where
         ("o", args.write(o)),
     ];
     check_aligned(&buffers)?;
+    let lists = [
+        args.read(&mask.partial_offsets),
+        args.read(&mask.partial),
+        args.read(&mask.full_offsets),
+        args.read(&mask.full),
+    ];
+    let lse = lse.map_or(0, |lse| args.write(lse));
+    if let Some(hopper) = hopper {
+        let buffers = buffers.map(|(_, address)| address);
+        let params = hopper.params::<T>(shape, buffers, lse, lists, TensorMap::encode)?;
+        // SAFETY: TfAttentionSm90aParams is the Hopper kernel's parameter struct (abi.h): the
+        // portable parameters, for which everything said below holds, with one split and heads
+        // not packed (HopperPlan::choose), and tensor maps that the driver encoded for q, k
+        // and v from the same buffers, starts, strides and sizes (so every box the kernel
+        // loads lies in them or reads as zeros outside the tensor); the shared memory is
+        // abi.h's and was checked against the device's limit.
+        return unsafe { cuda.launch(hopper.kernel, hopper.shape(), &params, args) };
+    }
     let split_kv = workspace.args(cuda, &plan, &mut args)?;
     let params = plan.params::<T>(
         shape,
         buffers.map(|(_, address)| address),
-        lse.map_or(0, |lse| args.write(lse)),
-        [
-            args.read(&mask.partial_offsets),
-            args.read(&mask.partial),
-            args.read(&mask.full_offsets),
-            args.read(&mask.full),
-        ],
+        lse,
+        lists,
         split_kv,
     );
     // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`
@@ -240,12 +258,22 @@ pub struct AttentionWorkspace {
     scratch: SplitScratch,
     /// The backward pass's D = rowsum(dO ∘ O), one f32 per query row.
     delta: Option<CudaSlice<f32>>,
+    /// The forward kernel the calls with this workspace run.
+    kernel: ForwardKernel,
 }
 
 impl AttentionWorkspace {
-    /// An empty workspace; the first launch that needs memory allocates it.
+    /// An empty workspace; the first launch that needs memory allocates it. Its calls run
+    /// [`ForwardKernel::Auto`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The workspace with its calls of the forward running `kernel`: the Hopper kernel on a
+    /// GPU of compute capability 9.0 (where `Auto` picks it too), or the portable one
+    /// anywhere, as a test or a benchmark of either wants.
+    pub fn with_forward_kernel(self, kernel: ForwardKernel) -> Self {
+        AttentionWorkspace { kernel, ..self }
     }
 
     /// Device bytes held.
@@ -593,6 +621,10 @@ fn warp_rows(d: usize) -> usize {
 mod backward;
 #[cfg(test)]
 mod emulated;
+mod hopper;
+
+pub use hopper::ForwardKernel;
+use hopper::HopperPlan;
 
 pub use backward::{
     BackwardInputs, BackwardOutputs, attention_backward, attention_backward_with_workspace,

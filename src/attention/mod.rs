@@ -71,6 +71,8 @@ mod reference;
 pub mod wgpu;
 
 pub use backward::{Gradients, blockwise_backward, reference_backward};
+#[cfg(feature = "cuda")]
+pub use check::check_cuda_kernel;
 pub use check::{Case, ENTRY, MaskKind, Output, check, run};
 pub use check_backward::{BACKWARD_ENTRY, check_backward};
 pub use mask::{BlockKind, BlockMask, ElementMask, MaskShape, MaskStats};

@@ -490,6 +490,38 @@ const _: () = {
         [::core::mem::offset_of!(TfAttentionParams, counters) - 248usize];
 };
 #[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone, PartialEq)]
+pub struct TfAttentionSm90aParams {
+    pub q_map: TfTensorMap,
+    pub k_map: TfTensorMap,
+    pub v_map: TfTensorMap,
+    pub base: TfAttentionParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TfAttentionSm90aParams"][::core::mem::size_of::<TfAttentionSm90aParams>() - 640usize];
+    ["Alignment of TfAttentionSm90aParams"]
+        [::core::mem::align_of::<TfAttentionSm90aParams>() - 64usize];
+    ["Offset of field: TfAttentionSm90aParams::q_map"]
+        [::core::mem::offset_of!(TfAttentionSm90aParams, q_map) - 0usize];
+    ["Offset of field: TfAttentionSm90aParams::k_map"]
+        [::core::mem::offset_of!(TfAttentionSm90aParams, k_map) - 128usize];
+    ["Offset of field: TfAttentionSm90aParams::v_map"]
+        [::core::mem::offset_of!(TfAttentionSm90aParams, v_map) - 256usize];
+    ["Offset of field: TfAttentionSm90aParams::base"]
+        [::core::mem::offset_of!(TfAttentionSm90aParams, base) - 384usize];
+};
+impl Default for TfAttentionSm90aParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct TfAttentionBackwardParams {
     pub q: tf_dptr,

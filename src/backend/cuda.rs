@@ -780,6 +780,7 @@ kernel_params!(
     super::abi::TfSpmmParams,
     super::abi::TfSpmmBitmapParams,
     super::abi::TfAttentionParams,
+    super::abi::TfAttentionSm90aParams,
     super::abi::TfAttentionBackwardParams,
     super::abi::TfPeakMmaParams,
 );

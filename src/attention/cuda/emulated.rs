@@ -4,6 +4,7 @@
 
 use half::{bf16, f16};
 
+use super::hopper::HopperPlan;
 use super::{Plan, SplitKv};
 use crate::attention::check::{RunOutput, check_with};
 use crate::attention::{AttentionShape, BlockMask, Case, MaskKind, MaskShape, Output};
@@ -12,12 +13,14 @@ use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated
 use crate::element::Float16;
 use crate::error::Result;
 
-/// How a test launches the kernel: the emulator's order of threads and blocks, and the
-/// splits of each block's keys (the plan's choice is 1 for most tests' shapes).
+/// How a test launches the kernel: the emulator's order of threads and blocks, the splits of
+/// each block's keys (the plan's choice is 1 for most tests' shapes), and whether the Hopper
+/// kernel (cuda/attention_sm90a.cu) runs the plan instead of the portable one.
 #[derive(Clone, Copy, Debug)]
 struct Setup {
     order: Order,
     splits: usize,
+    hopper: bool,
 }
 
 /// One emulated launch with `check`'s arguments; panics with the emulator's message when the
@@ -87,12 +90,32 @@ fn run<T: Float16>(
         Order::Reverse => launch.blocks_reversed(),
         _ => launch,
     };
-    // SAFETY: the parameters follow abi.h's attention contract as the CUDA launcher's do: the
-    // same checks (check_call, Plan) passed, the tensors are the caller's with their layout's
-    // lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq values,
-    // split-KV's partials and zeroed counters have the plan's sizes, and every buffer lives
-    // until the launch returns.
-    let ran = unsafe { emulator.launch(plan.kernel, &params, &launch) };
+    let (kernel, ran) = if setup.hopper {
+        let hopper = HopperPlan::of::<T>(&plan).expect("a plan the Hopper kernel takes");
+        let hopper_params = hopper.params::<T>(
+            shape,
+            [qa, ka, va, o.address()],
+            lse.address(),
+            lists.each_mut().map(|list| list.address()),
+            |map| map.emulated(),
+        )?;
+        let launch = Launch::new(hopper.shape(), setup.order);
+        // SAFETY: as below, for abi.h's Hopper contract: the tensor maps describe q, k and v
+        // as the portable parameters address them (their buffers, starts and strides), the
+        // plan has one split and unpacked heads, and the shared memory is abi.h's.
+        (hopper.kernel, unsafe {
+            emulator.launch(hopper.kernel, &hopper_params, &launch)
+        })
+    } else {
+        // SAFETY: the parameters follow abi.h's attention contract as the CUDA launcher's do:
+        // the same checks (check_call, Plan) passed, the tensors are the caller's with their
+        // layout's lengths, the mask is a validated BlockMask of this shape, lse holds b·hq·lq
+        // values, split-KV's partials and zeroed counters have the plan's sizes, and every
+        // buffer lives until the launch returns.
+        (plan.kernel, unsafe {
+            emulator.launch(plan.kernel, &params, &launch)
+        })
+    };
     let read = ran.and_then(|()| {
         for (buffer, what) in inputs.iter().zip(["q", "k", "v"]) {
             buffer.read(what)?;
@@ -106,13 +129,32 @@ fn run<T: Float16>(
         }
         Ok((o.read("o")?, lse.read("lse")?))
     });
-    let (o, lse) = read.unwrap_or_else(|e| panic!("{}: {e}", plan.kernel.name));
+    let (o, lse) = read.unwrap_or_else(|e| panic!("{}: {e}", kernel.name));
     let o = o.into_iter().map(|x| x.to_f64() as f32).collect();
     Ok(Some((o, lse)))
 }
 
 fn check_case(case: &Case, order: Order) {
-    check_split(case, Setup { order, splits: 1 });
+    check_split(
+        case,
+        Setup {
+            order,
+            splits: 1,
+            hopper: false,
+        },
+    );
+}
+
+/// The case on the Hopper kernel.
+fn check_hopper(case: &Case, order: Order) {
+    check_split(
+        case,
+        Setup {
+            order,
+            splits: 1,
+            hopper: true,
+        },
+    );
 }
 
 fn check_split(case: &Case, setup: Setup) {
@@ -332,7 +374,15 @@ fn split_keys() {
     ];
     for (i, (case, splits)) in cases.into_iter().enumerate() {
         let order = ORDERS[i % 3];
-        check_split(&case, Setup { order, splits });
+        let hopper = false;
+        check_split(
+            &case,
+            Setup {
+                order,
+                splits,
+                hopper,
+            },
+        );
     }
 }
 
@@ -376,6 +426,7 @@ fn decode_packs_the_heads_of_a_group() {
             Setup {
                 order: ORDERS[i % 3],
                 splits,
+                hopper: false,
             },
         );
     }
@@ -436,4 +487,76 @@ fn splits_fill_the_device() {
     assert_eq!(splits(16, 32768, 8), (16, 32, [16, 8, 1]));
     assert_eq!(splits(8192, 8192, 32).0, 1);
     assert_eq!(splits(1, 512, 8), (2, 4, [2, 8, 1]));
+}
+
+/// The Hopper kernel (cuda/attention_sm90a.cu) on every mask builder, ragged lengths, GQA,
+/// both head dimensions and query blocks, bf16, strided tensors and non-finite inputs: the
+/// kernel's own source, its descriptors and tensor maps decoded as the hardware would.
+#[test]
+fn hopper_kernel_on_every_mask() {
+    let masks = [
+        MaskKind::Dense,
+        MaskKind::Causal,
+        MaskKind::Window(100, true),
+        MaskKind::Streaming(64, 64),
+        MaskKind::BigBird(1, 1, 1),
+        MaskKind::EmptyRows,
+    ];
+    for (i, mask) in masks.into_iter().enumerate() {
+        check_hopper(
+            &Case {
+                mask,
+                ..Case::new(200, 200)
+            },
+            ORDERS[i % 3],
+        );
+    }
+}
+
+#[test]
+fn hopper_kernel_ragged_types_dims_blocks_and_strides() {
+    let cases = [
+        // One query of two heads that do not share K and V (shared, a plan packs them: the
+        // portable kernel's decode path).
+        Case {
+            heads_kv: 2,
+            ..Case::new(1, 1)
+        },
+        Case {
+            non_finite: true,
+            mask: MaskKind::Dense,
+            ..Case::new(100, 300)
+        },
+        Case {
+            heads_q: 4,
+            heads_kv: 2,
+            batch: 2,
+            ..Case::new(65, 129)
+        },
+        Case {
+            mask: MaskKind::Causal,
+            ..Case::new(80, 129)
+        },
+        Case {
+            bf16: true,
+            d: 128,
+            block: 128,
+            strided: true,
+            ..Case::new(150, 190)
+        },
+        Case {
+            d: 128,
+            block: 64,
+            ..Case::new(150, 190)
+        },
+        Case {
+            bf16: true,
+            block: 128,
+            mask: MaskKind::Window(70, false),
+            ..Case::new(130, 260)
+        },
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        check_hopper(&case, ORDERS[i % 3]);
+    }
 }

@@ -2,9 +2,6 @@
 //! once ([`TensorMap`]), checked against the rules of `cuTensorMapEncodeTiled` with a typed
 //! error, and encoded by the driver for a GPU or in the CPU emulator's own format
 //! (`TfEmulatedTensorMap`, abi.h) for its tests.
-// The sm_90a attention launcher (issue 22) is the first user; until it lands, the emulator's
-// model tests and this module's own are.
-#![allow(dead_code)]
 
 use cudarc::driver::sys;
 
@@ -18,13 +15,13 @@ pub(crate) enum TmaElement {
     Bf16,
 }
 
-/// How a box lands in shared memory: packed rows, or rows of the swizzle's span with their
-/// 16-byte chunks permuted as wgmma's descriptors of the same mode read them.
+/// How a box lands in shared memory: packed rows, or rows of 128 bytes with their 16-byte
+/// chunks permuted as wgmma's descriptors of the 128-byte swizzle read them (the kernels' one
+/// mode; the emulator's tests also load unswizzled boxes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TmaSwizzle {
+    #[cfg_attr(not(test), allow(dead_code))]
     None,
-    B32,
-    B64,
     B128,
 }
 
@@ -33,18 +30,15 @@ impl TmaSwizzle {
     fn span(self) -> Option<u64> {
         match self {
             TmaSwizzle::None => None,
-            TmaSwizzle::B32 => Some(32),
-            TmaSwizzle::B64 => Some(64),
             TmaSwizzle::B128 => Some(128),
         }
     }
 
     /// `CUtensorMapSwizzle`'s value.
+    #[cfg_attr(not(test), allow(dead_code))]
     fn code(self) -> u32 {
         match self {
             TmaSwizzle::None => 0,
-            TmaSwizzle::B32 => 1,
-            TmaSwizzle::B64 => 2,
             TmaSwizzle::B128 => 3,
         }
     }
@@ -142,8 +136,6 @@ impl TensorMap {
         };
         let swizzle = match self.swizzle {
             TmaSwizzle::None => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
-            TmaSwizzle::B32 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B,
-            TmaSwizzle::B64 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
             TmaSwizzle::B128 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
         };
         let element_strides = vec![1u32; self.dims.len()];

@@ -1,0 +1,309 @@
+// Block-sparse attention forward for Hopper (sm_90a): the portable kernel's semantics
+// (cuda/attention.cu) on wgmma and TMA, with warp specialization.
+//
+// A block owns BM = 64 * Consumers query rows of one head (one mask query block) and has
+// Consumers + 1 warpgroups. Warpgroup 0 is the producer: it gives up registers (setmaxnreg)
+// and one thread walks the block's key tiles (the mask's partial blocks first, then full, 64
+// keys a tile) issuing TMA loads of Q once and of each tile's K and V into a ring of `stages`
+// stages, each completing its own mbarrier, and waiting for a stage's release before it
+// loads it again. Each consumer warpgroup (64 rows; more registers) runs S = Q·Kᵀ as wgmma
+// from shared memory (Q and K K-major, 128-byte swizzle, as TMA leaves them), masks and
+// applies the online softmax in registers, then O += P·V with P from registers (S's
+// accumulators are P's A fragments) and V N-major, and releases the stage. Q, K and V are
+// read through tensor maps of [b, l, h, d] tensors with any strides the portable kernel
+// takes (multiples of 8 elements), in boxes of 64 rows by 64 columns (128 bytes: the swizzle's
+// span; d = 128 takes two); rows past lq or lk load as zeros. The element mask is decided per
+// warp and tile as in the portable kernel. (This version waits for each wgmma before the next
+// step: no overlap of one warpgroup's softmax with the other's GEMMs yet.)
+#include "abi.h"
+#include "attention/common.cuh"
+#include "common/hopper.cuh"
+#include "common/mma.cuh"
+#include "common/pipeline.cuh"
+#include "common/types.cuh"
+
+#include <cstdint>
+
+namespace {
+
+using namespace attention_common;
+
+constexpr uint32_t kKv = TF_ATTENTION_KV_TILE;  // keys per tile
+constexpr uint32_t kBox = 64 * 64 * 2;          // one TMA box: 64 rows of 64 values, swizzled
+constexpr uint32_t kBarriers = 1024;            // the mbarriers' share of shared memory
+
+// The wgmma shapes of one element type: S (64 x 64, K-major operands from shared memory) and
+// O += P·V (64 x D, P from registers, V N-major).
+template <class In>
+struct Gemms;
+template <>
+struct Gemms<tf::F16> {
+    static __device__ __forceinline__ void s(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
+        tf::wgmma_m64n64k16_f16_ss<0>(d, a, b, accumulate);
+    }
+    static __device__ __forceinline__ void pv(float (&o)[32], const uint32_t (&p)[4], uint64_t v) {
+        tf::wgmma_m64n64k16_f16_rs<1>(o, p, v, true);
+    }
+    static __device__ __forceinline__ void pv(float (&o)[64], const uint32_t (&p)[4], uint64_t v) {
+        tf::wgmma_m64n128k16_f16_rs<1>(o, p, v, true);
+    }
+};
+template <>
+struct Gemms<tf::BF16> {
+    static __device__ __forceinline__ void s(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
+        tf::wgmma_m64n64k16_bf16_ss<0>(d, a, b, accumulate);
+    }
+    static __device__ __forceinline__ void pv(float (&o)[32], const uint32_t (&p)[4], uint64_t v) {
+        tf::wgmma_m64n64k16_bf16_rs<1>(o, p, v, true);
+    }
+    static __device__ __forceinline__ void pv(float (&o)[64], const uint32_t (&p)[4], uint64_t v) {
+        tf::wgmma_m64n128k16_bf16_rs<1>(o, p, v, true);
+    }
+};
+
+// The descriptor of k step `step` (16 columns) of a K-major tile of 64 rows x D stored as
+// D / 64 boxes of [64 rows][64 columns].
+__device__ __forceinline__ uint64_t k_major(uint32_t tile, uint32_t step) {
+    return tf::matrix_descriptor(tile + (step / 4) * kBox + (step % 4) * 32, 16, 1024, tf::Swizzle::B128);
+}
+
+// The descriptor of k step `step` (16 keys) of V's tile, N-major: rows are keys, each box holds
+// 64 of d's columns; the next box is the next 64 columns.
+__device__ __forceinline__ uint64_t n_major(uint32_t tile, uint32_t step) {
+    return tf::matrix_descriptor(tile + step * 16 * 128, kBox, 1024, tf::Swizzle::B128);
+}
+
+// The block's share of shared memory and its barriers: mbarriers in the first 1 KiB (Q full;
+// K full, V full and empty per stage), then Consumers Q tiles, then per stage a K and a V tile,
+// every tile 1024-byte aligned.
+template <int D, int Consumers>
+struct Layout {
+    static constexpr uint32_t kTile = (D / 64) * kBox;  // 64 rows x D
+    uint32_t base, stages;
+
+    __device__ uint32_t q_full() const { return base; }
+    __device__ uint32_t k_full(uint32_t s) const { return base + 8 * (1 + s); }
+    __device__ uint32_t v_full(uint32_t s) const { return base + 8 * (1 + stages + s); }
+    __device__ uint32_t empty(uint32_t s) const { return base + 8 * (1 + 2 * stages + s); }
+    __device__ uint32_t q_tile(uint32_t consumer) const { return base + kBarriers + consumer * kTile; }
+    __device__ uint32_t k_tile(uint32_t s) const { return q_tile(Consumers) + 2 * s * kTile; }
+    __device__ uint32_t v_tile(uint32_t s) const { return k_tile(s) + kTile; }
+};
+
+// Where tile t of the block's list lies: its first key, and whether its block is partial.
+struct Tile {
+    uint32_t key0;
+    bool partial;
+};
+
+struct TileList {
+    const uint32_t *partial, *full;
+    uint32_t n_partial, tiles_per_block, block_n;
+
+    __device__ Tile at(uint32_t t) const {
+        const uint32_t n = t / tiles_per_block;
+        const bool is_partial = n < n_partial;
+        const uint32_t block = is_partial ? partial[n] : full[n - n_partial];
+        return {block * block_n + (t % tiles_per_block) * kKv, is_partial};
+    }
+};
+
+// The producer: Q once, then each tile's K and V into the ring, a stage reused once the
+// consumers have released it.
+template <int D, int Consumers>
+__device__ __forceinline__ void produce(const TfAttentionSm90aParams &params, const Layout<D, Consumers> &l,
+                                        const TileList &list, uint32_t tiles, uint32_t first_row, uint32_t head,
+                                        uint32_t kv_head, uint32_t batch) {
+    constexpr uint32_t kTile = Layout<D, Consumers>::kTile;
+    tf::mbarrier_expect_tx(l.q_full(), Consumers * kTile);
+    for (uint32_t c = 0; c < Consumers; ++c)
+        for (uint32_t box = 0; box < D / 64; ++box)
+            tf::tma_load_4d(l.q_tile(c) + box * kBox, &params.q_map, box * 64, first_row + 64 * c, head, batch,
+                            l.q_full());
+    tf::mbarrier_arrive(l.q_full());
+    for (uint32_t t = 0; t < tiles; ++t) {
+        const uint32_t s = t % l.stages, use = t / l.stages;
+        if (use > 0) tf::mbarrier_wait(l.empty(s), (use - 1) & 1);
+        const uint32_t key0 = list.at(t).key0;
+        tf::mbarrier_expect_tx(l.k_full(s), kTile);
+        for (uint32_t box = 0; box < D / 64; ++box)
+            tf::tma_load_4d(l.k_tile(s) + box * kBox, &params.k_map, box * 64, key0, kv_head, batch, l.k_full(s));
+        tf::mbarrier_arrive(l.k_full(s));
+        tf::mbarrier_expect_tx(l.v_full(s), kTile);
+        for (uint32_t box = 0; box < D / 64; ++box)
+            tf::tma_load_4d(l.v_tile(s) + box * kBox, &params.v_map, box * 64, key0, kv_head, batch, l.v_full(s));
+        tf::mbarrier_arrive(l.v_full(s));
+    }
+}
+
+// One consumer warpgroup: rows first_row + 64 consumer .. + 63 (warp w: 16 of them).
+template <class In, int D, int Consumers>
+__device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout<D, Consumers> &l,
+                                        const TileList &list, uint32_t tiles, uint32_t consumer,
+                                        uint32_t first_row, uint32_t head, uint32_t batch) {
+    const uint32_t t_in_group = threadIdx.x % 128, warp = t_in_group / 32, lane = t_in_group % 32;
+    const uint32_t warp_row0 = first_row + 64 * consumer + 16 * warp;
+    const uint32_t query[2] = {warp_row0 + lane / 4, warp_row0 + lane / 4 + 8};
+    const bool has_rows = warp_row0 < p.lq;
+    const int64_t shift = int64_t(p.lk) - p.lq;
+    const uint32_t last_query = min(warp_row0 + 15, p.lq - 1);
+    const Allowed allowed = allowed_distances(p.element, p.window);
+
+    float o[D / 2];
+#pragma unroll
+    for (float &v : o) v = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
+    tf::mbarrier_wait(l.q_full(), 0);
+
+    for (uint32_t t = 0; t < tiles; ++t) {
+        const uint32_t s = t % l.stages, parity = (t / l.stages) & 1;
+        const Tile tile = list.at(t);
+        tf::mbarrier_wait(l.k_full(s), parity);
+        float sc[32];  // S's 64 x 64 accumulators: key group j = i / 4, C element i % 4
+        tf::wgmma_fence();
+#pragma unroll
+        for (uint32_t step = 0; step < D / 16; ++step)
+            Gemms<In>::s(sc, k_major(l.q_tile(consumer), step), k_major(l.k_tile(s), step), step > 0);
+        tf::wgmma_commit();
+        tf::wgmma_wait<0>();
+
+        // Mask, scale to base 2, and the online softmax of the thread's two rows.
+        if (has_rows) {
+            const int64_t nearest = int64_t(warp_row0) + shift - (tile.key0 + kKv - 1);
+            const int64_t farthest = int64_t(last_query) + shift - tile.key0;
+            const Coverage covered = coverage_of(allowed, tile.partial, nearest, farthest, tile.key0 + kKv > p.lk);
+#pragma unroll
+            for (uint32_t i = 0; i < 32; ++i) {
+                bool ok = covered == Coverage::kAll;
+                if (covered == Coverage::kSome) {
+                    const uint32_t key = tile.key0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
+                    ok = key < p.lk && (!tile.partial || allowed.contains(int64_t(query[(i / 2) % 2]) + shift - key));
+                }
+                sc[i] = ok ? nan_unless_finite(sc[i]) * p.scale_log2 : -INFINITY;
+            }
+#pragma unroll
+            for (uint32_t r = 0; r < 2; ++r) {
+                float tile_max = -INFINITY;
+#pragma unroll
+                for (uint32_t j = 0; j < kKv / 8; ++j)
+                    tile_max = fmaxf(tile_max, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+                const float new_max = fmaxf(row_max[r], tile_max);
+                const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
+                const float correction = tf::exp2_approx(row_max[r] - base);
+                row_max[r] = new_max;
+                row_sum[r] *= correction;
+#pragma unroll
+                for (uint32_t n = 0; n < D / 8; ++n) {
+                    o[4 * n + 2 * r] *= correction;
+                    o[4 * n + 2 * r + 1] *= correction;
+                }
+#pragma unroll
+                for (uint32_t j = 0; j < kKv / 8; ++j) {
+                    sc[4 * j + 2 * r] = tf::exp2_approx(sc[4 * j + 2 * r] - base);
+                    sc[4 * j + 2 * r + 1] = tf::exp2_approx(sc[4 * j + 2 * r + 1] - base);
+                    row_sum[r] += sc[4 * j + 2 * r] + sc[4 * j + 2 * r + 1];
+                }
+            }
+        }
+
+        // O += P · V, P's A fragment of keys 16 step .. + 15 from S's accumulators.
+        tf::mbarrier_wait(l.v_full(s), parity);
+        tf::wgmma_fence();
+#pragma unroll
+        for (uint32_t step = 0; step < kKv / 16; ++step) {
+            const uint32_t a[4] = {In::pack(sc[8 * step + 0], sc[8 * step + 1]), In::pack(sc[8 * step + 2], sc[8 * step + 3]),
+                                   In::pack(sc[8 * step + 4], sc[8 * step + 5]), In::pack(sc[8 * step + 6], sc[8 * step + 7])};
+            Gemms<In>::pv(o, a, n_major(l.v_tile(s), step));
+        }
+        tf::wgmma_commit();
+        tf::wgmma_wait<0>();
+        // The warp has read stage s (K and V): one arrival of each consumer warp frees it.
+        __syncwarp();
+        if (lane == 0) tf::mbarrier_arrive(l.empty(s));
+    }
+
+    uint16_t *out = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b + head * p.o_stride_h;
+    float *lse = reinterpret_cast<float *>(p.lse);
+#pragma unroll
+    for (uint32_t r = 0; r < 2; ++r) {
+        float sum = row_sum[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (query[r] >= p.lq) continue;
+        // As the portable kernel: a row without keys gets o = 0 and lse = −inf; a non-finite
+        // score makes the row's o and lse NaN.
+        const bool seen = sum != 0.0f;
+        const float inverse = 1.0f / sum;
+        uint16_t *o_row = out + query[r] * p.o_stride_l;
+#pragma unroll
+        for (uint32_t n = 0; n < D / 8; ++n) {
+            const uint32_t col = n * 8 + (lane % 4) * 2;
+            *reinterpret_cast<uint32_t *>(o_row + col) =
+                seen ? In::pack(nan_unless_finite(o[4 * n + 2 * r] * inverse),
+                                nan_unless_finite(o[4 * n + 2 * r + 1] * inverse))
+                     : 0u;
+        }
+        if (lse != nullptr && lane % 4 == 0)
+            lse[(size_t(batch) * p.heads_q + head) * p.lq + query[r]] =
+                seen ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+    }
+}
+
+template <class In, int D, int Consumers>
+__device__ __forceinline__ void attention_sm90a(const TfAttentionSm90aParams &params) {
+    const TfAttentionParams &p = params.base;
+    const uint32_t raw = tf::smem_addr(tf::dynamic_shared());
+    const Layout<D, Consumers> l{(raw + 1023) & ~1023u, p.stages};
+    const uint32_t warpgroup = threadIdx.x / 128;
+    const uint32_t row_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+    const uint32_t first_row = row_block * 64 * Consumers;
+    const uint32_t kv_head = head / (p.heads_q / p.heads_kv);
+
+    const uint32_t *partial_offsets = reinterpret_cast<const uint32_t *>(p.partial_offsets);
+    const uint32_t *full_offsets = reinterpret_cast<const uint32_t *>(p.full_offsets);
+    const uint32_t mask_row =
+        ((p.mask_batch == 1 ? 0 : batch) * p.mask_heads + (p.mask_heads == 1 ? 0 : head)) * p.q_blocks + row_block;
+    const TileList list{reinterpret_cast<const uint32_t *>(p.partial) + partial_offsets[mask_row],
+                        reinterpret_cast<const uint32_t *>(p.full) + full_offsets[mask_row],
+                        partial_offsets[mask_row + 1] - partial_offsets[mask_row], p.block_n / kKv, p.block_n};
+    const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
+    const uint32_t tiles = (list.n_partial + n_full) * list.tiles_per_block;
+
+    if (threadIdx.x == 0) {
+        tf::mbarrier_init(l.q_full(), 1);
+        for (uint32_t s = 0; s < p.stages; ++s) {
+            tf::mbarrier_init(l.k_full(s), 1);
+            tf::mbarrier_init(l.v_full(s), 1);
+            tf::mbarrier_init(l.empty(s), 4 * Consumers);
+        }
+        tf::mbarrier_init_fence();
+    }
+    __syncthreads();
+    if (warpgroup == 0) {
+        tf::setmaxnreg_dec<Consumers == 2 ? 24 : 56>();
+        if (threadIdx.x == 0) produce<D, Consumers>(params, l, list, tiles, first_row, head, kv_head, batch);
+        return;
+    }
+    tf::setmaxnreg_inc<Consumers == 2 ? 240 : 256>();
+    consume<In, D, Consumers>(p, l, list, tiles, warpgroup - 1, first_row, head, batch);
+}
+
+}  // namespace
+
+#define TF_ATTENTION_SM90A_KERNEL(in, In, d, bm)                                                   \
+    extern "C" __global__ void __launch_bounds__((bm / 64 + 1) * 128, 1)                           \
+        tilefuse_attention_sm90a_##in##_d##d##_bm##bm(const __grid_constant__ TfAttentionSm90aParams p) { \
+        attention_sm90a<In, d, bm / 64>(p);                                                        \
+    }
+
+TF_ATTENTION_SM90A_KERNEL(f16, tf::F16, 64, 64)
+TF_ATTENTION_SM90A_KERNEL(f16, tf::F16, 64, 128)
+TF_ATTENTION_SM90A_KERNEL(f16, tf::F16, 128, 64)
+TF_ATTENTION_SM90A_KERNEL(f16, tf::F16, 128, 128)
+TF_ATTENTION_SM90A_KERNEL(bf16, tf::BF16, 64, 64)
+TF_ATTENTION_SM90A_KERNEL(bf16, tf::BF16, 64, 128)
+TF_ATTENTION_SM90A_KERNEL(bf16, tf::BF16, 128, 64)
+TF_ATTENTION_SM90A_KERNEL(bf16, tf::BF16, 128, 128)
