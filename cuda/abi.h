@@ -343,8 +343,11 @@ typedef struct TfAttentionParams {
  * unused). Q, K and V are read through q_map, k_map, v_map: tensor maps of the 4-D tensors
  * (d, l, h, b) (innermost first; dimension sizes d, lq or lk, heads, batch; byte strides of l,
  * h and b), 16-bit elements, boxes of (64, 64, 1, 1), 128-byte swizzle, out-of-bounds elements
- * zero. Grid: (ceil(lq / BM), hq, b); (BM / 64 + 1) * 128 threads: a producer warpgroup and
- * BM / 64 consumer warpgroups. `stages` (2 or 3) K/V tiles in flight. Dynamic shared memory:
+ * zero. Work items: (query block, head, batch) for every query block of BM rows (q_blocks of
+ * them), head and batch row, taken longest first: item w is query block q_blocks - 1 - w /
+ * (hq * b), head w % (hq * b) % hq, batch row w % (hq * b) / hq. Grid: any number of blocks
+ * in x up to the items (persistent: block x takes items x, x + grid, ...); (BM / 64 + 1) * 128
+ * threads: a producer warpgroup and BM / 64 consumer warpgroups. `stages` (2 or 3) K/V tiles in flight. Dynamic shared memory:
  * 2048 + (BM + 2 * stages * 64) * d * 2 bytes (1 KiB of mbarriers, and up to 1 KiB to align
  * the tiles to 1024 bytes).
  */

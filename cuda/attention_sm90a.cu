@@ -1,20 +1,23 @@
 // Block-sparse attention forward for Hopper (sm_90a): the portable kernel's semantics
 // (cuda/attention.cu) on wgmma and TMA, with warp specialization.
 //
-// A block owns BM = 64 * Consumers query rows of one head (one mask query block) and has
-// Consumers + 1 warpgroups. Warpgroup 0 is the producer: it gives up registers (setmaxnreg)
-// and one thread walks the block's key tiles (the mask's partial blocks first, then full, 64
-// keys a tile) issuing TMA loads of Q once and of each tile's K and V into a ring of `stages`
-// stages, each completing its own mbarrier, and waiting for a stage's release before it
-// loads it again. Each consumer warpgroup (64 rows; more registers) runs S = Q·Kᵀ as wgmma
-// from shared memory (Q and K K-major, 128-byte swizzle, as TMA leaves them), masks and
-// applies the online softmax in registers, then O += P·V with P from registers (S's
-// accumulators are P's A fragments) and V N-major, and releases the stage. Q, K and V are
-// read through tensor maps of [b, l, h, d] tensors with any strides the portable kernel
-// takes (multiples of 8 elements), in boxes of 64 rows by 64 columns (128 bytes: the swizzle's
-// span; d = 128 takes two); rows past lq or lk load as zeros. The element mask is decided per
-// warp and tile as in the portable kernel. (This version waits for each wgmma before the next
-// step: no overlap of one warpgroup's softmax with the other's GEMMs yet.)
+// The grid is persistent: a block takes work items (a query block of BM = 64 * Consumers rows
+// of one head and batch row) in a fixed order, longest first where the mask makes later query
+// blocks longer (causal, windows). It has Consumers + 1 warpgroups. Warpgroup 0 is the
+// producer: it gives up registers (setmaxnreg) and one thread walks each item's key tiles (the
+// mask's partial blocks first, then full, 64 keys a tile), issuing TMA loads of the item's Q
+// once the consumers are done with the last item's, and of each tile's K and V into a ring of
+// `stages` stages, each completing its own mbarrier, a stage reloaded once released. Each
+// consumer warpgroup (64 rows; more registers) runs S = Q·Kᵀ as wgmma from shared memory (Q
+// and K K-major, 128-byte swizzle, as TMA leaves them), masks and applies the online softmax
+// in registers, then O += P·V with P from registers (S's accumulators are P's A fragments)
+// and V N-major, and releases the stage. Two consumer warpgroups take turns issuing their
+// GEMMs (named barriers), so that one's softmax runs while the other's GEMMs do. Q, K and V
+// are read through tensor maps of [b, l, h, d] tensors with any strides the portable kernel
+// takes (multiples of 8 elements), in boxes of 64 rows by 64 columns (128 bytes: the
+// swizzle's span; d = 128 takes two); rows past lq or lk load as zeros. The element mask is
+// decided per warp and tile as in the portable kernel. (Within a warpgroup, each GEMM is
+// waited for before the next step: the next tile's S is not yet issued during the softmax.)
 #include "abi.h"
 #include "attention/common.cuh"
 #include "common/hopper.cuh"
@@ -73,8 +76,8 @@ __device__ __forceinline__ uint64_t n_major(uint32_t tile, uint32_t step) {
     return tf::matrix_descriptor(tile + step * 16 * 128, kBox, 1024, tf::Swizzle::B128);
 }
 
-// The block's share of shared memory and its barriers: mbarriers in the first 1 KiB (Q full;
-// K full, V full and empty per stage), then Consumers Q tiles, then per stage a K and a V tile,
+// The block's share of shared memory and its barriers: mbarriers in the first 1 KiB (Q full and
+// empty; K full, V full and empty per stage), then Consumers Q tiles, then per stage a K and a V tile,
 // every tile 1024-byte aligned.
 template <int D, int Consumers>
 struct Layout {
@@ -82,9 +85,10 @@ struct Layout {
     uint32_t base, stages;
 
     __device__ uint32_t q_full() const { return base; }
-    __device__ uint32_t k_full(uint32_t s) const { return base + 8 * (1 + s); }
-    __device__ uint32_t v_full(uint32_t s) const { return base + 8 * (1 + stages + s); }
-    __device__ uint32_t empty(uint32_t s) const { return base + 8 * (1 + 2 * stages + s); }
+    __device__ uint32_t q_empty() const { return base + 8; }
+    __device__ uint32_t k_full(uint32_t s) const { return base + 8 * (2 + s); }
+    __device__ uint32_t v_full(uint32_t s) const { return base + 8 * (2 + stages + s); }
+    __device__ uint32_t empty(uint32_t s) const { return base + 8 * (2 + 2 * stages + s); }
     __device__ uint32_t q_tile(uint32_t consumer) const { return base + kBarriers + consumer * kTile; }
     __device__ uint32_t k_tile(uint32_t s) const { return q_tile(Consumers) + 2 * s * kTile; }
     __device__ uint32_t v_tile(uint32_t s) const { return k_tile(s) + kTile; }
@@ -108,41 +112,109 @@ struct TileList {
     }
 };
 
-// The producer: Q once, then each tile's K and V into the ring, a stage reused once the
-// consumers have released it.
+// One work item: a query block (BM rows) of one head of one batch row, its key tiles and where
+// they start in the block's count of tiles (stages and phases run on across items).
+struct Item {
+    uint32_t row_block, head, batch, kv_head;
+    TileList list;
+    uint32_t tiles;
+};
+
+// Work item `w` of the persistent grid, longest first where the mask makes later query
+// blocks longer (causal, windows): query blocks from the last, each for every head and batch
+// row.
+__device__ __forceinline__ Item item_at(const TfAttentionParams &p, uint32_t w) {
+    const uint32_t per_block = p.heads_q * p.batch;
+    Item it;
+    it.row_block = p.q_blocks - 1 - w / per_block;
+    it.head = w % per_block % p.heads_q;
+    it.batch = w % per_block / p.heads_q;
+    it.kv_head = it.head / (p.heads_q / p.heads_kv);
+    const uint32_t *partial_offsets = reinterpret_cast<const uint32_t *>(p.partial_offsets);
+    const uint32_t *full_offsets = reinterpret_cast<const uint32_t *>(p.full_offsets);
+    const uint32_t mask_row = ((p.mask_batch == 1 ? 0 : it.batch) * p.mask_heads +
+                               (p.mask_heads == 1 ? 0 : it.head)) * p.q_blocks + it.row_block;
+    it.list = {reinterpret_cast<const uint32_t *>(p.partial) + partial_offsets[mask_row],
+               reinterpret_cast<const uint32_t *>(p.full) + full_offsets[mask_row],
+               partial_offsets[mask_row + 1] - partial_offsets[mask_row], p.block_n / kKv, p.block_n};
+    const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
+    it.tiles = (it.list.n_partial + n_full) * it.list.tiles_per_block;
+    return it;
+}
+
+// The launch's work items (block x takes items x, x + gridDim.x, ...).
+__device__ __forceinline__ uint32_t item_count(const TfAttentionParams &p) {
+    return p.q_blocks * p.heads_q * p.batch;
+}
+
+// Tile `i` of item `it`, the block's tile `t`: its K and V into stage t % stages once the
+// consumers released that stage's last use.
 template <int D, int Consumers>
-__device__ __forceinline__ void produce(const TfAttentionSm90aParams &params, const Layout<D, Consumers> &l,
-                                        const TileList &list, uint32_t tiles, uint32_t first_row, uint32_t head,
-                                        uint32_t kv_head, uint32_t batch) {
+__device__ __forceinline__ void produce_tile(const TfAttentionSm90aParams &params, const Layout<D, Consumers> &l,
+                                             const Item &it, uint32_t i, uint32_t t) {
     constexpr uint32_t kTile = Layout<D, Consumers>::kTile;
-    tf::mbarrier_expect_tx(l.q_full(), Consumers * kTile);
-    for (uint32_t c = 0; c < Consumers; ++c)
-        for (uint32_t box = 0; box < D / 64; ++box)
-            tf::tma_load_4d(l.q_tile(c) + box * kBox, &params.q_map, box * 64, first_row + 64 * c, head, batch,
-                            l.q_full());
-    tf::mbarrier_arrive(l.q_full());
-    for (uint32_t t = 0; t < tiles; ++t) {
-        const uint32_t s = t % l.stages, use = t / l.stages;
-        if (use > 0) tf::mbarrier_wait(l.empty(s), (use - 1) & 1);
-        const uint32_t key0 = list.at(t).key0;
-        tf::mbarrier_expect_tx(l.k_full(s), kTile);
-        for (uint32_t box = 0; box < D / 64; ++box)
-            tf::tma_load_4d(l.k_tile(s) + box * kBox, &params.k_map, box * 64, key0, kv_head, batch, l.k_full(s));
-        tf::mbarrier_arrive(l.k_full(s));
-        tf::mbarrier_expect_tx(l.v_full(s), kTile);
-        for (uint32_t box = 0; box < D / 64; ++box)
-            tf::tma_load_4d(l.v_tile(s) + box * kBox, &params.v_map, box * 64, key0, kv_head, batch, l.v_full(s));
-        tf::mbarrier_arrive(l.v_full(s));
+    const uint32_t s = t % l.stages, use = t / l.stages;
+    if (use > 0) tf::mbarrier_wait(l.empty(s), (use - 1) & 1);
+    const uint32_t key0 = it.list.at(i).key0;
+    tf::mbarrier_expect_tx(l.k_full(s), kTile);
+    for (uint32_t box = 0; box < D / 64; ++box)
+        tf::tma_load_4d(l.k_tile(s) + box * kBox, &params.k_map, box * 64, key0, it.kv_head, it.batch, l.k_full(s));
+    tf::mbarrier_arrive(l.k_full(s));
+    tf::mbarrier_expect_tx(l.v_full(s), kTile);
+    for (uint32_t box = 0; box < D / 64; ++box)
+        tf::tma_load_4d(l.v_tile(s) + box * kBox, &params.v_map, box * 64, key0, it.kv_head, it.batch, l.v_full(s));
+    tf::mbarrier_arrive(l.v_full(s));
+}
+
+// The producer: each item's Q once the consumers are done with the last one's, then each
+// tile's K and V into the ring, a stage reused once the consumers have released it.
+template <int D, int Consumers>
+__device__ __forceinline__ void produce(const TfAttentionSm90aParams &params, const Layout<D, Consumers> &l) {
+    constexpr uint32_t kTile = Layout<D, Consumers>::kTile;
+    const TfAttentionParams &p = params.base;
+    uint32_t t = 0;  // the block's tiles so far
+    for (uint32_t w = blockIdx.x, round = 0; w < item_count(p); w += gridDim.x, ++round) {
+        const Item it = item_at(p, w);
+        const uint32_t first_row = it.row_block * 64 * Consumers;
+        if (round > 0) tf::mbarrier_wait(l.q_empty(), (round - 1) & 1);
+        tf::mbarrier_expect_tx(l.q_full(), Consumers * kTile);
+        for (uint32_t c = 0; c < Consumers; ++c)
+            for (uint32_t box = 0; box < D / 64; ++box)
+                tf::tma_load_4d(l.q_tile(c) + box * kBox, &params.q_map, box * 64, first_row + 64 * c, it.head,
+                                it.batch, l.q_full());
+        tf::mbarrier_arrive(l.q_full());
+        for (uint32_t i = 0; i < it.tiles; ++i, ++t)
+            produce_tile<D, Consumers>(params, l, it, i, t);
     }
 }
 
-// One consumer warpgroup: rows first_row + 64 consumer .. + 63 (warp w: 16 of them).
+// Ping-pong between two consumer warpgroups: each issues its GEMMs in its turn (named barrier
+// 1 + its index, 256 threads: its own 128 waiting and the other's 128 arriving) and hands the
+// turn over once they are issued, so that one's softmax runs while the other's GEMMs do. The
+// second warpgroup gives the first its first turn.
+template <int Consumers>
+struct Turns {
+    uint32_t consumer;
+    __device__ void start() const {
+        if (Consumers == 2 && consumer == 1) tf::named_barrier_arrive(1, 256);
+    }
+    __device__ void take() const {
+        if (Consumers == 2) tf::named_barrier_sync(1 + consumer, 256);
+    }
+    __device__ void hand_over() const {
+        if (Consumers == 2) tf::named_barrier_arrive(2 - consumer, 256);
+    }
+};
+
+// One consumer warpgroup's part of item `it` (its 64 rows; warp w 16 of them), the block's
+// tiles counted on from `t`.
 template <class In, int D, int Consumers>
-__device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout<D, Consumers> &l,
-                                        const TileList &list, uint32_t tiles, uint32_t consumer,
-                                        uint32_t first_row, uint32_t head, uint32_t batch) {
+__device__ __forceinline__ void consume_item(const TfAttentionParams &p, const Layout<D, Consumers> &l,
+                                             const Item &it, uint32_t round, uint32_t &t,
+                                             const Turns<Consumers> &turns) {
+    const uint32_t consumer = turns.consumer;
     const uint32_t t_in_group = threadIdx.x % 128, warp = t_in_group / 32, lane = t_in_group % 32;
-    const uint32_t warp_row0 = first_row + 64 * consumer + 16 * warp;
+    const uint32_t warp_row0 = it.row_block * 64 * Consumers + 64 * consumer + 16 * warp;
     const uint32_t query[2] = {warp_row0 + lane / 4, warp_row0 + lane / 4 + 8};
     const bool has_rows = warp_row0 < p.lq;
     const int64_t shift = int64_t(p.lk) - p.lq;
@@ -154,19 +226,26 @@ __device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout
     for (float &v : o) v = 0.0f;
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
-    tf::mbarrier_wait(l.q_full(), 0);
+    tf::mbarrier_wait(l.q_full(), round & 1);
 
-    for (uint32_t t = 0; t < tiles; ++t) {
+    for (uint32_t i = 0; i < it.tiles; ++i, ++t) {
         const uint32_t s = t % l.stages, parity = (t / l.stages) & 1;
-        const Tile tile = list.at(t);
+        const Tile tile = it.list.at(i);
         tf::mbarrier_wait(l.k_full(s), parity);
         float sc[32];  // S's 64 x 64 accumulators: key group j = i / 4, C element i % 4
+        turns.take();
         tf::wgmma_fence();
 #pragma unroll
         for (uint32_t step = 0; step < D / 16; ++step)
             Gemms<In>::s(sc, k_major(l.q_tile(consumer), step), k_major(l.k_tile(s), step), step > 0);
         tf::wgmma_commit();
+        turns.hand_over();
         tf::wgmma_wait<0>();
+        // The item's last S has read Q: one arrival of each consumer warp lets the next in.
+        if (i + 1 == it.tiles) {
+            __syncwarp();
+            if (lane == 0) tf::mbarrier_arrive(l.q_empty());
+        }
 
         // Mask, scale to base 2, and the online softmax of the thread's two rows.
         if (has_rows) {
@@ -174,13 +253,13 @@ __device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout
             const int64_t farthest = int64_t(last_query) + shift - tile.key0;
             const Coverage covered = coverage_of(allowed, tile.partial, nearest, farthest, tile.key0 + kKv > p.lk);
 #pragma unroll
-            for (uint32_t i = 0; i < 32; ++i) {
+            for (uint32_t e = 0; e < 32; ++e) {
                 bool ok = covered == Coverage::kAll;
                 if (covered == Coverage::kSome) {
-                    const uint32_t key = tile.key0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
-                    ok = key < p.lk && (!tile.partial || allowed.contains(int64_t(query[(i / 2) % 2]) + shift - key));
+                    const uint32_t key = tile.key0 + (e / 4) * 8 + (lane % 4) * 2 + e % 2;
+                    ok = key < p.lk && (!tile.partial || allowed.contains(int64_t(query[(e / 2) % 2]) + shift - key));
                 }
-                sc[i] = ok ? nan_unless_finite(sc[i]) * p.scale_log2 : -INFINITY;
+                sc[e] = ok ? nan_unless_finite(sc[e]) * p.scale_log2 : -INFINITY;
             }
 #pragma unroll
             for (uint32_t r = 0; r < 2; ++r) {
@@ -211,6 +290,7 @@ __device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout
 
         // O += P · V, P's A fragment of keys 16 step .. + 15 from S's accumulators.
         tf::mbarrier_wait(l.v_full(s), parity);
+        turns.take();
         tf::wgmma_fence();
 #pragma unroll
         for (uint32_t step = 0; step < kKv / 16; ++step) {
@@ -219,13 +299,18 @@ __device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout
             Gemms<In>::pv(o, a, n_major(l.v_tile(s), step));
         }
         tf::wgmma_commit();
+        turns.hand_over();
         tf::wgmma_wait<0>();
         // The warp has read stage s (K and V): one arrival of each consumer warp frees it.
         __syncwarp();
         if (lane == 0) tf::mbarrier_arrive(l.empty(s));
     }
+    if (it.tiles == 0) {  // Q was never read; the producer may load the next item's
+        __syncwarp();
+        if (lane == 0) tf::mbarrier_arrive(l.q_empty());
+    }
 
-    uint16_t *out = reinterpret_cast<uint16_t *>(p.o) + batch * p.o_stride_b + head * p.o_stride_h;
+    uint16_t *out = reinterpret_cast<uint16_t *>(p.o) + it.batch * p.o_stride_b + it.head * p.o_stride_h;
     float *lse = reinterpret_cast<float *>(p.lse);
 #pragma unroll
     for (uint32_t r = 0; r < 2; ++r) {
@@ -247,9 +332,19 @@ __device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout
                      : 0u;
         }
         if (lse != nullptr && lane % 4 == 0)
-            lse[(size_t(batch) * p.heads_q + head) * p.lq + query[r]] =
+            lse[(size_t(it.batch) * p.heads_q + it.head) * p.lq + query[r]] =
                 seen ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
     }
+}
+
+// One consumer warpgroup: the block's items in turn.
+template <class In, int D, int Consumers>
+__device__ __forceinline__ void consume(const TfAttentionParams &p, const Layout<D, Consumers> &l, uint32_t consumer) {
+    const Turns<Consumers> turns{consumer};
+    turns.start();
+    uint32_t t = 0;  // the block's tiles so far
+    for (uint32_t w = blockIdx.x, round = 0; w < item_count(p); w += gridDim.x, ++round)
+        consume_item<In, D, Consumers>(p, l, item_at(p, w), round, t, turns);
 }
 
 template <class In, int D, int Consumers>
@@ -258,22 +353,9 @@ __device__ __forceinline__ void attention_sm90a(const TfAttentionSm90aParams &pa
     const uint32_t raw = tf::smem_addr(tf::dynamic_shared());
     const Layout<D, Consumers> l{(raw + 1023) & ~1023u, p.stages};
     const uint32_t warpgroup = threadIdx.x / 128;
-    const uint32_t row_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
-    const uint32_t first_row = row_block * 64 * Consumers;
-    const uint32_t kv_head = head / (p.heads_q / p.heads_kv);
-
-    const uint32_t *partial_offsets = reinterpret_cast<const uint32_t *>(p.partial_offsets);
-    const uint32_t *full_offsets = reinterpret_cast<const uint32_t *>(p.full_offsets);
-    const uint32_t mask_row =
-        ((p.mask_batch == 1 ? 0 : batch) * p.mask_heads + (p.mask_heads == 1 ? 0 : head)) * p.q_blocks + row_block;
-    const TileList list{reinterpret_cast<const uint32_t *>(p.partial) + partial_offsets[mask_row],
-                        reinterpret_cast<const uint32_t *>(p.full) + full_offsets[mask_row],
-                        partial_offsets[mask_row + 1] - partial_offsets[mask_row], p.block_n / kKv, p.block_n};
-    const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
-    const uint32_t tiles = (list.n_partial + n_full) * list.tiles_per_block;
-
     if (threadIdx.x == 0) {
         tf::mbarrier_init(l.q_full(), 1);
+        tf::mbarrier_init(l.q_empty(), 4 * Consumers);
         for (uint32_t s = 0; s < p.stages; ++s) {
             tf::mbarrier_init(l.k_full(s), 1);
             tf::mbarrier_init(l.v_full(s), 1);
@@ -284,11 +366,11 @@ __device__ __forceinline__ void attention_sm90a(const TfAttentionSm90aParams &pa
     __syncthreads();
     if (warpgroup == 0) {
         tf::setmaxnreg_dec<Consumers == 2 ? 24 : 56>();
-        if (threadIdx.x == 0) produce<D, Consumers>(params, l, list, tiles, first_row, head, kv_head, batch);
+        if (threadIdx.x == 0) produce<D, Consumers>(params, l);
         return;
     }
     tf::setmaxnreg_inc<Consumers == 2 ? 240 : 256>();
-    consume<In, D, Consumers>(p, l, list, tiles, warpgroup - 1, first_row, head, batch);
+    consume<In, D, Consumers>(p, l, warpgroup - 1);
 }
 
 }  // namespace

@@ -169,11 +169,8 @@ where
     }
     let plan = Plan::for_mask::<T>(cuda, shape, mask, scale)?;
     let hopper = HopperPlan::choose::<T>(cuda, &plan, workspace.kernel)?;
-    let shared = hopper
-        .as_ref()
-        .map_or(plan.shared_bytes, |h| h.shape().shared_bytes as usize);
     cuda.info()
-        .shared_memory("attention shared memory", shared)?;
+        .shared_memory("attention shared memory", plan.shared_bytes)?;
     let mut args = cuda.args();
     let buffers = [
         ("q", args.read(q)),
@@ -189,9 +186,21 @@ where
         args.read(&mask.full),
     ];
     let lse = lse.map_or(0, |lse| args.write(lse));
-    if let Some(hopper) = hopper {
+    // A map the driver will not encode sends `Auto` to the portable kernel.
+    let encoded = hopper.map(|hopper| {
         let buffers = buffers.map(|(_, address)| address);
-        let params = hopper.params::<T>(shape, buffers, lse, lists, TensorMap::encode)?;
+        let params = hopper.params::<T>(shape, buffers, lse, lists, TensorMap::encode);
+        (hopper, params)
+    });
+    let encoded = match encoded {
+        Some((_, Err(_))) if workspace.kernel == ForwardKernel::Auto => None,
+        Some((hopper, params)) => Some((hopper, params?)),
+        None => None,
+    };
+    if let Some((hopper, params)) = encoded {
+        let shared = hopper.shape().shared_bytes as usize;
+        cuda.info()
+            .shared_memory("attention shared memory (Hopper kernel)", shared)?;
         // SAFETY: TfAttentionSm90aParams is the Hopper kernel's parameter struct (abi.h): the
         // portable parameters, for which everything said below holds, with one split and heads
         // not packed (HopperPlan::choose), and tensor maps that the driver encoded for q, k

@@ -91,7 +91,11 @@ fn run<T: Float16>(
         _ => launch,
     };
     let (kernel, ran) = if setup.hopper {
-        let hopper = HopperPlan::of::<T>(&plan).expect("a plan the Hopper kernel takes");
+        // Two persistent blocks, so that a block serves several items and the items run
+        // in its order.
+        let hopper = HopperPlan::of::<T>(&plan)
+            .expect("a plan the Hopper kernel takes")
+            .with_blocks(2);
         let hopper_params = hopper.params::<T>(
             shape,
             [qa, ka, va, o.address()],
@@ -503,9 +507,11 @@ fn hopper_kernel_on_every_mask() {
         MaskKind::EmptyRows,
     ];
     for (i, mask) in masks.into_iter().enumerate() {
+        // Query blocks of 128 rows: two consumer warpgroups taking turns.
         check_hopper(
             &Case {
                 mask,
+                block: if i % 2 == 0 { 128 } else { 64 },
                 ..Case::new(200, 200)
             },
             ORDERS[i % 3],

@@ -30,6 +30,8 @@ pub enum ForwardKernel {
 pub(super) struct HopperPlan {
     pub(super) kernel: Kernel,
     pub(super) base: Plan,
+    /// The persistent grid's blocks (at most one per work item).
+    blocks: u32,
 }
 
 impl HopperPlan {
@@ -41,10 +43,21 @@ impl HopperPlan {
         }
         let d = usize::from(plan.d != 64);
         let block_m = usize::from(plan.mask.block_m != 64);
+        let items = plan.row_blocks * plan.groups * plan.batch;
         Some(HopperPlan {
             kernel: ids::attention_sm90a::ATTENTION_SM90A[T::DTYPE as usize][d][block_m],
             base: plan.clone(),
+            blocks: items,
         })
+    }
+
+    /// The plan with `blocks` persistent blocks (one per work item where there are fewer).
+    pub(super) fn with_blocks(self, blocks: u32) -> HopperPlan {
+        let items = self.base.row_blocks * self.base.groups * self.base.batch;
+        HopperPlan {
+            blocks: blocks.clamp(1, items.max(1)),
+            ..self
+        }
     }
 
     /// Whether `device` runs the Hopper kernel (compute capability 9.0).
@@ -63,9 +76,11 @@ impl HopperPlan {
         let device = cuda.info();
         let fits =
             |h: &HopperPlan| u64::from(h.shape().shared_bytes) <= device.max_shared_per_block;
+        // One block an SM (its shared memory and registers hold no second).
         let candidate = HopperPlan::of::<T>(&plan.clone().with_stages(3))
             .filter(fits)
-            .or_else(|| HopperPlan::of::<T>(&plan.clone().with_stages(2)));
+            .or_else(|| HopperPlan::of::<T>(&plan.clone().with_stages(2)))
+            .map(|h| h.with_blocks(device.sm_count));
         match kernel {
             ForwardKernel::Portable => Ok(None),
             ForwardKernel::Auto => {
@@ -91,13 +106,13 @@ impl HopperPlan {
         }
     }
 
-    /// abi.h's grid, block and shared memory: (row blocks, hq, b), a producer and BM / 64
-    /// consumer warpgroups.
+    /// abi.h's grid, block and shared memory: the persistent blocks, each a producer and
+    /// BM / 64 consumer warpgroups.
     pub(super) fn shape(&self) -> LaunchShape {
         let p = &self.base;
         let tiles = p.mask.block_m + 2 * p.stages as usize * 64;
         LaunchShape {
-            grid: [p.row_blocks, p.groups, p.batch],
+            grid: [self.blocks, 1, 1],
             block: [(p.mask.block_m as u32 / 64 + 1) * 128, 1, 1],
             shared_bytes: (2048 + tiles * p.d * 2) as u32,
         }
