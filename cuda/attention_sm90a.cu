@@ -16,8 +16,8 @@
 // are read through tensor maps of [b, l, h, d] tensors with any strides the portable kernel
 // takes (multiples of 8 elements), in boxes of 64 rows by 64 columns (128 bytes: the
 // swizzle's span; d = 128 takes two); rows past lq or lk load as zeros. The element mask is
-// decided per warp and tile as in the portable kernel. (Within a warpgroup, each GEMM is
-// waited for before the next step: the next tile's S is not yet issued during the softmax.)
+// decided per warp and tile as in the portable kernel. Within a warpgroup, a tile's S is
+// issued with the last tile's P·V, and its softmax runs while that P·V does.
 #include "abi.h"
 #include "attention/common.cuh"
 #include "common/hopper.cuh"
@@ -206,123 +206,168 @@ struct Turns {
     }
 };
 
+// A consumer thread's rows (two of its warp's 16) and their online softmax state.
+struct Rows {
+    uint32_t query[2];
+    uint32_t warp_row0, last_query;
+    bool has_rows;
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
+
+    // Masks S's 64 x 64 accumulators of `tile` (key group j = e / 4, C element e % 4), scales
+    // them to base 2 and turns them into P for the running max; returns each row's factor for
+    // O (the old max's weight under the new one), which the caller applies once O is its own.
+    __device__ void softmax(const TfAttentionParams &p, const Allowed &allowed, const Tile &tile, uint32_t lane,
+                            float (&sc)[32], float (&correction)[2]) {
+        correction[0] = correction[1] = 1.0f;
+        if (!has_rows) return;
+        const int64_t shift = int64_t(p.lk) - p.lq;
+        const int64_t nearest = int64_t(warp_row0) + shift - (tile.key0 + kKv - 1);
+        const int64_t farthest = int64_t(last_query) + shift - tile.key0;
+        const Coverage covered = coverage_of(allowed, tile.partial, nearest, farthest, tile.key0 + kKv > p.lk);
+#pragma unroll
+        for (uint32_t e = 0; e < 32; ++e) {
+            bool ok = covered == Coverage::kAll;
+            if (covered == Coverage::kSome) {
+                const uint32_t key = tile.key0 + (e / 4) * 8 + (lane % 4) * 2 + e % 2;
+                ok = key < p.lk && (!tile.partial || allowed.contains(int64_t(query[(e / 2) % 2]) + shift - key));
+            }
+            sc[e] = ok ? nan_unless_finite(sc[e]) * p.scale_log2 : -INFINITY;
+        }
+#pragma unroll
+        for (uint32_t r = 0; r < 2; ++r) {
+            float tile_max = -INFINITY;
+#pragma unroll
+            for (uint32_t j = 0; j < kKv / 8; ++j) tile_max = fmaxf(tile_max, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            const float new_max = fmaxf(row_max[r], tile_max);
+            const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
+            correction[r] = tf::exp2_approx(row_max[r] - base);
+            row_max[r] = new_max;
+            row_sum[r] *= correction[r];
+#pragma unroll
+            for (uint32_t j = 0; j < kKv / 8; ++j) {
+                sc[4 * j + 2 * r] = tf::exp2_approx(sc[4 * j + 2 * r] - base);
+                sc[4 * j + 2 * r + 1] = tf::exp2_approx(sc[4 * j + 2 * r + 1] - base);
+                row_sum[r] += sc[4 * j + 2 * r] + sc[4 * j + 2 * r + 1];
+            }
+        }
+    }
+};
+
+// P (S's accumulators after the softmax) as the A fragments of P·V's four k steps.
+template <class In>
+__device__ __forceinline__ void pack_p(const float (&sc)[32], uint32_t (&p)[kKv / 16][4]) {
+#pragma unroll
+    for (uint32_t step = 0; step < kKv / 16; ++step)
+#pragma unroll
+        for (uint32_t r = 0; r < 4; ++r) p[step][r] = In::pack(sc[8 * step + 2 * r], sc[8 * step + 2 * r + 1]);
+}
+
 // One consumer warpgroup's part of item `it` (its 64 rows; warp w 16 of them), the block's
-// tiles counted on from `t`.
+// tiles counted on from `t`. Tile i's S = Q·Kᵀ is issued together with tile i − 1's O += P·V,
+// and its softmax runs while that P·V does; O is rescaled once the P·V is done.
 template <class In, int D, int Consumers>
 __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const Layout<D, Consumers> &l,
                                              const Item &it, uint32_t round, uint32_t &t,
                                              const Turns<Consumers> &turns) {
     const uint32_t consumer = turns.consumer;
-    const uint32_t t_in_group = threadIdx.x % 128, warp = t_in_group / 32, lane = t_in_group % 32;
-    const uint32_t warp_row0 = it.row_block * 64 * Consumers + 64 * consumer + 16 * warp;
-    const uint32_t query[2] = {warp_row0 + lane / 4, warp_row0 + lane / 4 + 8};
-    const bool has_rows = warp_row0 < p.lq;
-    const int64_t shift = int64_t(p.lk) - p.lq;
-    const uint32_t last_query = min(warp_row0 + 15, p.lq - 1);
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x % 128 / 32;
+    Rows rows;
+    rows.warp_row0 = it.row_block * 64 * Consumers + 64 * consumer + 16 * warp;
+    rows.query[0] = rows.warp_row0 + lane / 4;
+    rows.query[1] = rows.query[0] + 8;
+    rows.has_rows = rows.warp_row0 < p.lq;
+    rows.last_query = min(rows.warp_row0 + 15, p.lq - 1);
     const Allowed allowed = allowed_distances(p.element, p.window);
-
+    const auto stage = [&](uint32_t i) { return (t + i) % l.stages; };
+    const auto parity = [&](uint32_t i) { return ((t + i) / l.stages) & 1; };
+    // Every consumer warp's arrival lets the producer load the next item's Q.
+    const auto release_q = [&] {
+        __syncwarp();
+        if (lane == 0) tf::mbarrier_arrive(l.q_empty());
+    };
+    const auto release_stage = [&](uint32_t i) {
+        __syncwarp();
+        if (lane == 0) tf::mbarrier_arrive(l.empty(stage(i)));
+    };
+    const auto issue_s = [&](uint32_t i, float (&sc)[32]) {
+#pragma unroll
+        for (uint32_t step = 0; step < D / 16; ++step)
+            Gemms<In>::s(sc, k_major(l.q_tile(consumer), step), k_major(l.k_tile(stage(i)), step), step > 0);
+        tf::wgmma_commit();
+    };
     float o[D / 2];
 #pragma unroll
     for (float &v : o) v = 0.0f;
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the 4 lanes of a row add up at the end
+    const auto issue_pv = [&](uint32_t i, const uint32_t (&pa)[kKv / 16][4]) {
+#pragma unroll
+        for (uint32_t step = 0; step < kKv / 16; ++step) Gemms<In>::pv(o, pa[step], n_major(l.v_tile(stage(i)), step));
+        tf::wgmma_commit();
+    };
+    const auto rescale = [&](const float (&correction)[2]) {
+#pragma unroll
+        for (uint32_t n = 0; n < D / 8; ++n)
+#pragma unroll
+            for (uint32_t e = 0; e < 4; ++e) o[4 * n + e] *= correction[e / 2];
+    };
+
     tf::mbarrier_wait(l.q_full(), round & 1);
-
-    for (uint32_t i = 0; i < it.tiles; ++i, ++t) {
-        const uint32_t s = t % l.stages, parity = (t / l.stages) & 1;
-        const Tile tile = it.list.at(i);
-        tf::mbarrier_wait(l.k_full(s), parity);
-        float sc[32];  // S's 64 x 64 accumulators: key group j = i / 4, C element i % 4
+    float sc[32];
+    uint32_t pa[kKv / 16][4];
+    float correction[2];
+    if (it.tiles > 0) {
+        tf::mbarrier_wait(l.k_full(stage(0)), parity(0));
         turns.take();
         tf::wgmma_fence();
-#pragma unroll
-        for (uint32_t step = 0; step < D / 16; ++step)
-            Gemms<In>::s(sc, k_major(l.q_tile(consumer), step), k_major(l.k_tile(s), step), step > 0);
-        tf::wgmma_commit();
+        issue_s(0, sc);
         turns.hand_over();
         tf::wgmma_wait<0>();
-        // The item's last S has read Q: one arrival of each consumer warp lets the next in.
-        if (i + 1 == it.tiles) {
-            __syncwarp();
-            if (lane == 0) tf::mbarrier_arrive(l.q_empty());
-        }
-
-        // Mask, scale to base 2, and the online softmax of the thread's two rows.
-        if (has_rows) {
-            const int64_t nearest = int64_t(warp_row0) + shift - (tile.key0 + kKv - 1);
-            const int64_t farthest = int64_t(last_query) + shift - tile.key0;
-            const Coverage covered = coverage_of(allowed, tile.partial, nearest, farthest, tile.key0 + kKv > p.lk);
-#pragma unroll
-            for (uint32_t e = 0; e < 32; ++e) {
-                bool ok = covered == Coverage::kAll;
-                if (covered == Coverage::kSome) {
-                    const uint32_t key = tile.key0 + (e / 4) * 8 + (lane % 4) * 2 + e % 2;
-                    ok = key < p.lk && (!tile.partial || allowed.contains(int64_t(query[(e / 2) % 2]) + shift - key));
-                }
-                sc[e] = ok ? nan_unless_finite(sc[e]) * p.scale_log2 : -INFINITY;
-            }
-#pragma unroll
-            for (uint32_t r = 0; r < 2; ++r) {
-                float tile_max = -INFINITY;
-#pragma unroll
-                for (uint32_t j = 0; j < kKv / 8; ++j)
-                    tile_max = fmaxf(tile_max, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-                const float new_max = fmaxf(row_max[r], tile_max);
-                const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no key yet
-                const float correction = tf::exp2_approx(row_max[r] - base);
-                row_max[r] = new_max;
-                row_sum[r] *= correction;
-#pragma unroll
-                for (uint32_t n = 0; n < D / 8; ++n) {
-                    o[4 * n + 2 * r] *= correction;
-                    o[4 * n + 2 * r + 1] *= correction;
-                }
-#pragma unroll
-                for (uint32_t j = 0; j < kKv / 8; ++j) {
-                    sc[4 * j + 2 * r] = tf::exp2_approx(sc[4 * j + 2 * r] - base);
-                    sc[4 * j + 2 * r + 1] = tf::exp2_approx(sc[4 * j + 2 * r + 1] - base);
-                    row_sum[r] += sc[4 * j + 2 * r] + sc[4 * j + 2 * r + 1];
-                }
-            }
-        }
-
-        // O += P · V, P's A fragment of keys 16 step .. + 15 from S's accumulators.
-        tf::mbarrier_wait(l.v_full(s), parity);
+        rows.softmax(p, allowed, it.list.at(0), lane, sc, correction);
+        pack_p<In>(sc, pa);
+    }
+    for (uint32_t i = 1; i < it.tiles; ++i) {
+        tf::mbarrier_wait(l.k_full(stage(i)), parity(i));
+        tf::mbarrier_wait(l.v_full(stage(i - 1)), parity(i - 1));
         turns.take();
         tf::wgmma_fence();
-#pragma unroll
-        for (uint32_t step = 0; step < kKv / 16; ++step) {
-            const uint32_t a[4] = {In::pack(sc[8 * step + 0], sc[8 * step + 1]), In::pack(sc[8 * step + 2], sc[8 * step + 3]),
-                                   In::pack(sc[8 * step + 4], sc[8 * step + 5]), In::pack(sc[8 * step + 6], sc[8 * step + 7])};
-            Gemms<In>::pv(o, a, n_major(l.v_tile(s), step));
-        }
-        tf::wgmma_commit();
+        issue_s(i, sc);
+        issue_pv(i - 1, pa);
+        turns.hand_over();
+        tf::wgmma_wait<1>();  // S of tile i; tile i − 1's P·V may still run
+        if (i + 1 == it.tiles) release_q();
+        rows.softmax(p, allowed, it.list.at(i), lane, sc, correction);
+        tf::wgmma_wait<0>();
+        release_stage(i - 1);
+        rescale(correction);
+        pack_p<In>(sc, pa);
+    }
+    if (it.tiles > 0) {
+        tf::mbarrier_wait(l.v_full(stage(it.tiles - 1)), parity(it.tiles - 1));
+        turns.take();
+        tf::wgmma_fence();
+        issue_pv(it.tiles - 1, pa);
         turns.hand_over();
         tf::wgmma_wait<0>();
-        // The warp has read stage s (K and V): one arrival of each consumer warp frees it.
-        __syncwarp();
-        if (lane == 0) tf::mbarrier_arrive(l.empty(s));
+        release_stage(it.tiles - 1);
     }
-    if (it.tiles == 0) {  // Q was never read; the producer may load the next item's
-        __syncwarp();
-        if (lane == 0) tf::mbarrier_arrive(l.q_empty());
-    }
+    if (it.tiles <= 1) release_q();  // with more tiles, Q went once the last S was done
+    t += it.tiles;
 
     uint16_t *out = reinterpret_cast<uint16_t *>(p.o) + it.batch * p.o_stride_b + it.head * p.o_stride_h;
     float *lse = reinterpret_cast<float *>(p.lse);
 #pragma unroll
     for (uint32_t r = 0; r < 2; ++r) {
-        float sum = row_sum[r];
+        float sum = rows.row_sum[r];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        if (query[r] >= p.lq) continue;
+        if (rows.query[r] >= p.lq) continue;
         // As the portable kernel: a row without keys gets o = 0 and lse = −inf; a non-finite
         // score makes the row's o and lse NaN.
         const bool seen = sum != 0.0f;
         const float inverse = 1.0f / sum;
-        uint16_t *o_row = out + query[r] * p.o_stride_l;
+        uint16_t *o_row = out + rows.query[r] * p.o_stride_l;
 #pragma unroll
         for (uint32_t n = 0; n < D / 8; ++n) {
             const uint32_t col = n * 8 + (lane % 4) * 2;
@@ -332,8 +377,8 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
                      : 0u;
         }
         if (lse != nullptr && lane % 4 == 0)
-            lse[(size_t(it.batch) * p.heads_q + it.head) * p.lq + query[r]] =
-                seen ? (row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+            lse[(size_t(it.batch) * p.heads_q + it.head) * p.lq + rows.query[r]] =
+                seen ? (rows.row_max[r] + log2f(sum)) * 0.69314718055994531f : -INFINITY;
     }
 }
 
