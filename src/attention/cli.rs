@@ -367,10 +367,11 @@ impl<T: DeviceFloat16> BackwardFile<T> {
 }
 
 /// `tilefuse profile attention`: b = 1, causal, 128-blocks, f16, as many key/value heads as
-/// query heads.
+/// query heads; the kernel the launcher picks (on Hopper the sm_90a one) or, with
+/// `--portable`, the portable one.
 #[cfg(feature = "cuda")]
 pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
-    params: PROFILE_PARAMS,
+    params: &[LEN, HEADS, HEAD_DIM, PORTABLE],
     prepare: prepare_profile,
 };
 
@@ -378,28 +379,34 @@ pub(crate) const PROFILE: ProfileEntry = ProfileEntry {
 /// for o and lse, then the backward (both kernels each launch) with f16 gradients.
 #[cfg(feature = "cuda")]
 pub(crate) const BACKWARD_PROFILE: ProfileEntry = ProfileEntry {
-    params: PROFILE_PARAMS,
+    params: &[LEN, HEADS, HEAD_DIM],
     prepare: prepare_backward_profile,
 };
 
 #[cfg(feature = "cuda")]
-const PROFILE_PARAMS: &[ProfileParam] = &[
-    ProfileParam {
-        name: "len",
-        help: "attention: query and key length",
-        kind: ParamKind::Count(8192),
-    },
-    ProfileParam {
-        name: "heads",
-        help: "attention: query heads (as many key/value heads)",
-        kind: ParamKind::Count(32),
-    },
-    ProfileParam {
-        name: "head-dim",
-        help: "attention: head dimension (64 or 128)",
-        kind: ParamKind::Count(128),
-    },
-];
+const LEN: ProfileParam = ProfileParam {
+    name: "len",
+    help: "attention: query and key length",
+    kind: ParamKind::Count(8192),
+};
+#[cfg(feature = "cuda")]
+const HEADS: ProfileParam = ProfileParam {
+    name: "heads",
+    help: "attention: query heads (as many key/value heads)",
+    kind: ParamKind::Count(32),
+};
+#[cfg(feature = "cuda")]
+const HEAD_DIM: ProfileParam = ProfileParam {
+    name: "head-dim",
+    help: "attention: head dimension (64 or 128)",
+    kind: ParamKind::Count(128),
+};
+#[cfg(feature = "cuda")]
+const PORTABLE: ProfileParam = ProfileParam {
+    name: "portable",
+    help: "attention: the portable kernel (on Hopper the default is the sm_90a one)",
+    kind: ParamKind::Switch,
+};
 
 /// The profiled shape (b = 1, hq = hkv) and its causal mask on `cuda`.
 #[cfg(feature = "cuda")]
@@ -476,7 +483,15 @@ fn prepare_backward_profile<'a>(
 
 #[cfg(feature = "cuda")]
 fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<Prepared<'a>> {
-    use super::cuda::{Inputs, attention};
+    use super::cuda::{
+        AttentionWorkspace, ForwardKernel, Inputs, Outputs, attention_with_workspace,
+    };
+    let kernel = if values.switch("portable")? {
+        ForwardKernel::Portable
+    } else {
+        ForwardKernel::Auto
+    };
+    let mut workspace = AttentionWorkspace::new().with_forward_kernel(kernel);
     let (shape, mask) = profile_shape(cuda, values)?;
     let (l, heads, d) = (shape.lq, shape.heads_q, shape.d);
     let values = vec![f16::from_f32(0.01); l * heads * d];
@@ -495,7 +510,11 @@ fn prepare_profile<'a>(cuda: &'a Cuda, values: &ProfileValues) -> crate::Result<
                 k: &k,
                 v: &v,
             };
-            attention(cuda, &shape, inputs, &mask, &mut o, None, scale)
+            let outputs = Outputs {
+                o: &mut o,
+                lse: None,
+            };
+            attention_with_workspace(cuda, &shape, inputs, &mask, outputs, scale, &mut workspace)
         }),
     })
 }
