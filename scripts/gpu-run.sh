@@ -281,8 +281,11 @@ rm -f "$out/bench.json" "$out/peers.json"
         --case "m=8192 k=8192 n=16 s=80%" --case registers || echo "ncu on the spmm variant failed"
     fi
     if selected attention; then
+      # The kernel the launcher picks (on Hopper the sm_90a one), then the portable one.
       limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \
         --len 8192 --iters 1 || echo "ncu on attention failed"
+      limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention -c 1 "$cli" profile attention \
+        --len 8192 --iters 1 --portable || echo "ncu on the portable attention kernel failed"
     fi
     if selected attention-backward; then
       limit 180 ncu "${ncu_sections[@]}" -k regex:tilefuse_attention_backward -c 2 "$cli" profile \
