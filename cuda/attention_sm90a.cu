@@ -324,6 +324,7 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
         issue_s(0, sc);
         turns.hand_over();
         tf::wgmma_wait<0>();
+        tf::fence_operands(sc);
         rows.softmax(p, allowed, it.list.at(0), lane, sc, correction);
         pack_p<In>(sc, pa);
     }
@@ -336,9 +337,11 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
         issue_pv(i - 1, pa);
         turns.hand_over();
         tf::wgmma_wait<1>();  // S of tile i; tile i − 1's P·V may still run
+        tf::fence_operands(sc);
         if (i + 1 == it.tiles) release_q();
         rows.softmax(p, allowed, it.list.at(i), lane, sc, correction);
         tf::wgmma_wait<0>();
+        tf::fence_operands(o);
         release_stage(i - 1);
         rescale(correction);
         pack_p<In>(sc, pa);
@@ -350,6 +353,7 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
         issue_pv(it.tiles - 1, pa);
         turns.hand_over();
         tf::wgmma_wait<0>();
+        tf::fence_operands(o);
         release_stage(it.tiles - 1);
     }
     if (it.tiles <= 1) release_q();  // with more tiles, Q went once the last S was done

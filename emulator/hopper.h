@@ -143,7 +143,8 @@ inline void wgmma_wait() {
     tf_emu::mma_wait(Pending);
 }
 inline void fence_proxy_async() {}
-inline void fence_operand(float &) {}
+template <int N>
+inline void fence_operands(float (&)[N]) {}
 inline void named_barrier_sync(uint32_t id, uint32_t threads) { tf_emu::named_barrier(id, threads, true); }
 inline void named_barrier_arrive(uint32_t id, uint32_t threads) { tf_emu::named_barrier(id, threads, false); }
 template <uint32_t Registers>

@@ -43,8 +43,14 @@ __device__ __forceinline__ void wgmma_wait() {
 // (wgmma operands, TMA stores).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Keeps the compiler from moving accesses to `reg` across a wgmma's asynchronous region.
-__device__ __forceinline__ void fence_operand(float &reg) { asm volatile("" : "+f"(reg)::"memory"); }
+// Keeps the compiler from moving accesses to `regs` across a wgmma's asynchronous region:
+// after a wgmma.wait_group, each register gets a new definition that later reads depend on
+// (a wait has no register operands, so without this a read could be scheduled before it).
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&regs)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(regs[i])::"memory");
+}
 
 // bar.sync / bar.arrive on named barrier `id` (1 to 15) for a round of `threads` threads.
 __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
