@@ -100,11 +100,17 @@ struct Tile {
     bool partial;
 };
 
+// An item's key tiles: those of its listed key blocks, partial first, but the tiles of the
+// last key block that lie wholly past lk (block_n = 128, lk % 128 in 1 .. 64): a TMA box wholly
+// outside the tensor is left unissued, and such a tile adds nothing. Tile i is the listed
+// tiles' i, or i + skipped from skip_at on.
 struct TileList {
     const uint32_t *partial, *full;
     uint32_t n_partial, tiles_per_block, block_n;
+    uint32_t skip_at = 0xffffffffu, skipped = 0;
 
-    __device__ Tile at(uint32_t t) const {
+    __device__ Tile at(uint32_t i) const {
+        const uint32_t t = i < skip_at ? i : i + skipped;
         const uint32_t n = t / tiles_per_block;
         const bool is_partial = n < n_partial;
         const uint32_t block = is_partial ? partial[n] : full[n - n_partial];
@@ -138,7 +144,18 @@ __device__ __forceinline__ Item item_at(const TfAttentionParams &p, uint32_t w) 
                reinterpret_cast<const uint32_t *>(p.full) + full_offsets[mask_row],
                partial_offsets[mask_row + 1] - partial_offsets[mask_row], p.block_n / kKv, p.block_n};
     const uint32_t n_full = full_offsets[mask_row + 1] - full_offsets[mask_row];
-    it.tiles = (it.list.n_partial + n_full) * it.list.tiles_per_block;
+    const uint32_t tiles_per_block = it.list.tiles_per_block;
+    it.tiles = (it.list.n_partial + n_full) * tiles_per_block;
+    // The last key block, if listed, ends its sorted list.
+    const uint32_t last = (p.lk - 1) / p.block_n, kept = ((p.lk - 1) % p.block_n) / kKv + 1;
+    const bool in_partial = it.list.n_partial > 0 && it.list.partial[it.list.n_partial - 1] == last;
+    const bool in_full = n_full > 0 && it.list.full[n_full - 1] == last;
+    if (kept < tiles_per_block && (in_partial || in_full)) {
+        const uint32_t position = in_partial ? it.list.n_partial - 1 : it.list.n_partial + n_full - 1;
+        it.list.skip_at = position * tiles_per_block + kept;
+        it.list.skipped = tiles_per_block - kept;
+        it.tiles -= it.list.skipped;
+    }
     return it;
 }
 
@@ -177,8 +194,11 @@ __device__ __forceinline__ void produce(const TfAttentionSm90aParams &params, co
         const Item it = item_at(p, w);
         const uint32_t first_row = it.row_block * 64 * Consumers;
         if (round > 0) tf::mbarrier_wait(l.q_empty(), (round - 1) & 1);
-        tf::mbarrier_expect_tx(l.q_full(), Consumers * kTile);
-        for (uint32_t c = 0; c < Consumers; ++c)
+        // A consumer whose rows all lie past lq gets no Q (a box wholly outside the tensor is
+        // never issued); its results are never stored.
+        const uint32_t with_rows = min(uint32_t(Consumers), (p.lq - first_row + 63) / 64);
+        tf::mbarrier_expect_tx(l.q_full(), with_rows * kTile);
+        for (uint32_t c = 0; c < with_rows; ++c)
             for (uint32_t box = 0; box < D / 64; ++box)
                 tf::tma_load_4d(l.q_tile(c) + box * kBox, &params.q_map, box * 64, first_row + 64 * c, it.head,
                                 it.batch, l.q_full());
@@ -320,6 +340,7 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
     if (it.tiles > 0) {
         tf::mbarrier_wait(l.k_full(stage(0)), parity(0));
         turns.take();
+        tf::fence_operands(sc);
         tf::wgmma_fence();
         issue_s(0, sc);
         turns.hand_over();
@@ -332,6 +353,9 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
         tf::mbarrier_wait(l.k_full(stage(i)), parity(i));
         tf::mbarrier_wait(l.v_full(stage(i - 1)), parity(i - 1));
         turns.take();
+        tf::fence_operands(sc);
+        tf::fence_operands(o);
+        tf::fence_operands(pa);
         tf::wgmma_fence();
         issue_s(i, sc);
         issue_pv(i - 1, pa);
@@ -349,6 +373,8 @@ __device__ __forceinline__ void consume_item(const TfAttentionParams &p, const L
     if (it.tiles > 0) {
         tf::mbarrier_wait(l.v_full(stage(it.tiles - 1)), parity(it.tiles - 1));
         turns.take();
+        tf::fence_operands(o);
+        tf::fence_operands(pa);
         tf::wgmma_fence();
         issue_pv(it.tiles - 1, pa);
         turns.hand_over();

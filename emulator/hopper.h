@@ -19,7 +19,8 @@ namespace tf_emu {
 
 // A TMA load of the box at `coords` (rank of them, innermost first) of the tensor `map`
 // describes, landing at shared `dst` when the phase of the mbarrier at `bar` completes (its
-// transaction count falls by the box's bytes, out-of-bounds elements included, as zeros).
+// transaction count falls by the box's bytes, out-of-bounds elements included, as zeros). A
+// box wholly outside the tensor fails: the PTX ISA does not say what it completes.
 void tma_load(uint32_t dst, const void *map, const int32_t *coords, uint32_t rank, uint32_t bar);
 
 // The warp of the calling thread within its warpgroup (0 to 3); fails unless the block's
@@ -145,6 +146,8 @@ inline void wgmma_wait() {
 inline void fence_proxy_async() {}
 template <int N>
 inline void fence_operands(float (&)[N]) {}
+template <int N, int M>
+inline void fence_operands(uint32_t (&)[N][M]) {}
 inline void named_barrier_sync(uint32_t id, uint32_t threads) { tf_emu::named_barrier(id, threads, true); }
 inline void named_barrier_arrive(uint32_t id, uint32_t threads) { tf_emu::named_barrier(id, threads, false); }
 template <uint32_t Registers>

@@ -519,6 +519,10 @@ void tma_load(uint32_t dst, const void *map_ptr, const int32_t *coords, uint32_t
     for (uint32_t i = 0; i < rank; ++i) elements *= map.box[i];
     const uint32_t bytes = uint32_t(elements * elem);
     auto data = std::make_shared<std::vector<uint8_t>>(bytes, 0);
+    // A box wholly outside the tensor: what it completes on the mbarrier is not specified.
+    for (uint32_t i = 0; i < rank; ++i)
+        if ((coords[i] >= 0 && uint64_t(coords[i]) >= map.dims[i]) || int64_t(coords[i]) + map.box[i] <= 0)
+            fail("cp.async.bulk.tensor: a box wholly outside the tensor (the bytes it completes are not specified)");
     // The box packed with dimension 0 fastest; elements outside the tensor stay zero.
     for (uint64_t e = 0; e < elements; ++e) {
         uint64_t rest = e, offset = 0;

@@ -46,10 +46,18 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 // Keeps the compiler from moving accesses to `regs` across a wgmma's asynchronous region:
 // after a wgmma.wait_group, each register gets a new definition that later reads depend on
 // (a wait has no register operands, so without this a read could be scheduled before it).
+// Before a wgmma.fence, the same for the registers the wgmmas will read.
 template <int N>
 __device__ __forceinline__ void fence_operands(float (&regs)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(regs[i])::"memory");
+}
+template <int N, int M>
+__device__ __forceinline__ void fence_operands(uint32_t (&regs)[N][M]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < M; ++j) asm volatile("" : "+r"(regs[i][j])::"memory");
 }
 
 // bar.sync / bar.arrive on named barrier `id` (1 to 15) for a round of `threads` threads.

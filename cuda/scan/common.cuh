@@ -102,6 +102,7 @@ __device__ __forceinline__ uint32_t take_ticket(uint32_t *header) { return atomi
 __device__ __forceinline__ void count_block_done(uint32_t *header, uint32_t tag) {
     __threadfence();
     if (atomicAdd(&header[1], 1u) == gridDim.x - 1) {
+        __threadfence();  // every block's last ticket is taken before the counters are reset
         header[1] = 0;
         header[2] = 0;
         header[0] = tag;

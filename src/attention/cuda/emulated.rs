@@ -533,6 +533,13 @@ fn hopper_kernel_ragged_types_dims_blocks_and_strides() {
             mask: MaskKind::Dense,
             ..Case::new(100, 300)
         },
+        // The second consumer's rows and the key block's second tile wholly past lq and lk:
+        // no TMA box wholly outside a tensor is issued.
+        Case {
+            block: 128,
+            heads_kv: 2,
+            ..Case::new(64, 64)
+        },
         Case {
             heads_q: 4,
             heads_kv: 2,
