@@ -186,15 +186,14 @@ where
         args.read(&mask.full),
     ];
     let lse = lse.map_or(0, |lse| args.write(lse));
-    // A map the driver will not encode sends `Auto` to the portable kernel.
-    let encoded = hopper.map(|hopper| {
-        let buffers = buffers.map(|(_, address)| address);
-        let params = hopper.params::<T>(shape, buffers, lse, lists, TensorMap::encode);
-        (hopper, params)
-    });
-    let encoded = match encoded {
-        Some((_, Err(_))) if workspace.kernel == ForwardKernel::Auto => None,
-        Some((hopper, params)) => Some((hopper, params?)),
+    let addresses = buffers.map(|(_, address)| address);
+    let encoded = match hopper {
+        Some(hopper) => match hopper.params::<T>(shape, addresses, lse, lists, TensorMap::encode) {
+            Ok(params) => Some((hopper, params)),
+            // A map the driver will not encode sends `Auto` to the portable kernel.
+            Err(_) if workspace.kernel == ForwardKernel::Auto => None,
+            Err(error) => return Err(error),
+        },
         None => None,
     };
     if let Some((hopper, params)) = encoded {
@@ -210,13 +209,7 @@ where
         return unsafe { cuda.launch(hopper.kernel, hopper.shape(), &params, args) };
     }
     let split_kv = workspace.args(cuda, &plan, &mut args)?;
-    let params = plan.params::<T>(
-        shape,
-        buffers.map(|(_, address)| address),
-        lse,
-        lists,
-        split_kv,
-    );
+    let params = plan.params::<T>(shape, addresses, lse, lists, split_kv);
     // SAFETY: TfAttentionParams is the kernel's parameter struct; addresses come from `args`
     // (plus each tensor's start), all on this context (checked). The buffers of q, k, v and o
     // reach at least one past the last element their start and strides address (check_call),

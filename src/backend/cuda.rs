@@ -196,6 +196,8 @@ struct DeviceState {
     info: CudaDeviceInfo,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<Kernel, LoadedKernel>>,
+    /// Blocks the device holds at once, by kernel, threads and dynamic shared memory.
+    waves: Mutex<HashMap<(Kernel, u32, u32), usize>>,
 }
 
 /// A kernel loaded in a context, with what launch plans need to know of it.
@@ -221,6 +223,7 @@ impl DeviceState {
             ctx,
             modules: Mutex::default(),
             functions: Mutex::default(),
+            waves: Mutex::default(),
         });
         states.push(Arc::downgrade(&state));
         Ok(state)
@@ -400,18 +403,30 @@ impl Cuda {
 
     /// Blocks of `kernel` (of `threads` threads and `shared_bytes` of dynamic shared memory)
     /// that the device holds at once: what the driver's occupancy calculator gives one SM,
-    /// times the SMs; at least one.
+    /// times the SMs; at least one. Asked once per context and configuration.
     pub(crate) fn device_wave(
         &self,
         kernel: Kernel,
         threads: u32,
         shared_bytes: u32,
     ) -> Result<usize> {
+        let key = (kernel, threads, shared_bytes);
+        let waves = || {
+            self.device
+                .waves
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(&wave) = waves().get(&key) {
+            return Ok(wave);
+        }
         let function = self.function_with_shared(kernel, shared_bytes)?;
         let per_sm = function
             .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
             .during(|| format!("asking the occupancy of {}", kernel.name))?;
-        Ok((per_sm as usize * self.info().sm_count as usize).max(1))
+        let wave = (per_sm as usize * self.info().sm_count as usize).max(1);
+        waves().insert(key, wave);
+        Ok(wave)
     }
 
     /// Registers per thread of `kernel`, as the driver loaded it for this device.

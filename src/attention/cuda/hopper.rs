@@ -43,19 +43,17 @@ impl HopperPlan {
         }
         let d = usize::from(plan.d != 64);
         let block_m = usize::from(plan.mask.block_m != 64);
-        let items = plan.row_blocks * plan.groups * plan.batch;
         Some(HopperPlan {
             kernel: ids::attention_sm90a::ATTENTION_SM90A[T::DTYPE as usize][d][block_m],
             base: plan.clone(),
-            blocks: items,
+            blocks: items(plan),
         })
     }
 
     /// The plan with `blocks` persistent blocks (one per work item where there are fewer).
     pub(super) fn with_blocks(self, blocks: u32) -> HopperPlan {
-        let items = self.base.row_blocks * self.base.groups * self.base.batch;
         HopperPlan {
-            blocks: blocks.clamp(1, items.max(1)),
+            blocks: blocks.clamp(1, items(&self.base).max(1)),
             ..self
         }
     }
@@ -154,4 +152,9 @@ impl HopperPlan {
                 .params::<T>(shape, buffers, lse, lists, super::SplitKv::default()),
         })
     }
+}
+
+/// The work items of `plan` (abi.h): a query block of one head and batch row each.
+fn items(plan: &Plan) -> u32 {
+    plan.row_blocks * plan.groups * plan.batch
 }
