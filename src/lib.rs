@@ -53,6 +53,9 @@
 
 pub mod attention;
 pub mod backend;
+#[cfg(feature = "candle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
+pub mod candle;
 pub mod element;
 mod error;
 pub mod harness;

@@ -27,6 +27,7 @@ mod bitmap;
 pub(crate) mod check;
 #[cfg(feature = "cli")]
 mod cli;
+pub mod cpu;
 #[cfg(all(feature = "cuda", feature = "cli"))]
 mod cublas;
 #[cfg(feature = "cuda")]
@@ -41,6 +42,8 @@ pub use bitmap::{Bitmap, BitmapStats, UNIT_K, UNIT_M};
 pub use check::{Case, ENTRY, Pattern, check, run, tolerance, weight};
 pub use format::{Pruning, TILE_K, TILE_M, TiledCsl, TiledCslStats, prune};
 pub use reference::{SparseWeight, reference};
+#[cfg(feature = "candle")]
+pub(crate) use saved::{format_and_dtype, read as read_saved};
 
 /// The sparse formats a weight goes to a device in (the CLI's `--format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

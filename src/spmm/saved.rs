@@ -65,6 +65,13 @@ pub(super) fn serialize(tensors: &[Tensor<'_>], metadata: &[(&str, String)]) -> 
         .map_err(|e| Error::invalid("safetensors", "a serialisable weight", e))
 }
 
+/// The `format` and `dtype` a saved weight's metadata names (nothing else checked), to pick
+/// the reader that checks the rest.
+pub(crate) fn format_and_dtype(bytes: &[u8]) -> Result<(String, String)> {
+    let file = Saved::parse(bytes)?;
+    Ok((file.field("format")?.into(), file.field("dtype")?.into()))
+}
+
 /// A safetensors file being read.
 pub(super) struct Saved<'a> {
     file: safetensors::SafeTensors<'a>,
@@ -157,7 +164,7 @@ pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The bytes of the file at `path`.
-pub(super) fn read(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::invalid(
             "path",
