@@ -19,7 +19,8 @@
 //!   against ([`harness`]).
 //!
 //! The ops: [`spmm`], [`scan`] and [`attention`] (its CUDA kernel awaits its first GPU run);
-//! [`smoke`] is the plumbing test that proves each backend end to end.
+//! [`smoke`] is the plumbing test that proves each backend end to end. With the `candle`
+//! feature, `tilefuse::candle` wraps them as candle operations.
 //!
 //! ## Errors
 //!
@@ -35,6 +36,9 @@
 //! - `cli` (default): the `tilefuse` command-line tool; libraries depending on tilefuse
 //!   usually turn it off.
 //! - `probes`: benchmark-only spmm probe kernels, in a fatbin of their own that no op loads.
+//! - `candle`: `tilefuse::candle`, the ops as operations on candle tensors (forward and
+//!   backward) and a sparse linear layer, on candle's CPU device; `candle-cuda` adds candle's
+//!   CUDA device (candle builds its own kernels with nvcc).
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly): feature-gated items say which feature they need.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -72,7 +72,7 @@ pub fn block_sparse_attention_with_lse(
         lse: Arc::new(OnceLock::new()),
     };
     let lse = op.lse.clone();
-    let [q, k, v] = [q, k, v].map(|t| usable_layout(t));
+    let [q, k, v] = [q, k, v].map(usable_layout);
     let o = q?.apply_op3_arc(&k?, &v?, Arc::new(Box::new(op)))?;
     let lse = lse
         .get()
@@ -402,7 +402,7 @@ mod cuda {
         [q, k, v, o, d_o]: [&Tensor; 5],
         lse: &Tensor,
     ) -> candle_core::Result<[Tensor; 3]> {
-        let [q, k, v, o, d_o] = [q, k, v, o, d_o].map(|t| super::usable_layout(t));
+        let [q, k, v, o, d_o] = [q, k, v, o, d_o].map(super::usable_layout);
         let [q, k, v, o, d_o] = [q?, k?, v?, o?, d_o?];
         let guards = [&q, &k, &v, &o, &d_o, lse].map(|t| t.storage_and_layout());
         let storage = |i: usize| match &*guards[i].0 {

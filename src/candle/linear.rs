@@ -89,7 +89,9 @@ impl HostWeight {
                 HostWeight::Bf16(w) => CpuWeight::from_sparse(w),
             })),
             #[cfg(feature = "candle-cuda")]
-            Device::Cuda(device) => Ok(Placed::Cuda(cuda::CudaWeight::upload(self, device)?)),
+            Device::Cuda(device) => Ok(Placed::Cuda(Box::new(cuda::CudaWeight::upload(
+                self, device,
+            )?))),
             other => Err(candle_core::Error::msg(format!(
                 "tilefuse SparseLinear: expected a CPU{} device, got {:?}",
                 if cfg!(feature = "candle-cuda") {
@@ -107,7 +109,7 @@ impl HostWeight {
 enum Placed {
     Cpu(CpuWeight),
     #[cfg(feature = "candle-cuda")]
-    Cuda(cuda::CudaWeight),
+    Cuda(Box<cuda::CudaWeight>),
 }
 
 /// A linear layer `y = x · wᵀ + bias` (candle's `Linear`) with its weight `[m, k]` pruned

@@ -18,6 +18,7 @@
 //! # Ok::<(), tilefuse::Error>(())
 //! ```
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -26,50 +27,47 @@ use super::reference::{SparseWeight, output_tokens};
 use crate::element::Float16;
 use crate::error::{Error, Result};
 
-/// Tokens multiplied by each nonzero at once when there are many: eight 8-lane vectors of
-/// accumulators, as many as a multiply-add's latency needs in flight.
-const WIDE_BLOCK: usize = 64;
-/// Tokens per block for a few tokens (decode), with four partial sums per output in flight.
-const NARROW_BLOCK: usize = 8;
+/// Tokens multiplied by each nonzero at once, by token count: a block of `x` stays in the
+/// first cache levels while every row passes over it, and eight 8-lane vectors of partial
+/// sums (`SETS` interleaved sums of `BLOCK / 8` vectors) are in flight, as many as a
+/// multiply-add's latency needs.
+const BLOCKS: [(usize, usize); 3] = [(8, 4), (16, 4), (32, 2)];
 /// Tokens of `y` written per task from `yᵀ` (a cache line of f32s).
 const TILE: usize = 16;
 /// Nonzero-token products below which one thread does the whole multiply.
 const SERIAL_WORK: usize = 1 << 18;
 
 /// An element type the CPU multiply reads and writes: `f32`, [`struct@f16`] or [`bf16`].
-pub trait CpuElement: sealed::Sealed + Copy + Send + Sync + 'static {
-    /// The value as f32 (exact).
-    fn to_f32(self) -> f32;
-    /// The nearest value to `value`.
-    fn from_f32(value: f32) -> Self;
+pub trait CpuElement: sealed::Sealed + Copy + Default + Send + Sync + 'static {
+    /// `values` widened to f32 (exact) into `out`, of the same length.
+    fn widen(values: &[Self], out: &mut [f32]);
+    /// The nearest values to `values` into `out`, of the same length.
+    fn narrow(values: &[f32], out: &mut [Self]);
 }
 
 impl CpuElement for f32 {
-    fn to_f32(self) -> f32 {
-        self
+    fn widen(values: &[Self], out: &mut [f32]) {
+        out.copy_from_slice(values);
     }
-    fn from_f32(value: f32) -> Self {
-        value
-    }
-}
-
-impl CpuElement for f16 {
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
+    fn narrow(values: &[f32], out: &mut [Self]) {
+        out.copy_from_slice(values);
     }
 }
 
-impl CpuElement for bf16 {
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
-    }
+/// half's slice conversions use the CPU's conversion instructions where it has them.
+macro_rules! sixteen_bit_element {
+    ($($t:ty),*) => {$(
+        impl CpuElement for $t {
+            fn widen(values: &[Self], out: &mut [f32]) {
+                values.convert_to_f32_slice(out);
+            }
+            fn narrow(values: &[f32], out: &mut [Self]) {
+                out.convert_from_f32_slice(values);
+            }
+        }
+    )*};
 }
+sixteen_bit_element!(f16, bf16);
 
 mod sealed {
     pub trait Sealed {}
@@ -113,8 +111,10 @@ impl CpuWeight {
         let mut row_starts = Vec::with_capacity(m + 1);
         let (mut columns, mut values) = (Vec::new(), Vec::new());
         row_starts.push(0);
+        let mut wide = vec![0.0f32; k];
         for row in dense.chunks_exact(k) {
-            for (column, value) in row.iter().map(|v| v.to_f32()).enumerate() {
+            T::widen(row, &mut wide);
+            for (column, &value) in wide.iter().enumerate() {
                 if value != 0.0 {
                     columns.push(column as u32);
                     values.push(value);
@@ -150,11 +150,10 @@ impl CpuWeight {
     /// output summed in an order fixed by the shape, so the same bits whatever the thread count).
     pub fn multiply<X: CpuElement, Y: CpuElement>(&self, x: &[X], y: &mut [Y]) -> Result<()> {
         let n = output_tokens(x.len(), y.len(), self.m, self.k)?;
-        let block = if n > NARROW_BLOCK {
-            WIDE_BLOCK
-        } else {
-            NARROW_BLOCK
-        };
+        let (block, sets) = *BLOCKS
+            .iter()
+            .find(|&&(block, _)| n <= block)
+            .unwrap_or(&BLOCKS[BLOCKS.len() - 1]);
         let padded = n.div_ceil(block) * block;
         let serial = self.nnz().saturating_mul(padded) < SERIAL_WORK;
         let xt = self.transposed_blocks(x, n, block, serial);
@@ -166,7 +165,7 @@ impl CpuWeight {
         };
         let task = |(index, yt): (usize, &mut [f32])| {
             let rows = index * rows_per_task..(index * rows_per_task + yt.len() / padded);
-            self.multiply_rows(rows, &xt, block, yt);
+            self.multiply_rows(rows, &xt, (block, sets), yt);
         };
         if serial {
             yt.chunks_mut(rows_per_task * padded)
@@ -177,16 +176,17 @@ impl CpuWeight {
                 .enumerate()
                 .for_each(task);
         }
-        // yᵀ back to y, TILE tokens at a time: whole cache lines of yᵀ read, TILE rows of y
-        // written in order.
+        // yᵀ back to y, TILE tokens at a time: whole cache lines of yᵀ read into an f32 tile,
+        // then each of its rows narrowed at once.
         let write_tile = |(tile, y_rows): (usize, &mut [Y])| {
-            let first = tile * TILE;
+            let (first, tokens) = (tile * TILE, y_rows.len() / self.m);
+            let mut rows = vec![0.0f32; y_rows.len()];
             for o in 0..self.m {
-                let column = &yt[o * padded + first..][..y_rows.len() / self.m];
-                for (t, &value) in column.iter().enumerate() {
-                    y_rows[t * self.m + o] = Y::from_f32(value);
+                for (t, &value) in yt[o * padded + first..][..tokens].iter().enumerate() {
+                    rows[t * self.m + o] = value;
                 }
             }
+            Y::narrow(&rows, y_rows);
         };
         if serial {
             y.chunks_mut(TILE * self.m).enumerate().for_each(write_tile);
@@ -210,9 +210,11 @@ impl CpuWeight {
         let k = self.k;
         let mut xt = vec![0.0f32; n.div_ceil(block) * block * k];
         let transpose = |(b, xt_block): (usize, &mut [f32])| {
+            let mut row = vec![0.0f32; k];
             for (t, x_row) in x.chunks_exact(k).skip(b * block).take(block).enumerate() {
-                for (c, value) in x_row.iter().enumerate() {
-                    xt_block[c * block + t] = value.to_f32();
+                X::widen(x_row, &mut row);
+                for (c, &value) in row.iter().enumerate() {
+                    xt_block[c * block + t] = value;
                 }
             }
         };
@@ -229,7 +231,7 @@ impl CpuWeight {
         &self,
         rows: std::ops::Range<usize>,
         xt: &[f32],
-        block: usize,
+        block: (usize, usize),
         yt: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
@@ -249,7 +251,7 @@ impl CpuWeight {
         &self,
         rows: std::ops::Range<usize>,
         xt: &[f32],
-        block: usize,
+        block: (usize, usize),
         yt: &mut [f32],
     ) {
         self.multiply_rows_with::<true>(rows, xt, block, yt);
@@ -261,19 +263,20 @@ impl CpuWeight {
         &self,
         rows: std::ops::Range<usize>,
         xt: &[f32],
-        block: usize,
+        block: (usize, usize),
         yt: &mut [f32],
     ) {
+        let (block, sets) = block;
         let padded = yt.len() / rows.len().max(1);
         for (b, xt_block) in xt.chunks_exact(block * self.k).enumerate() {
             for (row, yt_row) in rows.clone().zip(yt.chunks_exact_mut(padded)) {
                 let nonzeros = self.row_starts[row]..self.row_starts[row + 1];
                 let (columns, values) = (&self.columns[nonzeros.clone()], &self.values[nonzeros]);
                 let out = &mut yt_row[b * block..][..block];
-                if block == WIDE_BLOCK {
-                    row_times_block::<WIDE_BLOCK, 1, FUSED>(columns, values, xt_block, out);
-                } else {
-                    row_times_block::<NARROW_BLOCK, 4, FUSED>(columns, values, xt_block, out);
+                match (block, sets) {
+                    (8, 4) => row_times_block::<8, 4, FUSED>(columns, values, xt_block, out),
+                    (16, 4) => row_times_block::<16, 4, FUSED>(columns, values, xt_block, out),
+                    _ => row_times_block::<32, 2, FUSED>(columns, values, xt_block, out),
                 }
             }
         }

@@ -2,10 +2,10 @@
 //! (Flash-LLM, VLDB 2024): `y [n, m] = x [n, k] · wᵀ` with a sparse weight `w [m, k]` (the
 //! nn.Linear layout) and skinny activations `x` (n tokens of a decode batch).
 //!
-//! The weight is encoded once into [`TiledCsl`] (from dense, after [`prune`] if wanted; the
-//! [`Bitmap`] format, 8 x 8 masks in the `mma.sync` fragment order, has its encoders,
-//! validation, reference and a WGSL kernel, [`wgpu::GpuBitmap`], but no CUDA kernel yet),
-//! uploaded once ([`cuda::DeviceTiledCsl`], [`wgpu::GpuTiledCsl`]), and multiplied by new
+//! The weight is encoded once into [`TiledCsl`] or [`Bitmap`] (8 x 8 masks in the `mma.sync`
+//! fragment order), from dense after [`prune`] if wanted, uploaded once
+//! ([`cuda::DeviceTiledCsl`], [`cuda::DeviceBitmap`], [`wgpu::GpuTiledCsl`],
+//! [`wgpu::GpuBitmap`]) or compressed for the CPU ([`cpu::CpuWeight`]), and multiplied by new
 //! activations at every step, with split-K's scratch memory kept from step to step in a
 //! workspace ([`cuda::SpmmWorkspace`], [`wgpu::SpmmWorkspace`]). f16 or bf16 operands, f32
 //! accumulation, output in the weight's type or f32 ([`OutputElement`](crate::element::OutputElement)).

@@ -67,6 +67,7 @@ pub(super) fn serialize(tensors: &[Tensor<'_>], metadata: &[(&str, String)]) -> 
 
 /// The `format` and `dtype` a saved weight's metadata names (nothing else checked), to pick
 /// the reader that checks the rest.
+#[cfg(feature = "candle")]
 pub(crate) fn format_and_dtype(bytes: &[u8]) -> Result<(String, String)> {
     let file = Saved::parse(bytes)?;
     Ok((file.field("format")?.into(), file.field("dtype")?.into()))
