@@ -30,11 +30,30 @@ mkdir -p "$bundle/tests" "$bundle/benches" "$bundle/bin"
 messages="$root/target/gpu-bundle-artifacts.json"
 cargo build --release --locked --features probes --tests --benches --bins --message-format=json-render-diagnostics >"$messages"
 
+# tests/candle.rs on candle's CUDA device: candle builds its own kernels with the same nvcc
+# (for CUDA_COMPUTE_CAP) and links CUDA's libraries directly (cudarc's dynamic-linking), which
+# this machine lacks. The test executable is linked against stand-ins that carry the real
+# libraries' names (scripts/cuda-link-stubs.py: a first link names the symbols it misses), and
+# run.sh points the loader at the real ones on the GPU machine.
+stubs="$root/target/cuda-link-stubs"
+candle_messages="$root/target/gpu-bundle-candle.json"
+rm -rf "$stubs"
+python3 scripts/cuda-link-stubs.py "$stubs"
+ln -s "$(dirname "$NVCC")/../lib/libcudart.so.13" "$stubs/libcudart.so"
+candle_build() {
+  CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" cargo rustc --release --locked --features probes,candle-cuda \
+    --test candle --message-format=json-render-diagnostics -- -L "native=$stubs" >"$candle_messages"
+}
+if ! candle_build 2>"$root/target/gpu-bundle-candle.log"; then
+  python3 scripts/cuda-link-stubs.py "$stubs" "$root/target/gpu-bundle-candle.log"
+  candle_build
+fi
+
 # Each executable goes to tests/, benches/ or bin/ under its target name.
-python3 - "$messages" "$bundle" <<'PY'
+python3 - "$bundle" "$messages" "$candle_messages" <<'PY'
 import json, shutil, sys
-messages, bundle = sys.argv[1], sys.argv[2]
-for line in open(messages):
+bundle, messages = sys.argv[1], sys.argv[2:]
+for line in (line for path in messages for line in open(path)):
     msg = json.loads(line)
     if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
         continue

@@ -47,6 +47,10 @@ limit() { timeout -k 10 "$@"; }
 export PATH="$PATH:/sbin:/usr/sbin:/usr/local/cuda/bin"
 # cuBLAS, the dense baseline of the spmm benchmarks, is loaded at run time by cudarc.
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64"
+# tests/candle (candle's CUDA device) links cuBLAS, cuBLASLt, cuRAND and NVRTC directly: where
+# no toolkit has them, the ones pip installed for PyTorch and JAX do.
+pip_cuda="$(python3 -c 'import nvidia, os; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null || true)"
+[[ -n "$pip_cuda" ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$pip_cuda"
 
 # CUDA must run here. WGSL runs on the GPU through Vulkan when a loader and NVIDIA's ICD are
 # present, and then must find the NVIDIA adapter (not a CPU fallback).
