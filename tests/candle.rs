@@ -307,14 +307,27 @@ fn attention_cases() -> candle_core::Result<Vec<([usize; 5], BlockMask)>> {
     ])
 }
 
+/// Random q `[b, lq, hq, d]`, k and v `[b, lk, hkv, d]` in `dtype`, values in [−1, 1).
+fn random_qkv(
+    rng: &mut Rng,
+    [b, lq, lk, hq, hkv, d]: [usize; 6],
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<[Tensor; 3]> {
+    let mut one = |dims: [usize; 4]| random(rng, &dims, -1.0, 1.0, device)?.to_dtype(dtype);
+    Ok([
+        one([b, lq, hq, d])?,
+        one([b, lk, hkv, d])?,
+        one([b, lk, hkv, d])?,
+    ])
+}
+
 fn attention_matches_dense_softmax(device: &Device, seed: u64) -> candle_core::Result<()> {
     let mut rng = Rng::new(seed);
     for (index, ([b, lq, lk, hq, hkv], mask)) in attention_cases()?.into_iter().enumerate() {
         let d = if index % 2 == 0 { 64 } else { 128 };
         for (dtype, unit) in attention_types(device) {
-            let q = random(&mut rng, &[b, lq, hq, d], -1.0, 1.0, device)?.to_dtype(dtype)?;
-            let k = random(&mut rng, &[b, lk, hkv, d], -1.0, 1.0, device)?.to_dtype(dtype)?;
-            let v = random(&mut rng, &[b, lk, hkv, d], -1.0, 1.0, device)?.to_dtype(dtype)?;
+            let [q, k, v] = random_qkv(&mut rng, [b, lq, lk, hq, hkv, d], dtype, device)?;
             let scale = 1.0 / (d as f64).sqrt();
             let o = block_sparse_attention(&q, &k, &v, &mask, scale)?;
             assert_eq!((o.dims(), o.dtype()), (&[b, lq, hq, d][..], dtype));
@@ -363,9 +376,7 @@ fn attention_gradients_match_autograd(device: &Device, seed: u64) -> candle_core
     for (index, ([b, lq, lk, hq, hkv], mask)) in attention_cases()?.into_iter().enumerate() {
         let d = if index % 2 == 0 { 64 } else { 128 };
         for (dtype, unit) in attention_types(device) {
-            let q = random(&mut rng, &[b, lq, hq, d], -1.0, 1.0, device)?.to_dtype(dtype)?;
-            let k = random(&mut rng, &[b, lk, hkv, d], -1.0, 1.0, device)?.to_dtype(dtype)?;
-            let v = random(&mut rng, &[b, lk, hkv, d], -1.0, 1.0, device)?.to_dtype(dtype)?;
+            let [q, k, v] = random_qkv(&mut rng, [b, lq, lk, hq, hkv, d], dtype, device)?;
             let weights = random(&mut rng, &[b, lq, hq, d], -1.0, 1.0, device)?;
             let scale = 1.0 / (d as f64).sqrt();
             // Ours: the loss Σ o ∘ weights through the op.
@@ -523,4 +534,11 @@ fn real_scan_matches_a_sequential_loop(device: &Device, seed: u64) -> candle_cor
 
 fn complex_scan_matches_a_sequential_loop(device: &Device, seed: u64) -> candle_core::Result<()> {
     check_scan(device, seed, true)
+}
+
+/// A layer can be shared between threads, as candle models are.
+#[test]
+fn sparse_linear_is_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<SparseLinear>();
 }

@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
 use half::{bf16, f16};
 
-use super::cpu_slice;
+use super::{aligned_contiguous, cpu_slice};
 use crate::attention::{AttentionShape, BlockMask, reference, reference_backward};
 use crate::error::Error;
 
@@ -129,10 +129,10 @@ fn usable_layout(t: &Tensor) -> candle_core::Result<Tensor> {
             .iter()
             .zip(layout.stride())
             .all(|(&size, &stride)| size == 1 || stride.is_multiple_of(8));
-    if strided_ok || (t.is_contiguous() && layout.start_offset().is_multiple_of(8)) {
+    if strided_ok {
         Ok(t.clone())
     } else {
-        t.force_contiguous()
+        aligned_contiguous(t)
     }
 }
 

@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, WithDType};
 use half::{bf16, f16};
 
-use super::{cpu_slice, host_vec};
+use super::{aligned_contiguous, cpu_slice, host_vec};
 use crate::error::Error;
 use crate::spmm::cpu::{CpuElement, CpuWeight};
 use crate::spmm::{Bitmap, Pruning, TiledCsl, format_and_dtype, prune, read_saved};
@@ -335,15 +335,6 @@ impl SparseLinear {
 impl Module for SparseLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         SparseLinear::forward(self, x)
-    }
-}
-
-/// `x` contiguous from an element that is a multiple of 8 (the kernels' 16-byte loads).
-fn aligned_contiguous(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.is_contiguous() && x.layout().start_offset().is_multiple_of(8) {
-        Ok(x.clone())
-    } else {
-        x.force_contiguous()
     }
 }
 

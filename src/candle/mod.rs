@@ -73,6 +73,16 @@ fn cpu_slice<'a, T: WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// `t` itself when contiguous from an element that is a multiple of 8 (16 bytes and more:
+/// what the kernels' vector loads need), else a contiguous copy.
+fn aligned_contiguous(t: &Tensor) -> candle_core::Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
+}
+
 /// The values of a tensor (any device, any layout) as a host vector of `T`.
 fn host_vec<T: WithDType>(tensor: &Tensor) -> candle_core::Result<Vec<T>> {
     tensor.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()

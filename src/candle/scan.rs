@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use num_complex::Complex32;
 
-use super::{cpu_slice, host_vec};
+use super::{aligned_contiguous, cpu_slice, host_vec};
 use crate::error::Error;
 use crate::scan::{Cotangents, Decay, Inputs, Layout as ScanLayout, Scan, ScanElement, ScanShape};
 
@@ -28,8 +28,9 @@ use crate::scan::{Cotangents, Decay, Inputs, Layout as ScanLayout, Scan, ScanEle
 ///
 /// The final state is `h.i((.., t - 1))`. On the CPU it runs the f64 reference and its
 /// backward; on CUDA (feature `candle-cuda`) the scan kernels, on the tensors' memory when
-/// they are contiguous (otherwise on a contiguous copy). `reset` of another integer type is
-/// compared with 0 first.
+/// they are contiguous from an element that is a multiple of 8 (otherwise on a contiguous
+/// copy: complex values are read as 8-byte pairs). A `reset` of another type is compared with
+/// 0 first.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -55,10 +56,10 @@ pub fn scan(
 ) -> candle_core::Result<Tensor> {
     let op = ScanOp::new(a, u, reset, h0)?;
     let h0 = match h0 {
-        Some(h0) => h0.contiguous()?,
+        Some(h0) => aligned_contiguous(h0)?,
         None => Tensor::zeros(op.final_dims(), DType::F32, u.device())?,
     };
-    let [a, u] = [a, u].map(|t| t.contiguous());
+    let [a, u] = [a, u].map(aligned_contiguous);
     a?.apply_op3_arc(&u?, &h0, Arc::new(Box::new(op)))
 }
 
@@ -278,7 +279,7 @@ impl CustomOp3 for ScanOp {
                 Ok(t)
             }
         };
-        let dh = conjugate(dh.to_dtype(DType::F32)?.contiguous()?)?;
+        let dh = aligned_contiguous(&conjugate(dh.to_dtype(DType::F32)?)?)?;
         let [da, du, dh0] = match a.device() {
             Device::Cpu => {
                 let tensors = [a, u, h0, &dh];

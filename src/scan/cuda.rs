@@ -4,7 +4,8 @@
 //! [`Complex32`](num_complex::Complex32) and cuComplex); upload host data with
 //! `bytemuck::cast_slice`. `u` and `h` may also be 16-bit ([`StateStorage`]: the type of
 //! their buffers chooses), complex values as pairs of 16-bit values, with `a`, `h0`, `h_last`
-//! and the arithmetic in f32.
+//! and the arithmetic in f32. The kernels move a complex value as one pair, so a complex
+//! buffer must start on one (a view at an even offset; an odd one is an error).
 //!
 //! ```no_run
 //! # fn main() -> tilefuse::Result<()> {
@@ -348,19 +349,21 @@ fn enqueue<T: ScanElement, S: StateStorage, F: DevicePtr<f32>, R: DevicePtr<u8>>
     let kernel = kernel::<T, S>(scan.decay, h.is_some());
     let shape = grid.shape_on(cuda, kernel, forward_staging::<T, S>(scan.decay))?;
     let mut args = cuda.args();
-    let params = grid.params(
-        scan,
-        Addresses {
-            a: args.read(inputs.a),
-            u: args.read(inputs.u),
-            reset: args.read(inputs.reset),
-            h0: inputs.h0.map_or(0, |h0| args.read(h0)),
-            h: h.as_mut().map_or(0, |h| args.write(*h)),
-            h_last: h_last.map_or(0, |h_last| args.write(h_last)),
-            workspace: args.write(region.words),
-        },
-        region.capacity,
-    );
+    let addresses = Addresses {
+        a: args.read(inputs.a),
+        u: args.read(inputs.u),
+        reset: args.read(inputs.reset),
+        h0: inputs.h0.map_or(0, |h0| args.read(h0)),
+        h: h.as_mut().map_or(0, |h| args.write(*h)),
+        h_last: h_last.map_or(0, |h_last| args.write(h_last)),
+        workspace: args.write(region.words),
+    };
+    let a = &addresses;
+    check_pairs::<T, S>(
+        &[("a", a.a), ("h0", a.h0), ("h_last", a.h_last)],
+        &[("u", a.u), ("h", a.h)],
+    )?;
+    let params = grid.params(scan, addresses, region.capacity);
     // SAFETY: TfScanParams is the parameter struct of every scan kernel; its addresses come
     // from `args`. Lengths were checked against the shape (a: p or b·t·p elements; u, h:
     // b·t·p; reset: b·t bytes; h0, h_last: b·p; each element T::LANES values, f32 or, for u
@@ -375,6 +378,27 @@ fn enqueue<T: ScanElement, S: StateStorage, F: DevicePtr<f32>, R: DevicePtr<u8>>
     // kernel (forward_staging). The kernel writes h only
     // when h != 0, and h is absent exactly for the `_final` kernels; h_last only when given.
     unsafe { cuda.launch(kernel, shape, &params, args) }
+}
+
+/// An error unless every buffer starts on an element: complex values move as pairs (8 bytes
+/// of f32, 4 of 16-bit storage), so a view that starts inside a pair would make the kernels'
+/// accesses misaligned (a fault that ends the context). Real elements are aligned by their
+/// type. `f32s` are addresses of f32 buffers, `stored` of buffers of `S` (0: absent).
+pub(super) fn check_pairs<T: ScanElement, S: StateStorage>(
+    f32s: &[(&'static str, u64)],
+    stored: &[(&'static str, u64)],
+) -> Result<()> {
+    let pair = |bytes: usize| (T::LANES * bytes) as u64;
+    for (buffers, bytes) in [(f32s, pair(4)), (stored, pair(size_of::<S>()))] {
+        if let Some(&(what, address)) = buffers.iter().find(|(_, a)| a % bytes != 0) {
+            return Err(Error::invalid(
+                what,
+                format!("a buffer that starts on a {bytes}-byte element"),
+                format!("address {address:#x}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The buffers of one launch (0: absent).

@@ -3,7 +3,9 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use super::{BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, ScanInputs, ScanWorkspace, enqueue};
+use super::{
+    BACKWARD_ARRAYS, FORWARD_ARRAYS, Grid, Region, ScanInputs, ScanWorkspace, check_pairs, enqueue,
+};
 use crate::backend::abi::{TF_SCAN_WARPS, TfScanBackwardParams};
 use crate::backend::cuda::{Cuda, Kernel, LaunchShape, ids};
 use crate::error::{Error, Result};
@@ -133,28 +135,35 @@ where
         (Some(offset), Some(words)) => args.read(words) + 4 * offset as u64,
         _ => 0,
     };
-    let params = params(
-        scan,
-        &grid,
-        capacity,
-        [
-            args.read(inputs.a),
-            args.read(inputs.u),
-            args.read(inputs.reset),
-            inputs.h0.map_or(0, |h0| args.read(h0)),
-            h.map_or(0, |h| args.read(h)),
-            checkpoints,
-            args.read(cotangents.dh),
-            cotangents.dh_last.map_or(0, |d| args.read(d)),
-            args.write(du),
-            args.write(da),
-            // The cotangent of an h0 the scan was not given is not asked for.
-            dh0.filter(|_| inputs.h0.is_some())
-                .map_or(0, |d| args.write(d)),
-            args.write(region.words),
-            args.write(counters),
+    let addresses = [
+        args.read(inputs.a),
+        args.read(inputs.u),
+        args.read(inputs.reset),
+        inputs.h0.map_or(0, |h0| args.read(h0)),
+        h.map_or(0, |h| args.read(h)),
+        checkpoints,
+        args.read(cotangents.dh),
+        cotangents.dh_last.map_or(0, |d| args.read(d)),
+        args.write(du),
+        args.write(da),
+        // The cotangent of an h0 the scan was not given is not asked for.
+        dh0.filter(|_| inputs.h0.is_some())
+            .map_or(0, |d| args.write(d)),
+        args.write(region.words),
+        args.write(counters),
+    ];
+    let [a, u, _, h0, h_at, _, dh, dh_last, du_at, da_at, dh0_at, ..] = addresses;
+    check_pairs::<T, S>(
+        &[
+            ("a", a),
+            ("h0", h0),
+            ("dh_last", dh_last),
+            ("da", da_at),
+            ("dh0", dh0_at),
         ],
-    );
+        &[("u", u), ("h", h_at), ("dh", dh), ("du", du_at)],
+    )?;
+    let params = params(scan, &grid, capacity, addresses);
     let kernel = kernel::<T, S>(scan.decay, recompute);
     let shape = grid.shape_on(cuda, kernel, 0)?;
     // SAFETY: TfScanBackwardParams is the parameter struct of every scan_backward kernel; its

@@ -6,7 +6,7 @@
 
 use num_complex::Complex32;
 
-use super::{Addresses, FORWARD_ARRAYS, Grid, Region, forward_staging, kernel};
+use super::{Addresses, FORWARD_ARRAYS, Grid, Region, check_pairs, forward_staging, kernel};
 use crate::backend::abi::TF_SCAN_HEADER_WORDS;
 use crate::backend::emulator::{Emulator, Guarded, Launch, Order, assert_emulated};
 use crate::error::Result;
@@ -148,6 +148,25 @@ fn check_typed<T: ScanElement, S: StateStorage>(
 }
 
 /// The generated ids pick the kernel named for the element, storage, decay and outputs.
+/// A complex buffer that starts inside a pair (a view at an odd f32 offset, or at an odd
+/// 16-bit one) is refused before any launch; real buffers and absent ones pass.
+#[test]
+fn complex_buffers_must_start_on_a_pair() {
+    let ok = [("a", 0x1000), ("h0", 0)];
+    assert!(check_pairs::<Complex32, f32>(&ok, &[("u", 0x2008)]).is_ok());
+    let message = check_pairs::<Complex32, f32>(&ok, &[("u", 0x2004)])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        "u: expected a buffer that starts on a 8-byte element, got address 0x2004"
+    );
+    assert!(check_pairs::<Complex32, f32>(&[("h_last", 0x1004)], &[]).is_err());
+    assert!(check_pairs::<Complex32, half::bf16>(&ok, &[("h", 0x2002)]).is_err());
+    assert!(check_pairs::<Complex32, half::bf16>(&ok, &[("h", 0x2004)]).is_ok());
+    assert!(check_pairs::<f32, half::f16>(&[("a", 0x1004)], &[("u", 0x2002)]).is_ok());
+}
+
 #[test]
 fn kernel_ids_follow_the_names() {
     assert_eq!(
