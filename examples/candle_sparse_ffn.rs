@@ -67,6 +67,9 @@ fn main() -> candle_core::Result<()> {
         "feed-forward {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN}, {TOKENS} tokens, {DTYPE:?}, {:?}",
         device.location()
     );
+    if cfg!(debug_assertions) {
+        println!("(a debug build: tilefuse's CPU kernel is not optimised; time with --release)");
+    }
     println!("candle dense: {:.3} ms", dense_time.as_secs_f64() * 1e3);
     println!(
         "sparsity | kept | vs same pruned weights, dense | vs unpruned | sparse ms | dense / sparse"

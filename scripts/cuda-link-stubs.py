@@ -6,8 +6,10 @@ toolkit or driver.
     cuda-link-stubs.py STUB_DIR [LINKER_OUTPUT]
 
 Without LINKER_OUTPUT it writes empty stand-ins (so that a first link gets as far as naming
-the symbols it misses). LINKER_OUTPUT holds a failed link's messages; for every `undefined
-reference to `sym'` this writes, into STUB_DIR, a shared library under the name and SONAME of the real one that
+the symbols it misses). LINKER_OUTPUT holds a failed link's messages; for every undefined
+symbol it names (GNU ld's `undefined reference to `sym'`, lld's `undefined symbol: sym`),
+added to those the stand-ins already define (a linker may stop after so many errors, so a
+link is retried until it names no more), this writes, into STUB_DIR, a shared library under the name and SONAME of the real one that
 defines `sym` (libcuda.so.1 for the driver API, libcublas.so.13, libcublasLt.so.13,
 libcurand.so.10, libnvrtc.so.13), with an empty function of that name. The executable then
 records the real libraries' names, and at run time the loader binds the symbols to the real
@@ -52,9 +54,16 @@ def main():
             build(stub_dir, name, soname, [])
         return
     text = pathlib.Path(sys.argv[2]).read_text()
-    symbols = sorted(set(re.findall(r"undefined reference to `([A-Za-z_][A-Za-z0-9_]*)'", text)))
-    if not symbols:
-        sys.exit(f"cuda-link-stubs: no undefined references in {sys.argv[2]}")
+    found = set(re.findall(r"undefined reference to `([A-Za-z_][A-Za-z0-9_]*)'", text))
+    found |= set(re.findall(r"undefined symbol: ([A-Za-z_][A-Za-z0-9_]*)", text))
+    if not found:
+        sys.exit(f"cuda-link-stubs: no undefined symbols in {sys.argv[2]}")
+    known = set()
+    for source in stub_dir.glob("*.c"):
+        known |= set(re.findall(r"void ([A-Za-z_][A-Za-z0-9_]*)\(void\)", source.read_text()))
+    if found <= known:
+        sys.exit(f"cuda-link-stubs: {sys.argv[2]} names only symbols the stand-ins define")
+    symbols = sorted(found | known)
     by_library = {library: [] for _, library in LIBRARIES}
     for symbol in symbols:
         by_library[library_of(symbol)].append(symbol)

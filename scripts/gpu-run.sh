@@ -25,18 +25,20 @@ out="${1:-./gpu-results}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
 # Sections run in pipelines (subshells), so failures are collected in a file.
 failures="$(mktemp)"
-# The executables travel xz-compressed; unpack them into a scratch directory (with Python's
-# lzma, which every machine with the peers' PyTorch has, xz or not).
+# The executables travel in one tar.xz (tests/, benches/, bin/); unpack it into a scratch
+# directory (with Python's tarfile and lzma, which every machine with the peers' PyTorch has,
+# xz or not).
 here="$(mktemp -d)"
 trap 'rm -rf "$failures" "$here"' EXIT
-for kind in tests benches bin; do
-  mkdir -p "$here/$kind"
-  for packed in "$bundle/$kind"/*.xz; do
-    unpacked="$here/$kind/$(basename "$packed" .xz)"
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-      "$packed" "$unpacked" && chmod +x "$unpacked"
-  done
-done
+python3 - "$bundle/executables.tar.xz" "$here" <<'PY'
+import sys, tarfile
+with tarfile.open(sys.argv[1], "r:xz") as archive:
+    # The "tar" filter keeps the executables' modes (Pythons without filters keep them too).
+    if hasattr(tarfile, "tar_filter"):
+        archive.extractall(sys.argv[2], filter="tar")
+    else:
+        archive.extractall(sys.argv[2])
+PY
 cp "$bundle/peers.py" "$here/"
 cli="$here/bin/tilefuse"
 fail() { echo "$1" >>"$failures"; echo "FAILED: $1"; }

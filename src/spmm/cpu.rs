@@ -1,5 +1,5 @@
 //! SpMM on the CPU: `y [n, m] = x [n, k] · wᵀ` for CPU inference (what
-//! [`crate::candle::SparseLinear`] runs on candle's CPU device). Not the reference (that one
+//! `tilefuse::candle::SparseLinear` runs on candle's CPU device). Not the reference (that one
 //! is f64 and dense): products and sums in f32, the weight's nonzeros in compressed rows, the
 //! rows spread over rayon's threads, and each nonzero multiplied into a block of tokens at
 //! once, so the inner loop is a vector multiply-add over tokens (AVX2 with FMA where the CPU
