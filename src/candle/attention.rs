@@ -276,7 +276,6 @@ impl CustomOp3 for Attention {
                 let lse = self.lse.get().ok_or_else(|| {
                     candle_core::Error::msg("tilefuse attention: backward before forward")
                 })?;
-                let d_o = usable_layout(&d_o)?;
                 cuda::backward(self, [q, k, v, o, &d_o], lse)?
             }
             (device, dtype) => {

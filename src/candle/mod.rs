@@ -122,6 +122,12 @@ mod cuda {
     ) -> candle_core::Result<CudaView<'a, T>> {
         let slice: &CudaSlice<T> = storage.as_cuda_slice::<T>()?;
         let start = layout.start_offset();
-        Ok(slice.slice(start..start + len))
+        slice.try_slice(start..start + len).ok_or_else(|| {
+            candle_core::Error::msg(format!(
+                "tilefuse: elements {start}..{} past the storage's {}",
+                start + len,
+                slice.len()
+            ))
+        })
     }
 }
